@@ -1,0 +1,24 @@
+"""The spec: objective, outcomes, levers, constraints, guardrails and the context contract of a data product."""
+
+from drivetrain.spec._actions import Action, ActionSpace
+from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
+from drivetrain.spec._load import Spec, load_spec, parse_spec
+from drivetrain.spec._model import SpecModel, format_duration, parse_duration
+from drivetrain.spec._randomization import holdout_draw, in_holdout, serving_propensity
+
+__all__ = [
+    "FUNCTIONS",
+    "Action",
+    "ActionSpace",
+    "Formula",
+    "Spec",
+    "SpecModel",
+    "compile_formula",
+    "format_duration",
+    "holdout_draw",
+    "in_holdout",
+    "load_spec",
+    "parse_duration",
+    "parse_spec",
+    "serving_propensity",
+]

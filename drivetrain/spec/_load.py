@@ -1,0 +1,341 @@
+"""Loading a spec: YAML, schema validation, cross-references, compiled formulas, the action space."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from drivetrain.errors import FormulaError, SpecError
+from drivetrain.spec._actions import Action, ActionSpace
+from drivetrain.spec._formula import Formula, compile_formula
+from drivetrain.spec._model import Budget, Cap, Guardrail, SpecModel
+
+__all__ = ["Spec", "load_spec", "parse_spec"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated spec with its compiled parts; the value every stage receives.
+
+    ``hash`` identifies the whole spec, ``feature_version`` the context contract alone (it is logged with
+    every decision so that offline and online features can be matched).
+    """
+
+    model: SpecModel
+    action_space: ActionSpace
+    objective: Formula
+    budgets: tuple[tuple[Budget, Formula], ...]
+    guardrails: tuple[tuple[Guardrail, Formula], ...]
+    caps: tuple[tuple[Cap, np.ndarray], ...]
+    unit_eligibility: Formula | None
+    action_eligibility: tuple[tuple[np.ndarray, Formula], ...]
+    control: Action
+    fallback: Action
+    hash: str
+    feature_version: str
+    source: str = field(default="<memory>")
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def horizon(self) -> timedelta:
+        return self.model.objective.horizon
+
+    @property
+    def settle(self) -> timedelta:
+        return self.model.objective.settle
+
+    @property
+    def outcomes(self) -> tuple[str, ...]:
+        return tuple(self.model.outcomes)
+
+    @property
+    def levers(self) -> tuple[str, ...]:
+        return self.action_space.levers
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.model.context.features)
+
+    @property
+    def personal_features(self) -> tuple[str, ...]:
+        return tuple(n for n, f in self.model.context.features.items() if f.personal)
+
+    def eligible_units(self, contexts: Mapping[str, Any]) -> np.ndarray:
+        """Which units are in the program; shape (n,) bool."""
+        n = _length(contexts)
+        if self.unit_eligibility is None:
+            return np.ones(n, dtype=bool)
+        return np.broadcast_to(np.asarray(self.unit_eligibility(contexts), dtype=bool), (n,)).copy()
+
+    def eligible_actions(self, contexts: Mapping[str, Any]) -> np.ndarray:
+        """Which actions each unit may get; shape (n, K) bool. Control is always eligible, and it is the
+        only eligible action of a unit outside the program."""
+        n = _length(contexts)
+        mask = np.ones((n, len(self.action_space)), dtype=bool)
+        for actions, when in self.action_eligibility:
+            ok = np.broadcast_to(np.asarray(when(contexts), dtype=bool), (n,))
+            mask[:, actions] &= ok[:, None]
+        mask[~self.eligible_units(contexts)] = False
+        mask[:, self.control.index] = True
+        return mask
+
+
+def _length(contexts: Mapping[str, Any]) -> int:
+    for value in contexts.values():
+        return len(value)
+    raise SpecError("contexts must have at least one column, got none")
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file; raises :class:`SpecError` listing every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file must exist, got missing path {str(path)!r}") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec file must be a UTF-8 YAML file, got {str(path)!r} ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SpecError(f"spec {str(path)!r} must be valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_spec(raw, source=str(path))
+
+
+def parse_spec(raw: Any, *, source: str = "<memory>") -> Spec:
+    """Validate an already-parsed YAML document (a mapping) into a :class:`Spec`."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec {source!r} must be a YAML mapping at the top level, got {type(raw).__name__}")
+    try:
+        model = SpecModel.model_validate(raw)
+    except ValidationError as exc:
+        problems: dict[str, str] = {}
+        for err in exc.errors():
+            problems.setdefault(_path(tuple(err["loc"])), _describe(err))
+        raise SpecError(f"spec {source!r} is not valid", list(problems.values())) from None
+    return _build(model, source)
+
+
+def _build(model: SpecModel, source: str) -> Spec:
+    problems: list[str] = []
+    outcomes, levers, features = set(model.outcomes), set(model.levers), set(model.context.features)
+
+    def formula(text: str, where: str, names: set[str]) -> Formula | None:
+        try:
+            return compile_formula(text, variables=names, field=where)
+        except FormulaError as exc:
+            problems.append(str(exc))
+            return None
+
+    value_names = outcomes | levers | features
+    clash = sorted((outcomes & levers) | (outcomes & features) | (levers & features))
+    if clash:
+        problems.append(f"outcomes, levers and context features must have distinct names, got {clash} in more than one")
+
+    for name, out in model.outcomes.items():
+        if out.min is not None and out.max is not None and out.min > out.max:
+            problems.append(f"outcomes.{name}: `min` must be <= `max`, got {out.min} > {out.max}")
+    for name, lever in model.levers.items():
+        if lever.type == "numeric" and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in lever.values):
+            problems.append(f"levers.{name}.values: a numeric lever needs numbers, got {lever.values}")
+        if len({str(v) for v in lever.values}) != len(lever.values):
+            problems.append(f"levers.{name}.values: values must be distinct, got {lever.values}")
+    for name, feat in model.context.features.items():
+        if feat.type == "categorical" and not feat.values:
+            problems.append(f"context.features.{name}.values: a categorical feature needs its list of values, got none")
+        if feat.type != "categorical" and feat.values is not None:
+            problems.append(f"context.features.{name}.values: only categorical features take values, got type {feat.type}")
+        if feat.min is not None and feat.max is not None and feat.min > feat.max:
+            problems.append(f"context.features.{name}: `min` must be <= `max`, got {feat.min} > {feat.max}")
+
+    objective = formula(model.objective.formula, "objective.formula", value_names)
+    if objective is not None and not objective.variables & outcomes:
+        problems.append(f"objective.formula: must use at least one outcome of {sorted(outcomes)}, got {model.objective.formula!r}")
+    rules = [formula(r, f"action_rules[{i}]", levers) for i, r in enumerate(model.action_rules)]
+    budgets = [(b, formula(b.formula, f"constraints.budgets[{i}].formula", value_names)) for i, b in enumerate(model.constraints.budgets)]
+    guardrails = [(g, formula(g.formula, f"guardrails[{i}].formula", value_names)) for i, g in enumerate(model.guardrails)]
+    for i, g in enumerate(model.guardrails):
+        if g.max is None and g.min is None:
+            problems.append(f"guardrails[{i}] ({g.name}): needs a `max` or a `min` bound, got neither")
+    unit_elig = formula(model.eligibility.unit, "eligibility.unit", features) if model.eligibility.unit else None
+    action_elig_f = [formula(r.when, f"eligibility.actions[{i}].when", features) for i, r in enumerate(model.eligibility.actions)]
+
+    for i, c in enumerate(model.cohorts):
+        feat = model.context.features.get(c)
+        if feat is None:
+            problems.append(f"cohorts[{i}]: must name a context feature of {sorted(features)}, got {c!r}")
+        elif feat.type not in ("categorical", "boolean"):
+            problems.append(f"cohorts[{i}]: must be a categorical or boolean feature, got {c!r} of type {feat.type}")
+        elif feat.personal:
+            problems.append(f"cohorts[{i}]: must not be personal data, got {c!r}")
+
+    names = [*(b.name for b in model.constraints.budgets), *(c.name for c in model.constraints.caps), *(g.name for g in model.guardrails)]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        problems.append(f"constraints and guardrails must have distinct names, got {dup} more than once")
+
+    def check_selector(sel: Mapping[str, Sequence[Any]], where: str) -> None:
+        for lever, vals in sel.items():
+            if lever not in model.levers:
+                problems.append(f"{where}: must name levers of {sorted(levers)}, got {lever!r}")
+                continue
+            known = [str(v) for v in model.levers[lever].values]
+            for v in vals:
+                if str(v) not in known and not any(_num_eq(v, k) for k in model.levers[lever].values):
+                    problems.append(f"{where}.{lever}: values must be among {model.levers[lever].values}, got {v!r}")
+
+    for i, r in enumerate(model.eligibility.actions):
+        check_selector(r.actions, f"eligibility.actions[{i}].actions")
+    for i, cap in enumerate(model.constraints.caps):
+        check_selector(cap.actions, f"constraints.caps[{i}].actions")
+    if problems:
+        raise SpecError(f"spec {source!r} is not valid", problems)
+
+    try:
+        space = ActionSpace.build(
+            {n: lv.values for n, lv in model.levers.items()},
+            {n: lv.type for n, lv in model.levers.items()},
+            [r for r in rules if r is not None],
+        )
+    except SpecError as exc:
+        raise SpecError(f"spec {source!r} is not valid", [str(exc)]) from None
+
+    def action(values: Mapping[str, Any] | None, where: str) -> Action | None:
+        if values is None:
+            return None
+        unknown = sorted(set(values) - levers)
+        missing = sorted(levers - set(values))
+        if unknown or missing:
+            problems.append(f"{where}: must give a value for each lever {list(model.levers)}, got unknown {unknown}, missing {missing}")
+            return None
+        found = space.find(values)
+        if found is None:
+            problems.append(f"{where}: must be a valid action (one of {list(space.ids)}), got {dict(values)}")
+        return found
+
+    control = action(model.control, "control")
+    fallback = action(model.fallback, "fallback") if model.fallback is not None else control
+    caps = []
+    for i, cap in enumerate(model.constraints.caps):
+        mask = space.select(cap.actions)
+        if not mask.any():
+            problems.append(f"constraints.caps[{i}].actions: must match at least one action, got none for {cap.actions}")
+        caps.append((cap, mask))
+    action_elig = []
+    for i, (r, f) in enumerate(zip(model.eligibility.actions, action_elig_f, strict=True)):
+        mask = space.select(r.actions)
+        if control is not None and mask[control.index]:
+            problems.append(f"eligibility.actions[{i}].actions: must not restrict the control action {control.id!r}, got {r.actions}")
+        assert f is not None
+        action_elig.append((mask, f))
+    if problems or control is None or fallback is None or objective is None:
+        raise SpecError(f"spec {source!r} is not valid", problems)
+
+    dumped = model.model_dump(mode="json")
+    return Spec(
+        model=model,
+        action_space=space,
+        objective=objective,
+        budgets=tuple((b, f) for b, f in budgets if f is not None),
+        guardrails=tuple((g, f) for g, f in guardrails if f is not None),
+        caps=tuple(caps),
+        unit_eligibility=unit_elig,
+        action_eligibility=tuple(action_elig),
+        control=control,
+        fallback=fallback,
+        hash=_digest(dumped),
+        feature_version=_digest(dumped["context"]),
+        source=source,
+    )
+
+
+def _num_eq(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(error["loc"])
+    path = _path(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = f"; expected one of {allowed}" if allowed else ""
+        return f"{path}: unknown key{hint}"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    msg = str(error["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        return f"{path}: {msg}"
+    msg = msg.replace("Input should be", "expected").replace("String should", "expected a string to")
+    got = error.get("input")
+    return f"{path}: {msg}, got {got!r}"
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "int", "float", "bool", "timedelta", "function-before[parse_duration(), timedelta]"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top>"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the model found by walking ``loc`` down from SpecModel; [] where unknown."""
+    tp: Any = SpecModel
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fld = tp.model_fields.get(str(part))
+            if fld is None:
+                return []
+            tp = fld.annotation
+        elif typing.get_origin(tp) in (dict, list):
+            tp = typing.get_args(tp)[-1]
+        else:
+            return []
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp

@@ -1,0 +1,204 @@
+"""The declarative spec of a data product, validated at the boundary.
+
+The models below are pydantic models with ``extra="forbid"`` (unknown keys are errors) and ``frozen=True``
+(a loaded spec is a value). Cross-references (formulas, the control action, cohorts) are checked in
+:func:`drivetrain.spec.load_spec`, which gathers every problem before it raises one :class:`SpecError`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+__all__ = [
+    "ActionEligibility",
+    "Adaptation",
+    "Budget",
+    "Cap",
+    "Context",
+    "Duration",
+    "Eligibility",
+    "Constraints",
+    "Experimentation",
+    "Feature",
+    "Guardrail",
+    "Lever",
+    "Monitoring",
+    "Objective",
+    "Outcome",
+    "Serving",
+    "SpecModel",
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhm])\s*$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``'30d'``, ``'12h'`` or ``'45m'`` as a timedelta (a timedelta passes through)."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"expected a duration such as '30d', '12h' or '45m', got {value!r}")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 60}m"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
+Name = Annotated[str, Field(pattern=_NAME)]
+Scalar = str | int | float | bool
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objective(_Value):
+    """What the product maximizes: a formula over outcome components, measured over a horizon per decision."""
+
+    name: Name
+    formula: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+    horizon: Duration
+    settle: Duration = timedelta(0)
+    description: str = ""
+
+
+class Outcome(_Value):
+    """One outcome component, aggregated per decision over the horizon."""
+
+    type: Literal["binary", "count", "continuous"]
+    aggregate: Literal["sum", "max", "count", "last"] = "sum"
+    min: float | None = None
+    max: float | None = None
+    description: str = ""
+
+
+class Lever(_Value):
+    """A lever the team controls: categorical values or a numeric grid."""
+
+    type: Literal["categorical", "numeric"]
+    values: Annotated[list[Scalar], Field(min_length=1)]
+    description: str = ""
+
+
+class ActionEligibility(_Value):
+    """The actions matching ``actions`` are available to a unit only where ``when`` holds on its context."""
+
+    name: Name
+    actions: dict[str, list[Scalar]]
+    when: str
+
+
+class Eligibility(_Value):
+    unit: str | None = None
+    actions: list[ActionEligibility] = []
+
+
+class Budget(_Value):
+    """Expected ``formula`` per eligible unit must stay at or below ``max_per_unit``."""
+
+    name: Name
+    formula: str
+    max_per_unit: Annotated[float, Field(ge=0)]
+
+
+class Cap(_Value):
+    """At most ``max_share`` of eligible units may get an action matching ``actions``."""
+
+    name: Name
+    actions: dict[str, list[Scalar]]
+    max_share: Annotated[float, Field(ge=0, le=1)]
+
+
+class Constraints(_Value):
+    budgets: list[Budget] = []
+    caps: list[Cap] = []
+
+
+class Guardrail(_Value):
+    """The population mean of ``formula`` must stay within [min, max] (at least one bound)."""
+
+    name: Name
+    formula: str
+    max: float | None = None
+    min: float | None = None
+    description: str = ""
+
+
+class Feature(_Value):
+    """One field of the context contract."""
+
+    type: Literal["integer", "float", "categorical", "boolean", "string"]
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None
+    nullable: bool = False
+    owner: str
+    version: str = "1"
+    personal: bool = False
+    description: str = ""
+
+
+class Context(_Value):
+    """The context contract: what a caller must send and what the logs must carry."""
+
+    features: Annotated[dict[Name, Feature], Field(min_length=1)]
+
+
+class Experimentation(_Value):
+    salt: Annotated[str, Field(min_length=4)]
+    exploration_rate: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    holdout_share: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
+class Serving(_Value):
+    latency_budget_ms: Annotated[float, Field(gt=0)] = 50.0
+    decide_requires_token: bool = False
+
+
+class Monitoring(_Value):
+    psi_threshold: Annotated[float, Field(gt=0)] = 0.2
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.01
+
+
+class Adaptation(_Value):
+    min_new_decisions: Annotated[int, Field(ge=0)] = 10_000
+    min_lift: float = 0.0
+
+
+class SpecModel(_Value):
+    """The whole spec as written; see ``docs/spec.md`` for every field."""
+
+    version: Literal[1]
+    name: Name
+    unit: Name
+    description: str = ""
+    objective: Objective
+    outcomes: Annotated[dict[Name, Outcome], Field(min_length=1)]
+    levers: Annotated[dict[Name, Lever], Field(min_length=1)]
+    action_rules: list[str] = []
+    control: dict[str, Scalar]
+    fallback: dict[str, Scalar] | None = None
+    eligibility: Eligibility = Eligibility()
+    constraints: Constraints = Constraints()
+    guardrails: list[Guardrail] = []
+    context: Context
+    cohorts: list[str] = []
+    experimentation: Experimentation
+    serving: Serving = Serving()
+    monitoring: Monitoring = Monitoring()
+    adaptation: Adaptation = Adaptation()
