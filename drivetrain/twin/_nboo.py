@@ -375,7 +375,7 @@ class NBOOTwin:
             idx = np.flatnonzero(mask)
             if idx.size == 0:
                 return
-            occ = occurred.iloc[idx].to_numpy()
+            occ = occurred.iloc[idx].reset_index(drop=True)
             lag = rng.lognormal(np.log(600.0), 1.0, idx.size)
             late = rng.random(idx.size) < 0.03
             lag = np.where(late, rng.uniform(86_400, 2 * 86_400, idx.size), np.minimum(lag, 86_400))
@@ -387,7 +387,7 @@ class NBOOTwin:
                         "request_id": np.where(by_request[idx], req, None),
                         "unit_id": decisions["unit_id"].to_numpy()[idx],
                         "occurred_at": occ,
-                        "received_at": occ + pd.to_timedelta(lag, unit="s").to_numpy(),
+                        "received_at": occ + pd.to_timedelta(lag, unit="s"),
                         "component": component,
                         "value": np.asarray(values, dtype=np.float64)[idx] if np.ndim(values) else float(values),
                     }

@@ -1,0 +1,28 @@
+"""Event tables, the store, contract checks at ingest, and the outcome join."""
+
+from drivetrain.data._ingest import IngestReport, attribute_pending, hash_personal, ingest_decisions, ingest_outcomes
+from drivetrain.data._join import JoinReport, training_table
+from drivetrain.data._read import RawRows, read_rows
+from drivetrain.data._schemas import ASSIGNMENTS, OUTCOME_SCHEMA, QUARANTINE_SCHEMA, decision_schema
+from drivetrain.data._store import TABLES, MemoryStore, ParquetStore, Store, open_store
+
+__all__ = [
+    "ASSIGNMENTS",
+    "OUTCOME_SCHEMA",
+    "QUARANTINE_SCHEMA",
+    "TABLES",
+    "IngestReport",
+    "JoinReport",
+    "MemoryStore",
+    "ParquetStore",
+    "RawRows",
+    "Store",
+    "attribute_pending",
+    "decision_schema",
+    "hash_personal",
+    "ingest_decisions",
+    "ingest_outcomes",
+    "open_store",
+    "read_rows",
+    "training_table",
+]

@@ -1,0 +1,79 @@
+"""Arrow schemas of the store's tables (DESIGN.md, Contracts; docs/data.md).
+
+``decisions`` and ``outcomes`` depend on the spec (one column per lever and per context feature);
+``outcomes_pending`` holds accepted outcomes that no decision claims yet; ``quarantine`` every rejected row.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from drivetrain.spec import Spec
+
+__all__ = [
+    "ASSIGNMENTS",
+    "OUTCOME_SCHEMA",
+    "PENDING_SCHEMA",
+    "QUARANTINE_SCHEMA",
+    "TIMESTAMP",
+    "decision_schema",
+    "feature_type",
+]
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+ASSIGNMENTS = ("policy", "explore", "holdout", "fallback")
+
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("request_id", pa.string()),
+        ("unit_id", pa.string()),
+        ("occurred_at", TIMESTAMP),
+        ("received_at", TIMESTAMP),
+        ("component", pa.string()),
+        ("value", pa.float64()),
+        ("attribution", pa.string()),
+        ("ingested_at", TIMESTAMP),
+    ]
+)
+PENDING_SCHEMA = OUTCOME_SCHEMA
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("table_name", pa.string()),
+        ("source", pa.string()),
+        ("row_number", pa.int64()),
+        ("row_key", pa.string()),
+        ("reason", pa.string()),
+        ("quarantined_at", TIMESTAMP),
+        ("payload", pa.string()),
+    ]
+)
+
+
+def feature_type(kind: str) -> pa.DataType:
+    return {
+        "integer": pa.int64(),
+        "float": pa.float64(),
+        "boolean": pa.bool_(),
+        "categorical": pa.string(),
+        "string": pa.string(),
+    }[kind]
+
+
+def decision_schema(spec: Spec) -> pa.Schema:
+    """Columns of the decisions table for ``spec``, in the documented order (diagnostics excluded)."""
+    fields = [
+        ("request_id", pa.string()),
+        ("unit_id", pa.string()),
+        ("decided_at", TIMESTAMP),
+        ("received_at", TIMESTAMP),
+        ("policy_version", pa.string()),
+        ("action_id", pa.string()),
+    ]
+    for name, lever in spec.model.levers.items():
+        fields.append((name, pa.float64() if lever.type == "numeric" else pa.string()))
+    fields += [("propensity", pa.float64()), ("assignment", pa.string())]
+    for name, feat in spec.model.context.features.items():
+        fields.append((name, feature_type(feat.type)))
+    fields.append(("feature_version", pa.string()))
+    return pa.schema(fields)

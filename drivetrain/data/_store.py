@@ -1,0 +1,239 @@
+"""The event store: decisions, outcomes, pending outcomes and quarantine, queried with DuckDB SQL.
+
+``Store`` is the protocol every implementation satisfies (``tests/data/test_store_conformance.py``):
+
+* :class:`ParquetStore`, the embedded default: one directory per table, Parquet files partitioned by
+  day (``decisions/date=2026-01-05/part-....parquet``), each written to a temporary name and renamed, so a
+  reader never sees half a file; an exclusive lock file serializes writers.
+* :class:`MemoryStore`: Arrow tables in memory, for tests and the twin.
+
+Both answer SQL over views named after the tables (``decisions``, ``outcomes``, ``outcomes_pending``,
+``quarantine``), so the code that ingests and joins is written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from drivetrain.data._schemas import OUTCOME_SCHEMA, PENDING_SCHEMA, QUARANTINE_SCHEMA, decision_schema
+from drivetrain.errors import StoreError
+from drivetrain.spec import Spec
+
+__all__ = ["MemoryStore", "ParquetStore", "Store", "TABLES", "open_store"]
+
+TABLES = ("decisions", "outcomes", "outcomes_pending", "quarantine")
+_PARTITION_COLUMN = {"decisions": "decided_at", "outcomes": "occurred_at", "quarantine": "quarantined_at"}
+_MARKER = "drivetrain-store.json"
+_FORMAT = 1
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Append-only tables (``outcomes_pending`` is replaced whole) with SQL reads."""
+
+    spec: Spec
+
+    def append(self, table: str, rows: pa.Table) -> None: ...
+
+    def replace(self, table: str, rows: pa.Table) -> None: ...
+
+    def query(self, sql: str) -> pd.DataFrame: ...
+
+    def arrow(self, sql: str) -> pa.Table: ...
+
+    def count(self, table: str) -> int: ...
+
+    def lookup(self, table: str, key: str, keys: pa.Table) -> pa.Table: ...
+
+    def writing(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """The whole result of ``sql`` as an Arrow table (the method's name differs across DuckDB releases)."""
+    relation = con.sql(sql)
+    fetch = getattr(relation, "to_arrow_table", None) or getattr(relation, "arrow")
+    return fetch()
+
+
+class _SqlStore:
+    """Shared SQL layer: subclasses say where each table's rows are."""
+
+    spec: Spec
+
+    def schema(self, table: str) -> pa.Schema:
+        if table not in TABLES:
+            raise StoreError(f"`table` must be one of {list(TABLES)}, got {table!r}")
+        return {
+            "decisions": decision_schema(self.spec),
+            "outcomes": OUTCOME_SCHEMA,
+            "outcomes_pending": PENDING_SCHEMA,
+            "quarantine": QUARANTINE_SCHEMA,
+        }[table]
+
+    def _check(self, table: str, rows: pa.Table) -> pa.Table:
+        schema = self.schema(table)
+        missing = [f.name for f in schema if f.name not in rows.column_names]
+        if missing:
+            raise StoreError(f"rows for `{table}` must have columns {missing}, got {rows.column_names}")
+        extra = [c for c in rows.column_names if c not in schema.names]
+        ordered = rows.select([*schema.names, *extra])
+        return ordered.cast(pa.schema([*schema, *(ordered.schema.field(c) for c in extra)]))
+
+    def _bind(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = duckdb.connect(config={"threads": max(1, min(4, os.cpu_count() or 1))})
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            for table in TABLES:
+                self._bind(con, table)
+            yield con
+        finally:
+            con.close()
+
+    def _bind_empty(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+        empty = self.schema(table).empty_table()
+        con.register(f"_{table}_empty", empty)
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
+
+    def arrow(self, sql: str) -> pa.Table:
+        with self._connection() as con:
+            return _fetch(con, sql)
+
+    def query(self, sql: str) -> pd.DataFrame:
+        return self.arrow(sql).to_pandas()
+
+    def lookup(self, table: str, key: str, keys: pa.Table) -> pa.Table:
+        """Rows of ``table`` whose ``key`` is among ``keys[key]``."""
+        self.schema(table)
+        with self._connection() as con:
+            con.register("_keys", keys.select([key]))
+            return _fetch(con, f"SELECT t.* FROM {table} t SEMI JOIN _keys k ON t.{key} = k.{key}")
+
+    def count(self, table: str) -> int:
+        self.schema(table)
+        return int(self.arrow(f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py())
+
+
+class MemoryStore(_SqlStore):
+    """Tables as Arrow tables in memory; the real SQL paths, no files."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self._tables: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+
+    def append(self, table: str, rows: pa.Table) -> None:
+        rows = self._check(table, rows)
+        if rows.num_rows:
+            self._tables[table].append(rows)
+
+    def replace(self, table: str, rows: pa.Table) -> None:
+        rows = self._check(table, rows)
+        self._tables[table] = [rows] if rows.num_rows else []
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        yield
+
+    def _bind(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+        parts = self._tables[table]
+        if not parts:
+            self._bind_empty(con, table)
+            return
+        con.register(f"_{table}_data", pa.concat_tables(parts, promote_options="default"))
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_data")
+
+
+class ParquetStore(_SqlStore):
+    """The embedded store: Parquet files under ``root``, read with DuckDB."""
+
+    def __init__(self, root: str | Path, spec: Spec, *, create: bool = False) -> None:
+        self.root = Path(root)
+        self.spec = spec
+        marker = self.root / _MARKER
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not marker.exists():
+                marker.write_text(json.dumps({"format": _FORMAT, "spec": spec.name}) + "\n")
+        if not marker.exists():
+            raise StoreError(
+                f"store directory must hold {_MARKER} (create it with `drivetrain init` or `--create`), got {str(self.root)!r}"
+            )
+        try:
+            meta = json.loads(marker.read_text())
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{marker} must be JSON, got unreadable content ({exc})") from None
+        if meta.get("format") != _FORMAT:
+            raise StoreError(f"store format must be {_FORMAT}, got {meta.get('format')!r} in {marker}")
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's exclusive writer lock (one ingest at a time)."""
+        with open(self.root / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _files(self, table: str) -> list[Path]:
+        return sorted((self.root / table).glob("**/*.parquet"))
+
+    def _write(self, directory: Path, rows: pa.Table) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / f"part-{uuid.uuid4().hex}.parquet"
+        tmp = directory / f".{final.name}.tmp"
+        pq.write_table(rows, tmp, compression="zstd")
+        os.replace(tmp, final)
+        return final
+
+    def append(self, table: str, rows: pa.Table) -> None:
+        rows = self._check(table, rows)
+        if not rows.num_rows:
+            return
+        column = _PARTITION_COLUMN.get(table)
+        if column is None:
+            self._write(self.root / table, rows)
+            return
+        days = pc.strftime(rows.column(column), format="%Y-%m-%d")
+        for day in pc.unique(days).to_pylist():
+            part = rows.filter(pc.equal(days, day))
+            self._write(self.root / table / f"date={day}", part)
+
+    def replace(self, table: str, rows: pa.Table) -> None:
+        rows = self._check(table, rows)
+        old = self._files(table)
+        if rows.num_rows:
+            self._write(self.root / table, rows)
+        for path in old:
+            path.unlink()
+
+    def _bind(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+        files = self._files(table)
+        if not files:
+            self._bind_empty(con, table)
+            return
+        listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)")
+
+
+def open_store(path: str | Path | None, spec: Spec, *, create: bool = False) -> _SqlStore:
+    """A :class:`ParquetStore` at ``path``, or a :class:`MemoryStore` when ``path`` is None."""
+    if path is None:
+        return MemoryStore(spec)
+    return ParquetStore(path, spec, create=create)
