@@ -5,6 +5,7 @@ from drivetrain.data._join import JoinReport, training_table
 from drivetrain.data._read import RawRows, read_rows
 from drivetrain.data._schemas import ASSIGNMENTS, OUTCOME_SCHEMA, QUARANTINE_SCHEMA, decision_schema
 from drivetrain.data._store import TABLES, MemoryStore, ParquetStore, Store, open_store
+from drivetrain.data._summary import StoreSummary, summarize
 
 __all__ = [
     "ASSIGNMENTS",
@@ -17,6 +18,7 @@ __all__ = [
     "ParquetStore",
     "RawRows",
     "Store",
+    "StoreSummary",
     "attribute_pending",
     "decision_schema",
     "hash_personal",
@@ -24,5 +26,6 @@ __all__ = [
     "ingest_outcomes",
     "open_store",
     "read_rows",
+    "summarize",
     "training_table",
 ]

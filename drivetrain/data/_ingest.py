@@ -66,7 +66,7 @@ class IngestReport:
             f"{self.table} from {self.source}: {self.rows_in} rows in = {self.accepted} accepted"
             f" + {self.duplicates} duplicates + {self.quarantined} quarantined"
         )
-        if self.table == "outcomes" or self.attributed or self.waiting or self.expired:
+        if self.table == "outcomes" or self.attributed or self.waiting or self.attribution_rejects:
             text += (
                 f"; waiting outcomes attributed {self.attributed}, still waiting {self.waiting},"
                 f" moved to quarantine at attribution {self.attribution_rejects}"
@@ -356,7 +356,7 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
 
 def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
     """Values in one representation per type, so a stored row and its re-read copy hash the same."""
-    out = {}
+    out: dict[str, Any] = {}
     for name in frame.columns:
         col = frame[name]
         if pd.api.types.is_datetime64_any_dtype(col.dtype):

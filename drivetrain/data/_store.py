@@ -232,7 +232,7 @@ class ParquetStore(_SqlStore):
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)")
 
 
-def open_store(path: str | Path | None, spec: Spec, *, create: bool = False) -> _SqlStore:
+def open_store(path: str | Path | None, spec: Spec, *, create: bool = False) -> Store:
     """A :class:`ParquetStore` at ``path``, or a :class:`MemoryStore` when ``path`` is None."""
     if path is None:
         return MemoryStore(spec)

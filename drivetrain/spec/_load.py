@@ -177,12 +177,12 @@ def _build(model: SpecModel, source: str) -> Spec:
     action_elig_f = [formula(r.when, f"eligibility.actions[{i}].when", features) for i, r in enumerate(model.eligibility.actions)]
 
     for i, c in enumerate(model.cohorts):
-        feat = model.context.features.get(c)
-        if feat is None:
+        cohort = model.context.features.get(c)
+        if cohort is None:
             problems.append(f"cohorts[{i}]: must name a context feature of {sorted(features)}, got {c!r}")
-        elif feat.type not in ("categorical", "boolean"):
-            problems.append(f"cohorts[{i}]: must be a categorical or boolean feature, got {c!r} of type {feat.type}")
-        elif feat.personal:
+        elif cohort.type not in ("categorical", "boolean"):
+            problems.append(f"cohorts[{i}]: must be a categorical or boolean feature, got {c!r} of type {cohort.type}")
+        elif cohort.personal:
             problems.append(f"cohorts[{i}]: must not be personal data, got {c!r}")
 
     names = [*(b.name for b in model.constraints.budgets), *(c.name for c in model.constraints.caps), *(g.name for g in model.guardrails)]

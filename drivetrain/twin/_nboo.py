@@ -380,11 +380,13 @@ class NBOOTwin:
             late = rng.random(idx.size) < 0.03
             lag = np.where(late, rng.uniform(86_400, 2 * 86_400, idx.size), np.minimum(lag, 86_400))
             req = decisions["request_id"].to_numpy()[idx]
+            given = req.astype(object)
+            given[~by_request[idx]] = None
             frames.append(
                 pd.DataFrame(
                     {
                         "event_id": [f"{r}:{component}{suffix}" for r in req],
-                        "request_id": np.where(by_request[idx], req, None),
+                        "request_id": given,
                         "unit_id": decisions["unit_id"].to_numpy()[idx],
                         "occurred_at": occ,
                         "received_at": occ + pd.to_timedelta(lag, unit="s"),
