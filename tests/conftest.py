@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+NBOO_SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"
+
+settings.register_profile(
+    "drivetrain", derandomize=True, max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("drivetrain")
+
+
+@pytest.fixture(scope="session")
+def nboo_raw() -> dict[str, Any]:
+    return yaml.safe_load(NBOO_SPEC.read_text())
+
+
+@pytest.fixture
+def raw_spec(nboo_raw: dict[str, Any]) -> dict[str, Any]:
+    """A fresh deep copy of the NBOO spec as parsed YAML, to break in a test."""
+    return copy.deepcopy(nboo_raw)
