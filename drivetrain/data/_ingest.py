@@ -34,11 +34,12 @@ from drivetrain.data._read import RawRows
 from drivetrain.data._schemas import ASSIGNMENTS, OUTCOME_SCHEMA, QUARANTINE_SCHEMA, decision_schema
 from drivetrain.data._store import Store
 from drivetrain.errors import DataError
-from drivetrain.spec import Spec
+from drivetrain.spec import Spec, format_duration
 
 __all__ = ["IngestReport", "attribute_pending", "hash_personal", "ingest_decisions", "ingest_outcomes"]
 
 PERSONAL_PREFIX = "sha256:"
+NULL_TEXT = ("", "null", "nan")
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,10 @@ class _Rows:
 
     @staticmethod
     def is_null(col: pd.Series) -> np.ndarray:
+        """Missing values, including the text forms that exports write for them ("", null, NaN)."""
         null = col.isna().to_numpy()
         if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
-            null = null | (col.astype(str).str.strip() == "").to_numpy()
+            null = null | col.astype(str).str.strip().str.lower().isin(NULL_TEXT).to_numpy()
         return null
 
     def fail(self, mask: np.ndarray, template: str, raw: pd.Series | Callable[[np.ndarray], list[Any]] | None = None) -> None:
@@ -279,12 +281,31 @@ def _payloads(frame: pd.DataFrame, index: np.ndarray) -> list[str]:
 
 def _quarantine(store: Store, table: str, source: str, numbers: np.ndarray, keys: list[Any], reasons: list[str],
                 payloads: list[str], now: datetime) -> None:
+    """Append rejected rows; a row rejected before (same table, source, row, payload, reason) is not repeated."""
     if not reasons:
         return
+    ids = [
+        hashlib.sha256("\x1f".join([table, source, str(num), payload, reason]).encode()).hexdigest()[:24]
+        for num, payload, reason in zip(numbers, payloads, reasons, strict=True)
+    ]
+    seen = set(store.lookup("quarantine", "quarantine_id", pa.table({"quarantine_id": ids})).column("quarantine_id").to_pylist())
+    keep = []
+    for i, q in enumerate(ids):
+        if q not in seen:
+            seen.add(q)
+            keep.append(i)
+    if not keep:
+        return
+    ids = [ids[i] for i in keep]
+    numbers = np.asarray(numbers)[keep]
+    keys = [keys[i] for i in keep]
+    reasons = [reasons[i] for i in keep]
+    payloads = [payloads[i] for i in keep]
     store.append(
         "quarantine",
         pa.table(
             {
+                "quarantine_id": ids,
                 "table_name": [table] * len(reasons),
                 "source": [source] * len(reasons),
                 "row_number": pa.array(np.asarray(numbers, dtype=np.int64)),
@@ -319,7 +340,7 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
         same = fingerprint[valid_idx] == fingerprint[firsts]
         duplicate[valid_idx[later & same]] = True
         for i, j in zip(valid_idx[later & ~same], firsts[later & ~same], strict=True):
-            reason[i] = f"`{key}` repeats row {numbers[j]} of this file with different values, got {keys[i]!r}"
+            reason[i] = f"`{key}` repeats an earlier row of this file with different values, got {keys[i]!r} (first in row {numbers[j]})"
     del order
     fresh = np.flatnonzero((reason == None) & ~duplicate)  # noqa: E711
     if fresh.size:
@@ -522,8 +543,9 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
         f"`unit_id` must match the unit of decision {r.claim}, got {r.unit_id!r} (decision has {r.decision_unit!r})"
         if m
         else (
-            f"no decision claims this outcome within the grace period of {grace}: request_id {r.request_id!r} was never ingested"
-            if r.request_id is not None
+            f"no decision claims this outcome within the grace period of {format_duration(grace)}:"
+            f" request_id {r.request_id!r} was never ingested"
+            if not _isnull(r.request_id)
             else f"no decision of unit {r.unit_id!r} has a horizon containing occurred_at {r.occurred_at.isoformat()}"
         )
         for r, m in zip(bad.itertuples(), mismatch[to_quarantine], strict=True)

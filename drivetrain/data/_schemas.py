@@ -39,6 +39,7 @@ OUTCOME_SCHEMA = pa.schema(
 PENDING_SCHEMA = OUTCOME_SCHEMA
 QUARANTINE_SCHEMA = pa.schema(
     [
+        ("quarantine_id", pa.string()),
         ("table_name", pa.string()),
         ("source", pa.string()),
         ("row_number", pa.int64()),

@@ -1,0 +1,89 @@
+"""Every Store implementation must pass these checks (DESIGN.md, style 8)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pyarrow as pa
+import pytest
+
+from drivetrain.data import OUTCOME_SCHEMA, TABLES, ParquetStore, Store, decision_schema
+from drivetrain.errors import StoreError
+from drivetrain.spec import Spec
+from tests.data.conftest import T0
+
+
+def _outcomes(ids: list[str], day: int = 0) -> pa.Table:
+    n = len(ids)
+    return pa.table(
+        {
+            "event_id": ids,
+            "request_id": [f"r{i}" for i in range(n)],
+            "unit_id": [None] * n,
+            "occurred_at": [T0 + timedelta(days=day)] * n,
+            "received_at": [T0 + timedelta(days=day, minutes=1)] * n,
+            "component": ["purchase"] * n,
+            "value": [1.0] * n,
+            "attribution": ["request"] * n,
+            "ingested_at": [T0] * n,
+        },
+        schema=OUTCOME_SCHEMA,
+    )
+
+
+def test_is_a_store(store: Store) -> None:
+    assert isinstance(store, Store)
+
+
+def test_empty_tables_have_their_schema(store: Store, spec: Spec) -> None:
+    for table in TABLES:
+        assert store.count(table) == 0
+    empty = store.arrow("SELECT * FROM decisions")
+    assert empty.schema.names == decision_schema(spec).names
+
+
+def test_append_query_lookup_and_partitions(store: Store) -> None:
+    store.append("outcomes", _outcomes(["a", "b"], day=0))
+    store.append("outcomes", _outcomes(["c"], day=3))
+    assert store.count("outcomes") == 3
+    got = store.query("SELECT event_id FROM outcomes ORDER BY event_id")["event_id"].tolist()
+    assert got == ["a", "b", "c"]
+    found = store.lookup("outcomes", "event_id", pa.table({"event_id": ["c", "zz"]}))
+    assert found.column("event_id").to_pylist() == ["c"]
+    ts = store.arrow("SELECT occurred_at FROM outcomes WHERE event_id = 'c'").column(0)[0].as_py()
+    assert ts == T0 + timedelta(days=3)
+
+
+def test_replace_swaps_the_whole_table(store: Store) -> None:
+    store.append("outcomes_pending", _outcomes(["a", "b"]))
+    store.replace("outcomes_pending", _outcomes(["c"]))
+    assert store.query("SELECT event_id FROM outcomes_pending")["event_id"].tolist() == ["c"]
+    store.replace("outcomes_pending", _outcomes([]))
+    assert store.count("outcomes_pending") == 0
+
+
+def test_rows_missing_columns_are_refused(store: Store) -> None:
+    with pytest.raises(StoreError, match="must have columns"):
+        store.append("outcomes", pa.table({"event_id": ["a"]}))
+    with pytest.raises(StoreError, match="`table` must be one of"):
+        store.count("users")
+
+
+def test_writing_lock_is_reentrant_per_call(store: Store) -> None:
+    with store.writing():
+        store.append("outcomes", _outcomes(["a"]))
+    with store.writing():
+        assert store.count("outcomes") == 1
+
+
+def test_parquet_store_persists_and_checks_its_marker(spec: Spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = ParquetStore(tmp_path / "s", spec, create=True)
+    first.append("outcomes", _outcomes(["a", "b"]))
+    again = ParquetStore(tmp_path / "s", spec)
+    assert again.count("outcomes") == 2
+    assert not list((tmp_path / "s").glob("**/*.tmp"))
+    with pytest.raises(StoreError, match="must hold drivetrain-store.json"):
+        ParquetStore(tmp_path / "elsewhere", spec)
+    (tmp_path / "s" / "drivetrain-store.json").write_text("{broken")
+    with pytest.raises(StoreError, match="must be JSON"):
+        ParquetStore(tmp_path / "s", spec)
