@@ -33,8 +33,8 @@ app = typer.Typer(
 )
 twin_app = typer.Typer(help="Digital twins with known ground truth.", no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
-console = Console()
-err = Console(stderr=True)
+console = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
 
 PII_SALT_ENV = "DRIVETRAIN_PII_SALT"
 

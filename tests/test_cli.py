@@ -1,0 +1,111 @@
+"""The command line as a user runs it: a real process, its exit code and its output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import NBOO_SPEC
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "drivetrain.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd or Path.cwd())},
+    )
+
+
+def test_validate_ok_and_broken(tmp_path: Path) -> None:
+    ok = run("validate", str(NBOO_SPEC))
+    assert ok.returncode == 0, ok.stderr
+    assert "11 actions" in ok.stdout
+    raw = yaml.safe_load(NBOO_SPEC.read_text())
+    raw["objective"]["formula"] = "__import__('os').system('touch pwned')"
+    raw["cohorts"] = ["country"]
+    raw["extra"] = 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    res = run("validate", str(bad), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "extra: unknown key" in res.stderr
+    del raw["extra"]  # once the schema holds, the cross-references are checked, all problems at once
+    bad.write_text(yaml.safe_dump(raw))
+    res = run("validate", str(bad), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "objective.formula" in res.stderr and "only the named functions may be called" in res.stderr
+    assert "cohorts[0]: must name a context feature" in res.stderr
+    assert not (tmp_path / "pwned").exists()
+    missing = run("validate", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "must exist" in missing.stderr
+
+
+def test_init_scaffolds_a_valid_product(tmp_path: Path) -> None:
+    res = run("init", str(tmp_path / "product"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "product" / "store" / "drivetrain-store.json").exists()
+    assert "drivetrain validate" in (tmp_path / "product" / "README.md").read_text()
+    assert run("validate", str(tmp_path / "product" / "drivetrain.yaml")).returncode == 0
+    again = run("init", str(tmp_path / "product"))
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_twin_ingest_join_summary_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "twin"
+    res = run("twin", "nboo", "--out", str(out), "--users", "3000", "--seed", "4", "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    spec = str(out / "spec.yaml")
+    store = str(tmp_path / "store")
+    res = run("ingest", "--spec", spec, "--store", store, "--create", str(out / "outcomes.csv"), str(out / "decisions.csv"))
+    assert res.returncode == 0, res.stderr
+    assert "3000 rows in = 3000 accepted + 0 duplicates + 0 quarantined" in res.stdout
+    res = run("ingest", "--spec", spec, "--store", store, str(out / "decisions.csv"))
+    assert "3000 rows in = 0 accepted + 3000 duplicates + 0 quarantined" in res.stdout
+    res = run("join", "--spec", spec, "--store", store, "--as-of", "2026-02-10T00:00:00Z", "--out", str(tmp_path / "train.parquet"))
+    assert res.returncode == 0, res.stderr
+    table = pq.read_table(tmp_path / "train.parquet").to_pandas()
+    assert len(table) == 3000 and {"purchase", "promo_cost", "depth", "postcode"} <= set(table.columns)
+    assert table["postcode"].str.startswith("sha256:").all()
+    truth = pd.read_parquet(out / "truth.parquet")
+    assert len(truth) == 3000
+    res = run("summary", "--spec", spec, "--store", store, "--as-of", "2026-02-10T00:00:00Z")
+    assert res.returncode == 0, res.stderr
+    assert "discount-15-immediate" in res.stdout and "quarantine" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["ingest", "--spec", "SPEC", "--store", "STORE", "missing.csv"], "must exist"),
+        (["ingest", "--spec", "SPEC", "--store", "STORE", "odd.txt"], "must end in one of"),
+        (["ingest", "--spec", "SPEC", "--store", "nostore", "d.csv"], "must hold drivetrain-store.json"),
+        (["ingest", "--spec", "SPEC", "--store", "STORE", "unknown.csv"], "could not tell what"),
+        (["join", "--spec", "SPEC", "--store", "STORE", "--as-of", "tomorrow", "--out", "x.parquet"], "`as_of` must be an ISO 8601 time"),
+        (["twin", "nboo", "--users", "0"], "Invalid value for '--users'"),
+    ],
+)
+def test_input_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[str], fragment: str) -> None:
+    (tmp_path / "odd.txt").write_text("x")
+    (tmp_path / "unknown.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "d.csv").write_text("request_id\n")
+    assert run("init", str(tmp_path / "p")).returncode == 0
+    spec = str(tmp_path / "p" / "drivetrain.yaml")
+    store = str(tmp_path / "p" / "store")
+    res = run(*[spec if a == "SPEC" else store if a == "STORE" else a for a in args], cwd=tmp_path)
+    assert res.returncode == 2
+    assert fragment in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_demo_runs_small(tmp_path: Path) -> None:
+    res = run("demo", "--out", str(tmp_path / "demo"), "--users", "3000")
+    assert res.returncode == 0, res.stderr
+    assert "DOES NOT RECONCILE" not in res.stdout
+    assert res.stdout.count("[reconciles]") == 4
+    assert "per-user oracle" in res.stdout
