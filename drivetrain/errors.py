@@ -11,7 +11,9 @@ Anything else that escapes is a bug in drivetrain.
     │   └── FormulaError     a formula that does not parse or uses what is not allowed
     ├── DataError            a file or table that breaks the data contract as a whole
     │   └── StoreError       the store directory is missing, locked or not a drivetrain store
-    └── UsageError           an argument out of its range (a negative size, an unknown option value)
+    ├── UsageError           an argument out of its range (a negative size, an unknown option value)
+    ├── InfeasibleError      constraints that cannot all hold; names which
+    └── ArtifactError        a policy artifact that is missing, incomplete or fails its checksums
 
 Messages follow one template: name the field or parameter, the expected form, and what arrived, e.g.
 "`propensity` must be in (0, 1], got 1.7 in row 1042".
@@ -25,6 +27,8 @@ __all__ = [
     "DataError",
     "DrivetrainError",
     "FormulaError",
+    "InfeasibleError",
+    "ArtifactError",
     "SpecError",
     "StoreError",
     "UsageError",
@@ -58,3 +62,15 @@ class StoreError(DataError):
 
 class UsageError(DrivetrainError):
     """An argument is out of its allowed range."""
+
+
+class InfeasibleError(DrivetrainError):
+    """No assignment satisfies every constraint; ``constraints`` names the ones that cannot hold."""
+
+    def __init__(self, message: str, constraints: Sequence[str] = (), problems: Sequence[str] = ()) -> None:
+        self.constraints: tuple[str, ...] = tuple(constraints)
+        super().__init__(message, problems)
+
+
+class ArtifactError(DrivetrainError):
+    """A policy artifact cannot be loaded: missing files, unknown format, or a checksum mismatch."""
