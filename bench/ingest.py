@@ -203,9 +203,10 @@ def run_baseline(data: Data, spec: Spec, as_of: datetime) -> dict[str, Any]:
 
     def attribute() -> pd.DataFrame:
         out = pd.read_parquet(data.outcomes_path)
-        keys = decisions[["request_id", "unit_id", "decided_at"]]
+        # each outcome carries its decision's times, so the join needs no lookup by request_id
+        keys = decisions[["request_id", "unit_id", "decided_at", "received_at"]].rename(columns={"received_at": "decision_received_at"})
         given = out["request_id"].notna()
-        by_request = out[given].merge(keys[["request_id", "decided_at"]], on="request_id", how="inner")
+        by_request = out[given].merge(keys.drop(columns="unit_id"), on="request_id", how="inner")
         unit_only = out[~given].drop(columns="request_id").sort_values("occurred_at", kind="stable")
         by_unit = pd.merge_asof(
             unit_only,
@@ -224,9 +225,14 @@ def run_baseline(data: Data, spec: Spec, as_of: datetime) -> dict[str, Any]:
     def join() -> tuple[pd.DataFrame, int]:
         d = decisions[decisions["received_at"] <= t]
         mature = d[d["decided_at"] + wait <= t]
-        o = attributed[attributed["received_at"] <= t]
-        o = o[(o["occurred_at"] >= o["decided_at"]) & (o["occurred_at"] < o["decided_at"] + horizon)]
-        o = o[o["request_id"].isin(mature["request_id"])]
+        o = attributed
+        o = o[
+            (o["received_at"] <= t)
+            & (o["decision_received_at"] <= t)
+            & (o["decided_at"] + wait <= t)
+            & (o["occurred_at"] >= o["decided_at"])
+            & (o["occurred_at"] < o["decided_at"] + horizon)
+        ]
         wide = _aggregate(o, spec)
         table = mature.merge(wide, left_on="request_id", right_index=True, how="left")
         table[list(spec.outcomes)] = table[list(spec.outcomes)].fillna(0.0)
