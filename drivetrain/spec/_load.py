@@ -154,6 +154,11 @@ def _build(model: SpecModel, source: str) -> Spec:
     for name, lever in model.levers.items():
         if lever.type == "numeric" and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in lever.values):
             problems.append(f"levers.{name}.values: a numeric lever needs numbers, got {lever.values}")
+        for outcome_name in lever.monotone:
+            if lever.type != "numeric":
+                problems.append(f"levers.{name}.monotone: only numeric levers can be monotone, got a {lever.type} lever")
+            elif outcome_name not in model.outcomes:
+                problems.append(f"levers.{name}.monotone: keys must be outcomes of {sorted(model.outcomes)}, got {outcome_name!r}")
         if len({str(v) for v in lever.values}) != len(lever.values):
             problems.append(f"levers.{name}.values: values must be distinct, got {lever.values}")
     for name, feat in model.context.features.items():

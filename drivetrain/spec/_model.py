@@ -88,10 +88,15 @@ class Outcome(_Value):
 
 
 class Lever(_Value):
-    """A lever the team controls: categorical values or a numeric grid."""
+    """A lever the team controls: categorical values or a numeric grid.
+
+    ``monotone`` declares, for a numeric lever, outcomes that never fall (``increasing``) or never rise
+    (``decreasing``) as the lever grows, other levers fixed; the Modeler respects it.
+    """
 
     type: Literal["categorical", "numeric"]
     values: Annotated[list[Scalar], Field(min_length=1)]
+    monotone: dict[str, Literal["increasing", "decreasing"]] = {}
     description: str = ""
 
 

@@ -74,6 +74,9 @@ BROKEN = [
     ("outcomes.order_value.min", 5.0, []),  # valid: only checks that a lower bound alone is fine
     ("levers.depth.values", [0, "five"], ["levers.depth.values", "numeric lever needs numbers"]),
     ("levers.timing.values", [], ["levers.timing.values", "at least 1 item"]),
+    ("levers.depth.monotone", {"purchases": "increasing"}, ["levers.depth.monotone", "keys must be outcomes", "'purchases'"]),
+    ("levers.depth.monotone", {"purchase": "up"}, ["levers.depth.monotone.purchase", "'increasing' or 'decreasing'", "'up'"]),
+    ("levers.timing.monotone", {"purchase": "increasing"}, ["levers.timing.monotone", "only numeric levers"]),
     ("action_rules.0", "(offer_type == 'discount') and depth < 0", ["must leave at least one valid action"]),
     ("action_rules.1", "offer_type.upper() == 'NONE'", ["action_rules[1]", "no attributes or methods"]),
     ("control", {"offer_type": "none", "depth": 5, "timing": "none"}, ["control", "must be a valid action", "'depth': 5"]),
