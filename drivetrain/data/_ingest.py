@@ -80,14 +80,16 @@ def hash_personal(values: pd.Series, salt: str) -> pd.Series:
     prefix = salt.encode() + b"\x1f"
 
     def one(value: Any) -> Any:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+        if _isnull(value):
             return None
         text = str(value)
         if text.startswith(PERSONAL_PREFIX):
             return text
         return PERSONAL_PREFIX + hashlib.sha256(prefix + text.encode()).hexdigest()[:32]
 
-    return pd.Series([one(v) for v in values], index=values.index, dtype=object)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    hashed = np.array([one(v) for v in uniques] + [None], dtype=object)
+    return pd.Series(hashed[codes], index=values.index, dtype=object)
 
 
 class _Rows:
@@ -330,18 +332,17 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     valid = reason == None  # noqa: E711
     fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
     keys = clean[key].to_numpy()
-    order = pd.Series(np.arange(len(clean)))
     valid_idx = np.flatnonzero(valid)
-    first = pd.Series(valid_idx, index=keys[valid_idx]).groupby(level=0).transform("first") if valid_idx.size else pd.Series(dtype=np.int64)
     duplicate = np.zeros(len(clean), dtype=bool)
     if valid_idx.size:
-        firsts = first.to_numpy()
+        codes, _ = pd.factorize(keys[valid_idx])
+        _, first_of_code = np.unique(codes, return_index=True)
+        firsts = valid_idx[first_of_code[codes]]
         later = firsts != valid_idx
         same = fingerprint[valid_idx] == fingerprint[firsts]
         duplicate[valid_idx[later & same]] = True
         for i, j in zip(valid_idx[later & ~same], firsts[later & ~same], strict=True):
             reason[i] = f"`{key}` repeats an earlier row of this file with different values, got {keys[i]!r} (first in row {numbers[j]})"
-    del order
     fresh = np.flatnonzero((reason == None) & ~duplicate)  # noqa: E711
     if fresh.size:
         stored = existing(clean.iloc[fresh][[key]])
@@ -474,7 +475,7 @@ def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, g
             "component": component,
             "value": value,
             "attribution": pd.Series([None] * rows.n, index=rows.frame.index, dtype=object),
-            "ingested_at": pd.Series([pd.Timestamp(now)] * rows.n, index=rows.frame.index, dtype="datetime64[us, UTC]"),
+            "ingested_at": pd.Series(pd.Timestamp(now), index=rows.frame.index).astype("datetime64[us, UTC]"),
         }
     )
     compare = ["event_id", "request_id", "unit_id", "occurred_at", "component", "value"]

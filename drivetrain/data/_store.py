@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -211,9 +212,12 @@ class ParquetStore(_SqlStore):
             self._write(self.root / table, rows)
             return
         days = pc.strftime(rows.column(column), format="%Y-%m-%d")
-        for day in pc.unique(days).to_pylist():
-            part = rows.filter(pc.equal(days, day))
-            self._write(self.root / table / f"date={day}", part)
+        order = pc.sort_indices(days)
+        rows, days = rows.take(order), days.take(order)
+        values = days.to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        for start, stop in zip(starts, [*starts[1:], len(values)], strict=True):
+            self._write(self.root / table / f"date={values[start]}", rows.slice(start, stop - start))
 
     def replace(self, table: str, rows: pa.Table) -> None:
         rows = self._check(table, rows)
