@@ -1,0 +1,6 @@
+"""The Modeler: per-outcome-component models of E[outcome | context, action]."""
+
+from drivetrain.model._features import FeatureEncoder
+from drivetrain.model._modeler import OutcomeModel
+
+__all__ = ["FeatureEncoder", "OutcomeModel"]

@@ -1,0 +1,335 @@
+"""The Modeler: how levers move each outcome component, given the context.
+
+For each outcome component of the spec, a model of E[component | context, action] is learned from the
+joined training table; the predicted objective per (unit, action) is the spec's objective formula applied
+to the predicted components (exact when the formula is linear in the components, as budgets and
+guardrails are).
+
+* S-learner (``learner="s"``): one model per component with the action's encoding as input; numeric levers
+  declared ``monotone`` in the spec become LightGBM monotone constraints.
+* T-learner (``learner="t"``): one model per component and action, on that action's rows; monotone levers
+  are enforced afterwards by a running max (or min) along the lever with the other levers fixed.
+
+With ``n_folds >= 2`` the models are cross-fitted (Chernozhukov et al. 2018): each fold's model predicts
+the rows it did not see, so the doubly robust pseudo-outcomes (Dudík et al. 2011)
+
+    Gamma_ik = mu_k(x_i) + [a_i = k] / p_i * (y_i - mu_k(x_i))
+
+carry no overfitting bias; new contexts get the mean of the fold models, and their spread is a per
+(unit, action) uncertainty that pessimistic planning uses.
+
+>>> from drivetrain.twin import NBOOTwin  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, TypeAlias
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy import stats
+from sklearn.base import clone
+
+from drivetrain.errors import DataError, UsageError
+from drivetrain.model._features import FeatureEncoder
+from drivetrain.spec import Spec
+
+__all__ = ["OutcomeModel"]
+
+Table: TypeAlias = pd.DataFrame | pa.Table
+
+
+class _Constant:
+    """Stands in for a model when a component never varies in the rows it would learn from."""
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(x.shape[0], self.value)
+
+
+def _predict(model: Any, x: np.ndarray, num_threads: int = 1) -> np.ndarray:
+    if isinstance(model, lgb.Booster):
+        return np.asarray(model.predict(x, num_threads=num_threads), dtype=np.float64)
+    if isinstance(model, _Constant):
+        return model.predict(x)
+    x = np.nan_to_num(x, nan=-1.0)  # scikit-learn estimators take no missing values; LightGBM's do
+    if hasattr(model, "predict_proba"):
+        return np.asarray(model.predict_proba(x)[:, 1], dtype=np.float64)
+    return np.asarray(model.predict(x), dtype=np.float64)
+
+
+class OutcomeModel:
+    """Per-component outcome models over (context, action); see the module docstring.
+
+    Parameters are stored unchanged; ``fit`` validates them. ``regressor``/``classifier`` replace the
+    default LightGBM models with any scikit-learn estimator (cloned per model); only LightGBM models can be
+    saved into a policy artifact.
+    """
+
+    def __init__(
+        self,
+        *,
+        learner: Literal["s", "t"] = "s",
+        n_folds: int = 3,
+        n_estimators: int = 200,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_child_samples: int = 40,
+        seed: int = 0,
+        num_threads: int = 1,
+        regressor: Any = None,
+        classifier: Any = None,
+    ) -> None:
+        self.learner = learner
+        self.n_folds = n_folds
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.seed = seed
+        self.num_threads = num_threads
+        self.regressor = regressor
+        self.classifier = classifier
+
+    # ------------------------------------------------------------------ fitting
+    def _validate(self) -> None:
+        if self.learner not in ("s", "t"):
+            raise UsageError(f"`learner` must be 's' or 't', got {self.learner!r}")
+        if not isinstance(self.n_folds, int) or self.n_folds < 0 or self.n_folds == 1:
+            raise UsageError(f"`n_folds` must be 0 (no cross-fitting) or an integer >= 2, got {self.n_folds!r}")
+        for name in ("n_estimators", "num_leaves", "min_child_samples", "num_threads"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.learning_rate <= 1:
+            raise UsageError(f"`learning_rate` must be in (0, 1], got {self.learning_rate!r}")
+
+    def _lgbm_params(self, binary: bool, monotone: list[int] | None) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "objective": "cross_entropy" if binary else "regression",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_child_samples,
+            "num_threads": self.num_threads,
+            "deterministic": True,
+            "force_col_wise": True,
+            "seed": self.seed,
+            "verbosity": -1,
+        }
+        if monotone is not None and any(monotone):
+            params["monotone_constraints"] = monotone
+            params["monotone_constraints_method"] = "intermediate"
+        return params
+
+    def _fit_one(self, x: np.ndarray, y: np.ndarray, binary: bool, monotone: list[int] | None) -> Any:
+        if y.size == 0:
+            return _Constant(0.0)
+        if np.all(y == y[0]):
+            return _Constant(float(y[0]))
+        custom = self.classifier if binary else self.regressor
+        if custom is not None:
+            model = clone(custom)
+            if binary and hasattr(model, "predict_proba"):
+                return model.fit(np.nan_to_num(x, nan=-1.0), y.astype(int))
+            return model.fit(np.nan_to_num(x, nan=-1.0), y)
+        data = lgb.Dataset(x, label=y, categorical_feature=self.encoder_.categorical_indices or "auto", free_raw_data=True)
+        return lgb.train(self._lgbm_params(binary, monotone), data, num_boost_round=self.n_estimators)
+
+    def fit(self, table: Table, spec: Spec) -> OutcomeModel:
+        """Learn every outcome component from ``table`` (the training table of ``drivetrain join``)."""
+        self._validate()
+        frame = table.to_pandas() if isinstance(table, pa.Table) else table
+        missing = [c for c in ("action_id", "propensity", *spec.outcomes) if c not in frame.columns]
+        if missing:
+            raise DataError(f"training table must have columns {missing}, got {list(frame.columns)}")
+        if len(frame) < 2 * max(2, self.n_folds):
+            raise DataError(f"training table must have at least {2 * max(2, self.n_folds)} rows, got {len(frame)}")
+        space = spec.action_space
+        action = space.indices(frame["action_id"].to_numpy())
+        if np.any(action < 0):
+            bad = frame["action_id"].to_numpy()[action < 0][0]
+            raise DataError(f"`action_id` must be one of {list(space.ids)}, got {bad!r}")
+        self.spec_ = spec
+        self.encoder_ = FeatureEncoder.from_spec(spec)
+        self.n_actions_ = len(space)
+        x = self.encoder_.transform(frame)
+        self.components_ = tuple(spec.outcomes)
+        self.binary_ = {c: spec.model.outcomes[c].type == "binary" for c in self.components_}
+        self.action_ = action
+        self.propensity_ = frame["propensity"].to_numpy(dtype=np.float64)
+        self.outcomes_ = {c: frame[c].to_numpy(dtype=np.float64) for c in self.components_}
+        self.contexts_ = {n: frame[n].to_numpy() for n in spec.features if n in frame.columns}
+        self._x = x
+        n = len(frame)
+        rng = np.random.default_rng(self.seed)
+        folds = max(1, self.n_folds)
+        self.fold_ = rng.permutation(np.arange(n) % folds) if folds > 1 else np.zeros(n, dtype=np.int64)
+        self.models_: dict[str, list[Any]] = {}
+        self.oof_: dict[str, np.ndarray] = {}
+        for comp in self.components_:
+            y = self.outcomes_[comp]
+            fold_models, oof = [], np.zeros((n, self.n_actions_))
+            for f in range(folds):
+                train = self.fold_ != f if folds > 1 else np.ones(n, dtype=bool)
+                model = self._fit_component(x[train], action[train], y[train], comp)
+                fold_models.append(model)
+                if folds > 1:
+                    held = ~train
+                    oof[held] = self._predict_component(model, x[held], comp)
+            self.models_[comp] = fold_models
+            if folds > 1:
+                self.oof_[comp] = oof
+        return self
+
+    def _training_predictions(self) -> dict[str, np.ndarray]:
+        """Out-of-fold predictions of the training rows (in-sample, hence optimistic, without folds)."""
+        if not self.oof_:
+            self.oof_ = {c: self._predict_component(self.models_[c][0], self._x, c) for c in self.components_}
+        return self.oof_
+
+    def _monotone_vector(self, comp: str) -> list[int]:
+        space = self.spec_.action_space
+        signs = []
+        for lever in space.levers:
+            direction = self.spec_.model.levers[lever].monotone.get(comp)
+            width = 1 if space.lever_kinds[lever] == "numeric" else len(space.lever_values[lever])
+            sign = {"increasing": 1, "decreasing": -1}.get(direction or "", 0)
+            signs.extend([sign] * width)
+        return [0] * len(self.encoder_.names) + signs
+
+    def _fit_component(self, x: np.ndarray, action: np.ndarray, y: np.ndarray, comp: str) -> Any:
+        binary = self.binary_[comp]
+        if self.learner == "s":
+            design = np.column_stack([x, self.spec_.action_space.encode(action)])
+            return self._fit_one(design, y, binary, self._monotone_vector(comp))
+        return [self._fit_one(x[action == k], y[action == k], binary, None) for k in range(self.n_actions_)]
+
+    def _predict_component(self, model: Any, x: np.ndarray, comp: str) -> np.ndarray:
+        n, k = x.shape[0], self.n_actions_
+        if self.learner == "s":
+            enc = self.spec_.action_space.encode(np.arange(k))
+            design = np.column_stack([np.repeat(x, k, axis=0), np.tile(enc, (n, 1))])
+            out = _predict(model, design, self.num_threads).reshape(n, k)
+        else:
+            out = np.column_stack([_predict(model[j], x, self.num_threads) for j in range(k)])
+            out = self._enforce_monotone(out, comp)
+        if self.binary_[comp]:
+            out = np.clip(out, 0.0, 1.0)
+        return out
+
+    def _enforce_monotone(self, pred: np.ndarray, comp: str) -> np.ndarray:
+        space = self.spec_.action_space
+        cols = space.lever_columns()
+        for lever in space.levers:
+            direction = self.spec_.model.levers[lever].monotone.get(comp)
+            if direction is None:
+                continue
+            others = [lv for lv in space.levers if lv != lever]
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for j in range(len(space)):
+                groups.setdefault(tuple(str(cols[o][j]) for o in others), []).append(j)
+            for members in groups.values():
+                order = sorted(members, key=lambda j: float(cols[lever][j]))
+                block = pred[:, order]
+                block = np.maximum.accumulate(block, axis=1) if direction == "increasing" else np.minimum.accumulate(block, axis=1)
+                pred[:, order] = block
+        return pred
+
+    # ------------------------------------------------------------------ predictions
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "models_"):
+            raise UsageError("this OutcomeModel is not fitted yet: call `fit(table, spec)` first")
+
+    def predict_outcomes(self, contexts: pd.DataFrame | Mapping[str, Any], *, return_std: bool = False) -> Any:
+        """Expected value of each component for every (unit, action): dict of (n, K) arrays.
+
+        With ``return_std``, also the spread of the cross-fitted models per (unit, action) (zeros
+        without cross-fitting), as a second dict.
+        """
+        self._check_fitted()
+        x = self.encoder_.transform(contexts)
+        means: dict[str, np.ndarray] = {}
+        stds: dict[str, np.ndarray] = {}
+        for comp in self.components_:
+            preds = np.stack([self._predict_component(m, x, comp) for m in self.models_[comp]])
+            means[comp] = preds.mean(axis=0)
+            stds[comp] = preds.std(axis=0, ddof=1) if preds.shape[0] > 1 else np.zeros_like(means[comp])
+        return (means, stds) if return_std else means
+
+    def objective_of(self, components: Mapping[str, np.ndarray], contexts: pd.DataFrame | Mapping[str, Any] | None = None) -> np.ndarray:
+        """The spec's objective formula on (n, K) component arrays (levers broadcast per action)."""
+        self._check_fitted()
+        return _formula_on(self.spec_, self.spec_.objective, components, contexts)
+
+    def predict_objective(self, contexts: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """Predicted objective per (unit, action); shape (n, K)."""
+        return self.objective_of(self.predict_outcomes(contexts), contexts)
+
+    def effect(self, contexts: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """Predicted objective of each action minus the control action's; shape (n, K)."""
+        value = self.predict_objective(contexts)
+        return value - value[:, [self.spec_.control.index]]
+
+    # ------------------------------------------------------------------ doubly robust pieces
+    def pseudo_outcomes(self, component: str | None = None) -> np.ndarray:
+        """Doubly robust pseudo-outcomes of the training rows for ``component`` (default: the objective);
+        shape (n, K). Unbiased for each action's mean when the logged propensities are right."""
+        self._check_fitted()
+        n = self.action_.size
+        rows = np.arange(n)
+        predictions = self._training_predictions()
+        if component is None:
+            mu = self.objective_of(predictions, self.contexts_)
+            y = np.asarray(_formula_on(self.spec_, self.spec_.objective, {c: v[:, None] for c, v in self.outcomes_.items()},
+                                        self.contexts_, lever_index=self.action_), dtype=np.float64).reshape(n)
+        else:
+            if component not in predictions:
+                raise UsageError(f"`component` must be one of {list(self.components_)}, got {component!r}")
+            mu, y = predictions[component], self.outcomes_[component]
+        gamma = mu.copy()
+        gamma[rows, self.action_] += (y - mu[rows, self.action_]) / self.propensity_
+        return gamma
+
+    def effect_interval(self, *, by: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+        """Average effect of each action versus control on the objective, from the doubly robust
+        pseudo-outcomes, with a normal (1 - alpha) interval; per cohort ``by`` when given."""
+        if not 0 < alpha < 1:
+            raise UsageError(f"`alpha` must be in (0, 1), got {alpha!r}")
+        gamma = self.pseudo_outcomes()
+        control = self.spec_.control.index
+        diff = gamma - gamma[:, [control]]
+        z = float(stats.norm.ppf(1 - alpha / 2))
+        if by is not None and by not in self.contexts_:
+            raise UsageError(f"`by` must be a context feature of the training table, got {by!r}")
+        groups = {"all": np.ones(diff.shape[0], dtype=bool)} if by is None else {
+            str(v): np.asarray(self.contexts_[by] == v) for v in pd.unique(self.contexts_[by])}
+        rows = []
+        for label, mask in groups.items():
+            d = diff[mask]
+            for j, action_id in enumerate(self.spec_.action_space.ids):
+                if j == control:
+                    continue
+                mean = float(d[:, j].mean())
+                se = float(d[:, j].std(ddof=1) / np.sqrt(max(1, d.shape[0])))
+                rows.append({"cohort": label, "action_id": action_id, "n": int(mask.sum()), "effect": mean,
+                             "std_error": se, "ci_low": mean - z * se, "ci_high": mean + z * se})
+        return pd.DataFrame(rows)
+
+
+def _formula_on(spec: Spec, formula: Any, components: Mapping[str, np.ndarray], contexts: Any,
+                lever_index: np.ndarray | None = None) -> np.ndarray:
+    """Evaluate a spec formula on (n, K) components; levers broadcast per action, context per unit."""
+    columns: dict[str, Any] = dict(components)
+    if lever_index is None:
+        columns.update({name: col[None, :] for name, col in spec.action_space.lever_columns().items()})
+    else:
+        columns.update({name: col[:, None] for name, col in spec.action_space.lever_columns(lever_index).items()})
+    if contexts is not None:
+        for name in formula.variables:
+            if name in spec.features and name in contexts:
+                columns[name] = np.asarray(contexts[name])[:, None]
+    return np.asarray(formula(columns), dtype=np.float64)

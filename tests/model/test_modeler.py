@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from drivetrain.errors import DataError, UsageError
+from drivetrain.model import FeatureEncoder, OutcomeModel
+from drivetrain.twin import NBOOTwin, oracle
+
+N = 12_000
+
+
+def _logged(seed: int, n: int, *, noise_free: bool) -> tuple[NBOOTwin, pd.DataFrame]:
+    """A training table from the twin: realized outcomes, or their expectations when ``noise_free``."""
+    twin = NBOOTwin(seed=seed)
+    users = twin.population(n)
+    decisions, outcomes = twin.log(users)
+    spec = twin.spec
+    action = spec.action_space.indices(decisions["action_id"].to_numpy())
+    rows = np.arange(n)
+    if noise_free:
+        truth = twin.truth(users)
+        for c in spec.outcomes:
+            decisions[c] = truth.components[c][rows, action]
+        return twin, decisions
+    inside = outcomes[~outcomes["event_id"].str.endswith(":repeat")]
+    agg = inside.pivot_table(index="unit_id", columns="component", values="value", aggfunc="sum").reindex(columns=list(spec.outcomes))
+    for c in spec.outcomes:
+        decisions[c] = decisions["unit_id"].map(agg[c]).fillna(0.0).to_numpy()
+    return twin, decisions
+
+
+@pytest.fixture(scope="module")
+def noise_free() -> tuple[NBOOTwin, pd.DataFrame]:
+    return _logged(1, N, noise_free=True)
+
+
+@pytest.fixture(scope="module")
+def noisy() -> tuple[NBOOTwin, pd.DataFrame]:
+    return _logged(2, 30_000, noise_free=False)
+
+
+@pytest.fixture(scope="module")
+def fresh() -> tuple[pd.DataFrame, object]:
+    twin = NBOOTwin(seed=50)
+    users = twin.population(4000, offset=10_000_000)
+    return users, twin.truth(users)
+
+
+def test_recovers_the_response_surface_from_noise_free_outcomes(noise_free, fresh) -> None:  # type: ignore[no-untyped-def]
+    twin, table = noise_free
+    users, truth = fresh
+    model = OutcomeModel(n_folds=0, n_estimators=150, learning_rate=0.1, num_leaves=15, min_child_samples=20).fit(table, twin.spec)
+    pred = model.predict_outcomes(users)
+    assert set(pred) == set(twin.spec.outcomes) and pred["purchase"].shape == (4000, 11)
+    for c in ("purchase", "gross_profit", "promo_cost"):
+        assert np.corrcoef(pred[c].ravel(), truth.components[c].ravel())[0, 1] > 0.97, c
+    value = model.predict_objective(users)
+    choice = np.where(truth.eligible, value, -np.inf).argmax(axis=1)
+    control = truth.objective[:, twin.spec.control.index].mean()
+    got = truth.objective[np.arange(len(users)), choice].mean()
+    best = oracle(truth.objective, truth.eligible).value
+    assert (got - control) / (best - control) > 0.8
+
+
+@pytest.mark.parametrize("learner", ["s", "t"])
+def test_monotone_levers_are_respected(noisy, fresh, learner: str) -> None:  # type: ignore[no-untyped-def]
+    twin, table = noisy
+    users, _ = fresh
+    model = OutcomeModel(learner=learner, n_folds=0, n_estimators=60, num_leaves=15).fit(table, twin.spec)  # type: ignore[arg-type]
+    pred = model.predict_outcomes(users)
+    space = twin.spec.action_space
+    for timing in ("immediate", "delayed"):
+        cols = [space.index_of(f"discount-{d}-{timing}") for d in (5, 10, 15)]
+        for comp in ("purchase", "refund"):
+            p = pred[comp][:, cols]
+            assert np.all(np.diff(p, axis=1) >= -1e-12), (learner, timing, comp)
+
+
+def test_cross_fitted_pseudo_outcomes_are_unbiased_for_each_action(noisy) -> None:  # type: ignore[no-untyped-def]
+    twin, table = noisy
+    model = OutcomeModel(n_folds=3, n_estimators=60, num_leaves=15).fit(table, twin.spec)
+    gamma = model.pseudo_outcomes()
+    users = twin.population(len(table))
+    truth = twin.truth(users)
+    n = len(table)
+    for j in range(len(twin.spec.action_space)):
+        se = gamma[:, j].std(ddof=1) / np.sqrt(n)
+        assert abs(gamma[:, j].mean() - truth.objective[:, j].mean()) < 4 * se, j
+    effects = model.effect_interval()
+    true_effect = truth.objective.mean(axis=0) - truth.objective[:, twin.spec.control.index].mean()
+    lookup = dict(zip(twin.spec.action_space.ids, true_effect, strict=True))
+    z = (effects["effect"] - effects["action_id"].map(lookup)) / effects["std_error"]
+    assert (z.abs() < 4).all()
+    assert (effects["ci_low"] < effects["effect"]).all() and len(effects) == 10
+    by_tier = model.effect_interval(by="tier")
+    assert set(by_tier["cohort"]) == {"bronze", "silver", "gold"}
+    _, std = model.predict_outcomes(users.head(100), return_std=True)
+    assert (std["purchase"] > 0).any()
+
+
+def test_any_scikit_learn_estimator(noisy, fresh) -> None:  # type: ignore[no-untyped-def]
+    twin, table = noisy
+    users, truth = fresh
+    model = OutcomeModel(n_folds=0, regressor=LinearRegression(), classifier=LogisticRegression(max_iter=200)).fit(table.head(3000), twin.spec)
+    pred = model.predict_outcomes(users)
+    assert pred["purchase"].min() >= 0 and pred["purchase"].max() <= 1
+    assert np.corrcoef(pred["purchase"].ravel(), truth.components["purchase"].ravel())[0, 1] > 0.5
+
+
+def test_bad_parameters_and_tables(noise_free) -> None:  # type: ignore[no-untyped-def]
+    twin, table = noise_free
+    with pytest.raises(UsageError, match="`learner` must be 's' or 't', got 'x'"):
+        OutcomeModel(learner="x").fit(table, twin.spec)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="`n_folds` must be 0"):
+        OutcomeModel(n_folds=1).fit(table, twin.spec)
+    with pytest.raises(DataError, match=r"training table must have columns \['refund'\]"):
+        OutcomeModel().fit(table.drop(columns=["refund"]), twin.spec)
+    broken = table.head(50).copy()
+    broken.loc[broken.index[0], "action_id"] = "gift"
+    with pytest.raises(DataError, match="`action_id` must be one of"):
+        OutcomeModel(n_folds=0).fit(broken, twin.spec)
+    with pytest.raises(UsageError, match="not fitted yet"):
+        OutcomeModel().predict_outcomes(table)
+
+
+def test_feature_encoder_round_trips_and_handles_unknowns(noise_free) -> None:  # type: ignore[no-untyped-def]
+    twin, _ = noise_free
+    enc = FeatureEncoder.from_spec(twin.spec)
+    assert "postcode" not in enc.names
+    assert FeatureEncoder.from_json(enc.to_json()) == enc
+    ctx = {n: [None] for n in enc.names}
+    ctx.update(region=["atlantis"], tier=["gold"], page_views_30d=[3])
+    x = enc.transform(ctx)
+    row = dict(zip(enc.names, x[0], strict=True))
+    assert np.isnan(row["region"]) and row["tier"] == 2.0 and row["page_views_30d"] == 3.0
+    with pytest.raises(DataError, match="must have the feature columns"):
+        enc.transform({"region": ["north"]})
