@@ -5,10 +5,12 @@ joined training table; the predicted objective per (unit, action) is the spec's 
 to the predicted components (exact when the formula is linear in the components, as budgets and
 guardrails are).
 
-* S-learner (``learner="s"``): one model per component with the action's encoding as input; numeric levers
-  declared ``monotone`` in the spec become LightGBM monotone constraints.
-* T-learner (``learner="t"``): one model per component and action, on that action's rows; monotone levers
-  are enforced afterwards by a running max (or min) along the lever with the other levers fixed.
+* S-learner (``learner="s"``): one model per component with the action's encoding as input.
+* T-learner (``learner="t"``): one model per component and action, on that action's rows.
+
+Numeric levers declared ``monotone`` in the spec are enforced on the predictions by a running max (or min)
+along the lever with the other levers fixed (see docs/decisions.md for why not LightGBM's constraints).
+A component with ``given`` in the spec is a two-part model: E[c] = E[given] * E[c | given].
 
 With ``n_folds >= 2`` the models are cross-fitted (Chernozhukov et al. 2018): each fold's model predicts
 the rows it did not see, so the doubly robust pseudo-outcomes (Dudík et al. 2011)
@@ -76,10 +78,12 @@ class OutcomeModel:
         *,
         learner: Literal["s", "t"] = "s",
         n_folds: int = 3,
-        n_estimators: int = 200,
+        n_estimators: int = 300,
         learning_rate: float = 0.05,
-        num_leaves: int = 31,
-        min_child_samples: int = 40,
+        num_leaves: int = 15,
+        min_child_samples: int = 200,
+        feature_fraction: float = 0.7,
+        lambda_l2: float = 10.0,
         seed: int = 0,
         num_threads: int = 1,
         regressor: Any = None,
@@ -91,6 +95,8 @@ class OutcomeModel:
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
+        self.feature_fraction = feature_fraction
+        self.lambda_l2 = lambda_l2
         self.seed = seed
         self.num_threads = num_threads
         self.regressor = regressor
@@ -108,24 +114,24 @@ class OutcomeModel:
         if not 0 < self.learning_rate <= 1:
             raise UsageError(f"`learning_rate` must be in (0, 1], got {self.learning_rate!r}")
 
-    def _lgbm_params(self, binary: bool, monotone: list[int] | None) -> dict[str, Any]:
+    def _lgbm_params(self, binary: bool) -> dict[str, Any]:
         params: dict[str, Any] = {
             "objective": "cross_entropy" if binary else "regression",
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
             "min_data_in_leaf": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "feature_fraction_seed": self.seed,
+            "lambda_l2": self.lambda_l2,
             "num_threads": self.num_threads,
             "deterministic": True,
             "force_col_wise": True,
             "seed": self.seed,
             "verbosity": -1,
         }
-        if monotone is not None and any(monotone):
-            params["monotone_constraints"] = monotone
-            params["monotone_constraints_method"] = "intermediate"
         return params
 
-    def _fit_one(self, x: np.ndarray, y: np.ndarray, binary: bool, monotone: list[int] | None) -> Any:
+    def _fit_one(self, x: np.ndarray, y: np.ndarray, binary: bool, weight: np.ndarray | None = None) -> Any:
         if y.size == 0:
             return _Constant(0.0)
         if np.all(y == y[0]):
@@ -134,10 +140,10 @@ class OutcomeModel:
         if custom is not None:
             model = clone(custom)
             if binary and hasattr(model, "predict_proba"):
-                return model.fit(np.nan_to_num(x, nan=-1.0), y.astype(int))
-            return model.fit(np.nan_to_num(x, nan=-1.0), y)
-        data = lgb.Dataset(x, label=y, categorical_feature=self.encoder_.categorical_indices or "auto", free_raw_data=True)
-        return lgb.train(self._lgbm_params(binary, monotone), data, num_boost_round=self.n_estimators)
+                return model.fit(np.nan_to_num(x, nan=-1.0), (y > 0.5).astype(int), sample_weight=weight)
+            return model.fit(np.nan_to_num(x, nan=-1.0), y, sample_weight=weight)
+        data = lgb.Dataset(x, label=y, weight=weight, categorical_feature=self.encoder_.categorical_indices or "auto", free_raw_data=True)
+        return lgb.train(self._lgbm_params(binary), data, num_boost_round=self.n_estimators)
 
     def fit(self, table: Table, spec: Spec) -> OutcomeModel:
         """Learn every outcome component from ``table`` (the training table of ``drivetrain join``)."""
@@ -171,11 +177,17 @@ class OutcomeModel:
         self.models_: dict[str, list[Any]] = {}
         self.oof_: dict[str, np.ndarray] = {}
         for comp in self.components_:
-            y = self.outcomes_[comp]
+            y, weight = self.outcomes_[comp], None
+            gate = spec.model.outcomes[comp].given
+            if gate is not None:  # two-part model: E[c | gate] from the rows where the gate happened
+                weight = self.outcomes_[gate]
+                y = np.divide(y, weight, out=np.zeros_like(y), where=weight > 0)
             fold_models, oof = [], np.zeros((n, self.n_actions_))
             for f in range(folds):
                 train = self.fold_ != f if folds > 1 else np.ones(n, dtype=bool)
-                model = self._fit_component(x[train], action[train], y[train], comp)
+                if weight is not None:
+                    train = train & (weight > 0)
+                model = self._fit_component(x[train], action[train], y[train], comp, None if weight is None else weight[train])
                 fold_models.append(model)
                 if folds > 1:
                     held = ~train
@@ -183,30 +195,39 @@ class OutcomeModel:
             self.models_[comp] = fold_models
             if folds > 1:
                 self.oof_[comp] = oof
+        if self.oof_:
+            self.oof_ = self._compose(self.oof_)
         return self
+
+    def _compose(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Unconditional expectations from the two-part models: E[c] = E[gate] * E[c | gate]."""
+        out: dict[str, np.ndarray] = {}
+
+        def full(comp: str) -> np.ndarray:
+            if comp not in out:
+                gate = self.spec_.model.outcomes[comp].given
+                out[comp] = raw[comp] if gate is None else raw[comp] * full(gate)
+            return out[comp]
+
+        for comp in self.components_:
+            full(comp)
+        return out
 
     def _training_predictions(self) -> dict[str, np.ndarray]:
         """Out-of-fold predictions of the training rows (in-sample, hence optimistic, without folds)."""
         if not self.oof_:
-            self.oof_ = {c: self._predict_component(self.models_[c][0], self._x, c) for c in self.components_}
+            self.oof_ = self._compose({c: self._predict_component(self.models_[c][0], self._x, c) for c in self.components_})
         return self.oof_
 
-    def _monotone_vector(self, comp: str) -> list[int]:
-        space = self.spec_.action_space
-        signs = []
-        for lever in space.levers:
-            direction = self.spec_.model.levers[lever].monotone.get(comp)
-            width = 1 if space.lever_kinds[lever] == "numeric" else len(space.lever_values[lever])
-            sign = {"increasing": 1, "decreasing": -1}.get(direction or "", 0)
-            signs.extend([sign] * width)
-        return [0] * len(self.encoder_.names) + signs
-
-    def _fit_component(self, x: np.ndarray, action: np.ndarray, y: np.ndarray, comp: str) -> Any:
+    def _fit_component(self, x: np.ndarray, action: np.ndarray, y: np.ndarray, comp: str, weight: np.ndarray | None) -> Any:
         binary = self.binary_[comp]
         if self.learner == "s":
             design = np.column_stack([x, self.spec_.action_space.encode(action)])
-            return self._fit_one(design, y, binary, self._monotone_vector(comp))
-        return [self._fit_one(x[action == k], y[action == k], binary, None) for k in range(self.n_actions_)]
+            return self._fit_one(design, y, binary, weight)
+        return [
+            self._fit_one(x[action == k], y[action == k], binary, None if weight is None else weight[action == k])
+            for k in range(self.n_actions_)
+        ]
 
     def _predict_component(self, model: Any, x: np.ndarray, comp: str) -> np.ndarray:
         n, k = x.shape[0], self.n_actions_
@@ -216,7 +237,7 @@ class OutcomeModel:
             out = _predict(model, design, self.num_threads).reshape(n, k)
         else:
             out = np.column_stack([_predict(model[j], x, self.num_threads) for j in range(k)])
-            out = self._enforce_monotone(out, comp)
+        out = self._enforce_monotone(out, comp)
         if self.binary_[comp]:
             out = np.clip(out, 0.0, 1.0)
         return out
@@ -252,13 +273,13 @@ class OutcomeModel:
         """
         self._check_fitted()
         x = self.encoder_.transform(contexts)
-        means: dict[str, np.ndarray] = {}
-        stds: dict[str, np.ndarray] = {}
-        for comp in self.components_:
-            preds = np.stack([self._predict_component(m, x, comp) for m in self.models_[comp]])
-            means[comp] = preds.mean(axis=0)
-            stds[comp] = preds.std(axis=0, ddof=1) if preds.shape[0] > 1 else np.zeros_like(means[comp])
-        return (means, stds) if return_std else means
+        folds = len(next(iter(self.models_.values())))
+        per_fold = [self._compose({c: self._predict_component(self.models_[c][f], x, c) for c in self.components_}) for f in range(folds)]
+        means = {c: np.mean([p[c] for p in per_fold], axis=0) for c in self.components_}
+        if not return_std:
+            return means
+        stds = {c: np.std([p[c] for p in per_fold], axis=0, ddof=1) if folds > 1 else np.zeros_like(means[c]) for c in self.components_}
+        return means, stds
 
     def objective_of(self, components: Mapping[str, np.ndarray], contexts: pd.DataFrame | Mapping[str, Any] | None = None) -> np.ndarray:
         """The spec's objective formula on (n, K) component arrays (levers broadcast per action)."""

@@ -149,6 +149,18 @@ def _build(model: SpecModel, source: str) -> Spec:
         problems.append(f"outcomes, levers and context features must have distinct names, got {clash} in more than one")
 
     for name, out in model.outcomes.items():
+        if out.given is not None:
+            gate = model.outcomes.get(out.given)
+            if gate is None or gate.type != "binary" or out.given == name:
+                problems.append(f"outcomes.{name}.given: must name another binary outcome, got {out.given!r}")
+            else:
+                seen: set[str] = {name}
+                step: str | None = out.given
+                while step is not None and step in model.outcomes and step not in seen:
+                    seen.add(step)
+                    step = model.outcomes[step].given
+                if step in seen:
+                    problems.append(f"outcomes.{name}.given: must not form a cycle, got one through {step!r}")
         if out.min is not None and out.max is not None and out.min > out.max:
             problems.append(f"outcomes.{name}: `min` must be <= `max`, got {out.min} > {out.max}")
     for name, lever in model.levers.items():

@@ -78,10 +78,16 @@ class Objective(_Value):
 
 
 class Outcome(_Value):
-    """One outcome component, aggregated per decision over the horizon."""
+    """One outcome component, aggregated per decision over the horizon.
+
+    ``given`` names a binary component without which this one is zero (an order value needs a purchase);
+    the Modeler then learns E[c] = P(given) * E[c | given], a two-part model that spends no capacity on
+    the zeros.
+    """
 
     type: Literal["binary", "count", "continuous"]
     aggregate: Literal["sum", "max", "count", "last"] = "sum"
+    given: str | None = None
     min: float | None = None
     max: float | None = None
     description: str = ""

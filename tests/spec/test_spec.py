@@ -71,7 +71,10 @@ BROKEN = [
     ("objective.colour", "blue", ["objective.colour", "unknown key", "expected one of ['name', 'formula'"]),
     ("objective.horizon", _DELETE, ["objective.horizon", "required field is missing"]),
     ("outcomes.purchase.type", "boolean", ["outcomes.purchase.type", "'binary', 'count' or 'continuous'", "'boolean'"]),
-    ("outcomes.order_value.min", 5.0, []),  # valid: only checks that a lower bound alone is fine
+    ("outcomes.order_value.min", 5.0, []),
+    ("outcomes.order_value.given", "revenue", ["outcomes.order_value.given", "must name another binary outcome", "'revenue'"]),
+    ("outcomes.order_value.given", "gross_profit", ["outcomes.order_value.given", "must name another binary outcome"]),
+    ("outcomes.purchase.given", "refund", ["must not form a cycle"]),  # valid: only checks that a lower bound alone is fine
     ("levers.depth.values", [0, "five"], ["levers.depth.values", "numeric lever needs numbers"]),
     ("levers.timing.values", [], ["levers.timing.values", "at least 1 item"]),
     ("levers.depth.monotone", {"purchases": "increasing"}, ["levers.depth.monotone", "keys must be outcomes", "'purchases'"]),
