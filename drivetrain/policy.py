@@ -1,0 +1,299 @@
+"""The Policy artifact: ``decide(contexts)`` returns actions and propensities.
+
+A policy is the Modeler's component models plus the Optimizer's shadow prices. For each unit it scores
+every eligible action with the predicted objective minus the priced use of each constraint,
+
+    score_ik = objective_ik - sum_c lambda_c * s_c * usage_c,ik - sum_cap mu_cap * [k in cap],
+
+(s_c = +1 for a ``<=`` limit, -1 for ``>=``), so that a unit's decision does not depend on the rest of the
+batch; then applies exploration and the holdout exactly as DESIGN.md defines them:
+
+* holdout: ``hash(salt, unit_id) < holdout_share`` gets the control action;
+* exploration: with probability ``eps``, drawn per request from a hash of the request id, a uniformly
+  random eligible action;
+* propensity: ``h * [a = control] + (1 - h) * (eps / K_i + (1 - eps) * [a = chosen])``.
+
+Saved as plain files: ``manifest.json`` (spec hash, data window, library versions, metrics, sha256 of
+every file), ``policy.json``, ``spec.yaml`` and LightGBM text models. Loading verifies every checksum and
+parses only JSON, YAML (safe loader) and LightGBM's text format: it cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import yaml
+
+from drivetrain.errors import ArtifactError, UsageError
+from drivetrain.model import FeatureEncoder, OutcomeModel
+from drivetrain.model._modeler import _Constant, _formula_on
+from drivetrain.spec import Formula, Spec, holdout_draw, parse_spec
+
+__all__ = ["DecisionBatch", "Policy", "constraint_terms"]
+
+FORMAT = 1
+_SCALE = float(2**64)
+
+
+def constraint_terms(spec: Spec) -> list[tuple[str, Formula, str, float]]:
+    """The spec's linear mean constraints as (name, formula, sense, limit): budgets, then guardrails."""
+    terms: list[tuple[str, Formula, str, float]] = [(b.name, f, "<=", b.max_per_unit) for b, f in spec.budgets]
+    for g, f in spec.guardrails:
+        if g.max is not None:
+            terms.append((g.name if g.min is None else f"{g.name}:max", f, "<=", g.max))
+        if g.min is not None:
+            terms.append((g.name if g.max is None else f"{g.name}:min", f, ">=", g.min))
+    return terms
+
+
+def _uniform(salt: str, tag: str, keys: Sequence[object] | np.ndarray) -> np.ndarray:
+    return holdout_draw(f"{salt}\x1f{tag}", keys)
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    """Decisions for n contexts: ``action`` (n,) index, ``action_id``, ``propensity``, ``assignment``
+    (policy / explore / holdout), the policy's ``scores`` (n, K) and the chosen action's ``margin`` over the
+    runner-up (n,)."""
+
+    action: np.ndarray
+    action_id: np.ndarray
+    propensity: np.ndarray
+    assignment: np.ndarray
+    chosen: np.ndarray
+    scores: np.ndarray
+    margin: np.ndarray
+
+
+@dataclass
+class Policy:
+    """A decision policy; build it with :meth:`from_model`, persist it with :meth:`save` / :meth:`load`."""
+
+    spec: Spec
+    model: OutcomeModel
+    multipliers: Mapping[str, float]
+    version: str
+    exploration_rate: float
+    holdout_share: float
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, spec: Spec, model: OutcomeModel, multipliers: Mapping[str, float], *, version: str | None = None,
+                   exploration_rate: float | None = None, holdout_share: float | None = None,
+                   metadata: Mapping[str, Any] | None = None) -> Policy:
+        known = {t[0] for t in constraint_terms(spec)} | {c.name for c, _ in spec.caps}
+        unknown = sorted(set(multipliers) - known)
+        if unknown:
+            raise UsageError(f"`multipliers` must name constraints or caps of the spec {sorted(known)}, got {unknown}")
+        exp = spec.model.experimentation
+        eps = exp.exploration_rate if exploration_rate is None else exploration_rate
+        h = exp.holdout_share if holdout_share is None else holdout_share
+        if not 0 <= eps < 1 or not 0 <= h < 1:
+            raise UsageError(f"`exploration_rate` and `holdout_share` must be in [0, 1), got {eps} and {h}")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        digest = hashlib.sha256(json.dumps({k: float(v) for k, v in sorted(multipliers.items())}).encode() + spec.hash.encode()).hexdigest()[:8]
+        return cls(spec, model, {k: float(v) for k, v in multipliers.items()}, version or f"{spec.name}-{stamp}-{digest}",
+                   float(eps), float(h), dict(metadata or {}))
+
+    # ------------------------------------------------------------------ scoring and deciding
+    def scores(self, contexts: pd.DataFrame | Mapping[str, Any], components: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Priced objective per (unit, action); ineligible actions are ``-inf``. Shape (n, K)."""
+        comps = self.model.predict_outcomes(contexts) if components is None else components
+        value = self.model.objective_of(comps, contexts)
+        if self.spec.model.objective.direction == "minimize":
+            value = -value
+        for name, formula, sense, _limit in constraint_terms(self.spec):
+            lam = self.multipliers.get(name, 0.0)
+            if lam:
+                usage = np.broadcast_to(_formula_on(self.spec, formula, comps, contexts), value.shape)
+                value = value - lam * (1.0 if sense == "<=" else -1.0) * usage
+        for cap, mask in self.spec.caps:
+            mu = self.multipliers.get(cap.name, 0.0)
+            if mu:
+                value = value - mu * mask[None, :]
+        eligible = self.spec.eligible_actions({n: np.asarray(contexts[n]) for n in self.spec.features if n in contexts})
+        return np.where(eligible, value, -np.inf)
+
+    def decide(self, contexts: pd.DataFrame, *, request_ids: Sequence[str] | None = None,
+               unit_column: str = "unit_id") -> DecisionBatch:
+        """Decide for every row of ``contexts`` (which must hold ``unit_id`` and the context features)."""
+        if unit_column not in contexts:
+            raise UsageError(f"contexts must have a `{unit_column}` column, got {list(contexts.columns)}")
+        n = len(contexts)
+        units = contexts[unit_column].astype(str).to_numpy()
+        requests = np.asarray(request_ids if request_ids is not None else units, dtype=object).astype(str)
+        if requests.shape != (n,):
+            raise UsageError(f"`request_ids` must have one id per context ({n}), got {requests.shape[0]}")
+        scores = self.scores(contexts)
+        finite = np.isfinite(scores)
+        chosen = np.argmax(scores, axis=1)
+        ordered = np.sort(np.where(finite, scores, -np.inf), axis=1)
+        runner_up = ordered[:, -2] if scores.shape[1] > 1 else ordered[:, -1]
+        margin = np.where(np.isfinite(runner_up), ordered[:, -1] - runner_up, np.inf)
+        k_eligible = finite.sum(axis=1)
+        salt = self.spec.model.experimentation.salt
+        eps, h = self.exploration_rate, self.holdout_share
+        explore = _uniform(salt, "explore", requests) < eps
+        pick = np.minimum((_uniform(salt, "pick", requests) * k_eligible).astype(np.int64), k_eligible - 1)
+        nth_eligible = np.argmax(np.cumsum(finite, axis=1) > pick[:, None], axis=1)
+        action = np.where(explore, nth_eligible, chosen)
+        held = holdout_draw(salt, units) < h
+        control = self.spec.control.index
+        action = np.where(held, control, action)
+        propensity = h * (action == control) + (1 - h) * (eps / k_eligible + (1 - eps) * (action == chosen))
+        assignment = np.where(held, "holdout", np.where(explore, "explore", "policy")).astype(object)
+        ids = np.array(self.spec.action_space.ids, dtype=object)
+        return DecisionBatch(action, ids[action], propensity, assignment, chosen, scores, margin)
+
+    def action_distribution(self, contexts: pd.DataFrame, *, unit_column: str = "unit_id") -> np.ndarray:
+        """Probability of each action per context under the whole serving system (holdout and
+        exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates."""
+        scores = self.scores(contexts)
+        finite = np.isfinite(scores)
+        chosen = np.argmax(scores, axis=1)
+        k = finite.sum(axis=1, keepdims=True)
+        eps, h = self.exploration_rate, self.holdout_share
+        dist = finite * (eps / k)
+        dist[np.arange(len(chosen)), chosen] += 1 - eps
+        dist *= 1 - h
+        dist[:, self.spec.control.index] += h
+        return dist
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write the artifact to ``directory`` (created; must be empty or absent)."""
+        directory = Path(directory)
+        if directory.exists() and any(directory.iterdir()):
+            raise UsageError(f"policy directory must be empty or absent, got {str(directory)!r} with files")
+        (directory / "models").mkdir(parents=True, exist_ok=True)
+        model = self.model
+        files: dict[str, list[Any]] = {}
+        for comp, fold_models in model.models_.items():
+            files[comp] = []
+            for f, m in enumerate(fold_models):
+                parts = m if isinstance(m, list) else [m]
+                names = []
+                for j, part in enumerate(parts):
+                    rel = f"models/{comp}-f{f}" + (f"-a{j}" if isinstance(m, list) else "") + ".txt"
+                    names.append(_write_model(directory / rel, part))
+                files[comp].append(names if isinstance(m, list) else names[0])
+        body = {
+            "format": FORMAT,
+            "version": self.version,
+            "learner": model.learner,
+            "encoder": model.encoder_.to_json(),
+            "components": list(model.components_),
+            "models": files,
+            "multipliers": dict(self.multipliers),
+            "exploration_rate": self.exploration_rate,
+            "holdout_share": self.holdout_share,
+        }
+        (directory / "policy.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        (directory / "spec.yaml").write_text(yaml.safe_dump(self.spec.model.model_dump(mode="json"), sort_keys=False))
+        listing = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT,
+            "policy_version": self.version,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "spec_name": self.spec.name,
+            "spec_hash": self.spec.hash,
+            "feature_version": self.spec.feature_version,
+            "libraries": _library_versions(),
+            "metadata": dict(self.metadata),
+            "files": {name: _sha256(directory / name) for name in listing},
+        }
+        (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Policy:
+        """Read an artifact, verifying every file's sha256; raises :class:`ArtifactError` on any mismatch."""
+        directory = Path(directory)
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise ArtifactError(f"policy directory must hold manifest.json, got {str(directory)!r} without it")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            listed: dict[str, str] = dict(manifest["files"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"manifest.json must be the JSON a policy writes, got unreadable content ({exc})") from None
+        if manifest.get("format") != FORMAT:
+            raise ArtifactError(f"policy format must be {FORMAT}, got {manifest.get('format')!r}")
+        present = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json")
+        extra = sorted(set(present) - set(listed))
+        missing = sorted(set(listed) - set(present))
+        if extra or missing:
+            raise ArtifactError(f"policy files must be exactly those in the manifest, got extra {extra}, missing {missing}")
+        for name, digest in listed.items():
+            actual = _sha256(directory / name)
+            if actual != digest:
+                raise ArtifactError(f"checksum of {name} must be {digest[:12]}... as in the manifest, got {actual[:12]}...: the artifact was modified")
+        try:
+            body = json.loads((directory / "policy.json").read_text())
+            spec = parse_spec(yaml.safe_load((directory / "spec.yaml").read_text()), source=str(directory / "spec.yaml"))
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ArtifactError(f"policy.json and spec.yaml must parse, got {exc}") from None
+        if spec.hash != manifest.get("spec_hash"):
+            raise ArtifactError(f"spec hash must be {manifest.get('spec_hash')!r} as in the manifest, got {spec.hash!r}")
+        model = OutcomeModel(learner=body["learner"])
+        model.spec_ = spec
+        model.encoder_ = FeatureEncoder.from_json(body["encoder"])
+        model.n_actions_ = len(spec.action_space)
+        model.components_ = tuple(body["components"])
+        model.binary_ = {c: spec.model.outcomes[c].type == "binary" for c in model.components_}
+        model.oof_ = {}
+        model.models_ = {
+            comp: [[_read_model(directory / p) for p in entry] if isinstance(entry, list) else _read_model(directory / entry) for entry in folds]
+            for comp, folds in body["models"].items()
+        }
+        return cls(spec, model, {k: float(v) for k, v in body["multipliers"].items()}, str(manifest["policy_version"]),
+                   float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})))
+
+
+def _write_model(path: Path, model: Any) -> str:
+    if isinstance(model, lgb.Booster):
+        path.write_text(model.model_to_string())
+    elif isinstance(model, _Constant):
+        path = path.with_suffix(".json")
+        path.write_text(json.dumps({"constant": model.value}) + "\n")
+    else:
+        raise UsageError(f"only LightGBM models can be saved in a policy artifact (no pickle), got {type(model).__name__}")
+    return path.name if path.parent.name != "models" else f"models/{path.name}"
+
+
+def _read_model(path: Path) -> Any:
+    if path.suffix == ".json":
+        return _Constant(float(json.loads(path.read_text())["constant"]))
+    try:
+        return lgb.Booster(model_str=path.read_text())
+    except lgb.basic.LightGBMError as exc:
+        raise ArtifactError(f"{path.name} must be a LightGBM text model, got: {exc}") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("drivetrain", "numpy", "pandas", "lightgbm", "scipy", "duckdb", "pyarrow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
