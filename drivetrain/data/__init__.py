@@ -1,14 +1,29 @@
 """Event tables, the store, contract checks at ingest, and the outcome join."""
 
-from drivetrain.data._ingest import IngestReport, attribute_pending, hash_personal, ingest_decisions, ingest_outcomes
+from drivetrain.data._baselines import QUANTILES, reference_statistics, write_baselines
+from drivetrain.data._ingest import (
+    IngestReport,
+    attribute_pending,
+    hash_personal,
+    ingest_decisions,
+    ingest_outcomes,
+)
 from drivetrain.data._join import JoinReport, training_table
 from drivetrain.data._read import RawRows, read_rows
-from drivetrain.data._schemas import ASSIGNMENTS, OUTCOME_SCHEMA, QUARANTINE_SCHEMA, decision_schema
+from drivetrain.data._schemas import (
+    ASSIGNMENTS,
+    OUTCOME_SCHEMA,
+    QUARANTINE_SCHEMA,
+    decision_schema,
+)
 from drivetrain.data._store import TABLES, MemoryStore, ParquetStore, Store, open_store
 from drivetrain.data._summary import StoreSummary, summarize
 
 __all__ = [
     "ASSIGNMENTS",
+    "QUANTILES",
+    "reference_statistics",
+    "write_baselines",
     "OUTCOME_SCHEMA",
     "QUARANTINE_SCHEMA",
     "TABLES",

@@ -12,6 +12,7 @@ from drivetrain.spec import Spec
 
 __all__ = [
     "ASSIGNMENTS",
+    "BASELINE_SCHEMA",
     "OUTCOME_SCHEMA",
     "PENDING_SCHEMA",
     "QUARANTINE_SCHEMA",
@@ -47,6 +48,25 @@ QUARANTINE_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("quarantined_at", TIMESTAMP),
         ("payload", pa.string()),
+    ]
+)
+
+
+BASELINE_SCHEMA = pa.schema(
+    [
+        ("policy_version", pa.string()),
+        ("column_name", pa.string()),
+        ("role", pa.string()),
+        ("kind", pa.string()),
+        ("n", pa.int64()),
+        ("null_share", pa.float64()),
+        ("bin_edges", pa.list_(pa.float64())),
+        ("bin_shares", pa.list_(pa.float64())),
+        ("categories", pa.list_(pa.string())),
+        ("quantiles", pa.list_(pa.float64())),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("created_at", TIMESTAMP),
     ]
 )
 

@@ -29,13 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from drivetrain.data._schemas import OUTCOME_SCHEMA, PENDING_SCHEMA, QUARANTINE_SCHEMA, decision_schema
+from drivetrain.data._schemas import BASELINE_SCHEMA, OUTCOME_SCHEMA, PENDING_SCHEMA, QUARANTINE_SCHEMA, decision_schema
 from drivetrain.errors import StoreError
 from drivetrain.spec import Spec
 
 __all__ = ["MemoryStore", "ParquetStore", "Store", "TABLES", "open_store"]
 
-TABLES = ("decisions", "outcomes", "outcomes_pending", "quarantine")
+TABLES = ("decisions", "outcomes", "outcomes_pending", "quarantine", "baselines")
 _PARTITION_COLUMN = {"decisions": "decided_at", "outcomes": "occurred_at", "quarantine": "quarantined_at"}
 _MARKER = "drivetrain-store.json"
 _FORMAT = 1
@@ -82,6 +82,7 @@ class _SqlStore:
             "outcomes": OUTCOME_SCHEMA,
             "outcomes_pending": PENDING_SCHEMA,
             "quarantine": QUARANTINE_SCHEMA,
+            "baselines": BASELINE_SCHEMA,
         }[table]
 
     def _check(self, table: str, rows: pa.Table) -> pa.Table:

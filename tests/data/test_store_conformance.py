@@ -87,3 +87,23 @@ def test_parquet_store_persists_and_checks_its_marker(spec: Spec, tmp_path) -> N
     (tmp_path / "s" / "drivetrain-store.json").write_text("{broken")
     with pytest.raises(StoreError, match="must be JSON"):
         ParquetStore(tmp_path / "s", spec)
+
+
+def test_baselines_round_trip(store: Store) -> None:
+    import numpy as np
+
+    from drivetrain.data import write_baselines
+
+    rng = np.random.default_rng(0)
+    columns = {
+        "page_views_30d": ("feature", rng.poisson(5, 1000)),
+        "region": ("feature", np.array(["north", "south", None, "north"] * 250, dtype=object)),
+        "predicted_objective": ("prediction", rng.normal(size=1000)),
+    }
+    assert write_baselines(store, columns, version="v1", created_at=T0) == 3
+    got = store.query("SELECT * FROM baselines WHERE policy_version = 'v1' ORDER BY column_name")
+    pv = got.set_index("column_name").loc["page_views_30d"]
+    assert abs(sum(pv["bin_shares"]) - 1) < 1e-9 and len(pv["bin_shares"]) == len(pv["bin_edges"]) + 1
+    region = got.set_index("column_name").loc["region"]
+    assert list(region["categories"]) == ["north", "south"] and region["null_share"] == 0.25
+    assert list(region["bin_shares"]) == [2 / 3, 1 / 3]
