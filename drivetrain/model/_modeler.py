@@ -213,6 +213,12 @@ class OutcomeModel:
             full(comp)
         return out
 
+    def training_predictions(self) -> dict[str, np.ndarray]:
+        """Predicted components of the training rows for every action, (n, K) each: out-of-fold when
+        cross-fitted (what off-policy evaluation of the training rows needs), in-sample otherwise."""
+        self._check_fitted()
+        return self._training_predictions()
+
     def _training_predictions(self) -> dict[str, np.ndarray]:
         """Out-of-fold predictions of the training rows (in-sample, hence optimistic, without folds)."""
         if not self.oof_:

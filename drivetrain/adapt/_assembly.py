@@ -1,0 +1,175 @@
+"""The model assembly line wired end to end: store -> Modeler -> Optimizer -> Policy -> Simulator.
+
+This is the one place that imports every stage (DESIGN.md, dependency rule). Each function takes real
+objects (a store, a spec, a model) and returns values; the command line and the demo only call these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from drivetrain.data import JoinReport, Store, training_table, write_baselines
+from drivetrain.errors import DataError, UsageError
+from drivetrain.model import OutcomeModel
+from drivetrain.model._modeler import _formula_on
+from drivetrain.optimize import Assignment, AssignmentProblem, LagrangianOptimizer, Optimizer, pessimistic, problem_from_spec
+from drivetrain.policy import Policy, constraint_terms
+from drivetrain.simulate import PolicyEstimate, evaluate_metrics, evaluate_policy
+from drivetrain.spec import Spec, compile_formula
+
+__all__ = [
+    "ActionDistribution",
+    "Plan",
+    "evaluate_on_logs",
+    "fit_model",
+    "fixed_action",
+    "plan_policy",
+    "realized_metrics",
+    "write_policy_baselines",
+]
+
+#: A policy as a function from contexts to action probabilities (n, K).
+ActionDistribution = Callable[[pd.DataFrame], np.ndarray]
+
+
+def fit_model(store: Store, as_of: datetime, model: OutcomeModel) -> tuple[OutcomeModel, pd.DataFrame, JoinReport]:
+    """Build the training table as of ``as_of`` and fit ``model`` on it."""
+    table, report = training_table(store, as_of)
+    if table.num_rows == 0:
+        raise DataError(f"no mature decisions as of {as_of.isoformat()}: {report.summary()}")
+    frame = table.to_pandas()
+    return model.fit(frame, store.spec), frame, report
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The optimizer's answer on a population: the policy, its assignment and predicted usage."""
+
+    policy: Policy
+    assignment: Assignment
+    problem: AssignmentProblem
+
+
+def plan_policy(
+    spec: Spec,
+    model: OutcomeModel,
+    contexts: pd.DataFrame,
+    *,
+    optimizer: Optimizer | None = None,
+    budget_overrides: Mapping[str, float] | None = None,
+    guardrail_overrides: Mapping[str, float] | None = None,
+    pessimism: float | None = None,
+    version: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Optimize lever settings on ``contexts`` under the spec's constraints and return the policy whose
+    prices reproduce that assignment unit by unit. ``pessimism`` = z plans on the objective's lower and
+    the costs' upper bounds, z standard deviations of the cross-fitted models away."""
+    if pessimism is not None and pessimism < 0:
+        raise UsageError(f"`pessimism` must be >= 0 (a z value such as 1.645), got {pessimism}")
+    columns = {n: contexts[n].to_numpy() for n in spec.features if n in contexts}
+    if pessimism:
+        means, stds = model.predict_outcomes(contexts, return_std=True)
+    else:
+        means, stds = model.predict_outcomes(contexts), None
+    problem = problem_from_spec(spec, means, columns, budget_overrides=budget_overrides, guardrail_overrides=guardrail_overrides)
+    if pessimism and stds is not None:
+        value_se = _formula_se(spec, spec.objective, stds, columns)
+        coef_se = {name: _formula_se(spec, formula, stds, columns) for name, formula, _s, _l in constraint_terms(spec)}
+        problem = pessimistic(problem, value_se=value_se, coef_se={k: v for k, v in coef_se.items() if k in problem.names}, z=pessimism)
+    assignment = (optimizer or LagrangianOptimizer()).assign(problem)
+    policy = Policy.from_model(spec, model, dict(assignment.multipliers), version=version, metadata=metadata)
+    return Plan(policy, assignment, problem)
+
+
+def _formula_se(spec: Spec, formula: Any, stds: Mapping[str, np.ndarray], contexts: Mapping[str, Any]) -> np.ndarray:
+    """Uncertainty of a formula of the components: |formula| on the component spreads (exact for sums
+    and differences of components, a first-order bound otherwise)."""
+    return np.abs(_formula_on(spec, formula, stds, contexts))
+
+
+def fixed_action(spec: Spec, selector: Mapping[str, Any], *, where: str | None = None) -> ActionDistribution:
+    """What-if policy: the action matching ``selector`` (lever -> value) for units where ``where`` holds
+    (a formula over the context) and may get it; control for everyone else."""
+    space = spec.action_space
+    found = space.find(selector)
+    if found is None:
+        raise UsageError(f"scenario must name a valid action (lever values of one of {list(space.ids)}), got {dict(selector)}")
+    condition = compile_formula(where, variables=set(spec.features), field="where") if where else None
+
+    def distribution(contexts: pd.DataFrame) -> np.ndarray:
+        cols = {n: contexts[n].to_numpy() for n in spec.features if n in contexts}
+        n = len(contexts)
+        target = spec.eligible_actions(cols)[:, found.index]
+        if condition is not None:
+            target &= np.broadcast_to(np.asarray(condition(cols), dtype=bool), (n,))
+        dist = np.zeros((n, len(space)))
+        dist[np.arange(n), np.where(target, found.index, spec.control.index)] = 1.0
+        return dist
+
+    return distribution
+
+
+def realized_metrics(spec: Spec, table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per-decision realized objective and every constraint formula of logged rows; each (n,)."""
+    action = spec.action_space.indices(table["action_id"].to_numpy())
+    comps = {c: table[c].to_numpy(dtype=np.float64)[:, None] for c in spec.outcomes}
+    ctx = {n: table[n].to_numpy() for n in spec.features if n in table}
+    out = {"objective": _formula_on(spec, spec.objective, comps, ctx, lever_index=action).reshape(-1)}
+    for name, formula, _sense, _limit in constraint_terms(spec):
+        out[name] = np.broadcast_to(_formula_on(spec, formula, comps, ctx, lever_index=action), (len(table), 1)).reshape(-1)
+    return out
+
+
+def evaluate_on_logs(
+    model: OutcomeModel, table: pd.DataFrame, policies: Mapping[str, ActionDistribution], *, alpha: float = 0.05
+) -> pd.DataFrame:
+    """Off-policy estimates of each policy from the logged training rows (which ``model`` was fit on,
+    cross-fitted): every estimator on the objective, and doubly robust estimates of every constraint
+    formula. One row per (policy, metric, estimator)."""
+    spec = model.spec_
+    action = spec.action_space.indices(table["action_id"].to_numpy())
+    pscore = table["propensity"].to_numpy(dtype=np.float64)
+    rewards = realized_metrics(spec, table)
+    predictions = model.training_predictions()
+    ctx = {n: table[n].to_numpy() for n in spec.features if n in table}
+    estimated = {"objective": model.objective_of(predictions, ctx)}
+    for name, formula, _sense, _limit in constraint_terms(spec):
+        estimated[name] = np.broadcast_to(_formula_on(spec, formula, predictions, ctx), estimated["objective"].shape)
+    rows: list[dict[str, Any]] = []
+    for label, policy in policies.items():
+        dist = policy(table)
+        estimates: dict[str, PolicyEstimate] = evaluate_policy(
+            reward=rewards["objective"], action=action, pscore=pscore, action_dist=dist,
+            estimated_rewards=estimated["objective"], alpha=alpha)
+        rows += [_row(label, "objective", e) for e in estimates.values()]
+        others = {k: v for k, v in rewards.items() if k != "objective"}
+        if others:
+            metric = evaluate_metrics(others, action=action, pscore=pscore, action_dist=dist,
+                                      estimated_rewards={k: estimated[k] for k in others}, alpha=alpha)
+            rows += [_row(label, name, e) for name, e in metric.items()]
+    return pd.DataFrame(rows)
+
+
+def _row(policy: str, metric: str, e: PolicyEstimate) -> dict[str, Any]:
+    return {"policy": policy, "metric": metric, "estimator": e.estimator, "value": e.value, "std_error": e.std_error,
+            "ci_low": e.ci_low, "ci_high": e.ci_high, "ess_ratio": e.ess_ratio, "warnings": "; ".join(e.warnings)}
+
+
+def write_policy_baselines(store: Store, policy: Policy, table: pd.DataFrame, *, created_at: datetime) -> int:
+    """Reference statistics of the training window for monitoring, keyed by the policy's version."""
+    spec = policy.spec
+    scores = policy.scores(table)
+    chosen = np.argmax(scores, axis=1)
+    predicted = policy.model.predict_objective(table)[np.arange(len(table)), chosen]
+    columns: dict[str, tuple[str, np.ndarray]] = {n: ("feature", table[n].to_numpy()) for n in spec.features if n in table and n not in spec.personal_features}
+    columns["predicted_objective"] = ("prediction", predicted)
+    columns.update({c: ("outcome", table[c].to_numpy()) for c in spec.outcomes})
+    return write_baselines(store, columns, version=policy.version, created_at=created_at)
+
