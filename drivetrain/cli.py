@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
@@ -268,6 +269,197 @@ def _print_summary(store: object, as_of: datetime) -> None:
         console.print(q)
     else:
         console.print("quarantine: empty")
+
+
+def _pairs(items: list[str] | None, name: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"`{name}` must look like NAME=NUMBER, got {item!r}") from None
+    return out
+
+
+@app.command()
+def fit(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    out: Annotated[Path, typer.Option(help="Directory for the fitted model (a policy artifact without prices).")],
+    as_of: Annotated[str | None, typer.Option(help="Train on decisions mature as of this UTC time (default: now).")] = None,
+    learner: Annotated[str, typer.Option(help="s (one model, action as input) or t (one model per action).")] = "s",
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds (0: none).")] = 3,
+    trees: Annotated[int, typer.Option(min=1, help="Boosting rounds per model.")] = 300,
+    threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of folds and models.")] = 0,
+) -> None:
+    """Fit the Modeler on the training table and save it; print effects versus control with intervals."""
+    from drivetrain.adapt import fit_model
+    from drivetrain.data import open_store
+    from drivetrain.model import OutcomeModel
+    from drivetrain.policy import Policy
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    model = OutcomeModel(learner=learner, n_folds=folds, n_estimators=trees, num_threads=threads, seed=seed)  # type: ignore[arg-type]
+    with console.status("fitting the outcome models"):
+        model, table, report = fit_model(open_store(store, loaded), _parse_time(as_of, "as_of"), model)
+    console.print(report.summary())
+    policy = Policy.from_model(loaded, model, {}, metadata={"trained_on": report.summary(), "rows": len(table)})
+    policy.save(out)
+    effects = model.effect_interval()
+    t = Table(title=f"effect on {loaded.model.objective.name} per unit versus control (doubly robust, 95% interval)")
+    for column in ("action", "effect", "interval"):
+        t.add_column(column, justify="left" if column == "action" else "right")
+    for r in effects.to_dict("records"):
+        t.add_row(str(r["action_id"]), f"{r['effect']:+.3f}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+    console.print(t)
+    console.print(f"saved model {policy.version} to {out}")
+
+
+@app.command()
+def optimize(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store directory (population and baselines).")],
+    model: Annotated[Path, typer.Option(help="Directory written by `drivetrain fit`.")],
+    out: Annotated[Path, typer.Option(help="Directory for the policy artifact.")],
+    as_of: Annotated[str | None, typer.Option(help="Population: the training table as of this UTC time (default: now).")] = None,
+    contexts: Annotated[Path | None, typer.Option(help="Population file instead (unit_id and the context features).")] = None,
+    budget: Annotated[list[str] | None, typer.Option(help="Override a budget: NAME=MAX_PER_UNIT (repeatable).")] = None,
+    guardrail: Annotated[list[str] | None, typer.Option(help="Override a guardrail bound: NAME=BOUND (repeatable).")] = None,
+    pessimism: Annotated[float, typer.Option(min=0, help="Plan on bounds z model spreads away (0: on the means).")] = 0.0,
+) -> None:
+    """Choose lever settings per unit under the budgets, guardrails and caps; save the priced policy."""
+    from drivetrain.adapt import plan_policy, write_policy_baselines
+    from drivetrain.data import open_store, read_rows, training_table
+    from drivetrain.policy import Policy
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    fitted = Policy.load(model)
+    if fitted.spec.hash != loaded.hash:
+        raise UsageError(f"`model` must be fitted with this spec (hash {loaded.hash}), got one fitted with {fitted.spec.hash}")
+    target = open_store(store, loaded)
+    if contexts is not None:
+        population = read_rows(contexts).frame
+    else:
+        population = training_table(target, _parse_time(as_of, "as_of"))[0].to_pandas()
+    if population.empty:
+        raise UsageError("the population to optimize on is empty: pass --contexts or ingest decisions first")
+    with console.status(f"optimizing {len(population)} units"):
+        plan = plan_policy(loaded, fitted.model, population, budget_overrides=_pairs(budget, "budget"),
+                           guardrail_overrides=_pairs(guardrail, "guardrail"), pessimism=pessimism or None,
+                           metadata={"population": len(population), "pessimism": pessimism})
+    plan.policy.save(out)
+    written = write_policy_baselines(target, plan, population, created_at=SystemClock().now())
+    a = plan.assignment
+    t = Table(title=f"plan on {len(population)} units: predicted mean per unit")
+    for column in ("constraint", "usage", "limit", "price"):
+        t.add_column(column, justify="left" if column == "constraint" else "right")
+    limits = {c.name: f"{'<=' if c.sense == '<=' else '>='} {c.limit:g}" for c in plan.problem.constraints}
+    limits.update({c.name: f"share <= {c.max_share:g}" for c in plan.problem.caps})
+    for name, usage in a.usage.items():
+        t.add_row(name, f"{usage:.4f}", limits.get(name, ""), f"{a.multipliers.get(name, 0.0):.4f}")
+    console.print(t)
+    shares = pd.Series(np.asarray(loaded.action_space.ids, dtype=object)[a.action]).value_counts(normalize=True)
+    console.print(f"predicted {loaded.model.objective.name} per unit {a.objective:.4f}; actions: "
+                  + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+    console.print(f"saved policy {plan.policy.version} to {out}; wrote {written} baseline columns to the store")
+
+
+@app.command()
+def simulate(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store with the logged (randomized) decisions and outcomes.")],
+    policy: Annotated[Path | None, typer.Option(help="A policy directory to evaluate.")] = None,
+    scenario: Annotated[list[str] | None, typer.Option(help="What-if: lever=value,... for everyone (repeatable).")] = None,
+    where: Annotated[str | None, typer.Option(help="Restrict the scenarios to units where this formula holds.")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Evaluate on decisions mature as of this UTC time (default: now).")] = None,
+    estimator: Annotated[str, typer.Option(help="Estimator shown for the constraints (the objective shows all).")] = "DR",
+) -> None:
+    """Off-policy estimates, from the logged decisions, of the policy, control and what-if scenarios."""
+    from drivetrain.adapt import evaluate_on_logs, fixed_action
+    from drivetrain.data import open_store, training_table
+    from drivetrain.policy import Policy
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    table, report = training_table(open_store(store, loaded), _parse_time(as_of, "as_of"))
+    if table.num_rows == 0:
+        raise UsageError(f"no mature decisions to evaluate on: {report.summary()}")
+    frame = table.to_pandas()
+    policies: dict[str, object] = {"control": fixed_action(loaded, loaded.control.values)}
+    for text in scenario or []:
+        values: dict[str, object] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise UsageError(f"`scenario` must look like lever=value,lever=value, got {text!r}")
+            values[key.strip()] = value.strip()
+        policies[text + (f" where {where}" if where else "")] = fixed_action(loaded, values, where=where)
+    if policy is None:
+        raise UsageError("`--policy` is required: the reward model of the estimates comes from the policy's models")
+    fitted = Policy.load(policy)
+    policies = {f"policy {fitted.version}": fitted.action_distribution, **policies}
+    with console.status(f"evaluating {len(policies)} policies on {len(frame)} logged decisions"):
+        result = evaluate_on_logs(fitted.model, frame, policies, fitted_on_table=False)  # type: ignore[arg-type]
+    console.print(report.summary())
+    labels = {name: ("policy" if i == 0 else "control" if name == "control" else f"scenario {i - 1}") for i, name in enumerate(policies)}
+    for name, label in labels.items():
+        if label.startswith("scenario") or label == "policy":
+            console.print(f"{label}: {name}")
+    objective = result[result["metric"] == "objective"]
+    estimators = list(dict.fromkeys(objective["estimator"]))
+    t = Table(title=f"{loaded.model.objective.name} per unit, off-policy estimates from the logs ({estimator}: 95% interval)")
+    t.add_column("policy")
+    for name in estimators:
+        t.add_column(name, justify="right")
+    for name, label in labels.items():
+        rows = objective[objective["policy"] == name].set_index("estimator")
+        t.add_row(label, *(f"{rows.loc[e, 'value']:.3f}" + (f" [{rows.loc[e, 'ci_low']:.3f}, {rows.loc[e, 'ci_high']:.3f}]" if e == estimator else "")
+                           for e in estimators))
+    console.print(t)
+    limits = {b.name: f"<= {b.max_per_unit:g}" for b, _ in loaded.budgets}
+    limits.update({g.name: " and ".join(x for x in (f">= {g.min:g}" if g.min is not None else "", f"<= {g.max:g}" if g.max is not None else "") if x) for g, _ in loaded.guardrails})
+    others = result[(result["metric"] != "objective") & (result["estimator"] == estimator)]
+    if len(others):
+        c = Table(title=f"constraints and guardrails, mean per unit ({estimator}, 95% interval)")
+        c.add_column("policy")
+        metrics = list(dict.fromkeys(others["metric"]))
+        for m in metrics:
+            c.add_column(f"{m} {limits.get(m, '')}", justify="right")
+        for name, label in labels.items():
+            rows = others[others["policy"] == name].set_index("metric")
+            c.add_row(label, *(f"{rows.loc[m, 'value']:.4f} [{rows.loc[m, 'ci_low']:.4f}, {rows.loc[m, 'ci_high']:.4f}]" for m in metrics))
+        console.print(c)
+    for r in result[result["warnings"] != ""].drop_duplicates(["policy", "estimator"]).to_dict("records"):
+        console.print(f"warning ({labels[r['policy']]}, {r['estimator']}): {r['warnings']}")
+
+
+@app.command()
+def decide(
+    policy: Annotated[Path, typer.Option(help="The policy directory.")],
+    input: Annotated[Path, typer.Option("--input", help="Contexts: unit_id, optional request_id, the features.")],
+    output: Annotated[Path, typer.Option(help="Decisions file (.parquet, .csv or .jsonl) in the documented format.")],
+) -> None:
+    """Batch decisions for a file of contexts; rows that break the contract get the fallback action."""
+    from drivetrain.data import read_rows
+    from drivetrain.policy import Policy
+
+    loaded = Policy.load(policy)
+    raw = read_rows(input)
+    decisions, fallbacks = loaded.decisions_table(raw.frame, now=SystemClock().now(), pii_salt=os.environ.get(PII_SALT_ENV))
+    fmt = {".parquet": FileFormat.parquet, ".csv": FileFormat.csv, ".jsonl": FileFormat.jsonl}.get(output.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"`output` must end in .parquet, .csv or .jsonl, got {output.name!r}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write(decisions, output, fmt)
+    counts = decisions["assignment"].value_counts().to_dict()
+    console.print(f"wrote {len(decisions)} decisions to {output} ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
+                  f"{fallbacks} rows broke the contract and got the fallback action")
 
 
 @app.command()

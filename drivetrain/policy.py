@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from drivetrain.data import check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
 from drivetrain.model._modeler import _Constant, _formula_on
@@ -169,6 +170,49 @@ class Policy:
         dist *= 1 - h
         dist[:, self.spec.control.index] += h
         return dist
+
+    def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_salt: str | None = None) -> tuple[pd.DataFrame, int]:
+        """Decide for a batch of raw contexts and return the rows of the decisions table (docs/data.md)
+        plus diagnostics (``pred__<action>``: the predicted objective of each action; ``margin``), and the
+        number of rows that broke the context contract and got the fallback action."""
+        if "unit_id" not in contexts:
+            raise UsageError(f"contexts must have a `unit_id` column, got {list(contexts.columns)}")
+        frame = contexts.reset_index(drop=True)
+        features, reasons = check_contexts(self.spec, frame, pii_salt=pii_salt)
+        ok = reasons == None  # noqa: E711
+        n = len(frame)
+        units = frame["unit_id"].astype(str).to_numpy()
+        requests = frame["request_id"].astype(str).to_numpy() if "request_id" in frame else np.array(
+            [f"{self.version}:{u}:{now.isoformat()}" for u in units], dtype=object)
+        fallback = self.spec.fallback.index
+        action = np.full(n, fallback)
+        propensity = np.ones(n)
+        assignment = np.full(n, "fallback", dtype=object)
+        predicted = np.full((n, len(self.spec.action_space)), np.nan)
+        margin = np.full(n, np.nan)
+        if ok.any():
+            good = features[ok].assign(unit_id=units[ok])
+            batch = self.decide(good, request_ids=requests[ok])
+            action[ok], propensity[ok], assignment[ok] = batch.action, batch.propensity, batch.assignment
+            predicted[ok] = self.model.predict_objective(good)
+            margin[ok] = batch.margin
+        out = pd.DataFrame({"request_id": requests, "unit_id": units})
+        out["decided_at"] = pd.Timestamp(now)
+        out["received_at"] = pd.Timestamp(now)
+        out["policy_version"] = self.version
+        out["action_id"] = np.array(self.spec.action_space.ids, dtype=object)[action]
+        for lever, col in self.spec.action_space.lever_columns(action).items():
+            out[lever] = col
+        out["propensity"] = propensity
+        out["assignment"] = assignment
+        for name in self.spec.features:
+            out[name] = features[name].to_numpy()
+        out["feature_version"] = self.spec.feature_version
+        for j, action_id in enumerate(self.spec.action_space.ids):
+            out[f"pred__{action_id}"] = predicted[:, j]
+        out["margin"] = margin
+        out["fallback_reason"] = reasons
+        return out, int((~ok).sum())
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:

@@ -128,16 +128,21 @@ def realized_metrics(spec: Spec, table: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def evaluate_on_logs(
-    model: OutcomeModel, table: pd.DataFrame, policies: Mapping[str, ActionDistribution], *, alpha: float = 0.05
+    model: OutcomeModel, table: pd.DataFrame, policies: Mapping[str, ActionDistribution], *, alpha: float = 0.05,
+    fitted_on_table: bool = True,
 ) -> pd.DataFrame:
-    """Off-policy estimates of each policy from the logged training rows (which ``model`` was fit on,
-    cross-fitted): every estimator on the objective, and doubly robust estimates of every constraint
-    formula. One row per (policy, metric, estimator)."""
+    """Off-policy estimates of each policy from logged rows: every estimator on the objective, and doubly
+    robust estimates of every constraint formula. One row per (policy, metric, estimator).
+
+    With ``fitted_on_table`` the model's out-of-fold predictions of its own training rows serve as the
+    reward model (cross-fitting keeps DR unbiased); otherwise the model predicts ``table``. A policy chosen
+    on the same rows it is evaluated on is judged optimistically: evaluate on a later window.
+    """
     spec = model.spec_
     action = spec.action_space.indices(table["action_id"].to_numpy())
     pscore = table["propensity"].to_numpy(dtype=np.float64)
     rewards = realized_metrics(spec, table)
-    predictions = model.training_predictions()
+    predictions = model.training_predictions() if fitted_on_table else model.predict_outcomes(table)
     ctx = {n: table[n].to_numpy() for n in spec.features if n in table}
     estimated = {"objective": model.objective_of(predictions, ctx)}
     for name, formula, _sense, _limit in constraint_terms(spec):
@@ -162,14 +167,14 @@ def _row(policy: str, metric: str, e: PolicyEstimate) -> dict[str, Any]:
             "ci_low": e.ci_low, "ci_high": e.ci_high, "ess_ratio": e.ess_ratio, "warnings": "; ".join(e.warnings)}
 
 
-def write_policy_baselines(store: Store, policy: Policy, table: pd.DataFrame, *, created_at: datetime) -> int:
-    """Reference statistics of the training window for monitoring, keyed by the policy's version."""
+def write_policy_baselines(store: Store, plan: Plan, table: pd.DataFrame, *, created_at: datetime) -> int:
+    """Reference statistics of the population a plan was made on (features, the predicted objective of
+    the planned actions, outcomes where the table has them), keyed by the policy's version."""
+    policy = plan.policy
     spec = policy.spec
-    scores = policy.scores(table)
-    chosen = np.argmax(scores, axis=1)
-    predicted = policy.model.predict_objective(table)[np.arange(len(table)), chosen]
+    predicted = plan.problem.values[np.arange(len(table)), plan.assignment.action]
     columns: dict[str, tuple[str, np.ndarray]] = {n: ("feature", table[n].to_numpy()) for n in spec.features if n in table and n not in spec.personal_features}
     columns["predicted_objective"] = ("prediction", predicted)
-    columns.update({c: ("outcome", table[c].to_numpy()) for c in spec.outcomes})
+    columns.update({c: ("outcome", table[c].to_numpy()) for c in spec.outcomes if c in table})
     return write_baselines(store, columns, version=policy.version, created_at=created_at)
 

@@ -4,6 +4,7 @@ from drivetrain.data._baselines import QUANTILES, reference_statistics, write_ba
 from drivetrain.data._ingest import (
     IngestReport,
     attribute_pending,
+    check_contexts,
     hash_personal,
     ingest_decisions,
     ingest_outcomes,
@@ -35,6 +36,7 @@ __all__ = [
     "Store",
     "StoreSummary",
     "attribute_pending",
+    "check_contexts",
     "decision_schema",
     "hash_personal",
     "ingest_decisions",

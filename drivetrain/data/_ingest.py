@@ -36,7 +36,7 @@ from drivetrain.data._store import Store
 from drivetrain.errors import DataError
 from drivetrain.spec import Spec, format_duration
 
-__all__ = ["IngestReport", "attribute_pending", "hash_personal", "ingest_decisions", "ingest_outcomes"]
+__all__ = ["IngestReport", "attribute_pending", "check_contexts", "hash_personal", "ingest_decisions", "ingest_outcomes"]
 
 PERSONAL_PREFIX = "sha256:"
 NULL_TEXT = ("", "null", "nan")
@@ -220,6 +220,17 @@ def _features(rows: _Rows, spec: Spec, pii_salt: str) -> dict[str, pd.Series]:
         if feat.personal:
             out[name] = hash_personal(out[name], pii_salt)
     return out
+
+
+def check_contexts(spec: Spec, frame: pd.DataFrame, *, pii_salt: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Check context rows against the contract, as ingest does: (parsed features, reason per row or None).
+
+    Personal fields come back hashed. This is the one definition used offline and at decision time.
+    """
+    rows = _Rows(frame.reset_index(drop=True))
+    salt = pii_salt if pii_salt is not None else spec.model.experimentation.salt
+    parsed = _features(rows, spec, salt)
+    return pd.DataFrame(parsed, index=rows.frame.index), rows.reason
 
 
 def _levers_and_action(rows: _Rows, spec: Spec) -> tuple[pd.Series, dict[str, pd.Series]]:
