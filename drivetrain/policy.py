@@ -38,7 +38,7 @@ import yaml
 from drivetrain.data import check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
-from drivetrain.model._modeler import _Constant, _formula_on
+from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage
 from drivetrain.spec import Formula, Spec, holdout_draw, parse_spec
 
 __all__ = ["DecisionBatch", "Policy", "constraint_terms"]
@@ -297,15 +297,19 @@ class Policy:
         model.components_ = tuple(body["components"])
         model.binary_ = {c: spec.model.outcomes[c].type == "binary" for c in model.components_}
         model.oof_ = {}
-        model.models_ = {
-            comp: [[_read_model(directory / p) for p in entry] if isinstance(entry, list) else _read_model(directory / entry) for entry in folds]
-            for comp, folds in body["models"].items()
-        }
+        model.models_ = {comp: [_read_entry(directory, entry) for entry in folds] for comp, folds in body["models"].items()}
         return cls(spec, model, {k: float(v) for k, v in body["multipliers"].items()}, str(manifest["policy_version"]),
                    float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})))
 
 
-def _write_model(path: Path, model: Any) -> str:
+def _write_model(path: Path, model: Any) -> Any:
+    if isinstance(model, _TwoStage):
+        return {
+            "base": _write_model(path.with_name(path.stem + "-base.txt"), model.base),
+            "effect": _write_model(path.with_name(path.stem + "-effect.txt"), model.effect),
+            "context_columns": model.context_columns,
+            "binary": model.binary,
+        }
     if isinstance(model, lgb.Booster):
         path.write_text(model.model_to_string())
     elif isinstance(model, _Constant):
@@ -314,6 +318,15 @@ def _write_model(path: Path, model: Any) -> str:
     else:
         raise UsageError(f"only LightGBM models can be saved in a policy artifact (no pickle), got {type(model).__name__}")
     return path.name if path.parent.name != "models" else f"models/{path.name}"
+
+
+def _read_entry(directory: Path, entry: Any) -> Any:
+    if isinstance(entry, list):
+        return [_read_entry(directory, e) for e in entry]
+    if isinstance(entry, dict):
+        return _TwoStage(_read_model(directory / entry["base"]), _read_model(directory / entry["effect"]),
+                         int(entry["context_columns"]), bool(entry["binary"]))
+    return _read_model(directory / entry)
 
 
 def _read_model(path: Path) -> Any:
