@@ -1,0 +1,99 @@
+"""The assembly line end to end, judged by the twin's ground truth."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from drivetrain.adapt import evaluate_on_logs, fit_model, fixed_action, plan_policy, realized_metrics
+from drivetrain.clock import SimulatedClock
+from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.errors import UsageError
+from drivetrain.model import OutcomeModel
+from drivetrain.twin import NBOOTwin, best_single_action
+
+
+def _fitted(seed: int, n: int, folds: int = 2):  # type: ignore[no-untyped-def]
+    twin = NBOOTwin(seed=seed)
+    users = twin.population(n)
+    decisions, outcomes = twin.log(users)
+    store = MemoryStore(twin.spec)
+    clock = SimulatedClock(twin.start + twin.spec.horizon + twin.spec.settle + timedelta(days=1))
+    ingest_decisions(store, RawRows(decisions, (), "d"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "o"), clock=clock)
+    model, table, _ = fit_model(store, clock.now(), OutcomeModel(n_folds=folds, n_estimators=120, num_threads=2, seed=seed))
+    return twin, users, model, table
+
+
+@pytest.fixture(scope="module")
+def fitted():  # type: ignore[no-untyped-def]
+    return _fitted(5, 30_000)
+
+
+@pytest.fixture(scope="module")
+def fresh():  # type: ignore[no-untyped-def]
+    twin = NBOOTwin(seed=77)
+    users = twin.population(8000, offset=20_000_000)
+    return users, twin.truth(users)
+
+
+def test_planned_policy_beats_control_and_every_single_action(fitted, fresh) -> None:  # type: ignore[no-untyped-def]
+    twin, _, model, _ = fitted
+    users, truth = fresh
+    plan = plan_policy(twin.spec, model, users)
+    value = truth.value(plan.assignment.probabilities)
+    control = truth.objective[:, twin.spec.control.index].mean()
+    _, single = best_single_action(truth.objective, truth.eligible, twin.spec.control.index)
+    assert value > control + 0.2 and value > single + 0.2
+    # the policy's prices reproduce the optimizer's assignment unit by unit
+    batch = plan.policy.decide(users)
+    assert np.mean(batch.chosen == plan.assignment.action) > 0.98
+    # the plan respects the budget in prediction, and eligibility always
+    assert plan.assignment.usage["promotion_budget"] <= twin.spec.budgets[0][0].max_per_unit * (1 + 1e-6)
+    assert truth.eligible[np.arange(len(users)), batch.action].all()
+
+
+def test_pessimistic_plans_stay_within_the_budget_in_truth(fresh) -> None:  # type: ignore[no-untyped-def]
+    users, truth = fresh
+    budget = 0.5
+    for seed in (11, 12, 13):
+        twin, _, model, _ = _fitted(seed, 8_000, folds=3)
+        plan = plan_policy(twin.spec, model, users, budget_overrides={"promotion_budget": budget}, pessimism=1.645)
+        assert truth.mean("promo_cost", plan.assignment.probabilities) <= budget, seed
+    with pytest.raises(UsageError, match="`pessimism` must be >= 0"):
+        plan_policy(twin.spec, model, users, pessimism=-1)
+
+
+def test_off_policy_estimates_cover_the_truth_of_what_ifs(fitted) -> None:  # type: ignore[no-untyped-def]
+    twin, users, model, table = fitted
+    truth = twin.truth(users.set_index("unit_id").loc[table["unit_id"]].reset_index())
+    scenarios = {
+        "control": fixed_action(twin.spec, twin.spec.control.values),
+        "discount": fixed_action(twin.spec, {"offer_type": "discount", "depth": 10, "timing": "immediate"}),
+        "gold free shipping": fixed_action(twin.spec, {"offer_type": "free_ship", "depth": 0, "timing": "immediate"}, where="tier == 'gold'"),
+    }
+    result = evaluate_on_logs(model, table, scenarios)
+    dr = result[result["estimator"] == "DR"].set_index(["policy", "metric"])
+    for label, fn in scenarios.items():
+        dist = fn(table)
+        for metric, true in (("objective", truth.value(dist)), ("promotion_budget", truth.mean("promo_cost", dist)),
+                             ("refund_rate", truth.mean("refund", dist))):
+            row = dr.loc[(label, metric)]
+            assert row["ci_low"] - 1e-9 <= true <= row["ci_high"] + 1e-9, (label, metric, row["value"], true)
+    gold = (table["tier"] == "gold").to_numpy()
+    dist = scenarios["gold free shipping"](table)
+    assert dist[gold, twin.spec.control.index].mean() < 0.5 and dist[~gold, twin.spec.control.index].min() == 1.0
+    with pytest.raises(UsageError, match="scenario must name a valid action"):
+        fixed_action(twin.spec, {"offer_type": "discount", "depth": 0, "timing": "immediate"})
+
+
+def test_realized_metrics_match_the_formulas(fitted) -> None:  # type: ignore[no-untyped-def]
+    twin, _, _, table = fitted
+    metrics = realized_metrics(twin.spec, table)
+    np.testing.assert_allclose(metrics["objective"], table["gross_profit"] - table["promo_cost"])
+    np.testing.assert_allclose(metrics["promotion_budget"], table["promo_cost"])
+    assert set(metrics) == {"objective", "promotion_budget", "refund_rate", "complaint_rate"}
+    assert isinstance(table, pd.DataFrame)
