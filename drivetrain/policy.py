@@ -240,6 +240,7 @@ class Policy:
             "components": list(model.components_),
             "models": files,
             "multipliers": dict(self.multipliers),
+            "zero_actions": {c: list(v) for c, v in model.zero_actions_.items()},
             "exploration_rate": self.exploration_rate,
             "holdout_share": self.holdout_share,
         }
@@ -297,6 +298,7 @@ class Policy:
         model.components_ = tuple(body["components"])
         model.binary_ = {c: spec.model.outcomes[c].type == "binary" for c in model.components_}
         model.oof_ = {}
+        model.zero_actions_ = {c: [int(k) for k in v] for c, v in body.get("zero_actions", {}).items()}
         model.models_ = {comp: [_read_entry(directory, entry) for entry in folds] for comp, folds in body["models"].items()}
         return cls(spec, model, {k: float(v) for k, v in body["multipliers"].items()}, str(manifest["policy_version"]),
                    float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})))

@@ -109,3 +109,38 @@ def test_demo_runs_small(tmp_path: Path) -> None:
     assert "DOES NOT RECONCILE" not in res.stdout
     assert res.stdout.count("[reconciles]") == 4
     assert "per-user oracle" in res.stdout
+
+
+def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
+    out = tmp_path / "twin"
+    assert run("twin", "nboo", "--out", str(out), "--users", "4000", "--seed", "6").returncode == 0
+    spec, store = str(out / "spec.yaml"), str(tmp_path / "store")
+    assert run("ingest", "--spec", spec, "--store", store, "--create", str(out / "decisions.parquet"), str(out / "outcomes.parquet")).returncode == 0
+    as_of = ["--as-of", "2026-02-10T00:00:00Z"]
+    res = run("fit", "--spec", spec, "--store", store, "--out", str(tmp_path / "model"), "--folds", "2", "--trees", "30", *as_of)
+    assert res.returncode == 0, res.stderr
+    assert "effect on net_gross_profit" in res.stdout and (tmp_path / "model" / "manifest.json").exists()
+    res = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "policy"),
+              "--budget", "promotion_budget=0.8", *as_of)
+    assert res.returncode == 0, res.stderr
+    assert "promotion_budget" in res.stdout and "baseline columns" in res.stdout
+    res = run("simulate", "--spec", spec, "--store", store, "--policy", str(tmp_path / "policy"),
+              "--scenario", "offer_type=discount,depth=10,timing=immediate", "--where", "tier == 'gold'", *as_of)
+    assert res.returncode == 0, res.stderr
+    assert "scenario 1: offer_type=discount,depth=10,timing=immediate where tier == 'gold'" in res.stdout
+    contexts = pd.read_parquet(out / "decisions.parquet").head(50).drop(columns=["action_id", "propensity"])
+    contexts.loc[0, "region"] = "atlantis"
+    contexts.to_csv(tmp_path / "contexts.csv", index=False)
+    res = run("decide", "--policy", str(tmp_path / "policy"), "--input", str(tmp_path / "contexts.csv"), "--output", str(tmp_path / "d.parquet"))
+    assert res.returncode == 0, res.stderr
+    decided = pd.read_parquet(tmp_path / "d.parquet")
+    assert len(decided) == 50 and decided.loc[0, "assignment"] == "fallback"
+    assert decided["request_id"].equals(contexts["request_id"])
+    assert (decided["propensity"] > 0).all() and (decided["propensity"] <= 1).all()
+    # mistakes: a malformed override, a tampered artifact
+    bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "p2"),
+              "--budget", "promotion_budget:0.5", *as_of)
+    assert bad.returncode == 2 and "`budget` must look like NAME=NUMBER" in bad.stderr
+    (tmp_path / "policy" / "policy.json").write_text("{}")
+    bad = run("decide", "--policy", str(tmp_path / "policy"), "--input", str(tmp_path / "contexts.csv"), "--output", str(tmp_path / "x.parquet"))
+    assert bad.returncode == 2 and "was modified" in bad.stderr and "Traceback" not in bad.stderr

@@ -42,6 +42,8 @@ from drivetrain.spec import Spec
 __all__ = ["OutcomeModel"]
 
 Table: TypeAlias = pd.DataFrame | pa.Table
+#: Rows an action needs before a component never observed under it counts as structurally zero.
+MIN_ROWS_FOR_ZERO = 200
 
 
 class _Constant:
@@ -203,6 +205,13 @@ class OutcomeModel:
         self.fold_ = rng.permutation(np.arange(n) % folds) if folds > 1 else np.zeros(n, dtype=np.int64)
         self.models_: dict[str, list[Any]] = {}
         self.oof_: dict[str, np.ndarray] = {}
+        counts = np.bincount(action, minlength=self.n_actions_)
+        # structural zeros: a component never seen non-zero under an action with enough rows (no promotion
+        # cost without an offer) is predicted as exactly zero for it, rather than a model's small residue
+        self.zero_actions_ = {
+            c: [k for k in range(self.n_actions_) if counts[k] >= MIN_ROWS_FOR_ZERO and not np.any(self.outcomes_[c][action == k])]
+            for c in self.components_
+        }
         for comp in self.components_:
             y, weight = self.outcomes_[comp], None
             gate = spec.model.outcomes[comp].given
@@ -233,7 +242,12 @@ class OutcomeModel:
         def full(comp: str) -> np.ndarray:
             if comp not in out:
                 gate = self.spec_.model.outcomes[comp].given
-                out[comp] = raw[comp] if gate is None else raw[comp] * full(gate)
+                value = raw[comp] if gate is None else raw[comp] * full(gate)
+                zeros = self.zero_actions_.get(comp, [])
+                if zeros:
+                    value = value.copy()
+                    value[:, zeros] = 0.0
+                out[comp] = value
             return out[comp]
 
         for comp in self.components_:
