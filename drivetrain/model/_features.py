@@ -52,9 +52,10 @@ class FeatureEncoder:
         for name, kind in zip(self.names, self.kinds, strict=True):
             raw = contexts[name]
             if kind == "categorical":
-                values = np.asarray(raw, dtype=object)
+                values = np.array(raw, dtype=object)
                 known = pd.Series(values).isin(self.categories[name]).to_numpy()
-                codes = pd.Categorical(np.where(known, values, None), categories=list(self.categories[name])).codes
+                values[~known] = None
+                codes = pd.Categorical(values, categories=list(self.categories[name])).codes
                 columns.append(np.where(codes >= 0, codes, np.nan).astype(np.float64))
             else:
                 columns.append(pd.to_numeric(pd.Series(np.asarray(raw)), errors="coerce").to_numpy(dtype=np.float64))
