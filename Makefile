@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/optimize.py
+	$(BIN)/python bench/ope_accuracy.py
+	$(BIN)/python bench/policy_value.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache
