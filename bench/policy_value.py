@@ -78,8 +78,10 @@ def run_seed(seed: int, n_log: int, n_eval: int, trees: int, folds: int, threads
     loose = {g.name: 1e9 for g, _ in spec.guardrails}
 
     t0 = time.perf_counter()
-    plan_free = plan_policy(spec, model, evaluation, budget_overrides=relax, guardrail_overrides=loose)
-    plan_budget = plan_policy(spec, model, evaluation, budget_overrides={"promotion_budget": budget}, guardrail_overrides=loose)
+    predictions = model.predict_outcomes(evaluation, return_std=True)
+    plan_free = plan_policy(spec, model, evaluation, budget_overrides=relax, guardrail_overrides=loose, predictions=predictions)
+    plan_budget = plan_policy(spec, model, evaluation, budget_overrides={"promotion_budget": budget}, guardrail_overrides=loose,
+                              predictions=predictions)
     plan_s = time.perf_counter() - t0
 
     def value(probabilities: np.ndarray) -> float:

@@ -67,13 +67,13 @@ def _parse_time(text: str | None, name: str) -> datetime:
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="The spec file (drivetrain.yaml).")]) -> None:
     """Check a spec: exit 0 when valid, else print every problem and exit 2."""
-    from drivetrain.spec import load_spec
+    from drivetrain.spec import format_duration, load_spec
 
     loaded = load_spec(spec)
     console.print(
-        f"[green]ok[/green] {spec}: {len(loaded.action_space)} actions over levers {list(loaded.levers)},"
+        f"ok {spec}: {len(loaded.action_space)} actions over levers {list(loaded.levers)},"
         f" {len(loaded.outcomes)} outcomes, {len(loaded.features)} context features,"
-        f" horizon {loaded.model.objective.horizon}, spec hash {loaded.hash}, feature version {loaded.feature_version}"
+        f" horizon {format_duration(loaded.horizon)}, spec hash {loaded.hash}, feature version {loaded.feature_version}"
     )
 
 
@@ -153,7 +153,8 @@ def nboo_spec_text(horizon_days: int) -> str:
 
     text = SPEC_PATH.read_text(encoding="utf-8")
     if horizon_days != 30:
-        text = text.replace("  horizon: 30d\n", f"  horizon: {horizon_days}d\n").replace("  settle: 2d ", "  settle: 1d ")
+        text = text.replace("  horizon: 30d\n", f"  horizon: {horizon_days}d\n")
+        text = text.replace("  settle: 2d          # outcomes may arrive up to 2 days", "  settle: 1d          # outcomes may arrive up to 1 day")
     return text
 
 

@@ -67,14 +67,19 @@ def plan_policy(
     pessimism: float | None = None,
     version: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    predictions: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
 ) -> Plan:
     """Optimize lever settings on ``contexts`` under the spec's constraints and return the policy whose
     prices reproduce that assignment unit by unit. ``pessimism`` = z plans on the objective's lower and
-    the costs' upper bounds, z standard deviations of the cross-fitted models away."""
+    the costs' upper bounds, z standard deviations of the cross-fitted models away. ``predictions``
+    (means, spreads) from ``model.predict_outcomes(contexts, return_std=True)`` saves predicting again
+    when planning several times on one population."""
     if pessimism is not None and pessimism < 0:
         raise UsageError(f"`pessimism` must be >= 0 (a z value such as 1.645), got {pessimism}")
     columns = {n: contexts[n].to_numpy() for n in spec.features if n in contexts}
-    if pessimism:
+    if predictions is not None:
+        means, stds = predictions
+    elif pessimism:
         means, stds = model.predict_outcomes(contexts, return_std=True)
     else:
         means, stds = model.predict_outcomes(contexts), None
