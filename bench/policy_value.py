@@ -4,7 +4,7 @@ For each seed: log 100k users with the uniform randomized policy, ingest them in
 training table, fit the Modeler, plan a policy (unconstrained, and under a budget of half the
 unconstrained oracle's promotion cost), and judge its decisions on a fresh population of 100k users by
 the twin's true expected values. Baselines measured in the same run: random, the best single action for
-everyone, and a plain LightGBM S-learner on the objective itself (same trees). Targets: at least 85% of
+everyone, and a plain LightGBM S-learner on the objective itself (as many trees as the two stages). Targets: at least 85% of
 the oracle's gain over control in both settings, and above the S-learner by more than the seed spread.
 
     python bench/policy_value.py            # 3 seeds x 100k logged / 100k evaluated
@@ -34,7 +34,7 @@ def one_hot(action: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def objective_s_learner(table: pd.DataFrame, spec, contexts: pd.DataFrame, trees: int, threads: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def objective_s_learner(table: pd.DataFrame, spec, contexts: pd.DataFrame, trees: int, rate: float, threads: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """The plain baseline: one LightGBM regression of the realized objective on (context, action)."""
     enc = FeatureEncoder.from_spec(spec)
     space = spec.action_space
@@ -43,7 +43,7 @@ def objective_s_learner(table: pd.DataFrame, spec, contexts: pd.DataFrame, trees
     levers = space.lever_columns(action)
     y = np.asarray(spec.objective({**comps, **levers}), dtype=np.float64)
     x = np.column_stack([enc.transform(table), space.encode(action)])
-    params = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 200, "feature_fraction": 0.7,
+    params = {"objective": "regression", "learning_rate": rate, "num_leaves": 15, "min_data_in_leaf": 200, "feature_fraction": 0.7,
               "lambda_l2": 10.0, "num_threads": threads, "deterministic": True, "force_col_wise": True, "verbosity": -1, "seed": 0}
     booster = lgb.train(params, lgb.Dataset(x, label=y, categorical_feature=enc.categorical_indices), trees)
     k = len(space)
@@ -52,7 +52,7 @@ def objective_s_learner(table: pd.DataFrame, spec, contexts: pd.DataFrame, trees
     return booster.predict(design, num_threads=threads).reshape(len(contexts), k)
 
 
-def run_seed(seed: int, n_log: int, n_eval: int, trees: int, folds: int, threads: int) -> dict[str, float]:
+def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds: int, threads: int) -> dict[str, float]:
     twin = NBOOTwin(seed=seed)
     spec = twin.spec
     users = twin.population(n_log)
@@ -62,7 +62,8 @@ def run_seed(seed: int, n_log: int, n_eval: int, trees: int, folds: int, threads
     ingest_decisions(store, RawRows(decisions, (), "decisions"), clock=clock)
     ingest_outcomes(store, RawRows(outcomes, (), "outcomes"), clock=clock)
     t0 = time.perf_counter()
-    model, table, _ = fit_model(store, clock.now(), OutcomeModel(n_folds=folds, n_estimators=trees, num_threads=threads, seed=seed))
+    model, table, _ = fit_model(store, clock.now(), OutcomeModel(n_folds=folds, n_estimators=trees, learning_rate=rate,
+                                                               num_threads=threads, seed=seed))
     fit_s = time.perf_counter() - t0
 
     evaluation = NBOOTwin(seed=1000 + seed).population(n_eval, offset=50_000_000)
@@ -87,7 +88,7 @@ def run_seed(seed: int, n_log: int, n_eval: int, trees: int, folds: int, threads
     def value(probabilities: np.ndarray) -> float:
         return truth.value(probabilities)
 
-    direct = objective_s_learner(table, spec, evaluation, trees, threads)
+    direct = objective_s_learner(table, spec, evaluation, 2 * trees, rate, threads)
     direct_choice = np.where(truth.eligible, direct, -np.inf).argmax(axis=1)
     j, single = best_single_action(truth.objective, truth.eligible, control)
     random = truth.eligible / truth.eligible.sum(axis=1, keepdims=True)
@@ -116,12 +117,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small populations and one seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trees", type=int, default=150, help="boosting rounds per stage of each component model")
+    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument("--folds", type=int, default=2)
     args = parser.parse_args()
-    n_log, n_eval, trees, folds, seeds = (100_000, 100_000, 300, 3, args.seeds) if not args.quick else (6_000, 3_000, 60, 2, 1)
+    n_log, n_eval, trees, folds, seeds = (100_000, 100_000, args.trees, args.folds, args.seeds) if not args.quick else (6_000, 3_000, 40, 2, 1)
     start = time.perf_counter()
     rows = []
     for seed in range(seeds):
-        row = run_seed(seed, n_log, n_eval, trees, folds, args.threads)
+        row = run_seed(seed, n_log, n_eval, trees, args.learning_rate, folds, args.threads)
         rows.append(row)
         print(f"seed {seed}: fit {row['fit_s']:.1f}s, plan {row['plan_s']:.1f}s", flush=True)
     frame = pd.DataFrame(rows)
