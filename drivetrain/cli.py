@@ -466,7 +466,7 @@ def decide(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory of the demo (replaced).")] = Path("demo-out"),
-    users: Annotated[int, typer.Option(min=100, help="Users in the twin's logged population.")] = 50_000,
+    users: Annotated[int, typer.Option(min=100, help="Users in the twin's logged population.")] = 40_000,
     seed: Annotated[int, typer.Option(help="Seed of the twin.")] = 0,
 ) -> None:
     """Run the main job on the embedded default: twin logs -> ingest (with a partner's faulty export) -> summary."""

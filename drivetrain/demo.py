@@ -141,7 +141,7 @@ def _assembly_line(twin: NBOOTwin, store: ParquetStore, as_of: datetime, logged:
     spec = twin.spec
     console.rule("6. the Modeler: how each offer moves the objective")
     t0 = time.perf_counter()
-    model, table, _ = fit_model(store, as_of, OutcomeModel(n_folds=2, n_estimators=200, num_threads=2, seed=twin.seed))
+    model, table, _ = fit_model(store, as_of, OutcomeModel(n_folds=2, n_estimators=100, learning_rate=0.1, num_threads=2, seed=twin.seed))
     truth_logged = twin.truth(logged.set_index("unit_id").loc[table["unit_id"]].reset_index())
     effects = model.effect_interval()
     true_effect = truth_logged.objective.mean(axis=0) - truth_logged.objective[:, spec.control.index].mean()
