@@ -26,3 +26,14 @@ def nboo_raw() -> dict[str, Any]:
 def raw_spec(nboo_raw: dict[str, Any]) -> dict[str, Any]:
     """A fresh deep copy of the NBOO spec as parsed YAML, to break in a test."""
     return copy.deepcopy(nboo_raw)
+
+
+def run_bench(script: str, *args: str) -> str:
+    """Run ``bench/<script>`` in a subprocess (as CI would) and return its output; fail on a non-zero exit."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done.stdout

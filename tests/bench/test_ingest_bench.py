@@ -7,26 +7,16 @@ timings it prints are never checked.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "ingest.py"
+from tests.conftest import run_bench
 
 
 def test_quick_benchmark_runs_and_agrees_with_the_pandas_baseline(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--seed", "3", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    stdout = run_bench("ingest.py", "--quick", "--seed", "3", "--json", str(out))
     for stage in ("ingest decisions", "ingest outcomes", "training table", "total"):
-        assert stage in done.stdout
+        assert stage in stdout
     result = json.loads(out.read_text())
 
     assert result["decisions"] == 20_000

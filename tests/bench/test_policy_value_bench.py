@@ -6,17 +6,11 @@ the full run and reported, never checked here.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_bench
 
 
 def test_quick_benchmark_runs_and_prints_every_figure() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "policy_value.py"), "--quick"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    stdout = run_bench("policy_value.py", "--quick")
     for label in ("drivetrain policy", "S-learner on the objective", "random", "best single action",
                   "share of the budgeted oracle's gain", "true cost / budget", "lead over the S-learner"):
-        assert label in done.stdout, label
+        assert label in stdout, label
