@@ -375,7 +375,7 @@ def optimize(
 def simulate(
     spec: Annotated[Path, typer.Option(help="The spec file.")],
     store: Annotated[Path, typer.Option(help="The store with the logged (randomized) decisions and outcomes.")],
-    policy: Annotated[Path | None, typer.Option(help="A policy directory to evaluate.")] = None,
+    policy: Annotated[Path, typer.Option(help="The policy to evaluate; its models are the reward model of the estimates.")],
     scenario: Annotated[list[str] | None, typer.Option(help="What-if: lever=value,... for everyone (repeatable).")] = None,
     where: Annotated[str | None, typer.Option(help="Restrict the scenarios to units where this formula holds.")] = None,
     as_of: Annotated[str | None, typer.Option(help="Evaluate on decisions mature as of this UTC time (default: now).")] = None,
@@ -401,8 +401,6 @@ def simulate(
                 raise UsageError(f"`scenario` must look like lever=value,lever=value, got {text!r}")
             values[key.strip()] = value.strip()
         policies[text + (f" where {where}" if where else "")] = fixed_action(loaded, values, where=where)
-    if policy is None:
-        raise UsageError("`--policy` is required: the reward model of the estimates comes from the policy's models")
     fitted = Policy.load(policy)
     policies = {f"policy {fitted.version}": fitted.action_distribution, **policies}
     with console.status(f"evaluating {len(policies)} policies on {len(frame)} logged decisions"):
