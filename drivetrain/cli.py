@@ -379,6 +379,7 @@ def simulate(
     scenario: Annotated[list[str] | None, typer.Option(help="What-if: lever=value,... for everyone (repeatable).")] = None,
     where: Annotated[str | None, typer.Option(help="Restrict the scenarios to units where this formula holds.")] = None,
     as_of: Annotated[str | None, typer.Option(help="Evaluate on decisions mature as of this UTC time (default: now).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only decisions made at or after this UTC time: a window the policy was not fitted on.")] = None,
     estimator: Annotated[str, typer.Option(help="Estimator shown for the constraints (the objective shows all).")] = "DR",
 ) -> None:
     """Off-policy estimates, from the logged decisions, of the policy, control and what-if scenarios."""
@@ -389,9 +390,11 @@ def simulate(
 
     loaded = load_spec(spec)
     table, report = training_table(open_store(store, loaded), _parse_time(as_of, "as_of"))
-    if table.num_rows == 0:
-        raise UsageError(f"no mature decisions to evaluate on: {report.summary()}")
     frame = table.to_pandas()
+    if since is not None:
+        frame = frame[frame["decided_at"] >= pd.Timestamp(_parse_time(since, "since"))].reset_index(drop=True)
+    if frame.empty:
+        raise UsageError(f"no mature decisions to evaluate on{' since ' + since if since else ''}: {report.summary()}")
     policies: dict[str, object] = {"control": fixed_action(loaded, loaded.control.values)}
     for text in scenario or []:
         values: dict[str, object] = {}

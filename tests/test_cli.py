@@ -125,7 +125,8 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "promotion_budget" in res.stdout and "baseline columns" in res.stdout
     res = run("simulate", "--spec", spec, "--store", store, "--policy", str(tmp_path / "policy"),
-              "--scenario", "offer_type=discount,depth=10,timing=immediate", "--where", "tier == 'gold'", *as_of)
+              "--scenario", "offer_type=discount,depth=10,timing=immediate", "--where", "tier == 'gold'",
+              "--since", "2026-01-05T12:00:00Z", *as_of)
     assert res.returncode == 0, res.stderr
     assert "scenario 1: offer_type=discount,depth=10,timing=immediate where tier == 'gold'" in res.stdout
     contexts = pd.read_parquet(out / "decisions.parquet").head(50).drop(columns=["action_id", "propensity"])
