@@ -126,9 +126,22 @@ class Policy:
         eligible = self.spec.eligible_actions({n: np.asarray(contexts[n]) for n in self.spec.features if n in contexts})
         return np.where(eligible, value, -np.inf)
 
+    def _distribution(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(action probabilities (n, K) of the whole serving system, the policy's choice (n,)) from scores:
+        DESIGN.md's ``h [a = control] + (1 - h) (eps / K_i + (1 - eps) [a = chosen])``."""
+        finite = np.isfinite(scores)
+        chosen = np.argmax(scores, axis=1)
+        eps, h = self.exploration_rate, self.holdout_share
+        dist = finite * (eps / finite.sum(axis=1, keepdims=True))
+        dist[np.arange(len(chosen)), chosen] += 1 - eps
+        dist *= 1 - h
+        dist[:, self.spec.control.index] += h
+        return dist, chosen
+
     def decide(self, contexts: pd.DataFrame, *, request_ids: Sequence[str] | None = None,
-               unit_column: str = "unit_id") -> DecisionBatch:
-        """Decide for every row of ``contexts`` (which must hold ``unit_id`` and the context features)."""
+               unit_column: str = "unit_id", components: Mapping[str, np.ndarray] | None = None) -> DecisionBatch:
+        """Decide for every row of ``contexts`` (which must hold ``unit_id`` and the context features);
+        ``components`` are the model's predictions for them when the caller already has them."""
         if unit_column not in contexts:
             raise UsageError(f"contexts must have a `{unit_column}` column, got {list(contexts.columns)}")
         n = len(contexts)
@@ -136,40 +149,29 @@ class Policy:
         requests = np.asarray(request_ids if request_ids is not None else units, dtype=object).astype(str)
         if requests.shape != (n,):
             raise UsageError(f"`request_ids` must have one id per context ({n}), got {requests.shape[0]}")
-        scores = self.scores(contexts)
+        scores = self.scores(contexts, components)
         finite = np.isfinite(scores)
-        chosen = np.argmax(scores, axis=1)
-        ordered = np.sort(np.where(finite, scores, -np.inf), axis=1)
+        dist, chosen = self._distribution(scores)
+        ordered = np.sort(scores, axis=1)
         runner_up = ordered[:, -2] if scores.shape[1] > 1 else ordered[:, -1]
         margin = np.where(np.isfinite(runner_up), ordered[:, -1] - runner_up, np.inf)
         k_eligible = finite.sum(axis=1)
         salt = self.spec.model.experimentation.salt
-        eps, h = self.exploration_rate, self.holdout_share
-        explore = _uniform(salt, "explore", requests) < eps
+        explore = _uniform(salt, "explore", requests) < self.exploration_rate
         pick = np.minimum((_uniform(salt, "pick", requests) * k_eligible).astype(np.int64), k_eligible - 1)
         nth_eligible = np.argmax(np.cumsum(finite, axis=1) > pick[:, None], axis=1)
         action = np.where(explore, nth_eligible, chosen)
-        held = holdout_draw(salt, units) < h
-        control = self.spec.control.index
-        action = np.where(held, control, action)
-        propensity = h * (action == control) + (1 - h) * (eps / k_eligible + (1 - eps) * (action == chosen))
+        held = holdout_draw(salt, units) < self.holdout_share
+        action = np.where(held, self.spec.control.index, action)
+        propensity = dist[np.arange(n), action]
         assignment = np.where(held, "holdout", np.where(explore, "explore", "policy")).astype(object)
         ids = np.array(self.spec.action_space.ids, dtype=object)
         return DecisionBatch(action, ids[action], propensity, assignment, chosen, scores, margin)
 
-    def action_distribution(self, contexts: pd.DataFrame, *, unit_column: str = "unit_id") -> np.ndarray:
+    def action_distribution(self, contexts: pd.DataFrame) -> np.ndarray:
         """Probability of each action per context under the whole serving system (holdout and
         exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates."""
-        scores = self.scores(contexts)
-        finite = np.isfinite(scores)
-        chosen = np.argmax(scores, axis=1)
-        k = finite.sum(axis=1, keepdims=True)
-        eps, h = self.exploration_rate, self.holdout_share
-        dist = finite * (eps / k)
-        dist[np.arange(len(chosen)), chosen] += 1 - eps
-        dist *= 1 - h
-        dist[:, self.spec.control.index] += h
-        return dist
+        return self._distribution(self.scores(contexts))[0]
 
     def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_salt: str | None = None) -> tuple[pd.DataFrame, int]:
         """Decide for a batch of raw contexts and return the rows of the decisions table (docs/data.md)
@@ -192,9 +194,10 @@ class Policy:
         margin = np.full(n, np.nan)
         if ok.any():
             good = features[ok].assign(unit_id=units[ok])
-            batch = self.decide(good, request_ids=requests[ok])
+            components = self.model.predict_outcomes(good)
+            batch = self.decide(good, request_ids=requests[ok], components=components)
             action[ok], propensity[ok], assignment[ok] = batch.action, batch.propensity, batch.assignment
-            predicted[ok] = self.model.predict_objective(good)
+            predicted[ok] = self.model.objective_of(components, good)
             margin[ok] = batch.margin
         out = pd.DataFrame({"request_id": requests, "unit_id": units})
         out["decided_at"] = pd.Timestamp(now)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -440,7 +440,7 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
         accepted, report = _ingest(store, raw, "decisions", "request_id", frame, rows.reason, compare, existing, now)
         store.append("decisions", pa.Table.from_pandas(accepted, schema=schema, preserve_index=False))
         attributed, waiting, rejects = attribute_pending(store, now=now, grace=grace)
-    return IngestReport(**{**report.__dict__, "attributed": attributed, "waiting": waiting, "attribution_rejects": rejects, "ignored_columns": ignored})
+    return replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
 
 
 def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, grace: timedelta | None = None) -> IngestReport:
@@ -502,7 +502,7 @@ def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, g
         accepted, report = _ingest(store, raw, "outcomes", "event_id", frame, rows.reason, compare, existing, now)
         store.append("outcomes_pending", pa.Table.from_pandas(accepted, schema=OUTCOME_SCHEMA, preserve_index=False))
         attributed, waiting, rejects = attribute_pending(store, now=now, grace=grace)
-    return IngestReport(**{**report.__dict__, "attributed": attributed, "waiting": waiting, "attribution_rejects": rejects, "ignored_columns": ignored})
+    return replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
 
 
 def _existing(store: Store, table: str, key: str, keys: pd.DataFrame) -> pd.DataFrame:
