@@ -16,6 +16,7 @@ from drivetrain.data._schemas import (
     OUTCOME_SCHEMA,
     QUARANTINE_SCHEMA,
     decision_schema,
+    diagnostic_fields,
 )
 from drivetrain.data._store import TABLES, MemoryStore, ParquetStore, Store, open_store
 from drivetrain.data._summary import StoreSummary, summarize
@@ -38,6 +39,7 @@ __all__ = [
     "attribute_pending",
     "check_contexts",
     "decision_schema",
+    "diagnostic_fields",
     "hash_personal",
     "ingest_decisions",
     "ingest_outcomes",

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from drivetrain.clock import Clock, SystemClock
 from drivetrain.data._read import RawRows
-from drivetrain.data._schemas import ASSIGNMENTS, OUTCOME_SCHEMA, QUARANTINE_SCHEMA, decision_schema
+from drivetrain.data._schemas import ASSIGNMENTS, OUTCOME_SCHEMA, QUARANTINE_SCHEMA, decision_schema, diagnostic_fields
 from drivetrain.data._store import Store
 from drivetrain.errors import DataError
 from drivetrain.spec import Spec, format_duration
@@ -427,6 +427,11 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
     clean["assignment"] = rows.choice("assignment", list(ASSIGNMENTS), required=False).fillna("policy")
     clean.update(_features(rows, spec, salt))
     clean["feature_version"] = rows.text("feature_version", required=False).fillna(spec.feature_version)
+    for field in diagnostic_fields(spec):
+        if pa.types.is_string(field.type):
+            clean[field.name] = rows.text(field.name, required=False)
+        else:
+            clean[field.name] = rows.number(field.name, required=False)
     schema = decision_schema(spec)
     frame = pd.DataFrame({f.name: clean[f.name] for f in schema}, index=rows.frame.index) if len(rows.frame) else schema.empty_table().to_pandas()
     known = set(schema.names)

@@ -59,7 +59,7 @@ def training_table(store: Store, as_of: datetime) -> tuple[pa.Table, JoinReport]
         for name, o in spec.model.outcomes.items()
     )
     coalesced = ", ".join(f"COALESCE(a.{name}, 0) AS {name}" for name in spec.outcomes)
-    columns = ", ".join(f"d.{c}" for c in decision_schema(spec).names)
+    columns = ", ".join(f"d.{c}" for c in decision_schema(spec, diagnostics=False).names)
     base = f"""
         WITH d AS (
             SELECT *, epoch_us(decided_at) AS t0,

@@ -18,6 +18,7 @@ __all__ = [
     "QUARANTINE_SCHEMA",
     "TIMESTAMP",
     "decision_schema",
+    "diagnostic_fields",
     "feature_type",
 ]
 
@@ -81,8 +82,16 @@ def feature_type(kind: str) -> pa.DataType:
     }[kind]
 
 
-def decision_schema(spec: Spec) -> pa.Schema:
-    """Columns of the decisions table for ``spec``, in the documented order (diagnostics excluded)."""
+def diagnostic_fields(spec: Spec) -> list[pa.Field]:
+    """Optional diagnostic columns of a decision: the predicted objective of every action (``pred__<action>``),
+    the chosen action's ``margin`` over the runner-up, why the fallback was used, and the serving latency."""
+    fields = [pa.field(f"pred__{a}", pa.float64()) for a in spec.action_space.ids]
+    fields += [pa.field("margin", pa.float64()), pa.field("fallback_reason", pa.string()), pa.field("latency_ms", pa.float64())]
+    return fields
+
+
+def decision_schema(spec: Spec, *, diagnostics: bool = True) -> pa.Schema:
+    """Columns of the decisions table for ``spec``, in the documented order, diagnostics last (nullable)."""
     fields = [
         ("request_id", pa.string()),
         ("unit_id", pa.string()),
@@ -97,4 +106,8 @@ def decision_schema(spec: Spec) -> pa.Schema:
     for name, feat in spec.model.context.features.items():
         fields.append((name, feature_type(feat.type)))
     fields.append(("feature_version", pa.string()))
-    return pa.schema(fields)
+    schema = pa.schema(fields)
+    if diagnostics:
+        for field in diagnostic_fields(spec):
+            schema = schema.append(field)
+    return schema
