@@ -149,7 +149,12 @@ class Policy:
         requests = np.asarray(request_ids if request_ids is not None else units, dtype=object).astype(str)
         if requests.shape != (n,):
             raise UsageError(f"`request_ids` must have one id per context ({n}), got {requests.shape[0]}")
-        scores = self.scores(contexts, components)
+        return self.choose(units, requests, self.scores(contexts, components))
+
+    def choose(self, units: np.ndarray, requests: np.ndarray, scores: np.ndarray) -> DecisionBatch:
+        """Decisions from the priced scores (n, K) of ``units`` (n,) for ``requests`` (n,): the policy's
+        choice, exploration drawn from the request id, the holdout from the unit id (DESIGN.md)."""
+        n = scores.shape[0]
         finite = np.isfinite(scores)
         dist, chosen = self._distribution(scores)
         ordered = np.sort(scores, axis=1)

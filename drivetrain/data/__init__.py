@@ -4,6 +4,7 @@ from drivetrain.data._baselines import QUANTILES, reference_statistics, write_ba
 from drivetrain.data._ingest import (
     IngestReport,
     attribute_pending,
+    check_context,
     check_contexts,
     hash_personal,
     ingest_decisions,
@@ -37,6 +38,7 @@ __all__ = [
     "Store",
     "StoreSummary",
     "attribute_pending",
+    "check_context",
     "check_contexts",
     "decision_schema",
     "diagnostic_fields",

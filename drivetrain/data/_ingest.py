@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -185,8 +185,7 @@ class _Rows:
     def boolean(self, name: str, *, required: bool) -> pd.Series:
         col = self.raw(name)
         null = self.is_null(col)
-        table = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
-        parsed = col.map(lambda v: table.get(str(v).strip().lower()) if not _isnull(v) else None)
+        parsed = col.map(lambda v: _BOOLEAN.get(str(v).strip().lower()) if not _isnull(v) else None)
         if required:
             self.fail(null, f"`{name}` is required, got {{got}}", col)
         self.fail(~null & parsed.isna().to_numpy(), f"`{name}` must be true or false, got {{got}}", col)
@@ -231,6 +230,76 @@ def check_contexts(spec: Spec, frame: pd.DataFrame, *, pii_salt: str | None = No
     salt = pii_salt if pii_salt is not None else spec.model.experimentation.salt
     parsed = _features(rows, spec, salt)
     return pd.DataFrame(parsed, index=rows.frame.index), rows.reason
+
+
+def check_context(spec: Spec, context: Mapping[str, Any], *, pii_salt: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """:func:`check_contexts` for one context given as a mapping: (parsed features, reason or None).
+
+    The decision service checks one request at a time, where building a DataFrame would cost more than
+    the decision itself; the rules, their order and their messages are those of the batch parsers
+    (``tests/data/test_context_row.py`` checks the two agree on generated contexts).
+    """
+    salt = pii_salt if pii_salt is not None else spec.model.experimentation.salt
+    parsed: dict[str, Any] = {}
+    reason: str | None = None
+
+    def fail(message: str) -> None:
+        nonlocal reason
+        if reason is None:
+            reason = message
+
+    for name, feat in spec.model.context.features.items():
+        raw = context.get(name)
+        null = _null_value(raw)
+        value: Any = None
+        if null and not feat.nullable:
+            fail(f"`{name}` is required, got {_plain(raw)!r}")
+        if feat.type in ("integer", "float"):
+            number = np.nan
+            if not null:
+                if isinstance(raw, bool | np.bool_):
+                    fail(f"`{name}` must be a number, got {_plain(raw)!r}")
+                else:
+                    number = _to_float(raw)
+                    if not np.isfinite(number):
+                        fail(f"`{name}` must be a finite number, got {_plain(raw)!r}")
+                        number = np.nan if np.isnan(number) else number
+                    elif feat.type == "integer" and np.floor(number) != number:
+                        fail(f"`{name}` must be an integer, got {_plain(raw)!r}")
+                    if feat.min is not None and number < feat.min:
+                        fail(f"`{name}` must be >= {feat.min:g}, got {_plain(raw)!r}")
+                    if feat.max is not None and number > feat.max:
+                        fail(f"`{name}` must be <= {feat.max:g}, got {_plain(raw)!r}")
+            value = number
+        elif feat.type == "boolean":
+            if not null:
+                value = _BOOLEAN.get(str(raw).strip().lower())
+                if value is None:
+                    fail(f"`{name}` must be true or false, got {_plain(raw)!r}")
+        else:
+            value = None if null else str(raw).strip()
+            if feat.type == "categorical" and value is not None and value not in (feat.values or []):
+                fail(f"`{name}` must be one of {list(feat.values or [])}, got {value!r}")
+            if feat.personal and value is not None and not value.startswith(PERSONAL_PREFIX):
+                value = PERSONAL_PREFIX + hashlib.sha256(salt.encode() + b"\x1f" + value.encode()).hexdigest()[:32]
+        parsed[name] = value
+    return parsed, reason
+
+
+_BOOLEAN = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+
+
+def _null_value(value: Any) -> bool:
+    if _isnull(value):
+        return True
+    return isinstance(value, str) and value.strip().lower() in NULL_TEXT
+
+
+def _to_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return np.nan
 
 
 def _levers_and_action(rows: _Rows, spec: Spec) -> tuple[pd.Series, dict[str, pd.Series]]:

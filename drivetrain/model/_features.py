@@ -63,6 +63,21 @@ class FeatureEncoder:
             raise DataError("the spec must declare at least one non-personal context feature, got none")
         return np.column_stack(columns)
 
+    def transform_row(self, context: Mapping[str, Any]) -> np.ndarray:
+        """:meth:`transform` for one parsed context (the decision service's path); shape (d,)."""
+        out = np.empty(len(self.names))
+        for i, (name, kind) in enumerate(zip(self.names, self.kinds, strict=True)):
+            value = context.get(name)
+            if kind == "categorical":
+                values = self.categories[name]
+                out[i] = values.index(value) if value in values else np.nan
+            else:
+                try:
+                    out[i] = np.nan if value is None else float(value)
+                except (TypeError, ValueError):
+                    out[i] = np.nan
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {"names": list(self.names), "kinds": list(self.kinds), "categories": {k: list(v) for k, v in self.categories.items()}, "version": self.version}
 

@@ -1,0 +1,147 @@
+"""The Decider: one request's context in, a logged decision out, in well under a millisecond.
+
+It is the logic of the decision service (``app.py`` holds only routes). For each request it checks the
+raw context against the spec's contract (:func:`drivetrain.data.check_context`, the rules ingest
+applies), encodes it with the policy's :class:`~drivetrain.model.FeatureEncoder`, predicts every
+action's components with the compiled model, prices and chooses with :meth:`Policy.choose` (holdout and
+exploration exactly as offline), and returns the decision with its log record (a row of the decisions
+table, diagnostics included).
+
+Fail safe: a context that breaks the contract, a policy that raises, a decision slower than the spec's
+latency budget, or no policy at all (degraded mode) all give the spec's fallback action with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivetrain.data import check_context
+from drivetrain.model._compiled import CompiledModel
+from drivetrain.model._modeler import _formula_on
+from drivetrain.policy import Policy, constraint_terms
+from drivetrain.spec import Spec
+
+__all__ = ["Decider", "Decision"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision: what the caller gets (``response``) and the decisions-table row (``record``)."""
+
+    response: dict[str, Any]
+    record: dict[str, Any]
+    timings: Mapping[str, float]
+
+
+class Decider:
+    """Decides for one context at a time with ``policy`` (``None``: degraded, always the fallback)."""
+
+    def __init__(self, spec: Spec, policy: Policy | None, *, degraded_reason: str | None = None,
+                 pii_salt: str | None = None) -> None:
+        self.spec = spec
+        self.policy = policy
+        self.degraded_reason = degraded_reason if policy is None else None
+        self.pii_salt = pii_salt
+        self.version = policy.version if policy is not None else "fallback"
+        self.compiled = CompiledModel.of(policy.model) if policy is not None else None
+        self.budget_s = spec.model.serving.latency_budget_ms / 1000.0
+        self._ids = spec.action_space.ids
+        self._levers = spec.action_space.lever_columns()
+        self._fallback = spec.fallback.index
+        if policy is not None:
+            self._terms = [(f, (1.0 if sense == "<=" else -1.0) * policy.multipliers.get(name, 0.0))
+                           for name, f, sense, _ in constraint_terms(policy.spec) if policy.multipliers.get(name, 0.0)]
+            self._caps = sum((policy.multipliers.get(c.name, 0.0) * m for c, m in policy.spec.caps), np.zeros(len(self._ids)))
+
+    @classmethod
+    def load(cls, spec: Spec, directory: str | Path, *, pii_salt: str | None = None) -> Decider:
+        """Load and compile the policy in ``directory``; any failure gives a degraded Decider with the reason."""
+        try:
+            policy = Policy.load(directory)
+        except Exception as exc:  # noqa: BLE001 - the service must come up on the fallback, whatever broke
+            return cls(spec, None, degraded_reason=f"policy {str(directory)!r} failed to load: {exc}", pii_salt=pii_salt)
+        if policy.spec.action_space.ids != spec.action_space.ids:
+            return cls(spec, None, degraded_reason=f"policy {str(directory)!r} has actions {list(policy.spec.action_space.ids)}, "
+                                                   f"the spec {list(spec.action_space.ids)}", pii_salt=pii_salt)
+        return cls(spec, policy, pii_salt=pii_salt)
+
+    @property
+    def ready(self) -> bool:
+        return self.policy is not None
+
+    def decide(self, unit_id: str, context: Mapping[str, Any], *, request_id: str, now: datetime,
+               started: float | None = None) -> Decision:
+        """Decide for one unit; ``started`` is the ``time.perf_counter()`` when the request arrived."""
+        t0 = time.perf_counter() if started is None else started
+        features, reason = check_context(self.spec, context, pii_salt=self.pii_salt)
+        t1 = time.perf_counter()
+        predicted = None
+        batch = None
+        if reason is None and self.policy is None:
+            reason = f"degraded: {self.degraded_reason}"
+        if reason is None:
+            try:
+                predicted, scores = self._scores(features)
+                batch = self.policy.choose(np.array([unit_id], dtype=object), np.array([request_id], dtype=object), scores)  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - a model error must never become a 5xx
+                reason, predicted, batch = f"model error: {type(exc).__name__}: {exc}", None, None
+        t2 = time.perf_counter()
+        if batch is not None and t2 - t0 > self.budget_s:
+            reason = f"over the latency budget: {1000 * (t2 - t0):.1f} ms > {1000 * self.budget_s:g} ms"
+            batch = None
+        if batch is None:
+            action, propensity, assignment, margin = self._fallback, 1.0, "fallback", None
+        else:
+            action, propensity = int(batch.action[0]), float(batch.propensity[0])
+            assignment = str(batch.assignment[0])
+            m = float(batch.margin[0])
+            margin = m if math.isfinite(m) else None
+        levers = {name: _plain(col[action]) for name, col in self._levers.items()}
+        record: dict[str, Any] = {
+            "request_id": request_id, "unit_id": unit_id, "decided_at": now, "received_at": now,
+            "policy_version": self.version, "action_id": self._ids[action], **levers, "propensity": propensity,
+            "assignment": assignment, **features, "feature_version": self.spec.feature_version,
+        }
+        for j, action_id in enumerate(self._ids):
+            value = None if predicted is None else float(predicted[j])
+            record[f"pred__{action_id}"] = value if value is None or math.isfinite(value) else None
+        record["margin"] = margin
+        record["fallback_reason"] = reason
+        t3 = time.perf_counter()
+        record["latency_ms"] = 1000.0 * (t3 - t0)
+        response = {
+            "request_id": request_id, "unit_id": unit_id, "action_id": self._ids[action], "levers": levers,
+            "propensity": propensity, "policy_version": self.version, "assignment": assignment, "fallback_reason": reason,
+        }
+        return Decision(response, record, {"features": t1 - t0, "policy": t2 - t1, "record": t3 - t2})
+
+    def _scores(self, features: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted objective (K,), priced scores (1, K)) for one parsed context."""
+        policy = self.policy
+        assert policy is not None
+        contexts = {name: np.array([value]) for name, value in features.items()}
+        if self.compiled is not None:
+            components = self.compiled.predict_row(policy.model.encoder_.transform_row(features))
+        else:
+            components = policy.model.predict_outcomes(contexts)
+        value = policy.model.objective_of(components, contexts)
+        predicted = value[0].copy()
+        if policy.spec.model.objective.direction == "minimize":
+            value = -value
+        for formula, lam in self._terms:
+            value = value - lam * np.broadcast_to(_formula_on(policy.spec, formula, components, contexts), value.shape)
+        value = value - self._caps[None, :]
+        eligible = policy.spec.eligible_actions(contexts)
+        return predicted, np.where(eligible, value, -np.inf)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
