@@ -464,6 +464,87 @@ def decide(
                   f"{fallbacks} rows broke the contract and got the fallback action")
 
 
+class Fsync(str, Enum):
+    always = "always"
+    rotate = "rotate"
+    never = "never"
+
+
+TOKEN_ENV = "DRIVETRAIN_TOKEN"
+
+
+@app.command()
+def serve(
+    spec: Annotated[Path, typer.Option(help="The spec file (its fallback action serves when the policy cannot).")],
+    policy: Annotated[Path, typer.Option(help="The policy directory to serve.")],
+    store: Annotated[Path, typer.Option(help="The store directory (decisions are compacted into it; outcomes go to it).")],
+    log_dir: Annotated[Path | None, typer.Option(help="Decision log segments; default: <store>-log next to the store.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    fsync: Annotated[Fsync, typer.Option(help="always: fsync each decision before its response (machine-crash safe); "
+                                              "rotate: fsync when a segment closes; never: leave it to the kernel.")] = Fsync.rotate,
+    logging: Annotated[bool, typer.Option(help="Log decisions (turn off only to measure the cost of logging).")] = True,
+    segment_records: Annotated[int, typer.Option(min=1, help="Decisions per log segment before it rotates.")] = 10_000,
+    segment_age: Annotated[float, typer.Option(min=0.1, help="Seconds before an open segment rotates.")] = 30.0,
+    compact_every: Annotated[float, typer.Option(min=0.1, help="Seconds between compactions of closed segments into the store.")] = 30.0,
+) -> None:
+    """Serve the policy over HTTP (/v1/decide, /v1/outcomes, /v1/health, /v1/policy, /metrics, /v1/admin/reload).
+
+    Write and admin endpoints need `Authorization: Bearer $DRIVETRAIN_TOKEN`; decide too when the spec's
+    serving.decide_requires_token is true.
+    """
+    import uvicorn
+
+    from drivetrain.data import open_store
+    from drivetrain.serve import Service, ServiceConfig, create_app
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    open_store(store, loaded, create=True)
+    config = ServiceConfig(spec=loaded, spec_path=spec.resolve(), policy_dir=policy.resolve(), store_dir=store.resolve(),
+                           log_dir=(log_dir or store.parent / f"{store.name}-log").resolve(), token=os.environ.get(TOKEN_ENV) or None,
+                           fsync=fsync.value, segment_records=segment_records, segment_age_s=segment_age,
+                           compact_every_s=compact_every, logging=logging)
+    service = Service(config)
+    health = service.health()
+    err.print(f"serving {health['status']} policy {health['policy_version']} on http://{host}:{port}"
+              + (f" ({health['reason']})" if health["reason"] else ""))
+    if service.recovered is not None and service.recovered.segments:
+        r = service.recovered
+        err.print(f"recovered {r.segments} decision log segments of stopped workers ({r.records} decisions; {r.torn_bytes} bytes of a torn last record set aside)")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
+def compact(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    log_dir: Annotated[Path, typer.Option(help="The decision log directory of `drivetrain serve`.")],
+    quiet: Annotated[bool, typer.Option(help="Print nothing when there is nothing to do.")] = False,
+) -> None:
+    """Move the closed decision log segments into the store's decisions table (safe to run again)."""
+    from drivetrain.data import open_store
+    from drivetrain.serve import compact as compact_log
+    from drivetrain.serve import recover
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    target = open_store(store, loaded, create=True)
+    recovered = recover(log_dir)
+    total = 0
+    while True:
+        report = compact_log(target, log_dir)
+        if report.segments == 0:
+            break
+        total += report.segments
+        if report.ingest is not None:
+            console.print(f"{report.segments} segments: {report.ingest.summary()}")
+    if total == 0 and not quiet:
+        console.print(f"no closed segments in {log_dir}")
+    if recovered.torn_bytes:
+        console.print(f"set aside {recovered.torn_bytes} bytes of torn last records (*.torn files in {log_dir})")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory of the demo (replaced).")] = Path("demo-out"),

@@ -130,6 +130,11 @@ class _Rows:
         for i, g in zip(hit, got, strict=True):
             self.reason[i] = template.format(got=g)
 
+    def adopt(self, reasons: np.ndarray, mask: np.ndarray) -> None:
+        """Take another parser's reasons for the masked rows that have none yet."""
+        take = mask & (reasons != None) & (self.reason == None)  # noqa: E711
+        self.reason[take] = reasons[take]
+
     def text(self, name: str, *, required: bool) -> pd.Series:
         col = self.raw(name)
         null = self.is_null(col)
@@ -494,7 +499,13 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
     clean.update(levers)
     clean["propensity"] = rows.number("propensity", required=True, lo=0.0, hi=1.0, lo_open=True)
     clean["assignment"] = rows.choice("assignment", list(ASSIGNMENTS), required=False).fillna("policy")
-    clean.update(_features(rows, spec, salt))
+    # a fallback decision whose context broke the contract (that is why it fell back) is kept, with the
+    # context as parsed and the break named in `fallback_reason`; any other row's context must hold
+    context_rows = _Rows(rows.frame)
+    clean.update(_features(context_rows, spec, salt))
+    fallback_reason = rows.text("fallback_reason", required=False)
+    excused = (clean["assignment"] == "fallback").to_numpy(dtype=bool) & fallback_reason.notna().to_numpy(dtype=bool)
+    rows.adopt(context_rows.reason, ~excused)
     clean["feature_version"] = rows.text("feature_version", required=False).fillna(spec.feature_version)
     for field in diagnostic_fields(spec):
         if pa.types.is_string(field.type):

@@ -223,7 +223,7 @@ class ForestBuilder:
                 left.append(_child(int(lc), node0, leaf0))
                 right.append(_child(int(rc), node0, leaf0))
         i64 = np.int64
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "feature": np.array(feature, dtype=i64), "threshold": np.array(threshold, dtype=np.float64),
             "decision": np.array(decision, dtype=i64), "cat_start": np.array(cat_start, dtype=i64),
             "cat_len": np.array(cat_len, dtype=i64), "cat_bits": np.array(cat_bits, dtype=np.uint32),

@@ -60,6 +60,16 @@ class Decider:
             self._terms = [(f, (1.0 if sense == "<=" else -1.0) * policy.multipliers.get(name, 0.0))
                            for name, f, sense, _ in constraint_terms(policy.spec) if policy.multipliers.get(name, 0.0)]
             self._caps = sum((policy.multipliers.get(c.name, 0.0) * m for c, m in policy.spec.caps), np.zeros(len(self._ids)))
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile (or load from cache) the native code now, not on the first request."""
+        if self.policy is None:
+            return
+        if self.compiled is not None:
+            self.compiled.predict_row(np.zeros(len(self.policy.model.encoder_.names)))
+        scores = np.zeros((1, len(self._ids)))
+        self.policy.choose(np.array(["warm-up"], dtype=object), np.array(["warm-up"], dtype=object), scores)
 
     @classmethod
     def load(cls, spec: Spec, directory: str | Path, *, pii_salt: str | None = None) -> Decider:
@@ -108,7 +118,8 @@ class Decider:
         record: dict[str, Any] = {
             "request_id": request_id, "unit_id": unit_id, "decided_at": now, "received_at": now,
             "policy_version": self.version, "action_id": self._ids[action], **levers, "propensity": propensity,
-            "assignment": assignment, **features, "feature_version": self.spec.feature_version,
+            "assignment": assignment, **{k: _json_value(v) for k, v in features.items()},
+            "feature_version": self.spec.feature_version,
         }
         for j, action_id in enumerate(self._ids):
             value = None if predicted is None else float(predicted[j])
@@ -141,6 +152,13 @@ class Decider:
         value = value - self._caps[None, :]
         eligible = policy.spec.eligible_actions(contexts)
         return predicted, np.where(eligible, value, -np.inf)
+
+
+def _json_value(value: Any) -> Any:
+    """Missing numbers (NaN) are logged as null; JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return _plain(value)
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,186 @@
+"""The decision service's state and logic behind the routes of ``app.py``.
+
+A :class:`Service` holds the current :class:`Decider` (swapped atomically on reload: a request uses the
+Decider it started with), the worker's :class:`DecisionLog`, the store for outcomes, and the Prometheus
+metrics. Configuration is read once, at the edge (the CLI), into a :class:`ServiceConfig`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from drivetrain.clock import Clock, SystemClock
+from drivetrain.data import RawRows, Store, ingest_outcomes, open_store
+from drivetrain.serve._decider import Decider, Decision
+from drivetrain.serve._log import DecisionLog, FsyncPolicy, recover
+from drivetrain.spec import Spec
+
+__all__ = ["Service", "ServiceConfig"]
+
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the service reads from files and the environment, read once."""
+
+    spec: Spec
+    spec_path: Path
+    policy_dir: Path
+    store_dir: Path
+    log_dir: Path
+    token: str | None
+    fsync: FsyncPolicy = "rotate"
+    segment_records: int = 10_000
+    segment_age_s: float = 30.0
+    compact_every_s: float = 30.0
+    logging: bool = True
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("drivetrain_decide_seconds", "Time to decide, by stage", ["stage"],
+                                 buckets=_BUCKETS, registry=self.registry)
+        self.decisions = Counter("drivetrain_decisions", "Decisions served", ["action", "assignment"], registry=self.registry)
+        self.fallbacks = Counter("drivetrain_fallbacks", "Fallback decisions, by cause", ["cause"], registry=self.registry)
+        self.errors = Counter("drivetrain_errors", "Requests that failed, by endpoint and kind", ["endpoint", "kind"],
+                              registry=self.registry)
+        self.outcomes = Counter("drivetrain_outcome_rows", "Outcome rows received, by result", ["result"], registry=self.registry)
+        self.ready = Gauge("drivetrain_ready", "1 when a policy is loaded, 0 when degraded on the fallback", registry=self.registry)
+        self.reloads = Counter("drivetrain_reloads", "Policy reloads, by result", ["result"], registry=self.registry)
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.decider = Decider.load(config.spec, config.policy_dir)
+        self.policy_dir = config.policy_dir
+        self.metrics.ready.set(1 if self.decider.ready else 0)
+        self.recovered = recover(config.log_dir) if config.logging else None
+        self.log = DecisionLog(config.log_dir, fsync=config.fsync, max_records=config.segment_records,
+                               max_age_s=config.segment_age_s) if config.logging else None
+        self._reload_lock = threading.Lock()
+        self._store: Store | None = None
+        self._compactor: subprocess.Popen[bytes] | None = None
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, unit_id: str, context: dict[str, Any], request_id: str | None, started: float) -> dict[str, Any]:
+        decider = self.decider  # one Decider per request, even if a reload swaps it meanwhile
+        rid = request_id or uuid.uuid4().hex
+        decision = decider.decide(unit_id, context, request_id=rid, now=self.clock.now(), started=started)
+        t = time.perf_counter()
+        if self.log is not None:
+            self.log.append(decision.record)
+        self._count(decision, time.perf_counter() - t, time.perf_counter() - started)
+        return decision.response
+
+    def _count(self, decision: Decision, log_s: float, total_s: float) -> None:
+        m = self.metrics
+        for stage, seconds in decision.timings.items():
+            m.latency.labels(stage).observe(seconds)
+        m.latency.labels("log").observe(log_s)
+        m.latency.labels("total").observe(total_s)
+        r = decision.response
+        m.decisions.labels(r["action_id"], r["assignment"]).inc()
+        if r["assignment"] == "fallback":
+            m.fallbacks.labels(_cause(r["fallback_reason"] or "")).inc()
+
+    # ------------------------------------------------------------------ outcomes
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.config.store_dir, self.config.spec, create=True)
+        return self._store
+
+    def outcomes(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        frame = pd.DataFrame(rows)
+        report = ingest_outcomes(self.store, RawRows(frame, (), "http:/v1/outcomes"), clock=self.clock)
+        self.metrics.outcomes.labels("accepted").inc(report.accepted)
+        self.metrics.outcomes.labels("duplicate").inc(report.duplicates)
+        self.metrics.outcomes.labels("quarantined").inc(report.quarantined)
+        return {
+            "rows": report.rows_in, "accepted": report.accepted, "duplicates": report.duplicates,
+            "quarantined": report.quarantined, "waiting": report.waiting,
+            "attributed": report.attributed, "reasons": dict(report.reasons),
+        }
+
+    # ------------------------------------------------------------------ admin
+    def reload(self, policy_dir: Path) -> dict[str, Any]:
+        """Load and compile ``policy_dir`` aside, then swap; a policy that fails to load changes nothing."""
+        with self._reload_lock:
+            candidate = Decider.load(self.config.spec, policy_dir)
+            if not candidate.ready:
+                self.metrics.reloads.labels("refused").inc()
+                return {"reloaded": False, "reason": candidate.degraded_reason, "policy_version": self.decider.version}
+            previous = self.decider.version
+            self.decider = candidate
+            self.policy_dir = policy_dir
+            self.metrics.ready.set(1)
+            self.metrics.reloads.labels("ok").inc()
+            return {"reloaded": True, "policy_version": candidate.version, "previous_version": previous}
+
+    def health(self) -> dict[str, Any]:
+        d = self.decider
+        return {"status": "ready" if d.ready else "degraded", "reason": d.degraded_reason,
+                "policy_version": d.version, "logging": self.log is not None}
+
+    def policy_info(self) -> dict[str, Any]:
+        d = self.decider
+        manifest: dict[str, Any] | None = None
+        path = self.policy_dir / "manifest.json"
+        if d.ready and path.is_file():
+            import json
+
+            manifest = json.loads(path.read_text())
+        return {"policy_version": d.version, "ready": d.ready, "policy_dir": str(self.policy_dir), "manifest": manifest}
+
+    # ------------------------------------------------------------------ background upkeep
+    async def upkeep(self) -> None:
+        """Rotate old segments and compact closed ones into the store, in a separate process so that
+        compaction's CPU work never holds this process's interpreter while requests wait."""
+        period = min(self.config.segment_age_s, self.config.compact_every_s)
+        last_compact = time.monotonic()
+        while True:
+            await asyncio.sleep(max(0.5, period / 4))
+            if self.log is not None:
+                self.log.rotate_if_old()
+            if time.monotonic() - last_compact >= self.config.compact_every_s:
+                last_compact = time.monotonic()
+                self.start_compaction()
+
+    def start_compaction(self) -> bool:
+        if self._compactor is not None and self._compactor.poll() is None:
+            return False
+        self._compactor = subprocess.Popen(
+            [sys.executable, "-m", "drivetrain", "compact", "--spec", str(self.config.spec_path),
+             "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir), "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+        return True
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        if self._compactor is not None:
+            self._compactor.wait(timeout=60)
+
+
+def _cause(reason: str) -> str:
+    for cause, marker in (("degraded", "degraded"), ("model_error", "model error"), ("latency", "latency budget")):
+        if reason.startswith(marker) or marker in reason[:40]:
+            return cause
+    return "context"

@@ -1,0 +1,179 @@
+"""The routes of the decision service (``/v1/...``); the logic lives in :class:`Service` and :class:`Decider`.
+
+Request bodies are validated by pydantic models: a malformed body gets a 422 whose ``detail`` names the
+field (``loc``), what was expected and what arrived. A well-formed request always gets a decision (the
+fallback when the policy cannot decide): no 5xx for what a caller sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivetrain.serve._service import Service
+
+__all__ = ["create_app"]
+
+Scalar = str | int | float | bool | None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DecideRequest(_Body):
+    unit_id: Annotated[str, Field(min_length=1, max_length=256, description="The unit (user) to decide for.")]
+    context: Annotated[dict[str, Scalar], Field(description="Raw context features, as named in the spec's contract.")]
+    request_id: Annotated[str | None, Field(min_length=1, max_length=128, description="Optional id; generated when absent.")] = None
+
+
+class DecideBatchRequest(_Body):
+    requests: Annotated[list[DecideRequest], Field(min_length=1, max_length=1000)]
+
+
+class DecideResponse(BaseModel):
+    request_id: str
+    unit_id: str
+    action_id: str
+    levers: dict[str, str | float]
+    propensity: Annotated[float, Field(description="Probability that the serving system picks this action for this context.")]
+    policy_version: str
+    assignment: Literal["policy", "explore", "holdout", "fallback"]
+    fallback_reason: str | None = None
+
+
+class DecideBatchResponse(BaseModel):
+    decisions: list[DecideResponse]
+
+
+class OutcomeEvent(_Body):
+    event_id: Annotated[str, Field(min_length=1)]
+    request_id: str | None = None
+    unit_id: str | None = None
+    occurred_at: Annotated[str, Field(description="ISO 8601 time, UTC or with an offset.")]
+    received_at: str | None = None
+    component: str
+    value: float
+
+
+class OutcomesRequest(_Body):
+    outcomes: Annotated[list[OutcomeEvent], Field(min_length=1, max_length=10_000)]
+
+
+class OutcomesResponse(BaseModel):
+    rows: int
+    accepted: int
+    duplicates: int
+    quarantined: int
+    waiting: int
+    attributed: int
+    reasons: dict[str, int]
+
+
+class ReloadRequest(_Body):
+    policy_dir: Annotated[str, Field(min_length=1, description="Directory of the policy artifact to serve.")]
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool
+    policy_version: str
+    previous_version: str | None = None
+    reason: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ready", "degraded"]
+    reason: str | None
+    policy_version: str
+    logging: bool
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI application over ``service``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(service.upkeep())
+        try:
+            yield
+        finally:
+            task.cancel()
+            service.close()
+
+    app = FastAPI(title="drivetrain decision service", version="1", lifespan=lifespan,
+                  description="Decisions for a checkout in milliseconds, each logged so that it joins its outcome.")
+    token = service.config.token
+    decide_needs_token = service.config.spec.model.serving.decide_requires_token
+
+    def check_token(authorization: str | None) -> None:
+        if token is None:
+            raise HTTPException(403, "this endpoint needs a token: start the service with DRIVETRAIN_TOKEN set")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not authorization or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "`Authorization` must be `Bearer <token>` with the service's token, got "
+                                     + ("none" if not authorization else "a different token"),
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def write_access(authorization: Annotated[str | None, Header()] = None) -> None:
+        check_token(authorization)
+
+    def decide_access(authorization: Annotated[str | None, Header()] = None) -> None:
+        if decide_needs_token:
+            check_token(authorization)
+
+    @app.post("/v1/decide", response_model=DecideResponse, dependencies=[Depends(decide_access)])
+    async def decide(body: DecideRequest) -> dict[str, Any]:
+        """The action for one unit now, with its propensity; the decision is logged before this returns."""
+        return service.decide(body.unit_id, body.context, body.request_id, time.perf_counter())
+
+    @app.post("/v1/decide/batch", response_model=DecideBatchResponse, dependencies=[Depends(decide_access)])
+    async def decide_batch(body: DecideBatchRequest) -> dict[str, Any]:
+        """Decisions for many units in one call, each logged before this returns."""
+        return {"decisions": [service.decide(r.unit_id, r.context, r.request_id, time.perf_counter()) for r in body.requests]}
+
+    @app.post("/v1/outcomes", response_model=OutcomesResponse, dependencies=[Depends(write_access)])
+    async def outcomes(body: OutcomesRequest) -> dict[str, Any]:
+        """Outcome events, validated and attributed like `drivetrain ingest`; bad rows are quarantined."""
+        rows = [e.model_dump() for e in body.outcomes]
+        return await run_in_threadpool(service.outcomes, rows)
+
+    @app.get("/v1/health", response_model=HealthResponse)
+    async def health() -> dict[str, Any]:
+        """`ready`, or `degraded` (serving the fallback) with the reason."""
+        return service.health()
+
+    @app.get("/v1/policy")
+    async def policy() -> dict[str, Any]:
+        """The served policy's version and manifest."""
+        return service.policy_info()
+
+    @app.post("/v1/admin/reload", response_model=ReloadResponse, dependencies=[Depends(write_access)],
+              responses={409: {"description": "the policy failed to load; the current one stays"}})
+    async def reload(body: ReloadRequest) -> Any:
+        """Switch to another policy directory atomically; requests in flight finish on the old one."""
+        result = await run_in_threadpool(service.reload, Path(body.policy_dir))
+        if not result["reloaded"]:
+            return JSONResponse(result, status_code=409)
+        return result
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        service.metrics.errors.labels(request.url.path, type(exc).__name__).inc()
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    return app

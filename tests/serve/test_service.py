@@ -1,0 +1,247 @@
+"""The decision service, started for real (uvicorn on a free local port) and driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import TOKEN, Server, read_log, start_server  # type: ignore[import-not-found]
+from drivetrain.spec import holdout_draw, load_spec
+
+SPEC = Path(__file__).resolve().parents[2] / "examples" / "nboo" / "drivetrain.yaml"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_decide_contract(server: Server, contexts: list[dict[str, Any]]) -> None:
+    spec = load_spec(SPEC)
+    with server.client() as client:
+        ctx = dict(contexts[0])
+        unit = ctx.pop("unit_id")
+        r = client.post("/v1/decide", json={"unit_id": unit, "context": ctx, "request_id": "contract-1"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["request_id"] == "contract-1" and body["unit_id"] == unit
+        assert body["action_id"] in spec.action_space.ids
+        assert set(body["levers"]) == set(spec.action_space.levers)
+        assert 0 < body["propensity"] <= 1 and body["policy_version"] == "policy-a"
+        assert body["assignment"] in ("policy", "explore", "holdout") and body["fallback_reason"] is None
+        # the batch form answers each request like the single form does
+        batch = [{"unit_id": c["unit_id"], "context": {k: v for k, v in c.items() if k != "unit_id"}, "request_id": f"b-{i}"}
+                 for i, c in enumerate(contexts[:20])]
+        rb = client.post("/v1/decide/batch", json={"requests": batch})
+        assert rb.status_code == 200
+        singles = [client.post("/v1/decide", json=b).json() for b in batch]
+        assert [d["action_id"] for d in rb.json()["decisions"]] == [d["action_id"] for d in singles]
+        assert [d["propensity"] for d in rb.json()["decisions"]] == [d["propensity"] for d in singles]
+        # OpenAPI names every route and the request fields
+        doc = client.get("/openapi.json").json()
+        assert {"/v1/decide", "/v1/decide/batch", "/v1/outcomes", "/v1/health", "/v1/policy", "/v1/admin/reload"} <= set(doc["paths"])
+        assert set(doc["components"]["schemas"]["DecideRequest"]["properties"]) == {"unit_id", "context", "request_id"}
+        assert client.get("/v1/policy").json()["manifest"]["policy_version"] == "policy-a"
+        metrics = client.get("/metrics").text
+        assert 'drivetrain_decide_seconds_bucket{le="0.001",stage="policy"}' in metrics
+        assert "drivetrain_decisions_total" in metrics
+
+
+def test_malformed_bodies_get_422_naming_the_field(server: Server) -> None:
+    with server.client() as client:
+        cases = [
+            ({"context": {}}, "unit_id"),
+            ({"unit_id": "u", "context": "not an object"}, "context"),
+            ({"unit_id": "u", "context": {}, "surprise": 1}, "surprise"),
+            ({"unit_id": "", "context": {}}, "unit_id"),
+        ]
+        for body, field in cases:
+            r = client.post("/v1/decide", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert any(field in map(str, d["loc"]) for d in r.json()["detail"]), r.text
+        r = client.post("/v1/decide", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422
+
+
+_feature_value = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**6),
+                           st.sampled_from(["north", "gold", "mobile", "platinum", "", "NaN", "12", "true"]), st.booleans())
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_fuzzed_contexts_never_5xx_and_fall_back_when_due(server: Server, contexts: list[dict[str, Any]], data: st.DataObject) -> None:
+    base = dict(contexts[data.draw(st.integers(0, len(contexts) - 1))])
+    unit = base.pop("unit_id")
+    names = sorted(base)
+    broken = data.draw(st.lists(st.sampled_from(names), unique=True, max_size=3))
+    for name in broken:
+        if data.draw(st.booleans()):
+            base.pop(name)
+        else:
+            base[name] = data.draw(_feature_value)
+    body = json.dumps({"unit_id": unit, "context": base}, allow_nan=True)  # NaN/Infinity as a careless client sends them
+    r = httpx.post(f"{server.url}/v1/decide", content=body, headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code < 500, r.text
+    if r.status_code == 200:
+        from drivetrain.data import check_context
+
+        _, reason = check_context(load_spec(SPEC), {k: v for k, v in base.items()})
+        out = r.json()
+        if reason is not None:
+            assert out["assignment"] == "fallback" and out["action_id"] == load_spec(SPEC).fallback.id
+            assert out["fallback_reason"] == reason
+        else:
+            assert out["assignment"] != "fallback"
+
+
+def test_tokens(server: Server) -> None:
+    body = {"outcomes": [{"event_id": "tok-1", "unit_id": "nobody", "occurred_at": "2026-01-01T00:00:00Z", "component": "purchase", "value": 1}]}
+    with server.client() as client:
+        assert client.post("/v1/outcomes", json=body).status_code == 401
+        assert client.post("/v1/outcomes", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/v1/admin/reload", json={"policy_dir": "/nowhere"}).status_code == 401
+        ok = client.post("/v1/outcomes", json=body, headers=AUTH)
+        assert ok.status_code == 200 and ok.json()["rows"] == 1
+        bad = dict(body["outcomes"][0], event_id="tok-2", component="no_such_component")
+        r = client.post("/v1/outcomes", json={"outcomes": [bad]}, headers=AUTH)
+        assert r.json()["quarantined"] == 1 and any("component" in k for k in r.json()["reasons"])
+        # a refused reload (no such directory) keeps the current policy
+        r = client.post("/v1/admin/reload", json={"policy_dir": "/nowhere"}, headers=AUTH)
+        assert r.status_code == 409 and client.get("/v1/health").json()["status"] == "ready"
+
+
+def test_every_decision_is_logged_and_compacted_once(server: Server, contexts: list[dict[str, Any]]) -> None:
+    ids = []
+    with server.client() as client:
+        for i, c in enumerate(contexts[:200]):
+            ctx = {k: v for k, v in c.items() if k != "unit_id"}
+            ids.append(client.post("/v1/decide", json={"unit_id": c["unit_id"], "context": ctx}).json()["request_id"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stored = read_log(server)
+        if set(ids) <= set(stored["request_id"]) and not list(server.log_dir.glob("*.closed.jsonl")):
+            break
+        time.sleep(0.2)
+    stored = read_log(server)
+    mine = stored[stored["request_id"].isin(ids)]
+    assert len(mine) == len(ids) and mine["request_id"].is_unique
+    row = mine.iloc[0]
+    spec = load_spec(SPEC)
+    assert row["feature_version"] == spec.feature_version and str(row["postcode"]).startswith("sha256:")
+    preds = mine[[f"pred__{a}" for a in spec.action_space.ids]]
+    assert preds.notna().any(axis=1).all()
+    assert (mine["latency_ms"] > 0).all()
+
+
+def test_kill_9_loses_no_answered_decision(policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
+    server = start_server(policies[0], tmp_path, "--segment-age", "0.5", "--compact-every", "1000")
+    answered: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client_loop(k: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=5.0) as client:
+            for i in range(2000):
+                if stop.is_set():
+                    return
+                c = contexts[(k * 131 + i) % len(contexts)]
+                try:
+                    r = client.post("/v1/decide", json={"unit_id": c["unit_id"], "context": {n: v for n, v in c.items() if n != "unit_id"},
+                                                        "request_id": f"k{k}-{i}"})
+                except httpx.TransportError:
+                    return
+                if r.status_code == 200:
+                    with lock:
+                        answered.append(r.json()["request_id"])
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    while len(answered) < 300:
+        time.sleep(0.01)
+    server.kill(signal.SIGKILL)  # mid-flight: the clients are still sending
+    stop.set()
+    for t in threads:
+        t.join()
+    # restart on the same log: recovery closes the dead worker's segment; compaction moves it to the store
+    again = start_server(policies[0], tmp_path, "--compact-every", "1000")
+    try:
+        from drivetrain.data import open_store
+        from drivetrain.serve import compact
+
+        store = open_store(again.store, load_spec(SPEC), create=True)
+        while compact(store, again.log_dir).segments:
+            pass
+        logged = read_log(again)
+    finally:
+        again.kill(signal.SIGTERM)
+    counts = logged["request_id"].value_counts()
+    assert set(answered) <= set(counts.index), f"{len(set(answered) - set(counts.index))} answered decisions missing"
+    assert (counts[answered] == 1).all()
+
+
+def test_corrupt_policy_serves_the_fallback_in_degraded_mode(policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(policies[0], broken)
+    model = sorted((broken / "models").glob("*.txt"))[0]
+    model.write_text(model.read_text().replace("leaf_value=", "leaf_value=9", 1))
+    server = start_server(broken, tmp_path)
+    try:
+        with server.client() as client:
+            health = client.get("/v1/health").json()
+            assert health["status"] == "degraded" and "checksum" in health["reason"]
+            c = contexts[0]
+            r = client.post("/v1/decide", json={"unit_id": c["unit_id"], "context": {k: v for k, v in c.items() if k != "unit_id"}})
+            assert r.status_code == 200
+            assert r.json()["assignment"] == "fallback" and r.json()["fallback_reason"].startswith("degraded")
+            assert r.json()["action_id"] == load_spec(SPEC).fallback.id
+            # a good policy brings it back
+            assert client.post("/v1/admin/reload", json={"policy_dir": str(policies[1])}, headers=AUTH).json()["reloaded"]
+            assert client.get("/v1/health").json()["status"] == "ready"
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def test_reload_under_load_fails_no_request_and_keeps_the_holdout(policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
+    server = start_server(policies[0], tmp_path)
+    results: list[tuple[int, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def client_loop(k: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=10.0) as client:
+            for i in range(150):
+                c = contexts[(k * 97 + i) % len(contexts)]
+                r = client.post("/v1/decide", json={"unit_id": c["unit_id"], "context": {n: v for n, v in c.items() if n != "unit_id"}})
+                with lock:
+                    results.append((r.status_code, r.json()))
+
+    try:
+        threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        with server.client() as admin:
+            for target in (policies[1], policies[0], policies[1]):
+                while len(results) < 60 * (1 + [policies[1], policies[0], policies[1]].index(target)):
+                    time.sleep(0.01)
+                assert admin.post("/v1/admin/reload", json={"policy_dir": str(target)}, headers=AUTH).json()["reloaded"]
+        for t in threads:
+            t.join()
+    finally:
+        server.kill(signal.SIGTERM)
+    assert len(results) == 450 and all(code == 200 for code, _ in results)
+    assert {body["policy_version"] for _, body in results} == {"policy-a", "policy-b"}
+    spec = load_spec(SPEC)
+    share = 0.1
+    for _, body in results:
+        held = holdout_draw(spec.model.experimentation.salt, [body["unit_id"]])[0] < share
+        assert (body["assignment"] == "holdout") == held
+        assert body["assignment"] != "fallback"
+    assert not any(math.isnan(b["propensity"]) for _, b in results) and np.all([b["propensity"] > 0 for _, b in results])
