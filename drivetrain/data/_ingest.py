@@ -165,7 +165,9 @@ class _Rows:
             parsed = pd.Series(np.full(self.n, np.nan), index=col.index)
             self.fail(~null, f"`{name}` must be a number, got {{got}}", col)
         else:
-            parsed = pd.to_numeric(col.where(~null, None), errors="coerce").astype(np.float64)
+            flags = col.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool) if col.dtype == object else np.zeros(self.n, bool)
+            self.fail(flags, f"`{name}` must be a number, got {{got}}", col)
+            parsed = pd.to_numeric(col.where(~null & ~flags, None), errors="coerce").astype(np.float64)
         if required:
             self.fail(null, f"`{name}` is required, got {{got}}", col)
         bad = ~null & parsed.isna().to_numpy()

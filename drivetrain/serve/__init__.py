@@ -1,9 +1,10 @@
 """The decision service: routes in ``app.py``, logic in the Decider, the durable decision log."""
 
 from drivetrain.serve._decider import Decider, Decision
+from drivetrain.serve._process import ServiceProcess, free_port
 from drivetrain.serve._log import CompactionReport, DecisionLog, RecoveryReport, compact, recover
 from drivetrain.serve._service import Service, ServiceConfig
 from drivetrain.serve.app import create_app
 
 __all__ = ["CompactionReport", "Decider", "Decision", "DecisionLog", "RecoveryReport", "Service", "ServiceConfig",
-           "compact", "create_app", "recover"]
+           "ServiceProcess", "compact", "free_port", "create_app", "recover"]

@@ -327,6 +327,30 @@ class NBOOTwin:
         self._remember(frame["unit_id"].to_numpy(), action, day)
         return decisions, outcomes
 
+    def respond(self, frame: pd.DataFrame, decisions: pd.DataFrame, *, day: int = 0) -> pd.DataFrame:
+        """The outcome events that decisions made elsewhere (by the decision service, say) cause.
+
+        ``frame`` holds the users (from :meth:`population`); ``decisions`` has ``request_id``, ``unit_id``,
+        ``decided_at`` and ``action_id`` for some of them. Returns outcomes as :meth:`log` does.
+        """
+        space = self.spec.action_space
+        action = space.indices(decisions["action_id"].to_numpy())
+        if np.any(action < 0):
+            raise UsageError(f"`action_id` must be one of {list(space.ids)}, got {decisions['action_id'].to_numpy()[action < 0][0]!r}")
+        users = frame.set_index("unit_id", drop=False)
+        unknown = ~decisions["unit_id"].isin(users.index)
+        if unknown.any():
+            raise UsageError(f"decisions must be for users of `frame`, got unit_id {decisions['unit_id'][unknown].iloc[0]!r}")
+        rows = users.loc[decisions["unit_id"].to_numpy()].reset_index(drop=True)
+        truth = self.truth(rows, day=day)
+        made = decisions[["request_id", "unit_id"]].reset_index(drop=True)
+        made["decided_at"] = pd.to_datetime(decisions["decided_at"].to_numpy(), utc=True)
+        for name, col in space.lever_columns(action).items():
+            made[name] = col
+        rng = self._rng(3, day, len(made))
+        self._remember(made["unit_id"].to_numpy(), action, day)
+        return self._outcomes(made, truth, action, rng)
+
     def _remember(self, unit_ids: np.ndarray, action: np.ndarray, day: int) -> None:
         if not self.scenario.discount_memory:
             return

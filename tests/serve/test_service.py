@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TOKEN, Server, read_log, start_server  # type: ignore[import-not-found]
+from service_helpers import TOKEN, Server, read_log, start_server  # type: ignore[import-not-found]
 from drivetrain.spec import holdout_draw, load_spec
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "nboo" / "drivetrain.yaml"
@@ -165,7 +165,7 @@ def test_kill_9_loses_no_answered_decision(policies: tuple[Path, Path], contexts
         t.start()
     while len(answered) < 300:
         time.sleep(0.01)
-    server.kill(signal.SIGKILL)  # mid-flight: the clients are still sending
+    server.stop(signal.SIGKILL)  # mid-flight: the clients are still sending
     stop.set()
     for t in threads:
         t.join()
@@ -180,7 +180,7 @@ def test_kill_9_loses_no_answered_decision(policies: tuple[Path, Path], contexts
             pass
         logged = read_log(again)
     finally:
-        again.kill(signal.SIGTERM)
+        again.stop(signal.SIGTERM)
     counts = logged["request_id"].value_counts()
     assert set(answered) <= set(counts.index), f"{len(set(answered) - set(counts.index))} answered decisions missing"
     assert (counts[answered] == 1).all()
@@ -207,7 +207,7 @@ def test_corrupt_policy_serves_the_fallback_in_degraded_mode(policies: tuple[Pat
             assert client.post("/v1/admin/reload", json={"policy_dir": str(policies[1])}, headers=AUTH).json()["reloaded"]
             assert client.get("/v1/health").json()["status"] == "ready"
     finally:
-        server.kill(signal.SIGTERM)
+        server.stop(signal.SIGTERM)
 
 
 def test_reload_under_load_fails_no_request_and_keeps_the_holdout(policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
@@ -235,7 +235,7 @@ def test_reload_under_load_fails_no_request_and_keeps_the_holdout(policies: tupl
         for t in threads:
             t.join()
     finally:
-        server.kill(signal.SIGTERM)
+        server.stop(signal.SIGTERM)
     assert len(results) == 450 and all(code == 200 for code, _ in results)
     assert {body["policy_version"] for _, body in results} == {"policy-a", "policy-b"}
     spec = load_spec(SPEC)

@@ -1,0 +1,122 @@
+"""The compiled forest and CompiledModel against LightGBM and OutcomeModel.predict_outcomes."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from drivetrain.data import check_contexts
+from drivetrain.model import FeatureEncoder, OutcomeModel
+from drivetrain.model._compiled import CompiledModel
+from drivetrain.model._forest import BROADCAST, EVERY, ROW, ForestBuilder
+from drivetrain.twin import NBOOTwin
+
+
+def _booster(seed: int, *, categorical: bool, objective: str, missing: str = "nan") -> tuple[lgb.Booster, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = 4000
+    x = np.column_stack([rng.normal(size=n), rng.integers(0, 5, size=n).astype(float), rng.exponential(size=n),
+                         rng.integers(0, 2, size=n).astype(float), rng.choice([0.0, 5.0, 10.0], size=n)])
+    x[rng.random(n) < 0.15, 0] = np.nan
+    x[rng.random(n) < 0.3, 2] = 0.0
+    y = x[:, 3] * (x[:, 4] / 10) + np.nan_to_num(x[:, 0]) * 0.5 + (x[:, 1] == 2) + rng.normal(size=n) * 0.1
+    if objective == "cross_entropy":
+        y = (y > np.median(y)).astype(float)
+    params = {"objective": objective, "num_leaves": 15, "min_data_in_leaf": 20, "verbosity": -1, "seed": seed,
+              "num_threads": 1, "deterministic": True, "zero_as_missing": missing == "zero", "max_cat_to_onehot": 2}
+    data = lgb.Dataset(x, label=y, categorical_feature=[1] if categorical else "auto")
+    return lgb.train(params, data, num_boost_round=40), x
+
+
+@pytest.mark.parametrize(("categorical", "objective", "missing"), [(True, "regression", "nan"), (False, "cross_entropy", "nan"),
+                                                                     (True, "regression", "zero")])
+def test_forest_equals_lightgbm_raw_scores(categorical: bool, objective: str, missing: str) -> None:
+    booster, x = _booster(1, categorical=categorical, objective=objective, missing=missing)
+    rows = np.array([[0.0, 0.0], [1.0, 5.0], [1.0, 10.0], [0.0, 10.0]])  # the last two columns are fixed per row
+    builder = ForestBuilder(3, rows)
+    s = builder.slot()
+    builder.add(booster.model_to_string(), s, mode=EVERY)
+    forest = builder.build()
+    contexts = x[:300, :3].copy()
+    contexts[:20, 1] = [-1, np.nan, 7, 4.0, 2.5] * 4  # negative, missing, unseen and fractional categories
+    splits = forest.threshold[(forest.decision & 1) == 0]
+    used = forest.feature[(forest.decision & 1) == 0]
+    for i, (f, t) in enumerate(zip(used, splits)):  # values exactly on a threshold
+        if f < 3 and 20 + i < len(contexts):
+            contexts[20 + i, f] = t
+    got = np.stack([forest.raw(c)[:, 0] for c in contexts])
+    design = np.column_stack([np.repeat(contexts, len(rows), axis=0), np.tile(rows, (len(contexts), 1))])
+    expected = booster.predict(design, raw_score=True).reshape(len(contexts), len(rows))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_forest_modes_broadcast_and_row() -> None:
+    booster, x = _booster(2, categorical=False, objective="regression")
+    text = booster.model_to_string()
+    context_only, _ = _booster(3, categorical=False, objective="regression")
+    rows = np.zeros((3, 2))
+    builder = ForestBuilder(5, np.zeros((3, 0)))
+    s0, s1 = builder.slot(), builder.slot()
+    builder.add(text, s0, mode=BROADCAST)
+    builder.add(context_only.model_to_string(), s1, mode=ROW, row=2)
+    forest = builder.build()
+    del rows
+    out = forest.raw(x[0])
+    expected = booster.predict(x[:1], raw_score=True)[0]
+    np.testing.assert_allclose(out[:, 0], expected, atol=1e-12)
+    np.testing.assert_allclose(out[:, 1], [0.0, 0.0, context_only.predict(x[:1], raw_score=True)[0]], atol=1e-12)
+    with pytest.raises(ValueError, match="`row` must be in"):
+        builder.add(text, s1, mode=ROW, row=3)
+
+
+@pytest.fixture(scope="module")
+def nboo_model() -> tuple[OutcomeModel, pd.DataFrame]:
+    twin = NBOOTwin(seed=5)
+    users = twin.population(5000)
+    decisions, _ = twin.log(users)
+    truth = twin.truth(users)
+    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
+    for c in twin.spec.outcomes:
+        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    model = OutcomeModel(n_folds=2, n_estimators=25, min_child_samples=50).fit(decisions, twin.spec)
+    features, _ = check_contexts(twin.spec, NBOOTwin(seed=6).population(400, offset=9_000_000))
+    return model, features
+
+
+def test_compiled_model_equals_predict_outcomes(nboo_model: tuple[OutcomeModel, pd.DataFrame]) -> None:
+    model, features = nboo_model
+    compiled = CompiledModel.of(model)
+    assert compiled is not None
+    expected = model.predict_outcomes(features)
+    encoder = model.encoder_
+    x = encoder.transform(features)
+    for i in range(len(features)):
+        row = features.iloc[i].to_dict()
+        np.testing.assert_array_equal(encoder.transform_row(row), x[i])
+        got = compiled.predict_row(x[i])
+        for comp, value in expected.items():
+            np.testing.assert_allclose(got[comp][0], value[i], rtol=0, atol=1e-10, err_msg=comp)
+
+
+def test_t_learner_compiles_too(nboo_model: tuple[OutcomeModel, pd.DataFrame]) -> None:
+    _, features = nboo_model
+    twin = NBOOTwin(seed=5)
+    users = twin.population(5000)
+    decisions, _ = twin.log(users, policy=twin.uniform_policy)
+    truth = twin.truth(users)
+    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
+    for c in twin.spec.outcomes:
+        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    model = OutcomeModel(learner="t", n_folds=0, n_estimators=10, min_child_samples=20).fit(decisions, twin.spec)
+    compiled = CompiledModel.of(model)
+    if compiled is None:  # a per-action model that is a constant cannot be compiled: the batch path serves it
+        assert any(isinstance(p, list) and any(not hasattr(q, "model_to_string") for q in p) for ps in model.models_.values() for p in ps)
+        return
+    expected = model.predict_outcomes(features)
+    x = FeatureEncoder.from_spec(twin.spec).transform(features)
+    for i in range(50):
+        got = compiled.predict_row(x[i])
+        for comp, value in expected.items():
+            np.testing.assert_allclose(got[comp][0], value[i], rtol=0, atol=1e-10, err_msg=comp)

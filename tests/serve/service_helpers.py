@@ -1,0 +1,52 @@
+"""Helpers of the service tests: a small fitted policy, the server runner, the log reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from drivetrain.model import OutcomeModel
+from drivetrain.policy import Policy
+from drivetrain.serve import ServiceProcess
+from drivetrain.twin import NBOOTwin
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"
+TOKEN = "test-token-0123456789"
+
+
+def fit_policy(directory: Path, *, version: str, seed: int = 3) -> Path:
+    twin = NBOOTwin(seed=seed)
+    users = twin.population(6000)
+    decisions, _ = twin.log(users)
+    truth = twin.truth(users)
+    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
+    for c in twin.spec.outcomes:
+        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    model = OutcomeModel(n_folds=2, n_estimators=30, min_child_samples=50).fit(decisions, twin.spec)
+    Policy.from_model(twin.spec, model, {}, version=version).save(directory)
+    return directory
+
+
+Server = ServiceProcess
+
+
+def start_server(policy: Path, work: Path, *extra: str, token: str | None = TOKEN) -> ServiceProcess:
+    """Run `drivetrain serve` on a free port and wait for /v1/health (with a deadline)."""
+    return ServiceProcess.start(SPEC, policy, work, *extra, token=token, deadline_s=60.0)
+
+
+def read_log(server: Server) -> pd.DataFrame:
+    """Every decision the server logged: compacted into the store plus still in segments."""
+    from drivetrain.serve._log import read_segments
+
+    parts = []
+    decisions = server.store / "decisions"
+    if decisions.exists() and any(decisions.rglob("*.parquet")):
+        parts.append(pd.read_parquet(decisions))
+    segments = sorted(server.log_dir.glob("*.jsonl"))
+    if segments:
+        parts.append(read_segments(segments)[0])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"request_id": []})

@@ -1,0 +1,82 @@
+"""The durable decision log: rotation, recovery of a torn tail, idempotent compaction."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from drivetrain.data import MemoryStore
+from drivetrain.errors import UsageError
+from drivetrain.serve import DecisionLog, compact, recover
+from drivetrain.twin import NBOOTwin
+
+NOW = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+
+
+def _records(n: int, start: int = 0) -> list[dict[str, object]]:
+    twin = NBOOTwin(seed=2)
+    frame = twin.population(n, offset=start)
+    spec = twin.spec
+    out = []
+    for i, row in enumerate(frame.to_dict("records")):
+        rec: dict[str, object] = {"request_id": f"r{start + i}", "unit_id": row.pop("unit_id"), "decided_at": NOW, "received_at": NOW,
+                                  "policy_version": "p1", "action_id": spec.control.id, "propensity": 1.0, "assignment": "fallback",
+                                  "fallback_reason": "test", **{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}}
+        out.append(rec)
+    return out
+
+
+def test_rotation_and_compaction_move_every_record_once(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path, worker="w1", max_records=40)
+    for rec in _records(100):
+        log.append(rec)
+    assert len(list(tmp_path.glob("*.closed.jsonl"))) == 2 and len(list(tmp_path.glob("*.open.jsonl"))) == 1
+    log.close()
+    store = MemoryStore(NBOOTwin().spec)
+    report = compact(store, tmp_path)
+    assert report.segments == 3 and report.rows == 100 and report.ingest is not None and report.ingest.accepted == 100
+    assert not list(tmp_path.glob("*.jsonl"))
+    # the same records again (a compaction interrupted after ingest, before the delete) add nothing
+    again = DecisionLog(tmp_path, worker="w1")
+    for rec in _records(100):
+        again.append(rec)
+    again.close()
+    report = compact(store, tmp_path)
+    assert report.ingest is not None and report.ingest.duplicates == 100 and store.count("decisions") == 100
+
+
+def test_recover_cuts_a_torn_tail_and_keeps_every_line_before_it(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path, worker="dead")
+    for rec in _records(10):
+        log.append(rec)
+    path = next(tmp_path.glob("*.open.jsonl"))
+    os.close(log._fd)  # the worker dies: its lock goes with it, the segment stays open
+    with path.open("ab") as handle:
+        handle.write(b'{"request_id": "r-torn", "unit_id": "u')
+    report = recover(tmp_path)
+    assert (report.segments, report.records, report.torn_bytes) == (1, 10, len(b'{"request_id": "r-torn", "unit_id": "u'))
+    closed = next(tmp_path.glob("*.closed.jsonl"))
+    lines = closed.read_bytes().splitlines()
+    assert len(lines) == 10 and all(json.loads(line)["request_id"] == f"r{i}" for i, line in enumerate(lines))
+    assert next(tmp_path.glob("*.torn")).read_bytes().startswith(b'{"request_id": "r-torn"')
+    store = MemoryStore(NBOOTwin().spec)
+    assert compact(store, tmp_path).rows == 10 and store.count("decisions") == 10
+
+
+def test_recover_leaves_a_live_workers_segment_alone(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path, worker="alive")
+    log.append(_records(1)[0])
+    assert recover(tmp_path).segments == 0
+    assert len(list(tmp_path.glob("*.open.jsonl"))) == 1
+    log.close()
+
+
+def test_bad_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="`fsync` must be"):
+        DecisionLog(tmp_path, fsync="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="`max_records`"):
+        DecisionLog(tmp_path, max_records=0)
