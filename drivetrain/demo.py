@@ -130,6 +130,7 @@ def run_demo(out: Path, *, users: int, seed: int, console: Console) -> None:
         f" (+{best.value - base:.3f} over control, {100 * (best.value - single) / best.value:.1f}% above the best single action)"
     )
     _assembly_line(twin, store, clock.now(), frame, console, out)
+    _serve(twin, out, console)
     console.print(f"demo finished in {time.perf_counter() - start:.1f}s; files and store under {out}/")
 
 
@@ -207,3 +208,79 @@ def _joined_objective(store: ParquetStore, as_of: object, spec: object) -> dict[
     frame = table.to_pandas()
     frame["objective"] = store.spec.objective({c: frame[c].to_numpy() for c in frame.columns})
     return frame.groupby("action_id")["objective"].mean().to_dict()
+
+
+def _serve(twin: NBOOTwin, out: Path, console: Console, users: int = 1500) -> None:
+    """Serve the policy over HTTP, send the twin's traffic through it, and join every decision with its outcomes."""
+    import secrets
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from drivetrain.data import training_table
+    from drivetrain.serve import ServiceProcess, compact, read_segments
+    from drivetrain.spec import load_spec
+
+    spec_path = Path(__file__).resolve().parent / "twin" / "nboo.yaml"
+    spec = load_spec(spec_path)
+    console.rule("9. the decision service: the checkout asks over HTTP, every answer is logged")
+    token = secrets.token_hex(16)
+    service = ServiceProcess.start(spec_path, out / "policy", out / "serving", "--segment-age", "2", "--compact-every", "2",
+                                   token=token, ready=True)
+    frame = NBOOTwin(seed=twin.seed + 2).population(users, offset=20_000_000)
+    bodies = [{"unit_id": r.pop("unit_id"), "context": {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}}
+              for r in frame.to_dict("records")]
+    latencies: list[float] = []
+    local = threading.local()
+
+    def ask(body: dict[str, object]) -> dict[str, object]:
+        if not hasattr(local, "client"):
+            local.client = service.client()  # one keep-alive connection per checkout thread
+        t = time.perf_counter()
+        answer = local.client.post("/v1/decide", json=body).json()
+        latencies.append(time.perf_counter() - t)
+        return dict(answer)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, bodies))
+    elapsed = time.perf_counter() - t0
+    ms = 1000 * np.array(latencies)
+    counts = pd.Series([a["assignment"] for a in answers]).value_counts().to_dict()
+    console.print(f"{len(answers)} decisions in {elapsed:.1f}s over HTTP (p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms"
+                  f" as the checkout saw them); assignments: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    logged, _ = read_segments(sorted(service.log_dir.glob("*.jsonl")))
+    decided = logged if len(logged) else pd.DataFrame(columns=["request_id", "unit_id", "decided_at", "action_id"])
+    if service.store.joinpath("decisions").exists():
+        stored = pd.read_parquet(service.store / "decisions", columns=["request_id", "unit_id", "decided_at", "action_id"])
+        decided = pd.concat([stored, decided[["request_id", "unit_id", "decided_at", "action_id"]]], ignore_index=True)
+    decided = decided.drop_duplicates("request_id").reset_index(drop=True)
+    decided["decided_at"] = pd.to_datetime(decided["decided_at"], utc=True, format="ISO8601")
+    outcomes = twin.respond(frame, decided)
+    headers = {"Authorization": f"Bearer {token}"}
+    sent = {"accepted": 0, "quarantined": 0}
+    with service.client() as client:
+        for start in range(0, len(outcomes), 5000):
+            chunk = outcomes.iloc[start:start + 5000].copy()
+            for col in ("occurred_at", "received_at"):
+                chunk[col] = chunk[col].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            rows = [{k: v for k, v in r.items() if v is not None and v == v} for r in chunk.to_dict("records")]
+            reply = client.post("/v1/outcomes", json={"outcomes": rows}, headers=headers).json()
+            sent["accepted"] += reply["accepted"]
+            sent["quarantined"] += reply["quarantined"]
+    service.stop(signal.SIGTERM)
+    store = ParquetStore(service.store, spec)
+    while compact(store, service.log_dir).segments:
+        pass
+    as_of = pd.Timestamp(decided["decided_at"].max()).to_pydatetime() + spec.horizon + spec.settle + timedelta(days=2)
+    _, report = training_table(store, as_of)
+    answered = {str(a["request_id"]) for a in answers}
+    in_store = set(store.arrow("SELECT request_id FROM decisions")["request_id"].to_pylist())
+    console.print(f"outcome events posted to /v1/outcomes: {len(outcomes)} ({sent['accepted']} accepted, {sent['quarantined']} quarantined);"
+                  f" decisions in the store: {len(in_store & answered)} of {len(answered)} answered")
+    console.print(report.summary() + " (the waiting ones are repeat orders after the horizon, which no decision claims)")
+    served_truth = twin.truth(frame.set_index("unit_id").loc[decided["unit_id"]].reset_index())
+    j = spec.action_space.indices(decided["action_id"].to_numpy())
+    console.print(f"every answered decision is in the store: {answered <= in_store}; true expected {spec.model.objective.name} of the served"
+                  f" decisions {served_truth.objective[np.arange(len(j)), j].mean():.3f} per user vs control"
+                  f" {served_truth.objective[:, spec.control.index].mean():.3f}")
