@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[200.0, 500.0])
     parser.add_argument("--requests", type=int, default=6000, help="requests per rate and setting")
     args = parser.parse_args()
-    n_log, trees, requests = (100_000, 150, args.requests) if not args.quick else (8_000, 20, 300)
+    n_log, trees, requests = (100_000, 150, args.requests) if not args.quick else (5_000, 10, 100)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         policy_dir = args.policy

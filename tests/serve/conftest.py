@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from service_helpers import Server, fit_policy, start_server  # type: ignore[import-not-found]
+from tests.serve.service_helpers import Server, fit_policy, start_server
 
 from drivetrain.twin import NBOOTwin
 

@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service_helpers import TOKEN, Server, read_log, start_server  # type: ignore[import-not-found]
+from tests.serve.service_helpers import TOKEN, Server, read_log, start_server
 from drivetrain.spec import holdout_draw, load_spec
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "nboo" / "drivetrain.yaml"
