@@ -202,12 +202,15 @@ def read_segments(paths: list[Path]) -> tuple[pd.DataFrame, tuple[tuple[int, str
 def compact(store: Store, directory: str | Path, *, clock: Clock | None = None, limit: int = 200) -> CompactionReport:
     """Ingest up to ``limit`` closed segments into the store's decisions table, then delete them."""
     directory = Path(directory)
-    paths = sorted(directory.glob(f"*{CLOSED}"))[:limit]
-    if not paths:
-        return CompactionReport(0, 0, None)
-    frame, unreadable = read_segments(paths)
-    raw = RawRows(frame, unreadable, f"decision-log:{paths[0].name}..{paths[-1].name}")
-    report = ingest_decisions(store, raw, clock=clock or SystemClock())
-    for path in paths:
-        path.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".compact.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one compaction at a time per log, across processes
+        paths = sorted(directory.glob(f"*{CLOSED}"))[:limit]
+        if not paths:
+            return CompactionReport(0, 0, None)
+        frame, unreadable = read_segments(paths)
+        raw = RawRows(frame, unreadable, f"decision-log:{paths[0].name}..{paths[-1].name}")
+        report = ingest_decisions(store, raw, clock=clock or SystemClock())
+        for path in paths:
+            path.unlink(missing_ok=True)
     return CompactionReport(len(paths), len(frame) + len(unreadable), report)

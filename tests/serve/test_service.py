@@ -100,6 +100,21 @@ def test_fuzzed_contexts_never_5xx_and_fall_back_when_due(server: Server, contex
             assert out["assignment"] != "fallback"
 
 
+_json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
+                     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                     max_leaves=12)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(body=st.one_of(_json, st.fixed_dictionaries({"unit_id": _json, "context": _json}),
+                      st.fixed_dictionaries({"unit_id": st.text(min_size=1, max_size=5), "context": st.dictionaries(st.text(max_size=8), _json, max_size=4)})))
+def test_arbitrary_json_bodies_get_a_4xx_or_a_decision(server: Server, body: Any) -> None:
+    r = httpx.post(f"{server.url}/v1/decide", json=body, timeout=10)
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 422:
+        assert all(d["loc"] for d in r.json()["detail"])
+
+
 def test_tokens(server: Server) -> None:
     body = {"outcomes": [{"event_id": "tok-1", "unit_id": "nobody", "occurred_at": "2026-01-01T00:00:00Z", "component": "purchase", "value": 1}]}
     with server.client() as client:

@@ -1,0 +1,89 @@
+"""The Decider (one request at a time) against the batch path, and its fail-safe rules."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from drivetrain.policy import Policy
+from drivetrain.serve import Decider
+from drivetrain.spec import parse_spec
+from drivetrain.twin import NBOOTwin
+
+NOW = datetime(2026, 5, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def policy(policies: tuple[Path, Path]) -> Policy:
+    return Policy.load(policies[0])
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    frame = NBOOTwin(seed=21).population(n, offset=3_000_000)
+    return frame.to_dict("records")  # type: ignore[return-value]
+
+
+def test_one_at_a_time_equals_the_batch_path(policy: Policy) -> None:
+    rows = _rows(300)
+    import pandas as pd
+
+    frame = pd.DataFrame(rows).assign(request_id=[f"q{i}" for i in range(len(rows))])
+    frame.loc[5, "tier"] = "platinum"  # a contract break: both fall back
+    frame.loc[9, "avg_order_value"] = np.nan  # nullable: both decide
+    table, fallbacks = policy.decisions_table(frame, now=NOW)
+    decider = Decider(policy.spec, policy)
+    assert decider.compiled is not None
+    preds = [f"pred__{a}" for a in policy.spec.action_space.ids]
+    for i, row in enumerate(frame.to_dict("records")):
+        unit, rid = row.pop("unit_id"), row.pop("request_id")
+        record = decider.decide(unit, row, request_id=rid, now=NOW).record
+        expected = table.iloc[i]
+        assert record["action_id"] == expected["action_id"] and record["assignment"] == expected["assignment"]
+        assert record["propensity"] == pytest.approx(expected["propensity"], abs=1e-12)
+        got = np.array([np.nan if record[p] is None else record[p] for p in preds], dtype=float)
+        np.testing.assert_allclose(got, expected[preds].to_numpy(dtype=float), atol=1e-9)
+        reason = expected["fallback_reason"]
+        assert record["fallback_reason"] == (reason if isinstance(reason, str) else None)
+    assert fallbacks == 1
+
+
+def test_over_the_latency_budget_falls_back(policy: Policy) -> None:
+    raw = policy.spec.model.model_dump(mode="json")
+    raw["serving"]["latency_budget_ms"] = 1e-6
+    spec = parse_spec(raw)
+    decider = Decider(spec, policy)
+    row = _rows(1)[0]
+    unit = row.pop("unit_id")
+    out = decider.decide(unit, row, request_id="slow", now=NOW)
+    assert out.response["assignment"] == "fallback" and out.response["action_id"] == spec.fallback.id
+    assert out.response["propensity"] == 1.0 and out.response["fallback_reason"].startswith("over the latency budget")
+
+
+def test_a_policy_that_raises_falls_back(policy: Policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    decider = Decider(policy.spec, policy)
+
+    class Broken:
+        def predict_row(self, x: np.ndarray) -> dict[str, np.ndarray]:
+            raise FloatingPointError("boom")
+
+    monkeypatch.setattr(decider, "compiled", Broken())
+    row = _rows(1)[0]
+    unit = row.pop("unit_id")
+    out = decider.decide(unit, row, request_id="err", now=NOW)
+    assert out.response["assignment"] == "fallback"
+    assert out.response["fallback_reason"] == "model error: FloatingPointError: boom"
+    assert all(out.record[f"pred__{a}"] is None for a in policy.spec.action_space.ids)
+
+
+def test_no_policy_is_degraded_on_the_fallback(policy: Policy, tmp_path: Path) -> None:
+    decider = Decider.load(policy.spec, tmp_path / "missing")
+    assert not decider.ready and "manifest.json" in str(decider.degraded_reason)
+    row = _rows(1)[0]
+    unit = row.pop("unit_id")
+    out = decider.decide(unit, row, request_id="d", now=NOW)
+    assert out.response["assignment"] == "fallback" and out.response["fallback_reason"].startswith("degraded")
+    assert out.response["policy_version"] == "fallback"
