@@ -38,8 +38,16 @@ def start_server(policy: Path, work: Path, *extra: str, token: str | None = TOKE
     return ServiceProcess.start(SPEC, policy, work, *extra, token=token, deadline_s=60.0)
 
 
+def read_store(server: Server) -> pd.DataFrame:
+    """The decisions compacted into the server's store so far."""
+    decisions = server.store / "decisions"
+    if decisions.exists() and any(decisions.rglob("*.parquet")):
+        return pd.read_parquet(decisions)
+    return pd.DataFrame({"request_id": []})
+
+
 def read_log(server: Server) -> pd.DataFrame:
-    """Every decision the server logged: compacted into the store plus still in segments."""
+    """Every decision a stopped server logged: compacted into the store plus still in segments."""
     from drivetrain.serve._log import read_segments
 
     parts = []
