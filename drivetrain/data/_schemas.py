@@ -11,6 +11,7 @@ import pyarrow as pa
 from drivetrain.spec import Spec
 
 __all__ = [
+    "ALERT_SCHEMA",
     "ASSIGNMENTS",
     "BASELINE_SCHEMA",
     "OUTCOME_SCHEMA",
@@ -68,6 +69,21 @@ BASELINE_SCHEMA = pa.schema(
         ("mean", pa.float64()),
         ("std", pa.float64()),
         ("created_at", TIMESTAMP),
+    ]
+)
+
+
+ALERT_SCHEMA = pa.schema(
+    [
+        ("alert_id", pa.string()),
+        ("rule", pa.string()),
+        ("kind", pa.string()),
+        ("subject", pa.string()),
+        ("value", pa.float64()),
+        ("threshold", pa.float64()),
+        ("message", pa.string()),
+        ("as_of", TIMESTAMP),
+        ("fired_at", TIMESTAMP),
     ]
 )
 

@@ -29,13 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from drivetrain.data._schemas import BASELINE_SCHEMA, OUTCOME_SCHEMA, PENDING_SCHEMA, QUARANTINE_SCHEMA, decision_schema
+from drivetrain.data._schemas import ALERT_SCHEMA, BASELINE_SCHEMA, OUTCOME_SCHEMA, PENDING_SCHEMA, QUARANTINE_SCHEMA, decision_schema
 from drivetrain.errors import StoreError
 from drivetrain.spec import Spec
 
 __all__ = ["MemoryStore", "ParquetStore", "Store", "TABLES", "open_store"]
 
-TABLES = ("decisions", "outcomes", "outcomes_pending", "quarantine", "baselines")
+TABLES = ("decisions", "outcomes", "outcomes_pending", "quarantine", "baselines", "alerts")
 _PARTITION_COLUMN = {"decisions": "decided_at", "outcomes": "occurred_at", "quarantine": "quarantined_at"}
 _MARKER = "drivetrain-store.json"
 _FORMAT = 1
@@ -83,6 +83,7 @@ class _SqlStore:
             "outcomes_pending": PENDING_SCHEMA,
             "quarantine": QUARANTINE_SCHEMA,
             "baselines": BASELINE_SCHEMA,
+            "alerts": ALERT_SCHEMA,
         }[table]
 
     def _check(self, table: str, rows: pa.Table) -> pa.Table:

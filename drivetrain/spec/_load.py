@@ -202,6 +202,23 @@ def _build(model: SpecModel, source: str) -> Spec:
         elif cohort.personal:
             problems.append(f"cohorts[{i}]: must not be personal data, got {c!r}")
 
+    figures = {"north_star", "north_star_unadjusted", "eligibility_coverage", "treated_share", "srm_p_value",
+               *(f"outcome:{o}" for o in model.outcomes), *(f"guardrail:{g.name}" for g in model.guardrails),
+               *(f"budget:{b.name}" for b in model.constraints.budgets),
+               *(f"slo:{n}" for n in ("latency_p50", "latency_p95", "latency_p99", "over_latency_budget", "fallback_rate",
+                                      "error_rate", "cost_per_1000"))}
+    alert_names = [a.name for a in model.monitoring.alerts]
+    if len(set(alert_names)) != len(alert_names):
+        problems.append(f"monitoring.alerts: names must be distinct, got {sorted({n for n in alert_names if alert_names.count(n) > 1})} more than once")
+    for i, a in enumerate(model.monitoring.alerts):
+        where = f"monitoring.alerts[{i}] ({a.name})"
+        if a.kind == "metric_drop" and a.figure not in figures:
+            problems.append(f"{where}.figure: must be one of {sorted(figures)}, got {a.figure!r}")
+        if a.cohort is not None and a.cohort != "any" and a.cohort not in model.cohorts:
+            problems.append(f"{where}.cohort: must be 'any' or one of the cohorts {model.cohorts}, got {a.cohort!r}")
+        if a.kind == "drift" and a.feature != "*" and a.feature not in features and a.feature not in outcomes and not a.feature.startswith("pred"):
+            problems.append(f"{where}.feature: must be '*', a context feature or an outcome of the spec, got {a.feature!r}")
+
     names = [*(b.name for b in model.constraints.budgets), *(c.name for c in model.constraints.caps), *(g.name for g in model.guardrails)]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 
 __all__ = [
     "ActionEligibility",
+    "AlertRule",
     "Adaptation",
     "Budget",
     "Cap",
@@ -181,9 +182,28 @@ class Serving(_Value):
     decide_requires_token: bool = False
 
 
+class AlertRule(_Value):
+    """One alert rule (``docs/spec.md``, Alerts); the fields a kind does not use keep their defaults."""
+
+    name: Name
+    kind: Literal["metric_drop", "latency", "drift", "guardrail", "sample_ratio"]
+    figure: str = "north_star"
+    drop_pct: Annotated[float, Field(gt=0)] = 20.0
+    window_days: Annotated[int, Field(ge=3)] = 30
+    for_days: Annotated[int, Field(ge=1)] = 2
+    cohort: str | None = None
+    percentile: Annotated[float, Field(gt=0, lt=100)] = 95.0
+    above_ms: Annotated[float, Field(gt=0)] = 50.0
+    for_minutes: Annotated[int, Field(ge=1)] = 5
+    lookback_hours: Annotated[float, Field(gt=0)] = 24.0
+    feature: str = "*"
+    psi_above: Annotated[float, Field(gt=0)] = 0.2
+
+
 class Monitoring(_Value):
     psi_threshold: Annotated[float, Field(gt=0)] = 0.2
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    alerts: list[AlertRule] = []
 
 
 class Adaptation(_Value):

@@ -1,0 +1,237 @@
+"""Alert rules: the spec's ``monitoring.alerts`` judged on an evaluation, a drift report and the log.
+
+Five kinds of rule, each a sentence a person can act on:
+
+* ``metric_drop``: a figure of the evaluation (``north_star``, ``outcome:redeemed``, ...) has been more
+  than ``drop_pct`` % below its median of the previous ``window_days`` days on each of the last
+  ``for_days`` days, overall or (``cohort: any``) in some cohort value;
+* ``latency``: the ``percentile`` of the logged decision latency was above ``above_ms`` for
+  ``for_minutes`` consecutive minutes within the last ``lookback_hours``;
+* ``drift``: a column's (``feature``: a name or ``*``) drift is flagged (significant after the report's
+  correction) with a PSI above ``psi_above``;
+* ``guardrail``: a spec guardrail's bound is crossed in the policy arm, overall or in any cohort value,
+  by more than chance (the interval of the policy arm's mean lies beyond the bound);
+* ``sample_ratio``: the holdout split does not match the spec's holdout share (chi-square test).
+
+Fired alerts are stored as events in the store's ``alerts`` table, one per (rule, subject, as-of day),
+so that re-running a check adds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from drivetrain.clock import as_utc
+from drivetrain.data import Store
+from drivetrain.data._schemas import ALERT_SCHEMA
+from drivetrain.evaluate._drift import DriftReport
+from drivetrain.evaluate._kpi import Evaluation
+from drivetrain.spec import Spec
+from drivetrain.spec._model import AlertRule
+
+__all__ = ["Alert", "check_alerts", "latency_by_minute", "store_alerts"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One fired rule: what crossed (``subject``: a figure, column or cohort value), by how much, and why."""
+
+    rule: str
+    kind: str
+    subject: str
+    value: float | None
+    threshold: float | None
+    message: str
+    as_of: datetime
+
+    @property
+    def alert_id(self) -> str:
+        key = f"{self.rule}\x1f{self.subject}\x1f{self.as_of.date().isoformat()}"
+        return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _slices(evaluation: Evaluation, cohort: str | None) -> list[tuple[str | None, str | None]]:
+    if cohort is None:
+        return [(None, None)]
+    names = evaluation.cohorts if cohort == "any" else (cohort,)
+    keys: list[tuple[str | None, str | None]] = [(None, None)]
+    for name in names:
+        keys.extend((name, s.value) for s in evaluation.by_cohort(name))
+    return keys
+
+
+def _metric_drop(rule: AlertRule, evaluation: Evaluation, frame: pd.DataFrame) -> list[Alert]:
+    out = []
+    column = "difference"
+    for cohort, value in _slices(evaluation, rule.cohort):
+        rows = frame[(frame["figure"] == rule.figure) & frame["day"].notna()]
+        rows = rows[(rows["cohort"].isna() if cohort is None else (rows["cohort"] == cohort) & (rows["value"] == value))]
+        series = rows.set_index("day")[column].astype(float).sort_index()
+        if len(series) < rule.for_days + 1:
+            continue
+        recent = series.iloc[-rule.for_days:]
+        history = series.iloc[: -rule.for_days].iloc[-rule.window_days:]
+        history = history[np.isfinite(history)]
+        if history.size < max(3, rule.for_days):
+            continue
+        median = float(history.median())
+        floor = median - abs(median) * rule.drop_pct / 100.0
+        if np.all(np.isfinite(recent)) and bool((recent < floor).all()):
+            subject = rule.figure if cohort is None else f"{rule.figure} [{cohort}={value}]"
+            out.append(Alert(rule.name, rule.kind, subject, float(recent.iloc[-1]), floor,
+                             f"{subject} was below {floor:.4g} ({rule.drop_pct:g}% under its {len(history)}-day median {median:.4g})"
+                             f" on each of the last {rule.for_days} days; last {recent.iloc[-1]:.4g}", evaluation.as_of))
+    return out
+
+
+def latency_by_minute(store: Store, as_of: datetime, lookback: timedelta, percentile: float) -> pd.DataFrame:
+    """The ``percentile`` of ``latency_ms`` per minute of ``decided_at`` within ``lookback`` before ``as_of``,
+    from a log-scale histogram counted in portable SQL (1% resolution)."""
+    as_of = as_utc(as_of, name="as_of")
+    start = as_of - lookback
+    sql = f"""
+        SELECT CAST(FLOOR(epoch_us(decided_at) / 60000000) AS BIGINT) AS minute,
+               CAST(FLOOR(LN(GREATEST(latency_ms, 0.001)) * 100) AS BIGINT) AS bin,
+               COUNT(*) AS n
+        FROM decisions
+        WHERE latency_ms IS NOT NULL
+          AND received_at <= TIMESTAMP '{as_of.strftime('%Y-%m-%d %H:%M:%S.%f')}'
+          AND decided_at >= TIMESTAMP '{start.strftime('%Y-%m-%d %H:%M:%S.%f')}'
+        GROUP BY 1, 2"""
+    counts = store.arrow(sql).to_pandas()
+    if counts.empty:
+        return pd.DataFrame({"minute": pd.Series([], dtype="int64"), "latency": pd.Series([], dtype="float64"), "n": pd.Series([], dtype="int64")})
+    rows = []
+    for minute, group in counts.sort_values(["minute", "bin"]).groupby("minute"):
+        n = group["n"].to_numpy()
+        rank = np.searchsorted(np.cumsum(n), percentile / 100.0 * n.sum())
+        bin_ = group["bin"].to_numpy()[min(rank, len(n) - 1)]
+        rows.append({"minute": int(minute), "latency": float(math.exp((bin_ + 1) / 100.0)), "n": int(n.sum())})
+    return pd.DataFrame(rows)
+
+
+def _latency(rule: AlertRule, store: Store, as_of: datetime) -> list[Alert]:
+    minutes = latency_by_minute(store, as_of, timedelta(hours=rule.lookback_hours), rule.percentile)
+    if minutes.empty:
+        return []
+    over = minutes.set_index("minute")["latency"] > rule.above_ms
+    run = best = 0
+    previous = None
+    worst = 0.0
+    for minute, hit in over.items():
+        run = run + 1 if hit and previous is not None and minute == previous + 1 else (1 if hit else 0)
+        previous = int(minute)  # type: ignore[call-overload]
+        best = max(best, run)
+        if hit:
+            worst = max(worst, float(minutes.set_index("minute").loc[minute, "latency"]))
+    if best < rule.for_minutes:
+        return []
+    return [Alert(rule.name, rule.kind, f"latency_p{rule.percentile:g}", worst, rule.above_ms,
+                  f"p{rule.percentile:g} latency was above {rule.above_ms:g} ms for {best} consecutive minutes"
+                  f" (at most {worst:.1f} ms) within the last {rule.lookback_hours:g} h", as_of)]
+
+
+def _drift(rule: AlertRule, drift: DriftReport) -> list[Alert]:
+    t = drift.table
+    hit = t["flagged"].astype(bool) & (t["psi"].astype(float) > rule.psi_above)
+    if rule.feature != "*":
+        hit &= t["column_name"] == rule.feature
+    if rule.cohort is None:
+        hit &= t["cohort"].isna()
+    out = []
+    for r in t[hit].to_dict("records"):
+        where = "" if r["cohort"] is None or (isinstance(r["cohort"], float) and math.isnan(r["cohort"])) else f" [{r['cohort']}={r['cohort_value']}]"
+        subject = f"{r['column_name']}{where}"
+        out.append(Alert(rule.name, rule.kind, subject, float(r["psi"]), rule.psi_above,
+                         f"{subject} drifted from the fit-time baseline of {drift.version}: PSI {r['psi']:.3f} > {rule.psi_above:g},"
+                         f" adjusted p {r['p_adjusted']:.2g}", drift.as_of))
+    return out
+
+
+def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]:
+    out = []
+    for cohort, value in _slices(evaluation, "any" if rule.cohort is None or rule.cohort == "any" else rule.cohort):
+        s = evaluation.slice(cohort=cohort, value=value)
+        for g in s.guardrails:
+            mean, n = g.effect.policy, s.policy_units
+            if mean is None or n < 2:
+                continue
+            se = _binary_or_sample_se(g, mean, n)
+            low, high = mean - z * se, mean + z * se
+            crossed = (g.max is not None and low > g.max) or (g.min is not None and high < g.min)
+            if crossed:
+                bound = g.max if g.max is not None and low > g.max else g.min
+                where = "overall" if cohort is None else f"{cohort}={value}"
+                out.append(Alert(rule.name, rule.kind, f"{g.name} [{where}]", mean, bound,
+                                 f"guardrail {g.name} crossed in {where}: policy arm mean {mean:.4g} (interval {low:.4g} to"
+                                 f" {high:.4g}) against the bound {bound:g}", evaluation.as_of))
+    return out
+
+
+def _binary_or_sample_se(g: object, mean: float, n: int) -> float:
+    """Standard error of the policy arm's mean: from its sample variance when the evaluation has it,
+    else the binomial one (guardrails are rates)."""
+    variance = getattr(getattr(g, "effect", None), "policy_variance", None)
+    if variance is not None and variance >= 0:
+        return math.sqrt(variance / n)
+    p = min(max(mean, 0.0), 1.0)
+    return math.sqrt(max(p * (1 - p), 1e-12) / n)
+
+
+def _sample_ratio(rule: AlertRule, evaluation: Evaluation) -> list[Alert]:
+    sr = evaluation.overall.sample_ratio
+    if not sr.mismatch:
+        return []
+    return [Alert(rule.name, rule.kind, "holdout_split", sr.observed_share, sr.expected_share,
+                  f"sample ratio mismatch: holdout share {sr.observed_share:.4f} against {sr.expected_share:g}"
+                  f" ({sr.holdout_units} of {sr.holdout_units + sr.policy_units} units), p = {sr.p_value:.2g}", evaluation.as_of)]
+
+
+def check_alerts(spec: Spec, *, evaluation: Evaluation | None = None, drift: DriftReport | None = None,
+                 store: Store | None = None, as_of: datetime | None = None, confidence: float = 0.99) -> list[Alert]:
+    """Judge every rule of ``spec.model.monitoring.alerts`` on what is given (a rule whose input is
+    missing is skipped: ``latency`` needs ``store`` and ``as_of``)."""
+    from scipy import stats
+
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    frame = evaluation.to_frame() if evaluation is not None else None
+    fired: list[Alert] = []
+    for rule in spec.model.monitoring.alerts:
+        if rule.kind == "metric_drop" and evaluation is not None and frame is not None:
+            fired += _metric_drop(rule, evaluation, frame)
+        elif rule.kind == "latency" and store is not None and as_of is not None:
+            fired += _latency(rule, store, as_of)
+        elif rule.kind == "drift" and drift is not None:
+            fired += _drift(rule, drift)
+        elif rule.kind == "guardrail" and evaluation is not None:
+            fired += _guardrail(rule, evaluation, z)
+        elif rule.kind == "sample_ratio" and evaluation is not None:
+            fired += _sample_ratio(rule, evaluation)
+    return fired
+
+
+def store_alerts(store: Store, alerts: Sequence[Alert], *, fired_at: datetime) -> int:
+    """Append the alerts not stored yet (same rule, subject and as-of day); returns how many were new."""
+    if not alerts:
+        return 0
+    ids = [a.alert_id for a in alerts]
+    listing = ", ".join(f"'{i}'" for i in ids)
+    known = set(store.arrow(f"SELECT alert_id FROM alerts WHERE alert_id IN ({listing})")["alert_id"].to_pylist())
+    new = [a for a in alerts if a.alert_id not in known]
+    if not new:
+        return 0
+    table = pa.Table.from_pylist([{
+        "alert_id": a.alert_id, "rule": a.rule, "kind": a.kind, "subject": a.subject, "value": a.value,
+        "threshold": a.threshold, "message": a.message, "as_of": a.as_of, "fired_at": fired_at,
+    } for a in new], schema=ALERT_SCHEMA)
+    with store.writing():
+        store.append("alerts", table)
+    return len(new)
