@@ -121,6 +121,11 @@ def _text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _name(identifier: str) -> str:
+    """A quoted identifier (action ids may hold dashes); SQLGlot turns the quotes into Spark's backticks."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 @dataclass(frozen=True)
 class _Column:
     name: str
@@ -293,7 +298,7 @@ def _columns(store: Store, version: str, baselines: pd.DataFrame) -> list[_Colum
                                 " (written before drift monitoring): write them again with write_baselines")
             grid = (float(ref["grid_lo"]), float(ref["grid_hi"]), int(ref["grid_cells"]))
         if role == "prediction":
-            cases = " ".join(f"WHEN {_text(a)} THEN pred__{a}" for a in spec.action_space.ids)
+            cases = " ".join(f"WHEN {_text(a)} THEN {_name(f'pred__{a}')}" for a in spec.action_space.ids)
             counted = f"assignment = 'policy' AND policy_version = {_text(version)}"
             out.append(_Column(name, role, kind, f"CASE action_id {cases} END", counted, grid))
         elif role == "outcome":
