@@ -45,7 +45,7 @@ Outcomes count only mature decisions (DESIGN.md, Maturity).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -152,21 +152,28 @@ def _cell_sql(col: _Column) -> tuple[str, str, str]:
     return cell, "CAST(NULL AS VARCHAR)", value
 
 
-def _counts_sql(source: str, where: str, columns: Sequence[_Column], cohorts: Sequence[str]) -> str:
-    """Counts (and sums, for numeric columns) per column, cell or category, and cohort value."""
-    keys = [f"k{j}" for j in range(len(cohorts))]
-    key_cols = "".join(f"CAST({c} AS VARCHAR) AS {k}, " for c, k in zip(cohorts, keys, strict=True))
+def _counts_sql(source: str, where: str, columns: Sequence[_Column], cohorts: Mapping[str, Sequence[str]]) -> str:
+    """Counts (and sums, for numeric columns) per column, cell or category, and cohort value.
+
+    A cohort value is coded as its 1-based position among the baseline's values of that cohort (0: a
+    value the baseline never saw, or missing), so that the per-row grouping hashes integers only."""
+    names = list(cohorts)
+    keys = [f"k{j}" for j in range(len(names))]
+    key_cols = "".join(
+        f"CASE CAST({c} AS VARCHAR) {' '.join(f'WHEN {_text(v)} THEN {i + 1}' for i, v in enumerate(cohorts[c]))} ELSE 0 END AS {k}, "
+        if cohorts[c] else f"0 AS {k}, "
+        for c, k in zip(names, keys, strict=True))
     sets = ", ".join(["(cell, category)", *(f"({k}, cell, category)" for k in keys)])
-    which = " ".join(f"WHEN GROUPING({k}) = 0 THEN {_text(c)}" for c, k in zip(cohorts, keys, strict=True))
-    value = " ".join(f"WHEN GROUPING({k}) = 0 THEN {k}" for k in keys)
-    cohort_sql = f"CASE {which} END" if keys else "CAST(NULL AS VARCHAR)"
-    value_sql = f"CASE {value} END" if keys else "CAST(NULL AS VARCHAR)"
+    which = " ".join(f"WHEN GROUPING({k}) = 0 THEN {j}" for j, k in enumerate(keys))
+    code = " ".join(f"WHEN GROUPING({k}) = 0 THEN {k}" for k in keys)
+    cohort_sql = f"CASE {which} ELSE -1 END" if keys else "-1"
+    code_sql = f"CASE {code} ELSE 0 END" if keys else "0"
     group_keys = "".join(f"{k}, " for k in keys)
     parts = []
     for i, col in enumerate(columns):
         cell, category, v = _cell_sql(col)
         parts.append(
-            f"SELECT {i} AS col, {cohort_sql} AS cohort, {value_sql} AS cohort_value, cell, category,"
+            f"SELECT {i} AS col, {cohort_sql} AS cohort, {code_sql} AS code, cell, category,"
             f" CAST(SUM(n) AS BIGINT) AS n, SUM(s) AS s\n"
             f"FROM (SELECT {key_cols}{cell} AS cell, {category} AS category, COUNT(*) AS n, SUM({v}) AS s\n"
             f"      FROM {source} WHERE {where}\n"
@@ -351,9 +358,8 @@ def measure_drift(
     as_of = end if as_of is None else as_utc(as_of, name="as_of")
     if not end > start:
         raise UsageError(f"`end` must be after `start` ({start.isoformat()}), got {end.isoformat()}")
-    cohorts = tuple(spec.model.cohorts if cohorts is None else cohorts)
-    if isinstance(cohorts, str) or any(c not in spec.model.cohorts for c in cohorts):
-        raise UsageError(f"`cohorts` must be among the spec's cohorts {list(spec.model.cohorts)}, got {cohorts!r}")
+    if isinstance(cohorts, str) or (cohorts is not None and any(c not in spec.model.cohorts for c in cohorts)):
+        raise UsageError(f"`cohorts` must be a list among the spec's cohorts {list(spec.model.cohorts)}, got {cohorts!r}")
     psi_threshold = spec.model.monitoring.psi_threshold if psi_threshold is None else float(psi_threshold)
     alpha = spec.model.monitoring.alpha if alpha is None else float(alpha)
     if not psi_threshold > 0 or not 0 < alpha < 1:
@@ -361,10 +367,19 @@ def measure_drift(
 
     baselines = _baselines(store, version)
     columns = _columns(store, version, baselines)
+    per_cohort = baselines.dropna(subset=["cohort"])
+    known = {str(c): sorted(str(v) for v in values) for c, values in per_cohort.groupby("cohort")["cohort_value"].unique().items()}
+    if cohorts is None:
+        cohorts = [c for c in spec.model.cohorts if c in known]
+    elif any(c not in known for c in cohorts):
+        raise DataError(f"baselines of {version!r} must describe each requested cohort, got per-cohort rows for"
+                        f" {sorted(known)} and a request for {list(cohorts)}")
+    cohort_values = {c: known[c] for c in cohorts}
+    cohorts = tuple(cohort_values)
     where = _window(start, end, as_of)
     live = [c for c in columns if c.role != "outcome"]
-    counts = store.query(_counts_sql("decisions", where, live, cohorts)) if live else pd.DataFrame()
-    decisions = int(counts.loc[(counts["col"] == 0) & counts["cohort"].isna(), "n"].sum()) if live else 0
+    counts = store.query(_counts_sql("decisions", where, live, cohort_values)) if live else pd.DataFrame()
+    decisions = int(counts.loc[(counts["col"] == 0) & (counts["cohort"] == -1), "n"].sum()) if live else 0
     if live and decisions == 0:
         raise DataError(f"the window must hold decisions: decided_at in [{start.isoformat()}, {end.isoformat()})"
                         f" received by {as_of.isoformat()}, got 0")
@@ -378,7 +393,7 @@ def measure_drift(
         missing = sorted(needed - set(table.column_names))
         if missing:
             raise DataError(f"`outcomes` must have columns {sorted(needed)}, got {table.column_names} (missing {missing})")
-        frames.append((late, _local(table)(_counts_sql("mature", where, late, cohorts))))
+        frames.append((late, _local(table)(_counts_sql("mature", where, late, cohort_values))))
 
     rows = []
     records: list[dict[str, Any]] = baselines.to_dict("records")  # type: ignore[assignment]
@@ -387,14 +402,12 @@ def measure_drift(
     for cols, frame in frames:
         if frame.empty:
             continue
-        frame = frame.assign(cohort=frame["cohort"].astype(object).where(frame["cohort"].notna(), None),
-                             cohort_value=frame["cohort_value"].astype(object).where(frame["cohort_value"].notna(), None))
-        for (i, cohort, value), group in frame.groupby(["col", "cohort", "cohort_value"], dropna=False, sort=True):
+        for (i, j, code), group in frame.groupby(["col", "cohort", "code"], sort=True):
             col = cols[int(i)]  # type: ignore[call-overload]
-            cohort = cohort if isinstance(cohort, str) else None
-            value = value if isinstance(value, str) else None
+            cohort = None if j < 0 else cohorts[int(j)]  # type: ignore[operator, call-overload]
+            value = None if cohort is None or code == 0 else cohort_values[cohort][int(code) - 1]  # type: ignore[call-overload]
             if cohort == col.name or (cohort is not None and value is None):
-                continue
+                continue  # a cohort within itself; decisions whose cohort value the baseline never saw
             result = _stats(col, refs.get((col.name, cohort, value)), group)
             rows.append({"column_name": col.name, "role": col.role, "kind": col.kind, "cohort": cohort,
                          "cohort_value": value, **result})

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store, decision_schema, ingest_decisions, ingest_outcomes, training_table, write_baselines
+from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store, decision_schema, ingest_decisions, ingest_outcomes, reference_statistics, training_table, write_baselines
 from drivetrain.errors import DataError, UsageError
 from drivetrain.evaluate import DRIFT_COLUMNS, DriftReport, measure_drift
 from drivetrain.evaluate._drift import PSI_FLOOR, _holm
@@ -212,7 +212,8 @@ def test_parquet_and_memory_stores_give_the_same_report(spec: Spec, tmp_path: Pa
         ({"start": T0 + timedelta(days=5), "end": T0 + timedelta(days=6)}, DataError, r"the window must hold decisions: decided_at in \[2026-03-07"),
         ({"end": T0}, UsageError, r"`end` must be after `start`"),
         ({"start": datetime(2026, 3, 2)}, UsageError, r"`start` must be timezone-aware"),
-        ({"cohorts": ["postcode"]}, UsageError, r"`cohorts` must be among the spec's cohorts \['region', 'device', 'tier'\], got \('postcode',\)"),
+        ({"cohorts": ["postcode"]}, UsageError, r"`cohorts` must be a list among the spec's cohorts \['region', 'device', 'tier'\], got \['postcode'\]"),
+        ({"cohorts": ["region"]}, DataError, r"baselines of 'v1' must describe each requested cohort, got per-cohort rows for \[\] and a request for \['region'\]"),
         ({"alpha": 2.0}, UsageError, r"`alpha` in \(0, 1\)"),
     ],
 )
@@ -227,6 +228,16 @@ def test_a_store_without_baselines(spec: Spec) -> None:
     store = MemoryStore(spec)
     store.append("decisions", decisions(spec, 10))
     with pytest.raises(DataError, match=r"versions with baselines: \[\]\), got 'v1'"):
+        measure_drift(store, "v1", **DAY)
+
+
+def test_baselines_without_the_ks_grid_are_refused(spec: Spec) -> None:
+    table = reference_statistics({"dwell_time_s": ("feature", np.arange(100.0))}, version="v1", created_at=T0)
+    table = table.set_column(table.schema.get_field_index("grid_lo"), "grid_lo", pa.nulls(1, pa.float64()))
+    store = MemoryStore(spec)
+    store.append("baselines", table)
+    store.append("decisions", decisions(spec, 10, dwell_time_s=np.arange(10.0)))
+    with pytest.raises(DataError, match=r"baselines of 'v1' must hold the KS grid of numeric column `dwell_time_s`, got none"):
         measure_drift(store, "v1", **DAY)
 
 
