@@ -12,9 +12,11 @@ served action, each outcome), over the decisions of a window, overall and per co
   open cell each side), i.e. its exact empirical CDF at every cell boundary. Live values are counted in
   the same cells in SQL, so both CDFs are exact at the boundaries, and ``ks_statistic`` = max over
   boundaries of their distance: a lower bound on the exact statistic D. Between two boundaries each CDF
-  stays within its values at the ends, which gives the upper bound ``ks_upper`` (D lies in
-  ``[ks_statistic, ks_upper]``; the gap is at most the largest cell share, and zero for integer data on
-  a range narrower than 2,048). The p-value is SciPy's asymptotic two-sample one,
+  stays within its values at the ends, which gives the upper bound ``ks_upper``: D lies in
+  ``[ks_statistic, ks_upper]``, a gap no wider than the largest share of either sample in one cell.
+  When no cell holds two distinct values (integer data on a range narrower than 2,048, inside the
+  grid) the lower bound is D itself, though ``ks_upper`` cannot know it. The p-value is SciPy's
+  asymptotic two-sample one,
   ``scipy.stats.kstwo.sf(D, round(n m / (n + m)))`` (as ``ks_2samp(method="asymp")``), at the lower
   bound: never smaller than the exact statistic's, so the test stays valid (conservative; ties in
   discrete data make it more so).
@@ -37,7 +39,9 @@ SETS, GROUPING) that SQLGlot transpiles to Spark SQL; only the counts reach Pyth
 do the small math. Outcomes come from the mature join (:func:`drivetrain.data.training_table`, or a
 table the caller passes) and are counted by the same SQL over that table.
 
-Which rows count: decisions with ``start <= decided_at < end`` received by ``as_of``. The predicted
+Which rows count: decisions with ``start <= decided_at < end`` received by ``as_of``; in a cohort's
+rows, those whose cohort value the baselines describe (a value never seen at fit time counts overall and
+shows as an unseen category of the cohort's own feature). The predicted
 objective counts only decisions that ``version`` served by its own choice (``assignment = 'policy'``):
 its baseline is the planned action's prediction, which explore and holdout decisions do not follow.
 Outcomes count only mature decisions (DESIGN.md, Maturity).
@@ -352,6 +356,19 @@ def measure_drift(
     ``outcomes``: the mature join to take outcome columns from (rows with ``decided_at``,
     ``received_at``, the cohorts and the outcome columns); default ``training_table(store, as_of)``.
     ``psi_threshold`` and ``alpha`` default to the spec's ``monitoring`` settings.
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> from drivetrain.data import MemoryStore, RawRows, ingest_decisions, write_baselines
+    >>> from drivetrain.twin import NBOOTwin, Scenario
+    >>> twin = NBOOTwin(horizon_days=7, scenario=Scenario(shift_feature="dwell_time_s", shift_factor=3.0, shift_day=1))
+    >>> store, ref = MemoryStore(twin.spec), twin.population(5000)
+    >>> _ = write_baselines(store, {"dwell_time_s": ("feature", ref["dwell_time_s"].to_numpy())}, version="v1",
+    ...                     created_at=twin.start)
+    >>> _ = ingest_decisions(store, RawRows(twin.log(twin.population(5000, day=1, offset=5000), day=1)[0], (), "log"))
+    >>> day = twin.start + timedelta(days=1)
+    >>> report = measure_drift(store, "v1", start=day, end=day + timedelta(days=1), cohorts=[])
+    >>> bool(report.row("dwell_time_s")["flagged"])
+    True
     """
     spec = store.spec
     start, end = as_utc(start, name="start"), as_utc(end, name="end")
