@@ -125,7 +125,8 @@ def build(n: int, seed: int) -> tuple[Store, dict[str, np.ndarray], dict[str, np
     reference, live = population(spec, n, rng, live=False), population(spec, n, rng, live=True)
     store = MemoryStore(spec)
     t = time.perf_counter()
-    write_baselines(store, {c: ("feature", v) for c, v in reference.items()}, version="bench", created_at=T0)
+    write_baselines(store, {c: ("feature", v) for c, v in reference.items()}, version="bench", created_at=T0,
+                    cohorts={c: reference[c] for c in spec.model.cohorts})
     baseline_s = time.perf_counter() - t
     store.append("decisions", decisions_table(spec, live, T0 + timedelta(days=1)))
     return store, reference, live, baseline_s

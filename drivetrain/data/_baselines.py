@@ -74,25 +74,25 @@ def reference_statistics(
 ) -> pa.Table:
     """One row per column (and per column, cohort and cohort value when ``cohorts`` maps cohort names to
     one value per row); ``columns`` maps name to (role, values) with role feature/prediction/outcome."""
+    groups: list[tuple[str, str, np.ndarray]] = []  # (cohort, value, row indices), computed once
+    for cohort, labels in (cohorts or {}).items():
+        codes, values = pd.factorize(pd.Series(np.asarray(labels, dtype=object)).map(str, na_action="ignore"), sort=True)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(values) + 1))
+        groups += [(cohort, str(v), order[bounds[j]:bounds[j + 1]]) for j, v in enumerate(values)]
     rows: list[dict[str, object]] = []
     for name, (role, raw) in columns.items():
         series = pd.Series(np.asarray(raw))
         numeric = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
         overall = _row(series, numeric, version, name, role, created_at, None, None, None)
         rows.append(overall)
-        for cohort, labels in (cohorts or {}).items():
+        for cohort, value, index in groups:
             if cohort == name:
                 continue
-            keys = pd.Series(np.asarray(labels, dtype=object))
-            if len(keys) != len(series):
-                raise UsageError(f"cohort `{cohort}` must have one value per row ({len(series)}), got {len(keys)}")
-            present = keys.notna().to_numpy()
-            text = keys[present].astype(str)
-            for value in sorted(text.unique()):
-                mask = np.zeros(len(series), dtype=bool)
-                mask[np.flatnonzero(present)[(text == value).to_numpy()]] = True
-                rows.append(_row(series[mask].reset_index(drop=True), numeric, version, name, role, created_at,
-                                 cohort, value, overall))
+            if len(series) != len(cohorts[cohort]):  # type: ignore[index]
+                raise UsageError(f"cohort `{cohort}` must have one value per row ({len(series)}), got {len(cohorts[cohort])}")  # type: ignore[index]
+            rows.append(_row(series.iloc[index].reset_index(drop=True), numeric, version, name, role, created_at,
+                             cohort, value, overall))
     return pa.Table.from_pylist(rows, schema=BASELINE_SCHEMA)
 
 
