@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store, decision_schema, ingest_decisions, ingest_outcomes, reference_statistics, training_table, write_baselines
+from drivetrain.data import MemoryStore, ParquetStore, grid_cell, psi_cell_bins, RawRows, Store, decision_schema, ingest_decisions, ingest_outcomes, reference_statistics, training_table, write_baselines
 from drivetrain.errors import DataError, UsageError
 from drivetrain.evaluate import DRIFT_COLUMNS, DriftReport, measure_drift
 from drivetrain.evaluate._drift import PSI_FLOOR, _holm
@@ -231,6 +231,35 @@ def test_a_store_without_baselines(spec: Spec) -> None:
         measure_drift(store, "v1", **DAY)
 
 
+def test_cohort_baselines_share_the_population_bins_and_add_up_to_it() -> None:
+    rng = np.random.default_rng(8)
+    n = 5000
+    region = rng.choice(np.array(["north", "south", "east", None], dtype=object), n)
+    x = np.where(region == "north", rng.normal(10, 2, n), rng.normal(20, 4, n))
+    tier = rng.choice(["bronze", "gold"], n)
+    table = reference_statistics({"dwell_time_s": ("feature", x), "tier": ("feature", tier), "region": ("feature", region)},
+                                 version="v1", created_at=T0, cohorts={"region": region}).to_pandas()
+    assert set(table.loc[table["column_name"] == "region", "cohort"].dropna()) == set()  # not within itself
+    for name in ("dwell_time_s", "tier"):
+        rows = table[table["column_name"] == name]
+        overall, cohorts = rows[rows["cohort"].isna()].iloc[0], rows[rows["cohort"].notna()]
+        assert sorted(cohorts["cohort_value"]) == ["east", "north", "south"]  # missing values form no cohort
+        for key in ("bin_edges", "grid_lo", "grid_hi") if name == "dwell_time_s" else ("categories",):
+            assert all(np.array_equal(np.asarray(v), np.asarray(overall[key])) for v in cohorts[key]), key
+        # shares weighted by cohort size add up to the population's (the rows with no region make up the rest)
+        no_region = np.asarray([r is None for r in region])
+        if name == "dwell_time_s":
+            lo, hi, cells = float(overall["grid_lo"]), float(overall["grid_hi"]), int(overall["grid_cells"])
+            rest_cells = np.bincount(grid_cell(x[no_region], lo, hi, cells), minlength=cells + 2)
+            rest = {"grid_shares": rest_cells, "bin_shares": np.bincount(psi_cell_bins(np.asarray(overall["bin_edges"]), lo, hi, cells),
+                                                                         weights=rest_cells, minlength=len(overall["bin_edges"]) + 1)}
+        else:
+            rest = {"bin_shares": pd.Series(tier[no_region]).value_counts().reindex(overall["categories"], fill_value=0).to_numpy()}
+        for key, extra in rest.items():
+            total = sum(np.asarray(r[key]) * r["n"] for _, r in cohorts.iterrows())
+            assert np.allclose(total + extra, np.asarray(overall[key]) * n), (name, key)
+
+
 def test_baselines_without_the_ks_grid_are_refused(spec: Spec) -> None:
     table = reference_statistics({"dwell_time_s": ("feature", np.arange(100.0))}, version="v1", created_at=T0)
     table = table.set_column(table.schema.get_field_index("grid_lo"), "grid_lo", pa.nulls(1, pa.float64()))
@@ -271,6 +300,8 @@ def test_twin_covariate_shift_flags_the_shifted_feature_only() -> None:
         assert set(report.table["column_name"]) == set(columns)
         outcome_rows = report.table[report.table["role"] == "outcome"]
         assert outcome_rows["n"].max() == report.decisions  # every decision of the day is mature by then
+    given = measure_drift(store, "v1", as_of=clock.now(), outcomes=training_table(store, clock.now())[0].to_pandas(), **window)
+    pd.testing.assert_frame_equal(given.table, report.table)
     north = report.row("page_views_30d", "region", "north")
     assert north["psi"] > 1.0 and north["effect_size"] > 0.5
     for other in ("south", "east", "west"):
