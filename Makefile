@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/optimize.py
 	$(BIN)/python bench/ope_accuracy.py
 	$(BIN)/python bench/policy_value.py
+	$(BIN)/python bench/monitor.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache

@@ -174,12 +174,14 @@ def _row(policy: str, metric: str, e: PolicyEstimate) -> dict[str, Any]:
 
 def write_policy_baselines(store: Store, plan: Plan, table: pd.DataFrame, *, created_at: datetime) -> int:
     """Reference statistics of the population a plan was made on (features, the predicted objective of
-    the planned actions, outcomes where the table has them), keyed by the policy's version."""
+    the planned actions, outcomes where the table has them), overall and per cohort of the spec, keyed by
+    the policy's version."""
     policy = plan.policy
     spec = policy.spec
     predicted = plan.problem.values[np.arange(len(table)), plan.assignment.action]
     columns: dict[str, tuple[str, np.ndarray]] = {n: ("feature", table[n].to_numpy()) for n in spec.features if n in table and n not in spec.personal_features}
     columns["predicted_objective"] = ("prediction", predicted)
     columns.update({c: ("outcome", table[c].to_numpy()) for c in spec.outcomes if c in table})
-    return write_baselines(store, columns, version=policy.version, created_at=created_at)
+    cohorts = {c: table[c].to_numpy() for c in spec.model.cohorts if c in table}
+    return write_baselines(store, columns, version=policy.version, created_at=created_at, cohorts=cohorts)
 

@@ -1,6 +1,6 @@
 """Event tables, the store, contract checks at ingest, and the outcome join."""
 
-from drivetrain.data._baselines import QUANTILES, reference_statistics, write_baselines
+from drivetrain.data._baselines import GRID_CELLS, QUANTILES, grid_cell, psi_cell_bins, reference_statistics, write_baselines
 from drivetrain.data._ingest import (
     IngestReport,
     attribute_pending,
@@ -24,7 +24,10 @@ from drivetrain.data._summary import StoreSummary, summarize
 
 __all__ = [
     "ASSIGNMENTS",
+    "GRID_CELLS",
     "QUANTILES",
+    "grid_cell",
+    "psi_cell_bins",
     "reference_statistics",
     "write_baselines",
     "OUTCOME_SCHEMA",

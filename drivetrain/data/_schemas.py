@@ -69,6 +69,12 @@ BASELINE_SCHEMA = pa.schema(
         ("mean", pa.float64()),
         ("std", pa.float64()),
         ("created_at", TIMESTAMP),
+        ("cohort", pa.string()),
+        ("cohort_value", pa.string()),
+        ("grid_lo", pa.float64()),
+        ("grid_hi", pa.float64()),
+        ("grid_cells", pa.int64()),
+        ("grid_shares", pa.list_(pa.float64())),
     ]
 )
 
