@@ -56,7 +56,9 @@ __all__ = [
 
 #: Latency histogram resolution: bins of equal width on the log scale, 100 per factor e (1% wide).
 LATENCY_BINS_PER_E = 100
-_DECIMAL = "DECIMAL(38, 9)"
+#: Per-decision values are summed as DECIMAL(18, 6) (exact, so the sum does not depend on the order in
+#: which threads add rows); a value must stay below 1e12 in magnitude.
+_DECIMAL = "DECIMAL(18, 6)"
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -130,7 +132,8 @@ class ServiceLevels:
 @dataclass(frozen=True)
 class SampleRatio:
     """Units per arm against the spec's holdout share: chi-square statistic, p-value, and ``mismatch``
-    when the p-value is below ``monitoring.srm_alpha``."""
+    when the p-value is below ``monitoring.srm_alpha``. A unit counts once, on the day of its first
+    decision as of T and in its cohorts then: a day's figure is about the units first seen that day."""
 
     holdout_units: int
     policy_units: int
@@ -274,9 +277,14 @@ class Evaluation:
 # ---------------------------------------------------------------------------------------------- SQL
 @dataclass(frozen=True)
 class _Metric:
+    """A per-decision figure; ``column`` indexes the distinct SQL expressions (a guardrail on an outcome
+    shares that outcome's column); ``exact`` when its values are whole numbers, whose double sums are exact."""
+
     kind: str  # objective / outcome / guardrail / budget
     name: str
     sql: str
+    column: int
+    exact: bool
 
 
 def _ts(moment: datetime) -> str:
@@ -290,8 +298,8 @@ def _interval(delta: timedelta) -> str:
 
 
 def _dsum(expr: str) -> str:
-    """An exact (hence order-independent) sum, returned as a double."""
-    return f"CAST(SUM(CAST({expr} AS {_DECIMAL})) AS DOUBLE)"
+    """An exact (hence order-independent) sum of a DECIMAL expression, returned as a double."""
+    return f"CAST(SUM({expr}) AS DOUBLE)"
 
 
 def _count(expr: str) -> str:
@@ -299,10 +307,16 @@ def _count(expr: str) -> str:
 
 
 def _metrics(spec: Spec) -> list[_Metric]:
-    out = [_Metric("objective", spec.model.objective.name, formula_sql(spec.objective))]
-    out += [_Metric("outcome", name, name) for name in spec.outcomes]
-    out += [_Metric("guardrail", g.name, formula_sql(f)) for g, f in spec.guardrails]
-    out += [_Metric("budget", b.name, formula_sql(f)) for b, f in spec.budgets]
+    whole = {n for n, o in spec.model.outcomes.items() if o.type in ("binary", "count") or o.aggregate == "count"}
+    items = [("objective", spec.model.objective.name, formula_sql(spec.objective))]
+    items += [("outcome", name, name) for name in spec.outcomes]
+    items += [("guardrail", g.name, formula_sql(f)) for g, f in spec.guardrails]
+    items += [("budget", b.name, formula_sql(f)) for b, f in spec.budgets]
+    columns: dict[str, int] = {}
+    out = []
+    for kind, name, sql in items:
+        column = columns.setdefault(sql, len(columns)) if kind != "objective" else columns.setdefault(sql, 0)
+        out.append(_Metric(kind, name, sql, column, sql in whole))
     return out
 
 
@@ -346,7 +360,9 @@ _AGG = {"max": "MAX({v})", "count": "COUNT({v})", "last": "MAX_BY({v}, o.occurre
 def _component(name: str, aggregate: str) -> str:
     """One outcome component's aggregate over a decision's outcomes inside its horizon."""
     v = f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN o.value END"
-    return (_dsum(v) if aggregate == "sum" else _AGG[aggregate].format(v=v)) + f" AS {name}"
+    if aggregate == "sum":
+        return _dsum(f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN o.dvalue END") + f" AS {name}"
+    return _AGG[aggregate].format(v=v) + f" AS {name}"
 
 
 def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str],
@@ -355,11 +371,12 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
     comps = ",\n                   ".join(_component(name, o.aggregate) for name, o in spec.model.outcomes.items())
     coalesced = ", ".join(f"COALESCE(a.{name}, 0.0) AS {name}" for name in spec.outcomes)
     keys = ", ".join(["day", *cohorts, "holdout"])
-    values = ",\n                   ".join(
-        [f"{m.sql} AS m{i}" for i, m in enumerate(metrics)]
-        + [f"CAST(COALESCE({c}, 0) AS DOUBLE) AS x{j}" for j, c in enumerate(covariates)]
-    )
     me = "mature = 1 AND eligible = 1"
+    distinct = {m.column: m for m in metrics}
+    values = ",\n                   ".join(
+        [f"CASE WHEN {me} THEN {m.sql if m.exact else f'CAST({m.sql} AS {_DECIMAL})'} END AS m{k}" for k, m in distinct.items()]
+        + [f"CASE WHEN {me} THEN CAST(COALESCE({c}, 0) AS {_DECIMAL}) END AS x{j}" for j, c in enumerate(covariates)]
+    )
     sums = [
         "CAST(COUNT(*) AS BIGINT) AS decisions",
         _count("mature") + " AS mature",
@@ -369,31 +386,35 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
         _count("fallback") + " AS fallback",
         _count("error") + " AS error",
         "CAST(COUNT(latency_ms) AS BIGINT) AS latency_n",
-        _dsum("latency_ms") + " AS latency_sum",
+        _dsum(f"CAST(latency_ms AS {_DECIMAL})") + " AS latency_sum",
         _count("over_budget") + " AS over_budget",
         _count("mature * n_in") + " AS joined",
         _count("mature * n_late") + " AS late",
         _count("mature * n_out") + " AS out_of_window",
         _count("(1 - mature) * n_all") + " AS of_immature",
     ]
-    for i in range(len(metrics)):
-        sums += [_dsum(f"CASE WHEN {me} THEN m{i} END") + f" AS s{i}", _dsum(f"CASE WHEN {me} THEN m{i} * m{i} END") + f" AS q{i}"]
-    for i, m in enumerate(metrics):
-        if m.kind == "budget":
-            sums.append(_dsum(f"CASE WHEN {me} THEN m0 * m{i} END") + f" AS c{i}")
+    for k, m in distinct.items():
+        total = (lambda e: f"SUM({e})") if m.exact else _dsum
+        sums += [total(f"m{k}") + f" AS s{k}", total(f"m{k} * m{k}") + f" AS q{k}"]
+    def dec(k: int) -> str:
+        return f"CAST(m{k} AS {_DECIMAL})" if distinct[k].exact else f"m{k}"
+
+    for k in sorted({m.column for m in metrics if m.kind == "budget"}):
+        sums.append(_dsum(f"{dec(0)} * {dec(k)}") + f" AS c{k}")
     for j in range(len(covariates)):
-        sums += [_dsum(f"CASE WHEN {me} THEN x{j} END") + f" AS x{j}", _dsum(f"CASE WHEN {me} THEN x{j} * m0 END") + f" AS xy{j}"]
+        sums += [_dsum(f"x{j}") + f" AS x{j}", _dsum(f"x{j} * {dec(0)}") + f" AS xy{j}"]
         for k in range(j, len(covariates)):
-            sums.append(_dsum(f"CASE WHEN {me} THEN x{j} * x{k} END") + f" AS xx{j}_{k}")
+            sums.append(_dsum(f"x{j} * x{k}") + f" AS xx{j}_{k}")
     select = ",\n               ".join(sums)
     return f"""
         WITH {_decisions_cte(spec, as_of, cohorts, covariates).strip()},
+        k AS (SELECT request_id, decided_at FROM decisions WHERE received_at <= {_ts(as_of)}),
         o AS (
-            SELECT o.request_id, o.component, o.value, o.occurred_at,
-                   CASE WHEN o.occurred_at >= d.decided_at AND o.occurred_at < d.decided_at + {horizon}
+            SELECT o.request_id, o.component, o.value, CAST(o.value AS {_DECIMAL}) AS dvalue, o.occurred_at,
+                   CASE WHEN o.occurred_at >= k.decided_at AND o.occurred_at < k.decided_at + {horizon}
                         THEN 1 ELSE 0 END AS in_window,
-                   CASE WHEN o.received_at > d.decided_at + {wait} THEN 1 ELSE 0 END AS late
-            FROM outcomes o JOIN d ON o.request_id = d.request_id
+                   CASE WHEN o.received_at > k.decided_at + {wait} THEN 1 ELSE 0 END AS late
+            FROM outcomes o JOIN k ON o.request_id = k.request_id
             WHERE o.received_at <= {_ts(as_of)}
         ),
         a AS (
@@ -437,20 +458,19 @@ def _latency_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
 
 
 def _units_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
-    cohort_cols = "".join(f", CAST({c} AS VARCHAR) AS {c}" for c in cohorts)
-    sets = ["(holdout)", "(day, holdout)", *(f"({c}, holdout)" for c in cohorts), *(f"(day, {c}, holdout)" for c in cohorts)]
-    flags = "".join(f", GROUPING({c}) AS g_{c}" for c in ["day", *cohorts])
+    """Units per arm, each counted once: on the day of its first decision, in its cohorts then. These
+    counts add up across days and cohorts, so every slice's sample ratio is a sum of these rows."""
+    firsts = "".join(f", MIN_BY(CAST({c} AS VARCHAR), decided_at) AS {c}" for c in cohorts)
     keys = ", ".join(["day", *cohorts, "holdout"])
     return f"""
         WITH u AS (
-            SELECT DISTINCT unit_id, CAST(decided_at AS DATE) AS day{cohort_cols},
-                   CASE WHEN assignment = 'holdout' THEN 1 ELSE 0 END AS holdout
+            SELECT unit_id, CAST(MIN(decided_at) AS DATE) AS day{firsts},
+                   MAX(CASE WHEN assignment = 'holdout' THEN 1 ELSE 0 END) AS holdout
             FROM decisions
             WHERE received_at <= {_ts(as_of)}
+            GROUP BY unit_id
         )
-        SELECT {keys}{flags}, CAST(COUNT(DISTINCT unit_id) AS BIGINT) AS units
-        FROM u
-        GROUP BY GROUPING SETS ({", ".join(sets)})
+        SELECT {keys}, CAST(COUNT(*) AS BIGINT) AS units FROM u GROUP BY {keys} ORDER BY {keys}
         """
 
 
@@ -684,10 +704,7 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
     for day_key, cohort in _slice_keys(chosen):
         keys = [k for k in (day_key, cohort) if k is not None]
         hist = {k: part for k, part in _groups(latency, keys)}
-        unit_rows = units
-        for name in ["day", *chosen]:
-            unit_rows = unit_rows[unit_rows[f"g_{name}"] == (0 if name in keys else 1)]
-        unit_groups = {k: part for k, part in _groups(unit_rows, keys)}
+        unit_groups = {k: part for k, part in _groups(units, keys)}
         for key, part in _groups(moments, keys):
             arm_rows = part.groupby("holdout")[value_cols].sum().reindex([0, 1], fill_value=0.0)
             policy, holdout = arm_rows.iloc[0], arm_rows.iloc[1]
@@ -697,10 +714,11 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
             day = _plain(named.get("day"))
             value = _plain(named.get(cohort)) if cohort is not None else None
 
-            outcomes = tuple((m.name, _effect(arms, i, confidence)) for i, m in enumerate(metrics) if m.kind == "outcome")
+            outcomes = tuple((m.name, _effect(arms, m.column, confidence)) for m in metrics if m.kind == "outcome")
             guardrails = []
             budgets = []
-            for i, m in enumerate(metrics):
+            for m in metrics:
+                i = m.column
                 if m.kind == "guardrail":
                     g = next(g for g, _ in spec.guardrails if g.name == m.name)
                     e = _effect(arms, i, confidence)
