@@ -302,6 +302,11 @@ def _dsum(expr: str) -> str:
     return f"CAST(SUM({expr}) AS DOUBLE)"
 
 
+def _wide(expr: str) -> str:
+    """A DECIMAL operand widened so that its product with another stays exact (no int64 overflow)."""
+    return f"CAST({expr} AS DECIMAL(38, 6))"
+
+
 def _count(expr: str) -> str:
     return f"CAST(SUM({expr}) AS BIGINT)"
 
@@ -394,17 +399,19 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
         _count("(1 - mature) * n_all") + " AS of_immature",
     ]
     for k, m in distinct.items():
-        total = (lambda e: f"SUM({e})") if m.exact else _dsum
-        sums += [total(f"m{k}") + f" AS s{k}", total(f"m{k} * m{k}") + f" AS q{k}"]
+        if m.exact:
+            sums += [f"SUM(m{k}) AS s{k}", f"SUM(m{k} * m{k}) AS q{k}"]
+        else:
+            sums += [_dsum(f"m{k}") + f" AS s{k}", _dsum(f"{_wide(f'm{k}')} * m{k}") + f" AS q{k}"]
     def dec(k: int) -> str:
         return f"CAST(m{k} AS {_DECIMAL})" if distinct[k].exact else f"m{k}"
 
     for k in sorted({m.column for m in metrics if m.kind == "budget"}):
-        sums.append(_dsum(f"{dec(0)} * {dec(k)}") + f" AS c{k}")
+        sums.append(_dsum(f"{_wide(dec(0))} * {dec(k)}") + f" AS c{k}")
     for j in range(len(covariates)):
-        sums += [_dsum(f"x{j}") + f" AS x{j}", _dsum(f"x{j} * {dec(0)}") + f" AS xy{j}"]
+        sums += [_dsum(f"x{j}") + f" AS x{j}", _dsum(f"{_wide(f'x{j}')} * {dec(0)}") + f" AS xy{j}"]
         for k in range(j, len(covariates)):
-            sums.append(_dsum(f"x{j} * x{k}") + f" AS xx{j}_{k}")
+            sums.append(_dsum(f"{_wide(f'x{j}')} * x{k}") + f" AS xx{j}_{k}")
     select = ",\n               ".join(sums)
     return f"""
         WITH {_decisions_cte(spec, as_of, cohorts, covariates).strip()},
