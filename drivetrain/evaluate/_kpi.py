@@ -114,9 +114,11 @@ class BudgetUse:
 
 @dataclass(frozen=True)
 class ServiceLevels:
-    """SLOs from the decision log: latency percentiles (ms, 1% resolution), the share over the latency
-    budget, fallback and error rates, and the serving cost per 1,000 decisions (None without a cost rate
-    or logged latencies)."""
+    """SLOs from the decision log: latency percentiles (ms, 1% resolution) and the share over
+    ``serving.latency_budget_ms``, among decisions with a logged ``latency_ms``; the fallback rate
+    (``assignment`` = fallback) and the error rate (a ``fallback_reason`` that mentions an error: the model
+    or service failed, rather than a context the contract refused), among all decisions; and the serving
+    cost per 1,000 decisions, mean latency priced at ``serving.cost_per_serving_hour`` (None without it)."""
 
     decisions: int
     latency_logged: int
@@ -366,7 +368,7 @@ def _component(name: str, aggregate: str) -> str:
     """One outcome component's aggregate over a decision's outcomes inside its horizon."""
     v = f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN o.value END"
     if aggregate == "sum":
-        return _dsum(f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN o.dvalue END") + f" AS {name}"
+        return _dsum(f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN CAST(o.value AS {_DECIMAL}) END") + f" AS {name}"
     return _AGG[aggregate].format(v=v) + f" AS {name}"
 
 
@@ -403,6 +405,7 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
             sums += [f"SUM(m{k}) AS s{k}", f"SUM(m{k} * m{k}) AS q{k}"]
         else:
             sums += [_dsum(f"m{k}") + f" AS s{k}", _dsum(f"{_wide(f'm{k}')} * m{k}") + f" AS q{k}"]
+
     def dec(k: int) -> str:
         return f"CAST(m{k} AS {_DECIMAL})" if distinct[k].exact else f"m{k}"
 
@@ -417,7 +420,7 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
         WITH {_decisions_cte(spec, as_of, cohorts, covariates).strip()},
         k AS (SELECT request_id, decided_at FROM decisions WHERE received_at <= {_ts(as_of)}),
         o AS (
-            SELECT o.request_id, o.component, o.value, CAST(o.value AS {_DECIMAL}) AS dvalue, o.occurred_at,
+            SELECT o.request_id, o.component, o.value, o.occurred_at,
                    CASE WHEN o.occurred_at >= k.decided_at AND o.occurred_at < k.decided_at + {horizon}
                         THEN 1 ELSE 0 END AS in_window,
                    CASE WHEN o.received_at > k.decided_at + {wait} THEN 1 ELSE 0 END AS late
