@@ -122,16 +122,16 @@ def _latency(rule: AlertRule, store: Store, as_of: datetime) -> list[Alert]:
     minutes = latency_by_minute(store, as_of, timedelta(hours=rule.lookback_hours), rule.percentile)
     if minutes.empty:
         return []
-    over = minutes.set_index("minute")["latency"] > rule.above_ms
+    minute = minutes["minute"].to_numpy(dtype=np.int64)
+    latency = minutes["latency"].to_numpy(dtype=np.float64)
     run = best = 0
-    previous = None
     worst = 0.0
-    for minute, hit in over.items():
-        run = run + 1 if hit and previous is not None and minute == previous + 1 else (1 if hit else 0)
-        previous = int(minute)  # type: ignore[call-overload]
+    for i in range(len(minute)):
+        hit = latency[i] > rule.above_ms
+        run = (run + 1 if i and minute[i] == minute[i - 1] + 1 else 1) if hit else 0
         best = max(best, run)
         if hit:
-            worst = max(worst, float(minutes.set_index("minute").loc[minute, "latency"]))
+            worst = max(worst, float(latency[i]))
     if best < rule.for_minutes:
         return []
     return [Alert(rule.name, rule.kind, f"latency_p{rule.percentile:g}", worst, rule.above_ms,

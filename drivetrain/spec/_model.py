@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
 
 __all__ = [
     "ActionEligibility",
@@ -178,8 +178,13 @@ class Experimentation(_Value):
 
 
 class Serving(_Value):
+    """How decisions are served. ``cost_per_serving_hour`` prices the logged serving time (the sum of the
+    decisions' ``latency_ms``) so that the evaluation can report the cost per 1,000 decisions; None leaves
+    that figure out."""
+
     latency_budget_ms: Annotated[float, Field(gt=0)] = 50.0
     decide_requires_token: bool = False
+    cost_per_serving_hour: Annotated[float, Field(ge=0)] | None = None
 
 
 class AlertRule(_Value):
@@ -201,9 +206,22 @@ class AlertRule(_Value):
 
 
 class Monitoring(_Value):
+    """Drift and evaluation settings. ``covariates`` names numeric context features measured before the
+    decision (say last year's purchases) whose correlation with the objective narrows the north star's
+    interval (CUPED); ``srm_alpha`` is the p-value below which the holdout split is a sample ratio mismatch."""
+
     psi_threshold: Annotated[float, Field(gt=0)] = 0.2
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    covariates: list[Name] = []
+    srm_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.001
     alerts: list[AlertRule] = []
+
+    @field_validator("covariates")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"covariates must be distinct, got {value}")
+        return value
 
 
 class Adaptation(_Value):

@@ -105,6 +105,13 @@ BROKEN = [
     ("experimentation.salt", "ab", ["experimentation.salt", "at least 4 characters"]),
     ("serving.latency_budget_ms", 0, ["serving.latency_budget_ms", "greater than 0"]),
     ("monitoring.alarm", True, ["monitoring.alarm", "unknown key", "'psi_threshold'"]),
+    ("serving.cost_per_serving_hour", -0.5, ["serving.cost_per_serving_hour", "greater than or equal to 0", "-0.5"]),
+    ("serving.cost_per_serving_hour", "cheap", ["serving.cost_per_serving_hour", "valid number", "'cheap'"]),
+    ("monitoring.covariates", "purchases_365d", ["monitoring.covariates", "valid list", "'purchases_365d'"]),
+    ("monitoring.covariates", ["purchases 365d"], ["monitoring.covariates[0]", "pattern", "'purchases 365d'"]),
+    ("monitoring.covariates", ["tenure_days", "tenure_days"], ["monitoring.covariates", "must be distinct", "'tenure_days'"]),
+    ("monitoring.srm_alpha", 0, ["monitoring.srm_alpha", "greater than 0"]),
+    ("monitoring.srm_alpha", 1, ["monitoring.srm_alpha", "less than 1"]),
     ("version", 2, ["version", "expected 1", "got 2"]),
     ("name", "my product", ["name", "pattern", "'my product'"]),
     ("budget", 100, ["budget", "unknown key", "'constraints'"]),
@@ -169,3 +176,14 @@ def test_eligibility_masks(raw_spec: dict[str, Any]) -> None:
     assert mask[1, free_ship].sum() == 0 and mask[1, ~free_ship].all()
     assert mask[2, free_ship].sum() == 0  # unknown basket size: the restricted offer is not given
     assert spec.eligible_units(ctx).tolist() == [False, True, True]
+
+
+def test_serving_cost_and_monitoring_covariates_are_optional_with_defaults(raw_spec: dict[str, Any]) -> None:
+    spec = parse_spec(raw_spec)
+    assert spec.model.serving.cost_per_serving_hour is None
+    assert spec.model.monitoring.covariates == [] and spec.model.monitoring.srm_alpha == 0.001
+    raw_spec["serving"]["cost_per_serving_hour"] = 0.9
+    raw_spec["monitoring"]["covariates"] = ["purchases_365d", "tenure_days"]
+    spec = parse_spec(raw_spec)
+    assert spec.model.serving.cost_per_serving_hour == 0.9
+    assert spec.model.monitoring.covariates == ["purchases_365d", "tenure_days"]

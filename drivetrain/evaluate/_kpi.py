@@ -1,0 +1,790 @@
+"""The KPI hierarchy as of a time T: the north star against the holdout, leading indicators, guardrails,
+budgets, SLOs and the sample ratio check, overall, by decision day and by every cohort of the spec.
+
+The join follows DESIGN.md (Maturity and replay) exactly as :func:`drivetrain.data.training_table` does:
+only rows received at or before T exist; a decision is mature when ``decided_at + horizon + settle <= T``;
+an outcome counts for its decision when ``decided_at <= occurred_at < decided_at + horizon``. Immature
+decisions are counted as such and never enter a mean as zeros. Sums are taken in DECIMAL, which is exact
+and so independent of the order in which threads add rows: replaying with the same T gives the same
+figures, bit for bit.
+
+Aggregation happens in SQL (DuckDB here; the text is a portable subset that SQLGlot transpiles to Spark
+SQL): one query returns additive moments (counts, sums, sums of squares and cross products) per decision
+day x cohort values x arm, a second a latency histogram, a third the distinct units per arm for the
+sample ratio check. Every slice is then a sum of those rows, and the statistics are small NumPy/SciPy
+math on the sums:
+
+* north star: mean objective per eligible unit in the policy arm (every unit outside the holdout, so
+  exploration and fallbacks count, as they do in production) minus the holdout's, with Welch's interval;
+  with ``monitoring.covariates`` it is regression-adjusted (CUPED: Deng, Xu, Kohavi and Walker, "Improving
+  the sensitivity of online controlled experiments by utilizing pre-experiment data", WSDM 2013);
+* money per unit of incremental objective: incremental budget use over incremental objective, with a
+  delta-method interval;
+* sample ratio mismatch: Pearson's chi-square of the units per arm against ``holdout_share``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from drivetrain.clock import as_utc
+from drivetrain.data import Store
+from drivetrain.errors import DataError, SpecError, UsageError
+from drivetrain.evaluate._sql import condition_sql, formula_sql
+from drivetrain.spec import Spec
+
+__all__ = [
+    "BudgetUse",
+    "Counts",
+    "Effect",
+    "Evaluation",
+    "GuardrailCheck",
+    "Ratio",
+    "SampleRatio",
+    "ServiceLevels",
+    "SliceEvaluation",
+    "evaluate",
+]
+
+#: Latency histogram resolution: bins of equal width on the log scale, 100 per factor e (1% wide).
+LATENCY_BINS_PER_E = 100
+#: Per-decision values are summed as DECIMAL(18, 6) (exact, so the sum does not depend on the order in
+#: which threads add rows); a value must stay below 1e12 in magnitude.
+_DECIMAL = "DECIMAL(18, 6)"
+
+
+# ---------------------------------------------------------------------------------------------- values
+@dataclass(frozen=True)
+class Effect:
+    """A mean per arm (policy = every unit outside the holdout) and their difference with its interval.
+    None where a figure is undefined (an empty arm, or one unit for a variance)."""
+
+    policy: float | None
+    holdout: float | None
+    difference: float | None
+    low: float | None
+    high: float | None
+    se: float | None
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``estimate`` = incremental numerator / incremental denominator, with a delta-method interval."""
+
+    estimate: float | None
+    low: float | None
+    high: float | None
+    se: float | None
+
+
+@dataclass(frozen=True)
+class GuardrailCheck:
+    """A spec guardrail's mean per arm against its bounds; ``breached`` judges the policy arm's mean."""
+
+    name: str
+    min: float | None
+    max: float | None
+    effect: Effect
+    breached: bool | None
+
+
+@dataclass(frozen=True)
+class BudgetUse:
+    """A spec budget: mean use per eligible unit (both arms, as served) against ``max_per_unit``, the total
+    against ``limit`` (= max_per_unit x units), the increment over the holdout and what one unit of
+    incremental objective cost (incremental use / incremental objective)."""
+
+    name: str
+    max_per_unit: float
+    per_unit: float | None
+    total: float
+    limit: float
+    within: bool | None
+    incremental: Effect
+    per_incremental_objective: Ratio
+
+
+@dataclass(frozen=True)
+class ServiceLevels:
+    """SLOs from the decision log: latency percentiles (ms, 1% resolution) and the share over
+    ``serving.latency_budget_ms``, among decisions with a logged ``latency_ms``; the fallback rate
+    (``assignment`` = fallback) and the error rate (a ``fallback_reason`` that mentions an error: the model
+    or service failed, rather than a context the contract refused), among all decisions; and the serving
+    cost per 1,000 decisions, mean latency priced at ``serving.cost_per_serving_hour`` (None without it)."""
+
+    decisions: int
+    latency_logged: int
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    over_latency_budget: float | None
+    fallback_rate: float | None
+    error_rate: float | None
+    cost_per_1000: float | None
+
+
+@dataclass(frozen=True)
+class SampleRatio:
+    """Units per arm against the spec's holdout share: chi-square statistic, p-value, and ``mismatch``
+    when the p-value is below ``monitoring.srm_alpha``. A unit counts once, on the day of its first
+    decision as of T and in its cohorts then: a day's figure is about the units first seen that day."""
+
+    holdout_units: int
+    policy_units: int
+    expected_share: float
+    observed_share: float | None
+    chi2: float | None
+    p_value: float | None
+    mismatch: bool | None
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Decisions received as of T (mature + immature), eligible ones, and the outcome rows behind the
+    figures: joined (mature, inside the horizon), late (joined but received after the decision was
+    already mature), outside the horizon, and waiting on immature decisions."""
+
+    decisions: int
+    mature: int
+    immature: int
+    eligible: int
+    outcomes_joined: int
+    outcomes_late: int
+    outcomes_out_of_window: int
+    outcomes_of_immature: int
+
+
+@dataclass(frozen=True)
+class SliceEvaluation:
+    """Every figure for one slice: overall (``day`` and ``cohort`` None), one decision day, one cohort
+    value (``cohort``, ``value``), or one cohort value on one day.
+
+    ``units`` is the number of mature decisions of eligible units per arm, the denominators of the
+    per-unit means; ``outcomes`` gives each outcome component per arm (the leading indicators, such as the
+    redeemed rate); ``eligibility_coverage`` is the share of decisions whose unit is eligible and
+    ``treated_share`` the share of the policy arm's eligible decisions that got an action other than
+    control."""
+
+    day: date | None
+    cohort: str | None
+    value: str | None
+    counts: Counts
+    policy_units: int
+    holdout_units: int
+    north_star: Effect
+    north_star_unadjusted: Effect
+    outcomes: tuple[tuple[str, Effect], ...]
+    eligibility_coverage: float | None
+    treated_share: float | None
+    guardrails: tuple[GuardrailCheck, ...]
+    budgets: tuple[BudgetUse, ...]
+    service: ServiceLevels
+    sample_ratio: SampleRatio
+
+    def outcome(self, name: str) -> Effect:
+        for key, effect in self.outcomes:
+            if key == name:
+                return effect
+        raise UsageError(f"`name` must be an outcome of {[k for k, _ in self.outcomes]}, got {name!r}")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The KPI hierarchy as of ``as_of``; ``slices`` holds overall, by day, by cohort value and by both.
+
+    ``outcomes_waiting`` counts outcomes received by T that no decision has claimed yet,
+    ``outcomes_unattributed`` those quarantined because none ever did (both overall only).
+    """
+
+    as_of: datetime
+    horizon: timedelta
+    settle: timedelta
+    confidence: float
+    cohorts: tuple[str, ...]
+    covariates: tuple[str, ...]
+    outcomes_waiting: int
+    outcomes_unattributed: int
+    slices: tuple[SliceEvaluation, ...]
+
+    @property
+    def overall(self) -> SliceEvaluation:
+        return self.slice()
+
+    @property
+    def days(self) -> tuple[date, ...]:
+        return tuple(s.day for s in self.slices if s.day is not None and s.cohort is None)
+
+    def slice(self, *, day: date | None = None, cohort: str | None = None, value: str | None = None) -> SliceEvaluation:
+        """The slice for a day and/or a cohort value (none of them: overall)."""
+        if cohort is not None and cohort not in self.cohorts:
+            raise UsageError(f"`cohort` must be one of the evaluated cohorts {list(self.cohorts)}, got {cohort!r}")
+        if (cohort is None) != (value is None):
+            raise UsageError(f"`cohort` and `value` go together, got cohort={cohort!r}, value={value!r}")
+        for s in self.slices:
+            if s.day == day and s.cohort == cohort and s.value == value:
+                return s
+        raise UsageError(f"no decisions as of {self.as_of.isoformat()} for day={day}, cohort={cohort!r}, value={value!r}")
+
+    def by_day(self) -> tuple[SliceEvaluation, ...]:
+        return tuple(s for s in self.slices if s.day is not None and s.cohort is None)
+
+    def by_cohort(self, cohort: str, *, daily: bool = False) -> tuple[SliceEvaluation, ...]:
+        """The slices of every value of ``cohort`` (over the whole period, or per day with ``daily``)."""
+        if cohort not in self.cohorts:
+            raise UsageError(f"`cohort` must be one of the evaluated cohorts {list(self.cohorts)}, got {cohort!r}")
+        return tuple(s for s in self.slices if s.cohort == cohort and (s.day is not None) == daily)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (slice, figure): ``policy``, ``holdout``, ``difference``, ``low``, ``high`` and
+        ``bound`` (a guardrail's or budget's limit), for reports and alert rules."""
+        rows: list[dict[str, Any]] = []
+        for s in self.slices:
+            key = {"day": s.day, "cohort": s.cohort, "value": s.value}
+
+            def add(figure: str, e: Effect | None = None, bound: float | None = None, **values: Any) -> None:
+                row = {**key, "figure": figure, "policy": None, "holdout": None, "difference": None, "low": None,
+                       "high": None, "bound": bound}
+                if e is not None:
+                    row.update(policy=e.policy, holdout=e.holdout, difference=e.difference, low=e.low, high=e.high)
+                row.update(values)
+                rows.append(row)
+
+            add("north_star", s.north_star)
+            add("north_star_unadjusted", s.north_star_unadjusted)
+            for name, e in s.outcomes:
+                add(f"outcome:{name}", e)
+            for g in s.guardrails:
+                add(f"guardrail:{g.name}", g.effect, g.max if g.max is not None else g.min)
+            for b in s.budgets:
+                add(f"budget:{b.name}", b.incremental, b.max_per_unit)
+                r = b.per_incremental_objective
+                add(f"cost_per_incremental_objective:{b.name}", difference=r.estimate, low=r.low, high=r.high)
+            add("eligibility_coverage", difference=s.eligibility_coverage)
+            add("treated_share", difference=s.treated_share)
+            for name in ("latency_p50", "latency_p95", "latency_p99", "over_latency_budget", "fallback_rate",
+                         "error_rate", "cost_per_1000"):
+                add(f"slo:{name}", difference=getattr(s.service, name))
+            add("srm_p_value", difference=s.sample_ratio.p_value, bound=None)
+        return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------- SQL
+@dataclass(frozen=True)
+class _Metric:
+    """A per-decision figure; ``column`` indexes the distinct SQL expressions (a guardrail on an outcome
+    shares that outcome's column); ``exact`` when its values are whole numbers, whose double sums are exact."""
+
+    kind: str  # objective / outcome / guardrail / budget
+    name: str
+    sql: str
+    column: int
+    exact: bool
+
+
+def _ts(moment: datetime) -> str:
+    return f"CAST('{moment.isoformat(sep=' ')}' AS TIMESTAMPTZ)"
+
+
+def _interval(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    text = str(int(seconds)) if seconds == int(seconds) else f"{seconds:.6f}"
+    return f"INTERVAL '{text}' SECOND"
+
+
+def _dsum(expr: str) -> str:
+    """An exact (hence order-independent) sum of a DECIMAL expression, returned as a double."""
+    return f"CAST(SUM({expr}) AS DOUBLE)"
+
+
+def _wide(expr: str) -> str:
+    """A DECIMAL operand widened so that its product with another stays exact (no int64 overflow)."""
+    return f"CAST({expr} AS DECIMAL(38, 6))"
+
+
+def _count(expr: str) -> str:
+    return f"CAST(SUM({expr}) AS BIGINT)"
+
+
+def _metrics(spec: Spec) -> list[_Metric]:
+    whole = {n for n, o in spec.model.outcomes.items() if o.type in ("binary", "count") or o.aggregate == "count"}
+    items = [("objective", spec.model.objective.name, formula_sql(spec.objective))]
+    items += [("outcome", name, name) for name in spec.outcomes]
+    items += [("guardrail", g.name, formula_sql(f)) for g, f in spec.guardrails]
+    items += [("budget", b.name, formula_sql(f)) for b, f in spec.budgets]
+    columns: dict[str, int] = {}
+    out = []
+    for kind, name, sql in items:
+        column = columns.setdefault(sql, len(columns)) if kind != "objective" else columns.setdefault(sql, 0)
+        out.append(_Metric(kind, name, sql, column, sql in whole))
+    return out
+
+
+def _needed_columns(spec: Spec, cohorts: Sequence[str], covariates: Sequence[str]) -> list[str]:
+    """Decision columns the formulas, cohorts and covariates read (outcomes come from the join)."""
+    names: set[str] = set(cohorts) | set(covariates)
+    formulas = [spec.objective, *(f for _, f in spec.guardrails), *(f for _, f in spec.budgets)]
+    if spec.unit_eligibility is not None:
+        formulas.append(spec.unit_eligibility)
+    for f in formulas:
+        names |= set(f.variables)
+    return sorted(names - set(spec.outcomes))
+
+
+def _decisions_cte(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str]) -> str:
+    control = spec.control.id.replace("'", "''")
+    eligible = condition_sql(spec.unit_eligibility) if spec.unit_eligibility is not None else "TRUE"
+    budget = spec.model.serving.latency_budget_ms
+    cohort_cols = "".join(f", CAST({c} AS VARCHAR) AS {c}" for c in cohorts)
+    extra = [c for c in _needed_columns(spec, cohorts, covariates) if c not in cohorts]
+    extra_cols = "".join(f", {c}" for c in extra)
+    return f"""
+        d AS (
+            SELECT request_id, unit_id, decided_at, CAST(decided_at AS DATE) AS day{cohort_cols}{extra_cols},
+                   CASE WHEN assignment = 'holdout' THEN 1 ELSE 0 END AS holdout,
+                   CASE WHEN decided_at <= {_ts(as_of - spec.horizon - spec.settle)} THEN 1 ELSE 0 END AS mature,
+                   CASE WHEN {eligible} THEN 1 ELSE 0 END AS eligible,
+                   CASE WHEN action_id <> '{control}' THEN 1 ELSE 0 END AS treated,
+                   CASE WHEN assignment = 'fallback' THEN 1 ELSE 0 END AS fallback,
+                   CASE WHEN LOWER(fallback_reason) LIKE '%error%' THEN 1 ELSE 0 END AS error,
+                   latency_ms,
+                   CASE WHEN latency_ms > {float(budget)!r} THEN 1 ELSE 0 END AS over_budget
+            FROM decisions
+            WHERE received_at <= {_ts(as_of)}
+        )"""
+
+
+_AGG = {"max": "MAX({v})", "count": "COUNT({v})", "last": "MAX_BY({v}, o.occurred_at)"}
+
+
+def _component(name: str, aggregate: str) -> str:
+    """One outcome component's aggregate over a decision's outcomes inside its horizon."""
+    v = f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN o.value END"
+    if aggregate == "sum":
+        return _dsum(f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN CAST(o.value AS {_DECIMAL}) END") + f" AS {name}"
+    return _AGG[aggregate].format(v=v) + f" AS {name}"
+
+
+def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str],
+                 metrics: Sequence[_Metric]) -> str:
+    horizon, wait = _interval(spec.horizon), _interval(spec.horizon + spec.settle)
+    comps = ",\n                   ".join(_component(name, o.aggregate) for name, o in spec.model.outcomes.items())
+    coalesced = ", ".join(f"COALESCE(a.{name}, 0.0) AS {name}" for name in spec.outcomes)
+    keys = ", ".join(["day", *cohorts, "holdout"])
+    me = "mature = 1 AND eligible = 1"
+    distinct = {m.column: m for m in metrics}
+    values = ",\n                   ".join(
+        [f"CASE WHEN {me} THEN {m.sql if m.exact else f'CAST({m.sql} AS {_DECIMAL})'} END AS m{k}" for k, m in distinct.items()]
+        + [f"CASE WHEN {me} THEN CAST(COALESCE({c}, 0) AS {_DECIMAL}) END AS x{j}" for j, c in enumerate(covariates)]
+    )
+    sums = [
+        "CAST(COUNT(*) AS BIGINT) AS decisions",
+        _count("mature") + " AS mature",
+        _count("eligible") + " AS eligible",
+        _count(f"CASE WHEN {me} THEN 1 ELSE 0 END") + " AS n",
+        _count("eligible * treated") + " AS treated",
+        _count("fallback") + " AS fallback",
+        _count("error") + " AS error",
+        "CAST(COUNT(latency_ms) AS BIGINT) AS latency_n",
+        _dsum(f"CAST(latency_ms AS {_DECIMAL})") + " AS latency_sum",
+        _count("over_budget") + " AS over_budget",
+        _count("mature * n_in") + " AS joined",
+        _count("mature * n_late") + " AS late",
+        _count("mature * n_out") + " AS out_of_window",
+        _count("(1 - mature) * n_all") + " AS of_immature",
+    ]
+    for k, m in distinct.items():
+        if m.exact:
+            sums += [f"SUM(m{k}) AS s{k}", f"SUM(m{k} * m{k}) AS q{k}"]
+        else:
+            sums += [_dsum(f"m{k}") + f" AS s{k}", _dsum(f"{_wide(f'm{k}')} * m{k}") + f" AS q{k}"]
+
+    def dec(k: int) -> str:
+        return f"CAST(m{k} AS {_DECIMAL})" if distinct[k].exact else f"m{k}"
+
+    for k in sorted({m.column for m in metrics if m.kind == "budget"}):
+        sums.append(_dsum(f"{_wide(dec(0))} * {dec(k)}") + f" AS c{k}")
+    for j in range(len(covariates)):
+        sums += [_dsum(f"x{j}") + f" AS x{j}", _dsum(f"{_wide(f'x{j}')} * {dec(0)}") + f" AS xy{j}"]
+        for k in range(j, len(covariates)):
+            sums.append(_dsum(f"{_wide(f'x{j}')} * x{k}") + f" AS xx{j}_{k}")
+    select = ",\n               ".join(sums)
+    return f"""
+        WITH {_decisions_cte(spec, as_of, cohorts, covariates).strip()},
+        k AS (SELECT request_id, decided_at FROM decisions WHERE received_at <= {_ts(as_of)}),
+        o AS (
+            SELECT o.request_id, o.component, o.value, o.occurred_at,
+                   CASE WHEN o.occurred_at >= k.decided_at AND o.occurred_at < k.decided_at + {horizon}
+                        THEN 1 ELSE 0 END AS in_window,
+                   CASE WHEN o.received_at > k.decided_at + {wait} THEN 1 ELSE 0 END AS late
+            FROM outcomes o JOIN k ON o.request_id = k.request_id
+            WHERE o.received_at <= {_ts(as_of)}
+        ),
+        a AS (
+            SELECT o.request_id,
+                   {comps},
+                   SUM(o.in_window) AS n_in, SUM(o.in_window * o.late) AS n_late,
+                   SUM(1 - o.in_window) AS n_out, COUNT(*) AS n_all
+            FROM o GROUP BY o.request_id
+        ),
+        j AS (
+            SELECT d.*, {coalesced},
+                   COALESCE(a.n_in, 0) AS n_in, COALESCE(a.n_late, 0) AS n_late,
+                   COALESCE(a.n_out, 0) AS n_out, COALESCE(a.n_all, 0) AS n_all
+            FROM d LEFT JOIN a ON a.request_id = d.request_id
+        ),
+        v AS (
+            SELECT j.*,
+                   {values}
+            FROM j
+        )
+        SELECT {keys},
+               {select}
+        FROM v
+        GROUP BY {keys}
+        ORDER BY {keys}
+        """
+
+
+def _latency_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
+    keys = ", ".join(["day", *cohorts, "bin"])
+    cohort_cols = "".join(f", CAST({c} AS VARCHAR) AS {c}" for c in cohorts)
+    return f"""
+        WITH h AS (
+            SELECT CAST(decided_at AS DATE) AS day{cohort_cols},
+                   CAST(FLOOR(LN(GREATEST(latency_ms, 0.001)) * {LATENCY_BINS_PER_E}) AS BIGINT) AS bin
+            FROM decisions
+            WHERE received_at <= {_ts(as_of)} AND latency_ms IS NOT NULL
+        )
+        SELECT {keys}, CAST(COUNT(*) AS BIGINT) AS count FROM h GROUP BY {keys} ORDER BY {keys}
+        """
+
+
+def _units_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
+    """Units per arm, each counted once: on the day of its first decision, in its cohorts then. These
+    counts add up across days and cohorts, so every slice's sample ratio is a sum of these rows."""
+    firsts = "".join(f", MIN_BY(CAST({c} AS VARCHAR), decided_at) AS {c}" for c in cohorts)
+    keys = ", ".join(["day", *cohorts, "holdout"])
+    return f"""
+        WITH u AS (
+            SELECT unit_id, CAST(MIN(decided_at) AS DATE) AS day{firsts},
+                   MAX(CASE WHEN assignment = 'holdout' THEN 1 ELSE 0 END) AS holdout
+            FROM decisions
+            WHERE received_at <= {_ts(as_of)}
+            GROUP BY unit_id
+        )
+        SELECT {keys}, CAST(COUNT(*) AS BIGINT) AS units FROM u GROUP BY {keys} ORDER BY {keys}
+        """
+
+
+def _extent_sql(as_of: datetime) -> str:
+    return f"""
+        SELECT (SELECT MIN(received_at) FROM decisions) AS first_received,
+               (SELECT CAST(COUNT(*) AS BIGINT) FROM outcomes_pending WHERE received_at <= {_ts(as_of)}) AS waiting,
+               (SELECT CAST(COUNT(*) AS BIGINT) FROM quarantine
+                 WHERE table_name = 'outcomes' AND source = 'attribution' AND quarantined_at <= {_ts(as_of)}) AS unattributed
+        """
+
+
+def evaluation_queries(spec: Spec, as_of: datetime, cohorts: Sequence[str] | None = None) -> dict[str, str]:
+    """The SQL texts the evaluation runs (DuckDB dialect, portable subset), by name; for transpiling."""
+    as_of = as_utc(as_of, name="as_of")
+    chosen = _cohorts(spec, cohorts)
+    covariates = _covariates(spec)
+    return {
+        "moments": _moments_sql(spec, as_of, chosen, covariates, _metrics(spec)),
+        "latency": _latency_sql(spec, as_of, chosen),
+        "units": _units_sql(spec, as_of, chosen),
+        "extent": _extent_sql(as_of),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _cohorts(spec: Spec, cohorts: Sequence[str] | None) -> tuple[str, ...]:
+    if cohorts is None:
+        return tuple(spec.model.cohorts)
+    if isinstance(cohorts, str):
+        raise UsageError(f"`cohorts` must be a list of cohort names, got the string {cohorts!r}")
+    unknown = [c for c in cohorts if c not in spec.model.cohorts]
+    if unknown:
+        raise UsageError(f"`cohorts` must be among the spec's cohorts {list(spec.model.cohorts)}, got {unknown}")
+    return tuple(dict.fromkeys(cohorts))
+
+
+def _covariates(spec: Spec) -> tuple[str, ...]:
+    names = tuple(spec.model.monitoring.covariates)
+    features = spec.model.context.features
+    bad = [n for n in names if n not in features or features[n].type not in ("integer", "float", "boolean")]
+    if bad:
+        numeric = sorted(n for n, f in features.items() if f.type in ("integer", "float", "boolean"))
+        raise SpecError(f"`monitoring.covariates` must name numeric context features of {numeric}, got {bad}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def _mean_var(n: float, s: float, q: float) -> tuple[float | None, float | None]:
+    if n < 1:
+        return None, None
+    mean = float(s) / float(n)
+    if n < 2:
+        return mean, None
+    return mean, max(q - s * s / n, 0.0) / (n - 1)
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _welch(m1: float | None, v1: float | None, n1: float, m0: float | None, v0: float | None, n0: float,
+           level: float) -> Effect:
+    m1, v1, m0, v0 = _float(m1), _float(v1), _float(m0), _float(v0)
+    n1, n0 = float(n1), float(n0)
+    if m1 is None or m0 is None:
+        return Effect(m1, m0, None, None, None, None)
+    diff = m1 - m0
+    if v1 is None or v0 is None:
+        return Effect(m1, m0, diff, None, None, None)
+    a, b = v1 / n1, v0 / n0
+    se = math.sqrt(a + b)
+    if se == 0.0:
+        return Effect(m1, m0, diff, diff, diff, 0.0)
+    df = (a + b) ** 2 / ((a * a / (n1 - 1) if a else 0.0) + (b * b / (n0 - 1) if b else 0.0))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return Effect(m1, m0, diff, diff - half, diff + half, se)
+
+
+def _effect(arms: tuple[pd.Series, pd.Series], i: int, level: float) -> Effect:
+    p, h = arms
+    mp, vp = _mean_var(p["n"], p[f"s{i}"], p[f"q{i}"])
+    mh, vh = _mean_var(h["n"], h[f"s{i}"], h[f"q{i}"])
+    return _welch(mp, vp, p["n"], mh, vh, h["n"], level)
+
+
+def _cuped(arms: tuple[pd.Series, pd.Series], p_cov: int, level: float) -> Effect:
+    """Objective difference adjusted by the pooled within-arm regression on the covariates."""
+    if p_cov == 0 or min(arms[0]["n"], arms[1]["n"]) < 2:
+        return _effect(arms, 0, level)
+    centred = []
+    for a in arms:
+        n = a["n"]
+        sx = np.array([a[f"x{j}"] for j in range(p_cov)])
+        sxx = np.empty((p_cov, p_cov))
+        for j in range(p_cov):
+            for k in range(j, p_cov):
+                sxx[j, k] = sxx[k, j] = a[f"xx{j}_{k}"]
+        sxy = np.array([a[f"xy{j}"] for j in range(p_cov)])
+        xbar, ybar = sx / n, a["s0"] / n
+        cxx = sxx - n * np.outer(xbar, xbar)
+        cxy = sxy - n * xbar * ybar
+        cyy = max(a["q0"] - n * ybar * ybar, 0.0)
+        centred.append((n, xbar, ybar, cxx, cxy, cyy))
+    pooled_xx = centred[0][3] + centred[1][3]
+    pooled_xy = centred[0][4] + centred[1][4]
+    theta = np.linalg.lstsq(pooled_xx, pooled_xy, rcond=None)[0]
+    n_all = centred[0][0] + centred[1][0]
+    xbar_all = (centred[0][0] * centred[0][1] + centred[1][0] * centred[1][1]) / n_all
+    means, variances = [], []
+    for n, xbar, ybar, cxx, cxy, cyy in centred:
+        means.append(float(ybar - theta @ (xbar - xbar_all)))
+        variances.append(max(float(cyy - 2 * theta @ cxy + theta @ cxx @ theta), 0.0) / (n - 1))
+    return _welch(means[0], variances[0], centred[0][0], means[1], variances[1], centred[1][0], level)
+
+
+def _ratio(arms: tuple[pd.Series, pd.Series], i: int, level: float) -> Ratio:
+    """(mean_p(b) - mean_h(b)) / (mean_p(y) - mean_h(y)) with the delta method's variance."""
+    p, h = arms
+    if min(p["n"], h["n"]) < 2:
+        return Ratio(None, None, None, None)
+    db = p[f"s{i}"] / p["n"] - h[f"s{i}"] / h["n"]
+    dy = p["s0"] / p["n"] - h["s0"] / h["n"]
+    if dy == 0.0:
+        return Ratio(None, None, None, None)
+    r = db / dy
+    var_b = var_y = cov = 0.0
+    for a in arms:
+        n = a["n"]
+        var_b += (a[f"q{i}"] - a[f"s{i}"] ** 2 / n) / (n - 1) / n
+        var_y += (a["q0"] - a["s0"] ** 2 / n) / (n - 1) / n
+        cov += (a[f"c{i}"] - a[f"s{i}"] * a["s0"] / n) / (n - 1) / n
+    var_r = max(var_b - 2 * r * cov + r * r * var_y, 0.0) / (dy * dy)
+    se = math.sqrt(var_r)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    return Ratio(float(r), float(r - z * se), float(r + z * se), se)
+
+
+def _percentile(bins: np.ndarray, counts: np.ndarray, q: float) -> float | None:
+    """The q-quantile (NumPy's linear definition) of values known only by their log-scale bin: each order
+    statistic is placed inside its bin (spread evenly on the log scale), so it, and the interpolation
+    between two of them, is at most one bin width (1%) off the exact figure."""
+    total = int(counts.sum())
+    if total == 0:
+        return None
+    cum = np.cumsum(counts)
+
+    def order_statistic(rank: int) -> float:
+        at = int(np.searchsorted(cum, rank, side="right"))
+        before = cum[at - 1] if at else 0
+        return math.exp((bins[at] + (rank - before + 0.5) / counts[at]) / LATENCY_BINS_PER_E)
+
+    rank = q * (total - 1)
+    low = int(math.floor(rank))
+    lo = order_statistic(low)
+    if low + 1 >= total:
+        return lo
+    return lo + (rank - low) * (order_statistic(low + 1) - lo)
+
+
+def _share(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den else None
+
+
+def _sample_ratio(holdout_units: int, policy_units: int, share: float, alpha: float) -> SampleRatio:
+    total = holdout_units + policy_units
+    if total == 0 or share <= 0.0:
+        return SampleRatio(holdout_units, policy_units, share, _share(holdout_units, total), None, None, None)
+    expected = np.array([share, 1.0 - share]) * total
+    observed = np.array([holdout_units, policy_units], dtype=np.float64)
+    chi2 = float(np.sum((observed - expected) ** 2 / expected))
+    p = float(stats.chi2.sf(chi2, df=1))
+    return SampleRatio(holdout_units, policy_units, share, holdout_units / total, chi2, p, p < alpha)
+
+
+# ---------------------------------------------------------------------------------------------- assembly
+def _groups(frame: pd.DataFrame, keys: list[str]) -> Iterator[tuple[tuple[Any, ...], pd.DataFrame]]:
+    if frame.empty:
+        return
+    if not keys:
+        yield (), frame
+        return
+    for key, part in frame.groupby(keys, dropna=False, sort=True):
+        yield (key if isinstance(key, tuple) else (key,)), part
+
+
+def _slice_keys(cohorts: Sequence[str]) -> list[tuple[str | None, str | None]]:
+    """(day or None, cohort or None) pairs: overall, by day, by cohort, by day and cohort."""
+    return [(None, None), ("day", None), *((None, c) for c in cohorts), *(("day", c) for c in cohorts)]
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.date()
+    return value
+
+
+def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = None, confidence: float = 0.95) -> Evaluation:
+    """Evaluate what the serving system did, as of ``as_of``: the KPI hierarchy of the store's spec,
+    overall, by decision day, by each cohort value and by both (see the module docstring).
+
+    ``cohorts`` restricts the breakdown to some of the spec's cohorts (default: all of them).
+    """
+    spec = store.spec
+    as_of = as_utc(as_of, name="as_of")
+    if not 0 < confidence < 1:
+        raise UsageError(f"`confidence` must be in (0, 1), got {confidence}")
+    chosen = _cohorts(spec, cohorts)
+    covariates = _covariates(spec)
+    metrics = _metrics(spec)
+
+    extent = store.arrow(_extent_sql(as_of)).to_pylist()[0]
+    first = extent["first_received"]
+    if first is None:
+        raise DataError("the store must hold decisions to evaluate, got none")
+    if as_utc(first, name="first_received") > as_of:
+        raise UsageError(f"`as_of` must be at or after the first decision's arrival ({first.isoformat()}), got {as_of.isoformat()}")
+
+    moments = store.arrow(_moments_sql(spec, as_of, chosen, covariates, metrics)).to_pandas()
+    latency = store.arrow(_latency_sql(spec, as_of, chosen)).to_pandas()
+    units = store.arrow(_units_sql(spec, as_of, chosen)).to_pandas()
+    value_cols = [c for c in moments.columns if c not in ("day", *chosen, "holdout")]
+    moments[value_cols] = moments[value_cols].astype(np.float64).fillna(0.0)
+
+    exp = spec.model.experimentation
+    monitoring = spec.model.monitoring
+    cost_rate = spec.model.serving.cost_per_serving_hour
+    slices: list[SliceEvaluation] = []
+    for day_key, cohort in _slice_keys(chosen):
+        keys = [k for k in (day_key, cohort) if k is not None]
+        hist = {k: part for k, part in _groups(latency, keys)}
+        unit_groups = {k: part for k, part in _groups(units, keys)}
+        for key, part in _groups(moments, keys):
+            arm_rows = part.groupby("holdout")[value_cols].sum().reindex([0, 1], fill_value=0.0)
+            policy, holdout = arm_rows.iloc[0], arm_rows.iloc[1]
+            both = policy + holdout
+            arms = (policy, holdout)
+            named = dict(zip(keys, key, strict=True))
+            day = _plain(named.get("day"))
+            value = _plain(named.get(cohort)) if cohort is not None else None
+
+            outcomes = tuple((m.name, _effect(arms, m.column, confidence)) for m in metrics if m.kind == "outcome")
+            guardrails = []
+            budgets = []
+            for m in metrics:
+                i = m.column
+                if m.kind == "guardrail":
+                    g = next(g for g, _ in spec.guardrails if g.name == m.name)
+                    e = _effect(arms, i, confidence)
+                    breached = None if e.policy is None else bool(
+                        (g.max is not None and e.policy > g.max) or (g.min is not None and e.policy < g.min))
+                    guardrails.append(GuardrailCheck(g.name, g.min, g.max, e, breached))
+                elif m.kind == "budget":
+                    b = next(b for b, _ in spec.budgets if b.name == m.name)
+                    per_unit = _share(both[f"s{i}"], both["n"])
+                    budgets.append(BudgetUse(
+                        b.name, b.max_per_unit, per_unit, float(both[f"s{i}"]), b.max_per_unit * float(both["n"]),
+                        None if per_unit is None else per_unit <= b.max_per_unit,
+                        _effect(arms, i, confidence), _ratio(arms, i, confidence)))
+
+            h = hist.get(key)
+            if h is not None:
+                per_bin = h.groupby("bin")["count"].sum().sort_index()
+                bins, counts = per_bin.index.to_numpy(), per_bin.to_numpy()
+            else:
+                bins, counts = np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+            latency_n = int(both["latency_n"])
+            service = ServiceLevels(
+                decisions=int(both["decisions"]),
+                latency_logged=latency_n,
+                latency_p50=_percentile(bins, counts, 0.50),
+                latency_p95=_percentile(bins, counts, 0.95),
+                latency_p99=_percentile(bins, counts, 0.99),
+                over_latency_budget=_share(both["over_budget"], latency_n),
+                fallback_rate=_share(both["fallback"], both["decisions"]),
+                error_rate=_share(both["error"], both["decisions"]),
+                cost_per_1000=None if cost_rate is None or not latency_n
+                else float(both["latency_sum"]) / latency_n / 3_600_000.0 * cost_rate * 1000.0,
+            )
+            u = unit_groups.get(key)
+            held = int(u.loc[u["holdout"] == 1, "units"].sum()) if u is not None else 0
+            served = int(u.loc[u["holdout"] == 0, "units"].sum()) if u is not None else 0
+
+            counts_value = Counts(
+                decisions=int(both["decisions"]), mature=int(both["mature"]),
+                immature=int(both["decisions"] - both["mature"]), eligible=int(both["eligible"]),
+                outcomes_joined=int(both["joined"]), outcomes_late=int(both["late"]),
+                outcomes_out_of_window=int(both["out_of_window"]), outcomes_of_immature=int(both["of_immature"]),
+            )
+            slices.append(SliceEvaluation(
+                day=day, cohort=cohort, value=value, counts=counts_value,
+                policy_units=int(policy["n"]), holdout_units=int(holdout["n"]),
+                north_star=_cuped(arms, len(covariates), confidence),
+                north_star_unadjusted=_effect(arms, 0, confidence),
+                outcomes=outcomes,
+                eligibility_coverage=_share(both["eligible"], both["decisions"]),
+                treated_share=_share(policy["treated"], policy["eligible"]),
+                guardrails=tuple(guardrails), budgets=tuple(budgets), service=service,
+                sample_ratio=_sample_ratio(held, served, exp.holdout_share, monitoring.srm_alpha),
+            ))
+    return Evaluation(
+        as_of=as_of, horizon=spec.horizon, settle=spec.settle, confidence=confidence, cohorts=chosen,
+        covariates=covariates, outcomes_waiting=int(extent["waiting"]), outcomes_unattributed=int(extent["unattributed"]),
+        slices=tuple(slices),
+    )
