@@ -464,6 +464,131 @@ def decide(
                   f"{fallbacks} rows broke the contract and got the fallback action")
 
 
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _effect_row(label: str, e: object) -> list[str]:
+    g = lambda name: getattr(e, name)  # noqa: E731
+    interval = "-" if g("low") is None else f"[{g('low'):+.4g}, {g('high'):+.4g}]"
+    diff = "-" if g("difference") is None else f"{g('difference'):+.4g}"
+    return [label, _fmt(g("policy")), _fmt(g("holdout")), diff, interval]
+
+
+def _print_evaluation(evaluation: object, cohorts: bool) -> None:
+    from drivetrain.evaluate import Evaluation
+
+    assert isinstance(evaluation, Evaluation)
+    s = evaluation.overall
+    c = s.counts
+    console.print(f"as of {evaluation.as_of.isoformat()}: {c.decisions} decisions = {c.mature} mature + {c.immature} immature"
+                  f" (immature ones are not counted); {c.eligible} eligible; outcomes joined {c.outcomes_joined}, late"
+                  f" {c.outcomes_late}, outside the horizon {c.outcomes_out_of_window}, of immature decisions"
+                  f" {c.outcomes_of_immature}; waiting for a decision {evaluation.outcomes_waiting}, unattributed"
+                  f" {evaluation.outcomes_unattributed}")
+    table = Table(title=f"per eligible unit: policy arm ({s.policy_units} units) vs holdout ({s.holdout_units} units)")
+    for column in ("figure", "policy", "holdout", "difference", f"{100 * evaluation.confidence:.0f}% interval"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    table.add_row(*_effect_row("north star (incremental objective)", s.north_star))
+    for name, e in s.outcomes:
+        table.add_row(*_effect_row(f"outcome {name}", e))
+    for g in s.guardrails:
+        bound = f"<= {g.max:g}" if g.max is not None else f">= {g.min:g}"
+        table.add_row(*_effect_row(f"guardrail {g.name} ({bound}){' BREACHED' if g.breached else ''}", g.effect))
+    for b in s.budgets:
+        table.add_row(*_effect_row(f"budget {b.name} (<= {b.max_per_unit:g} per unit)", b.incremental))
+    console.print(table)
+    v = s.service
+    sr = s.sample_ratio
+    console.print(f"eligibility coverage {_fmt(s.eligibility_coverage)}, treated share {_fmt(s.treated_share)}; latency p50 {_fmt(v.latency_p50)}"
+                  f" p95 {_fmt(v.latency_p95)} p99 {_fmt(v.latency_p99)} ms, fallback rate {_fmt(v.fallback_rate)}, error rate"
+                  f" {_fmt(v.error_rate)}, cost per 1,000 decisions {_fmt(v.cost_per_1000)}; sample ratio: holdout share"
+                  f" {_fmt(sr.observed_share)} vs {sr.expected_share:g} (p = {_fmt(sr.p_value, 3)}){' MISMATCH' if sr.mismatch else ''}")
+    for b in s.budgets:
+        r = b.per_incremental_objective
+        console.print(f"{b.name}: {_fmt(b.per_unit)} per unit, total {b.total:.6g} of {b.limit:.6g};"
+                      f" per unit of incremental objective {_fmt(r.estimate)} [{_fmt(r.low)}, {_fmt(r.high)}]")
+    if cohorts:
+        t = Table(title="by cohort: north star and guardrails (policy arm)")
+        for column in ("cohort", "units", "north star", "interval", *(g.name for g in s.guardrails)):
+            t.add_column(column, justify="left" if column == "cohort" else "right")
+        for name in evaluation.cohorts:
+            for cs in evaluation.by_cohort(name):
+                ns = cs.north_star
+                t.add_row(f"{name}={cs.value}", str(cs.policy_units + cs.holdout_units),
+                          "-" if ns.difference is None else f"{ns.difference:+.4g}",
+                          "-" if ns.low is None else f"[{ns.low:+.4g}, {ns.high:+.4g}]",
+                          *(f"{_fmt(g.effect.policy)}{' !' if g.breached else ''}" for g in cs.guardrails))
+        console.print(t)
+
+
+@app.command()
+def evaluate(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    as_of: Annotated[str | None, typer.Option(help="Evaluate as of this time (ISO 8601, UTC); default now. Same T, same figures.")] = None,
+    cohorts: Annotated[bool, typer.Option(help="Also print every cohort value.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Write every figure of every slice (day, cohort) to .csv or .parquet.")] = None,
+) -> None:
+    """The KPI hierarchy as of a time: north star vs holdout, leading indicators, guardrails, budgets, SLOs, sample ratio."""
+    from drivetrain.data import open_store
+    from drivetrain.evaluate import evaluate as run_evaluation
+    from drivetrain.spec import load_spec
+
+    target = open_store(store, load_spec(spec))
+    evaluation = run_evaluation(target, _parse_time(as_of, "as_of"))
+    _print_evaluation(evaluation, cohorts)
+    if out is not None:
+        frame = evaluation.to_frame()
+        if out.suffix.lower() == ".csv":
+            frame.to_csv(out, index=False)
+        elif out.suffix.lower() == ".parquet":
+            frame.to_parquet(out, index=False)
+        else:
+            raise UsageError(f"`out` must end in .csv or .parquet, got {out.name!r}")
+        console.print(f"wrote {len(frame)} figures to {out}")
+
+
+@app.command()
+def monitor(
+    spec: Annotated[Path, typer.Option(help="The spec file (its monitoring.alerts are the rules).")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    as_of: Annotated[str | None, typer.Option(help="Check as of this time (ISO 8601, UTC); default now.")] = None,
+    window_days: Annotated[float, typer.Option(min=0.01, help="Drift window: decisions of the last N days before --as-of.")] = 1.0,
+    policy_version: Annotated[str | None, typer.Option(help="Baselines to compare with; default: the version that made most decisions in the window.")] = None,
+) -> None:
+    """Evaluate, measure drift and judge the spec's alert rules; fired alerts are stored. Exit code 1 when one fired."""
+    from drivetrain.data import open_store
+    from drivetrain.evaluate import check_alerts, measure_drift, store_alerts
+    from drivetrain.evaluate import evaluate as run_evaluation
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    target = open_store(store, loaded)
+    moment = _parse_time(as_of, "as_of")
+    start = moment - timedelta(days=window_days)
+    evaluation = run_evaluation(target, moment)
+    version = policy_version
+    if version is None:
+        counts = target.query(
+            f"SELECT policy_version, COUNT(*) AS n FROM decisions WHERE decided_at >= TIMESTAMP '{start.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+            f" AND decided_at < TIMESTAMP '{moment.strftime('%Y-%m-%d %H:%M:%S.%f')}' AND policy_version IN"
+            " (SELECT DISTINCT policy_version FROM baselines) GROUP BY 1 ORDER BY 2 DESC, 1")
+        version = str(counts["policy_version"].iloc[0]) if len(counts) else None
+    drift = measure_drift(target, version, start=start, end=moment, as_of=moment) if version is not None else None
+    alerts = check_alerts(loaded, evaluation=evaluation, drift=drift, store=target, as_of=moment)
+    new = store_alerts(target, alerts, fired_at=SystemClock().now())
+    ns = evaluation.overall.north_star
+    console.print(f"as of {moment.isoformat()}: north star {_fmt(ns.difference)} [{_fmt(ns.low)}, {_fmt(ns.high)}];"
+                  f" drift against {version or 'no baselines'}: {0 if drift is None else int(drift.table['flagged'].sum())} flagged rows;"
+                  f" {len(loaded.model.monitoring.alerts)} rules")
+    for alert in alerts:
+        console.print(f"ALERT {alert.rule} ({alert.kind}): {alert.message}")
+    console.print(f"{len(alerts)} alerts fired ({new} new in the store)" if alerts else "no alert fired")
+    if alerts:
+        raise typer.Exit(1)
+
+
 class Fsync(str, Enum):
     always = "always"
     rotate = "rotate"

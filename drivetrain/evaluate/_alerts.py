@@ -2,8 +2,8 @@
 
 Five kinds of rule, each a sentence a person can act on:
 
-* ``metric_drop``: a figure of the evaluation (``north_star``, ``outcome:redeemed``, ...) has been more
-  than ``drop_pct`` % below its median of the previous ``window_days`` days on each of the last
+* ``metric_drop``: a figure of the evaluation (``north_star``, ``outcome:redeemed``, ...; its
+  ``difference`` against the holdout, or the ``policy`` arm's level) has been more than ``drop_pct`` % below its median of the previous ``window_days`` days on each of the last
   ``for_days`` days, overall or (``cohort: any``) in some cohort value;
 * ``latency``: the ``percentile`` of the logged decision latency was above ``above_ms`` for
   ``for_minutes`` consecutive minutes within the last ``lookback_hours``;
@@ -70,7 +70,7 @@ def _slices(evaluation: Evaluation, cohort: str | None) -> list[tuple[str | None
 
 def _metric_drop(rule: AlertRule, evaluation: Evaluation, frame: pd.DataFrame) -> list[Alert]:
     out = []
-    column = "difference"
+    column = rule.arm
     for cohort, value in _slices(evaluation, rule.cohort):
         rows = frame[(frame["figure"] == rule.figure) & frame["day"].notna()]
         rows = rows[(rows["cohort"].isna() if cohort is None else (rows["cohort"] == cohort) & (rows["value"] == value))]

@@ -193,6 +193,7 @@ class AlertRule(_Value):
     name: Name
     kind: Literal["metric_drop", "latency", "drift", "guardrail", "sample_ratio"]
     figure: str = "north_star"
+    arm: Literal["difference", "policy"] = "difference"
     drop_pct: Annotated[float, Field(gt=0)] = 20.0
     window_days: Annotated[int, Field(ge=3)] = 30
     for_days: Annotated[int, Field(ge=1)] = 2

@@ -1,0 +1,154 @@
+"""Alert rules on the twin's 7-day configuration and on hand-built logs; the monitor command."""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from drivetrain.cli import app
+from drivetrain.clock import SimulatedClock
+from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store, ingest_decisions, ingest_outcomes, training_table, write_baselines
+from drivetrain.evaluate import check_alerts, evaluate, measure_drift, store_alerts
+from drivetrain.spec import Spec, parse_spec
+from drivetrain.twin import NBOOTwin, Scenario
+
+RULES = [
+    {"name": "drift", "kind": "drift", "feature": "*", "psi_above": 0.2},
+    {"name": "guardrails", "kind": "guardrail", "cohort": "any"},
+    {"name": "srm", "kind": "sample_ratio"},
+    {"name": "redeemed_drop", "kind": "metric_drop", "figure": "outcome:redeemed", "arm": "policy", "drop_pct": 50, "for_days": 3},
+    {"name": "slow", "kind": "latency", "percentile": 95, "above_ms": 20, "for_minutes": 5},
+]
+
+
+def _with_rules(spec: Spec, rules: list[dict[str, Any]] = RULES) -> Spec:
+    raw = copy.deepcopy(spec.model.model_dump(mode="json"))
+    raw["monitoring"]["alerts"] = rules
+    return parse_spec(raw)
+
+
+def _served(contexts: pd.DataFrame, eligible: np.ndarray) -> np.ndarray:
+    probs = 0.3 * eligible / eligible.sum(axis=1, keepdims=True)
+    probs[:, 3] += 0.7  # mostly a 10% immediate discount
+    return probs
+
+
+def _run(twin: NBOOTwin, days: int, users: int) -> tuple[Store, SimulatedClock]:
+    spec = _with_rules(twin.spec)
+    store = MemoryStore(spec)
+    clock = SimulatedClock(twin.start + timedelta(days=days + 20))
+    for day in range(days):
+        d, o = twin.log(twin.population(users, day=day, offset=100_000 * day), day=day, policy=_served)
+        ingest_decisions(store, RawRows(d, (), f"d{day}"), clock=clock)
+        ingest_outcomes(store, RawRows(o, (), f"o{day}"), clock=clock)
+    reference = training_table(store, clock.now())[0].to_pandas()
+    reference = reference[reference["decided_at"] < twin.start + timedelta(days=2)]
+    columns = {n: ("feature", reference[n].to_numpy()) for n in spec.features if n not in spec.personal_features}
+    write_baselines(store, columns, version="v1", created_at=twin.start, cohorts={c: reference[c].to_numpy() for c in spec.model.cohorts})
+    return store, clock
+
+
+def _check(store: Store, twin: NBOOTwin, day: int) -> list[Any]:
+    end = twin.start + timedelta(days=day + 1)
+    as_of = end + twin.spec.horizon + twin.spec.settle  # the day's decisions are mature
+    drift = measure_drift(store, "v1", start=end - timedelta(days=1), end=end, as_of=as_of)
+    return check_alerts(store.spec, evaluation=evaluate(store, as_of), drift=drift, store=store, as_of=as_of)
+
+
+def test_45_quiet_days_raise_no_alert() -> None:
+    twin = NBOOTwin(horizon_days=7, seed=12)
+    store, _ = _run(twin, 45, 800)
+    for day in (20, 35, 44):
+        assert _check(store, twin, day) == [], day
+
+
+def test_a_covariate_shift_fires_the_drift_alert_of_that_feature_within_two_days() -> None:
+    scenario = Scenario(shift_feature="dwell_time_s", shift_factor=1.6, shift_day=6)
+    twin = NBOOTwin(horizon_days=7, seed=13, scenario=scenario)
+    store, _ = _run(twin, 9, 3000)
+    assert [a for a in _check(store, twin, 5) if a.kind == "drift"] == []
+    fired = [a for day in (6, 7) for a in _check(store, twin, day) if a.kind == "drift"]
+    assert fired and {a.subject.split(" ")[0] for a in fired} == {"dwell_time_s"}
+
+
+def _latency_store(spec: Spec, minutes_slow: int) -> MemoryStore:
+    store = MemoryStore(spec)
+    start = pd.Timestamp("2026-02-01T10:00:00Z")
+    n = 60 * 20  # 20 decisions a minute for an hour
+    rng = np.random.default_rng(0)
+    latency = rng.uniform(1.0, 5.0, n)
+    slow = (np.arange(n) // 20 >= 30) & (np.arange(n) // 20 < 30 + minutes_slow)
+    latency[slow] = rng.uniform(30.0, 40.0, slow.sum())
+    frame = NBOOTwin().population(n)
+    frame["request_id"] = [f"r{i}" for i in range(n)]
+    frame["decided_at"] = start + pd.to_timedelta(np.arange(n) * 3, unit="s")
+    frame["received_at"] = frame["decided_at"]
+    frame["action_id"] = spec.control.id
+    frame["propensity"] = 1.0
+    frame["latency_ms"] = latency
+    ingest_decisions(store, RawRows(frame, (), "hand"), clock=SimulatedClock(start.to_pydatetime() + timedelta(days=1)))
+    return store
+
+
+@pytest.mark.parametrize(("minutes_slow", "fires"), [(8, True), (3, False)])
+def test_latency_above_the_slo_for_n_minutes(minutes_slow: int, fires: bool) -> None:
+    spec = _with_rules(NBOOTwin().spec, [r for r in RULES if r["kind"] == "latency"])
+    store = _latency_store(spec, minutes_slow)
+    as_of = pd.Timestamp("2026-02-01T12:00:00Z").to_pydatetime()
+    alerts = check_alerts(spec, store=store, as_of=as_of)
+    assert bool(alerts) == fires
+    if fires:
+        assert "for 8 consecutive minutes" in alerts[0].message and alerts[0].value > 20
+
+
+def test_sample_ratio_mismatch_fires_and_alerts_are_stored_once(tmp_path: Path) -> None:
+    twin = NBOOTwin(horizon_days=7, seed=14)
+    spec = _with_rules(twin.spec, [r for r in RULES if r["kind"] == "sample_ratio"])
+    users = twin.population(6000)
+    decisions, _ = twin.log(users, policy=_served)
+    held = np.flatnonzero((decisions["assignment"] == "holdout").to_numpy())
+    store = ParquetStore(tmp_path / "store", spec, create=True)
+    clock = SimulatedClock(twin.start + timedelta(days=30))
+    ingest_decisions(store, RawRows(decisions.drop(index=held[::3]), (), "d"), clock=clock)
+    as_of = twin.start + timedelta(days=1)
+    alerts = check_alerts(spec, evaluation=evaluate(store, as_of))
+    assert [a.kind for a in alerts] == ["sample_ratio"]
+    assert store_alerts(store, alerts, fired_at=clock.now()) == 1
+    assert store_alerts(store, alerts, fired_at=clock.now()) == 0  # the same check again adds nothing
+    assert store.count("alerts") == 1
+    # the command: exit code 1 when an alert fired, the alert stored once
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model.model_dump(mode="json"), sort_keys=False))
+    result = CliRunner().invoke(app, ["monitor", "--spec", str(spec_file), "--store", str(tmp_path / "store"), "--as-of", as_of.isoformat()])
+    assert result.exit_code == 1, result.output
+    assert "ALERT srm (sample_ratio)" in result.output
+    assert store.count("alerts") == 1
+    healthy = ParquetStore(tmp_path / "healthy", spec, create=True)
+    ingest_decisions(healthy, RawRows(decisions, (), "d"), clock=clock)
+    result = CliRunner().invoke(app, ["monitor", "--spec", str(spec_file), "--store", str(tmp_path / "healthy"), "--as-of", as_of.isoformat()])
+    assert result.exit_code == 0 and "no alert fired" in result.output, result.output
+    result = CliRunner().invoke(app, ["evaluate", "--spec", str(spec_file), "--store", str(tmp_path / "healthy"), "--as-of", as_of.isoformat()])
+    assert result.exit_code == 0 and "north star" in result.output, result.output
+
+
+def test_rules_are_validated_against_the_spec() -> None:
+    from drivetrain.errors import SpecError
+
+    spec = NBOOTwin().spec
+    for rule, message in [
+        ({"name": "x", "kind": "metric_drop", "figure": "nonsense"}, "figure: must be one of"),
+        ({"name": "x", "kind": "drift", "feature": "shoe_size"}, "feature: must be '*'"),
+        ({"name": "x", "kind": "guardrail", "cohort": "planet"}, "cohort: must be 'any' or one of the cohorts"),
+    ]:
+        with pytest.raises(SpecError, match=message):
+            _with_rules(spec, [rule])
+    with pytest.raises(SpecError, match="names must be distinct"):
+        _with_rules(spec, [{"name": "a", "kind": "sample_ratio"}, {"name": "a", "kind": "guardrail"}])
