@@ -249,7 +249,7 @@ def _serve(twin: NBOOTwin, out: Path, console: Console, users: int = 1500) -> No
     counts = pd.Series([a["assignment"] for a in answers]).value_counts().to_dict()
     console.print(f"{len(answers)} decisions in {elapsed:.1f}s over HTTP (p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms"
                   f" as the checkout saw them); assignments: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    logged, _ = read_segments(sorted(service.log_dir.glob("*.jsonl")))
+    logged, _ = read_segments(sorted(service.log_dir.glob("*.jsonl")))  # segments first, then the store they move to
     decided = logged if len(logged) else pd.DataFrame(columns=["request_id", "unit_id", "decided_at", "action_id"])
     if service.store.joinpath("decisions").exists():
         stored = pd.read_parquet(service.store / "decisions", columns=["request_id", "unit_id", "decided_at", "action_id"])

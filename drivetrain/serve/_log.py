@@ -181,12 +181,17 @@ class CompactionReport:
 
 
 def read_segments(paths: list[Path]) -> tuple[pd.DataFrame, tuple[tuple[int, str, str], ...]]:
-    """Decision rows of closed segments; lines that do not parse are returned as unreadable (quarantined)."""
+    """Decision rows of segments; lines that do not parse are returned as unreadable (quarantined).
+    A segment that a compaction removed meanwhile is skipped: read the segments before the store."""
     rows: list[dict[str, Any]] = []
     unreadable: list[tuple[int, str, str]] = []
     number = 0
     for path in paths:
-        with path.open("rb") as handle:
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:  # compacted meanwhile: its rows are in the store now
+            continue
+        with handle:
             for raw in handle:
                 number += 1
                 try:
