@@ -24,6 +24,9 @@ from drivetrain.model._modeler import OutcomeModel, _Constant, _TwoStage
 
 __all__ = ["CompiledModel"]
 
+#: Link of a plain booster's objective: 0 identity, 1 logistic, 2 exp (log-link objectives).
+_LINKS = {"regression": 0, "cross_entropy": 1, "binary": 1, "gamma": 2, "poisson": 2, "tweedie": 2}
+
 
 @dataclass(frozen=True)
 class CompiledModel:
@@ -32,7 +35,7 @@ class CompiledModel:
     components: tuple[str, ...]
     n_folds: int
     forest: Forest
-    sigmoid: np.ndarray       # (C*F,) bool: slot's raw score goes through the logistic link
+    link: np.ndarray          # (C*F,) int: a slot's raw score goes through 0 identity, 1 logistic, 2 exp
     constant: np.ndarray      # (C*F,) float: value added to a slot (constant models)
     binary: np.ndarray        # (C,) bool: clip to [0, 1]
     mono_component: np.ndarray   # (M,) component of each monotone chain
@@ -52,7 +55,7 @@ class CompiledModel:
         folds = len(model.models_[comps[0]])
         actions = space.encode(np.arange(k)) if model.learner == "s" else np.zeros((k, 0))
         builder = ForestBuilder(len(model.encoder_.names), actions)
-        sigmoid = np.zeros(len(comps) * folds, dtype=bool)
+        link = np.zeros(len(comps) * folds, dtype=np.int64)
         constant = np.zeros(len(comps) * folds)
         for c, comp in enumerate(comps):
             for f, part in enumerate(model.models_[comp]):
@@ -68,13 +71,13 @@ class CompiledModel:
                             return None
                         builder.add(piece.base.model_to_string(), s, mode=BROADCAST)
                         builder.add(piece.effect.model_to_string(), s, mode=EVERY)
-                        sigmoid[s] = piece.binary
+                        link[s] = 1 if piece.binary else 2 if getattr(piece, "log_link", False) else 0
                     elif isinstance(piece, lgb.Booster):
                         objective = str(piece.params.get("objective", "")) or _objective(piece)
-                        if objective not in ("regression", "cross_entropy", "binary"):
+                        if objective not in _LINKS:
                             return None
                         builder.add(piece.model_to_string(), s, mode=mode, row=row)
-                        sigmoid[s] = objective != "regression"
+                        link[s] = _LINKS[objective]
                     elif isinstance(piece, _Constant):
                         if mode == ROW:
                             return None
@@ -118,7 +121,7 @@ class CompiledModel:
         order = np.zeros((len(monotone), width), dtype=np.int64)
         for m, (_, o, _) in enumerate(monotone):
             order[m, : len(o)] = o
-        return cls(comps, folds, builder.build(), sigmoid, constant, np.array([model.binary_[c] for c in comps]),
+        return cls(comps, folds, builder.build(), link, constant, np.array([model.binary_[c] for c in comps]),
                    np.array([c for c, _, _ in monotone], dtype=np.int64), order,
                    np.array([len(o) for _, o, _ in monotone], dtype=np.int64),
                    np.array([inc for _, _, inc in monotone], dtype=np.bool_),
@@ -128,13 +131,13 @@ class CompiledModel:
         """Expected value of each component for every action, for one encoded context ``x`` (d,)."""
         raw = self.forest.raw(x)
         mean = np.empty((raw.shape[0], len(self.components)))
-        _finish(raw, self.constant, self.sigmoid, self.binary, self.n_folds, self.mono_component, self.mono_order,
+        _finish(raw, self.constant, self.link, self.binary, self.n_folds, self.mono_component, self.mono_order,
                 self.mono_length, self.mono_increasing, self.gate_pairs, self.zeros, mean)
         return {comp: mean[None, :, c] for c, comp in enumerate(self.components)}
 
 
 @numba.njit(cache=True, nogil=True)
-def _finish(raw: np.ndarray, constant: np.ndarray, sigmoid: np.ndarray, binary: np.ndarray, folds: int,
+def _finish(raw: np.ndarray, constant: np.ndarray, link: np.ndarray, binary: np.ndarray, folds: int,
             mono_component: np.ndarray, mono_order: np.ndarray, mono_length: np.ndarray, mono_increasing: np.ndarray,
             gates: np.ndarray, zeros: np.ndarray, mean: np.ndarray) -> None:
     """The link, the monotone running max, the clip, structural zeros, the two-part products and the
@@ -146,7 +149,7 @@ def _finish(raw: np.ndarray, constant: np.ndarray, sigmoid: np.ndarray, binary: 
             for f in range(folds):
                 s = c * folds + f
                 v = raw[r, s] + constant[s]
-                value[r, c, f] = 1.0 / (1.0 + np.exp(-v)) if sigmoid[s] else v
+                value[r, c, f] = 1.0 / (1.0 + np.exp(-v)) if link[s] == 1 else np.exp(v) if link[s] == 2 else v
     for m in range(mono_component.shape[0]):
         c = mono_component[m]
         for f in range(folds):
