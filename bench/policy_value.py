@@ -4,8 +4,9 @@ For each seed: log 100k users with the uniform randomized policy, ingest them in
 training table, fit the Modeler, plan a policy (unconstrained, and under a budget of half the
 unconstrained oracle's promotion cost), and judge its decisions on a fresh population of 100k users by
 the twin's true expected values. Baselines measured in the same run: random, the best single action for
-everyone, and a plain LightGBM S-learner on the objective itself (as many trees as the two stages). Targets: at least 85% of
-the oracle's gain over control in both settings, and above the S-learner by more than the seed spread.
+everyone, and a plain LightGBM S-learner on the objective itself (twice --trees rounds, as many as a
+continuous component's two stages). Targets: at least 85% of the oracle's gain over control in both
+settings, and above the S-learner by more than the seed spread.
 
     python bench/policy_value.py            # 3 seeds x 100k logged / 100k evaluated
     python bench/policy_value.py --quick    # a small run, for the test suite
