@@ -11,6 +11,10 @@ guardrails are).
 Numeric levers declared ``monotone`` in the spec are enforced on the predictions by a running max (or min)
 along the lever with the other levers fixed (see docs/decisions.md for why not LightGBM's constraints).
 A component with ``given`` in the spec is a two-part model: E[c] = E[given] * E[c | given].
+A continuous component whose observed values are all positive (a basket given a purchase, a cost given
+a redemption) is fitted with a log link (gamma deviance), so that an offer that scales it is one split on
+the action rather than an interaction with every context split. The effect stage of a binary component
+gets twice the boosting rounds of its context stage (see docs/decisions.md for both measurements).
 
 With ``n_folds >= 2`` the models are cross-fitted (Chernozhukov et al. 2018): each fold's model predicts
 the rows it did not see, so the doubly robust pseudo-outcomes (Dudík et al. 2011)
@@ -56,22 +60,33 @@ class _Constant:
         return np.full(x.shape[0], self.value)
 
 
+#: LightGBM objectives whose raw score is the log of the prediction.
+LOG_LINK_OBJECTIVES = frozenset({"gamma", "poisson", "tweedie"})
+
+
 class _TwoStage:
     """S-learner in two stages: ``base`` learns the context alone, ``effect`` learns how the action moves
     the outcome starting from the base's raw score (LightGBM ``init_score``). Centering the outcome on
     the context first lets the trees spend their splits on the action's effect, where the decisions are
-    made (in the spirit of the R-learner, Nie & Wager 2021); measured in docs/decisions.md."""
+    made (in the spirit of the R-learner, Nie & Wager 2021); measured in docs/decisions.md.
+
+    The raw scores add on the link scale: logit for a binary outcome, log when the boosters were fitted
+    with a log-link objective (read from the booster, so a saved model needs no extra field), else the
+    identity."""
 
     def __init__(self, base: lgb.Booster, effect: lgb.Booster, context_columns: int, binary: bool) -> None:
         self.base = base
         self.effect = effect
         self.context_columns = context_columns
         self.binary = binary
+        self.log_link = not binary and str(effect.params.get("objective", "")) in LOG_LINK_OBJECTIVES
 
     def predict(self, x: np.ndarray, num_threads: int = 1) -> np.ndarray:
         raw = self.base.predict(x[:, : self.context_columns], raw_score=True, num_threads=num_threads)
         raw = np.asarray(raw, dtype=np.float64) + np.asarray(self.effect.predict(x, raw_score=True, num_threads=num_threads))
-        return 1.0 / (1.0 + np.exp(-raw)) if self.binary else raw
+        if self.binary:
+            return 1.0 / (1.0 + np.exp(-raw))
+        return np.exp(raw) if self.log_link else raw
 
 
 def _predict(model: Any, x: np.ndarray, num_threads: int = 1) -> np.ndarray:
@@ -101,11 +116,13 @@ class OutcomeModel:
         learner: Literal["s", "t"] = "s",
         n_folds: int = 3,
         n_estimators: int = 300,
+        effect_estimators: int | None = None,
         learning_rate: float = 0.05,
         num_leaves: int = 15,
         min_child_samples: int = 200,
         feature_fraction: float = 0.7,
         lambda_l2: float = 10.0,
+        log_link: bool = True,
         seed: int = 0,
         num_threads: int = 1,
         regressor: Any = None,
@@ -114,11 +131,13 @@ class OutcomeModel:
         self.learner = learner
         self.n_folds = n_folds
         self.n_estimators = n_estimators
+        self.effect_estimators = effect_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
         self.feature_fraction = feature_fraction
         self.lambda_l2 = lambda_l2
+        self.log_link = log_link
         self.seed = seed
         self.num_threads = num_threads
         self.regressor = regressor
@@ -133,12 +152,14 @@ class OutcomeModel:
         for name in ("n_estimators", "num_leaves", "min_child_samples", "num_threads"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"`{name}` must be >= 1, got {getattr(self, name)!r}")
+        if self.effect_estimators is not None and int(self.effect_estimators) < 1:
+            raise UsageError(f"`effect_estimators` must be >= 1 or None (the default rule), got {self.effect_estimators!r}")
         if not 0 < self.learning_rate <= 1:
             raise UsageError(f"`learning_rate` must be in (0, 1], got {self.learning_rate!r}")
 
-    def _lgbm_params(self, binary: bool) -> dict[str, Any]:
+    def _lgbm_params(self, objective: str) -> dict[str, Any]:
         params: dict[str, Any] = {
-            "objective": "cross_entropy" if binary else "regression",
+            "objective": objective,
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
             "min_data_in_leaf": self.min_child_samples,
@@ -153,6 +174,14 @@ class OutcomeModel:
         }
         return params
 
+    def _effect_rounds(self, binary: bool) -> int:
+        """Boosting rounds of the effect stage: ``effect_estimators``, else twice ``n_estimators`` for a
+        binary outcome (an offer moves purchase by a few points: its trees need more rounds than the
+        context's) and ``n_estimators`` for a continuous one (measured in docs/decisions.md)."""
+        if self.effect_estimators is not None:
+            return int(self.effect_estimators)
+        return 2 * int(self.n_estimators) if binary else int(self.n_estimators)
+
     def _fit_one(self, x: np.ndarray, y: np.ndarray, binary: bool, weight: np.ndarray | None = None, two_stage: bool = False) -> Any:
         if y.size == 0:
             return _Constant(0.0)
@@ -165,14 +194,18 @@ class OutcomeModel:
                 return model.fit(np.nan_to_num(x, nan=-1.0), (y > 0.5).astype(int), sample_weight=weight)
             return model.fit(np.nan_to_num(x, nan=-1.0), y, sample_weight=weight)
         categorical: list[int] | Literal["auto"] = self.encoder_.categorical_indices or "auto"
-        params = self._lgbm_params(binary)
+        # a positive continuous outcome (a basket, a cost) moves by a factor under an offer: one split on
+        # the action on the log scale, an interaction with every context split on the identity scale
+        log = not binary and self.log_link and bool(np.all(y > 0))
+        params = self._lgbm_params("cross_entropy" if binary else "gamma" if log else "regression")
         if not two_stage:
             return lgb.train(params, lgb.Dataset(x, label=y, weight=weight, categorical_feature=categorical), num_boost_round=self.n_estimators)
         d = len(self.encoder_.names)
         base = lgb.train(params, lgb.Dataset(x[:, :d], label=y, weight=weight, categorical_feature=categorical), num_boost_round=self.n_estimators)
         init = base.predict(x[:, :d], raw_score=True, num_threads=self.num_threads)
         data = lgb.Dataset(x, label=y, weight=weight, init_score=init, categorical_feature=categorical)
-        return _TwoStage(base, lgb.train(params, data, num_boost_round=self.n_estimators), d, binary)
+        rounds = self._effect_rounds(binary)
+        return _TwoStage(base, lgb.train(params, data, num_boost_round=rounds), d, binary)
 
     def fit(self, table: Table, spec: Spec) -> OutcomeModel:
         """Learn every outcome component from ``table`` (the training table of ``drivetrain join``)."""

@@ -101,6 +101,30 @@ def test_cross_fitted_pseudo_outcomes_are_unbiased_for_each_action(noisy) -> Non
     assert (std["purchase"] > 0).any()
 
 
+def test_positive_components_move_by_a_factor_on_the_log_scale(noisy, fresh) -> None:  # type: ignore[no-untyped-def]
+    """Gross profit given a purchase is the basket times the margin; an offer scales it (a discount's
+    basket is 4% larger, a bundle's 25% larger at a lower margin) by the same factor for every user.
+    The log link learns that factor (here from about 900 purchases per action, so within five points)."""
+    twin, table = noisy
+    users, truth = fresh
+    model = OutcomeModel(n_folds=0, n_estimators=60, learning_rate=0.1).fit(table, twin.spec)
+    gp, purchase = model.models_["gross_profit"][0], model.models_["purchase"][0]
+    assert gp.log_link and gp.effect.params["objective"] == "gamma" and gp.effect.num_trees() == 60
+    assert not purchase.log_link and purchase.effect.num_trees() == 120  # binary: twice the rounds
+    assert not OutcomeModel(n_folds=0, n_estimators=20, log_link=False).fit(table.head(5000), twin.spec).models_["gross_profit"][0].log_link
+    pred = model.predict_outcomes(users)
+    space = twin.spec.action_space
+    control = twin.spec.control.index
+    conditional = pred["gross_profit"] / pred["purchase"]
+    true_conditional = truth.components["gross_profit"] / truth.components["purchase"]
+    for action in ("discount-10-immediate", "bundle-0-immediate", "free_ship-0-delayed"):
+        j = space.index_of(action)
+        got = np.median(conditional[:, j] / conditional[:, control])
+        want = np.median(true_conditional[:, j] / true_conditional[:, control])
+        assert abs(got - want) < 0.05, (action, got, want)
+    assert np.corrcoef(conditional.ravel(), true_conditional.ravel())[0, 1] > 0.9
+
+
 def test_any_scikit_learn_estimator(noisy, fresh) -> None:  # type: ignore[no-untyped-def]
     twin, table = noisy
     users, truth = fresh
@@ -116,6 +140,8 @@ def test_bad_parameters_and_tables(noise_free) -> None:  # type: ignore[no-untyp
         OutcomeModel(learner="x").fit(table, twin.spec)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="`n_folds` must be 0"):
         OutcomeModel(n_folds=1).fit(table, twin.spec)
+    with pytest.raises(UsageError, match="`effect_estimators` must be >= 1 or None .*, got 0"):
+        OutcomeModel(effect_estimators=0).fit(table, twin.spec)
     with pytest.raises(DataError, match=r"training table must have columns \['refund'\]"):
         OutcomeModel().fit(table.drop(columns=["refund"]), twin.spec)
     broken = table.head(50).copy()
