@@ -227,48 +227,50 @@ def _serve(twin: NBOOTwin, out: Path, console: Console, users: int = 1500) -> No
     token = secrets.token_hex(16)
     service = ServiceProcess.start(spec_path, out / "policy", out / "serving", "--segment-age", "2", "--compact-every", "2",
                                    token=token, ready=True)
-    frame = NBOOTwin(seed=twin.seed + 2).population(users, offset=20_000_000)
-    bodies = [{"unit_id": r.pop("unit_id"), "context": {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}}
-              for r in frame.to_dict("records")]
-    latencies: list[float] = []
-    local = threading.local()
+    try:
+        frame = NBOOTwin(seed=twin.seed + 2).population(users, offset=20_000_000)
+        bodies = [{"unit_id": r.pop("unit_id"), "context": {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}}
+                  for r in frame.to_dict("records")]
+        latencies: list[float] = []
+        local = threading.local()
 
-    def ask(body: dict[str, object]) -> dict[str, object]:
-        if not hasattr(local, "client"):
-            local.client = service.client()  # one keep-alive connection per checkout thread
-        t = time.perf_counter()
-        answer = local.client.post("/v1/decide", json=body).json()
-        latencies.append(time.perf_counter() - t)
-        return dict(answer)
+        def ask(body: dict[str, object]) -> dict[str, object]:
+            if not hasattr(local, "client"):
+                local.client = service.client()  # one keep-alive connection per checkout thread
+            t = time.perf_counter()
+            answer = local.client.post("/v1/decide", json=body).json()
+            latencies.append(time.perf_counter() - t)
+            return dict(answer)
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(ask, bodies))
-    elapsed = time.perf_counter() - t0
-    ms = 1000 * np.array(latencies)
-    counts = pd.Series([a["assignment"] for a in answers]).value_counts().to_dict()
-    console.print(f"{len(answers)} decisions in {elapsed:.1f}s over HTTP (p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms"
-                  f" as the checkout saw them); assignments: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    logged, _ = read_segments(sorted(service.log_dir.glob("*.jsonl")))  # segments first, then the store they move to
-    decided = logged if len(logged) else pd.DataFrame(columns=["request_id", "unit_id", "decided_at", "action_id"])
-    if service.store.joinpath("decisions").exists():
-        stored = pd.read_parquet(service.store / "decisions", columns=["request_id", "unit_id", "decided_at", "action_id"])
-        decided = pd.concat([stored, decided[["request_id", "unit_id", "decided_at", "action_id"]]], ignore_index=True)
-    decided = decided.drop_duplicates("request_id").reset_index(drop=True)
-    decided["decided_at"] = pd.to_datetime(decided["decided_at"], utc=True, format="ISO8601")
-    outcomes = twin.respond(frame, decided)
-    headers = {"Authorization": f"Bearer {token}"}
-    sent = {"accepted": 0, "quarantined": 0}
-    with service.client() as client:
-        for start in range(0, len(outcomes), 5000):
-            chunk = outcomes.iloc[start:start + 5000].copy()
-            for col in ("occurred_at", "received_at"):
-                chunk[col] = chunk[col].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            rows = [{k: v for k, v in r.items() if v is not None and v == v} for r in chunk.to_dict("records")]
-            reply = client.post("/v1/outcomes", json={"outcomes": rows}, headers=headers).json()
-            sent["accepted"] += reply["accepted"]
-            sent["quarantined"] += reply["quarantined"]
-    service.stop(signal.SIGTERM)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(ask, bodies))
+        elapsed = time.perf_counter() - t0
+        ms = 1000 * np.array(latencies)
+        counts = pd.Series([a["assignment"] for a in answers]).value_counts().to_dict()
+        console.print(f"{len(answers)} decisions in {elapsed:.1f}s over HTTP (p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms"
+                      f" as the checkout saw them); assignments: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        logged, _ = read_segments(sorted(service.log_dir.glob("*.jsonl")))  # segments first, then the store they move to
+        decided = logged if len(logged) else pd.DataFrame(columns=["request_id", "unit_id", "decided_at", "action_id"])
+        if service.store.joinpath("decisions").exists():
+            stored = pd.read_parquet(service.store / "decisions", columns=["request_id", "unit_id", "decided_at", "action_id"])
+            decided = pd.concat([stored, decided[["request_id", "unit_id", "decided_at", "action_id"]]], ignore_index=True)
+        decided = decided.drop_duplicates("request_id").reset_index(drop=True)
+        decided["decided_at"] = pd.to_datetime(decided["decided_at"], utc=True, format="ISO8601")
+        outcomes = twin.respond(frame, decided)
+        headers = {"Authorization": f"Bearer {token}"}
+        sent = {"accepted": 0, "quarantined": 0}
+        with service.client() as client:
+            for start in range(0, len(outcomes), 5000):
+                chunk = outcomes.iloc[start:start + 5000].copy()
+                for col in ("occurred_at", "received_at"):
+                    chunk[col] = chunk[col].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                rows = [{k: v for k, v in r.items() if v is not None and v == v} for r in chunk.to_dict("records")]
+                reply = client.post("/v1/outcomes", json={"outcomes": rows}, headers=headers).json()
+                sent["accepted"] += reply["accepted"]
+                sent["quarantined"] += reply["quarantined"]
+    finally:
+        service.stop(signal.SIGTERM)  # the service never outlives the demo, whatever happened
     store = ParquetStore(service.store, spec)
     while compact(store, service.log_dir).segments:
         pass
