@@ -1,7 +1,8 @@
 """Latency of the decision service, over HTTP and in process, on the policy that bench/policy_value.py evaluates.
 
-Builds that policy (seed 0: 100k randomized logged users of the NBOO twin, 2 cross-fitted folds of
-150-round two-stage models, planned under half the unconstrained oracle's promotion cost), starts
+Builds that policy (seed 0: 100k randomized logged users of the NBOO twin, 3 cross-fitted folds of
+two-stage models with 150 context rounds (the Modeler's rule sets the effect rounds), planned under half
+the unconstrained oracle's promotion cost), starts
 `drivetrain serve` on a free local port, and drives POST /v1/decide with an open-loop load generator at
 fixed rates (each request is sent at its scheduled time, whatever the earlier ones are doing), with the
 durable decision log on and off. Prints p50 / p99 / p99.9 latency as the client saw it (JSON work and
@@ -137,8 +138,8 @@ def main() -> None:
         if policy_dir is None:
             policy_dir = work / "policy"
             t = time.perf_counter()
-            build_policy(policy_dir, n_log, trees, 0.1, 2)
-            print(f"built the policy of bench/policy_value.py (seed 0, {n_log} logged users, {trees} rounds x 2 stages x 2 folds) "
+            build_policy(policy_dir, n_log, trees, 0.1, 3)
+            print(f"built the policy of bench/policy_value.py (seed 0, {n_log} logged users, {trees} context rounds per component, 3 folds) "
                   f"in {time.perf_counter() - t:.0f} s")
         trees_total = sum(Path(p).read_text().count("\nTree=") for p in (policy_dir / "models").glob("*.txt"))
         print(f"policy: {trees_total} trees in {len(list((policy_dir / 'models').glob('*.txt')))} LightGBM models")
