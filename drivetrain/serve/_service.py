@@ -164,6 +164,9 @@ class Service:
                 self.start_compaction()
 
     def start_compaction(self) -> bool:
+        """Start `drivetrain compact` when closed segments wait and no compaction runs yet."""
+        if self.log is None or not any(self.config.log_dir.glob("*.closed.jsonl")):
+            return False
         if self._compactor is not None and self._compactor.poll() is None:
             return False
         self._compactor = subprocess.Popen(
