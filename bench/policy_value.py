@@ -55,15 +55,21 @@ def objective_s_learner(table: pd.DataFrame, spec, contexts: pd.DataFrame, trees
     return booster.predict(design, num_threads=threads).reshape(len(contexts), k)
 
 
-def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds: int, threads: int) -> dict[str, float]:
-    twin = NBOOTwin(seed=seed)
+def logged_store(twin: NBOOTwin, n_log: int) -> tuple[MemoryStore, SimulatedClock]:
+    """The twin's randomized log of ``n_log`` users, ingested; the clock stands after their outcomes matured."""
     spec = twin.spec
-    users = twin.population(n_log)
-    decisions, outcomes = twin.log(users)
+    decisions, outcomes = twin.log(twin.population(n_log))
     store = MemoryStore(spec)
     clock = SimulatedClock(twin.start + spec.horizon + spec.settle + timedelta(days=1))
     ingest_decisions(store, RawRows(decisions, (), "decisions"), clock=clock)
     ingest_outcomes(store, RawRows(outcomes, (), "outcomes"), clock=clock)
+    return store, clock
+
+
+def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds: int, threads: int) -> dict[str, float]:
+    twin = NBOOTwin(seed=seed)
+    spec = twin.spec
+    store, clock = logged_store(twin, n_log)
     t0 = time.perf_counter()
     model, table, _ = fit_model(store, clock.now(), OutcomeModel(n_folds=folds, n_estimators=trees, learning_rate=rate,
                                                                num_threads=threads, seed=seed))

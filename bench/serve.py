@@ -23,7 +23,7 @@ import argparse
 import asyncio
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,11 @@ import httpx
 import numpy as np
 
 from drivetrain.adapt import fit_model, plan_policy
-from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.serve import Decider, ServiceProcess
 from drivetrain.twin import NBOOTwin, oracle
+from policy_value import logged_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"
@@ -45,12 +44,7 @@ SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"
 def build_policy(directory: Path, n_log: int, trees: int, rate: float, folds: int) -> Policy:
     twin = NBOOTwin(seed=0)
     spec = twin.spec
-    users = twin.population(n_log)
-    decisions, outcomes = twin.log(users)
-    store = MemoryStore(spec)
-    clock = SimulatedClock(twin.start + spec.horizon + spec.settle + timedelta(days=1))
-    ingest_decisions(store, RawRows(decisions, (), "decisions"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "outcomes"), clock=clock)
+    store, clock = logged_store(twin, n_log)
     model, _, _ = fit_model(store, clock.now(), OutcomeModel(n_folds=folds, n_estimators=trees, learning_rate=rate, num_threads=2))
     population = NBOOTwin(seed=1000).population(min(n_log, 20_000), offset=50_000_000)
     truth = twin.truth(population)

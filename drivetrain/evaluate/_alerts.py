@@ -164,7 +164,8 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
             mean, n = g.effect.policy, s.policy_units
             if mean is None or n < 2:
                 continue
-            se = _binary_or_sample_se(g, mean, n)
+            p = min(max(mean, 0.0), 1.0)  # guardrails are rates: the binomial standard error
+            se = math.sqrt(max(p * (1 - p), 1e-12) / n)
             low, high = mean - z * se, mean + z * se
             crossed = (g.max is not None and low > g.max) or (g.min is not None and high < g.min)
             if crossed:
@@ -174,16 +175,6 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
                                  f"guardrail {g.name} crossed in {where}: policy arm mean {mean:.4g} (interval {low:.4g} to"
                                  f" {high:.4g}) against the bound {bound:g}", evaluation.as_of))
     return out
-
-
-def _binary_or_sample_se(g: object, mean: float, n: int) -> float:
-    """Standard error of the policy arm's mean: from its sample variance when the evaluation has it,
-    else the binomial one (guardrails are rates)."""
-    variance = getattr(getattr(g, "effect", None), "policy_variance", None)
-    if variance is not None and variance >= 0:
-        return math.sqrt(variance / n)
-    p = min(max(mean, 0.0), 1.0)
-    return math.sqrt(max(p * (1 - p), 1e-12) / n)
 
 
 def _sample_ratio(rule: AlertRule, evaluation: Evaluation) -> list[Alert]:
