@@ -230,16 +230,15 @@ class Policy:
             raise UsageError(f"policy directory must be empty or absent, got {str(directory)!r} with files")
         (directory / "models").mkdir(parents=True, exist_ok=True)
         model = self.model
-        files: dict[str, list[Any]] = {}
-        for comp, fold_models in model.models_.items():
-            files[comp] = []
-            for f, m in enumerate(fold_models):
-                parts = m if isinstance(m, list) else [m]
-                names = []
-                for j, part in enumerate(parts):
-                    rel = f"models/{comp}-f{f}" + (f"-a{j}" if isinstance(m, list) else "") + ".txt"
-                    names.append(_write_model(directory / rel, part))
-                files[comp].append(names if isinstance(m, list) else names[0])
+
+        def write(m: Any, stem: str) -> Any:
+            parts = m if isinstance(m, list) else [m]
+            names = [_write_model(directory / (stem + (f"-a{j}" if isinstance(m, list) else "") + ".txt"), part)
+                     for j, part in enumerate(parts)]
+            return names if isinstance(m, list) else names[0]
+
+        files = {comp: [write(m, f"models/{comp}-f{f}") for f, m in enumerate(folds)] for comp, folds in model.models_.items()}
+        final = {comp: write(m, f"models/{comp}-all") for comp, m in model.final_.items()}
         body = {
             "format": FORMAT,
             "version": self.version,
@@ -247,6 +246,7 @@ class Policy:
             "encoder": model.encoder_.to_json(),
             "components": list(model.components_),
             "models": files,
+            "final": final,
             "multipliers": dict(self.multipliers),
             "zero_actions": {c: list(v) for c, v in model.zero_actions_.items()},
             "exploration_rate": self.exploration_rate,
@@ -308,6 +308,7 @@ class Policy:
         model.oof_ = {}
         model.zero_actions_ = {c: [int(k) for k in v] for c, v in body.get("zero_actions", {}).items()}
         model.models_ = {comp: [_read_entry(directory, entry) for entry in folds] for comp, folds in body["models"].items()}
+        model.final_ = {comp: _read_entry(directory, entry) for comp, entry in body.get("final", {}).items()}
         return cls(spec, model, {k: float(v) for k, v in body["multipliers"].items()}, str(manifest["policy_version"]),
                    float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})))
 

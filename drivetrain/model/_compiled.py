@@ -4,7 +4,7 @@
 For one context at a time, :class:`CompiledModel` evaluates every tree of every fold and component in a
 single call of a compiled :class:`~drivetrain.model._forest.Forest`, then applies the same steps in
 NumPy: the link, the monotone running max, the clip, the two-part composition, structural zeros and the
-mean over folds. ``tests/model/test_compiled.py`` checks it equals ``predict_outcomes``.
+mean over folds (a model refitted on every row is compiled alone: it is what ``predict_outcomes`` uses). ``tests/model/test_compiled.py`` checks it equals ``predict_outcomes``.
 
 Models it cannot compile (scikit-learn estimators) make :meth:`CompiledModel.of` return ``None``; the
 caller then uses the batch path.
@@ -52,13 +52,15 @@ class CompiledModel:
         space = spec.action_space
         k = len(space)
         comps = tuple(model.components_)
-        folds = len(model.models_[comps[0]])
+        # the models refitted on every row are what predict_outcomes uses, when there are any
+        models = {c: [model.final_[c]] for c in comps} if model.final_ else model.models_
+        folds = len(models[comps[0]])
         actions = space.encode(np.arange(k)) if model.learner == "s" else np.zeros((k, 0))
         builder = ForestBuilder(len(model.encoder_.names), actions)
         link = np.zeros(len(comps) * folds, dtype=np.int64)
         constant = np.zeros(len(comps) * folds)
         for c, comp in enumerate(comps):
-            for f, part in enumerate(model.models_[comp]):
+            for f, part in enumerate(models[comp]):
                 s = builder.slot()
                 assert s == c * folds + f
                 pieces = part if isinstance(part, list) else [part]
@@ -84,7 +86,7 @@ class CompiledModel:
                         constant[s] += piece.value
                     else:
                         return None
-        if any(isinstance(p, list) and any(not isinstance(q, lgb.Booster) for q in p) for ps in model.models_.values() for p in ps):
+        if any(isinstance(p, list) and any(not isinstance(q, lgb.Booster) for q in p) for ps in models.values() for p in ps):
             return None
         monotone = []
         cols = space.lever_columns()

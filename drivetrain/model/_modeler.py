@@ -21,8 +21,9 @@ the rows it did not see, so the doubly robust pseudo-outcomes (Dudík et al. 201
 
     Gamma_ik = mu_k(x_i) + [a_i = k] / p_i * (y_i - mu_k(x_i))
 
-carry no overfitting bias; new contexts get the mean of the fold models, and their spread is a per
-(unit, action) uncertainty that pessimistic planning uses.
+carry no overfitting bias. With ``refit`` (the default) one more model per component is fitted on every
+row and predicts new contexts; without it they get the mean of the fold models. Either way the spread of
+the fold models is a per (unit, action) uncertainty that pessimistic planning uses.
 
 >>> from drivetrain.twin import NBOOTwin  # doctest: +SKIP
 """
@@ -123,6 +124,7 @@ class OutcomeModel:
         feature_fraction: float = 0.7,
         lambda_l2: float = 10.0,
         log_link: bool = True,
+        refit: bool = True,
         seed: int = 0,
         num_threads: int = 1,
         regressor: Any = None,
@@ -138,6 +140,7 @@ class OutcomeModel:
         self.feature_fraction = feature_fraction
         self.lambda_l2 = lambda_l2
         self.log_link = log_link
+        self.refit = refit
         self.seed = seed
         self.num_threads = num_threads
         self.regressor = regressor
@@ -237,6 +240,7 @@ class OutcomeModel:
         folds = max(1, self.n_folds)
         self.fold_ = rng.permutation(np.arange(n) % folds) if folds > 1 else np.zeros(n, dtype=np.int64)
         self.models_: dict[str, list[Any]] = {}
+        self.final_: dict[str, Any] = {}
         self.oof_: dict[str, np.ndarray] = {}
         counts = np.bincount(action, minlength=self.n_actions_)
         # structural zeros: a component never seen non-zero under an action with enough rows (no promotion
@@ -264,6 +268,10 @@ class OutcomeModel:
             self.models_[comp] = fold_models
             if folds > 1:
                 self.oof_[comp] = oof
+                if self.refit:  # every row: one model with all the data beats the mean of the fold models
+                    rows = np.ones(n, dtype=bool) if weight is None else weight > 0
+                    self.final_[comp] = self._fit_component(x[rows], action[rows], y[rows], comp,
+                                                            None if weight is None else weight[rows])
         if self.oof_:
             self.oof_ = self._compose(self.oof_)
         return self
@@ -348,14 +356,21 @@ class OutcomeModel:
     def predict_outcomes(self, contexts: pd.DataFrame | Mapping[str, Any], *, return_std: bool = False) -> Any:
         """Expected value of each component for every (unit, action): dict of (n, K) arrays.
 
-        With ``return_std``, also the spread of the cross-fitted models per (unit, action) (zeros
-        without cross-fitting), as a second dict.
+        The expectation comes from the models refitted on every row when there are any (``final_``),
+        else from the mean of the fold models. With ``return_std``, also the spread of the cross-fitted
+        models per (unit, action) (zeros without cross-fitting), as a second dict.
         """
         self._check_fitted()
         x = self.encoder_.transform(contexts)
+        final = self.final_
+        if final and not return_std:
+            return self._compose({c: self._predict_component(final[c], x, c) for c in self.components_})
         folds = len(next(iter(self.models_.values())))
         per_fold = [self._compose({c: self._predict_component(self.models_[c][f], x, c) for c in self.components_}) for f in range(folds)]
-        means = {c: np.mean([p[c] for p in per_fold], axis=0) for c in self.components_}
+        if final:
+            means = self._compose({c: self._predict_component(final[c], x, c) for c in self.components_})
+        else:
+            means = {c: np.mean([p[c] for p in per_fold], axis=0) for c in self.components_}
         if not return_std:
             return means
         stds = {c: np.std([p[c] for p in per_fold], axis=0, ddof=1) if folds > 1 else np.zeros_like(means[c]) for c in self.components_}

@@ -71,8 +71,8 @@ def test_forest_modes_broadcast_and_row() -> None:
         builder.add(text, s1, mode=ROW, row=3)
 
 
-@pytest.fixture(scope="module")
-def nboo_model() -> tuple[OutcomeModel, pd.DataFrame]:
+@pytest.fixture(scope="module", params=[True, False], ids=["refit", "fold-mean"])
+def nboo_model(request: pytest.FixtureRequest) -> tuple[OutcomeModel, pd.DataFrame]:
     twin = NBOOTwin(seed=5)
     users = twin.population(5000)
     decisions, _ = twin.log(users)
@@ -80,7 +80,8 @@ def nboo_model() -> tuple[OutcomeModel, pd.DataFrame]:
     action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
     for c in twin.spec.outcomes:
         decisions[c] = truth.components[c][np.arange(len(users)), action]
-    model = OutcomeModel(n_folds=2, n_estimators=25, min_child_samples=50).fit(decisions, twin.spec)
+    model = OutcomeModel(n_folds=2, n_estimators=25, min_child_samples=50, refit=request.param).fit(decisions, twin.spec)
+    assert bool(model.final_) is request.param
     features, _ = check_contexts(twin.spec, NBOOTwin(seed=6).population(400, offset=9_000_000))
     return model, features
 

@@ -164,3 +164,25 @@ def test_feature_encoder_round_trips_and_handles_unknowns(noise_free) -> None:  
     assert np.isnan(row["region"]) and row["tier"] == 2.0 and row["page_views_30d"] == 3.0
     with pytest.raises(DataError, match="must have the feature columns"):
         enc.transform({"region": ["north"]})
+
+
+def test_refit_predicts_with_the_model_on_every_row_and_keeps_the_fold_spread(noise_free, fresh) -> None:  # type: ignore[no-untyped-def]
+    twin, table = noise_free
+    users, _ = fresh
+    params = {"n_estimators": 30, "min_child_samples": 50}
+    table = table.head(6000)
+    crossed = OutcomeModel(n_folds=3, **params).fit(table, twin.spec)
+    whole = OutcomeModel(n_folds=0, **params).fit(table, twin.spec)
+    pooled = OutcomeModel(n_folds=3, refit=False, **params).fit(table, twin.spec)
+    assert set(crossed.final_) == set(twin.spec.outcomes) and not whole.final_ and not pooled.final_
+    means, stds = crossed.predict_outcomes(users, return_std=True)
+    _, pooled_stds = pooled.predict_outcomes(users, return_std=True)
+    expected = whole.predict_outcomes(users)
+    for c in twin.spec.outcomes:  # same rows, parameters and seed: the refitted model is the unfolded one
+        np.testing.assert_array_equal(crossed.predict_outcomes(users)[c], expected[c], err_msg=c)
+        np.testing.assert_array_equal(means[c], expected[c], err_msg=c)
+        np.testing.assert_array_equal(stds[c], pooled_stds[c], err_msg=c)  # the spread is the folds'
+    assert stds["purchase"].mean() > 0
+    # out-of-fold predictions of the training rows do not come from the refitted model
+    oof = crossed.training_predictions()["purchase"]
+    assert not np.allclose(oof, whole.training_predictions()["purchase"])
