@@ -61,6 +61,14 @@ class Metrics:
         self.outcomes = Counter("drivetrain_outcome_rows", "Outcome rows received, by result", ["result"], registry=self.registry)
         self.ready = Gauge("drivetrain_ready", "1 when a policy is loaded, 0 when degraded on the fallback", registry=self.registry)
         self.reloads = Counter("drivetrain_reloads", "Policy reloads, by result", ["result"], registry=self.registry)
+        self._stages: dict[str, Any] = {}
+
+    def stage(self, name: str) -> Any:
+        """The latency histogram of one stage (looked up once: ``labels`` takes a lock per call)."""
+        child = self._stages.get(name)
+        if child is None:
+            child = self._stages[name] = self.latency.labels(name)
+        return child
 
 
 class Service:
@@ -92,9 +100,9 @@ class Service:
     def _count(self, decision: Decision, log_s: float, total_s: float) -> None:
         m = self.metrics
         for stage, seconds in decision.timings.items():
-            m.latency.labels(stage).observe(seconds)
-        m.latency.labels("log").observe(log_s)
-        m.latency.labels("total").observe(total_s)
+            m.stage(stage).observe(seconds)
+        m.stage("log").observe(log_s)
+        m.stage("total").observe(total_s)
         r = decision.response
         m.decisions.labels(r["action_id"], r["assignment"]).inc()
         if r["assignment"] == "fallback":

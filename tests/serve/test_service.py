@@ -16,10 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.serve.service_helpers import TOKEN, Server, read_log, read_store, start_server
+from drivetrain.serve.app import DecideBatchResponse, DecideResponse
 from drivetrain.spec import holdout_draw, load_spec
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "nboo" / "drivetrain.yaml"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def doc_schema(client: Any, path: str) -> str:
+    """The name of the schema that the OpenAPI document gives for a route's 200 response."""
+    ref = client.get("/openapi.json").json()["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    return str(ref.rsplit("/", 1)[1])
 
 
 def test_decide_contract(server: Server, contexts: list[dict[str, Any]]) -> None:
@@ -30,6 +37,8 @@ def test_decide_contract(server: Server, contexts: list[dict[str, Any]]) -> None
         r = client.post("/v1/decide", json={"unit_id": unit, "context": ctx, "request_id": "contract-1"})
         assert r.status_code == 200, r.text
         body = r.json()
+        # the routes write their JSON directly: it must be exactly the documented response model
+        assert DecideResponse.model_validate(body).model_dump() == body
         assert body["request_id"] == "contract-1" and body["unit_id"] == unit
         assert body["action_id"] in spec.action_space.ids
         assert set(body["levers"]) == set(spec.action_space.levers)
@@ -40,6 +49,8 @@ def test_decide_contract(server: Server, contexts: list[dict[str, Any]]) -> None
                  for i, c in enumerate(contexts[:20])]
         rb = client.post("/v1/decide/batch", json={"requests": batch})
         assert rb.status_code == 200
+        assert DecideBatchResponse.model_validate(rb.json()).model_dump() == rb.json()
+        assert doc_schema(client, "/v1/decide") == "DecideResponse" and doc_schema(client, "/v1/decide/batch") == "DecideBatchResponse"
         singles = [client.post("/v1/decide", json=b).json() for b in batch]
         assert [d["action_id"] for d in rb.json()["decisions"]] == [d["action_id"] for d in singles]
         assert [d["propensity"] for d in rb.json()["decisions"]] == [d["propensity"] for d in singles]
