@@ -646,8 +646,12 @@ def compact(
     store: Annotated[Path, typer.Option(help="The store directory.")],
     log_dir: Annotated[Path, typer.Option(help="The decision log directory of `drivetrain serve`.")],
     quiet: Annotated[bool, typer.Option(help="Print nothing when there is nothing to do.")] = False,
+    nice: Annotated[int, typer.Option(min=0, max=19, help="Lower this process's CPU priority by N (the service "
+                                                          "starts its compactions with 10, so decisions keep the CPU).")] = 0,
 ) -> None:
     """Move the closed decision log segments into the store's decisions table (safe to run again)."""
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
     from drivetrain.data import open_store
     from drivetrain.serve import compact as compact_log
     from drivetrain.serve import recover

@@ -179,7 +179,7 @@ class Service:
             return False
         self._compactor = subprocess.Popen(
             [sys.executable, "-m", "drivetrain", "compact", "--spec", str(self.config.spec_path),
-             "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir), "--quiet"],
+             "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir), "--quiet", "--nice", "10"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
         return True
 
