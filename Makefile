@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench browser-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,5 +26,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/policy_value.py
 	$(BIN)/python bench/monitor.py
 
+# Renders a report of a small twin run in headless Chromium (Debian's package, installed when missing)
+# and fails on console errors or a figure that did not draw; output under browser-check/.
+browser-check: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	$(BIN)/python scripts/browser_check.py --out browser-check --screenshot
+
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache
+	rm -rf $(VENV) demo-out browser-check .pytest_cache .mypy_cache

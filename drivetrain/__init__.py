@@ -45,6 +45,8 @@ _EXPORTS = {
     "plan_policy": "drivetrain.adapt",
     "evaluate_on_logs": "drivetrain.adapt",
     "fixed_action": "drivetrain.adapt",
+    # the report
+    "write_report": "drivetrain.report",
     # the twin
     "NBOOTwin": "drivetrain.twin",
     "Scenario": "drivetrain.twin",

@@ -589,6 +589,28 @@ def monitor(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write (self-contained; opens offline).")] = Path("report.html"),
+    as_of: Annotated[str | None, typer.Option(help="Report as of this time (ISO 8601, UTC); default now. Same T, same file.")] = None,
+    drift_days: Annotated[float, typer.Option(min=0.01, help="Drift window: the last N days of decisions received by --as-of.")] = 1.0,
+    policy_version: Annotated[str | None, typer.Option(help="Baselines to compare with; default: the version that made most decisions in the window.")] = None,
+) -> None:
+    """Write the HTML report: north star by day, guardrails by cohort, drift, latency, budgets, alert timeline."""
+    from drivetrain.data import open_store
+    from drivetrain.report import write_report
+    from drivetrain.spec import load_spec
+
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"`out` must end in .html, got {out.name!r}")
+    target = open_store(store, load_spec(spec))
+    with console.status("evaluating and drawing"):
+        path = write_report(target, as_of=_parse_time(as_of, "as_of"), out=out, drift_days=drift_days, policy_version=policy_version)
+    console.print(f"wrote the report to {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB, opens offline)")
+
+
 class Fsync(str, Enum):
     always = "always"
     rotate = "rotate"
