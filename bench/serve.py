@@ -33,6 +33,7 @@ import numpy as np
 
 from drivetrain.adapt import fit_model, plan_policy
 from drivetrain.model import OutcomeModel
+from drivetrain.model._compiled import CompiledModel
 from drivetrain.policy import Policy
 from drivetrain.serve import Decider, ServiceProcess
 from drivetrain.twin import NBOOTwin, oracle
@@ -177,8 +178,10 @@ def main() -> None:
             build_policy(policy_dir, n_log, trees, 0.1, 3)
             print(f"built the policy of bench/policy_value.py (seed 0, {n_log} logged users, {trees} context rounds per component, 3 folds) "
                   f"in {time.perf_counter() - t:.0f} s")
-        trees_total = sum(Path(p).read_text().count("\nTree=") for p in (policy_dir / "models").glob("*.txt"))
-        print(f"policy: {trees_total} trees in {len(list((policy_dir / 'models').glob('*.txt')))} LightGBM models")
+        models = list((policy_dir / "models").glob("*.txt"))
+        compiled = CompiledModel.of(Policy.load(policy_dir).model)
+        print(f"policy: {sum(p.read_text().count(chr(10) + 'Tree=') for p in models)} trees in {len(models)} LightGBM models; "
+              f"a decision runs {compiled.forest.root.shape[0] if compiled else 'all'} of them")
         ctx = contexts(2000)
         bodies = [json.dumps({"unit_id": c["unit_id"], "context": {k: v for k, v in c.items() if k != "unit_id"}}).encode() for c in ctx]
 
