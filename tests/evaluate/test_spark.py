@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from drivetrain.data import training_table
+from drivetrain.data._store import _fetch
 from drivetrain.errors import UsageError
 from drivetrain.evaluate import drift_queries, evaluation_queries, to_spark_sql
 from drivetrain.evaluate._spark import QUERY_TABLES
@@ -135,7 +136,7 @@ def test_the_drift_count_queries_give_duckdbs_results_on_spark(spark: Any, loop_
     con.execute("SET TimeZone = 'UTC'")
     con.register("mature", mature)
     for name, sql in queries.items():
-        duck = loop.store.arrow(sql) if name == "decisions" else con.sql(sql).to_arrow_table()
+        duck = loop.store.arrow(sql) if name == "decisions" else _fetch(con, sql)
         assert duck.num_rows > 0, name
         assert_same(name, duck, spark.sql(translated[name]).toArrow())
     con.close()
