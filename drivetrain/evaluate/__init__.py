@@ -1,8 +1,8 @@
 """Evaluation of what the serving system did: the KPI hierarchy by day and cohort, drift against the
-fit-time baselines, and the spec's alert rules."""
+fit-time baselines, and the spec's alert rules; their SQL in Spark's dialect."""
 
 from drivetrain.evaluate._alerts import Alert, check_alerts, latency_by_minute, store_alerts
-from drivetrain.evaluate._drift import DRIFT_COLUMNS, DriftReport, measure_drift
+from drivetrain.evaluate._drift import DRIFT_COLUMNS, DriftReport, drift_queries, measure_drift
 from drivetrain.evaluate._kpi import (
     BudgetUse,
     Counts,
@@ -14,7 +14,9 @@ from drivetrain.evaluate._kpi import (
     ServiceLevels,
     SliceEvaluation,
     evaluate,
+    evaluation_queries,
 )
+from drivetrain.evaluate._spark import to_spark_sql
 
 __all__ = [
     "DRIFT_COLUMNS",
@@ -30,8 +32,11 @@ __all__ = [
     "ServiceLevels",
     "SliceEvaluation",
     "check_alerts",
+    "drift_queries",
     "evaluate",
+    "evaluation_queries",
     "latency_by_minute",
     "measure_drift",
     "store_alerts",
+    "to_spark_sql",
 ]

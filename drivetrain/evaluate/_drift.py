@@ -64,7 +64,7 @@ from drivetrain.clock import as_utc
 from drivetrain.data import Store, psi_cell_bins, training_table
 from drivetrain.errors import DataError, UsageError
 
-__all__ = ["DRIFT_COLUMNS", "DriftReport", "measure_drift"]
+__all__ = ["DRIFT_COLUMNS", "DriftReport", "drift_queries", "measure_drift"]
 
 #: Columns of :attr:`DriftReport.table`, in order.
 DRIFT_COLUMNS = (
@@ -338,6 +338,73 @@ def _local(table: pa.Table) -> Callable[[str], pd.DataFrame]:
     return run
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a drift measurement counts: the baselines' latest rows, their columns, the baseline's values of
+    each cohort and the window condition."""
+
+    start: datetime
+    end: datetime
+    as_of: datetime
+    baselines: pd.DataFrame
+    columns: tuple[_Column, ...]
+    cohort_values: dict[str, list[str]]
+    where: str
+
+    @property
+    def live(self) -> list[_Column]:
+        return [c for c in self.columns if c.role != "outcome"]
+
+    @property
+    def late(self) -> list[_Column]:
+        return [c for c in self.columns if c.role == "outcome"]
+
+    def queries(self) -> dict[str, str]:
+        out = {}
+        if self.live:
+            out["decisions"] = _counts_sql("decisions", self.where, self.live, self.cohort_values)
+        if self.late:
+            out["outcomes"] = _counts_sql("mature", self.where, self.late, self.cohort_values)
+        return out
+
+
+def _plan(store: Store, version: str, start: datetime, end: datetime, as_of: datetime | None,
+          cohorts: Sequence[str] | None) -> _Plan:
+    spec = store.spec
+    start, end = as_utc(start, name="start"), as_utc(end, name="end")
+    as_of = end if as_of is None else as_utc(as_of, name="as_of")
+    if not end > start:
+        raise UsageError(f"`end` must be after `start` ({start.isoformat()}), got {end.isoformat()}")
+    if isinstance(cohorts, str) or (cohorts is not None and any(c not in spec.model.cohorts for c in cohorts)):
+        raise UsageError(f"`cohorts` must be a list among the spec's cohorts {list(spec.model.cohorts)}, got {cohorts!r}")
+    baselines = _baselines(store, version)
+    columns = _columns(store, version, baselines)
+    per_cohort = baselines.dropna(subset=["cohort"])
+    known = {str(c): sorted(str(v) for v in values) for c, values in per_cohort.groupby("cohort")["cohort_value"].unique().items()}
+    if cohorts is None:
+        cohorts = [c for c in spec.model.cohorts if c in known]
+    elif any(c not in known for c in cohorts):
+        raise DataError(f"baselines of {version!r} must describe each requested cohort, got per-cohort rows for"
+                        f" {sorted(known)} and a request for {list(cohorts)}")
+    return _Plan(start, end, as_of, baselines, tuple(columns), {c: known[c] for c in cohorts}, _window(start, end, as_of))
+
+
+def drift_queries(
+    store: Store,
+    version: str,
+    *,
+    start: datetime,
+    end: datetime,
+    as_of: datetime | None = None,
+    cohorts: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """The count queries :func:`measure_drift` runs (DuckDB dialect, portable subset; see
+    :func:`drivetrain.evaluate.to_spark_sql`), by name: ``decisions`` reads the store's ``decisions``,
+    ``outcomes`` (when the baselines describe outcomes) a table ``mature`` holding the training table
+    (:func:`drivetrain.data.training_table` as of ``as_of``). Arguments as for :func:`measure_drift`."""
+    return _plan(store, version, start, end, as_of, cohorts).queries()
+
+
 def measure_drift(
     store: Store,
     version: str,
@@ -371,37 +438,21 @@ def measure_drift(
     True
     """
     spec = store.spec
-    start, end = as_utc(start, name="start"), as_utc(end, name="end")
-    as_of = end if as_of is None else as_utc(as_of, name="as_of")
-    if not end > start:
-        raise UsageError(f"`end` must be after `start` ({start.isoformat()}), got {end.isoformat()}")
-    if isinstance(cohorts, str) or (cohorts is not None and any(c not in spec.model.cohorts for c in cohorts)):
-        raise UsageError(f"`cohorts` must be a list among the spec's cohorts {list(spec.model.cohorts)}, got {cohorts!r}")
     psi_threshold = spec.model.monitoring.psi_threshold if psi_threshold is None else float(psi_threshold)
     alpha = spec.model.monitoring.alpha if alpha is None else float(alpha)
     if not psi_threshold > 0 or not 0 < alpha < 1:
         raise UsageError(f"`psi_threshold` must be > 0 and `alpha` in (0, 1), got {psi_threshold} and {alpha}")
-
-    baselines = _baselines(store, version)
-    columns = _columns(store, version, baselines)
-    per_cohort = baselines.dropna(subset=["cohort"])
-    known = {str(c): sorted(str(v) for v in values) for c, values in per_cohort.groupby("cohort")["cohort_value"].unique().items()}
-    if cohorts is None:
-        cohorts = [c for c in spec.model.cohorts if c in known]
-    elif any(c not in known for c in cohorts):
-        raise DataError(f"baselines of {version!r} must describe each requested cohort, got per-cohort rows for"
-                        f" {sorted(known)} and a request for {list(cohorts)}")
-    cohort_values = {c: known[c] for c in cohorts}
+    plan = _plan(store, version, start, end, as_of, cohorts)
+    start, end, as_of, baselines, cohort_values = plan.start, plan.end, plan.as_of, plan.baselines, plan.cohort_values
     cohorts = tuple(cohort_values)
-    where = _window(start, end, as_of)
-    live = [c for c in columns if c.role != "outcome"]
-    counts = store.query(_counts_sql("decisions", where, live, cohort_values)) if live else pd.DataFrame()
+    queries = plan.queries()
+    live, late = plan.live, plan.late
+    counts = store.query(queries["decisions"]) if live else pd.DataFrame()
     decisions = int(counts.loc[(counts["col"] == 0) & (counts["cohort"] == -1), "n"].sum()) if live else 0
     if live and decisions == 0:
         raise DataError(f"the window must hold decisions: decided_at in [{start.isoformat()}, {end.isoformat()})"
                         f" received by {as_of.isoformat()}, got 0")
     frames = [(live, counts)]
-    late = [c for c in columns if c.role == "outcome"]
     if late:
         table = training_table(store, as_of)[0] if outcomes is None else outcomes
         if isinstance(table, pd.DataFrame):
@@ -410,7 +461,7 @@ def measure_drift(
         missing = sorted(needed - set(table.column_names))
         if missing:
             raise DataError(f"`outcomes` must have columns {sorted(needed)}, got {table.column_names} (missing {missing})")
-        frames.append((late, _local(table)(_counts_sql("mature", where, late, cohort_values))))
+        frames.append((late, _local(table)(queries["outcomes"])))
 
     rows = []
     records: list[dict[str, Any]] = baselines.to_dict("records")  # type: ignore[assignment]

@@ -52,6 +52,7 @@ __all__ = [
     "ServiceLevels",
     "SliceEvaluation",
     "evaluate",
+    "evaluation_queries",
 ]
 
 #: Latency histogram resolution: bins of equal width on the log scale, 100 per factor e (1% wide).
@@ -305,8 +306,10 @@ def _dsum(expr: str) -> str:
 
 
 def _wide(expr: str) -> str:
-    """A DECIMAL operand widened so that its product with another stays exact (no int64 overflow)."""
-    return f"CAST({expr} AS DECIMAL(38, 6))"
+    """A DECIMAL(18, 6) operand widened so that its product with another DECIMAL(18, 6) is exact: DuckDB
+    computes it in 128 bits (DECIMAL(37, 12)), Spark as DECIMAL(38, 12) (a DECIMAL(38, 6) operand would
+    make Spark round the product to 6 decimals)."""
+    return f"CAST({expr} AS DECIMAL(19, 6))"
 
 
 def _count(expr: str) -> str:
@@ -361,15 +364,18 @@ def _decisions_cte(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariat
         )"""
 
 
-_AGG = {"max": "MAX({v})", "count": "COUNT({v})", "last": "MAX_BY({v}, o.occurred_at)"}
+#: ``last`` orders by a time that is NULL outside the component: Spark's MAX_BY, unlike DuckDB's, does not
+#: skip a NULL value, so ordering by ``occurred_at`` alone could pick another component's row.
+_AGG = {"max": "MAX({v})", "count": "COUNT({v})", "last": "MAX_BY({v}, CASE WHEN {c} THEN o.occurred_at END)"}
 
 
 def _component(name: str, aggregate: str) -> str:
     """One outcome component's aggregate over a decision's outcomes inside its horizon."""
-    v = f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN o.value END"
+    c = f"o.in_window = 1 AND o.component = '{name}'"
+    v = f"CASE WHEN {c} THEN o.value END"
     if aggregate == "sum":
         return _dsum(f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN CAST(o.value AS {_DECIMAL}) END") + f" AS {name}"
-    return _AGG[aggregate].format(v=v) + f" AS {name}"
+    return _AGG[aggregate].format(v=v, c=c) + f" AS {name}"
 
 
 def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str],
@@ -468,9 +474,11 @@ def _latency_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
 
 
 def _units_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
-    """Units per arm, each counted once: on the day of its first decision, in its cohorts then. These
-    counts add up across days and cohorts, so every slice's sample ratio is a sum of these rows."""
-    firsts = "".join(f", MIN_BY(CAST({c} AS VARCHAR), decided_at) AS {c}" for c in cohorts)
+    """Units per arm, each counted once: on the day of its first decision, in its cohorts then (a cohort
+    missing then takes the unit's first non-missing value). These counts add up across days and cohorts,
+    so every slice's sample ratio is a sum of these rows."""
+    firsts = "".join(f", MIN_BY(CAST({c} AS VARCHAR), CASE WHEN {c} IS NOT NULL THEN decided_at END) AS {c}"
+                     for c in cohorts)  # the first non-missing value: DuckDB's MIN_BY skips NULLs, Spark's does not
     keys = ", ".join(["day", *cohorts, "holdout"])
     return f"""
         WITH u AS (

@@ -24,6 +24,7 @@ from drivetrain.evaluate._kpi import evaluation_queries
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin
 from tests.data.conftest import T0, decision, outcome, rows
+from tests.evaluate.conftest import LoopStore
 
 H = timedelta(days=7)
 SETTLE = timedelta(days=1)
@@ -338,3 +339,55 @@ def test_the_queries_transpile_to_spark_sql(raw_spec: dict[str, Any]) -> None:
         upper = spark.upper()
         for duckdb_only in ("EPOCH_US", "QUANTILE_CONT", "TIMESTAMPTZ", "::"):
             assert duckdb_only not in upper, (name, duckdb_only)
+
+
+# ---------------------------------------------------------------------------------------------- the join, twice
+def test_the_evaluation_joins_outcomes_as_the_training_table_does(loop_store: LoopStore) -> None:
+    """The evaluation's SQL re-implements the outcome join of :func:`training_table` (attribution,
+    maturity, horizon, received_at <= T). On a store with late outcomes, outcomes outside the horizon,
+    immature decisions, rows received after T and outcomes attributed by unit, the per-arm means of every
+    outcome component and of the objective, overall and per day, are those of the training table's
+    eligible rows, and the counts are equal; the late outcomes are counted from the raw tables."""
+    store, as_of = loop_store.store, loop_store.as_of
+    spec = store.spec
+    ev = evaluate(store, as_of)
+    table, report = training_table(store, as_of)
+    frame = table.to_pandas()
+    columns = {c: frame[c].to_numpy() for c in frame.columns}
+    assert spec.unit_eligibility is not None
+    frame = frame[np.asarray(spec.unit_eligibility(columns), dtype=bool)].copy()
+    frame["objective"] = spec.objective({c: frame[c].to_numpy() for c in frame.columns})
+    frame["day"] = frame["decided_at"].dt.date
+    o = ev.overall
+    assert 0 < len(frame) == o.policy_units + o.holdout_units < o.counts.decisions
+    slices = [(o, frame), *((ev.slice(day=day), frame[frame["day"] == day]) for day in ev.days)]
+    for s, part in slices:
+        held = (part["assignment"] == "holdout").to_numpy()
+        assert (s.policy_units, s.holdout_units) == (int((~held).sum()), int(held.sum())), s.day
+        effects = [(name, s.outcome(name)) for name in spec.outcomes] + [("objective", s.north_star_unadjusted)]
+        for name, effect in effects:
+            for arm, mean in ((part[~held], effect.policy), (part[held], effect.holdout)):
+                if arm.empty:
+                    assert mean is None, (s.day, name)
+                    continue
+                assert mean is not None, (s.day, name)
+                assert mean == pytest.approx(arm[name].mean(), rel=1e-12, abs=1e-12), (s.day, name)
+                assert mean * len(arm) == pytest.approx(arm[name].sum(), rel=1e-12, abs=1e-9), (s.day, name)
+    assert [s.counts.mature == s.policy_units + s.holdout_units for s, _ in slices] == [True] * len(slices)
+    assert (o.counts.decisions, o.counts.mature, o.counts.immature) == (report.decisions, report.mature, report.immature)
+    assert (o.counts.outcomes_joined, o.counts.outcomes_out_of_window, o.counts.outcomes_of_immature) == (
+        report.outcomes_joined, report.outcomes_out_of_window, report.outcomes_of_immature)
+    assert ev.outcomes_waiting == report.outcomes_waiting > 0
+    # late outcomes: joined, of a mature decision, received after it became mature
+    decisions = store.query("SELECT request_id, decided_at, received_at FROM decisions")
+    outcomes = store.query("SELECT request_id, occurred_at, received_at FROM outcomes")
+    t = pd.Timestamp(as_of)
+    joined = outcomes[outcomes["received_at"] <= t].merge(
+        decisions[decisions["received_at"] <= t], on="request_id", suffixes=("", "_decision"))
+    wait = spec.horizon + spec.settle
+    inside = (joined["occurred_at"] >= joined["decided_at"]) & (joined["occurred_at"] < joined["decided_at"] + spec.horizon)
+    mature = joined["decided_at"] + wait <= t
+    late = joined["received_at"] > joined["decided_at"] + wait
+    assert int((inside & mature).sum()) == o.counts.outcomes_joined
+    assert int((inside & mature & late).sum()) == o.counts.outcomes_late > 0
+    assert o.counts.outcomes_out_of_window > 0 and o.counts.outcomes_of_immature > 0
