@@ -670,21 +670,12 @@ def _rollup(frame: pd.DataFrame, keys: list[str], by: str, columns: list[str]) -
     if not keys:
         yield (), summed
         return
-    outer = summed.index.droplevel(by)
-    starts = np.flatnonzero(np.r_[True, ~_same_as_previous(outer)])
+    index = summed.index  # keys, then by
+    assert isinstance(index, pd.MultiIndex)
+    codes = np.vstack([np.asarray(c) for c in index.codes[:-1]])
+    starts = np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
     for start, stop in zip(starts, [*starts[1:], len(summed)], strict=True):
-        key = outer[start]
-        yield (key if isinstance(key, tuple) else (key,)), summed.iloc[start:stop]
-
-
-def _same_as_previous(index: pd.Index) -> np.ndarray:
-    """For each entry after the first, whether it equals the one before (NaN equal to NaN)."""
-    codes = index.codes if isinstance(index, pd.MultiIndex) else [pd.factorize(index, use_na_sentinel=False)[0]]
-    same = np.ones(len(index) - 1, dtype=bool)
-    for c in codes:
-        c = np.asarray(c)
-        same &= c[1:] == c[:-1]
-    return same
+        yield tuple(index[int(start)])[:-1], summed.iloc[start:stop]
 
 
 def _arm_sums(part: pd.DataFrame) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
