@@ -26,7 +26,7 @@ math on the sums:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -568,14 +568,18 @@ def _welch(m1: float | None, v1: float | None, n1: float, m0: float | None, v0: 
     return Effect(m1, m0, diff, diff - half, diff + half, se)
 
 
-def _effect(arms: tuple[pd.Series, pd.Series], i: int, level: float) -> Effect:
+#: One arm's summed moments by name (``n``, ``s0``, ``q0``, ...), as :func:`_arm_sums` gives them.
+Arm = Mapping[str, float]
+
+
+def _effect(arms: tuple[Arm, Arm], i: int, level: float) -> Effect:
     p, h = arms
     mp, vp = _mean_var(p["n"], p[f"s{i}"], p[f"q{i}"])
     mh, vh = _mean_var(h["n"], h[f"s{i}"], h[f"q{i}"])
     return _welch(mp, vp, p["n"], mh, vh, h["n"], level)
 
 
-def _cuped(arms: tuple[pd.Series, pd.Series], p_cov: int, level: float) -> Effect:
+def _cuped(arms: tuple[Arm, Arm], p_cov: int, level: float) -> Effect:
     """Objective difference adjusted by the pooled within-arm regression on the covariates."""
     if p_cov == 0 or min(arms[0]["n"], arms[1]["n"]) < 2:
         return _effect(arms, 0, level)
@@ -605,7 +609,7 @@ def _cuped(arms: tuple[pd.Series, pd.Series], p_cov: int, level: float) -> Effec
     return _welch(means[0], variances[0], centred[0][0], means[1], variances[1], centred[1][0], level)
 
 
-def _ratio(arms: tuple[pd.Series, pd.Series], i: int, level: float) -> Ratio:
+def _ratio(arms: tuple[Arm, Arm], i: int, level: float) -> Ratio:
     """(mean_p(b) - mean_h(b)) / (mean_p(y) - mean_h(y)) with the delta method's variance."""
     p, h = arms
     if min(p["n"], h["n"]) < 2:
@@ -665,14 +669,33 @@ def _sample_ratio(holdout_units: int, policy_units: int, share: float, alpha: fl
 
 
 # ---------------------------------------------------------------------------------------------- assembly
-def _groups(frame: pd.DataFrame, keys: list[str]) -> Iterator[tuple[tuple[Any, ...], pd.DataFrame]]:
+def _rollup(frame: pd.DataFrame, keys: list[str], by: str, columns: list[str]) -> Iterator[tuple[tuple[Any, ...], pd.DataFrame]]:
+    """``frame``'s ``columns`` summed per ``keys`` + ``by`` in one grouping, then split per ``keys`` value
+    (sorted, as the slices are listed): one pass per slice level instead of one per slice."""
     if frame.empty:
         return
+    summed = frame.groupby([*keys, by], dropna=False, sort=True)[columns].sum()
     if not keys:
-        yield (), frame
+        yield (), summed
         return
-    for key, part in frame.groupby(keys, dropna=False, sort=True):
-        yield (key if isinstance(key, tuple) else (key,)), part
+    index = summed.index  # keys, then by
+    assert isinstance(index, pd.MultiIndex)
+    codes = np.vstack([np.asarray(c) for c in index.codes[:-1]])
+    starts = np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
+    for start, stop in zip(starts, [*starts[1:], len(summed)], strict=True):
+        yield tuple(index[int(start)])[:-1], summed.iloc[start:stop]
+
+
+def _arm_sums(part: pd.DataFrame) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """(policy, holdout, both) moments of one slice from its rows per ``holdout`` (an arm without rows
+    sums to zeros)."""
+    values = part.to_numpy(dtype=np.float64)
+    arms = part.index.get_level_values(-1)
+    policy = values[arms == 0].sum(axis=0) if (arms == 0).any() else np.zeros(values.shape[1])
+    holdout = values[arms == 1].sum(axis=0) if (arms == 1).any() else np.zeros(values.shape[1])
+    names = list(part.columns)
+    return (dict(zip(names, policy.tolist(), strict=True)), dict(zip(names, holdout.tolist(), strict=True)),
+            dict(zip(names, (policy + holdout).tolist(), strict=True)))
 
 
 def _slice_keys(cohorts: Sequence[str]) -> list[tuple[str | None, str | None]]:
@@ -721,12 +744,10 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
     slices: list[SliceEvaluation] = []
     for day_key, cohort in _slice_keys(chosen):
         keys = [k for k in (day_key, cohort) if k is not None]
-        hist = {k: part for k, part in _groups(latency, keys)}
-        unit_groups = {k: part for k, part in _groups(units, keys)}
-        for key, part in _groups(moments, keys):
-            arm_rows = part.groupby("holdout")[value_cols].sum().reindex([0, 1], fill_value=0.0)
-            policy, holdout = arm_rows.iloc[0], arm_rows.iloc[1]
-            both = policy + holdout
+        hist = dict(_rollup(latency, keys, "bin", ["count"]))
+        unit_groups = dict(_rollup(units, keys, "holdout", ["units"]))
+        for key, part in _rollup(moments, keys, "holdout", value_cols):
+            policy, holdout, both = _arm_sums(part)
             arms = (policy, holdout)
             named = dict(zip(keys, key, strict=True))
             day = _plain(named.get("day"))
@@ -753,8 +774,7 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
 
             h = hist.get(key)
             if h is not None:
-                per_bin = h.groupby("bin")["count"].sum().sort_index()
-                bins, counts = per_bin.index.to_numpy(), per_bin.to_numpy()
+                bins, counts = h.index.get_level_values("bin").to_numpy(), h["count"].to_numpy()
             else:
                 bins, counts = np.array([], dtype=np.int64), np.array([], dtype=np.int64)
             latency_n = int(both["latency_n"])
@@ -771,8 +791,9 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
                 else float(both["latency_sum"]) / latency_n / 3_600_000.0 * cost_rate * 1000.0,
             )
             u = unit_groups.get(key)
-            held = int(u.loc[u["holdout"] == 1, "units"].sum()) if u is not None else 0
-            served = int(u.loc[u["holdout"] == 0, "units"].sum()) if u is not None else 0
+            arm_of_unit = u.index.get_level_values("holdout") if u is not None else None
+            held = int(u["units"].to_numpy()[arm_of_unit == 1].sum()) if u is not None else 0
+            served = int(u["units"].to_numpy()[arm_of_unit == 0].sum()) if u is not None else 0
 
             counts_value = Counts(
                 decisions=int(both["decisions"]), mature=int(both["mature"]),
