@@ -345,7 +345,8 @@ class LoopDay:
             figure = "north star: no mature decision yet"
         else:
             interval = "" if ns.low is None or ns.high is None else f" [{ns.low:+.3f}, {ns.high:+.3f}]"
-            figure = f"north star {ns.difference:+.3f}{interval} (twin truth {self.true_increment:+.3f})"
+            truth = "" if self.true_increment is None else f" (twin truth {self.true_increment:+.3f})"
+            figure = f"north star {ns.difference:+.3f}{interval}{truth}"
         alerts = ", ".join(f"{a.rule}: {a.subject}" + (f" (PSI {a.value:.2f})" if a.kind == "drift" and a.value is not None else "")
                            for a in self.alerts) or "none"
         return (f"day {self.day:2d}: {len(self.request_ids)} decisions, {self.outcomes} outcome events in;"
