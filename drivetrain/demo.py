@@ -405,7 +405,7 @@ def closed_loop(policy: Policy, twin: NBOOTwin, store: Store, *, days: int, user
     return tuple(out)
 
 
-def _loop(model: OutcomeModel, *, seed: int, out: Path, console: Console, days: int = 21, users: int = 4000,
+def _loop(model: OutcomeModel, *, seed: int, out: Path, console: Console, days: int = 21, users: int = 2500,
           shift_day: int = 14) -> None:
     """Step 10: the fitted policy in the closed loop on the 7-day horizon, with a covariate shift in dwell
     time from ``shift_day``; the report at the end."""
