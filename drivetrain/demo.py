@@ -356,15 +356,16 @@ class LoopDay:
 def closed_loop(policy: Policy, twin: NBOOTwin, store: Store, *, days: int, users: int, batches: int = 6,
                 offset: int = 30_000_000, console: Console | None = None) -> tuple[LoopDay, ...]:
     """Run ``days`` simulated days: each day ``users`` new users of ``twin`` arrive in ``batches`` spread
-    over the day, ``policy`` decides for each batch in process, the twin answers with outcome events that arrive late, and at
-    the day's end the store ingests that day's decisions and the events received that day, then the day
-    is evaluated and monitored as of its end (drift of the day's decisions against the policy's baselines,
-    the spec's alert rules; fired alerts are stored). A scenario of ``twin`` (a covariate shift from some
-    day, say) changes the world as the days pass. Returns one :class:`LoopDay` per day."""
+    over the day, ``policy`` decides for each batch in process and the twin answers with outcome events
+    that arrive late. At the day's end the store ingests that day's decisions and the events received that
+    day, then the day is evaluated and monitored as of its end (drift of the day's decisions against the
+    policy's baselines, the spec's alert rules; fired alerts are stored). A scenario of ``twin`` (a
+    covariate shift from some day, say) changes the world as the days pass. Returns one :class:`LoopDay`
+    per day."""
     spec = store.spec
     control = spec.control.index
     clock = SimulatedClock(twin.start)
-    waiting = pd.DataFrame()
+    in_flight: list[pd.DataFrame] = []  # outcome events not received yet
     gains: list[tuple[pd.Series, np.ndarray]] = []  # (decided_at, true gain over control) of policy-arm decisions
     out: list[LoopDay] = []
     for day in range(days):
@@ -378,7 +379,7 @@ def closed_loop(policy: Policy, twin: NBOOTwin, store: Store, *, days: int, user
                 decided, _ = policy.decisions_table(contexts.iloc[part], now=start + (b + 0.5) * timedelta(days=1) / batches)
                 made.append(decided)
         decisions = pd.concat(made, ignore_index=True)
-        waiting = pd.concat([waiting, twin.respond(frame, decisions, day=day)], ignore_index=True)
+        waiting = pd.concat([*in_flight, twin.respond(frame, decisions, day=day)], ignore_index=True)
         truth = twin.truth(frame, day=day)
         action = spec.action_space.indices(decisions["action_id"].to_numpy())
         served = (decisions["assignment"] != "holdout").to_numpy()
@@ -389,7 +390,7 @@ def closed_loop(policy: Policy, twin: NBOOTwin, store: Store, *, days: int, user
         ingest_decisions(store, RawRows(decisions, (), f"loop decisions, day {day}"), clock=clock)
         arrived = waiting["received_at"] < end
         ingest_outcomes(store, RawRows(waiting[arrived].reset_index(drop=True), (), f"loop outcomes, day {day}"), clock=clock)
-        waiting = waiting[~arrived].reset_index(drop=True)
+        in_flight = [waiting[~arrived]]
 
         evaluation = evaluate(store, end)
         drift = measure_drift(store, policy.version, start=start, end=end, as_of=end)
