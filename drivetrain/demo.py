@@ -63,7 +63,7 @@ def faulty_export(outcomes: pd.DataFrame, rng: np.random.Generator, share: float
     return pd.concat([frame, repeats], ignore_index=True), int(broken.size)
 
 
-def run_demo(out: Path, *, users: int, seed: int, console: Console) -> None:
+def run_demo(out: Path, *, users: int, seed: int, console: Console, loop_days: int = 21, loop_users: int = 2500) -> None:
     start = time.perf_counter()
     twin = NBOOTwin(seed=seed)
     spec = twin.spec
@@ -146,7 +146,7 @@ def run_demo(out: Path, *, users: int, seed: int, console: Console) -> None:
     )
     model = _assembly_line(twin, store, clock.now(), frame, console, out)
     _serve(twin, out, console)
-    _loop(model, seed=seed, out=out, console=console)
+    _loop(model, seed=seed, out=out, console=console, days=loop_days, users=loop_users)
     console.print(f"demo finished in {time.perf_counter() - start:.1f}s; files and store under {out}/")
 
 
@@ -406,10 +406,10 @@ def closed_loop(policy: Policy, twin: NBOOTwin, store: Store, *, days: int, user
     return tuple(out)
 
 
-def _loop(model: OutcomeModel, *, seed: int, out: Path, console: Console, days: int = 21, users: int = 2500,
-          shift_day: int = 14) -> None:
+def _loop(model: OutcomeModel, *, seed: int, out: Path, console: Console, days: int, users: int) -> None:
     """Step 10: the fitted policy in the closed loop on the 7-day horizon, with a covariate shift in dwell
-    time from ``shift_day``; the report at the end."""
+    time for the last third of the days; the report at the end."""
+    shift_day = 2 * days // 3
     spec = loop_spec()
     scenario = Scenario(shift_feature="dwell_time_s", shift_factor=1.6, shift_day=shift_day)
     twin = NBOOTwin(horizon_days=7, seed=seed + 3, scenario=scenario)
