@@ -701,13 +701,16 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory of the demo (replaced).")] = Path("demo-out"),
     users: Annotated[int, typer.Option(min=100, help="Users in the twin's logged population.")] = 40_000,
     seed: Annotated[int, typer.Option(help="Seed of the twin.")] = 0,
+    loop_days: Annotated[int, typer.Option(min=1, help="Simulated days of the closed loop (the dwell-time shift starts after two thirds).")] = 21,
+    loop_users: Annotated[int, typer.Option(min=10, help="New users a day in the closed loop.")] = 2500,
 ) -> None:
-    """Run the main job on the embedded default: twin logs -> ingest (with a partner's faulty export) -> summary."""
+    """Run the main job on the embedded default: twin logs -> ingest (with a partner's faulty export) -> summary
+    -> fit, optimize, simulate -> serve over HTTP -> the closed loop over simulated days."""
     from drivetrain.demo import run_demo
 
     if out.exists():
         shutil.rmtree(out)
-    run_demo(out, users=users, seed=seed, console=console)
+    run_demo(out, users=users, seed=seed, console=console, loop_days=loop_days, loop_users=loop_users)
 
 
 def main() -> None:

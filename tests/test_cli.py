@@ -104,11 +104,13 @@ def test_input_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[str]
 
 
 def test_demo_runs_small(tmp_path: Path) -> None:
-    res = run("demo", "--out", str(tmp_path / "demo"), "--users", "3000")
+    res = run("demo", "--out", str(tmp_path / "demo"), "--users", "3000", "--loop-days", "9", "--loop-users", "300")
     assert res.returncode == 0, res.stderr
     assert "DOES NOT RECONCILE" not in res.stdout
     assert res.stdout.count("[reconciles]") == 4
     assert "per-user oracle" in res.stdout
+    assert "day  8: 300 decisions" in res.stdout and "mature 300, immature 2400; north star " in res.stdout
+    assert "report: not built yet" in res.stdout
 
 
 def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:

@@ -260,7 +260,8 @@ class NBOOTwin:
                 cost_given_redeem = 5.5 + 2.0 * (x.region == 0)
             else:
                 cost_given_redeem = np.zeros(n)
-            refund_given = _sigmoid(-3.9 + 0.07 * depth + 0.25 * (offer == "bundle") + 0.4 * (x.tier == 0)) + segment_refund
+            refund_given = _sigmoid(-3.9 + 0.07 * depth + 0.25 * (offer == "bundle") + 0.4 * (x.tier == 0))
+            refund_given = refund_given + (segment_refund if offer != "none" else 0.0)  # an offer's effect, not control's
             comps["purchase"][:, j] = p
             comps["order_value"][:, j] = p * basket
             comps["gross_profit"][:, j] = p * basket * margin

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from drivetrain.cli import app
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store, ingest_decisions, ingest_outcomes, training_table, write_baselines
-from drivetrain.evaluate import check_alerts, evaluate, measure_drift, store_alerts
+from drivetrain.evaluate import GuardrailCheck, SliceEvaluation, check_alerts, evaluate, measure_drift, store_alerts
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin, Scenario
+from drivetrain.twin._nboo import LoggingPolicy
 
 RULES = [
     {"name": "drift", "kind": "drift", "feature": "*", "psi_above": 0.2},
@@ -41,12 +42,12 @@ def _served(contexts: pd.DataFrame, eligible: np.ndarray) -> np.ndarray:
     return probs
 
 
-def _run(twin: NBOOTwin, days: int, users: int) -> tuple[Store, SimulatedClock]:
+def _run(twin: NBOOTwin, days: int, users: int, policy: LoggingPolicy = _served) -> tuple[Store, SimulatedClock]:
     spec = _with_rules(twin.spec)
     store = MemoryStore(spec)
     clock = SimulatedClock(twin.start + timedelta(days=days + 20))
     for day in range(days):
-        d, o = twin.log(twin.population(users, day=day, offset=100_000 * day), day=day, policy=_served)
+        d, o = twin.log(twin.population(users, day=day, offset=100_000 * day), day=day, policy=policy)
         ingest_decisions(store, RawRows(d, (), f"d{day}"), clock=clock)
         ingest_outcomes(store, RawRows(o, (), f"o{day}"), clock=clock)
     reference = training_table(store, clock.now())[0].to_pandas()
@@ -77,6 +78,47 @@ def test_a_covariate_shift_fires_the_drift_alert_of_that_feature_within_two_days
     assert [a for a in _check(store, twin, 5) if a.kind == "drift"] == []
     fired = [a for day in (6, 7) for a in _check(store, twin, day) if a.kind == "drift"]
     assert fired and {a.subject.split(" ")[0] for a in fired} == {"dwell_time_s"}
+
+
+def _fitted_before_the_change(twin: NBOOTwin) -> LoggingPolicy:
+    """A good policy that knows the world as it was on day 0: the truly best action, 10% exploration."""
+
+    def policy(contexts: pd.DataFrame, eligible: np.ndarray) -> np.ndarray:
+        value = np.where(eligible, twin.truth(contexts, day=0).objective, -np.inf)
+        probs = 0.1 * eligible / eligible.sum(axis=1, keepdims=True)
+        probs[np.arange(len(contexts)), value.argmax(axis=1)] += 0.9
+        return probs
+
+    return policy
+
+
+def test_an_effect_change_in_one_segment_fires_that_segments_guardrail_while_the_overall_figure_looks_fine() -> None:
+    """From day 2, every offer to gold users lowers their purchase logit by 1 and raises their refund
+    probability by 0.25 (gold is a tenth of the users). The refund guardrail (max 0.03) of tier = gold
+    fires within two days of the change and stays; nothing else fires, and overall the policy still looks
+    fine: a positive north star and refunds within the guardrail."""
+    change = 2
+    scenario = Scenario(effect_segment=("tier", "gold"), effect_delta=-1.0, effect_refund=0.25, effect_day=change)
+    twin = NBOOTwin(horizon_days=7, seed=15, scenario=scenario)
+    days = change + 4
+    store, _ = _run(twin, days, 2500, policy=_fitted_before_the_change(twin))
+    assert _check(store, twin, change - 1) == []
+    fired = {day: _check(store, twin, day) for day in range(change, days)}
+    assert {a.subject for alerts in fired.values() for a in alerts} == {"refund_rate [tier=gold]"}
+    first = min(day for day, alerts in fired.items() if alerts)
+    assert first <= change + 2, first
+    assert all(fired[day] for day in range(first, days))  # once crossed, it stays crossed
+    ev = evaluate(store, twin.start + timedelta(days=days) + twin.spec.horizon + twin.spec.settle)
+
+    def refund(s: SliceEvaluation) -> GuardrailCheck:
+        return next(g for g in s.guardrails if g.name == "refund_rate")
+
+    gold = refund(ev.slice(cohort="tier", value="gold"))
+    assert gold.breached is True and gold.effect.low is not None and gold.effect.low > 0  # above the holdout's, too
+    assert all(refund(s).breached is False for s in (ev.overall, *(s for s in ev.by_cohort("tier") if s.value != "gold")))
+    overall = ev.overall.north_star
+    assert overall.difference is not None and overall.difference > 0
+    assert overall.high is not None and overall.high > 0  # not significantly negative: no reason to look closer
 
 
 def _latency_store(spec: Spec, minutes_slow: int) -> MemoryStore:

@@ -204,6 +204,8 @@ def test_scenarios_change_the_world_from_their_day() -> None:
         return t.components["refund"][south, j] / t.components["purchase"][south, j]
 
     assert np.all(refund_rate(t10) > refund_rate(t9) + 0.049)
+    c = hurt.spec.control.index  # the change is in the offers' effects: control's outcomes stay as they were
+    np.testing.assert_array_equal(t10.components["refund"][:, c], t9.components["refund"][:, c])
 
     seasonal = NBOOTwin(seed=5, scenario=Scenario(seasonality=0.5))
     p = [seasonal.truth(users, day=d).components["purchase"][:, 0].mean() for d in range(7)]

@@ -1,0 +1,74 @@
+"""The closed loop of the demo at a tiny size: daily figures, the drift alert of a shifted feature, and
+every decision in the store."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from drivetrain.adapt import fit_model
+from drivetrain.clock import SimulatedClock
+from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.demo import LoopDay, closed_loop, loop_spec, start_loop
+from drivetrain.model import OutcomeModel
+from drivetrain.twin import NBOOTwin, Scenario
+
+DAYS, USERS, SHIFT = 10, 600, 8
+
+
+@pytest.fixture(scope="module")
+def loop() -> tuple[MemoryStore, tuple[LoopDay, ...]]:
+    logged = NBOOTwin(horizon_days=7, seed=31)
+    training = MemoryStore(logged.spec)
+    decisions, outcomes = logged.log(logged.population(3000))
+    clock = SimulatedClock(logged.start + timedelta(days=12))
+    ingest_decisions(training, RawRows(decisions, (), "log"), clock=clock)
+    ingest_outcomes(training, RawRows(outcomes, (), "log"), clock=clock)
+    model, _, _ = fit_model(training, clock.now(), OutcomeModel(n_folds=2, n_estimators=20, num_threads=1, seed=0))
+    twin = NBOOTwin(horizon_days=7, seed=32, scenario=Scenario(shift_feature="dwell_time_s", shift_factor=2.5, shift_day=SHIFT))
+    store = MemoryStore(loop_spec())
+    policy = start_loop(store, model, twin.population(3000, offset=5_000_000), created_at=twin.start, version="loop-test")
+    return store, closed_loop(policy, twin, store, days=DAYS, users=USERS, batches=4)
+
+
+def test_the_loop_evaluates_every_day_and_the_north_star_appears_once_decisions_mature(loop: tuple[MemoryStore, tuple[LoopDay, ...]]) -> None:
+    store, days = loop
+    assert [d.day for d in days] == list(range(DAYS))
+    horizon = store.spec.horizon + store.spec.settle  # 8 days: day 0's decisions are mature at the end of day 8
+    for d in days:
+        assert d.counts.decisions == USERS * (d.day + 1)
+        assert d.counts.mature == USERS * max(0, d.day + 1 - horizon.days)
+        if d.counts.mature:
+            ns = d.north_star
+            assert ns.difference is not None and ns.low is not None and ns.high is not None and ns.low < ns.difference < ns.high
+            assert d.true_increment is not None
+        else:
+            assert d.north_star.difference is None and d.true_increment is None
+    assert days[-1].counts.mature > 0
+    assert all(d.outcomes > 0 for d in days)
+
+
+def test_the_drift_alert_fires_on_the_shifted_feature_from_the_shift_day_on(loop: tuple[MemoryStore, tuple[LoopDay, ...]]) -> None:
+    _, days = loop
+    drift = {d.day: {a.subject for a in d.alerts if a.kind == "drift"} for d in days}
+    assert all(not drift[day] for day in range(SHIFT)), drift
+    for day in range(SHIFT, DAYS):
+        assert "dwell_time_s" in drift[day], drift
+        assert {s.split(" ")[0] for s in drift[day]} <= {"dwell_time_s", "predicted_objective"}, drift
+
+
+def test_every_decision_is_in_the_store_and_outcomes_arrive_on_later_days(loop: tuple[MemoryStore, tuple[LoopDay, ...]]) -> None:
+    store, days = loop
+    made = [r for d in days for r in d.request_ids]
+    stored = store.arrow("SELECT request_id, decided_at FROM decisions").to_pandas()
+    assert len(made) == len(set(made)) == DAYS * USERS
+    assert set(stored["request_id"]) == set(made) and len(stored) == len(made)
+    outcomes = store.arrow("SELECT o.received_at, o.ingested_at, d.decided_at FROM outcomes o JOIN decisions d USING (request_id)").to_pandas()
+    assert (outcomes["ingested_at"] >= outcomes["received_at"]).all()  # nothing arrives before it is received
+    late = (outcomes["ingested_at"] - outcomes["decided_at"]).dt.days
+    assert (late >= 1).mean() > 0.5 and late.max() >= 6  # most outcomes come on later days, some a week later
+    alerts = store.arrow("SELECT rule, subject FROM alerts").to_pandas()
+    assert len(alerts) == sum(len(d.alerts) for d in days) and set(alerts["rule"]) <= {"drift"}
+    np.testing.assert_array_equal(sorted(alerts["subject"].str.split(" ").str[0].unique()), sorted({a.subject.split(" ")[0] for d in days for a in d.alerts}))
