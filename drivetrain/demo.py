@@ -426,12 +426,12 @@ def _loop(model: OutcomeModel, *, seed: int, out: Path, console: Console, days: 
     console.print(f"{days} days in {time.perf_counter() - t0:.0f}s; {store.count('alerts')} alerts stored; drift alerts on days"
                   f" {drift_days or 'none'} (the shift starts on day {shift_day}); at the end {last.counts.immature} decisions"
                   f" are still immature and {store.count('decisions')} are in the store")
-    _write_report(store, last.as_of, out)
+    _write_report(store, last.as_of, out, console)
 
 
-def _write_report(store: Store, as_of: datetime, out: Path) -> None:
-    """The HTML report of the loop's store as of ``as_of``, written into ``out``.
+def _write_report(store: Store, as_of: datetime, out: Path, console: Console) -> None:
+    """The HTML report of the loop's store as of ``as_of``, written into ``out``."""
+    from drivetrain.report import write_report
 
-    REPORT CALL SITE: the report module is not on this branch yet; integrating it replaces this body with
-    ``path = write_report(store, as_of=as_of, out=out)`` and prints ``path``."""
-    print("report: not built yet")
+    path = write_report(store, as_of=as_of, out=out / "report.html")
+    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, opens offline)")

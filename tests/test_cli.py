@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from drivetrain.report import figure_data
 from tests.conftest import NBOO_SPEC
 
 
@@ -110,7 +111,11 @@ def test_demo_runs_small(tmp_path: Path) -> None:
     assert res.stdout.count("[reconciles]") == 4
     assert "per-user oracle" in res.stdout
     assert "day  8: 300 decisions" in res.stdout and "mature 300, immature 2400; north star " in res.stdout
-    assert "report: not built yet" in res.stdout
+    report = tmp_path / "demo" / "report.html"
+    assert f"report: {report}" in " ".join(res.stdout.split())  # rich may wrap the long path
+    figures = figure_data(report.read_text())
+    assert {"north-star", "drift", "alerts"} <= set(figures)  # the loop's store has mature decisions, baselines, alerts
+    assert all(trace.get("x") or trace.get("y") for f in figures.values() for trace in f["data"])
 
 
 def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
