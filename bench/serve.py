@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, help="serve this policy directory instead of building one")
     parser.add_argument("--rates", type=float, nargs="+", default=[200.0, 500.0])
     parser.add_argument("--requests", type=int, default=6000, help="requests per rate and setting")
+    parser.add_argument("--compact-every", type=float, default=5.0,
+                        help="seconds between the service's segment rotations and compactions with logging on, so that "
+                             "compactions run while the load is measured (the service's default is 30)")
     args = parser.parse_args()
     n_log, trees, requests = (100_000, 150, args.requests) if not args.quick else (5_000, 10, 100)
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +193,8 @@ def main() -> None:
               f"{'p99 from schedule':>17} {'CPU/request':>11}")
         for logging in (True, False):
             service = ServiceProcess.start(SPEC, policy_dir, work / ("on" if logging else "off"),
-                                           *([] if logging else ["--no-logging"]), ready=True)
+                                           *(["--segment-age", str(args.compact_every), "--compact-every", str(args.compact_every)]
+                                             if logging else ["--no-logging"]), ready=True)
             host, port = service.url.removeprefix("http://").rsplit(":", 1)
             try:
                 for rate in args.rates:
