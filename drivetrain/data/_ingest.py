@@ -508,6 +508,10 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
     fallback_reason = rows.text("fallback_reason", required=False)
     excused = (clean["assignment"] == "fallback").to_numpy(dtype=bool) & fallback_reason.notna().to_numpy(dtype=bool)
     rows.adopt(context_rows.reason, ~excused)
+    for name, feat in spec.model.context.features.items():
+        if feat.type == "integer":  # a kept fallback row's broken value with no int64 form (1.5, inf, -5e-324)
+            value = clean[name]     # is stored as null; its `fallback_reason` names what arrived
+            clean[name] = value.where(np.isfinite(value) & (np.floor(value) == value) & (np.abs(value) < 2.0**63))
     clean["feature_version"] = rows.text("feature_version", required=False).fillna(spec.feature_version)
     for field in diagnostic_fields(spec):
         if pa.types.is_string(field.type):

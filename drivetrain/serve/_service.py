@@ -85,6 +85,7 @@ class Service:
         self._reload_lock = threading.Lock()
         self._store: Store | None = None
         self._compactor: subprocess.Popen[bytes] | None = None
+        self._compact_err = config.log_dir / "compact.err"
 
     # ------------------------------------------------------------------ decisions
     def decide(self, unit_id: str, context: dict[str, Any], request_id: str | None, started: float) -> dict[str, Any]:
@@ -175,12 +176,19 @@ class Service:
         """Start `drivetrain compact` when closed segments wait and no compaction runs yet."""
         if self.log is None or not any(self.config.log_dir.glob("*.closed.jsonl")):
             return False
-        if self._compactor is not None and self._compactor.poll() is None:
-            return False
-        self._compactor = subprocess.Popen(
-            [sys.executable, "-m", "drivetrain", "compact", "--spec", str(self.config.spec_path),
-             "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir), "--quiet", "--nice", "10"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+        if self._compactor is not None:
+            code = self._compactor.poll()
+            if code is None:
+                return False
+            if code != 0:  # segments stay in the log, nothing is lost; say so where an operator looks
+                self.metrics.errors.labels("compaction", f"exit {code}").inc()
+                print(f"compaction failed with exit code {code}; segments stay in {self.config.log_dir}; "
+                      f"its output: {self._compact_err}", file=sys.stderr, flush=True)
+        with self._compact_err.open("wb") as err:
+            self._compactor = subprocess.Popen(
+                [sys.executable, "-m", "drivetrain", "compact", "--spec", str(self.config.spec_path),
+                 "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir), "--quiet", "--nice", "10"],
+                stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
         return True
 
     def close(self) -> None:

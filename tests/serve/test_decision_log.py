@@ -80,3 +80,25 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
         DecisionLog(tmp_path, fsync="sometimes")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="`max_records`"):
         DecisionLog(tmp_path, max_records=0)
+
+
+def test_compaction_keeps_fallbacks_whose_integer_feature_has_no_integer_form(tmp_path: Path) -> None:
+    """A fallback decision keeps its context as parsed; an integer feature that arrived as 1.5, a huge or
+    a tiny negative number is stored as null, and the decision is not lost (such a record once stopped
+    every compaction of its segment). Infinities never reach the log: the Decider logs them as null."""
+    spec = NBOOTwin().spec
+    records = _records(5)
+    bad = [1.5, 1e300, -5e-324]
+    for rec, value in zip(records, bad, strict=False):
+        rec["page_views_30d"] = value
+        rec["fallback_reason"] = f"`page_views_30d` must be an integer, got {value!r}"
+    log = DecisionLog(tmp_path, worker="w1", max_records=100)
+    for rec in records:
+        log.append(rec)
+    log.close()
+    store = MemoryStore(spec)
+    report = compact(store, tmp_path)
+    assert report.ingest is not None and report.ingest.accepted == 5 and report.ingest.quarantined == 0
+    stored = store.query("SELECT request_id, page_views_30d, fallback_reason FROM decisions ORDER BY request_id")
+    assert stored["page_views_30d"].isna().tolist() == [True, True, True, False, False]
+    assert stored["fallback_reason"].iloc[2].endswith("got -5e-324")
