@@ -293,6 +293,9 @@ def fit(
     as_of: Annotated[str | None, typer.Option(help="Train on decisions mature as of this UTC time (default: now).")] = None,
     learner: Annotated[str, typer.Option(help="s (one model, action as input) or t (one model per action).")] = "s",
     folds: Annotated[int, typer.Option(help="Cross-fitting folds (0: none).")] = 3,
+    refit: Annotated[bool, typer.Option(help="After cross-fitting, fit one model per component on every row to "
+                                             "predict and serve (--no-refit: the mean of the fold models, a little "
+                                             "better decisions at three times the serving cost).")] = True,
     trees: Annotated[int, typer.Option(min=1, help="Boosting rounds per model.")] = 300,
     threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of folds and models.")] = 0,
@@ -305,7 +308,8 @@ def fit(
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
-    model = OutcomeModel(learner=learner, n_folds=folds, n_estimators=trees, num_threads=threads, seed=seed)  # type: ignore[arg-type]
+    model = OutcomeModel(learner=learner, n_folds=folds, n_estimators=trees, num_threads=threads, seed=seed,  # type: ignore[arg-type]
+                         refit=refit)
     with console.status("fitting the outcome models"):
         model, table, report = fit_model(open_store(store, loaded), _parse_time(as_of, "as_of"), model)
     console.print(report.summary())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,11 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
     res = run("fit", "--spec", spec, "--store", store, "--out", str(tmp_path / "model"), "--folds", "2", "--trees", "30", *as_of)
     assert res.returncode == 0, res.stderr
     assert "effect on net_gross_profit" in res.stdout and (tmp_path / "model" / "manifest.json").exists()
+    # the model refitted on every row is saved next to the folds; --no-refit saves the folds alone
+    assert set(json.loads((tmp_path / "model" / "policy.json").read_text())["final"]) == set(yaml.safe_load(Path(spec).read_text())["outcomes"])
+    res = run("fit", "--spec", spec, "--store", store, "--out", str(tmp_path / "folds"), "--folds", "2", "--trees", "5", "--no-refit", *as_of)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "folds" / "policy.json").read_text())["final"] == {}
     res = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "policy"),
               "--budget", "promotion_budget=0.8", *as_of)
     assert res.returncode == 0, res.stderr
