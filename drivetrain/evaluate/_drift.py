@@ -63,6 +63,7 @@ from scipy import stats
 from drivetrain.clock import as_utc
 from drivetrain.data import Store, psi_cell_bins, training_table
 from drivetrain.errors import DataError, UsageError
+from drivetrain.evaluate._sql import timestamp_sql as _ts
 
 __all__ = ["DRIFT_COLUMNS", "DriftReport", "drift_queries", "measure_drift"]
 
@@ -112,10 +113,6 @@ class DriftReport:
 
 
 # ---------------------------------------------------------------------------------------------- SQL
-def _ts(moment: datetime) -> str:
-    return f"CAST('{moment.isoformat(sep=' ')}' AS TIMESTAMPTZ)"
-
-
 def _double(value: float) -> str:
     """An exact DOUBLE literal (scientific notation is a DOUBLE in DuckDB and Spark, never a DECIMAL)."""
     return np.format_float_scientific(float(value), unique=True, exp_digits=2).replace("+", "")

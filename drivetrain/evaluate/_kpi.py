@@ -39,6 +39,7 @@ from drivetrain.clock import as_utc
 from drivetrain.data import Store
 from drivetrain.errors import DataError, SpecError, UsageError
 from drivetrain.evaluate._sql import condition_sql, formula_sql
+from drivetrain.evaluate._sql import timestamp_sql as _ts
 from drivetrain.spec import Spec
 
 __all__ = [
@@ -290,10 +291,6 @@ class _Metric:
     exact: bool
 
 
-def _ts(moment: datetime) -> str:
-    return f"CAST('{moment.isoformat(sep=' ')}' AS TIMESTAMPTZ)"
-
-
 def _interval(delta: timedelta) -> str:
     seconds = delta.total_seconds()
     text = str(int(seconds)) if seconds == int(seconds) else f"{seconds:.6f}"
@@ -374,7 +371,7 @@ def _component(name: str, aggregate: str) -> str:
     c = f"o.in_window = 1 AND o.component = '{name}'"
     v = f"CASE WHEN {c} THEN o.value END"
     if aggregate == "sum":
-        return _dsum(f"CASE WHEN o.in_window = 1 AND o.component = '{name}' THEN CAST(o.value AS {_DECIMAL}) END") + f" AS {name}"
+        return _dsum(f"CASE WHEN {c} THEN CAST(o.value AS {_DECIMAL}) END") + f" AS {name}"
     return _AGG[aggregate].format(v=v, c=c) + f" AS {name}"
 
 
@@ -691,8 +688,7 @@ def _arm_sums(part: pd.DataFrame) -> tuple[dict[str, float], dict[str, float], d
     sums to zeros)."""
     values = part.to_numpy(dtype=np.float64)
     arms = part.index.get_level_values(-1)
-    policy = values[arms == 0].sum(axis=0) if (arms == 0).any() else np.zeros(values.shape[1])
-    holdout = values[arms == 1].sum(axis=0) if (arms == 1).any() else np.zeros(values.shape[1])
+    policy, holdout = values[arms == 0].sum(axis=0), values[arms == 1].sum(axis=0)
     names = list(part.columns)
     return (dict(zip(names, policy.tolist(), strict=True)), dict(zip(names, holdout.tolist(), strict=True)),
             dict(zip(names, (policy + holdout).tolist(), strict=True)))
@@ -791,9 +787,8 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
                 else float(both["latency_sum"]) / latency_n / 3_600_000.0 * cost_rate * 1000.0,
             )
             u = unit_groups.get(key)
-            arm_of_unit = u.index.get_level_values("holdout") if u is not None else None
-            held = int(u["units"].to_numpy()[arm_of_unit == 1].sum()) if u is not None else 0
-            served = int(u["units"].to_numpy()[arm_of_unit == 0].sum()) if u is not None else 0
+            served_units, held_units, _ = _arm_sums(u) if u is not None else ({"units": 0.0}, {"units": 0.0}, None)
+            held, served = int(held_units["units"]), int(served_units["units"])
 
             counts_value = Counts(
                 decisions=int(both["decisions"]), mature=int(both["mature"]),

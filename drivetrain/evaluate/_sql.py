@@ -18,17 +18,23 @@ comparison false, as in NumPy.
 from __future__ import annotations
 
 import ast
+from datetime import datetime
 from typing import Literal
 
 from drivetrain.errors import FormulaError
 from drivetrain.spec import Formula
 
-__all__ = ["formula_sql", "condition_sql"]
+__all__ = ["condition_sql", "formula_sql", "timestamp_sql"]
 
 Kind = Literal["num", "bool", "str"]
 _ARITH = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _CMP = {ast.Eq: "=", ast.NotEq: "<>", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _UNARY_FN = {"abs": "ABS", "log": "LN", "exp": "EXP", "sqrt": "SQRT"}
+
+
+def timestamp_sql(moment: datetime) -> str:
+    """A timezone-aware time as a SQL literal (``TIMESTAMPTZ``; Spark's TIMESTAMP after SQLGlot)."""
+    return f"CAST('{moment.isoformat(sep=' ')}' AS TIMESTAMPTZ)"
 
 
 def formula_sql(formula: Formula) -> str:

@@ -4,7 +4,8 @@
 For one context at a time, :class:`CompiledModel` evaluates every tree of every fold and component in a
 single call of a compiled :class:`~drivetrain.model._forest.Forest`, then applies the same steps in
 NumPy: the link, the monotone running max, the clip, the two-part composition, structural zeros and the
-mean over folds (a model refitted on every row is compiled alone: it is what ``predict_outcomes`` uses). ``tests/model/test_compiled.py`` checks it equals ``predict_outcomes``.
+mean over folds. A model refitted on every row is compiled alone, as ``predict_outcomes`` uses it alone.
+``tests/model/test_forest.py`` checks it equals ``predict_outcomes``.
 
 Models it cannot compile (scikit-learn estimators) make :meth:`CompiledModel.of` return ``None``; the
 caller then uses the batch path.

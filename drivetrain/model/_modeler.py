@@ -268,7 +268,7 @@ class OutcomeModel:
             self.models_[comp] = fold_models
             if folds > 1:
                 self.oof_[comp] = oof
-                if self.refit:  # every row: one model with all the data beats the mean of the fold models
+                if self.refit:  # one model on every row predicts and serves (docs/decisions.md: the trade)
                     rows = np.ones(n, dtype=bool) if weight is None else weight > 0
                     self.final_[comp] = self._fit_component(x[rows], action[rows], y[rows], comp,
                                                             None if weight is None else weight[rows])
@@ -362,19 +362,20 @@ class OutcomeModel:
         """
         self._check_fitted()
         x = self.encoder_.transform(contexts)
-        final = self.final_
-        if final and not return_std:
-            return self._compose({c: self._predict_component(final[c], x, c) for c in self.components_})
+        refitted = self._predict_with(self.final_, x) if self.final_ else None
+        if refitted is not None and not return_std:
+            return refitted
         folds = len(next(iter(self.models_.values())))
-        per_fold = [self._compose({c: self._predict_component(self.models_[c][f], x, c) for c in self.components_}) for f in range(folds)]
-        if final:
-            means = self._compose({c: self._predict_component(final[c], x, c) for c in self.components_})
-        else:
-            means = {c: np.mean([p[c] for p in per_fold], axis=0) for c in self.components_}
+        per_fold = [self._predict_with({c: self.models_[c][f] for c in self.components_}, x) for f in range(folds)]
+        means = refitted if refitted is not None else {c: np.mean([p[c] for p in per_fold], axis=0) for c in self.components_}
         if not return_std:
             return means
         stds = {c: np.std([p[c] for p in per_fold], axis=0, ddof=1) if folds > 1 else np.zeros_like(means[c]) for c in self.components_}
         return means, stds
+
+    def _predict_with(self, models: Mapping[str, Any], x: np.ndarray) -> dict[str, np.ndarray]:
+        """The composed components of encoded contexts ``x`` predicted by one model per component."""
+        return self._compose({c: self._predict_component(models[c], x, c) for c in self.components_})
 
     def objective_of(self, components: Mapping[str, np.ndarray], contexts: pd.DataFrame | Mapping[str, Any] | None = None) -> np.ndarray:
         """The spec's objective formula on (n, K) component arrays (levers broadcast per action)."""

@@ -24,6 +24,7 @@ from drivetrain.clock import as_utc
 from drivetrain.data import Store
 from drivetrain.errors import DrivetrainError, UsageError
 from drivetrain.evaluate import DriftReport, Evaluation, SliceEvaluation, evaluate, measure_drift
+from drivetrain.evaluate._sql import timestamp_sql as _ts
 from drivetrain.spec import Spec, format_duration
 
 __all__ = ["Panel", "figure_data", "write_report"]
@@ -46,10 +47,6 @@ class Panel:
 
 def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
-
-
-def _ts(moment: datetime) -> str:
-    return f"CAST('{moment.isoformat(sep=' ')}' AS TIMESTAMPTZ)"
 
 
 def _key(text: str) -> str:

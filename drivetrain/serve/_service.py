@@ -182,8 +182,9 @@ class Service:
                 return False
             if code != 0:  # segments stay in the log, nothing is lost; say so where an operator looks
                 self.metrics.errors.labels("compaction", f"exit {code}").inc()
+                output = self._compact_err.read_text(errors="replace")[-2000:] if self._compact_err.is_file() else ""
                 print(f"compaction failed with exit code {code}; segments stay in {self.config.log_dir}; "
-                      f"its output: {self._compact_err}", file=sys.stderr, flush=True)
+                      f"its output:\n{output}", file=sys.stderr, flush=True)
         with self._compact_err.open("wb") as err:
             self._compactor = subprocess.Popen(
                 [sys.executable, "-m", "drivetrain", "compact", "--spec", str(self.config.spec_path),
