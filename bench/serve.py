@@ -35,7 +35,7 @@ from drivetrain.adapt import fit_model, plan_policy
 from drivetrain.model import OutcomeModel
 from drivetrain.model._compiled import CompiledModel
 from drivetrain.policy import Policy
-from drivetrain.serve import Decider, ServiceProcess
+from drivetrain.serve import Decider, ServiceProcess, settle_heap
 from drivetrain.twin import NBOOTwin, oracle
 from policy_value import logged_store
 
@@ -141,6 +141,7 @@ def _run(coroutine: Any) -> Any:
 def in_process(policy_dir: Path, ctx: list[dict[str, Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
     policy = Policy.load(policy_dir)
     decider = Decider(policy.spec, policy)
+    settle_heap()  # as `drivetrain serve` does before it serves
     now = datetime.now(timezone.utc)
     fast = np.empty(n)
     for i in range(n):

@@ -6,10 +6,12 @@ what arrived, and exit code 2; no traceback reaches the user for it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import time
+import traceback
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from importlib import resources
@@ -647,7 +649,7 @@ def serve(
     import uvicorn
 
     from drivetrain.data import open_store
-    from drivetrain.serve import Service, ServiceConfig, create_app
+    from drivetrain.serve import Service, ServiceConfig, create_app, settle_heap
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
@@ -663,7 +665,9 @@ def serve(
     if service.recovered is not None and service.recovered.segments:
         r = service.recovered
         err.print(f"recovered {r.segments} decision log segments of stopped workers ({r.records} decisions; {r.torn_bytes} bytes of a torn last record set aside)")
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False)
+    application = create_app(service)
+    settle_heap()
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()
@@ -673,7 +677,10 @@ def compact(
     log_dir: Annotated[Path, typer.Option(help="The decision log directory of `drivetrain serve`.")],
     quiet: Annotated[bool, typer.Option(help="Print nothing when there is nothing to do.")] = False,
     nice: Annotated[int, typer.Option(min=0, max=19, help="Lower this process's CPU priority by N (the service "
-                                                          "starts its compactions with 10, so decisions keep the CPU).")] = 0,
+                                                          "starts its compactor with 19, so decisions keep the CPU).")] = 0,
+    follow: Annotated[bool, typer.Option(help="Stay up: compact on each line read from standard input and answer with "
+                                              "one JSON line ({segments, rows, error}); stop at end of input. "
+                                              "The service runs its compactor this way.")] = False,
 ) -> None:
     """Move the closed decision log segments into the store's decisions table (safe to run again)."""
     if nice and hasattr(os, "nice"):
@@ -686,14 +693,27 @@ def compact(
     loaded = load_spec(spec)
     target = open_store(store, loaded, create=True)
     recovered = recover(log_dir)
-    total = 0
-    while True:
-        report = compact_log(target, log_dir)
-        if report.segments == 0:
-            break
-        total += report.segments
-        if report.ingest is not None:
-            console.print(f"{report.segments} segments: {report.ingest.summary()}")
+
+    def compact_all() -> tuple[int, int]:
+        segments = rows = 0
+        while (report := compact_log(target, log_dir)).segments:
+            segments, rows = segments + report.segments, rows + report.rows
+            if report.ingest is not None and not follow:
+                console.print(f"{report.segments} segments: {report.ingest.summary()}")
+        return segments, rows
+
+    if follow:
+        for _ in sys.stdin:  # one request per line; the service closing the pipe (or dying) ends the loop
+            try:
+                segments, rows = compact_all()
+                answer: dict[str, object] = {"segments": segments, "rows": rows, "error": None}
+            except Exception as exc:  # noqa: BLE001 - the segments stay in the log; report it and serve the next request
+                traceback.print_exc(file=sys.stderr)
+                answer = {"segments": 0, "rows": 0, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.stdout.flush()
+        return
+    total, _ = compact_all()
     if total == 0 and not quiet:
         console.print(f"no closed segments in {log_dir}")
     if recovered.torn_bytes:

@@ -13,8 +13,9 @@ Durability (docs/serving.md):
   kernel's page cache, which outlives the process; a response is only sent after its ``write`` returned.
 * machine crash (power loss, kernel panic): with ``fsync="always"`` no loss either (``fsync`` before the
   response, at the cost of a disk flush per decision); with the default ``fsync="rotate"`` the decisions
-  written since the last rotation may be lost (segments are fsynced when closed); ``"never"`` leaves it
-  to the kernel (typically up to 30 s).
+  written since the last rotation may be lost, and those of a segment whose flush had not finished yet
+  (a segment is fsynced as it closes, by a background thread, so that the flush does not stall the
+  requests behind it); ``"never"`` leaves it to the kernel (typically up to 30 s).
 
 At start, :func:`recover` closes the open segments of dead workers (those whose lock it can take). A
 half-written last line (a crash inside ``write``, or a machine crash) is cut off and kept in a
@@ -28,6 +29,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -74,6 +76,9 @@ class DecisionLog:
         self._count = 0
         self._opened = 0.0
         self._seq = 0
+        self._flusher: ThreadPoolExecutor | None = None
+        self._flushes: list[Future[None]] = []
+        self.failed_flushes: list[BaseException] = []  # fsyncs that failed; the service reports and clears them
 
     def _open(self) -> None:
         self._seq += 1
@@ -101,16 +106,34 @@ class DecisionLog:
             self.rotate()
 
     def rotate(self) -> Path | None:
-        """Close the open segment (fsynced unless ``fsync="never"``) so compaction can take it."""
+        """Close the open segment so compaction can take it; unless ``fsync="never"`` a background thread
+        fsyncs it (a disk flush takes milliseconds, which requests waiting behind it would feel)."""
         if self._fd is None or self._path is None:
             return None
-        if self.fsync != "never":
-            os.fsync(self._fd)
-        closed = self._path.with_name(self._path.name.replace(OPEN, CLOSED))
+        fd, closed = self._fd, self._path.with_name(self._path.name.replace(OPEN, CLOSED))
         os.rename(self._path, closed)
-        os.close(self._fd)  # closing drops the lock, after the rename
         self._fd, self._path = None, None
+        if self.fsync == "never":
+            os.close(fd)  # closing drops the lock, after the rename
+            return closed
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision-log-fsync")
+        self._collect(wait=False)
+        self._flushes.append(self._flusher.submit(_flush_and_close, fd))
         return closed
+
+    def flush(self) -> None:
+        """Wait until every closed segment is on disk; a failed fsync lands in ``failed_flushes``."""
+        self._collect(wait=True)
+
+    def _collect(self, *, wait: bool) -> None:
+        pending = []
+        for future in self._flushes:
+            if not wait and not future.done():
+                pending.append(future)
+            elif (error := future.exception()) is not None:
+                self.failed_flushes.append(error)
+        self._flushes = pending
 
     def rotate_if_old(self) -> Path | None:
         """Rotate when the open segment is older than ``max_age_s`` (called on a timer)."""
@@ -120,6 +143,17 @@ class DecisionLog:
 
     def close(self) -> None:
         self.rotate()
+        self.flush()
+        if self._flusher is not None:
+            self._flusher.shutdown()
+            self._flusher = None
+
+
+def _flush_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ metrics. Configuration is read once, at the edge (the CLI), into a :class:`Servi
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from drivetrain.serve._decider import Decider, Decision
 from drivetrain.serve._log import DecisionLog, FsyncPolicy, recover
 from drivetrain.spec import Spec
 
-__all__ = ["Service", "ServiceConfig"]
+__all__ = ["Service", "ServiceConfig", "settle_heap"]
 
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -61,6 +62,8 @@ class Metrics:
         self.outcomes = Counter("drivetrain_outcome_rows", "Outcome rows received, by result", ["result"], registry=self.registry)
         self.ready = Gauge("drivetrain_ready", "1 when a policy is loaded, 0 when degraded on the fallback", registry=self.registry)
         self.reloads = Counter("drivetrain_reloads", "Policy reloads, by result", ["result"], registry=self.registry)
+        self.compacted = Counter("drivetrain_compacted_decisions", "Decision log records compacted into the store",
+                                 registry=self.registry)
         self._stages: dict[str, Any] = {}
 
     def stage(self, name: str) -> Any:
@@ -84,7 +87,9 @@ class Service:
                                max_age_s=config.segment_age_s) if config.logging else None
         self._reload_lock = threading.Lock()
         self._store: Store | None = None
-        self._compactor: subprocess.Popen[bytes] | None = None
+        self._compactor: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._busy = False  # a compaction was asked for and has not answered yet
         self._compact_err = config.log_dir / "compact.err"
 
     # ------------------------------------------------------------------ decisions
@@ -160,43 +165,96 @@ class Service:
 
     # ------------------------------------------------------------------ background upkeep
     async def upkeep(self) -> None:
-        """Rotate old segments and compact closed ones into the store, in a separate process so that
-        compaction's CPU work never holds this process's interpreter while requests wait."""
+        """Rotate old segments and have the compactor move closed ones into the store. The compactor is one
+        long-lived child process (`drivetrain compact --follow` at niceness 19): compaction's CPU work never
+        holds this process's interpreter, and its start-up (imports, about a second of CPU) is paid once."""
         period = min(self.config.segment_age_s, self.config.compact_every_s)
         last_compact = time.monotonic()
         while True:
             await asyncio.sleep(max(0.5, period / 4))
             if self.log is not None:
                 self.log.rotate_if_old()
+                while self.log.failed_flushes:
+                    error = self.log.failed_flushes.pop()
+                    self.metrics.errors.labels("decision-log", "fsync").inc()
+                    print(f"fsync of a closed decision log segment failed: {error!r}", file=sys.stderr, flush=True)
             if time.monotonic() - last_compact >= self.config.compact_every_s:
                 last_compact = time.monotonic()
-                self.start_compaction()
+                await self.request_compaction()
 
-    def start_compaction(self) -> bool:
-        """Start `drivetrain compact` when closed segments wait and no compaction runs yet."""
+    async def request_compaction(self) -> bool:
+        """Ask the compactor to run when closed segments wait and it is not busy; start it if it is not up."""
         if self.log is None or not any(self.config.log_dir.glob("*.closed.jsonl")):
             return False
-        if self._compactor is not None:
-            code = self._compactor.poll()
-            if code is None:
-                return False
-            if code != 0:  # segments stay in the log, nothing is lost; say so where an operator looks
-                self.metrics.errors.labels("compaction", f"exit {code}").inc()
-                output = self._compact_err.read_text(errors="replace")[-2000:] if self._compact_err.is_file() else ""
-                print(f"compaction failed with exit code {code}; segments stay in {self.config.log_dir}; "
-                      f"its output:\n{output}", file=sys.stderr, flush=True)
-        with self._compact_err.open("wb") as err:
-            self._compactor = subprocess.Popen(
-                [sys.executable, "-m", "drivetrain", "compact", "--spec", str(self.config.spec_path),
-                 "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir), "--quiet", "--nice", "10"],
-                stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
+        child = self._compactor
+        if child is not None and child.returncode is not None:
+            if self._reader is not None:
+                await self._reader  # its last answers first
+            self.metrics.errors.labels("compaction", f"exit {child.returncode}").inc()
+            print(f"the compactor exited with code {child.returncode}; starting another (segments stay in "
+                  f"{self.config.log_dir}); its output:\n{self._compact_output()}", file=sys.stderr, flush=True)
+            child = self._compactor = None
+        if child is None:
+            with self._compact_err.open("wb") as err:
+                child = self._compactor = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "drivetrain", "compact", "--spec", str(self.config.spec_path),
+                    "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir), "--nice", "19", "--follow",
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, env=dict(os.environ))
+            self._reader = asyncio.create_task(self._read_answers(child))
+            self._busy = False
+        if self._busy:
+            return False
+        assert child.stdin is not None
+        self._busy = True
+        try:
+            child.stdin.write(b"compact\n")
+            await child.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):  # it died meanwhile; the next request restarts it
+            return False
         return True
 
-    def close(self) -> None:
+    async def _read_answers(self, child: asyncio.subprocess.Process) -> None:
+        assert child.stdout is not None
+        async for line in child.stdout:
+            self._busy = False
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                answer = {"error": f"unreadable answer {line[:200]!r}"}
+            if answer.get("error"):
+                self.metrics.errors.labels("compaction", "failed").inc()
+                print(f"compaction failed: {answer['error']}; segments stay in {self.config.log_dir}; "
+                      f"see {self._compact_err}", file=sys.stderr, flush=True)
+            else:
+                self.metrics.compacted.inc(int(answer.get("rows", 0)))
+        await child.wait()
+
+    def _compact_output(self) -> str:
+        return self._compact_err.read_text(errors="replace")[-2000:] if self._compact_err.is_file() else ""
+
+    async def aclose(self) -> None:
+        """Close the log (its last segment for the next start) and let a running compaction finish."""
         if self.log is not None:
             self.log.close()
-        if self._compactor is not None:
-            self._compactor.wait(timeout=60)
+        child = self._compactor
+        if child is not None and child.returncode is None:
+            assert child.stdin is not None
+            child.stdin.close()
+            try:
+                await asyncio.wait_for(child.wait(), timeout=60)
+            except asyncio.TimeoutError:
+                child.kill()
+                await child.wait()
+
+
+def settle_heap() -> None:
+    """Collect once, then exempt every object alive now (the libraries' modules, the loaded policy) from
+    later collections. Without this a full collection walks the imported libraries' hundreds of
+    thousands of objects, tens of milliseconds that the request which triggered it waits. Called once,
+    when the service has started and before it serves; objects made later (a reloaded policy) are
+    collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 def _cause(reason: str) -> str:

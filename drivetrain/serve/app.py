@@ -116,7 +116,7 @@ def create_app(service: Service) -> FastAPI:
             yield
         finally:
             task.cancel()
-            service.close()
+            await service.aclose()
 
     app = FastAPI(title="drivetrain decision service", version="1", lifespan=lifespan,
                   description="Decisions for a checkout in milliseconds, each logged so that it joins its outcome.")
