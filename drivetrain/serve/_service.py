@@ -220,6 +220,8 @@ class Service:
             try:
                 answer = json.loads(line)
             except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
                 answer = {"error": f"unreadable answer {line[:200]!r}"}
             if answer.get("error"):
                 self.metrics.errors.labels("compaction", "failed").inc()
