@@ -158,8 +158,6 @@ class Service:
         manifest: dict[str, Any] | None = None
         path = self.policy_dir / "manifest.json"
         if d.ready and path.is_file():
-            import json
-
             manifest = json.loads(path.read_text())
         return {"policy_version": d.version, "ready": d.ready, "policy_dir": str(self.policy_dir), "manifest": manifest}
 
