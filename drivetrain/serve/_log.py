@@ -29,7 +29,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,8 +77,7 @@ class DecisionLog:
         self._opened = 0.0
         self._seq = 0
         self._flusher: ThreadPoolExecutor | None = None
-        self._flushes: list[Future[None]] = []
-        self.failed_flushes: list[BaseException] = []  # fsyncs that failed; the service reports and clears them
+        self.failed_flushes: list[OSError] = []  # fsyncs that failed; the service reports and clears them
 
     def _open(self) -> None:
         self._seq += 1
@@ -118,22 +117,16 @@ class DecisionLog:
             return closed
         if self._flusher is None:
             self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision-log-fsync")
-        self._collect(wait=False)
-        self._flushes.append(self._flusher.submit(_flush_and_close, fd))
+        self._flusher.submit(self._flush_and_close, fd)
         return closed
 
-    def flush(self) -> None:
-        """Wait until every closed segment is on disk; a failed fsync lands in ``failed_flushes``."""
-        self._collect(wait=True)
-
-    def _collect(self, *, wait: bool) -> None:
-        pending = []
-        for future in self._flushes:
-            if not wait and not future.done():
-                pending.append(future)
-            elif (error := future.exception()) is not None:
-                self.failed_flushes.append(error)
-        self._flushes = pending
+    def _flush_and_close(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as error:
+            self.failed_flushes.append(error)
+        finally:
+            os.close(fd)  # closing drops the lock, after the rename
 
     def rotate_if_old(self) -> Path | None:
         """Rotate when the open segment is older than ``max_age_s`` (called on a timer)."""
@@ -142,18 +135,11 @@ class DecisionLog:
         return None
 
     def close(self) -> None:
+        """Close the open segment and wait until every closed segment's flush has finished."""
         self.rotate()
-        self.flush()
         if self._flusher is not None:
-            self._flusher.shutdown()
+            self._flusher.shutdown(wait=True)
             self._flusher = None
-
-
-def _flush_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ class Service:
     async def upkeep(self) -> None:
         """Rotate old segments and have the compactor move closed ones into the store. The compactor is one
         long-lived child process (`drivetrain compact --follow` at niceness 19): compaction's CPU work never
-        holds this process's interpreter, and its start-up (imports, about a second of CPU) is paid once."""
+        holds this process's interpreter, and its start-up (imports, about 3 CPU seconds) is paid once."""
         period = min(self.config.segment_age_s, self.config.compact_every_s)
         last_compact = time.monotonic()
         while True:

@@ -49,6 +49,24 @@ def test_rotation_and_compaction_move_every_record_once(tmp_path: Path) -> None:
     assert report.ingest is not None and report.ingest.duplicates == 100 and store.count("decisions") == 100
 
 
+def test_a_failed_background_fsync_is_kept_for_the_service_and_its_segment_stays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[int] = []
+
+    def failing_fsync(fd: int) -> None:
+        flushed.append(fd)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    open_fds = len(os.listdir("/proc/self/fd"))
+    log = DecisionLog(tmp_path, worker="w1", max_records=10)
+    for rec in _records(25):
+        log.append(rec)
+    log.close()  # waits for the flushes
+    assert len(flushed) == 3 and [e.errno for e in log.failed_flushes] == [5, 5, 5]
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # each segment's descriptor is closed all the same
+    assert sum(1 for p in tmp_path.glob("*.closed.jsonl") for _ in p.open()) == 25
+
+
 def test_recover_cuts_a_torn_tail_and_keeps_every_line_before_it(tmp_path: Path) -> None:
     log = DecisionLog(tmp_path, worker="dead")
     for rec in _records(10):
