@@ -297,7 +297,7 @@ def fit(
     folds: Annotated[int, typer.Option(help="Cross-fitting folds (0: none).")] = 3,
     refit: Annotated[bool, typer.Option(help="After cross-fitting, fit one model per component on every row to "
                                              "predict and serve (--no-refit: the mean of the fold models, a little "
-                                             "better decisions at three times the serving cost).")] = True,
+                                             "better decisions for three times the trees a decision runs).")] = True,
     trees: Annotated[int, typer.Option(min=1, help="Boosting rounds per model.")] = 300,
     threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of folds and models.")] = 0,
