@@ -195,7 +195,11 @@ class ParquetStore(_SqlStore):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _files(self, table: str) -> list[Path]:
-        return sorted((self.root / table).glob("**/*.parquet"))
+        directory = self.root / table
+        if directory.exists() and not directory.is_dir():  # else it would read as an empty table, and a
+            # de-duplicating ingest would take every row as new
+            raise StoreError(f"table `{table}` must be a directory of Parquet files, got a file at {str(directory)!r}")
+        return sorted(directory.glob("**/*.parquet"))
 
     def _write(self, directory: Path, rows: pa.Table) -> Path:
         directory.mkdir(parents=True, exist_ok=True)

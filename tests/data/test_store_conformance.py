@@ -89,6 +89,19 @@ def test_parquet_store_persists_and_checks_its_marker(spec: Spec, tmp_path) -> N
         ParquetStore(tmp_path / "s", spec)
 
 
+def test_a_table_that_is_not_a_directory_is_an_error_not_an_empty_table(spec: Spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = ParquetStore(tmp_path / "s", spec, create=True)
+    store.append("outcomes", _outcomes(["a"]))
+    (tmp_path / "s" / "outcomes").rename(tmp_path / "aside")
+    (tmp_path / "s" / "outcomes").write_text("not a table")
+    # read as empty, a de-duplicating ingest would take rows already stored as new
+    with pytest.raises(StoreError, match="table `outcomes` must be a directory of Parquet files, got a file"):
+        store.lookup("outcomes", "event_id", pa.table({"event_id": ["a"]}))
+    (tmp_path / "s" / "outcomes").unlink()
+    (tmp_path / "aside").rename(tmp_path / "s" / "outcomes")
+    assert store.count("outcomes") == 1
+
+
 def test_baselines_round_trip(store: Store) -> None:
     import numpy as np
 
