@@ -196,8 +196,9 @@ class ParquetStore(_SqlStore):
 
     def _files(self, table: str) -> list[Path]:
         directory = self.root / table
-        if directory.exists() and not directory.is_dir():  # else it would read as an empty table, and a
-            # de-duplicating ingest would take every row as new
+        # a file in the table's place would otherwise read as an empty table, and a de-duplicating
+        # ingest would take every row as new
+        if directory.exists() and not directory.is_dir():
             raise StoreError(f"table `{table}` must be a directory of Parquet files, got a file at {str(directory)!r}")
         return sorted(directory.glob("**/*.parquet"))
 

@@ -6,18 +6,18 @@ and started again. Either way every decision reaches the store once the cause is
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from drivetrain.data import ParquetStore
+from drivetrain.twin import nboo_spec
 from tests.serve.service_helpers import Server, read_store, start_server
 
 
@@ -29,18 +29,6 @@ def decide(server: Server, contexts: list[dict[str, Any]], prefix: str, n: int) 
                                                 "context": {k: v for k, v in c.items() if k != "unit_id"}})
             assert r.status_code == 200, r.text
     return [f"{prefix}-{i}" for i in range(n)]
-
-
-@contextlib.contextmanager
-def writer_lock(server: Server) -> Iterator[None]:
-    """Hold the store's writer lock, as every writer does: a table swapped under it is never seen half-way
-    by an ingest (whose de-duplication lookup and append both run under the lock)."""
-    with open(server.store / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def wait_for(condition: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
@@ -112,14 +100,17 @@ def test_a_failed_compaction_keeps_its_segments_until_the_store_takes_them(polic
         first = decide(server, contexts, "a", 30)
         wait_for(lambda: stored(server, first), "the first decisions in the store")
         (child,) = compactors(server)
-        with writer_lock(server):
+        # the table is swapped under the store's writer lock, as any writer must: an ingest (whose
+        # de-duplication lookup and append both hold the lock) never sees the swap half done
+        store = ParquetStore(server.store, nboo_spec())
+        with store.writing():
             table.rename(aside)
             table.write_text("not a directory: the store cannot take the decisions table here")
         second = decide(server, contexts, "b", 30)
         wait_for(lambda: metric(server, "drivetrain_errors_total", endpoint="compaction", kind="failed") >= 1, "a failed compaction")
         assert any(server.log_dir.glob("*.closed.jsonl"))  # nothing lost: the segments wait in the log
         assert "compaction failed:" in server.stderr.read_text()
-        with writer_lock(server):
+        with store.writing():
             table.unlink()
             aside.rename(table)
         wait_for(lambda: stored(server, second), "the decisions of the failed compactions in the store")
