@@ -89,9 +89,11 @@ def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds:
 
     t0 = time.perf_counter()
     predictions = model.predict_outcomes(evaluation, return_std=True)
-    plan_free = plan_policy(spec, model, evaluation, budget_overrides=relax, guardrail_overrides=loose, predictions=predictions)
+    # the plans themselves against the oracle's plans: the same limits, without the holdout and exploration
+    plan_free = plan_policy(spec, model, evaluation, budget_overrides=relax, guardrail_overrides=loose, predictions=predictions,
+                            as_served=False)
     plan_budget = plan_policy(spec, model, evaluation, budget_overrides={"promotion_budget": budget}, guardrail_overrides=loose,
-                              predictions=predictions)
+                              predictions=predictions, as_served=False)
     plan_s = time.perf_counter() - t0
 
     def value(probabilities: np.ndarray) -> float:

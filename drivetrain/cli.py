@@ -363,13 +363,13 @@ def optimize(
     plan.policy.save(out)
     written = write_policy_baselines(target, plan, population, created_at=SystemClock().now())
     a = plan.assignment
-    t = Table(title=f"plan on {len(population)} units: predicted mean per unit")
-    for column in ("constraint", "usage", "limit", "price"):
+    t = Table(title=f"plan on {len(population)} units: predicted mean per unit (as served: with the holdout and exploration)")
+    for column in ("constraint", "plan", "as served", "limit", "price"):
         t.add_column(column, justify="left" if column == "constraint" else "right")
     limits = {c.name: f"{'<=' if c.sense == '<=' else '>='} {c.limit:g}" for c in plan.problem.constraints}
     limits.update({c.name: f"share <= {c.max_share:g}" for c in plan.problem.caps})
     for name, usage in a.usage.items():
-        t.add_row(name, f"{usage:.4f}", limits.get(name, ""), f"{a.multipliers.get(name, 0.0):.4f}")
+        t.add_row(name, f"{usage:.4f}", f"{plan.served[name]:.4f}", limits.get(name, ""), f"{a.multipliers.get(name, 0.0):.4f}")
     console.print(t)
     shares = pd.Series(np.asarray(loaded.action_space.ids, dtype=object)[a.action]).value_counts(normalize=True)
     console.print(f"predicted {loaded.model.objective.name} per unit {a.objective:.4f}; actions: "

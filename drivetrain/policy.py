@@ -11,7 +11,9 @@ batch; then applies exploration and the holdout exactly as DESIGN.md defines the
 * holdout: ``hash(salt, unit_id) < holdout_share`` gets the control action;
 * exploration: with probability ``eps``, drawn per request from a hash of the request id, a uniformly
   random eligible action;
-* propensity: ``h * [a = control] + (1 - h) * (eps / K_i + (1 - eps) * [a = chosen])``.
+* propensity: ``h * [a = control] + (1 - h) * (eps / K_i + (1 - eps) * [a = chosen])``;
+* a context that breaks the contract gets the fallback action, except in the holdout, which keeps control
+  (so the holdout stays exactly the units its hash picks): propensity ``h [a = control] + (1 - h) [a = fallback]``.
 
 Saved as plain files: ``manifest.json`` (spec hash, data window, library versions, metrics, sha256 of
 every file), ``policy.json``, ``spec.yaml`` and LightGBM text models. Loading verifies every checksum and
@@ -39,7 +41,7 @@ from drivetrain.data import check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
 from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage
-from drivetrain.spec import Formula, Spec, holdout_draw, parse_spec
+from drivetrain.spec import Formula, Spec, failed_propensity, holdout_draw, parse_spec
 
 __all__ = ["DecisionBatch", "Policy", "constraint_terms"]
 
@@ -191,10 +193,10 @@ class Policy:
         units = frame["unit_id"].astype(str).to_numpy()
         requests = frame["request_id"].astype(str).to_numpy() if "request_id" in frame else np.array(
             [f"{self.version}:{u}:{now.isoformat()}" for u in units], dtype=object)
-        fallback = self.spec.fallback.index
-        action = np.full(n, fallback)
-        propensity = np.ones(n)
-        assignment = np.full(n, "fallback", dtype=object)
+        held = holdout_draw(self.spec.model.experimentation.salt, units) < self.holdout_share
+        action = np.where(held, self.spec.control.index, self.spec.fallback.index)  # a held-out unit keeps its arm
+        propensity = failed_propensity(action, self.spec.fallback.index, self.spec.control.index, self.holdout_share)
+        assignment = np.where(held, "holdout", "fallback").astype(object)
         predicted = np.full((n, len(self.spec.action_space)), np.nan)
         margin = np.full(n, np.nan)
         if ok.any():

@@ -18,7 +18,8 @@ from drivetrain.data import JoinReport, Store, training_table, write_baselines
 from drivetrain.errors import DataError, UsageError
 from drivetrain.model import OutcomeModel
 from drivetrain.model._modeler import _formula_on
-from drivetrain.optimize import Assignment, AssignmentProblem, LagrangianOptimizer, Optimizer, pessimistic, problem_from_spec
+from drivetrain.optimize import Assignment, AssignmentProblem, LagrangianOptimizer, Optimizer, pessimistic, problem_from_spec, served_use
+from drivetrain.optimize import as_served as served_limits
 from drivetrain.policy import Policy, constraint_terms
 from drivetrain.simulate import PolicyEstimate, evaluate_metrics, evaluate_policy
 from drivetrain.spec import Spec, compile_formula
@@ -49,11 +50,14 @@ def fit_model(store: Store, as_of: datetime, model: OutcomeModel) -> tuple[Outco
 
 @dataclass(frozen=True)
 class Plan:
-    """The optimizer's answer on a population: the policy, its assignment and predicted usage."""
+    """The optimizer's answer on a population: the policy, its assignment (the plan; its ``usage`` is the
+    plan's own), the spec's problem it answers, and the predicted mean use of each constraint and cap as
+    served (holdout and exploration included, see :func:`~drivetrain.optimize.served_use`)."""
 
     policy: Policy
     assignment: Assignment
     problem: AssignmentProblem
+    served: Mapping[str, float]
 
 
 def plan_policy(
@@ -68,12 +72,15 @@ def plan_policy(
     version: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     predictions: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+    as_served: bool = True,
 ) -> Plan:
     """Optimize lever settings on ``contexts`` under the spec's constraints and return the policy whose
     prices reproduce that assignment unit by unit. ``pessimism`` = z plans on the objective's lower and
     the costs' upper bounds, z standard deviations of the cross-fitted models away. ``predictions``
     (means, spreads) from ``model.predict_outcomes(contexts, return_std=True)`` saves predicting again
-    when planning several times on one population."""
+    when planning several times on one population. With ``as_served`` (the default) the limits hold for
+    the policy as served, with the spec's holdout and exploration (budgets and caps over both arms, a
+    guardrail over the policy arm, as the evaluation counts them); ``False`` holds them for the plan alone."""
     if pessimism is not None and pessimism < 0:
         raise UsageError(f"`pessimism` must be >= 0 (a z value such as 1.645), got {pessimism}")
     columns = {n: contexts[n].to_numpy() for n in spec.features if n in contexts}
@@ -88,9 +95,12 @@ def plan_policy(
         value_se = _formula_se(spec, spec.objective, stds, columns)
         coef_se = {name: _formula_se(spec, formula, stds, columns) for name, formula, _s, _l in constraint_terms(spec)}
         problem = pessimistic(problem, value_se=value_se, coef_se={k: v for k, v in coef_se.items() if k in problem.names}, z=pessimism)
-    assignment = (optimizer or LagrangianOptimizer()).assign(problem)
+    experimentation = spec.model.experimentation
+    serving = {"exploration_rate": experimentation.exploration_rate, "holdout_share": experimentation.holdout_share}
+    solved = served_limits(problem, spec, **serving) if as_served else problem
+    assignment = (optimizer or LagrangianOptimizer()).assign(solved)
     policy = Policy.from_model(spec, model, dict(assignment.multipliers), version=version, metadata=metadata)
-    return Plan(policy, assignment, problem)
+    return Plan(policy, assignment, problem, served_use(problem, spec, assignment.probabilities, **serving))
 
 
 def _formula_se(spec: Spec, formula: Any, stds: Mapping[str, np.ndarray], contexts: Mapping[str, Any]) -> np.ndarray:

@@ -501,12 +501,13 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
     clean.update(levers)
     clean["propensity"] = rows.number("propensity", required=True, lo=0.0, hi=1.0, lo_open=True)
     clean["assignment"] = rows.choice("assignment", list(ASSIGNMENTS), required=False).fillna("policy")
-    # a fallback decision whose context broke the contract (that is why it fell back) is kept, with the
-    # context as parsed and the break named in `fallback_reason`; any other row's context must hold
+    # a fallback decision whose context broke the contract (that is why it fell back), or a held-out one
+    # (control whatever broke), is kept, with the context as parsed and the break named in
+    # `fallback_reason`; any other row's context must hold
     context_rows = _Rows(rows.frame)
     clean.update(_features(context_rows, spec, salt))
     fallback_reason = rows.text("fallback_reason", required=False)
-    excused = (clean["assignment"] == "fallback").to_numpy(dtype=bool) & fallback_reason.notna().to_numpy(dtype=bool)
+    excused = clean["assignment"].isin(("fallback", "holdout")).to_numpy(dtype=bool) & fallback_reason.notna().to_numpy(dtype=bool)
     rows.adopt(context_rows.reason, ~excused)
     for name, feat in spec.model.context.features.items():
         if feat.type == "integer":  # a kept fallback row's broken value with no int64 form (1.5, inf, -5e-324)

@@ -118,7 +118,8 @@ class BudgetUse:
 class ServiceLevels:
     """SLOs from the decision log: latency percentiles (ms, 1% resolution) and the share over
     ``serving.latency_budget_ms``, among decisions with a logged ``latency_ms``; the fallback rate
-    (``assignment`` = fallback) and the error rate (a ``fallback_reason`` that mentions an error: the model
+    (decisions the policy could not make: ``assignment`` = fallback, or a held-out decision with a
+    ``fallback_reason``) and the error rate (a ``fallback_reason`` that mentions an error: the model
     or service failed, rather than a context the contract refused), among all decisions; and the serving
     cost per 1,000 decisions, mean latency priced at ``serving.cost_per_serving_hour`` (None without it)."""
 
@@ -352,7 +353,7 @@ def _decisions_cte(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariat
                    CASE WHEN decided_at <= {_ts(as_of - spec.horizon - spec.settle)} THEN 1 ELSE 0 END AS mature,
                    CASE WHEN {eligible} THEN 1 ELSE 0 END AS eligible,
                    CASE WHEN action_id <> '{control}' THEN 1 ELSE 0 END AS treated,
-                   CASE WHEN assignment = 'fallback' THEN 1 ELSE 0 END AS fallback,
+                   CASE WHEN assignment = 'fallback' OR fallback_reason IS NOT NULL THEN 1 ELSE 0 END AS fallback,
                    CASE WHEN LOWER(fallback_reason) LIKE '%error%' THEN 1 ELSE 0 END AS error,
                    latency_ms,
                    CASE WHEN latency_ms > {float(budget)!r} THEN 1 ELSE 0 END AS over_budget

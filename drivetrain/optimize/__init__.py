@@ -17,7 +17,7 @@ linear program solved by HiGHS, the reference on smaller problems). Both return 
 
 from drivetrain.optimize._assignment import Assignment, Optimizer
 from drivetrain.optimize._exact import ExactOptimizer
-from drivetrain.optimize._from_spec import problem_from_spec
+from drivetrain.optimize._from_spec import as_served, problem_from_spec, served_use
 from drivetrain.optimize._lagrangian import LagrangianOptimizer
 from drivetrain.optimize._problem import (
     AssignmentProblem,
@@ -34,6 +34,8 @@ __all__ = [
     "MeanConstraint",
     "Optimizer",
     "ShareCap",
+    "as_served",
     "pessimistic",
     "problem_from_spec",
+    "served_use",
 ]

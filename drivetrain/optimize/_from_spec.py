@@ -15,7 +15,7 @@ from drivetrain.spec import Formula, Spec
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["problem_from_spec"]
+__all__ = ["as_served", "problem_from_spec", "served_use"]
 
 GuardrailBound = float | tuple[float | None, float | None]
 
@@ -35,10 +35,10 @@ def problem_from_spec(
     DataFrame works). Formulas are evaluated element-wise with outcomes as (n, K), levers as (1, K) and
     context features as (n, 1). A ``minimize`` objective is negated, so that values are always maximized.
 
-    Budgets and caps count per unit in the program (the spec's unit eligibility): their limits are
-    scaled by the share of such units, so that units outside it (who get the control action) neither use
-    nor free up any of them. A guardrail is a population mean; one with both bounds gives two
-    constraints, ``<name>:min`` and ``<name>:max``. ``budget_overrides`` replaces ``max_per_unit`` by
+    Budgets, guardrails and caps count per unit in the program (the spec's unit eligibility), as the
+    evaluation measures them: their limits are scaled by the share of such units and units outside it
+    (who get the control action) count zero, so that they neither use nor free up any of them. A
+    guardrail is a mean over those units; one with both bounds gives two constraints, ``<name>:min`` and ``<name>:max``. ``budget_overrides`` replaces ``max_per_unit`` by
     budget name; ``guardrail_overrides`` replaces a one-sided guardrail's bound by a number, a two-sided
     one's by a ``(min, max)`` pair (``None`` keeps that side).
 
@@ -101,24 +101,28 @@ def problem_from_spec(
     if spec.model.objective.direction == "minimize":
         values = -values
     eligible = spec.eligible_actions(features)
-    in_program = float(np.mean(spec.eligible_units(features)))
+    program = spec.eligible_units(features)
+    in_program = float(np.mean(program))
+
+    def in_program_only(coef: np.ndarray) -> np.ndarray:
+        return coef if program.all() else np.where(program[:, None], coef, 0.0)
 
     constraints: list[MeanConstraint] = []
     for budget, formula in spec.budgets:
         limit = float(budget_overrides.get(budget.name, budget.max_per_unit))
         if not np.isfinite(limit) or limit < 0:
             raise UsageError(f"`budget_overrides[{budget.name!r}]` must be a finite number >= 0, got {limit}")
-        constraints.append(MeanConstraint(budget.name, evaluate(formula, f"budget {budget.name!r}"), limit * in_program, "<="))
+        constraints.append(MeanConstraint(budget.name, in_program_only(evaluate(formula, f"budget {budget.name!r}")), limit * in_program, "<="))
     for guardrail, formula in spec.guardrails:
         low, high = guardrail.min, guardrail.max
         if guardrail.name in guardrail_overrides:
             low, high = _override(guardrail.name, guardrail_overrides[guardrail.name], low, high)
-        coef = evaluate(formula, f"guardrail {guardrail.name!r}")
+        coef = in_program_only(evaluate(formula, f"guardrail {guardrail.name!r}"))
         both = low is not None and high is not None
         if high is not None:
-            constraints.append(MeanConstraint(f"{guardrail.name}:max" if both else guardrail.name, coef, high, "<="))
+            constraints.append(MeanConstraint(f"{guardrail.name}:max" if both else guardrail.name, coef, high * in_program, "<="))
         if low is not None:
-            constraints.append(MeanConstraint(f"{guardrail.name}:min" if both else guardrail.name, coef, low, ">="))
+            constraints.append(MeanConstraint(f"{guardrail.name}:min" if both else guardrail.name, coef, low * in_program, ">="))
     caps = [ShareCap(cap.name, mask, cap.max_share * in_program) for cap, mask in spec.caps]
     return AssignmentProblem(values=values, eligible=eligible, constraints=constraints, caps=caps)
 
@@ -133,3 +137,60 @@ def _override(name: str, value: GuardrailBound, low: float | None, high: float |
     if isinstance(value, tuple) or not isinstance(value, int | float):
         raise UsageError(f"`guardrail_overrides[{name!r}]` must be a number for a one-sided guardrail, got {value!r}")
     return (float(value), None) if low is not None else (None, float(value))
+
+
+def _check_serving(exploration_rate: float, holdout_share: float) -> tuple[float, float]:
+    eps, h = float(exploration_rate), float(holdout_share)
+    if not (0.0 <= eps < 1.0 and 0.0 <= h < 1.0):
+        raise UsageError(f"`exploration_rate` and `holdout_share` must be in [0, 1), got {exploration_rate} and {holdout_share}")
+    return eps, h
+
+
+def served_use(problem: AssignmentProblem, spec: Spec, probabilities: np.ndarray, *, exploration_rate: float,
+               holdout_share: float) -> dict[str, float]:
+    """Mean use of every constraint and cap of ``problem`` when the plan ``probabilities`` (n, K) is served.
+
+    A served policy gives control to the holdout (share ``h``) and, to everyone else, a uniformly random
+    eligible action with probability ``eps``: ``(1 - eps) x + eps u`` in the policy arm, with ``x`` the
+    plan and ``u`` uniform over the unit's eligible actions, and ``h e_control + (1 - h) ((1 - eps) x + eps
+    u)`` over both arms. As the evaluation counts them, budgets and caps are over both arms and a
+    guardrail over the policy arm.
+    """
+    eps, h = _check_serving(exploration_rate, holdout_share)
+    uniform = problem.eligible / problem.eligible.sum(axis=1, keepdims=True)
+    policy_arm = (1.0 - eps) * np.asarray(probabilities, dtype=np.float64) + eps * uniform
+    both = (1.0 - h) * policy_arm
+    both[:, spec.control.index] += h
+    budgets = {b.name for b, _ in spec.budgets}
+    shape = problem.values.shape
+    use = {c.name: float(np.mean((np.broadcast_to(c.coef, shape) * (both if c.name in budgets else policy_arm)).sum(axis=1)))
+           for c in problem.constraints}
+    use.update({cap.name: float(np.mean(both[:, cap.mask].sum(axis=1))) for cap in problem.caps})
+    return use
+
+
+def as_served(problem: AssignmentProblem, spec: Spec, *, exploration_rate: float, holdout_share: float) -> AssignmentProblem:
+    """``problem`` with limits that hold for the policy as served (:func:`served_use`), not only for its plan.
+
+    Served use is linear in the plan: ``a + b m`` with ``m`` the plan's own use, ``a`` the use of the
+    exploration and the holdout alone and ``b = (1 - h)(1 - eps)`` for budgets and caps, ``1 - eps`` for
+    guardrails. So only the limits change, to ``(limit - a) / b``. A cap that exploration and the holdout
+    alone break is an error naming it; any other limit the plan cannot meet is the optimizer's
+    infeasibility error, which names it.
+    """
+    eps, h = _check_serving(exploration_rate, holdout_share)
+    if eps == 0.0 and h == 0.0:
+        return problem
+    alone = served_use(problem, spec, np.zeros(problem.values.shape), exploration_rate=eps, holdout_share=h)
+    budgets = {b.name for b, _ in spec.budgets}
+    constraints = [MeanConstraint(c.name, c.coef, (c.limit - alone[c.name]) / ((1.0 - eps) * ((1.0 - h) if c.name in budgets else 1.0)), c.sense)
+                   for c in problem.constraints]
+    caps = []
+    for cap in problem.caps:
+        share = (cap.max_share - alone[cap.name]) / ((1.0 - h) * (1.0 - eps))
+        if share < 0:
+            raise UsageError(f"cap {cap.name!r} cannot hold as served: exploration at rate {eps:g} and the holdout ({h:g}) "
+                             f"alone give its actions a share of {alone[cap.name]:.4g}, more than {cap.max_share:g}; "
+                             "lower the exploration rate or raise the cap")
+        caps.append(ShareCap(cap.name, cap.mask, min(share, 1.0)))
+    return AssignmentProblem(values=problem.values, eligible=problem.eligible, constraints=constraints, caps=caps)

@@ -27,7 +27,7 @@ from drivetrain.data import check_context
 from drivetrain.model._compiled import CompiledModel
 from drivetrain.model._modeler import _formula_on
 from drivetrain.policy import Policy, constraint_terms
-from drivetrain.spec import Spec
+from drivetrain.spec import Spec, failed_propensity, holdout_draw
 
 __all__ = ["Decider", "Decision"]
 
@@ -56,6 +56,9 @@ class Decider:
         self._ids = spec.action_space.ids
         self._levers = spec.action_space.lever_columns()
         self._fallback = spec.fallback.index
+        self._control = spec.control.index
+        self._salt = spec.model.experimentation.salt
+        self._holdout_share = policy.holdout_share if policy is not None else spec.model.experimentation.holdout_share
         if policy is not None:
             self._terms = [(f, (1.0 if sense == "<=" else -1.0) * policy.multipliers.get(name, 0.0))
                            for name, f, sense, _ in constraint_terms(policy.spec) if policy.multipliers.get(name, 0.0)]
@@ -107,8 +110,11 @@ class Decider:
         if batch is not None and t2 - t0 > self.budget_s:
             reason = f"over the latency budget: {1000 * (t2 - t0):.1f} ms > {1000 * self.budget_s:g} ms"
             batch = None
-        if batch is None:
-            action, propensity, assignment, margin = self._fallback, 1.0, "fallback", None
+        if batch is None:  # a held-out unit keeps its arm and control whatever failed (DESIGN.md, Randomization)
+            held = bool(holdout_draw(self._salt, [unit_id])[0] < self._holdout_share)
+            action = self._control if held else self._fallback
+            assignment, margin = ("holdout" if held else "fallback"), None
+            propensity = float(failed_propensity(np.array([action]), self._fallback, self._control, self._holdout_share)[0])
         else:
             action, propensity = int(batch.action[0]), float(batch.propensity[0])
             assignment = str(batch.assignment[0])

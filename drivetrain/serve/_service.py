@@ -111,8 +111,8 @@ class Service:
         m.stage("total").observe(total_s)
         r = decision.response
         m.decisions.labels(r["action_id"], r["assignment"]).inc()
-        if r["assignment"] == "fallback":
-            m.fallbacks.labels(_cause(r["fallback_reason"] or "")).inc()
+        if r["fallback_reason"] is not None:  # a held-out unit keeps its arm (control) but still counts
+            m.fallbacks.labels(_cause(r["fallback_reason"])).inc()
 
     # ------------------------------------------------------------------ outcomes
     @property

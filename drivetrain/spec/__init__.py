@@ -4,7 +4,7 @@ from drivetrain.spec._actions import Action, ActionSpace
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
 from drivetrain.spec._load import Spec, load_spec, parse_spec
 from drivetrain.spec._model import SpecModel, format_duration, parse_duration
-from drivetrain.spec._randomization import holdout_draw, in_holdout, serving_propensity
+from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
 
 __all__ = [
     "FUNCTIONS",
@@ -15,6 +15,7 @@ __all__ = [
     "SpecModel",
     "compile_formula",
     "format_duration",
+    "failed_propensity",
     "holdout_draw",
     "in_holdout",
     "load_spec",

@@ -6,7 +6,9 @@ that the whole serving system picks the logged action for that context (DESIGN.m
 
     h * [a = control] + (1 - h) * pi(a | x)
 
-where ``pi`` is the policy's own distribution, e.g. ``eps / K + (1 - eps) * [a = chosen]``.
+where ``pi`` is the policy's own distribution, e.g. ``eps / K + (1 - eps) * [a = chosen]``. A decision the
+policy could not make (a broken context, a model error, over the latency budget) still keeps its arm: a
+held-out unit gets control and every other unit the fallback, so ``pi`` is then ``[a = fallback]``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["holdout_draw", "in_holdout", "serving_propensity"]
+__all__ = ["failed_propensity", "holdout_draw", "in_holdout", "serving_propensity"]
 
 _SCALE = float(2**64)
 
@@ -38,3 +40,10 @@ def in_holdout(salt: str, unit_ids: Iterable[object], share: float) -> np.ndarra
 def serving_propensity(policy_probability: np.ndarray, is_control: np.ndarray, holdout_share: float) -> np.ndarray:
     """Propensity of the logged action under holdout + policy; inputs and output shape (n,)."""
     return holdout_share * np.asarray(is_control, dtype=np.float64) + (1.0 - holdout_share) * np.asarray(policy_probability)
+
+
+def failed_propensity(action: np.ndarray, fallback: int, control: int, holdout_share: float) -> np.ndarray:
+    """Propensity of the logged ``action`` (n,) of decisions the policy could not make: the holdout's
+    control or everyone else's fallback, ``h [a = control] + (1 - h) [a = fallback]``; shape (n,)."""
+    a = np.asarray(action)
+    return serving_propensity((a == fallback).astype(np.float64), a == control, holdout_share)

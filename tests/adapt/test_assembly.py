@@ -13,6 +13,7 @@ from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.errors import UsageError
 from drivetrain.model import OutcomeModel
+from drivetrain.optimize import problem_from_spec, served_use
 from drivetrain.twin import NBOOTwin, best_single_action
 
 
@@ -51,9 +52,38 @@ def test_planned_policy_beats_control_and_every_single_action(fitted, fresh) -> 
     # the policy's prices reproduce the optimizer's assignment unit by unit
     batch = plan.policy.decide(users)
     assert np.mean(batch.chosen == plan.assignment.action) > 0.98
-    # the plan respects the budget in prediction, and eligibility always
-    assert plan.assignment.usage["promotion_budget"] <= twin.spec.budgets[0][0].max_per_unit * (1 + 1e-6)
+    # the plan respects the budget in prediction as served (holdout and exploration included), and eligibility always
+    limit = twin.spec.budgets[0][0].max_per_unit
+    assert plan.served["promotion_budget"] <= limit * (1 + 1e-6)
     assert truth.eligible[np.arange(len(users)), batch.action].all()
+
+
+def test_the_served_policy_keeps_the_limits_its_plan_keeps(fitted, fresh) -> None:  # type: ignore[no-untyped-def]
+    """Holdout units spend nothing and explored ones spend at random: the served policy's predicted
+    promotion cost over both arms and refund rate over the policy arm meet the limits where they bind,
+    and the served decisions (Policy.action_distribution) spend what the plan says they will."""
+    twin, _, model, _ = fitted
+    users, _ = fresh
+    spec = twin.spec
+    exp = spec.model.experimentation
+    budget, refund = 0.6, 0.0105
+    plan = plan_policy(spec, model, users, budget_overrides={"promotion_budget": budget}, guardrail_overrides={"refund_rate": refund})
+    assert plan.served["promotion_budget"] == pytest.approx(budget, rel=2e-3)
+    assert plan.served["refund_rate"] == pytest.approx(refund, rel=2e-3)
+    means = model.predict_outcomes(users)
+    served = plan.policy.action_distribution(users)  # the priced decisions, holdout and exploration included
+    cost = float(np.mean((means["promo_cost"] * served).sum(axis=1)))
+    assert cost == pytest.approx(budget, rel=0.03)
+    # planned for the plan alone, the served policy misses the budget by what exploration and the holdout change
+    alone = plan_policy(spec, model, users, budget_overrides={"promotion_budget": budget}, guardrail_overrides={"refund_rate": refund},
+                        as_served=False)
+    assert alone.assignment.usage["promotion_budget"] == pytest.approx(budget, rel=2e-3)
+    eligible = spec.eligible_actions({c: users[c].to_numpy() for c in spec.features})
+    explored = float(np.mean(np.where(eligible, means["promo_cost"], 0.0).sum(axis=1) / eligible.sum(axis=1)))
+    h, eps = exp.holdout_share, exp.exploration_rate
+    closed_form = (1 - h) * ((1 - eps) * alone.assignment.usage["promotion_budget"] + eps * explored)  # control costs nothing
+    assert alone.served["promotion_budget"] == pytest.approx(closed_form, rel=1e-9)
+    assert abs(alone.served["promotion_budget"] - budget) > 0.01
 
 
 def test_pessimistic_plans_stay_within_the_budget_in_truth(fresh) -> None:  # type: ignore[no-untyped-def]
@@ -62,7 +92,10 @@ def test_pessimistic_plans_stay_within_the_budget_in_truth(fresh) -> None:  # ty
     for seed in (11, 12, 13):
         twin, _, model, _ = _fitted(seed, 8_000, folds=3)
         plan = plan_policy(twin.spec, model, users, budget_overrides={"promotion_budget": budget}, pessimism=1.645)
-        assert truth.mean("promo_cost", plan.assignment.probabilities) <= budget, seed
+        true = problem_from_spec(twin.spec, truth.components, users, budget_overrides={"promotion_budget": budget})
+        exp = twin.spec.model.experimentation
+        served = served_use(true, twin.spec, plan.assignment.probabilities, exploration_rate=exp.exploration_rate, holdout_share=exp.holdout_share)
+        assert served["promotion_budget"] <= budget, seed
     with pytest.raises(UsageError, match="`pessimism` must be >= 0"):
         plan_policy(twin.spec, model, users, pessimism=-1)
 

@@ -184,9 +184,10 @@ def test_budgets_and_caps_count_per_unit_in_the_program(small: tuple[NBOOTwin, A
     problem = problem_from_spec(spec, truth.components, users)
     assert problem.constraints[0].limit == pytest.approx(1.0 * share)
     assert problem.caps[0].max_share == pytest.approx(0.4 * share)
-    assert problem.constraints[1].limit == 0.03  # a guardrail is a population mean
+    assert problem.constraints[1].limit == pytest.approx(0.03 * share)  # a guardrail too: a mean over the program
     outside = ~(users["tenure_days"] >= 200).to_numpy()
     assert problem.eligible[outside].sum(axis=1).tolist() == [1] * int(outside.sum())
+    assert all((np.broadcast_to(c.coef, problem.values.shape)[outside] == 0).all() for c in problem.constraints)
 
 
 def _drop_refund(c: dict[str, Any], x: dict[str, Any]) -> tuple[Any, ...]:
@@ -235,3 +236,56 @@ def test_problem_from_spec_names_bad_inputs(
     with pytest.raises(UsageError) as err:
         problem_from_spec(nboo_spec(), components, contexts, **kwargs)
     assert message in str(err.value), str(err.value)
+
+
+def test_guardrails_count_over_the_program_as_the_evaluation_does() -> None:
+    """With a unit eligibility rule a guardrail is a mean over the program's units (what the evaluation
+    and the guardrail alert measure), not over every planned unit: the units outside the program, held on
+    control, neither use nor free up any of it."""
+    import yaml
+
+    from drivetrain.optimize import ExactOptimizer
+    from drivetrain.spec import parse_spec
+    from drivetrain.twin._nboo import SPEC_PATH
+
+    raw = yaml.safe_load(SPEC_PATH.read_text())
+    raw["eligibility"]["unit"] = "tenure_days >= 365"
+    spec = parse_spec(raw)
+    twin = NBOOTwin(seed=5)
+    users = twin.population(3000)
+    truth = twin.truth(users)
+    columns = {f: users[f].to_numpy() for f in spec.features}
+    program = spec.eligible_units(columns)
+    assert 0.2 < program.mean() < 0.8
+    limit = 0.0105
+    problem = problem_from_spec(spec, truth.components, columns, budget_overrides={"promotion_budget": 5.0},
+                                guardrail_overrides={"refund_rate": limit})
+    a = ExactOptimizer().assign(problem)
+    assert "refund_rate" in a.binding
+    refund = (a.probabilities * truth.components["refund"]).sum(axis=1)
+    assert refund[program].mean() == pytest.approx(limit, rel=1e-6)
+    assert (a.action[~program] == spec.control.index).all()
+
+
+def test_as_served_moves_the_limits_by_what_exploration_and_the_holdout_use(small: tuple[NBOOTwin, Any, Any]) -> None:
+    """Served use is linear in the plan; any plan that meets the moved limits meets the spec's as served,
+    and a cap that exploration alone breaks is named."""
+    from drivetrain.optimize import ExactOptimizer, as_served, served_use
+
+    twin, users, truth = small
+    spec = twin.spec
+    problem = problem_from_spec(spec, truth.components, users, budget_overrides={"promotion_budget": 0.5})
+    moved = as_served(problem, spec, exploration_rate=0.2, holdout_share=0.25)
+    a = ExactOptimizer().assign(moved)
+    use = served_use(problem, spec, a.probabilities, exploration_rate=0.2, holdout_share=0.25)
+    for c in problem.constraints:
+        assert use[c.name] <= c.limit * (1 + 1e-7) if c.sense == "<=" else use[c.name] >= c.limit * (1 - 1e-7)
+    assert use["promotion_budget"] == pytest.approx(0.5, rel=1e-6)  # it binds
+    for cap in problem.caps:
+        assert use[cap.name] <= cap.max_share * (1 + 1e-7)
+    with pytest.raises(UsageError, match="cap 'bundle_stock' cannot hold as served"):
+        tight = problem_from_spec(spec, truth.components, users)
+        as_served(AssignmentProblem(tight.values, tight.eligible, tight.constraints, [ShareCap("bundle_stock", tight.caps[0].mask, 0.01)]),
+                  spec, exploration_rate=0.5, holdout_share=0.1)
+    with pytest.raises(UsageError, match="`exploration_rate` and `holdout_share` must be in"):
+        as_served(problem, spec, exploration_rate=1.0, holdout_share=0.0)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from drivetrain.policy import Policy
@@ -29,8 +30,6 @@ def _rows(n: int) -> list[dict[str, Any]]:
 
 def test_one_at_a_time_equals_the_batch_path(policy: Policy) -> None:
     rows = _rows(300)
-    import pandas as pd
-
     frame = pd.DataFrame(rows).assign(request_id=[f"q{i}" for i in range(len(rows))])
     frame.loc[5, "tier"] = "platinum"  # a contract break: both fall back
     frame.loc[9, "avg_order_value"] = np.nan  # nullable: both decide
@@ -87,3 +86,41 @@ def test_no_policy_is_degraded_on_the_fallback(policy: Policy, tmp_path: Path) -
     out = decider.decide(unit, row, request_id="d", now=NOW)
     assert out.response["assignment"] == "fallback" and out.response["fallback_reason"].startswith("degraded")
     assert out.response["policy_version"] == "fallback"
+
+
+def test_a_held_out_unit_keeps_its_arm_whatever_the_policy_could_not_do(policy: Policy) -> None:
+    """The holdout is exactly the units its hash picks: a held-out unit whose context breaks the contract,
+    or whose decision runs over the latency budget, gets control as `holdout`, not the fallback. With a
+    fallback that is not control, the propensities are h for the holdout's control and 1 - h for the fallback."""
+    from drivetrain.spec import in_holdout
+
+    raw = policy.spec.model.model_dump(mode="json")
+    raw["fallback"] = {"offer_type": "free_ship", "depth": 0, "timing": "immediate"}
+    spec = parse_spec(raw)
+    assert spec.fallback.index != spec.control.index
+    exp = spec.model.experimentation
+    h = policy.holdout_share
+    rows = _rows(400)
+    units = [str(r["unit_id"]) for r in rows]
+    held = in_holdout(exp.salt, units, h)
+    assert 10 < held.sum() < 390
+    broken = Decider(spec, policy)
+    raw["serving"]["latency_budget_ms"] = 1e-6
+    slow = Decider(parse_spec(raw), policy)
+    for i, row in enumerate(rows):
+        context = {k: v for k, v in row.items() if k != "unit_id"}
+        for decider, ctx, cause in ((broken, {**context, "tier": "platinum"}, "tier"), (slow, context, "over the latency budget")):
+            out = decider.decide(units[i], ctx, request_id=f"h{i}", now=NOW).response
+            assert cause in out["fallback_reason"]
+            if held[i]:
+                assert (out["assignment"], out["action_id"]) == ("holdout", spec.control.id)
+                assert out["propensity"] == pytest.approx(h)
+            else:
+                assert (out["assignment"], out["action_id"]) == ("fallback", spec.fallback.id)
+                assert out["propensity"] == pytest.approx(1 - h)
+    frame = pd.DataFrame(rows).assign(tier="platinum")
+    table, fallbacks = Policy(spec, policy.model, policy.multipliers, policy.version, policy.exploration_rate, h).decisions_table(frame, now=NOW)
+    assert fallbacks == len(rows)
+    np.testing.assert_array_equal(table["assignment"].to_numpy() == "holdout", held)
+    np.testing.assert_array_equal(table["action_id"].to_numpy(), np.where(held, spec.control.id, spec.fallback.id))
+    np.testing.assert_allclose(table["propensity"].to_numpy(), np.where(held, h, 1 - h))

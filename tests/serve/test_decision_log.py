@@ -120,3 +120,25 @@ def test_compaction_keeps_fallbacks_whose_integer_feature_has_no_integer_form(tm
     stored = store.query("SELECT request_id, page_views_30d, fallback_reason FROM decisions ORDER BY request_id")
     assert stored["page_views_30d"].isna().tolist() == [True, True, True, False, False]
     assert stored["fallback_reason"].iloc[2].endswith("got -5e-324")
+
+
+def test_a_held_out_decision_keeps_its_broken_context_and_a_policy_one_does_not(tmp_path: Path) -> None:
+    """A held-out unit whose context broke the contract got control as `holdout` with the reason: it is
+    stored like a fallback; a `policy` row with a broken context is quarantined with the field named."""
+    records = _records(3)
+    for rec in records:
+        rec["tier"] = "platinum"
+        rec["fallback_reason"] = "`tier` must be one of ['bronze', 'silver', 'gold'], got 'platinum'"
+    records[0]["assignment"], records[1]["assignment"] = "holdout", "fallback"
+    records[2]["assignment"], records[2]["fallback_reason"] = "policy", None
+    log = DecisionLog(tmp_path, worker="w1", max_records=100)
+    for rec in records:
+        log.append(rec)
+    log.close()
+    store = MemoryStore(NBOOTwin().spec)
+    report = compact(store, tmp_path)
+    assert report.ingest is not None and report.ingest.accepted == 2 and report.ingest.quarantined == 1
+    stored = store.query("SELECT request_id, assignment, tier FROM decisions ORDER BY request_id")
+    assert stored["assignment"].tolist() == ["holdout", "fallback"] and stored["tier"].tolist() == ["platinum"] * 2
+    reasons = store.query("SELECT reason FROM quarantine")["reason"].tolist()
+    assert len(reasons) == 1 and "tier" in reasons[0] and "platinum" in reasons[0]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.serve.service_helpers import TOKEN, Server, read_log, read_store, start_server
 from drivetrain.serve.app import DecideBatchResponse, DecideResponse
-from drivetrain.spec import holdout_draw, load_spec
+from drivetrain.spec import holdout_draw, in_holdout, load_spec
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "nboo" / "drivetrain.yaml"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -104,11 +104,14 @@ def test_fuzzed_contexts_never_5xx_and_fall_back_when_due(server: Server, contex
 
         _, reason = check_context(load_spec(SPEC), {k: v for k, v in base.items()})
         out = r.json()
-        if reason is not None:
-            assert out["assignment"] == "fallback" and out["action_id"] == load_spec(SPEC).fallback.id
+        spec = load_spec(SPEC)
+        held = bool(in_holdout(spec.model.experimentation.salt, [unit], spec.model.experimentation.holdout_share)[0])
+        if reason is not None:  # a held-out unit keeps its arm and gets control
+            expected = ("holdout", spec.control.id) if held else ("fallback", spec.fallback.id)
+            assert (out["assignment"], out["action_id"]) == expected
             assert out["fallback_reason"] == reason
         else:
-            assert out["assignment"] != "fallback"
+            assert out["assignment"] != "fallback" and out["fallback_reason"] is None
 
 
 _json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
