@@ -88,7 +88,7 @@ def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds:
     loose = {g.name: 1e9 for g, _ in spec.guardrails}
 
     t0 = time.perf_counter()
-    predictions = model.predict_outcomes(evaluation, return_std=True)
+    predictions = (model.predict_outcomes(evaluation), None)
     # the plans themselves against the oracle's plans: the same limits, without the holdout and exploration
     plan_free = plan_policy(spec, model, evaluation, budget_overrides=relax, guardrail_overrides=loose, predictions=predictions,
                             as_served=False)

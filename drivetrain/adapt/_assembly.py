@@ -6,7 +6,7 @@ objects (a store, a spec, a model) and returns values; the command line and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,13 +71,14 @@ def plan_policy(
     pessimism: float | None = None,
     version: str | None = None,
     metadata: Mapping[str, Any] | None = None,
-    predictions: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+    predictions: tuple[Mapping[str, np.ndarray], Sequence[Mapping[str, np.ndarray]] | None] | None = None,
     as_served: bool = True,
 ) -> Plan:
     """Optimize lever settings on ``contexts`` under the spec's constraints and return the policy whose
     prices reproduce that assignment unit by unit. ``pessimism`` = z plans on the objective's lower and
-    the costs' upper bounds, z standard deviations of the cross-fitted models away. ``predictions``
-    (means, spreads) from ``model.predict_outcomes(contexts, return_std=True)`` saves predicting again
+    the costs' upper bounds, z standard deviations away: the spread of each formula (objective, budget,
+    guardrail) across the cross-fitted models' predictions. ``predictions`` (means, per-fold components)
+    from ``model.predict_outcomes(contexts)`` and ``model.predict_folds(contexts)`` saves predicting again
     when planning several times on one population. With ``as_served`` (the default) the limits hold for
     the policy as served, with the spec's holdout and exploration (budgets and caps over both arms, a
     guardrail over the policy arm, as the evaluation counts them); ``False`` holds them for the plan alone."""
@@ -85,15 +86,14 @@ def plan_policy(
         raise UsageError(f"`pessimism` must be >= 0 (a z value such as 1.645), got {pessimism}")
     columns = {n: contexts[n].to_numpy() for n in spec.features if n in contexts}
     if predictions is not None:
-        means, stds = predictions
-    elif pessimism:
-        means, stds = model.predict_outcomes(contexts, return_std=True)
+        means, folds = predictions
     else:
-        means, stds = model.predict_outcomes(contexts), None
+        means, folds = model.predict_outcomes(contexts), (model.predict_folds(contexts) if pessimism else None)
     problem = problem_from_spec(spec, means, columns, budget_overrides=budget_overrides, guardrail_overrides=guardrail_overrides)
-    if pessimism and stds is not None:
-        value_se = _formula_se(spec, spec.objective, stds, columns)
-        coef_se = {name: _formula_se(spec, formula, stds, columns) for name, formula, _s, _l in constraint_terms(spec)}
+    if pessimism and folds is not None:
+        value_se = _formula_se(spec, spec.objective, folds, columns)
+        program = spec.eligible_units(columns)[:, None]  # units outside the program count zero (problem_from_spec)
+        coef_se = {name: np.where(program, _formula_se(spec, formula, folds, columns), 0.0) for name, formula, _s, _l in constraint_terms(spec)}
         problem = pessimistic(problem, value_se=value_se, coef_se={k: v for k, v in coef_se.items() if k in problem.names}, z=pessimism)
     experimentation = spec.model.experimentation
     serving = {"exploration_rate": experimentation.exploration_rate, "holdout_share": experimentation.holdout_share}
@@ -103,10 +103,14 @@ def plan_policy(
     return Plan(policy, assignment, problem, served_use(problem, spec, assignment.probabilities, **serving))
 
 
-def _formula_se(spec: Spec, formula: Any, stds: Mapping[str, np.ndarray], contexts: Mapping[str, Any]) -> np.ndarray:
-    """Uncertainty of a formula of the components: |formula| on the component spreads (exact for sums
-    and differences of components, a first-order bound otherwise)."""
-    return np.abs(_formula_on(spec, formula, stds, contexts))
+def _formula_se(spec: Spec, formula: Any, folds: Sequence[Mapping[str, np.ndarray]], contexts: Mapping[str, Any]) -> np.ndarray:
+    """Uncertainty of a formula of the components: its spread across the cross-fitted models'
+    predictions (zero with one model). The formula is evaluated on each fold's components, so that
+    correlated components (a profit minus a cost) and constants (a lever's value) count as they should."""
+    values = [np.asarray(_formula_on(spec, formula, f, contexts), dtype=np.float64) for f in folds]
+    if len(values) < 2:
+        return np.zeros_like(values[0]) if values else np.zeros(())
+    return np.std(values, axis=0, ddof=1)
 
 
 def fixed_action(spec: Spec, selector: Mapping[str, Any], *, where: str | None = None) -> ActionDistribution:

@@ -365,13 +365,23 @@ class OutcomeModel:
         refitted = self._predict_with(self.final_, x) if self.final_ else None
         if refitted is not None and not return_std:
             return refitted
-        folds = len(next(iter(self.models_.values())))
-        per_fold = [self._predict_with({c: self.models_[c][f] for c in self.components_}, x) for f in range(folds)]
+        per_fold = self._per_fold(x)
         means = refitted if refitted is not None else {c: np.mean([p[c] for p in per_fold], axis=0) for c in self.components_}
         if not return_std:
             return means
-        stds = {c: np.std([p[c] for p in per_fold], axis=0, ddof=1) if folds > 1 else np.zeros_like(means[c]) for c in self.components_}
+        stds = {c: np.std([p[c] for p in per_fold], axis=0, ddof=1) if len(per_fold) > 1 else np.zeros_like(means[c])
+                for c in self.components_}
         return means, stds
+
+    def predict_folds(self, contexts: pd.DataFrame | Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
+        """Each cross-fitted model's components for every (unit, action): one dict of (n, K) arrays per
+        fold. The spread of any formula of the components across them is that formula's uncertainty."""
+        self._check_fitted()
+        return self._per_fold(self.encoder_.transform(contexts))
+
+    def _per_fold(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
+        folds = len(next(iter(self.models_.values())))
+        return [self._predict_with({c: self.models_[c][f] for c in self.components_}, x) for f in range(folds)]
 
     def _predict_with(self, models: Mapping[str, Any], x: np.ndarray) -> dict[str, np.ndarray]:
         """The composed components of encoded contexts ``x`` predicted by one model per component."""

@@ -130,3 +130,22 @@ def test_realized_metrics_match_the_formulas(fitted) -> None:  # type: ignore[no
     np.testing.assert_allclose(metrics["promotion_budget"], table["promo_cost"])
     assert set(metrics) == {"objective", "promotion_budget", "refund_rate", "complaint_rate"}
     assert isinstance(table, pd.DataFrame)
+
+
+def test_a_formulas_uncertainty_is_its_spread_across_the_folds() -> None:
+    """Closed form: three folds whose gross profit and promotion cost move independently, each with a
+    spread of 1, give `gross_profit - promo_cost` a spread of sqrt(2) (not |1 - 1| = 0), and a constant
+    lever term adds nothing (`gross_profit - 0.5 * depth` keeps a spread of 1)."""
+    from drivetrain.adapt._assembly import _formula_se
+    from drivetrain.spec import compile_formula
+
+    spec = NBOOTwin().spec
+    k = len(spec.action_space)
+    a = np.array([1.0, -1.0, 0.0])            # zero mean, standard deviation 1 (ddof=1)
+    b = np.array([1.0, 1.0, -2.0]) / np.sqrt(3)  # zero mean, standard deviation 1, orthogonal to a
+    folds = [{"gross_profit": np.full((4, k), 10.0 + a[f]), "promo_cost": np.full((4, k), 2.0 + b[f])} for f in range(3)]
+    names = set(spec.outcomes) | set(spec.action_space.levers)
+    diff = _formula_se(spec, compile_formula("gross_profit - promo_cost", variables=names, field="f"), folds, {})
+    np.testing.assert_allclose(diff, np.sqrt(2.0), rtol=1e-12)
+    lever = _formula_se(spec, compile_formula("gross_profit - 0.5 * depth", variables=names, field="f"), folds, {})
+    np.testing.assert_allclose(lever, 1.0, rtol=1e-12)
