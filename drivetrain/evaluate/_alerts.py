@@ -161,11 +161,9 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
     for cohort, value in _slices(evaluation, "any" if rule.cohort is None or rule.cohort == "any" else rule.cohort):
         s = evaluation.slice(cohort=cohort, value=value)
         for g in s.guardrails:
-            mean, n = g.effect.policy, s.policy_units
-            if mean is None or n < 2:
+            mean, se = g.effect.policy, g.effect.policy_se  # the policy arm's own variance: a guardrail is any formula's mean
+            if mean is None or se is None or s.policy_units < 2:
                 continue
-            p = min(max(mean, 0.0), 1.0)  # guardrails are rates: the binomial standard error
-            se = math.sqrt(max(p * (1 - p), 1e-12) / n)
             low, high = mean - z * se, mean + z * se
             crossed = (g.max is not None and low > g.max) or (g.min is not None and high < g.min)
             if crossed:

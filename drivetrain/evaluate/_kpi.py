@@ -66,8 +66,9 @@ _DECIMAL = "DECIMAL(18, 6)"
 # ---------------------------------------------------------------------------------------------- values
 @dataclass(frozen=True)
 class Effect:
-    """A mean per arm (policy = every unit outside the holdout) and their difference with its interval.
-    None where a figure is undefined (an empty arm, or one unit for a variance)."""
+    """A mean per arm (policy = every unit outside the holdout) and their difference with its interval
+    (``se``: the difference's standard error; ``policy_se``: the policy arm mean's). None where a figure
+    is undefined (an empty arm, or one unit for a variance)."""
 
     policy: float | None
     holdout: float | None
@@ -75,6 +76,7 @@ class Effect:
     low: float | None
     high: float | None
     se: float | None
+    policy_se: float | None = None
 
 
 @dataclass(frozen=True)
@@ -555,15 +557,16 @@ def _welch(m1: float | None, v1: float | None, n1: float, m0: float | None, v0: 
     if m1 is None or m0 is None:
         return Effect(m1, m0, None, None, None, None)
     diff = m1 - m0
+    policy_se = math.sqrt(v1 / n1) if v1 is not None else None
     if v1 is None or v0 is None:
-        return Effect(m1, m0, diff, None, None, None)
+        return Effect(m1, m0, diff, None, None, None, policy_se)
     a, b = v1 / n1, v0 / n0
     se = math.sqrt(a + b)
     if se == 0.0:
-        return Effect(m1, m0, diff, diff, diff, 0.0)
+        return Effect(m1, m0, diff, diff, diff, 0.0, policy_se)
     df = (a + b) ** 2 / ((a * a / (n1 - 1) if a else 0.0) + (b * b / (n0 - 1) if b else 0.0))
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-    return Effect(m1, m0, diff, diff - half, diff + half, se)
+    return Effect(m1, m0, diff, diff - half, diff + half, se, policy_se)
 
 
 #: One arm's summed moments by name (``n``, ``s0``, ``q0``, ...), as :func:`_arm_sums` gives them.

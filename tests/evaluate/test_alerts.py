@@ -194,3 +194,30 @@ def test_rules_are_validated_against_the_spec() -> None:
             _with_rules(spec, [rule])
     with pytest.raises(SpecError, match="names must be distinct"):
         _with_rules(spec, [{"name": "a", "kind": "sample_ratio"}, {"name": "a", "kind": "guardrail"}])
+
+
+def test_the_guardrail_alert_uses_the_policy_arms_own_variance_for_a_guardrail_that_is_not_a_rate() -> None:
+    """A guardrail is any formula's mean. With the true mean exactly at the bound, the 99% alert must fire
+    in at most about 0.5% of evaluations (a binomial error on a mean basket value of 60 fired in half of
+    them), and with the true mean 4 standard errors over the bound in most of them."""
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    from drivetrain.evaluate._alerts import _guardrail
+
+    rng = np.random.default_rng(0)
+    z = float(stats.norm.ppf(0.995))
+    rule = SimpleNamespace(cohort=None, name="g", kind="guardrail")
+    n, reps, bound, sd = 2000, 2000, 60.0, 50.0
+
+    def fires(values: np.ndarray) -> bool:
+        effect = SimpleNamespace(policy=float(values.mean()), policy_se=float(values.std(ddof=1) / np.sqrt(len(values))))
+        s = SimpleNamespace(guardrails=[SimpleNamespace(name="basket", max=bound, min=None, effect=effect)], policy_units=len(values))
+        evaluation = SimpleNamespace(cohorts=(), slice=lambda cohort=None, value=None: s, as_of=None)
+        return bool(_guardrail(rule, evaluation, z))  # type: ignore[arg-type]
+
+    at_bound = np.mean([fires(rng.normal(bound, sd, n)) for _ in range(reps)])
+    over = np.mean([fires(rng.normal(bound + 4 * sd / np.sqrt(n), sd, n)) for _ in range(reps // 4)])
+    assert at_bound <= 0.012
+    assert over > 0.85
