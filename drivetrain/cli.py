@@ -58,7 +58,7 @@ def _parse_time(text: str | None, name: str) -> datetime:
     if text is None:
         return SystemClock().now()
     try:
-        moment = pd.Timestamp(text)
+        moment = pd.Timestamp(datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text))
     except ValueError:
         raise UsageError(f"`{name}` must be an ISO 8601 time such as 2026-02-01T00:00:00Z, got {text!r}") from None
     if moment.tzinfo is None:
@@ -184,6 +184,7 @@ def ingest(
     loaded = load_spec(spec)
     target = open_store(store, loaded, create=create)
     salt = os.environ.get(PII_SALT_ENV)
+    rejected: list[str] = []
     for path in files:
         start = time.perf_counter()
         with console.status(f"reading {path}"):
@@ -199,6 +200,11 @@ def ingest(
             console.print(f"  quarantined {count}: {reason}")
         if report.ignored_columns:
             console.print(f"  columns not in the contract, not stored: {list(report.ignored_columns)}")
+        if report.quarantined and not report.accepted and not report.duplicates:
+            rejected.append(str(path))
+    if rejected:  # the rows are kept in quarantine, but a file of which nothing could be stored is an input mistake
+        raise UsageError(f"every row of {rejected} was quarantined (reasons above; the rows are in the store's quarantine): "
+                         "check the file against the spec's contract")
 
 
 def _detect(columns: pd.Index, path: Path) -> str:
@@ -352,6 +358,12 @@ def optimize(
     target = open_store(store, loaded)
     if contexts is not None:
         population = read_rows(contexts).frame
+        from drivetrain.data import check_contexts
+
+        broken = pd.Series(check_contexts(loaded, population)[1]).dropna()
+        if len(broken):
+            raise UsageError(f"`contexts` rows must satisfy the spec's context contract: {len(broken)} of {len(population)} "
+                             f"do not, e.g. row {int(broken.index[0]) + 1}: {broken.iloc[0]}")
     else:
         population = training_table(target, _parse_time(as_of, "as_of"))[0].to_pandas()
     if population.empty:
@@ -386,7 +398,7 @@ def simulate(
     where: Annotated[str | None, typer.Option(help="Restrict the scenarios to units where this formula holds.")] = None,
     as_of: Annotated[str | None, typer.Option(help="Evaluate on decisions mature as of this UTC time (default: now).")] = None,
     since: Annotated[str | None, typer.Option(help="Only decisions made at or after this UTC time: a window the policy was not fitted on.")] = None,
-    estimator: Annotated[str, typer.Option(help="Estimator shown for the constraints (the objective shows all).")] = "DR",
+    estimator: Annotated[str, typer.Option(help="Estimator of the constraints and guardrails, and whose interval the objective's table shows (it shows every estimator).")] = "DR",
 ) -> None:
     """Off-policy estimates, from the logged decisions, of the policy, control and what-if scenarios."""
     from drivetrain.adapt import evaluate_on_logs, fixed_action
@@ -394,6 +406,10 @@ def simulate(
     from drivetrain.policy import Policy
     from drivetrain.spec import load_spec
 
+    from drivetrain.simulate import default_estimators
+
+    if estimator not in (known := default_estimators(with_model=True)):
+        raise UsageError(f"`estimator` must be one of {sorted(known)}, got {estimator!r}")
     loaded = load_spec(spec)
     table, report = training_table(open_store(store, loaded), _parse_time(as_of, "as_of"))
     frame = table.to_pandas()
@@ -413,7 +429,7 @@ def simulate(
     fitted = Policy.load(policy)
     policies = {f"policy {fitted.version}": fitted.action_distribution, **policies}
     with console.status(f"evaluating {len(policies)} policies on {len(frame)} logged decisions"):
-        result = evaluate_on_logs(fitted.model, frame, policies, fitted_on_table=False)  # type: ignore[arg-type]
+        result = evaluate_on_logs(fitted.model, frame, policies, fitted_on_table=False, constraint_estimator=estimator)  # type: ignore[arg-type]
     console.print(report.summary())
     labels = {name: ("policy" if i == 0 else "control" if name == "control" else f"scenario {i - 1}") for i, name in enumerate(policies)}
     for name, label in labels.items():
@@ -467,7 +483,9 @@ def decide(
     _write(decisions, output, fmt)
     counts = decisions["assignment"].value_counts().to_dict()
     console.print(f"wrote {len(decisions)} decisions to {output} ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
-                  f"{fallbacks} rows broke the contract and got the fallback action")
+                  f"{fallbacks} rows broke the contract and got the fallback action (control in the holdout)")
+    for reason, n in decisions["fallback_reason"].dropna().value_counts().head(10).items():
+        console.print(f"  {n} rows: {reason}", markup=False, highlight=False)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -191,8 +191,14 @@ class Policy:
         ok = reasons == None  # noqa: E711
         n = len(frame)
         units = frame["unit_id"].astype(str).to_numpy()
-        requests = frame["request_id"].astype(str).to_numpy() if "request_id" in frame else np.array(
-            [f"{self.version}:{u}:{now.isoformat()}" for u in units], dtype=object)
+        if "request_id" in frame:
+            requests = frame["request_id"].astype(str).to_numpy()
+            repeated = pd.Series(requests)[pd.Series(requests).duplicated()].unique()
+            if len(repeated):
+                raise UsageError(f"`request_id` must be unique per row (it keys the decision and its outcomes), got "
+                                 f"{len(repeated)} repeated, e.g. {[str(r) for r in repeated[:3]]}")
+        else:  # one id per row, also for a unit that appears twice
+            requests = np.array([f"{self.version}:{u}:{now.isoformat()}:{i}" for i, u in enumerate(units)], dtype=object)
         held = holdout_draw(self.spec.model.experimentation.salt, units) < self.holdout_share
         action = np.where(held, self.spec.control.index, self.spec.fallback.index)  # a held-out unit keeps its arm
         propensity = failed_propensity(action, self.spec.fallback.index, self.spec.control.index, self.holdout_share)
@@ -205,7 +211,7 @@ class Policy:
             batch = self.decide(good, request_ids=requests[ok], components=components)
             action[ok], propensity[ok], assignment[ok] = batch.action, batch.propensity, batch.assignment
             predicted[ok] = self.model.objective_of(components, good)
-            margin[ok] = batch.margin
+            margin[ok] = np.where(np.isfinite(batch.margin), batch.margin, np.nan)  # no runner-up: null, as the service logs it
         out = pd.DataFrame({"request_id": requests, "unit_id": units})
         out["decided_at"] = pd.Timestamp(now)
         out["received_at"] = pd.Timestamp(now)

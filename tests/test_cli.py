@@ -89,6 +89,8 @@ def test_twin_ingest_join_summary_end_to_end(tmp_path: Path) -> None:
         (["ingest", "--spec", "SPEC", "--store", "nostore", "d.csv"], "must hold drivetrain-store.json"),
         (["ingest", "--spec", "SPEC", "--store", "STORE", "unknown.csv"], "could not tell what"),
         (["join", "--spec", "SPEC", "--store", "STORE", "--as-of", "tomorrow", "--out", "x.parquet"], "`as_of` must be an ISO 8601 time"),
+        (["join", "--spec", "SPEC", "--store", "STORE", "--as-of", "01/02/2026", "--out", "x.parquet"], "`as_of` must be an ISO 8601 time"),
+        (["ingest", "--spec", "SPEC", "--store", "STORE", "dates.csv"], "every row of ['dates.csv'] was quarantined"),
         (["twin", "nboo", "--users", "0"], "Invalid value for '--users'"),
     ],
 )
@@ -96,6 +98,7 @@ def test_input_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[str]
     (tmp_path / "odd.txt").write_text("x")
     (tmp_path / "unknown.csv").write_text("a,b\n1,2\n")
     (tmp_path / "d.csv").write_text("request_id\n")
+    (tmp_path / "dates.csv").write_text("request_id,propensity,unit_id,decided_at,offer,amount\nr1,0.5,u1,01/02/2026,none,0\n")
     assert run("init", str(tmp_path / "p")).returncode == 0
     spec = str(tmp_path / "p" / "drivetrain.yaml")
     store = str(tmp_path / "p" / "store")
@@ -142,6 +145,11 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
               "--since", "2026-01-05T12:00:00Z", *as_of)
     assert res.returncode == 0, res.stderr
     assert "scenario 1: offer_type=discount,depth=10,timing=immediate where tier == 'gold'" in res.stdout
+    assert "constraints and guardrails, mean per unit (DR, 95% interval)" in res.stdout
+    res = run("simulate", "--spec", spec, "--store", store, "--policy", str(tmp_path / "policy"), "--estimator", "SNIPS", *as_of)
+    assert res.returncode == 0 and "constraints and guardrails, mean per unit (SNIPS, 95% interval)" in res.stdout
+    res = run("simulate", "--spec", spec, "--store", store, "--policy", str(tmp_path / "policy"), "--estimator", "XYZ", *as_of)
+    assert res.returncode == 2 and "`estimator` must be one of" in res.stderr and "'XYZ'" in res.stderr
     contexts = pd.read_parquet(out / "decisions.parquet").head(50).drop(columns=["action_id", "propensity"])
     contexts.loc[0, "region"] = "atlantis"
     contexts.to_csv(tmp_path / "contexts.csv", index=False)
@@ -151,6 +159,23 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
     assert len(decided) == 50 and decided.loc[0, "assignment"] == "fallback"
     assert decided["request_id"].equals(contexts["request_id"])
     assert (decided["propensity"] > 0).all() and (decided["propensity"] <= 1).all()
+    assert "1 rows: `region` must be one of" in " ".join(res.stdout.split())  # the reasons, grouped
+    # the decisions file goes back into a store as it is
+    res = run("ingest", "--spec", spec, "--store", str(tmp_path / "again"), "--create", str(tmp_path / "d.parquet"))
+    assert res.returncode == 0 and "50 rows in = 50 accepted" in res.stdout, res.stdout + res.stderr
+    contexts.assign(request_id="same").to_csv(tmp_path / "same.csv", index=False)
+    bad = run("decide", "--policy", str(tmp_path / "policy"), "--input", str(tmp_path / "same.csv"), "--output", str(tmp_path / "s.parquet"))
+    assert bad.returncode == 2 and "`request_id` must be unique per row" in bad.stderr
+    contexts.drop(columns=["request_id"]).assign(unit_id="u-twice").to_csv(tmp_path / "twice.csv", index=False)
+    res = run("decide", "--policy", str(tmp_path / "policy"), "--input", str(tmp_path / "twice.csv"), "--output", str(tmp_path / "t.parquet"))
+    assert res.returncode == 0 and pd.read_parquet(tmp_path / "t.parquet")["request_id"].is_unique
+    broken = contexts.copy()
+    broken["tenure_days"] = broken["tenure_days"].astype(object)
+    broken.loc[3, "tenure_days"] = "ten"
+    broken.to_csv(tmp_path / "broken.csv", index=False)
+    bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "p3"),
+              "--contexts", str(tmp_path / "broken.csv"))
+    assert bad.returncode == 2 and "2 of 50 do not, e.g. row 1: `region`" in bad.stderr and "Traceback" not in bad.stderr
     # mistakes: a malformed override, a tampered artifact
     bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "p2"),
               "--budget", "promotion_budget:0.5", *as_of)

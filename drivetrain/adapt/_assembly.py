@@ -21,7 +21,7 @@ from drivetrain.model._modeler import _formula_on
 from drivetrain.optimize import Assignment, AssignmentProblem, LagrangianOptimizer, Optimizer, pessimistic, problem_from_spec, served_use
 from drivetrain.optimize import as_served as served_limits
 from drivetrain.policy import Policy, constraint_terms
-from drivetrain.simulate import PolicyEstimate, evaluate_metrics, evaluate_policy
+from drivetrain.simulate import PolicyEstimate, default_estimators, evaluate_metrics, evaluate_policy
 from drivetrain.spec import Spec, compile_formula
 
 __all__ = [
@@ -148,15 +148,19 @@ def realized_metrics(spec: Spec, table: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def evaluate_on_logs(
     model: OutcomeModel, table: pd.DataFrame, policies: Mapping[str, ActionDistribution], *, alpha: float = 0.05,
-    fitted_on_table: bool = True,
+    fitted_on_table: bool = True, constraint_estimator: str = "DR",
 ) -> pd.DataFrame:
-    """Off-policy estimates of each policy from logged rows: every estimator on the objective, and doubly
-    robust estimates of every constraint formula. One row per (policy, metric, estimator).
+    """Off-policy estimates of each policy from logged rows: every estimator on the objective, and the
+    ``constraint_estimator``'s (doubly robust by default) of every constraint formula. One row per
+    (policy, metric, estimator).
 
     With ``fitted_on_table`` the model's out-of-fold predictions of its own training rows serve as the
     reward model (cross-fitting keeps DR unbiased); otherwise the model predicts ``table``. A policy chosen
     on the same rows it is evaluated on is judged optimistically: evaluate on a later window.
     """
+    known = default_estimators(with_model=True)
+    if constraint_estimator not in known:
+        raise UsageError(f"`constraint_estimator` must be one of {sorted(known)}, got {constraint_estimator!r}")
     spec = model.spec_
     action = spec.action_space.indices(table["action_id"].to_numpy())
     pscore = table["propensity"].to_numpy(dtype=np.float64)
@@ -176,7 +180,8 @@ def evaluate_on_logs(
         others = {k: v for k, v in rewards.items() if k != "objective"}
         if others:
             metric = evaluate_metrics(others, action=action, pscore=pscore, action_dist=dist,
-                                      estimated_rewards={k: estimated[k] for k in others}, alpha=alpha)
+                                      estimated_rewards={k: estimated[k] for k in others}, estimator=known[constraint_estimator],
+                                      alpha=alpha)
             rows += [_row(label, name, e) for name, e in metric.items()]
     return pd.DataFrame(rows)
 

@@ -241,6 +241,11 @@ class ParquetStore(_SqlStore):
             return
         listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)")
+        stored = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+        if missing := [name for name in self.schema(table).names if name not in stored]:
+            raise StoreError(
+                f"the stored `{table}` must have the columns of this spec {missing}, got files without them in {str(self.root)!r}: "
+                "the spec changed after they were stored; use the spec they were stored with, or a new store for the new contract")
 
 
 def open_store(path: str | Path | None, spec: Spec, *, create: bool = False) -> Store:

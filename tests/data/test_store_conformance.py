@@ -120,3 +120,17 @@ def test_baselines_round_trip(store: Store) -> None:
     region = got.set_index("column_name").loc["region"]
     assert list(region["categories"]) == ["north", "south"] and region["null_share"] == 0.25
     assert list(region["bin_shares"]) == [2 / 3, 1 / 3]
+
+
+def test_stored_rows_without_a_column_of_the_spec_are_a_named_error(spec: Spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A spec that gained a context feature after decisions were stored: a StoreError naming the column,
+    not a query engine's binder error."""
+    import pyarrow.parquet as pq
+
+    store = ParquetStore(tmp_path / "s", spec, create=True)
+    feature = next(iter(spec.features))
+    older = decision_schema(spec).empty_table().drop_columns([feature])
+    (tmp_path / "s" / "decisions").mkdir()
+    pq.write_table(older, tmp_path / "s" / "decisions" / "part-old.parquet")
+    with pytest.raises(StoreError, match=rf"the stored `decisions` must have the columns of this spec \['{feature}'\]"):
+        store.count("decisions")

@@ -124,3 +124,22 @@ def test_a_held_out_unit_keeps_its_arm_whatever_the_policy_could_not_do(policy: 
     np.testing.assert_array_equal(table["assignment"].to_numpy() == "holdout", held)
     np.testing.assert_array_equal(table["action_id"].to_numpy(), np.where(held, spec.control.id, spec.fallback.id))
     np.testing.assert_allclose(table["propensity"].to_numpy(), np.where(held, h, 1 - h))
+
+
+def test_a_unit_with_one_eligible_action_has_no_margin_and_its_decision_stores(policy: Policy) -> None:
+    """Outside the program only control is eligible: no runner-up, so the margin is null (as the service
+    logs it), never infinity, which the store refuses."""
+    from drivetrain.data import MemoryStore, RawRows, ingest_decisions
+
+    raw = policy.spec.model.model_dump(mode="json")
+    raw["eligibility"]["unit"] = "tenure_days >= 365"
+    spec = parse_spec(raw)
+    narrowed = Policy(spec, policy.model, policy.multipliers, policy.version, policy.exploration_rate, policy.holdout_share)
+    frame = pd.DataFrame(_rows(200))
+    table, _ = narrowed.decisions_table(frame, now=NOW)
+    outside = (frame["tenure_days"] < 365).to_numpy()
+    assert 10 < outside.sum() < 190
+    assert table.loc[outside, "margin"].isna().all() and np.isfinite(table.loc[~outside, "margin"]).all()
+    assert (table.loc[outside, "action_id"] == spec.control.id).all()
+    report = ingest_decisions(MemoryStore(spec), RawRows(table, (), "decide"))
+    assert report.accepted == 200 and report.quarantined == 0
