@@ -84,6 +84,10 @@ class Decider:
         if policy.spec.action_space.ids != spec.action_space.ids:
             return cls(spec, None, degraded_reason=f"policy {str(directory)!r} has actions {list(policy.spec.action_space.ids)}, "
                                                    f"the spec {list(spec.action_space.ids)}", pii_salt=pii_salt)
+        if policy.spec.feature_version != spec.feature_version:  # the contract the service checks is not the one the models read
+            return cls(spec, None, degraded_reason=f"policy {str(directory)!r} was fitted on the context features "
+                                                   f"{sorted(policy.spec.features)} (feature_version {policy.spec.feature_version!r}), "
+                                                   f"the spec has {sorted(spec.features)} ({spec.feature_version!r})", pii_salt=pii_salt)
         return cls(spec, policy, pii_salt=pii_salt)
 
     @property

@@ -143,3 +143,15 @@ def test_a_unit_with_one_eligible_action_has_no_margin_and_its_decision_stores(p
     assert (table.loc[outside, "action_id"] == spec.control.id).all()
     report = ingest_decisions(MemoryStore(spec), RawRows(table, (), "decide"))
     assert report.accepted == 200 and report.quarantined == 0
+
+
+def test_a_policy_fitted_on_another_context_contract_is_degraded(policies: tuple[Path, Path]) -> None:
+    """A spec that gained a context feature would check contexts the models cannot read: the service
+    comes up degraded on the fallback and says why, as it does for another action set."""
+    spec = Policy.load(policies[0]).spec
+    raw = spec.model.model_dump(mode="json")
+    raw["context"]["features"]["discount_history"] = {"type": "integer", "owner": "crm", "min": 0}
+    decider = Decider.load(parse_spec(raw), policies[0])
+    assert not decider.ready
+    assert "was fitted on the context features" in str(decider.degraded_reason) and "discount_history" in str(decider.degraded_reason)
+    assert Decider.load(spec, policies[0]).ready
