@@ -40,7 +40,7 @@ import yaml
 from drivetrain.data import check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
-from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage
+from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage, formula_spread
 from drivetrain.spec import Formula, Spec, failed_propensity, holdout_draw, parse_spec
 
 __all__ = ["DecisionBatch", "Policy", "constraint_terms"]
@@ -90,11 +90,12 @@ class Policy:
     exploration_rate: float
     holdout_share: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    pessimism: float = 0.0
 
     @classmethod
     def from_model(cls, spec: Spec, model: OutcomeModel, multipliers: Mapping[str, float], *, version: str | None = None,
                    exploration_rate: float | None = None, holdout_share: float | None = None,
-                   metadata: Mapping[str, Any] | None = None) -> Policy:
+                   metadata: Mapping[str, Any] | None = None, pessimism: float = 0.0) -> Policy:
         known = {t[0] for t in constraint_terms(spec)} | {c.name for c, _ in spec.caps}
         unknown = sorted(set(multipliers) - known)
         if unknown:
@@ -106,21 +107,33 @@ class Policy:
             raise UsageError(f"`exploration_rate` and `holdout_share` must be in [0, 1), got {eps} and {h}")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         digest = hashlib.sha256(json.dumps({k: float(v) for k, v in sorted(multipliers.items())}).encode() + spec.hash.encode()).hexdigest()[:8]
+        if not (np.isfinite(pessimism) and pessimism >= 0):
+            raise UsageError(f"`pessimism` must be a finite number >= 0 (a z value such as 1.645), got {pessimism}")
         return cls(spec, model, {k: float(v) for k, v in multipliers.items()}, version or f"{spec.name}-{stamp}-{digest}",
-                   float(eps), float(h), dict(metadata or {}))
+                   float(eps), float(h), dict(metadata or {}), float(pessimism))
 
     # ------------------------------------------------------------------ scoring and deciding
     def scores(self, contexts: pd.DataFrame | Mapping[str, Any], components: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-        """Priced objective per (unit, action); ineligible actions are ``-inf``. Shape (n, K)."""
+        """Priced objective per (unit, action); ineligible actions are ``-inf``. Shape (n, K).
+
+        A policy planned with ``pessimism`` z scores what its plan optimized: the objective z spreads of the
+        fold models lower, each constraint's use z spreads worse (higher for a ``<=`` limit)."""
         comps = self.model.predict_outcomes(contexts) if components is None else components
+        z = self.pessimism
+        folds = self.model.predict_folds(contexts) if z else []
         value = self.model.objective_of(comps, contexts)
         if self.spec.model.objective.direction == "minimize":
             value = -value
+        if z:
+            value = value - z * formula_spread(self.spec, self.spec.objective, folds, contexts)
         for name, formula, sense, _limit in constraint_terms(self.spec):
             lam = self.multipliers.get(name, 0.0)
             if lam:
+                sign = 1.0 if sense == "<=" else -1.0
                 usage = np.broadcast_to(_formula_on(self.spec, formula, comps, contexts), value.shape)
-                value = value - lam * (1.0 if sense == "<=" else -1.0) * usage
+                if z:
+                    usage = usage + sign * z * formula_spread(self.spec, formula, folds, contexts)
+                value = value - lam * sign * usage
         for cap, mask in self.spec.caps:
             mu = self.multipliers.get(cap.name, 0.0)
             if mu:
@@ -259,6 +272,7 @@ class Policy:
             "zero_actions": {c: list(v) for c, v in model.zero_actions_.items()},
             "exploration_rate": self.exploration_rate,
             "holdout_share": self.holdout_share,
+            "pessimism": self.pessimism,
         }
         (directory / "policy.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         (directory / "spec.yaml").write_text(yaml.safe_dump(self.spec.model.model_dump(mode="json"), sort_keys=False))
@@ -318,7 +332,8 @@ class Policy:
         model.models_ = {comp: [_read_entry(directory, entry) for entry in folds] for comp, folds in body["models"].items()}
         model.final_ = {comp: _read_entry(directory, entry) for comp, entry in body.get("final", {}).items()}
         return cls(spec, model, {k: float(v) for k, v in body["multipliers"].items()}, str(manifest["policy_version"]),
-                   float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})))
+                   float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})),
+                   float(body.get("pessimism", 0.0)))
 
 
 def _write_model(path: Path, model: Any) -> Any:

@@ -17,7 +17,7 @@ import pandas as pd
 from drivetrain.data import JoinReport, Store, training_table, write_baselines
 from drivetrain.errors import DataError, UsageError
 from drivetrain.model import OutcomeModel
-from drivetrain.model._modeler import _formula_on
+from drivetrain.model._modeler import _formula_on, formula_spread
 from drivetrain.optimize import Assignment, AssignmentProblem, LagrangianOptimizer, Optimizer, pessimistic, problem_from_spec, served_use
 from drivetrain.optimize import as_served as served_limits
 from drivetrain.policy import Policy, constraint_terms
@@ -91,26 +91,17 @@ def plan_policy(
         means, folds = model.predict_outcomes(contexts), (model.predict_folds(contexts) if pessimism else None)
     problem = problem_from_spec(spec, means, columns, budget_overrides=budget_overrides, guardrail_overrides=guardrail_overrides)
     if pessimism and folds is not None:
-        value_se = _formula_se(spec, spec.objective, folds, columns)
+        value_se = formula_spread(spec, spec.objective, folds, columns)
         program = spec.eligible_units(columns)[:, None]  # units outside the program count zero (problem_from_spec)
-        coef_se = {name: np.where(program, _formula_se(spec, formula, folds, columns), 0.0) for name, formula, _s, _l in constraint_terms(spec)}
+        coef_se = {name: np.where(program, formula_spread(spec, formula, folds, columns), 0.0) for name, formula, _s, _l in constraint_terms(spec)}
         problem = pessimistic(problem, value_se=value_se, coef_se={k: v for k, v in coef_se.items() if k in problem.names}, z=pessimism)
     experimentation = spec.model.experimentation
     serving = {"exploration_rate": experimentation.exploration_rate, "holdout_share": experimentation.holdout_share}
     solved = served_limits(problem, spec, **serving) if as_served else problem
     assignment = (optimizer or LagrangianOptimizer()).assign(solved)
-    policy = Policy.from_model(spec, model, dict(assignment.multipliers), version=version, metadata=metadata)
+    policy = Policy.from_model(spec, model, dict(assignment.multipliers), version=version, metadata=metadata,
+                               pessimism=float(pessimism or 0.0))
     return Plan(policy, assignment, problem, served_use(problem, spec, assignment.probabilities, **serving))
-
-
-def _formula_se(spec: Spec, formula: Any, folds: Sequence[Mapping[str, np.ndarray]], contexts: Mapping[str, Any]) -> np.ndarray:
-    """Uncertainty of a formula of the components: its spread across the cross-fitted models'
-    predictions (zero with one model). The formula is evaluated on each fold's components, so that
-    correlated components (a profit minus a cost) and constants (a lever's value) count as they should."""
-    values = [np.asarray(_formula_on(spec, formula, f, contexts), dtype=np.float64) for f in folds]
-    if len(values) < 2:
-        return np.zeros_like(values[0]) if values else np.zeros(())
-    return np.std(values, axis=0, ddof=1)
 
 
 def fixed_action(spec: Spec, selector: Mapping[str, Any], *, where: str | None = None) -> ActionDistribution:

@@ -30,7 +30,7 @@ the fold models is a per (unit, action) uncertainty that pessimistic planning us
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
 import lightgbm as lgb
@@ -445,6 +445,17 @@ class OutcomeModel:
                 rows.append({"cohort": label, "action_id": action_id, "n": int(mask.sum()), "effect": mean,
                              "std_error": se, "ci_low": mean - z * se, "ci_high": mean + z * se})
         return pd.DataFrame(rows)
+
+
+def formula_spread(spec: Spec, formula: Any, folds: Sequence[Mapping[str, np.ndarray]], contexts: Any) -> np.ndarray:
+    """Uncertainty of a formula of the components: its spread across the cross-fitted models'
+    predictions (``OutcomeModel.predict_folds``; zero with one model). The formula is evaluated on each
+    fold's components, so that correlated components (a profit minus a cost) and constants (a lever's
+    value) count as they should."""
+    values = [np.asarray(_formula_on(spec, formula, f, contexts), dtype=np.float64) for f in folds]
+    if len(values) < 2:
+        return np.zeros_like(values[0]) if values else np.zeros(())
+    return np.std(values, axis=0, ddof=1)
 
 
 def _formula_on(spec: Spec, formula: Any, components: Mapping[str, np.ndarray], contexts: Any,

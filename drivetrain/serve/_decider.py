@@ -51,7 +51,7 @@ class Decider:
         self.degraded_reason = degraded_reason if policy is None else None
         self.pii_salt = pii_salt
         self.version = policy.version if policy is not None else "fallback"
-        self.compiled = CompiledModel.of(policy.model) if policy is not None else None
+        self.compiled = CompiledModel.of(policy.model) if policy is not None and not policy.pessimism else None
         self.budget_s = spec.model.serving.latency_budget_ms / 1000.0
         self._ids = spec.action_space.ids
         self._levers = spec.action_space.lever_columns()
@@ -149,6 +149,9 @@ class Decider:
         policy = self.policy
         assert policy is not None
         contexts = {name: np.array([value]) for name, value in features.items()}
+        if policy.pessimism:  # scores need every fold model's spread: the batch path, not the compiled final model
+            components = policy.model.predict_outcomes(contexts)
+            return policy.model.objective_of(components, contexts)[0].copy(), policy.scores(contexts, components)
         if self.compiled is not None:
             components = self.compiled.predict_row(policy.model.encoder_.transform_row(features))
         else:

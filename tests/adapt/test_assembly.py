@@ -96,6 +96,9 @@ def test_pessimistic_plans_stay_within_the_budget_in_truth(fresh) -> None:  # ty
         exp = twin.spec.model.experimentation
         served = served_use(true, twin.spec, plan.assignment.probabilities, exploration_rate=exp.exploration_rate, holdout_share=exp.holdout_share)
         assert served["promotion_budget"] <= budget, seed
+        # the policy scores what its plan optimized: the pessimistic values, priced
+        assert plan.policy.pessimism == 1.645
+        assert np.mean(plan.policy.decide(users).chosen == plan.assignment.action) > 0.98, seed
     with pytest.raises(UsageError, match="`pessimism` must be >= 0"):
         plan_policy(twin.spec, model, users, pessimism=-1)
 
@@ -136,7 +139,7 @@ def test_a_formulas_uncertainty_is_its_spread_across_the_folds() -> None:
     """Closed form: three folds whose gross profit and promotion cost move independently, each with a
     spread of 1, give `gross_profit - promo_cost` a spread of sqrt(2) (not |1 - 1| = 0), and a constant
     lever term adds nothing (`gross_profit - 0.5 * depth` keeps a spread of 1)."""
-    from drivetrain.adapt._assembly import _formula_se
+    from drivetrain.model._modeler import formula_spread as _formula_se
     from drivetrain.spec import compile_formula
 
     spec = NBOOTwin().spec

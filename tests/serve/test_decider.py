@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from drivetrain.errors import UsageError
 from drivetrain.policy import Policy
 from drivetrain.serve import Decider
 from drivetrain.spec import parse_spec
@@ -155,3 +156,25 @@ def test_a_policy_fitted_on_another_context_contract_is_degraded(policies: tuple
     assert not decider.ready
     assert "was fitted on the context features" in str(decider.degraded_reason) and "discount_history" in str(decider.degraded_reason)
     assert Decider.load(spec, policies[0]).ready
+
+
+def test_a_pessimistic_policy_decides_one_at_a_time_as_in_batch_and_round_trips(policy: Policy, tmp_path: Path) -> None:
+    """With pessimism the scores need every fold's spread: the service takes the batch path for them, so
+    both give the same decisions, and the artifact keeps the z it was planned with."""
+    pessimistic = Policy.from_model(policy.spec, policy.model, policy.multipliers, version="pess", pessimism=1.0)
+    pessimistic.save(tmp_path / "p")
+    loaded = Policy.load(tmp_path / "p")
+    assert loaded.pessimism == 1.0
+    frame = pd.DataFrame(_rows(40)).assign(request_id=[f"z{i}" for i in range(40)])
+    table, _ = loaded.decisions_table(frame, now=NOW)
+    plain, _ = policy.decisions_table(frame, now=NOW)
+    assert (table["action_id"] != plain["action_id"]).any()  # the spread moves some decisions
+    decider = Decider(loaded.spec, loaded)
+    assert decider.compiled is None
+    for i, row in enumerate(frame.to_dict("records")):
+        unit, rid = row.pop("unit_id"), row.pop("request_id")
+        record = decider.decide(unit, row, request_id=rid, now=NOW).record
+        assert record["action_id"] == table.iloc[i]["action_id"]
+        assert record["propensity"] == pytest.approx(table.iloc[i]["propensity"], abs=1e-12)
+    with pytest.raises(UsageError, match="`pessimism` must be a finite number >= 0"):
+        Policy.from_model(policy.spec, policy.model, policy.multipliers, pessimism=-1.0)
