@@ -434,7 +434,9 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     if fresh.size:
         stored = existing(clean.iloc[fresh][[key]])
         if len(stored):
-            stored_fp = dict(zip(stored[key], pd.util.hash_pandas_object(_canonical(stored[compare]), index=False).to_numpy(), strict=True))
+            stored_canonical = _canonical(stored[compare])
+            stored_fp = dict(zip(stored[key], pd.util.hash_pandas_object(stored_canonical, index=False).to_numpy(), strict=True))
+            stored_row = {k: n for n, k in enumerate(stored[key])}
             for i in fresh:
                 fp = stored_fp.get(keys[i])
                 if fp is None:
@@ -442,7 +444,10 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
                 if fp == fingerprint[i]:
                     duplicate[i] = True
                 else:
-                    reason[i] = f"`{key}` is already in the store with different values, got {keys[i]!r}"
+                    mine = _canonical(clean.iloc[[i]][compare]).iloc[0]
+                    theirs = stored_canonical.iloc[stored_row[keys[i]]]
+                    differ = [c for c in compare if mine[c] != theirs[c]]
+                    reason[i] = f"`{key}` is already in the store with different values (in {differ}), got {keys[i]!r}"
     accept = (reason == None) & ~duplicate  # noqa: E711
     bad = np.flatnonzero(reason != None)  # noqa: E711
     unreadable = raw.unreadable

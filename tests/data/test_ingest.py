@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import Store, hash_personal, ingest_decisions, ingest_outcomes, read_rows
+from drivetrain.data import RawRows, Store, hash_personal, ingest_decisions, ingest_outcomes, read_rows
 from drivetrain.errors import DataError
 from drivetrain.twin import NBOOTwin
 from tests.data.conftest import T0, decision, outcome, rows
@@ -225,3 +225,15 @@ def test_outcomes_that_arrive_before_their_decision_wait_and_are_attributed(stor
     assert (second.attributed, second.waiting) == (2, 0)
     assert store.count("outcomes_pending") == 0
     assert store.query("SELECT DISTINCT request_id FROM outcomes")["request_id"].tolist() == ["r1"]
+
+
+def test_a_request_id_stored_with_other_values_names_the_columns_that_differ(store: Store, clock: SimulatedClock) -> None:
+    twin = NBOOTwin(seed=22)
+    decisions, _ = twin.log(twin.population(50))
+    assert ingest_decisions(store, RawRows(decisions, (), "first"), clock=clock).accepted == 50
+    changed = decisions.copy()
+    changed.loc[3, "propensity"] = 0.5
+    report = ingest_decisions(store, RawRows(changed, (), "second"), clock=clock)
+    assert (report.accepted, report.duplicates, report.quarantined) == (0, 49, 1)
+    reasons = store.query("SELECT reason FROM quarantine")["reason"].tolist()
+    assert reasons == [f"`request_id` is already in the store with different values (in ['propensity']), got {decisions.loc[3, 'request_id']!r}"]
