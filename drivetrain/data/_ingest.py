@@ -444,7 +444,7 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
                 if fp == fingerprint[i]:
                     duplicate[i] = True
                 else:
-                    mine = _canonical(clean.iloc[[i]][compare]).iloc[0]
+                    mine = _canonical(clean.iloc[[int(i)]][compare]).iloc[0]
                     theirs = stored_canonical.iloc[stored_row[keys[i]]]
                     differ = [c for c in compare if mine[c] != theirs[c]]
                     reason[i] = f"`{key}` is already in the store with different values (in {differ}), got {keys[i]!r}"
