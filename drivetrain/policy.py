@@ -41,7 +41,7 @@ from drivetrain.data import check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
 from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage, formula_spread
-from drivetrain.spec import Formula, Spec, failed_propensity, holdout_draw, parse_spec
+from drivetrain.spec import Formula, Spec, failed_propensity, holdout_draw, in_holdout, parse_spec
 
 __all__ = ["DecisionBatch", "Policy", "constraint_terms"]
 
@@ -206,13 +206,14 @@ class Policy:
         units = frame["unit_id"].astype(str).to_numpy()
         if "request_id" in frame:
             requests = frame["request_id"].astype(str).to_numpy()
-            repeated = pd.Series(requests)[pd.Series(requests).duplicated()].unique()
+            ids = pd.Series(requests)
+            repeated = ids[ids.duplicated()].unique()
             if len(repeated):
                 raise UsageError(f"`request_id` must be unique per row (it keys the decision and its outcomes), got "
                                  f"{len(repeated)} repeated, e.g. {[str(r) for r in repeated[:3]]}")
         else:  # one id per row, also for a unit that appears twice
             requests = np.array([f"{self.version}:{u}:{now.isoformat()}:{i}" for i, u in enumerate(units)], dtype=object)
-        held = holdout_draw(self.spec.model.experimentation.salt, units) < self.holdout_share
+        held = in_holdout(self.spec.model.experimentation.salt, units, self.holdout_share)
         action = np.where(held, self.spec.control.index, self.spec.fallback.index)  # a held-out unit keeps its arm
         propensity = failed_propensity(action, self.spec.fallback.index, self.spec.control.index, self.holdout_share)
         assignment = np.where(held, "holdout", "fallback").astype(object)

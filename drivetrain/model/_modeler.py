@@ -453,9 +453,7 @@ def formula_spread(spec: Spec, formula: Any, folds: Sequence[Mapping[str, np.nda
     fold's components, so that correlated components (a profit minus a cost) and constants (a lever's
     value) count as they should."""
     values = [np.asarray(_formula_on(spec, formula, f, contexts), dtype=np.float64) for f in folds]
-    if len(values) < 2:
-        return np.zeros_like(values[0]) if values else np.zeros(())
-    return np.std(values, axis=0, ddof=1)
+    return np.std(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(values[0])
 
 
 def _formula_on(spec: Spec, formula: Any, components: Mapping[str, np.ndarray], contexts: Any,

@@ -27,7 +27,7 @@ from drivetrain.data import check_context
 from drivetrain.model._compiled import CompiledModel
 from drivetrain.model._modeler import _formula_on
 from drivetrain.policy import Policy, constraint_terms
-from drivetrain.spec import Spec, failed_propensity, holdout_draw
+from drivetrain.spec import Spec, failed_propensity, in_holdout
 
 __all__ = ["Decider", "Decision"]
 
@@ -115,7 +115,7 @@ class Decider:
             reason = f"over the latency budget: {1000 * (t2 - t0):.1f} ms > {1000 * self.budget_s:g} ms"
             batch = None
         if batch is None:  # a held-out unit keeps its arm and control whatever failed (DESIGN.md, Randomization)
-            held = bool(holdout_draw(self._salt, [unit_id])[0] < self._holdout_share)
+            held = bool(in_holdout(self._salt, [unit_id], self._holdout_share)[0])
             action = self._control if held else self._fallback
             assignment, margin = ("holdout" if held else "fallback"), None
             propensity = float(failed_propensity(np.array([action]), self._fallback, self._control, self._holdout_share)[0])
