@@ -412,6 +412,14 @@ def timed(fn: Callable[[], T]) -> tuple[T, float, float, float | None]:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation baseline
+def cluster_var(values: pd.Series, units: pd.Series) -> tuple[float, int]:
+    """The variance of a mean of ``values`` whose ``units`` are the clusters, and how many there are:
+    G / (G - 1) * sum_g (S_g - mean n_g)^2 / N^2."""
+    sums = values.groupby(units.to_numpy()).agg(["sum", "count"])
+    g, mean = len(sums), float(values.mean())
+    return g / (g - 1) * float(((sums["sum"] - mean * sums["count"]) ** 2).sum()) / values.size**2, g
+
+
 def baseline(root: Path, spec: Spec, as_of: datetime) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The same figures with pandas, NumPy and SciPy on the raw rows: per-decision outcomes accumulated one
     outcome partition at a time, then each slice's arms split and measured directly."""
@@ -484,11 +492,13 @@ def baseline(root: Path, spec: Spec, as_of: datetime) -> dict[tuple[Any, ...], d
             me = part[part["mature"] & part["eligible"]]
             p, h = me[~me["holdout"]], me[me["holdout"]]
 
-            def welch(col: str) -> tuple[float, float, float]:
-                a, b = p[col].to_numpy(np.float64), h[col].to_numpy(np.float64)
+            def welch(col: str, a: pd.Series | None = None, b: pd.Series | None = None) -> tuple[float, float, float]:
+                """Welch's interval with each arm mean's cluster-robust variance over its units."""
+                a = p[col] if a is None else a
+                b = h[col] if b is None else b
+                (va, ga), (vb, gb) = cluster_var(a, p["unit_id"]), cluster_var(b, h["unit_id"])
                 diff = a.mean() - b.mean()
-                va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-                df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+                df = (va + vb) ** 2 / (va**2 / (ga - 1) + vb**2 / (gb - 1))
                 half = stats.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb)
                 return diff, diff - half, diff + half
 
@@ -520,18 +530,17 @@ def baseline(root: Path, spec: Spec, as_of: datetime) -> dict[tuple[Any, ...], d
                 for b, _ in spec.budgets:
                     fig[f"budget:{b.name}"] = float(me[b.name].mean())
                 fig["outcome:redeemed"] = welch("redeemed")
-            if not keys:  # CUPED checked overall: pooled within-arm slope, then Welch on adjusted values
-                xc = np.concatenate([p["x"] - p["x"].mean(), h["x"] - h["x"].mean()])
-                yc = np.concatenate([p["objective"] - p["objective"].mean(), h["objective"] - h["objective"].mean()])
-                theta = float(xc @ yc / (xc @ xc))
+            if not keys:  # CUPED checked overall: pooled within-arm slope of the units' centred sums, then Welch
+                xc, yc = [], []
+                for arm in (p, h):
+                    g = arm.groupby("unit_id")[["x", "objective"]].agg(["sum", "count"])
+                    xc.append(g[("x", "sum")] - arm["x"].mean() * g[("x", "count")])
+                    yc.append(g[("objective", "sum")] - arm["objective"].mean() * g[("x", "count")])
+                xs, ys = np.concatenate(xc), np.concatenate(yc)
+                theta = float(xs @ ys / (xs @ xs))
                 xbar = me["x"].mean()
                 adj = me["objective"] - theta * (me["x"] - xbar)
-                p2, h2 = adj[~me["holdout"]].to_numpy(), adj[me["holdout"]].to_numpy()
-                va, vb = p2.var(ddof=1) / p2.size, h2.var(ddof=1) / h2.size
-                df = (va + vb) ** 2 / (va**2 / (p2.size - 1) + vb**2 / (h2.size - 1))
-                half = stats.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb)
-                diff = p2.mean() - h2.mean()
-                fig["north_star"] = (diff, diff - half, diff + half)
+                fig["north_star"] = welch("objective", adj[~me["holdout"]], adj[me["holdout"]])
             out[(named.get("day"), cohort, named.get(cohort) if cohort else None)] = fig
     return out
 

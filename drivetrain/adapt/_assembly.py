@@ -147,7 +147,8 @@ def evaluate_on_logs(
 
     With ``fitted_on_table`` the model's out-of-fold predictions of its own training rows serve as the
     reward model (cross-fitting keeps DR unbiased); otherwise the model predicts ``table``. A policy chosen
-    on the same rows it is evaluated on is judged optimistically: evaluate on a later window.
+    on the same rows it is evaluated on is judged optimistically: evaluate on a later window. With a
+    ``unit_id`` column the intervals are cluster-robust by unit (a unit's decisions are not independent).
     """
     known = default_estimators(with_model=True)
     if constraint_estimator not in known:
@@ -155,6 +156,7 @@ def evaluate_on_logs(
     spec = model.spec_
     action = spec.action_space.indices(table["action_id"].to_numpy())
     pscore = table["propensity"].to_numpy(dtype=np.float64)
+    cluster = table["unit_id"].to_numpy() if "unit_id" in table else None
     rewards = realized_metrics(spec, table)
     predictions = model.training_predictions() if fitted_on_table else model.predict_outcomes(table)
     ctx = {n: table[n].to_numpy() for n in spec.features if n in table}
@@ -166,13 +168,13 @@ def evaluate_on_logs(
         dist = policy(table)
         estimates: dict[str, PolicyEstimate] = evaluate_policy(
             reward=rewards["objective"], action=action, pscore=pscore, action_dist=dist,
-            estimated_rewards=estimated["objective"], alpha=alpha)
+            estimated_rewards=estimated["objective"], cluster=cluster, alpha=alpha)
         rows += [_row(label, "objective", e) for e in estimates.values()]
         others = {k: v for k, v in rewards.items() if k != "objective"}
         if others:
             metric = evaluate_metrics(others, action=action, pscore=pscore, action_dist=dist,
                                       estimated_rewards={k: estimated[k] for k in others}, estimator=known[constraint_estimator],
-                                      alpha=alpha)
+                                      cluster=cluster, alpha=alpha)
             rows += [_row(label, name, e) for name, e in metric.items()]
     return pd.DataFrame(rows)
 

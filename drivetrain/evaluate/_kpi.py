@@ -380,48 +380,71 @@ def _component(name: str, aggregate: str) -> str:
 
 def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str],
                  metrics: Sequence[_Metric]) -> str:
+    """Additive moments per decision day x cohort values x arm. Linear sums (counts, sums of each metric
+    and covariate) are over decisions. The variances need the sums of each unit's decisions (a unit's
+    decisions are not independent): the decisions are first summed per cell (unit, day, cohort values,
+    arm), and the query returns the sums of products of those cell sums (prefix ``d_``: the clusters of a
+    slice by day) and of each cell's sums with its unit's sums over every day (prefix ``u_``: their total
+    over a slice is the sum of products of the unit sums, the clusters of a slice over all days). ``d_g``
+    and ``u_g`` count the clusters: cells with a measured decision, and units on their first such cell.
+    A unit whose cohort values change is one cluster per combination of values."""
     horizon, wait = _interval(spec.horizon), _interval(spec.horizon + spec.settle)
     comps = ",\n                   ".join(_component(name, o.aggregate) for name, o in spec.model.outcomes.items())
     coalesced = ", ".join(f"COALESCE(a.{name}, 0.0) AS {name}" for name in spec.outcomes)
     keys = ", ".join(["day", *cohorts, "holdout"])
+    unit_keys = ", ".join(["unit_id", *cohorts, "holdout"])
     me = "mature = 1 AND eligible = 1"
     distinct = {m.column: m for m in metrics}
     values = ",\n                   ".join(
         [f"CASE WHEN {me} THEN {m.sql if m.exact else f'CAST({m.sql} AS {_DECIMAL})'} END AS m{k}" for k, m in distinct.items()]
         + [f"CASE WHEN {me} THEN CAST(COALESCE({c}, 0) AS {_DECIMAL}) END AS x{j}" for j, c in enumerate(covariates)]
     )
-    sums = [
-        "CAST(COUNT(*) AS BIGINT) AS decisions",
-        _count("mature") + " AS mature",
-        _count("eligible") + " AS eligible",
-        _count(f"CASE WHEN {me} THEN 1 ELSE 0 END") + " AS n",
-        _count("eligible * treated") + " AS treated",
-        _count("fallback") + " AS fallback",
-        _count("error") + " AS error",
-        "CAST(COUNT(latency_ms) AS BIGINT) AS latency_n",
-        _dsum(f"CAST(latency_ms AS {_DECIMAL})") + " AS latency_sum",
-        _count("over_budget") + " AS over_budget",
-        _count("mature * n_in") + " AS joined",
-        _count("mature * n_late") + " AS late",
-        _count("mature * n_out") + " AS out_of_window",
-        _count("(1 - mature) * n_all") + " AS of_immature",
-    ]
-    for k, m in distinct.items():
-        if m.exact:
-            sums += [f"SUM(m{k}) AS s{k}", f"SUM(m{k} * m{k}) AS q{k}"]
-        else:
-            sums += [_dsum(f"m{k}") + f" AS s{k}", _dsum(f"{_wide(f'm{k}')} * m{k}") + f" AS q{k}"]
+    counts = {
+        "decisions": "1", "mature": "mature", "eligible": "eligible", "n": f"CASE WHEN {me} THEN 1 ELSE 0 END",
+        "treated": "eligible * treated", "fallback": "fallback", "error": "error",
+        "latency_n": "CASE WHEN latency_ms IS NOT NULL THEN 1 ELSE 0 END", "over_budget": "over_budget",
+        "joined": "mature * n_in", "late": "mature * n_late", "out_of_window": "mature * n_out",
+        "of_immature": "(1 - mature) * n_all",
+    }
 
-    def dec(k: int) -> str:
-        return f"CAST(m{k} AS {_DECIMAL})" if distinct[k].exact else f"m{k}"
+    def cell_sum(k: int) -> str:  # a metric's sum over a cell's decisions, exact
+        return f"SUM(m{k})" if distinct[k].exact else f"CAST(SUM(m{k}) AS {_DECIMAL})"
 
-    for k in sorted({m.column for m in metrics if m.kind == "budget"}):
-        sums.append(_dsum(f"{_wide(dec(0))} * {dec(k)}") + f" AS c{k}")
+    cell = [f"CAST(SUM({expr}) AS BIGINT) AS {name}" for name, expr in counts.items()]
+    cell.append(f"SUM(CAST(latency_ms AS {_DECIMAL})) AS latency_sum")
+    cell += [f"{cell_sum(k)} AS s{k}" for k in distinct]
+    cell += [f"CAST(SUM(x{j}) AS {_DECIMAL}) AS x{j}" for j in range(len(covariates))]
+    over = f"OVER (PARTITION BY {unit_keys})"
+    unit_sums = ["CAST(SUM(n) " + over + " AS BIGINT) AS un"]
+    unit_sums += [(f"SUM(s{k}) {over}" if distinct[k].exact else f"CAST(SUM(s{k}) {over} AS {_DECIMAL})") + f" AS us{k}"
+                  for k in distinct]
+    unit_sums += [f"CAST(SUM(x{j}) {over} AS {_DECIMAL}) AS ux{j}" for j in range(len(covariates))]
+    unit_sums.append(f"CASE WHEN n > 0 AND day = MIN(CASE WHEN n > 0 THEN day END) {over} THEN 1 ELSE 0 END AS ufirst")
+
+    exact = {f"s{k}": distinct[k].exact for k in distinct} | {f"x{j}": False for j in range(len(covariates))}
+    exact |= {f"u{name}": value for name, value in exact.items()}
+
+    def product(a: str, b: str) -> str:
+        """The exact sum of a product of two cell-level sums (``n`` and ``un`` are counts)."""
+        if a in ("n", "un") or b in ("n", "un") or (exact[a] and exact[b]):
+            return f"CAST(SUM({a} * {b}) AS DOUBLE)"
+        a, b = (f"CAST({x} AS {_DECIMAL})" if exact[x] else x for x in (a, b))
+        return _dsum(f"{_wide(a)} * {b}")
+
+    final = [f"CAST(SUM({name}) AS BIGINT) AS {name}" for name in counts]
+    final.append(_dsum("latency_sum") + " AS latency_sum")
+    final += [f"CAST(SUM(s{k}) AS DOUBLE) AS s{k}" for k in distinct]
+    final += [f"CAST(SUM(x{j}) AS DOUBLE) AS x{j}" for j in range(len(covariates))]
+    pairs = [("n", "n", "nn")]
+    pairs += [(f"s{k}", "n", f"nb{k}") for k in distinct] + [(f"s{k}", f"s{k}", f"q{k}") for k in distinct]
+    pairs += [(f"s{k}", "s0", f"c{k}") for k in sorted({m.column for m in metrics if m.kind == "budget"})]
     for j in range(len(covariates)):
-        sums += [_dsum(f"x{j}") + f" AS x{j}", _dsum(f"{_wide(f'x{j}')} * {dec(0)}") + f" AS xy{j}"]
-        for k in range(j, len(covariates)):
-            sums.append(_dsum(f"{_wide(f'x{j}')} * x{k}") + f" AS xx{j}_{k}")
-    select = ",\n               ".join(sums)
+        pairs += [(f"x{j}", "n", f"nx{j}"), (f"x{j}", "s0", f"xy{j}")]
+        pairs += [(f"x{j}", f"x{k}", f"xx{j}_{k}") for k in range(j, len(covariates))]
+    final.append("CAST(SUM(CASE WHEN n > 0 THEN 1 ELSE 0 END) AS BIGINT) AS d_g")
+    final.append("CAST(SUM(ufirst) AS BIGINT) AS u_g")
+    final += [product(a, b) + f" AS d_{name}" for a, b, name in pairs]
+    final += [product(a, "u" + b) + f" AS u_{name}" for a, b, name in pairs]
     return f"""
         WITH {_decisions_cte(spec, as_of, cohorts, covariates).strip()},
         k AS (SELECT request_id, decided_at FROM decisions WHERE received_at <= {_ts(as_of)}),
@@ -450,10 +473,20 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
             SELECT j.*,
                    {values}
             FROM j
+        ),
+        c AS (
+            SELECT unit_id, {keys},
+                   {", ".join(cell)}
+            FROM v
+            GROUP BY unit_id, {keys}
+        ),
+        w AS (
+            SELECT c.*, {", ".join(unit_sums)}
+            FROM c
         )
         SELECT {keys},
-               {select}
-        FROM v
+               {", ".join(final)}
+        FROM w
         GROUP BY {keys}
         ORDER BY {keys}
         """
@@ -537,83 +570,93 @@ def _covariates(spec: Spec) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def _mean_var(n: float, s: float, q: float) -> tuple[float | None, float | None]:
+def _mean_var(a: Arm, i: int) -> tuple[float | None, float | None]:
+    """Metric ``i``'s mean in one arm and the cluster-robust variance of that mean:
+    G / (G - 1) * sum_g (S_g - mean n_g)^2 / N^2 over the arm's G clusters (a cluster's decisions summed:
+    n_g of them, S_g their total), which is var / N when every cluster holds one decision."""
+    n, g = a["n"], a["g"]
     if n < 1:
         return None, None
-    mean = float(s) / float(n)
-    if n < 2:
+    mean = float(a[f"s{i}"]) / float(n)
+    if g < 2:
         return mean, None
-    return mean, max(q - s * s / n, 0.0) / (n - 1)
+    squares = a[f"q{i}"] - 2.0 * mean * a[f"nb{i}"] + mean * mean * a["nn"]
+    return mean, g / (g - 1) * max(squares, 0.0) / (n * n)
 
 
 def _float(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
-def _welch(m1: float | None, v1: float | None, n1: float, m0: float | None, v0: float | None, n0: float,
+def _welch(m1: float | None, a: float | None, g1: float, m0: float | None, b: float | None, g0: float,
            level: float) -> Effect:
-    m1, v1, m0, v0 = _float(m1), _float(v1), _float(m0), _float(v0)
-    n1, n0 = float(n1), float(n0)
+    """The difference of two arm means whose variances are ``a`` and ``b``, with Welch-Satterthwaite's
+    degrees of freedom over ``g1`` and ``g0`` clusters."""
+    m1, a, m0, b = _float(m1), _float(a), _float(m0), _float(b)
     if m1 is None or m0 is None:
         return Effect(m1, m0, None, None, None, None)
     diff = m1 - m0
-    policy_se = math.sqrt(v1 / n1) if v1 is not None else None
-    if v1 is None or v0 is None:
+    policy_se = math.sqrt(a) if a is not None else None
+    if a is None or b is None:
         return Effect(m1, m0, diff, None, None, None, policy_se)
-    a, b = v1 / n1, v0 / n0
     se = math.sqrt(a + b)
     if se == 0.0:
         return Effect(m1, m0, diff, diff, diff, 0.0, policy_se)
-    df = (a + b) ** 2 / ((a * a / (n1 - 1) if a else 0.0) + (b * b / (n0 - 1) if b else 0.0))
+    df = (a + b) ** 2 / ((a * a / (g1 - 1) if a else 0.0) + (b * b / (g0 - 1) if b else 0.0))
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
     return Effect(m1, m0, diff, diff - half, diff + half, se, policy_se)
 
 
-#: One arm's summed moments by name (``n``, ``s0``, ``q0``, ...), as :func:`_arm_sums` gives them.
+#: One arm's summed moments by name (``n``, ``g``, ``s0``, ``q0``, ...), as :func:`_arm_sums` gives them
+#: for a slice: linear sums over decisions, products over the slice's clusters.
 Arm = Mapping[str, float]
 
 
 def _effect(arms: tuple[Arm, Arm], i: int, level: float) -> Effect:
     p, h = arms
-    mp, vp = _mean_var(p["n"], p[f"s{i}"], p[f"q{i}"])
-    mh, vh = _mean_var(h["n"], h[f"s{i}"], h[f"q{i}"])
-    return _welch(mp, vp, p["n"], mh, vh, h["n"], level)
+    mp, vp = _mean_var(p, i)
+    mh, vh = _mean_var(h, i)
+    return _welch(mp, vp, p["g"], mh, vh, h["g"], level)
 
 
 def _cuped(arms: tuple[Arm, Arm], p_cov: int, level: float) -> Effect:
-    """Objective difference adjusted by the pooled within-arm regression on the covariates."""
-    if p_cov == 0 or min(arms[0]["n"], arms[1]["n"]) < 2:
+    """Objective difference adjusted by the pooled within-arm regression on the covariates, fitted on the
+    clusters' centred sums (the slope that minimizes the cluster-robust variance; with one decision per
+    cluster, the per-decision regression)."""
+    if p_cov == 0 or min(arms[0]["g"], arms[1]["g"]) < 2:
         return _effect(arms, 0, level)
     centred = []
     for a in arms:
-        n = a["n"]
+        n, nn = a["n"], a["nn"]
         sx = np.array([a[f"x{j}"] for j in range(p_cov)])
+        nx = np.array([a[f"nx{j}"] for j in range(p_cov)])
         sxx = np.empty((p_cov, p_cov))
         for j in range(p_cov):
             for k in range(j, p_cov):
                 sxx[j, k] = sxx[k, j] = a[f"xx{j}_{k}"]
         sxy = np.array([a[f"xy{j}"] for j in range(p_cov)])
         xbar, ybar = sx / n, a["s0"] / n
-        cxx = sxx - n * np.outer(xbar, xbar)
-        cxy = sxy - n * xbar * ybar
-        cyy = max(a["q0"] - n * ybar * ybar, 0.0)
-        centred.append((n, xbar, ybar, cxx, cxy, cyy))
-    pooled_xx = centred[0][3] + centred[1][3]
-    pooled_xy = centred[0][4] + centred[1][4]
+        # sums over clusters of (X_g - xbar n_g)(X_g - xbar n_g)', (X_g - xbar n_g)(S_g - ybar n_g), ...
+        cxx = sxx - np.outer(xbar, nx) - np.outer(nx, xbar) + nn * np.outer(xbar, xbar)
+        cxy = sxy - xbar * a["nb0"] - ybar * nx + nn * xbar * ybar
+        cyy = max(a["q0"] - 2.0 * ybar * a["nb0"] + nn * ybar * ybar, 0.0)
+        centred.append((n, a["g"], xbar, ybar, cxx, cxy, cyy))
+    pooled_xx = centred[0][4] + centred[1][4]
+    pooled_xy = centred[0][5] + centred[1][5]
     theta = np.linalg.lstsq(pooled_xx, pooled_xy, rcond=None)[0]
     n_all = centred[0][0] + centred[1][0]
-    xbar_all = (centred[0][0] * centred[0][1] + centred[1][0] * centred[1][1]) / n_all
+    xbar_all = (centred[0][0] * centred[0][2] + centred[1][0] * centred[1][2]) / n_all
     means, variances = [], []
-    for n, xbar, ybar, cxx, cxy, cyy in centred:
+    for n, g, xbar, ybar, cxx, cxy, cyy in centred:
         means.append(float(ybar - theta @ (xbar - xbar_all)))
-        variances.append(max(float(cyy - 2 * theta @ cxy + theta @ cxx @ theta), 0.0) / (n - 1))
-    return _welch(means[0], variances[0], centred[0][0], means[1], variances[1], centred[1][0], level)
+        variances.append(g / (g - 1) * max(float(cyy - 2 * theta @ cxy + theta @ cxx @ theta), 0.0) / (n * n))
+    return _welch(means[0], variances[0], centred[0][1], means[1], variances[1], centred[1][1], level)
 
 
 def _ratio(arms: tuple[Arm, Arm], i: int, level: float) -> Ratio:
-    """(mean_p(b) - mean_h(b)) / (mean_p(y) - mean_h(y)) with the delta method's variance."""
+    """(mean_p(b) - mean_h(b)) / (mean_p(y) - mean_h(y)) with the delta method's (cluster-robust) variance."""
     p, h = arms
-    if min(p["n"], h["n"]) < 2:
+    if min(p["g"], h["g"]) < 2:
         return Ratio(None, None, None, None)
     db = p[f"s{i}"] / p["n"] - h[f"s{i}"] / h["n"]
     dy = p["s0"] / p["n"] - h["s0"] / h["n"]
@@ -622,10 +665,12 @@ def _ratio(arms: tuple[Arm, Arm], i: int, level: float) -> Ratio:
     r = db / dy
     var_b = var_y = cov = 0.0
     for a in arms:
-        n = a["n"]
-        var_b += (a[f"q{i}"] - a[f"s{i}"] ** 2 / n) / (n - 1) / n
-        var_y += (a["q0"] - a["s0"] ** 2 / n) / (n - 1) / n
-        cov += (a[f"c{i}"] - a[f"s{i}"] * a["s0"] / n) / (n - 1) / n
+        n, g, nn = a["n"], a["g"], a["nn"]
+        mb, my = a[f"s{i}"] / n, a["s0"] / n
+        scale = g / (g - 1) / (n * n)
+        var_b += scale * (a[f"q{i}"] - 2 * mb * a[f"nb{i}"] + mb * mb * nn)
+        var_y += scale * (a["q0"] - 2 * my * a["nb0"] + my * my * nn)
+        cov += scale * (a[f"c{i}"] - mb * a["nb0"] - my * a[f"nb{i}"] + mb * my * nn)
     var_r = max(var_b - 2 * r * cov + r * r * var_y, 0.0) / (dy * dy)
     se = math.sqrt(var_r)
     z = float(stats.norm.ppf(0.5 + level / 2))
@@ -737,6 +782,10 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
     units = store.arrow(_units_sql(spec, as_of, chosen)).to_pandas()
     value_cols = [c for c in moments.columns if c not in ("day", *chosen, "holdout")]
     moments[value_cols] = moments[value_cols].astype(np.float64).fillna(0.0)
+    # a slice by day takes the cluster products of (unit, day) cells, any other slice those of units
+    linear = [c for c in value_cols if c[:2] not in ("d_", "u_")]
+    clustered = {prefix: moments[["day", *chosen, "holdout", *linear, *(c for c in value_cols if c.startswith(prefix))]]
+                 .rename(columns=lambda c: c.removeprefix(prefix)) for prefix in ("d_", "u_")}
 
     exp = spec.model.experimentation
     monitoring = spec.model.monitoring
@@ -746,7 +795,8 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
         keys = [k for k in (day_key, cohort) if k is not None]
         hist = dict(_rollup(latency, keys, "bin", ["count"]))
         unit_groups = dict(_rollup(units, keys, "holdout", ["units"]))
-        for key, part in _rollup(moments, keys, "holdout", value_cols):
+        frame = clustered["d_" if day_key else "u_"]
+        for key, part in _rollup(frame, keys, "holdout", [c for c in frame.columns if c not in ("day", *chosen, "holdout")]):
             policy, holdout, both = _arm_sums(part)
             arms = (policy, holdout)
             named = dict(zip(keys, key, strict=True))

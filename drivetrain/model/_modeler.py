@@ -17,7 +17,8 @@ the action rather than an interaction with every context split. The effect stage
 gets twice the boosting rounds of its context stage (see docs/decisions.md for both measurements).
 
 With ``n_folds >= 2`` the models are cross-fitted (Chernozhukov et al. 2018): each fold's model predicts
-the rows it did not see, so the doubly robust pseudo-outcomes (Dudík et al. 2011)
+the rows it did not see (folds are drawn per ``unit_id`` when the table has one, so a unit's other
+decisions do not leak into its prediction), so the doubly robust pseudo-outcomes (Dudík et al. 2011)
 
     Gamma_ik = mu_k(x_i) + [a_i = k] / p_i * (y_i - mu_k(x_i))
 
@@ -210,6 +211,20 @@ class OutcomeModel:
         rounds = self._effect_rounds(binary)
         return _TwoStage(base, lgb.train(params, data, num_boost_round=rounds), d, binary)
 
+    @staticmethod
+    def _folds(frame: pd.DataFrame, folds: int, rng: np.random.Generator) -> np.ndarray:
+        """Each row's cross-fitting fold: drawn per unit when the table has ``unit_id`` (a unit's rows
+        share a fold, so no model predicts a unit it learned from), per row otherwise."""
+        n = len(frame)
+        if folds == 1:
+            return np.zeros(n, dtype=np.int64)
+        if "unit_id" not in frame.columns:
+            return rng.permutation(np.arange(n) % folds)
+        codes, units = pd.factorize(frame["unit_id"], use_na_sentinel=False)
+        if len(units) < folds:
+            raise DataError(f"training table must have at least {folds} distinct `unit_id` values for {folds} folds, got {len(units)}")
+        return rng.permutation(np.arange(len(units)) % folds)[codes]
+
     def fit(self, table: Table, spec: Spec) -> OutcomeModel:
         """Learn every outcome component from ``table`` (the training table of ``drivetrain join``)."""
         self._validate()
@@ -238,7 +253,7 @@ class OutcomeModel:
         n = len(frame)
         rng = np.random.default_rng(self.seed)
         folds = max(1, self.n_folds)
-        self.fold_ = rng.permutation(np.arange(n) % folds) if folds > 1 else np.zeros(n, dtype=np.int64)
+        self.fold_ = self._folds(frame, folds, rng)
         self.models_: dict[str, list[Any]] = {}
         self.final_: dict[str, Any] = {}
         self.oof_: dict[str, np.ndarray] = {}

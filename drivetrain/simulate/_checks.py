@@ -11,10 +11,11 @@ from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from drivetrain.errors import UsageError
 
-__all__ = ["Logged", "check_alpha", "check_logged", "check_nonnegative"]
+__all__ = ["Logged", "check_alpha", "check_cluster", "check_logged", "check_nonnegative"]
 
 Array = npt.NDArray[np.float64]
 
@@ -34,6 +35,8 @@ class Logged:
     action_dist: Array
     estimated_rewards: Array | None = None
     pscore_dist: Array | None = None
+    #: Cluster of each decision as a code in [0, G) (the unit it was made for), or None: independent decisions.
+    cluster: npt.NDArray[np.int64] | None = None
 
     @property
     def n(self) -> int:
@@ -132,12 +135,15 @@ def check_logged(
     action_dist: npt.ArrayLike,
     estimated_rewards: npt.ArrayLike | None = None,
     pscore_dist: npt.ArrayLike | None = None,
+    cluster: npt.ArrayLike | None = None,
     reward_name: str = "reward",
     model_name: str = "estimated_rewards",
 ) -> Logged:
     """Check shapes, ranges and finiteness of logged data; raise :class:`UsageError` at the first problem.
 
-    ``reward_name`` and ``model_name`` are how messages name the reward and model arrays.
+    ``cluster`` (n,) names the unit of each decision (any hashable ids, no missing values); decisions of
+    one unit are then treated as dependent by the intervals. ``reward_name`` and ``model_name`` are how
+    messages name the reward and model arrays.
     """
     r = _vector(reward, reward_name, None)
     n = r.shape[0]
@@ -175,7 +181,21 @@ def check_logged(
                 f"`pscore_dist` must give the logged action its `pscore`, got {_fmt(logged[i])} "
                 f"for `pscore` {_fmt(p[i])}{_where(bad)}"
             )
-    return Logged(r, a.astype(np.int64), p, dist, q, mu)
+    return Logged(r, a.astype(np.int64), p, dist, q, mu, None if cluster is None else check_cluster(cluster, n, reward_name))
+
+
+def check_cluster(cluster: npt.ArrayLike, n: int, source: str = "reward") -> npt.NDArray[np.int64]:
+    """The cluster ids (n,) of n decisions as codes in [0, G), in order of first appearance."""
+    ids = np.asarray(cluster, dtype=object) if not isinstance(cluster, np.ndarray) else cluster
+    if ids.ndim != 1:
+        raise UsageError(f"`cluster` must be 1-D with shape (n,), got shape {ids.shape}")
+    if ids.shape[0] != n:
+        raise UsageError(f"`cluster` must have one entry per decision (n={n} from `{source}`), got {ids.shape[0]}")
+    codes, _ = pd.factorize(ids, use_na_sentinel=True)
+    bad = codes < 0
+    if bad.any():
+        raise UsageError(f"`cluster` must name a unit for every decision, got a missing value{_where(bad)}")
+    return codes.astype(np.int64)
 
 
 def check_alpha(alpha: float) -> float:

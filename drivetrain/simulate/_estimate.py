@@ -27,7 +27,8 @@ class PolicyEstimate:
     equal; a handful when a few decisions carry the estimate), ``ess_ratio`` is that over ``n``,
     ``max_weight`` the largest weight and ``mean_weight`` their mean (1 in expectation when the
     propensities are right and the target only plays actions the logging policy plays). ``warnings``
-    says in words what in these numbers should make a reader doubt the estimate.
+    says in words what in these numbers should make a reader doubt the estimate. ``clusters`` is the
+    number of units when the interval treats each unit's decisions as dependent (cluster-robust).
     """
 
     estimator: str
@@ -42,6 +43,8 @@ class PolicyEstimate:
     mean_weight: float
     alpha: float = 0.05
     warnings: tuple[str, ...] = ()
+    #: Units the cluster-robust interval was computed over; None when decisions were taken as independent.
+    clusters: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:

@@ -8,11 +8,12 @@ from the same logged actions and propensities (:func:`evaluate_metrics`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy.typing as npt
 
 from drivetrain.errors import UsageError
-from drivetrain.simulate._checks import check_alpha, check_logged
+from drivetrain.simulate._checks import check_alpha, check_cluster, check_logged
 from drivetrain.simulate._estimate import PolicyEstimate
 from drivetrain.simulate._ope import (
     DirectMethod,
@@ -73,6 +74,7 @@ def evaluate_policy(
     action_dist: npt.ArrayLike,
     estimated_rewards: npt.ArrayLike | None = None,
     pscore_dist: npt.ArrayLike | None = None,
+    cluster: npt.ArrayLike | None = None,
     estimators: Estimators | None = None,
     alpha: float = 0.05,
 ) -> dict[str, PolicyEstimate]:
@@ -80,7 +82,8 @@ def evaluate_policy(
 
     ``estimators`` defaults to every applicable one (:func:`default_estimators`): IPS and SNIPS always, DM,
     DR, SNDR, SwitchDR and DRos when ``estimated_rewards`` (n, K) is given. A sequence is keyed by each
-    estimator's ``name``; a mapping by its keys. Shapes as in :class:`OffPolicyEstimator`.
+    estimator's ``name``; a mapping by its keys. Shapes as in :class:`OffPolicyEstimator`. ``cluster``
+    (n,), the unit of each decision, makes the intervals cluster-robust.
 
     >>> import numpy as np
     >>> out = evaluate_policy(reward=np.array([1.0, 0.0, 1.0]), action=np.array([0, 1, 0]), pscore=np.full(3, 0.5),
@@ -91,7 +94,7 @@ def evaluate_policy(
     alpha = check_alpha(alpha)
     data = check_logged(
         reward=reward, action=action, pscore=pscore, action_dist=action_dist,
-        estimated_rewards=estimated_rewards, pscore_dist=pscore_dist,
+        estimated_rewards=estimated_rewards, pscore_dist=pscore_dist, cluster=cluster,
     )  # fmt: skip
     chosen = default_estimators(with_model=estimated_rewards is not None) if estimators is None else _named(estimators)
     return {name: est._interval_of(data, alpha=alpha, name=name) for name, est in chosen.items()}
@@ -105,6 +108,7 @@ def evaluate_metrics(
     action_dist: npt.ArrayLike,
     estimated_rewards: Mapping[str, npt.ArrayLike] | None = None,
     pscore_dist: npt.ArrayLike | None = None,
+    cluster: npt.ArrayLike | None = None,
     estimator: OffPolicyEstimator | None = None,
     alpha: float = 0.05,
 ) -> dict[str, PolicyEstimate]:
@@ -112,7 +116,8 @@ def evaluate_metrics(
 
     ``rewards`` maps each metric (the objective, each guardrail formula, each budget formula) to its
     per-decision values (n,); ``estimated_rewards`` maps the same names to model predictions (n, K).
-    ``estimator`` defaults to DR when the models are given and to SNIPS otherwise.
+    ``estimator`` defaults to DR when the models are given and to SNIPS otherwise; ``cluster`` as in
+    :func:`evaluate_policy`.
 
     >>> import numpy as np
     >>> logged = dict(action=np.array([0, 1, 0, 1]), pscore=np.full(4, 0.5), action_dist=np.tile([1.0, 0.0], (4, 1)))
@@ -142,6 +147,7 @@ def evaluate_metrics(
                 f"`estimated_rewards` must have an entry for every metric ({estimator.name} needs a model), missing {missing}"
             )
     out: dict[str, PolicyEstimate] = {}
+    codes = None
     for metric, values in rewards.items():
         data = check_logged(
             reward=values,
@@ -153,5 +159,8 @@ def evaluate_metrics(
             reward_name=f"rewards[{metric!r}]",
             model_name=f"estimated_rewards[{metric!r}]",
         )
+        if cluster is not None:  # coded once: the decisions are the same for every metric
+            codes = check_cluster(cluster, data.n, f"rewards[{metric!r}]") if codes is None else codes
+            data = replace(data, cluster=codes)
         out[metric] = estimator._interval_of(data, alpha=alpha, name=estimator.name)
     return out

@@ -10,7 +10,10 @@ decision on the logged contexts.
 Every estimator writes its estimate as the mean of per-decision terms psi_i. The interval is the normal
 approximation V +- z_{1 - alpha/2} * sd(psi) / sqrt(n). For the self-normalized estimators (ratios of two
 means) psi_i is the linearization of the ratio (the delta method), so sd(psi) / sqrt(n) is its
-asymptotic standard error. The standard error treats the contexts as a sample, so for a fixed population
+asymptotic standard error. Several decisions for one unit are not independent (the same customer buys
+or not under each of them): given ``cluster``, the unit of each decision, the standard error is the
+cluster-robust one, sqrt(G / (G - 1) * sum_g (sum_{i in g} (psi_i - V))^2) / n over the G units (Liang &
+Zeger 1986; Cameron & Miller 2015), which equals the one above when every unit has one decision. The standard error treats the contexts as a sample, so for a fixed population
 it is slightly conservative; it treats ``estimated_rewards`` as fixed, so it does not include the model's
 own error (fit the model on other data, or cross-fit it, for DR's interval to hold).
 
@@ -86,13 +89,15 @@ class OffPolicyEstimator(ABC):
         action_dist: npt.ArrayLike,
         estimated_rewards: npt.ArrayLike | None = None,
         pscore_dist: npt.ArrayLike | None = None,
+        cluster: npt.ArrayLike | None = None,
         alpha: float = 0.05,
     ) -> PolicyEstimate:
-        """The estimate with its (1 - ``alpha``) normal interval and the weight diagnostics."""
+        """The estimate with its (1 - ``alpha``) normal interval and the weight diagnostics; with
+        ``cluster`` (the unit of each decision) the interval is cluster-robust."""
         alpha = check_alpha(alpha)
         data = check_logged(
             reward=reward, action=action, pscore=pscore, action_dist=action_dist,
-            estimated_rewards=estimated_rewards, pscore_dist=pscore_dist,
+            estimated_rewards=estimated_rewards, pscore_dist=pscore_dist, cluster=cluster,
         )  # fmt: skip
         return self._interval_of(data, alpha=alpha, name=self.name)
 
@@ -102,7 +107,7 @@ class OffPolicyEstimator(ABC):
         if data.n < 2:
             raise UsageError(f"`reward` must hold at least 2 decisions for an interval, got {data.n}")
         value, psi = self._value(data)
-        se = float(np.std(psi, ddof=1)) / math.sqrt(data.n)
+        se = standard_error(psi, value, data.cluster)
         half = float(stats.norm.ppf(1.0 - alpha / 2.0)) * se
         diag = weight_diagnostics(data)
         return PolicyEstimate(
@@ -118,6 +123,7 @@ class OffPolicyEstimator(ABC):
             mean_weight=diag.mean_weight,
             alpha=alpha,
             warnings=diag.warnings + self._caveats(),
+            clusters=None if data.cluster is None else int(data.cluster.max()) + 1,
         )
 
     def _value(self, data: Logged) -> tuple[float, Array]:
@@ -298,6 +304,19 @@ class DoublyRobustWithShrinkage(DoublyRobust):
         if lam == 0.0:
             return np.zeros_like(w)
         return lam * w / (np.square(w) + lam)
+
+
+def standard_error(psi: Array, value: float, cluster: npt.NDArray[np.int64] | None) -> float:
+    """Standard error of ``value`` = mean(psi): sd(psi) / sqrt(n), or cluster-robust over ``cluster``'s
+    codes (see the module docstring)."""
+    n = psi.size
+    if cluster is None:
+        return float(np.std(psi, ddof=1)) / math.sqrt(n)
+    sums = np.bincount(cluster, weights=psi - value)
+    g = sums.size
+    if g < 2:
+        raise UsageError(f"`cluster` must hold at least 2 units for an interval, got {g}")
+    return math.sqrt(g / (g - 1) * float(np.sum(np.square(sums)))) / n
 
 
 def _mean_weight(w: Array, name: str) -> float:

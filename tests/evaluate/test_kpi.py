@@ -47,37 +47,45 @@ HOLDOUT = {"h1": (10.0, 0.0), "h2": (0.0, 0.0), "h3": (22.0, 0.0)}
 LATENCY = {"p1": 4.0, "p2": 9.0, "p3": 12.5, "p4": 30.0, "p5": 7.0, "h1": 5.0, "h2": 6.0, "h3": 8.0}
 
 
-def _hand_store(spec: Spec) -> Store:
+def _hand_store(spec: Spec, repeats: int = 1) -> Store:
+    """The units above, each decided ``repeats`` times (a day apart) with the same outcomes each time."""
     store = MemoryStore(spec)
     clock = SimulatedClock(T0 + timedelta(days=30))
-    records = []
-    for i, unit in enumerate([*POLICY, *HOLDOUT]):
-        held = unit in HOLDOUT
-        extra: dict[str, Any] = {"assignment": "holdout" if held else "policy", "latency_ms": LATENCY[unit]}
-        if unit == "p5":
-            extra.update(assignment="fallback", fallback_reason="model error: timeout")
-        records.append(decision(f"r-{unit}", unit, T0 + timedelta(minutes=i), CONTROL if held or unit == "p5" else TREATED,
-                                region="north" if unit in ("p1", "p2", "h1") else "south", **extra))
+    records, events = [], []
+    for r in range(repeats):
+        start = T0 + timedelta(days=r)
+        for i, unit in enumerate([*POLICY, *HOLDOUT]):
+            held = unit in HOLDOUT
+            extra: dict[str, Any] = {"assignment": "holdout" if held else "policy", "latency_ms": LATENCY[unit]}
+            if unit == "p5":
+                extra.update(assignment="fallback", fallback_reason="model error: timeout")
+            records.append(decision(f"r-{unit}-{r}", unit, start + timedelta(minutes=i), CONTROL if held or unit == "p5" else TREATED,
+                                    region="north" if unit in ("p1", "p2", "h1") else "south", **extra))
+        for unit, (gp, cost) in {**POLICY, **HOLDOUT}.items():
+            request = f"r-{unit}-{r}"
+            if gp:
+                events.append(outcome(f"gp-{unit}-{r}", "gross_profit", gp, start + timedelta(days=1), request_id=request))
+                events.append(outcome(f"pu-{unit}-{r}", "purchase", 1.0, start + timedelta(days=1), request_id=request))
+            if cost:
+                events.append(outcome(f"pc-{unit}-{r}", "promo_cost", cost, start + timedelta(days=1), request_id=request))
+                events.append(outcome(f"re-{unit}-{r}", "redeemed", 1.0, start + timedelta(days=1), request_id=request))
+        events.append(outcome(f"refund-p1-{r}", "refund", 1.0, start + timedelta(days=2), request_id=f"r-p1-{r}"))
+        events.append(outcome(f"after-horizon-{r}", "gross_profit", 500.0, start + H + timedelta(minutes=1), request_id=f"r-p2-{r}"))
+        events.append(outcome(f"late-{r}", "gross_profit", 1.0, start + timedelta(days=3), request_id=f"r-p5-{r}",
+                              received_at=start + timedelta(days=8, hours=12)))
     ingest_decisions(store, rows(records), clock=clock)
-    events = []
-    for unit, (gp, cost) in {**POLICY, **HOLDOUT}.items():
-        if gp:
-            events.append(outcome(f"gp-{unit}", "gross_profit", gp, T0 + timedelta(days=1), request_id=f"r-{unit}"))
-            events.append(outcome(f"pu-{unit}", "purchase", 1.0, T0 + timedelta(days=1), request_id=f"r-{unit}"))
-        if cost:
-            events.append(outcome(f"pc-{unit}", "promo_cost", cost, T0 + timedelta(days=1), request_id=f"r-{unit}"))
-            events.append(outcome(f"re-{unit}", "redeemed", 1.0, T0 + timedelta(days=1), request_id=f"r-{unit}"))
-    events.append(outcome("refund-p1", "refund", 1.0, T0 + timedelta(days=2), request_id="r-p1"))
-    events.append(outcome("after-horizon", "gross_profit", 500.0, T0 + H + timedelta(minutes=1), request_id="r-p2"))
-    events.append(outcome("late", "gross_profit", 1.0, T0 + timedelta(days=3), request_id="r-p5",
-                          received_at=T0 + timedelta(days=8, hours=12)))
     ingest_outcomes(store, rows(events), clock=clock)
     return store
 
 
-def test_closed_form_figures_on_a_hand_built_store(raw_spec: dict[str, Any]) -> None:
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_closed_form_figures_on_a_hand_built_store(raw_spec: dict[str, Any], repeats: int) -> None:
+    """Closed form, with one decision per unit and with three: a unit decided three times with the same
+    outcomes holds no more information than one decision, so every interval is the same (its decisions
+    are one cluster); only the counts triple."""
     spec = _spec(raw_spec, serving__cost_per_serving_hour=1.8)
-    ev = evaluate(_hand_store(spec), T0 + timedelta(days=9))
+    ev = evaluate(_hand_store(spec, repeats), T0 + timedelta(days=9 + repeats - 1))
+    k = repeats
     o = ev.overall
     gp_p5 = POLICY["p5"][0] + 1.0  # the late outcome arrived before as_of: it counts
     y_p = np.array([gp - c for u, (gp, c) in POLICY.items()]) + np.array([0, 0, 0, 0, 1.0])
@@ -86,26 +94,37 @@ def test_closed_form_figures_on_a_hand_built_store(raw_spec: dict[str, Any]) -> 
     ref = stats.ttest_ind(y_p, y_h, equal_var=False)
     ci = ref.confidence_interval(0.95)
     ns = o.north_star
-    assert (o.policy_units, o.holdout_units) == (5, 3)
+    assert (o.policy_units, o.holdout_units) == (5 * k, 3 * k)
     assert ns.policy == pytest.approx(y_p.mean()) and ns.holdout == pytest.approx(y_h.mean())
     assert ns.difference == pytest.approx(y_p.mean() - y_h.mean())
     assert (ns.low, ns.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
     assert ns.se == pytest.approx(math.sqrt(y_p.var(ddof=1) / 5 + y_h.var(ddof=1) / 3))
     assert o.north_star_unadjusted == ns  # no covariates declared
+    for day in ev.days:  # one decision per unit and day
+        assert (ev.slice(day=day).north_star.low, ev.slice(day=day).north_star.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
 
-    assert o.counts.outcomes_out_of_window == 1 and o.counts.outcomes_late == 1
-    assert o.counts.mature == o.counts.decisions == 8 and o.counts.immature == 0
+    assert o.counts.outcomes_out_of_window == k and o.counts.outcomes_late == k
+    assert o.counts.mature == o.counts.decisions == 8 * k and o.counts.immature == 0
 
     assert o.outcome("redeemed").policy == pytest.approx(3 / 5) and o.outcome("redeemed").holdout == 0.0
     refund = next(g for g in o.guardrails if g.name == "refund_rate")
     assert refund.effect.policy == pytest.approx(1 / 5) and refund.breached is True and refund.max == 0.03
+    assert refund.effect.policy_se == pytest.approx(math.sqrt(np.var([1, 0, 0, 0, 0], ddof=1) / 5))  # per unit, not decision
     budget = o.budgets[0]
     costs_p = np.array([c for _, c in POLICY.values()])
-    assert budget.per_unit == pytest.approx(costs_p.sum() / 8) and budget.total == pytest.approx(costs_p.sum())
-    assert budget.limit == 8.0 and budget.within is True
+    assert budget.per_unit == pytest.approx(costs_p.sum() / 8) and budget.total == pytest.approx(k * costs_p.sum())
+    assert budget.limit == 8.0 * k and budget.within is True
     assert budget.per_incremental_objective.estimate == pytest.approx(costs_p.mean() / (y_p.mean() - y_h.mean()))
+    ratio = budget.per_incremental_objective
+    if k == 1:
+        first_se = ratio.se
+    else:  # the delta method's interval is the one of a single decision per unit as well
+        single = evaluate(_hand_store(spec, 1), T0 + timedelta(days=9)).overall.budgets[0].per_incremental_objective
+        assert ratio.se == pytest.approx(single.se) and ratio.low == pytest.approx(single.low)
+        first_se = single.se
+    assert first_se is not None and first_se > 0
 
-    lat = np.array(list(LATENCY.values()))
+    lat = np.repeat(np.array(list(LATENCY.values())), k)
     for q, got in ((50, o.service.latency_p50), (95, o.service.latency_p95), (99, o.service.latency_p99)):
         assert got == pytest.approx(np.percentile(lat, q), rel=0.01)
     assert o.service.over_latency_budget == 0.0
@@ -120,15 +139,18 @@ def test_closed_form_figures_on_a_hand_built_store(raw_spec: dict[str, Any]) -> 
     assert srm.mismatch is bool(expected.pvalue < 0.001)
 
     north = ev.slice(cohort="region", value="north")
-    assert north.north_star.policy == pytest.approx(np.mean(y_p[:2])) and north.holdout_units == 1
-    assert north.north_star.low is None  # one holdout unit: no variance, no interval
+    assert north.north_star.policy == pytest.approx(np.mean(y_p[:2])) and north.holdout_units == k
+    assert north.north_star.low is None  # one holdout unit, however many decisions: no variance, no interval
     assert [s.value for s in ev.by_cohort("region")] == ["north", "south"]
-    assert ev.days == (T0.date(),) and ev.slice(day=T0.date(), cohort="region", value="south").policy_units == 3
+    assert len(ev.days) == k and ev.slice(day=T0.date(), cohort="region", value="south").policy_units == 3
     frame = ev.to_frame()
     assert set(frame["figure"]) >= {"north_star", "guardrail:refund_rate", "slo:latency_p95", "outcome:redeemed"}
 
 
-def test_cuped_uses_the_declared_covariates_and_matches_regression_adjustment(raw_spec: dict[str, Any]) -> None:
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_cuped_uses_the_declared_covariates_and_matches_regression_adjustment(raw_spec: dict[str, Any], repeats: int) -> None:
+    """Closed form against SciPy's Welch test of the adjusted values; a unit decided twice with the same
+    covariate and outcome gives the same interval (its decisions are one cluster)."""
     spec = _spec(raw_spec, monitoring__covariates=["purchases_365d"])
     store = MemoryStore(spec)
     clock = SimulatedClock(T0 + timedelta(days=30))
@@ -137,11 +159,13 @@ def test_cuped_uses_the_declared_covariates_and_matches_regression_adjustment(ra
     x = rng.poisson(4.0, n)
     held = np.arange(n) % 4 == 0
     y = 3.0 * x + rng.normal(0, 2.0, n) + np.where(held, 0.0, 1.5) + 10.0
-    ingest_decisions(store, rows([decision(f"r{i}", f"u{i}", T0, CONTROL if held[i] else TREATED, purchases_365d=int(x[i]),
-                                           assignment="holdout" if held[i] else "policy") for i in range(n)]), clock=clock)
-    ingest_outcomes(store, rows([outcome(f"e{i}", "gross_profit", round(float(y[i]), 2), T0 + timedelta(days=1), request_id=f"r{i}")
-                                 for i in range(n)]), clock=clock)
-    o = evaluate(store, T0 + timedelta(days=9)).overall
+    for r in range(repeats):
+        day = T0 + timedelta(days=r)
+        ingest_decisions(store, rows([decision(f"r{i}-{r}", f"u{i}", day, CONTROL if held[i] else TREATED, purchases_365d=int(x[i]),
+                                               assignment="holdout" if held[i] else "policy") for i in range(n)]), clock=clock)
+        ingest_outcomes(store, rows([outcome(f"e{i}-{r}", "gross_profit", round(float(y[i]), 2), day + timedelta(days=1),
+                                             request_id=f"r{i}-{r}") for i in range(n)]), clock=clock)
+    o = evaluate(store, T0 + timedelta(days=8 + repeats)).overall
     yr = np.round(y, 2)
     xc = np.concatenate([x[~held] - x[~held].mean(), x[held] - x[held].mean()])
     yc = np.concatenate([yr[~held] - yr[~held].mean(), yr[held] - yr[held].mean()])

@@ -186,3 +186,21 @@ def test_refit_predicts_with_the_model_on_every_row_and_keeps_the_fold_spread(no
     # out-of-fold predictions of the training rows do not come from the refitted model
     oof = crossed.training_predictions()["purchase"]
     assert not np.allclose(oof, whole.training_predictions()["purchase"])
+
+
+def test_cross_fitting_folds_are_drawn_per_unit(noisy) -> None:  # type: ignore[no-untyped-def]
+    """A unit decided three times keeps all three rows in one fold, so its out-of-fold predictions
+    never come from a model that learned its own outcomes; without `unit_id` folds are drawn per row."""
+    twin, table = noisy
+    once = table.iloc[:1500]
+    thrice = pd.concat([once.assign(request_id=once["request_id"] + f":{k}") for k in range(3)], ignore_index=True)
+    model = OutcomeModel(n_folds=3, n_estimators=20, num_leaves=7, refit=False).fit(thrice, twin.spec)
+    folds_per_unit = pd.Series(model.fold_).groupby(thrice["unit_id"].to_numpy()).nunique()
+    assert (folds_per_unit == 1).all()
+    units_per_fold = np.bincount(pd.Series(model.fold_).groupby(thrice["unit_id"].to_numpy()).first(), minlength=3)
+    assert units_per_fold.tolist() == [500, 500, 500]
+    by_row = OutcomeModel(n_folds=3, n_estimators=20, num_leaves=7, refit=False).fit(thrice.drop(columns="unit_id"), twin.spec)
+    assert (pd.Series(by_row.fold_).groupby(thrice["unit_id"].to_numpy()).nunique() > 1).mean() > 0.5
+    two_units = thrice[thrice["unit_id"].isin(thrice["unit_id"].iloc[:2])]
+    with pytest.raises(DataError, match="at least 3 distinct `unit_id` values for 3 folds, got 2"):
+        OutcomeModel(n_folds=3, n_estimators=5).fit(two_units, twin.spec)
