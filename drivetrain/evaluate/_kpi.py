@@ -15,7 +15,8 @@ sample ratio check. Every slice is then a sum of those rows, and the statistics 
 math on the sums:
 
 * north star: mean objective per eligible unit in the policy arm (every unit outside the holdout, so
-  exploration and fallbacks count, as they do in production) minus the holdout's, with Welch's interval;
+  exploration and fallbacks count, as they do in production) minus the holdout's, with Welch's interval
+  on cluster-robust variances (a unit's decisions summed first: they are not independent);
   with ``monitoring.covariates`` it is regression-adjusted (CUPED: Deng, Xu, Kohavi and Walker, "Improving
   the sensitivity of online controlled experiments by utilizing pre-experiment data", WSDM 2013);
 * money per unit of incremental objective: incremental budget use over incremental objective, with a
