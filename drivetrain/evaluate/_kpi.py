@@ -27,6 +27,7 @@ math on the sums:
 from __future__ import annotations
 
 import math
+
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -383,12 +384,13 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
                  metrics: Sequence[_Metric]) -> str:
     """Additive moments per decision day x cohort values x arm. Linear sums (counts, sums of each metric
     and covariate) are over decisions. The variances need the sums of each unit's decisions (a unit's
-    decisions are not independent): the decisions are first summed per cell (unit, day, cohort values,
-    arm), and the query returns the sums of products of those cell sums (prefix ``d_``: the clusters of a
-    slice by day) and of each cell's sums with its unit's sums over every day (prefix ``u_``: their total
-    over a slice is the sum of products of the unit sums, the clusters of a slice over all days). ``d_g``
-    and ``u_g`` count the clusters: cells with a measured decision, and units on their first such cell.
-    A unit whose cohort values change is one cluster per combination of values."""
+    decisions are not independent), so the measured decisions are also summed per cell (unit, day, cohort
+    values, arm) and per unit (unit, cohort values, arm), and the query returns the sums of products of
+    the cell sums (prefix ``d_``: the clusters of a slice by day) and of the unit sums, each unit on the
+    day of its first measured decision (prefix ``u_``: summed over days, the clusters of any other slice).
+    ``d_g`` and ``u_g`` count those clusters. A unit whose cohort values change is one cluster per
+    combination of values. Every aggregate over millions of groups carries only the measured decisions
+    and the sums that need clustering; the linear sums are taken over the few groups of the output."""
     horizon, wait = _interval(spec.horizon), _interval(spec.horizon + spec.settle)
     comps = ",\n                   ".join(_component(name, o.aggregate) for name, o in spec.model.outcomes.items())
     coalesced = ", ".join(f"COALESCE(a.{name}, 0.0) AS {name}" for name in spec.outcomes)
@@ -408,44 +410,44 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
         "of_immature": "(1 - mature) * n_all",
     }
 
-    def cell_sum(k: int) -> str:  # a metric's sum over a cell's decisions, exact
-        return f"SUM(m{k})" if distinct[k].exact else f"CAST(SUM(m{k}) AS {_DECIMAL})"
-
-    cell = [f"CAST(SUM({expr}) AS BIGINT) AS {name}" for name, expr in counts.items()]
-    cell.append(f"SUM(CAST(latency_ms AS {_DECIMAL})) AS latency_sum")
-    cell += [f"{cell_sum(k)} AS s{k}" for k in distinct]
-    cell += [f"CAST(SUM(x{j}) AS {_DECIMAL}) AS x{j}" for j in range(len(covariates))]
-    over = f"OVER (PARTITION BY {unit_keys})"
-    unit_sums = ["CAST(SUM(n) " + over + " AS BIGINT) AS un"]
-    unit_sums += [(f"SUM(s{k}) {over}" if distinct[k].exact else f"CAST(SUM(s{k}) {over} AS {_DECIMAL})") + f" AS us{k}"
-                  for k in distinct]
-    unit_sums += [f"CAST(SUM(x{j}) {over} AS {_DECIMAL}) AS ux{j}" for j in range(len(covariates))]
-    unit_sums.append(f"CASE WHEN n > 0 AND day = MIN(CASE WHEN n > 0 THEN day END) {over} THEN 1 ELSE 0 END AS ufirst")
-
     exact = {f"s{k}": distinct[k].exact for k in distinct} | {f"x{j}": False for j in range(len(covariates))}
-    exact |= {f"u{name}": value for name, value in exact.items()}
+
+    def total(column: str, source: str) -> str:
+        """A sum of ``source`` named ``column``: exact, as a DECIMAL unless it sums exact values."""
+        return f"SUM({source}) AS {column}" if exact[column] else f"CAST(SUM({source}) AS {_DECIMAL}) AS {column}"
 
     def product(a: str, b: str) -> str:
-        """The exact sum of a product of two cell-level sums (``n`` and ``un`` are counts)."""
-        if a in ("n", "un") or b in ("n", "un") or (exact[a] and exact[b]):
+        """The exact sum of a product of two cluster sums (``n`` is a count)."""
+        if a == "n" or b == "n" or (exact[a] and exact[b]):
             return f"CAST(SUM({a} * {b}) AS DOUBLE)"
         a, b = (f"CAST({x} AS {_DECIMAL})" if exact[x] else x for x in (a, b))
         return _dsum(f"{_wide(a)} * {b}")
 
-    final = [f"CAST(SUM({name}) AS BIGINT) AS {name}" for name in counts]
-    final.append(_dsum("latency_sum") + " AS latency_sum")
-    final += [f"CAST(SUM(s{k}) AS DOUBLE) AS s{k}" for k in distinct]
-    final += [f"CAST(SUM(x{j}) AS DOUBLE) AS x{j}" for j in range(len(covariates))]
+    sums = [*(f"s{k}" for k in distinct), *(f"x{j}" for j in range(len(covariates)))]
+    source = {f"s{k}": f"m{k}" for k in distinct} | {f"x{j}": f"x{j}" for j in range(len(covariates))}
+    linear = [f"CAST(SUM({expr}) AS BIGINT) AS {name}" for name, expr in counts.items()]
+    linear.append(_dsum(f"CAST(latency_ms AS {_DECIMAL})") + " AS latency_sum")
+    linear += [f"CAST(SUM({source[s]}) AS DOUBLE) AS {s}" for s in sums]
     pairs = [("n", "n", "nn")]
     pairs += [(f"s{k}", "n", f"nb{k}") for k in distinct] + [(f"s{k}", f"s{k}", f"q{k}") for k in distinct]
     pairs += [(f"s{k}", "s0", f"c{k}") for k in sorted({m.column for m in metrics if m.kind == "budget"})]
     for j in range(len(covariates)):
         pairs += [(f"x{j}", "n", f"nx{j}"), (f"x{j}", "s0", f"xy{j}")]
         pairs += [(f"x{j}", f"x{k}", f"xx{j}_{k}") for k in range(j, len(covariates))]
-    final.append("CAST(SUM(CASE WHEN n > 0 THEN 1 ELSE 0 END) AS BIGINT) AS d_g")
-    final.append("CAST(SUM(ufirst) AS BIGINT) AS u_g")
-    final += [product(a, b) + f" AS d_{name}" for a, b, name in pairs]
-    final += [product(a, "u" + b) + f" AS u_{name}" for a, b, name in pairs]
+    clusters = {"g": "CAST(COUNT(*) AS BIGINT)"} | {name: product(a, b) for a, b, name in pairs}
+
+    # Three small aggregates per day x cohort values x arm, stacked and summed: the linear sums over
+    # decisions; the cluster products of the cells (a unit's decisions on one day); those of the units,
+    # each put on the day of its first measured decision (summed over days, they are a non-day slice's).
+    outputs = {name: "BIGINT" for name in counts} | {"latency_sum": "DOUBLE"} | {s: "DOUBLE" for s in sums}
+    outputs |= {f"d_{name}": "BIGINT" if name == "g" else "DOUBLE" for name in clusters}
+    outputs |= {f"u_{name}": "BIGINT" if name == "g" else "DOUBLE" for name in clusters}
+
+    def part(table: str, columns: Sequence[str]) -> str:
+        provided = set(columns)
+        return f"SELECT {keys}, " + ", ".join(
+            name if name in provided else f"CAST(0 AS {kind}) AS {name}" for name, kind in outputs.items()) + f" FROM {table}"
+
     return f"""
         WITH {_decisions_cte(spec, as_of, cohorts, covariates).strip()},
         k AS (SELECT request_id, decided_at FROM decisions WHERE received_at <= {_ts(as_of)}),
@@ -475,19 +477,34 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
                    {values}
             FROM j
         ),
-        c AS (
-            SELECT unit_id, {keys},
-                   {", ".join(cell)}
+        lin AS (
+            SELECT {keys}, {", ".join(linear)}
             FROM v
+            GROUP BY {keys}
+        ),
+        c AS (
+            SELECT unit_id, {keys}, CAST(COUNT(*) AS BIGINT) AS n, {", ".join(total(s, source[s]) for s in sums)}
+            FROM v
+            WHERE {me}
             GROUP BY unit_id, {keys}
         ),
-        w AS (
-            SELECT c.*, {", ".join(unit_sums)}
+        u AS (
+            SELECT {unit_keys}, MIN(day) AS day, CAST(SUM(n) AS BIGINT) AS n, {", ".join(total(s, s) for s in sums)}
             FROM c
+            GROUP BY {unit_keys}
+        ),
+        dc AS (SELECT {keys}, {", ".join(f"{e} AS d_{name}" for name, e in clusters.items())} FROM c GROUP BY {keys}),
+        uc AS (SELECT {keys}, {", ".join(f"{e} AS u_{name}" for name, e in clusters.items())} FROM u GROUP BY {keys}),
+        stacked AS (
+            {part("lin", [*counts, "latency_sum", *sums])}
+            UNION ALL
+            {part("dc", [f"d_{name}" for name in clusters])}
+            UNION ALL
+            {part("uc", [f"u_{name}" for name in clusters])}
         )
         SELECT {keys},
-               {", ".join(final)}
-        FROM w
+               {", ".join(f"SUM({name}) AS {name}" for name in outputs)}
+        FROM stacked
         GROUP BY {keys}
         ORDER BY {keys}
         """
