@@ -386,6 +386,9 @@ def optimize(
     shares = pd.Series(np.asarray(loaded.action_space.ids, dtype=object)[a.action]).value_counts(normalize=True)
     console.print(f"predicted {loaded.model.objective.name} per unit {a.objective:.4f}; actions: "
                   + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+    split = plan.policy.tie_split
+    if split is not None:
+        console.print(f"tied units split per request: {split.low_share:.1%} at prices x{1 - split.band:g}, the rest at x{1 + split.band:g}")
     console.print(f"saved policy {plan.policy.version} to {out}; wrote {written} baseline columns to the store")
 
 

@@ -12,6 +12,10 @@ batch; then applies exploration and the holdout exactly as DESIGN.md defines the
 * exploration: with probability ``eps``, drawn per request from a hash of the request id, a uniformly
   random eligible action;
 * propensity: ``h * [a = control] + (1 - h) * (eps / K_i + (1 - eps) * [a = chosen])``;
+* tie split (a plan's policy whose constraints bind): a request decides at prices slightly below the
+  multipliers with probability ``low_share``, slightly above otherwise (drawn from its request id), so that
+  units tied at the optimum are split as the plan splits them; ``[a = chosen]`` in the propensity is then
+  that mix, ``low_share [a = chosen_low] + (1 - low_share) [a = chosen_high]``;
 * a context that breaks the contract gets the fallback action, except in the holdout, which keeps control
   (so the holdout stays exactly the units its hash picks): propensity ``h [a = control] + (1 - h) [a = fallback]``.
 
@@ -43,7 +47,7 @@ from drivetrain.model import FeatureEncoder, OutcomeModel
 from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage, formula_spread
 from drivetrain.spec import Formula, Spec, failed_propensity, holdout_draw, in_holdout, parse_spec
 
-__all__ = ["DecisionBatch", "Policy", "constraint_terms"]
+__all__ = ["DecisionBatch", "Policy", "TieSplit", "constraint_terms"]
 
 FORMAT = 1
 _SCALE = float(2**64)
@@ -79,6 +83,20 @@ class DecisionBatch:
     margin: np.ndarray
 
 
+@dataclass(frozen=True)
+class TieSplit:
+    """How the plan's split of tied units is served: a request decides at prices ``1 - band`` times the
+    multipliers with probability ``low_share`` (drawn from its request id), at ``1 + band`` times otherwise
+    (see :func:`drivetrain.optimize.split_ties`). Units away from a tie decide the same either way."""
+
+    band: float
+    low_share: float
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.band < 1.0 and 0.0 <= self.low_share <= 1.0):
+            raise UsageError(f"`tie_split` must have band in (0, 1) and low_share in [0, 1], got {self.band} and {self.low_share}")
+
+
 @dataclass
 class Policy:
     """A decision policy; build it with :meth:`from_model`, persist it with :meth:`save` / :meth:`load`."""
@@ -91,11 +109,13 @@ class Policy:
     holdout_share: float
     metadata: Mapping[str, Any] = field(default_factory=dict)
     pessimism: float = 0.0
+    tie_split: TieSplit | None = None
 
     @classmethod
     def from_model(cls, spec: Spec, model: OutcomeModel, multipliers: Mapping[str, float], *, version: str | None = None,
                    exploration_rate: float | None = None, holdout_share: float | None = None,
-                   metadata: Mapping[str, Any] | None = None, pessimism: float = 0.0) -> Policy:
+                   metadata: Mapping[str, Any] | None = None, pessimism: float = 0.0,
+                   tie_split: TieSplit | None = None) -> Policy:
         known = {t[0] for t in constraint_terms(spec)} | {c.name for c, _ in spec.caps}
         unknown = sorted(set(multipliers) - known)
         if unknown:
@@ -110,7 +130,7 @@ class Policy:
         if not (np.isfinite(pessimism) and pessimism >= 0):
             raise UsageError(f"`pessimism` must be a finite number >= 0 (a z value such as 1.645), got {pessimism}")
         return cls(spec, model, {k: float(v) for k, v in multipliers.items()}, version or f"{spec.name}-{stamp}-{digest}",
-                   float(eps), float(h), dict(metadata or {}), float(pessimism))
+                   float(eps), float(h), dict(metadata or {}), float(pessimism), tie_split)
 
     # ------------------------------------------------------------------ scoring and deciding
     def scores(self, contexts: pd.DataFrame | Mapping[str, Any], components: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
@@ -118,6 +138,12 @@ class Policy:
 
         A policy planned with ``pessimism`` z scores what its plan optimized: the objective z spreads of the
         fold models lower, each constraint's use z spreads worse (higher for a ``<=`` limit)."""
+        return self.priced(contexts, components)[0]
+
+    def priced(self, contexts: pd.DataFrame | Mapping[str, Any],
+               components: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, price), both (n, K): the scores of :meth:`scores` and the priced use of the constraints
+        and caps they subtract (0 where an action is not eligible)."""
         comps = self.model.predict_outcomes(contexts) if components is None else components
         z = self.pessimism
         folds = self.model.predict_folds(contexts) if z else []
@@ -126,6 +152,7 @@ class Policy:
             value = -value
         if z:
             value = value - z * formula_spread(self.spec, self.spec.objective, folds, contexts)
+        price = np.zeros(value.shape)
         for name, formula, sense, _limit in constraint_terms(self.spec):
             lam = self.multipliers.get(name, 0.0)
             if lam:
@@ -133,25 +160,37 @@ class Policy:
                 usage = np.broadcast_to(_formula_on(self.spec, formula, comps, contexts), value.shape)
                 if z:
                     usage = usage + sign * z * formula_spread(self.spec, formula, folds, contexts)
-                value = value - lam * sign * usage
+                price = price + lam * sign * usage
         for cap, mask in self.spec.caps:
             mu = self.multipliers.get(cap.name, 0.0)
             if mu:
-                value = value - mu * mask[None, :]
+                price = price + mu * mask[None, :]
         eligible = self.spec.eligible_actions({n: np.asarray(contexts[n]) for n in self.spec.features if n in contexts})
-        return np.where(eligible, value, -np.inf)
+        return np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0)
 
-    def _distribution(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(action probabilities (n, K) of the whole serving system, the policy's choice (n,)) from scores:
-        DESIGN.md's ``h [a = control] + (1 - h) (eps / K_i + (1 - eps) [a = chosen])``."""
-        finite = np.isfinite(scores)
+    def _choices(self, scores: np.ndarray, price: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
+        """(choice at the lower prices, choice at the higher, the lower's share): the argmax twice, share 1,
+        without a tie split."""
         chosen = np.argmax(scores, axis=1)
+        split = self.tie_split
+        if split is None or price is None:
+            return chosen, chosen, 1.0
+        return np.argmax(scores + split.band * price, axis=1), np.argmax(scores - split.band * price, axis=1), split.low_share
+
+    def _distribution(self, scores: np.ndarray, price: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(action probabilities (n, K) of the whole serving system, the choices at the lower and at the
+        higher prices (n,)): DESIGN.md's ``h [a = control] + (1 - h) (eps / K_i + (1 - eps) pi(a))``, with
+        ``pi`` the choice, or the tie split's mix of the two choices."""
+        finite = np.isfinite(scores)
+        low, high, share = self._choices(scores, price)
         eps, h = self.exploration_rate, self.holdout_share
         dist = finite * (eps / finite.sum(axis=1, keepdims=True))
-        dist[np.arange(len(chosen)), chosen] += 1 - eps
+        rows = np.arange(len(low))
+        dist[rows, low] += (1 - eps) * share
+        dist[rows, high] += (1 - eps) * (1 - share)
         dist *= 1 - h
         dist[:, self.spec.control.index] += h
-        return dist, chosen
+        return dist, low, high
 
     def decide(self, contexts: pd.DataFrame, *, request_ids: Sequence[str] | None = None,
                unit_column: str = "unit_id", components: Mapping[str, np.ndarray] | None = None) -> DecisionBatch:
@@ -164,19 +203,23 @@ class Policy:
         requests = np.asarray(request_ids if request_ids is not None else units, dtype=object).astype(str)
         if requests.shape != (n,):
             raise UsageError(f"`request_ids` must have one id per context ({n}), got {requests.shape[0]}")
-        return self.choose(units, requests, self.scores(contexts, components))
+        return self.choose(units, requests, *self.priced(contexts, components))
 
-    def choose(self, units: np.ndarray, requests: np.ndarray, scores: np.ndarray) -> DecisionBatch:
+    def choose(self, units: np.ndarray, requests: np.ndarray, scores: np.ndarray, price: np.ndarray | None = None) -> DecisionBatch:
         """Decisions from the priced scores (n, K) of ``units`` (n,) for ``requests`` (n,): the policy's
-        choice, exploration drawn from the request id, the holdout from the unit id (DESIGN.md)."""
+        choice (with a tie split, at the lower or the higher prices as the request id draws; ``price`` is
+        then the priced use :meth:`priced` gives), exploration drawn from the request id, the holdout from
+        the unit id (DESIGN.md)."""
         n = scores.shape[0]
         finite = np.isfinite(scores)
-        dist, chosen = self._distribution(scores)
+        dist, low, high = self._distribution(scores, price)
+        salt = self.spec.model.experimentation.salt
+        split = self.tie_split
+        chosen = low if split is None or price is None else np.where(_uniform(salt, "tie", requests) < split.low_share, low, high)
         ordered = np.sort(scores, axis=1)
         runner_up = ordered[:, -2] if scores.shape[1] > 1 else ordered[:, -1]
         margin = np.where(np.isfinite(runner_up), ordered[:, -1] - runner_up, np.inf)
         k_eligible = finite.sum(axis=1)
-        salt = self.spec.model.experimentation.salt
         explore = _uniform(salt, "explore", requests) < self.exploration_rate
         pick = np.minimum((_uniform(salt, "pick", requests) * k_eligible).astype(np.int64), k_eligible - 1)
         nth_eligible = np.argmax(np.cumsum(finite, axis=1) > pick[:, None], axis=1)
@@ -191,7 +234,7 @@ class Policy:
     def action_distribution(self, contexts: pd.DataFrame) -> np.ndarray:
         """Probability of each action per context under the whole serving system (holdout and
         exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates."""
-        return self._distribution(self.scores(contexts))[0]
+        return self._distribution(*self.priced(contexts))[0]
 
     def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_salt: str | None = None) -> tuple[pd.DataFrame, int]:
         """Decide for a batch of raw contexts and return the rows of the decisions table (docs/data.md)
@@ -274,6 +317,7 @@ class Policy:
             "exploration_rate": self.exploration_rate,
             "holdout_share": self.holdout_share,
             "pessimism": self.pessimism,
+            "tie_split": None if self.tie_split is None else {"band": self.tie_split.band, "low_share": self.tie_split.low_share},
         }
         (directory / "policy.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         (directory / "spec.yaml").write_text(yaml.safe_dump(self.spec.model.model_dump(mode="json"), sort_keys=False))
@@ -334,7 +378,16 @@ class Policy:
         model.final_ = {comp: _read_entry(directory, entry) for comp, entry in body.get("final", {}).items()}
         return cls(spec, model, {k: float(v) for k, v in body["multipliers"].items()}, str(manifest["policy_version"]),
                    float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})),
-                   float(body.get("pessimism", 0.0)))
+                   float(body.get("pessimism", 0.0)), _tie_split(body.get("tie_split")))
+
+
+def _tie_split(entry: Any) -> TieSplit | None:
+    if entry is None:
+        return None
+    try:
+        return TieSplit(float(entry["band"]), float(entry["low_share"]))
+    except (KeyError, TypeError, ValueError, UsageError) as exc:
+        raise ArtifactError(f"policy.json's tie_split must be null or {{'band': b, 'low_share': s}}, got {entry!r} ({exc})") from None
 
 
 def _write_model(path: Path, model: Any) -> Any:

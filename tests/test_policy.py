@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import OutcomeModel
-from drivetrain.policy import Policy
+from drivetrain.policy import Policy, TieSplit
 from drivetrain.twin import NBOOTwin
 
 
@@ -66,10 +67,12 @@ def test_multipliers_price_the_budget(fitted) -> None:  # type: ignore[no-untype
 
 def test_save_load_round_trip_and_tamper_detection(fitted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     twin, model, contexts = fitted
-    policy = Policy.from_model(twin.spec, model, {"promotion_budget": 0.5}, metadata={"metrics": {"x": 1}})
+    policy = Policy.from_model(twin.spec, model, {"promotion_budget": 0.5}, metadata={"metrics": {"x": 1}},
+                               tie_split=TieSplit(band=1e-4, low_share=0.3))
     directory = policy.save(tmp_path / "p")
     loaded = Policy.load(directory)
     assert loaded.version == policy.version and loaded.multipliers == policy.multipliers
+    assert loaded.tie_split == policy.tie_split
     np.testing.assert_allclose(loaded.scores(contexts), policy.scores(contexts))
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["spec_hash"] == twin.spec.hash and "lightgbm" in manifest["libraries"]
@@ -92,3 +95,19 @@ def test_save_load_round_trip_and_tamper_detection(fitted, tmp_path: Path) -> No
         Policy.load(directory)
     with pytest.raises(ArtifactError, match="must hold manifest.json"):
         Policy.load(tmp_path)
+
+
+def test_a_tie_split_that_is_not_one_is_refused(fitted, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    twin, model, _ = fitted
+    with pytest.raises(UsageError, match="band in \\(0, 1\\) and low_share in \\[0, 1\\], got 0.0 and 0.5"):
+        TieSplit(band=0.0, low_share=0.5)
+    directory = Policy.from_model(twin.spec, model, {}).save(tmp_path / "p")
+    body = json.loads((directory / "policy.json").read_text())
+    assert body["tie_split"] is None  # no split: the argmax
+    body["tie_split"] = {"band": 2.0, "low_share": 0.5}
+    (directory / "policy.json").write_text(json.dumps(body))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"]["policy.json"] = hashlib.sha256((directory / "policy.json").read_bytes()).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="tie_split must be null or"):
+        Policy.load(directory)

@@ -18,9 +18,18 @@ from drivetrain.data import JoinReport, Store, training_table, write_baselines
 from drivetrain.errors import DataError, UsageError
 from drivetrain.model import OutcomeModel
 from drivetrain.model._modeler import _formula_on, formula_spread
-from drivetrain.optimize import Assignment, AssignmentProblem, LagrangianOptimizer, Optimizer, pessimistic, problem_from_spec, served_use
+from drivetrain.optimize import (
+    Assignment,
+    AssignmentProblem,
+    LagrangianOptimizer,
+    Optimizer,
+    pessimistic,
+    problem_from_spec,
+    served_use,
+    split_ties,
+)
 from drivetrain.optimize import as_served as served_limits
-from drivetrain.policy import Policy, constraint_terms
+from drivetrain.policy import Policy, TieSplit, constraint_terms
 from drivetrain.simulate import PolicyEstimate, default_estimators, evaluate_metrics, evaluate_policy
 from drivetrain.spec import Spec, compile_formula
 
@@ -99,8 +108,10 @@ def plan_policy(
     serving = {"exploration_rate": experimentation.exploration_rate, "holdout_share": experimentation.holdout_share}
     solved = served_limits(problem, spec, **serving) if as_served else problem
     assignment = (optimizer or LagrangianOptimizer()).assign(solved)
+    # units tied at the multipliers are split as the plan splits them (per request), not all sent one way
+    split = split_ties(problem, spec, assignment.multipliers, **(serving if as_served else {"exploration_rate": 0.0, "holdout_share": 0.0}))
     policy = Policy.from_model(spec, model, dict(assignment.multipliers), version=version, metadata=metadata,
-                               pessimism=float(pessimism or 0.0))
+                               pessimism=float(pessimism or 0.0), tie_split=None if split is None else TieSplit(*split))
     return Plan(policy, assignment, problem, served_use(problem, spec, assignment.probabilities, **serving))
 
 

@@ -17,7 +17,7 @@ linear program solved by HiGHS, the reference on smaller problems). Both return 
 
 from drivetrain.optimize._assignment import Assignment, Optimizer
 from drivetrain.optimize._exact import ExactOptimizer
-from drivetrain.optimize._from_spec import as_served, problem_from_spec, served_use
+from drivetrain.optimize._from_spec import as_served, problem_from_spec, served_use, split_ties
 from drivetrain.optimize._lagrangian import LagrangianOptimizer
 from drivetrain.optimize._problem import (
     AssignmentProblem,
@@ -38,4 +38,5 @@ __all__ = [
     "pessimistic",
     "problem_from_spec",
     "served_use",
+    "split_ties",
 ]

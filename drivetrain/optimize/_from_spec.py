@@ -15,7 +15,7 @@ from drivetrain.spec import Formula, Spec
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["as_served", "problem_from_spec", "served_use"]
+__all__ = ["as_served", "problem_from_spec", "served_use", "split_ties"]
 
 GuardrailBound = float | tuple[float | None, float | None]
 
@@ -194,3 +194,57 @@ def as_served(problem: AssignmentProblem, spec: Spec, *, exploration_rate: float
                              "lower the exploration rate or raise the cap")
         caps.append(ShareCap(cap.name, cap.mask, min(share, 1.0)))
     return AssignmentProblem(values=problem.values, eligible=problem.eligible, constraints=constraints, caps=caps)
+
+
+#: relative price perturbations tried, smallest first, for the two sides of a served tie split
+TIE_BANDS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+def split_ties(problem: AssignmentProblem, spec: Spec, multipliers: Mapping[str, float], *, exploration_rate: float,
+               holdout_share: float) -> tuple[float, float] | None:
+    """How a policy serving ``multipliers`` splits tied units as the plan does: ``(band, low_share)``.
+
+    Per-unit prices decide each unit on its own, so units tied at the optimum (the same context many
+    times, or any finite population at the multipliers' kink) would all get the same action and spend
+    well off the plan. The served policy therefore mixes two deterministic rules: with probability
+    ``low_share`` (drawn per request) every multiplier times ``1 - band``, otherwise times ``1 + band``.
+    Only units within ``band`` of a tie decide differently under the two; ``band`` is the smallest of
+    :data:`TIE_BANDS` whose two rules bracket every binding limit (as served, :func:`served_use`), and
+    ``low_share`` the largest share that keeps every binding limit in expectation. ``None`` when nothing
+    binds or no band brackets the limits (the policy then takes the argmax at the multipliers).
+    """
+    binding = [c for c in problem.constraints if multipliers.get(c.name, 0.0) > 0]
+    caps = [c for c in problem.caps if multipliers.get(c.name, 0.0) > 0]
+    if not binding and not caps:
+        return None
+    shape = problem.values.shape
+    price = np.zeros(shape)
+    for c in binding:
+        price += (1.0 if c.sense == "<=" else -1.0) * multipliers[c.name] * np.broadcast_to(c.coef, shape)
+    for cap in caps:
+        price += multipliers[cap.name] * cap.mask[None, :]
+    price = np.where(problem.eligible, price, 0.0)
+    scores = np.where(problem.eligible, problem.values - price, -np.inf)
+    # (sign, limit, name, scale) of each binding row: sign * (use - limit) <= 0 must hold
+    rows = [(1.0 if c.sense == "<=" else -1.0, c.limit, c.name, np.abs(c.limit) + np.abs(c.coef).mean()) for c in binding]
+    rows += [(1.0, cap.max_share, cap.name, 1.0) for cap in caps]
+    for band in TIE_BANDS:
+        low, high = (_served_argmax(problem, spec, scores + shift * price, exploration_rate, holdout_share) for shift in (band, -band))
+        # the lower prices use at least the limit, the higher at most (within rounding)
+        if not all(s * (low[name] - limit) >= -1e-9 * scale and s * (high[name] - limit) <= 1e-9 * scale
+                   for s, limit, name, scale in rows):
+            continue
+        share = 1.0
+        for s, limit, name, _scale in rows:
+            step = s * (low[name] - high[name])
+            if step > 0:
+                share = min(share, -s * (high[name] - limit) / step)
+        return band, float(min(max(share, 0.0), 1.0))
+    return None
+
+
+def _served_argmax(problem: AssignmentProblem, spec: Spec, scores: np.ndarray, exploration_rate: float,
+                   holdout_share: float) -> dict[str, float]:
+    plan = np.zeros(scores.shape)
+    plan[np.arange(scores.shape[0]), np.argmax(scores, axis=1)] = 1.0
+    return served_use(problem, spec, plan, exploration_rate=exploration_rate, holdout_share=holdout_share)

@@ -72,7 +72,7 @@ class Decider:
         if self.compiled is not None:
             self.compiled.predict_row(np.zeros(len(self.policy.model.encoder_.names)))
         scores = np.zeros((1, len(self._ids)))
-        self.policy.choose(np.array(["warm-up"], dtype=object), np.array(["warm-up"], dtype=object), scores)
+        self.policy.choose(np.array(["warm-up"], dtype=object), np.array(["warm-up"], dtype=object), scores, np.zeros_like(scores))
 
     @classmethod
     def load(cls, spec: Spec, directory: str | Path, *, pii_salt: str | None = None) -> Decider:
@@ -106,8 +106,8 @@ class Decider:
             reason = f"degraded: {self.degraded_reason}"
         if reason is None:
             try:
-                predicted, scores = self._scores(features)
-                batch = self.policy.choose(np.array([unit_id], dtype=object), np.array([request_id], dtype=object), scores)  # type: ignore[union-attr]
+                predicted, scores, price = self._scores(features)
+                batch = self.policy.choose(np.array([unit_id], dtype=object), np.array([request_id], dtype=object), scores, price)  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - a model error must never become a 5xx
                 reason, predicted, batch = f"model error: {type(exc).__name__}: {exc}", None, None
         t2 = time.perf_counter()
@@ -144,14 +144,14 @@ class Decider:
         }
         return Decision(response, record, {"features": t1 - t0, "policy": t2 - t1, "record": t3 - t2})
 
-    def _scores(self, features: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted objective (K,), priced scores (1, K)) for one parsed context."""
+    def _scores(self, features: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(predicted objective (K,), priced scores (1, K), their priced use (1, K)) for one parsed context."""
         policy = self.policy
         assert policy is not None
         contexts = {name: np.array([value]) for name, value in features.items()}
         if policy.pessimism:  # scores need every fold model's spread: the batch path, not the compiled final model
             components = policy.model.predict_outcomes(contexts)
-            return policy.model.objective_of(components, contexts)[0].copy(), policy.scores(contexts, components)
+            return (policy.model.objective_of(components, contexts)[0].copy(), *policy.priced(contexts, components))
         if self.compiled is not None:
             components = self.compiled.predict_row(policy.model.encoder_.transform_row(features))
         else:
@@ -160,11 +160,11 @@ class Decider:
         predicted = value[0].copy()
         if policy.spec.model.objective.direction == "minimize":
             value = -value
+        price = self._caps[None, :]
         for formula, lam in self._terms:
-            value = value - lam * np.broadcast_to(_formula_on(policy.spec, formula, components, contexts), value.shape)
-        value = value - self._caps[None, :]
+            price = price + lam * np.broadcast_to(_formula_on(policy.spec, formula, components, contexts), value.shape)
         eligible = policy.spec.eligible_actions(contexts)
-        return predicted, np.where(eligible, value, -np.inf)
+        return predicted, np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0)
 
 
 def _json_value(value: Any) -> Any:

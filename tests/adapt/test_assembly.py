@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import numpy as np
@@ -13,7 +14,8 @@ from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.errors import UsageError
 from drivetrain.model import OutcomeModel
-from drivetrain.optimize import problem_from_spec, served_use
+from drivetrain.optimize import ExactOptimizer, as_served, problem_from_spec, served_use
+from drivetrain.policy import Policy
 from drivetrain.twin import NBOOTwin, best_single_action
 
 
@@ -152,3 +154,47 @@ def test_a_formulas_uncertainty_is_its_spread_across_the_folds() -> None:
     np.testing.assert_allclose(diff, np.sqrt(2.0), rtol=1e-12)
     lever = _formula_se(spec, compile_formula("gross_profit - 0.5 * depth", variables=names, field="f"), folds, {})
     np.testing.assert_allclose(lever, 1.0, rtol=1e-12)
+
+
+def test_units_tied_at_the_prices_are_split_as_the_plan_splits_them(fitted) -> None:  # type: ignore[no-untyped-def]
+    """Eight contexts, 500 units each: at the budget's price a whole group is tied, and the plan sends part
+    of it each way. The argmax at the multipliers sends all of it one way and misses the budget; the
+    served tie split keeps the budget as the plan does, reaches the exact LP's objective (HiGHS), and logs
+    the mixed propensities."""
+    twin, _, model, _ = fitted
+    spec = twin.spec
+    base = twin.population(8, offset=40_000_000)
+    users = base.loc[np.repeat(np.arange(8), 500)].reset_index(drop=True)
+    users["unit_id"] = [f"tied{i}" for i in range(len(users))]
+    budget = 0.5
+    plan = plan_policy(spec, model, users, budget_overrides={"promotion_budget": budget})
+    policy = plan.policy
+    assert "promotion_budget" in plan.assignment.binding and policy.tie_split is not None
+    means = model.predict_outcomes(users)
+
+    def served_cost(p: Policy) -> float:
+        return float(np.mean((means["promo_cost"] * p.action_distribution(users)).sum(axis=1)))
+
+    assert served_cost(policy) == pytest.approx(budget, rel=1e-6)
+    assert abs(served_cost(dataclasses.replace(policy, tie_split=None)) - budget) > 0.01 * budget  # the defect it fixes
+
+    # the policy's own mix (no holdout, no exploration) against the exact optimum of the problem it solved
+    exp = spec.model.experimentation
+    problem = problem_from_spec(spec, means, users, budget_overrides={"promotion_budget": budget})
+    solved = as_served(problem, spec, exploration_rate=exp.exploration_rate, holdout_share=exp.holdout_share)
+    exact = ExactOptimizer().assign(solved)
+    low, high, share = policy._choices(*policy.priced(users, means))
+    mix = np.zeros(problem.values.shape)
+    mix[np.arange(len(users)), low] += share
+    mix[np.arange(len(users)), high] += 1 - share
+    assert float(np.mean((problem.values * mix).sum(axis=1))) == pytest.approx(exact.objective, rel=1e-4)
+    assert np.mean((low != high)) > 0.05  # a tied group, not a handful of units
+
+    # per request: the lower prices' choice in about low_share of the tied units' requests, the propensity the mix's
+    batch = policy.decide(users, request_ids=[f"r{i}" for i in range(len(users))])
+    split = low != high
+    picked_low = batch.chosen[split] == low[split]
+    sd = np.sqrt(share * (1 - share) / split.sum())
+    assert abs(picked_low.mean() - share) < 5 * sd + 1e-9
+    dist = policy.action_distribution(users)
+    np.testing.assert_allclose(batch.propensity, dist[np.arange(len(users)), batch.action], rtol=1e-12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from drivetrain.errors import UsageError
-from drivetrain.policy import Policy
+from drivetrain.policy import Policy, TieSplit
 from drivetrain.serve import Decider
 from drivetrain.spec import parse_spec
 from drivetrain.twin import NBOOTwin
@@ -49,6 +50,24 @@ def test_one_at_a_time_equals_the_batch_path(policy: Policy) -> None:
         reason = expected["fallback_reason"]
         assert record["fallback_reason"] == (reason if isinstance(reason, str) else None)
     assert fallbacks == 1
+
+
+def test_one_at_a_time_equals_the_batch_path_with_a_tie_split(policy: Policy) -> None:
+    """A priced policy whose two sides differ for many units (a wide band): the served choice, drawn per
+    request, and its mixed propensity are the batch path's, request by request."""
+    split = dataclasses.replace(policy, multipliers={"promotion_budget": 0.3}, tie_split=TieSplit(band=0.9, low_share=0.4))
+    frame = pd.DataFrame(_rows(300)).assign(request_id=[f"t{i}" for i in range(300)])
+    table, _ = split.decisions_table(frame, now=NOW)
+    low, high, _share = split._choices(*split.priced(frame))
+    assert 30 < np.sum(low != high) < 270
+    decider = Decider(split.spec, split)
+    for i, row in enumerate(frame.to_dict("records")):
+        unit, rid = row.pop("unit_id"), row.pop("request_id")
+        record = decider.decide(unit, row, request_id=rid, now=NOW).record
+        assert record["action_id"] == table.iloc[i]["action_id"]
+        assert record["propensity"] == pytest.approx(table.iloc[i]["propensity"], abs=1e-12)
+    mixed = (low != high) & (table["assignment"].to_numpy() == "policy")
+    assert np.all(table["propensity"].to_numpy()[mixed] < 0.9)  # neither side's choice is certain
 
 
 def test_over_the_latency_budget_falls_back(policy: Policy) -> None:
