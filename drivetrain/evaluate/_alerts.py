@@ -10,7 +10,8 @@ Five kinds of rule, each a sentence a person can act on:
 * ``drift``: a column's (``feature``: a name or ``*``) drift is flagged (significant after the report's
   correction) with a PSI above ``psi_above``;
 * ``guardrail``: a spec guardrail's bound is crossed in the policy arm, overall or in any cohort value,
-  by more than chance (the interval of the policy arm's mean lies beyond the bound);
+  by more than chance: the policy arm's mean is beyond the bound at the one-sided level of the check's
+  confidence, Holm-adjusted over every slice and bound the rule looks at;
 * ``sample_ratio``: the holdout split does not match the spec's holdout share (chi-square test).
 
 Fired alerts are stored as events in the store's ``alerts`` table, one per (rule, subject, as-of day),
@@ -32,7 +33,7 @@ import pyarrow as pa
 from drivetrain.clock import as_utc
 from drivetrain.data import Store
 from drivetrain.data._schemas import ALERT_SCHEMA
-from drivetrain.evaluate._drift import DriftReport
+from drivetrain.evaluate._drift import DriftReport, _holm
 from drivetrain.evaluate._kpi import Evaluation
 from drivetrain.spec import Spec
 from drivetrain.spec._model import AlertRule
@@ -157,21 +158,36 @@ def _drift(rule: AlertRule, drift: DriftReport) -> list[Alert]:
 
 
 def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]:
-    out = []
+    """Every (slice, guardrail, bound) of the rule is one test of "the policy arm's mean is beyond the
+    bound": a one-sided p-value from the policy arm's mean and standard error, Holm-adjusted over all of
+    them (Holm 1979), so that the chance of any false alarm at the bounds stays at the one-sided level of
+    ``z`` however many cohort values there are. An alert names its interval and adjusted p-value."""
+    from scipy import stats
+
+    tests = []
     for cohort, value in _slices(evaluation, "any" if rule.cohort is None or rule.cohort == "any" else rule.cohort):
         s = evaluation.slice(cohort=cohort, value=value)
         for g in s.guardrails:
             mean, se = g.effect.policy, g.effect.policy_se  # the policy arm's own variance: a guardrail is any formula's mean
             if mean is None or se is None or s.policy_units < 2:
                 continue
-            low, high = mean - z * se, mean + z * se
-            crossed = (g.max is not None and low > g.max) or (g.min is not None and high < g.min)
-            if crossed:
-                bound = g.max if g.max is not None and low > g.max else g.min
-                where = "overall" if cohort is None else f"{cohort}={value}"
-                out.append(Alert(rule.name, rule.kind, f"{g.name} [{where}]", mean, bound,
-                                 f"guardrail {g.name} crossed in {where}: policy arm mean {mean:.4g} (interval {low:.4g} to"
-                                 f" {high:.4g}) against the bound {bound:g}", evaluation.as_of))
+            for bound, beyond in ((g.max, None if g.max is None else mean - g.max), (g.min, None if g.min is None else g.min - mean)):
+                if bound is None or beyond is None:
+                    continue
+                p = float(stats.norm.sf(beyond / se)) if se > 0 else float(beyond <= 0)
+                tests.append((cohort, value, g.name, bound, mean, se, p))
+    if not tests:
+        return []
+    adjusted = _holm(np.array([t[-1] for t in tests]))
+    alpha = float(stats.norm.sf(z))
+    out = []
+    for (cohort, value, name, bound, mean, se, _p), p_adj in zip(tests, adjusted, strict=True):
+        if p_adj < alpha:
+            where = "overall" if cohort is None else f"{cohort}={value}"
+            out.append(Alert(rule.name, rule.kind, f"{name} [{where}]", mean, bound,
+                             f"guardrail {name} crossed in {where}: policy arm mean {mean:.4g} (interval {mean - z * se:.4g} to"
+                             f" {mean + z * se:.4g}) against the bound {bound:g}; p = {p_adj:.2g} adjusted over"
+                             f" {len(tests)} slice and bound tests", evaluation.as_of))
     return out
 
 
