@@ -321,7 +321,9 @@ def fit(
     with console.status("fitting the outcome models"):
         model, table, report = fit_model(open_store(store, loaded), _parse_time(as_of, "as_of"), model)
     console.print(report.summary())
-    policy = Policy.from_model(loaded, model, {}, metadata={"trained_on": report.summary(), "rows": len(table)})
+    decided = pd.to_datetime(table["decided_at"], utc=True)
+    window = {"first_decided_at": decided.min().isoformat(), "last_decided_at": decided.max().isoformat()}
+    policy = Policy.from_model(loaded, model, {}, metadata={"trained_on": report.summary(), "rows": len(table), "trained_window": window})
     policy.save(out)
     effects = model.effect_interval()
     t = Table(title=f"effect on {loaded.model.objective.name} per unit versus control (doubly robust, 95% interval)")
@@ -371,7 +373,7 @@ def optimize(
     with console.status(f"optimizing {len(population)} units"):
         plan = plan_policy(loaded, fitted.model, population, budget_overrides=_pairs(budget, "budget"),
                            guardrail_overrides=_pairs(guardrail, "guardrail"), pessimism=pessimism or None,
-                           metadata={"population": len(population), "pessimism": pessimism})
+                           metadata={**fitted.metadata, "population": len(population), "pessimism": pessimism})
     plan.policy.save(out)
     written = write_policy_baselines(target, plan, population, created_at=SystemClock().now())
     a = plan.assignment
@@ -431,6 +433,15 @@ def simulate(
         policies[text + (f" where {where}" if where else "")] = fixed_action(loaded, values, where=where)
     fitted = Policy.load(policy)
     policies = {f"policy {fitted.version}": fitted.action_distribution, **policies}
+    window = fitted.metadata.get("trained_window")
+    if isinstance(window, dict) and {"first_decided_at", "last_decided_at"} <= set(window):
+        decided = pd.to_datetime(frame["decided_at"], utc=True)
+        last = pd.Timestamp(window["last_decided_at"])
+        seen = int(((decided >= pd.Timestamp(window["first_decided_at"])) & (decided <= last)).sum())
+        if seen:
+            console.print(f"warning: {seen} of {len(frame)} decisions evaluated are from the window the policy's models were fitted on "
+                          f"({window['first_decided_at']} to {window['last_decided_at']}), so the policy's estimates are optimistic; "
+                          f"--since {(last + pd.Timedelta(microseconds=1)).isoformat()} evaluates on later decisions only")
     with console.status(f"evaluating {len(policies)} policies on {len(frame)} logged decisions"):
         result = evaluate_on_logs(fitted.model, frame, policies, fitted_on_table=False, constraint_estimator=estimator)  # type: ignore[arg-type]
     console.print(report.summary())
