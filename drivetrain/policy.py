@@ -214,8 +214,10 @@ class Policy:
         finite = np.isfinite(scores)
         dist, low, high = self._distribution(scores, price)
         salt = self.spec.model.experimentation.salt
-        split = self.tie_split
-        chosen = low if split is None or price is None else np.where(_uniform(salt, "tie", requests) < split.low_share, low, high)
+        split, chosen = self.tie_split, low
+        if split is not None and price is not None and (differ := low != high).any():  # only tied units draw a side
+            chosen = low.copy()
+            chosen[differ] = np.where(_uniform(salt, "tie", requests[differ]) < split.low_share, low[differ], high[differ])
         ordered = np.sort(scores, axis=1)
         runner_up = ordered[:, -2] if scores.shape[1] > 1 else ordered[:, -1]
         margin = np.where(np.isfinite(runner_up), ordered[:, -1] - runner_up, np.inf)
