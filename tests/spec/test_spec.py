@@ -118,7 +118,7 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize("path,value,fragments", BROKEN, ids=[f"{p}={v!r}"[:60] for p, v, _ in BROKEN])
+@pytest.mark.parametrize("path,value,fragments", BROKEN, ids=[(f"{p} deleted" if v is _DELETE else f"{p}={v!r}")[:60] for p, v, _ in BROKEN])
 def test_broken_specs_name_the_field_the_expectation_and_what_arrived(
     raw_spec: dict[str, Any], path: str, value: Any, fragments: list[str]
 ) -> None:
