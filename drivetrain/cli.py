@@ -377,13 +377,17 @@ def optimize(
     plan.policy.save(out)
     written = write_policy_baselines(target, plan, population, created_at=SystemClock().now())
     a = plan.assignment
-    t = Table(title=f"plan on {len(population)} units: predicted mean per unit (as served: with the holdout and exploration)")
+    # the problem counts units outside the program as zero; the table speaks per program unit, as the spec does
+    program = float(np.mean(loaded.eligible_units({n: population[n].to_numpy() for n in loaded.features if n in population}))) or 1.0
+    t = Table(title=f"plan on {len(population)} units ({program:.1%} in the program): predicted mean per program unit"
+                    " (as served: with the holdout and exploration)")
     for column in ("constraint", "plan", "as served", "limit", "price"):
         t.add_column(column, justify="left" if column == "constraint" else "right")
-    limits = {c.name: f"{'<=' if c.sense == '<=' else '>='} {c.limit:g}" for c in plan.problem.constraints}
-    limits.update({c.name: f"share <= {c.max_share:g}" for c in plan.problem.caps})
+    limits = {c.name: f"{'<=' if c.sense == '<=' else '>='} {c.limit / program:.6g}" for c in plan.problem.constraints}
+    limits.update({c.name: f"share <= {c.max_share / program:.6g}" for c in plan.problem.caps})
     for name, usage in a.usage.items():
-        t.add_row(name, f"{usage:.4f}", f"{plan.served[name]:.4f}", limits.get(name, ""), f"{a.multipliers.get(name, 0.0):.4f}")
+        t.add_row(name, f"{usage / program:.4f}", f"{plan.served[name] / program:.4f}", limits.get(name, ""),
+                  f"{a.multipliers.get(name, 0.0):.4f}")
     console.print(t)
     shares = pd.Series(np.asarray(loaded.action_space.ids, dtype=object)[a.action]).value_counts(normalize=True)
     console.print(f"predicted {loaded.model.objective.name} per unit {a.objective:.4f}; actions: "
@@ -462,9 +466,11 @@ def simulate(
     console.print(t)
     limits = {b.name: f"<= {b.max_per_unit:g}" for b, _ in loaded.budgets}
     limits.update({g.name: " and ".join(x for x in (f">= {g.min:g}" if g.min is not None else "", f"<= {g.max:g}" if g.max is not None else "") if x) for g, _ in loaded.guardrails})
-    others = result[(result["metric"] != "objective") & (result["estimator"] == estimator)]
+    limits.update({cap.name: f"share <= {cap.max_share:g}" for cap, _ in loaded.caps})
+    others = result[(result["metric"] != "objective") & result["estimator"].isin([estimator, "share"])]
     if len(others):
-        c = Table(title=f"constraints and guardrails, mean per unit ({estimator}, 95% interval)")
+        c = Table(title=f"constraints and guardrails, mean per program unit ({estimator}; caps: the policy's share of their actions;"
+                        " 95% interval)")
         c.add_column("policy")
         metrics = list(dict.fromkeys(others["metric"]))
         for m in metrics:

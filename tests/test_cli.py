@@ -145,10 +145,10 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
               "--since", "2026-01-05T12:00:00Z", *as_of)
     assert res.returncode == 0, res.stderr
     assert "scenario 1: offer_type=discount,depth=10,timing=immediate where tier == 'gold'" in res.stdout
-    assert "constraints and guardrails, mean per unit (DR, 95% interval)" in res.stdout
+    assert "constraints and guardrails, mean per program unit (DR; caps:" in res.stdout
     assert "optimistic" in res.stdout  # the decisions since noon of day 1 are still the training window's
     res = run("simulate", "--spec", spec, "--store", store, "--policy", str(tmp_path / "policy"), "--estimator", "SNIPS", *as_of)
-    assert res.returncode == 0 and "constraints and guardrails, mean per unit (SNIPS, 95% interval)" in res.stdout
+    assert res.returncode == 0 and "constraints and guardrails, mean per program unit (SNIPS; caps:" in res.stdout
     window = json.loads((tmp_path / "policy" / "manifest.json").read_text())["metadata"]["trained_window"]
     seen = " ".join(res.stdout.split())
     assert f"from the window the policy's models were fitted on ({window['first_decided_at']} to {window['last_decided_at']})" in seen

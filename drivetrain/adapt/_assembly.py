@@ -30,7 +30,7 @@ from drivetrain.optimize import (
 )
 from drivetrain.optimize import as_served as served_limits
 from drivetrain.policy import Policy, TieSplit, constraint_terms
-from drivetrain.simulate import PolicyEstimate, default_estimators, evaluate_metrics, evaluate_policy
+from drivetrain.simulate import DirectMethod, PolicyEstimate, default_estimators, evaluate_metrics, evaluate_policy
 from drivetrain.spec import Spec, compile_formula
 
 __all__ = [
@@ -152,9 +152,11 @@ def evaluate_on_logs(
     model: OutcomeModel, table: pd.DataFrame, policies: Mapping[str, ActionDistribution], *, alpha: float = 0.05,
     fitted_on_table: bool = True, constraint_estimator: str = "DR",
 ) -> pd.DataFrame:
-    """Off-policy estimates of each policy from logged rows: every estimator on the objective, and the
-    ``constraint_estimator``'s (doubly robust by default) of every constraint formula. One row per
-    (policy, metric, estimator).
+    """Off-policy estimates of each policy from logged rows: every estimator on the objective, the
+    ``constraint_estimator``'s (doubly robust by default) of every budget and guardrail formula, and each
+    cap's share (estimator ``share``: the policy's probability of the cap's actions, exact on the logged
+    contexts). One row per (policy, metric, estimator). Budgets, guardrails and caps count the rows of
+    units in the program, as the spec defines them; the objective counts every row.
 
     With ``fitted_on_table`` the model's out-of-fold predictions of its own training rows serve as the
     reward model (cross-fitting keeps DR unbiased); otherwise the model predicts ``table``. A policy chosen
@@ -174,6 +176,10 @@ def evaluate_on_logs(
     estimated = {"objective": model.objective_of(predictions, ctx)}
     for name, formula, _sense, _limit in constraint_terms(spec):
         estimated[name] = np.broadcast_to(_formula_on(spec, formula, predictions, ctx), estimated["objective"].shape)
+    # budgets, guardrails and caps are means per unit in the program (the spec's definition): only its rows count
+    program = spec.eligible_units(ctx)
+    caps = {cap.name: np.tile(mask.astype(np.float64), (int(program.sum()), 1)) for cap, mask in spec.caps}
+    in_program = {"action": action[program], "pscore": pscore[program], "cluster": None if cluster is None else cluster[program]}
     rows: list[dict[str, Any]] = []
     for label, policy in policies.items():
         dist = policy(table)
@@ -181,12 +187,17 @@ def evaluate_on_logs(
             reward=rewards["objective"], action=action, pscore=pscore, action_dist=dist,
             estimated_rewards=estimated["objective"], cluster=cluster, alpha=alpha)
         rows += [_row(label, "objective", e) for e in estimates.values()]
-        others = {k: v for k, v in rewards.items() if k != "objective"}
-        if others:
-            metric = evaluate_metrics(others, action=action, pscore=pscore, action_dist=dist,
-                                      estimated_rewards={k: estimated[k] for k in others}, estimator=known[constraint_estimator],
-                                      cluster=cluster, alpha=alpha)
+        others = {k: v[program] for k, v in rewards.items() if k != "objective"}
+        if others and program.any():
+            metric = evaluate_metrics(others, action_dist=dist[program], estimated_rewards={k: estimated[k][program] for k in others},
+                                      estimator=known[constraint_estimator], alpha=alpha, **in_program)
             rows += [_row(label, name, e) for name, e in metric.items()]
+        if caps:
+            # a cap's share is the policy's own probability of its actions: exact on these contexts, no outcome needed
+            # (the direct method with the indicator as its "model"; its interval is the sampling of contexts)
+            share = evaluate_metrics({name: np.zeros(len(m)) for name, m in caps.items()}, action_dist=dist[program],
+                                     estimated_rewards=caps, estimator=DirectMethod(), alpha=alpha, **in_program)
+            rows += [{**_row(label, name, e), "estimator": "share", "warnings": ""} for name, e in share.items()]
     return pd.DataFrame(rows)
 
 

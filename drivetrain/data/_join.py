@@ -35,12 +35,15 @@ class JoinReport:
     outcomes_out_of_window: int
     outcomes_of_immature: int
     outcomes_waiting: int
+    received_later: int = 0  # decisions the store received after ``as_of``: not in any figure as of then
 
     def summary(self) -> str:
+        later = (f"; {self.received_later} more decisions were received after then (`received_at`, the ingest time when a file"
+                 " has none), a later as-of sees them") if self.received_later else ""
         return (
             f"as of {self.as_of.isoformat()}: {self.decisions} decisions = {self.mature} mature + {self.immature} immature;"
             f" outcomes joined {self.outcomes_joined}, outside the horizon {self.outcomes_out_of_window},"
-            f" of immature decisions {self.outcomes_of_immature}, waiting for a decision {self.outcomes_waiting}"
+            f" of immature decisions {self.outcomes_of_immature}, waiting for a decision {self.outcomes_waiting}{later}"
         )
 
 
@@ -95,7 +98,8 @@ def training_table(store: Store, as_of: datetime) -> tuple[pa.Table, JoinReport]
             (SELECT COUNT(*) FROM o WHERE mature = 1 AND in_window = 1) AS joined,
             (SELECT COUNT(*) FROM o WHERE mature = 1 AND in_window = 0) AS out_of_window,
             (SELECT COUNT(*) FROM o WHERE mature = 0) AS of_immature,
-            (SELECT COUNT(*) FROM outcomes_pending WHERE epoch_us(received_at) <= {t_us}) AS waiting
+            (SELECT COUNT(*) FROM outcomes_pending WHERE epoch_us(received_at) <= {t_us}) AS waiting,
+            (SELECT COUNT(*) FROM decisions WHERE epoch_us(received_at) > {t_us}) AS later
         """
     ).to_pylist()[0]
     report = JoinReport(
@@ -107,5 +111,6 @@ def training_table(store: Store, as_of: datetime) -> tuple[pa.Table, JoinReport]
         outcomes_out_of_window=int(counts["out_of_window"]),
         outcomes_of_immature=int(counts["of_immature"]),
         outcomes_waiting=int(counts["waiting"]),
+        received_later=int(counts["later"]),
     )
     return table, report

@@ -69,6 +69,8 @@ def test_as_of_boundaries(store: Store, clock: SimulatedClock) -> None:
     # decisions received after T do not exist as of T
     before_any, report = training_table(store, T0)
     assert before_any.num_rows == 0 and report.decisions == 0
+    assert report.received_later == 2 and "2 more decisions were received after then" in report.summary()  # said, not silent
+    assert training_table(store, late)[1].received_later == 0
 
 
 def test_replay_at_the_same_time_gives_the_same_table(store: Store, clock: SimulatedClock) -> None:
