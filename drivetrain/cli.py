@@ -318,8 +318,17 @@ def fit(
     loaded = load_spec(spec)
     model = OutcomeModel(learner=learner, n_folds=folds, n_estimators=trees, num_threads=threads, seed=seed,  # type: ignore[arg-type]
                          refit=refit)
-    with console.status("fitting the outcome models"):
-        model, table, report = fit_model(open_store(store, loaded), _parse_time(as_of, "as_of"), model)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int, what: str) -> None:
+        line = f"fitting model {done + 1} of {total}: {what} ({time.perf_counter() - started:.0f} s so far)"
+        if console.is_terminal:
+            status.update(line)
+        else:  # a scheduler's log gets one line per model
+            err.print(line)
+
+    with console.status("building the training table") as status:
+        model, table, report = fit_model(open_store(store, loaded), _parse_time(as_of, "as_of"), model, progress=progress)
     console.print(report.summary())
     decided = pd.to_datetime(table["decided_at"], utc=True)
     window = {"first_decided_at": decided.min().isoformat(), "last_decided_at": decided.max().isoformat()}

@@ -48,13 +48,15 @@ __all__ = [
 ActionDistribution = Callable[[pd.DataFrame], np.ndarray]
 
 
-def fit_model(store: Store, as_of: datetime, model: OutcomeModel) -> tuple[OutcomeModel, pd.DataFrame, JoinReport]:
-    """Build the training table as of ``as_of`` and fit ``model`` on it."""
+def fit_model(store: Store, as_of: datetime, model: OutcomeModel, *,
+              progress: Callable[[int, int, str], None] | None = None) -> tuple[OutcomeModel, pd.DataFrame, JoinReport]:
+    """Build the training table as of ``as_of`` and fit ``model`` on it (``progress`` as in
+    :meth:`~drivetrain.model.OutcomeModel.fit`)."""
     table, report = training_table(store, as_of)
     if table.num_rows == 0:
         raise DataError(f"no mature decisions as of {as_of.isoformat()}: {report.summary()}")
     frame = table.to_pandas()
-    return model.fit(frame, store.spec), frame, report
+    return model.fit(frame, store.spec, progress=progress), frame, report
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ the fold models is a per (unit, action) uncertainty that pessimistic planning us
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
 import lightgbm as lgb
@@ -225,8 +225,12 @@ class OutcomeModel:
             raise DataError(f"training table must have at least {folds} distinct `unit_id` values for {folds} folds, got {len(units)}")
         return rng.permutation(np.arange(len(units)) % folds)[codes]
 
-    def fit(self, table: Table, spec: Spec) -> OutcomeModel:
-        """Learn every outcome component from ``table`` (the training table of ``drivetrain join``)."""
+    def fit(self, table: Table, spec: Spec, *, progress: Callable[[int, int, str], None] | None = None) -> OutcomeModel:
+        """Learn every outcome component from ``table`` (the training table of ``drivetrain join``).
+
+        ``progress(done, total, what)`` is called before each of the ``total`` component models is fitted
+        (per component: one per fold, and the refit on every row).
+        """
         self._validate()
         frame = table.to_pandas() if isinstance(table, pa.Table) else table
         missing = [c for c in ("action_id", "propensity", *spec.outcomes) if c not in frame.columns]
@@ -264,6 +268,15 @@ class OutcomeModel:
             c: [k for k in range(self.n_actions_) if counts[k] >= MIN_ROWS_FOR_ZERO and not np.any(self.outcomes_[c][action == k])]
             for c in self.components_
         }
+        refits = self.refit and folds > 1
+        total, done = len(self.components_) * (folds + refits), 0
+
+        def step(what: str) -> None:
+            nonlocal done
+            if progress is not None:
+                progress(done, total, what)
+            done += 1
+
         for comp in self.components_:
             y, weight = self.outcomes_[comp], None
             gate = spec.model.outcomes[comp].given
@@ -275,6 +288,7 @@ class OutcomeModel:
                 train = self.fold_ != f if folds > 1 else np.ones(n, dtype=bool)
                 if weight is not None:
                     train = train & (weight > 0)
+                step(f"{comp}, fold {f + 1} of {folds}" if folds > 1 else comp)
                 model = self._fit_component(x[train], action[train], y[train], comp, None if weight is None else weight[train])
                 fold_models.append(model)
                 if folds > 1:
@@ -283,8 +297,9 @@ class OutcomeModel:
             self.models_[comp] = fold_models
             if folds > 1:
                 self.oof_[comp] = oof
-                if self.refit:  # one model on every row predicts and serves (docs/decisions.md: the trade)
+                if refits:  # one model on every row predicts and serves (docs/decisions.md: the trade)
                     rows = np.ones(n, dtype=bool) if weight is None else weight > 0
+                    step(f"{comp}, on every row")
                     self.final_[comp] = self._fit_component(x[rows], action[rows], y[rows], comp,
                                                             None if weight is None else weight[rows])
         if self.oof_:

@@ -171,9 +171,15 @@ def test_refit_predicts_with_the_model_on_every_row_and_keeps_the_fold_spread(no
     users, _ = fresh
     params = {"n_estimators": 30, "min_child_samples": 50}
     table = table.head(6000)
-    crossed = OutcomeModel(n_folds=3, **params).fit(table, twin.spec)
-    whole = OutcomeModel(n_folds=0, **params).fit(table, twin.spec)
-    pooled = OutcomeModel(n_folds=3, refit=False, **params).fit(table, twin.spec)
+    calls: dict[str, list[tuple[int, int, str]]] = {"crossed": [], "whole": [], "pooled": []}
+    crossed = OutcomeModel(n_folds=3, **params).fit(table, twin.spec, progress=lambda *a: calls["crossed"].append(a))
+    whole = OutcomeModel(n_folds=0, **params).fit(table, twin.spec, progress=lambda *a: calls["whole"].append(a))
+    pooled = OutcomeModel(n_folds=3, refit=False, **params).fit(table, twin.spec, progress=lambda *a: calls["pooled"].append(a))
+    k = len(twin.spec.outcomes)  # progress: once before each model, counting up to the total
+    for name, total in (("crossed", 4 * k), ("whole", k), ("pooled", 3 * k)):
+        assert [(d, t) for d, t, _ in calls[name]] == [(i, total) for i in range(total)], name
+    assert calls["crossed"][:4] == [(0, 4 * k, "purchase, fold 1 of 3"), (1, 4 * k, "purchase, fold 2 of 3"),
+                                    (2, 4 * k, "purchase, fold 3 of 3"), (3, 4 * k, "purchase, on every row")]
     assert set(crossed.final_) == set(twin.spec.outcomes) and not whole.final_ and not pooled.final_
     means, stds = crossed.predict_outcomes(users, return_std=True)
     _, pooled_stds = pooled.predict_outcomes(users, return_std=True)
