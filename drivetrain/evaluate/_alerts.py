@@ -157,13 +157,43 @@ def _drift(rule: AlertRule, drift: DriftReport) -> list[Alert]:
     return out
 
 
+def always_valid_p(z: np.ndarray | float, n: np.ndarray | float, rho2: float) -> np.ndarray:
+    """One-sided always-valid p-value of "the mean is above the null" from the standardized mean ``z``
+    of ``n`` observations: the reciprocal of the normal-mixture martingale with a half-normal mixing
+    density of variance ``rho2`` on the standardized drift (Robbins 1970; Howard et al. 2021),
+
+        M = 2 / sqrt(1 + r) * exp(r z^2 / (2 (1 + r))) * Phi(z sqrt(r / (1 + r))),   r = n rho2,
+
+    so that under the null the chance that p ever falls below alpha, over every n checked, is at most
+    alpha (Ville's inequality; asymptotically, with the standard error estimated)."""
+    from scipy import stats
+
+    z, r = np.asarray(z, dtype=np.float64), np.asarray(n, dtype=np.float64) * rho2
+    log_m = math.log(2.0) - 0.5 * np.log1p(r) + r * z**2 / (2.0 * (1.0 + r)) + stats.norm.logcdf(z * np.sqrt(r / (1.0 + r)))
+    return np.exp(np.minimum(0.0, -log_m))
+
+
+def mixture_variance(alpha: float, units: int) -> float:
+    """The mixing variance whose boundary is tightest at ``units`` observations for level ``alpha``
+    (Waudby-Smith et al. 2021, "Time-uniform central limit theory"): rho^2 = (-2 log alpha + log(1 - 2 log alpha)) / units."""
+    a = -2.0 * math.log(alpha)
+    return (a + math.log1p(a)) / units
+
+
 def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]:
     """Every (slice, guardrail, bound) of the rule is one test of "the policy arm's mean is beyond the
     bound": a one-sided p-value from the policy arm's mean and standard error, Holm-adjusted over all of
     them (Holm 1979), so that the chance of any false alarm at the bounds stays at the one-sided level of
-    ``z`` however many cohort values there are. An alert names its interval and adjusted p-value."""
+    ``z`` however many cohort values there are. An alert names its interval and adjusted p-value.
+
+    With ``sequential_units`` the p-values are always valid (:func:`always_valid_p`, tuned to be
+    tightest at that many policy-arm units): the level then holds over every day the rule is checked on
+    the growing program, not only for one check, at the price of needing more units to fire."""
     from scipy import stats
 
+    alpha = float(stats.norm.sf(z))
+    units = getattr(rule, "sequential_units", None)
+    sequential = None if units is None else mixture_variance(alpha, units)
     tests = []
     for cohort, value in _slices(evaluation, "any" if rule.cohort is None or rule.cohort == "any" else rule.cohort):
         s = evaluation.slice(cohort=cohort, value=value)
@@ -174,12 +204,16 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
             for bound, beyond in ((g.max, None if g.max is None else mean - g.max), (g.min, None if g.min is None else g.min - mean)):
                 if bound is None or beyond is None:
                     continue
-                p = float(stats.norm.sf(beyond / se)) if se > 0 else float(beyond <= 0)
+                if se <= 0:
+                    p = float(beyond <= 0)
+                elif sequential is not None:
+                    p = float(always_valid_p(beyond / se, s.policy_units, sequential))
+                else:
+                    p = float(stats.norm.sf(beyond / se))
                 tests.append((cohort, value, g.name, bound, mean, se, p))
     if not tests:
         return []
     adjusted = _holm(np.array([t[-1] for t in tests]))
-    alpha = float(stats.norm.sf(z))
     out = []
     for (cohort, value, name, bound, mean, se, _p), p_adj in zip(tests, adjusted, strict=True):
         if p_adj < alpha:
@@ -187,7 +221,8 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
             out.append(Alert(rule.name, rule.kind, f"{name} [{where}]", mean, bound,
                              f"guardrail {name} crossed in {where}: policy arm mean {mean:.4g} (interval {mean - z * se:.4g} to"
                              f" {mean + z * se:.4g}) against the bound {bound:g}; p = {p_adj:.2g} adjusted over"
-                             f" {len(tests)} slice and bound tests", evaluation.as_of))
+                             f" {len(tests)} slice and bound tests" + (", always valid over repeated checks" if sequential else ""),
+                             evaluation.as_of))
     return out
 
 

@@ -204,6 +204,7 @@ class AlertRule(_Value):
     lookback_hours: Annotated[float, Field(gt=0)] = 24.0
     feature: str = "*"
     psi_above: Annotated[float, Field(gt=0)] = 0.2
+    sequential_units: Annotated[int, Field(ge=1)] | None = None
 
 
 class Monitoring(_Value):

@@ -255,3 +255,52 @@ def test_the_guardrail_alert_holds_its_false_alarm_rate_over_many_cohort_values(
     assert null <= 0.01, null  # uncorrected: about 0.10
     hits = [alerts({"v7": 5.0}) for _ in range(500)]
     assert np.mean([s == ["refund [segment=v7]"] for s in hits]) > 0.75
+
+
+def test_a_sequential_guardrail_alert_holds_its_level_over_thirty_daily_checks() -> None:
+    """The program grows by 300 policy-arm units a day and the rule is checked every day on all of them
+    so far, the arm exactly at the bound. The fixed-level check (0.5% one-sided per check) fires on some
+    day of thirty in about 4% of programs; with ``sequential_units`` the always-valid p-value keeps that
+    at most 0.5%. A mean 0.1 standard deviations per unit over the bound still fires within ten days."""
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    from drivetrain.evaluate._alerts import _guardrail, always_valid_p, mixture_variance
+
+    rng = np.random.default_rng(2)
+    z, bound, sd, per_day, days, reps = float(stats.norm.ppf(0.995)), 0.03, 0.17, 300, 30, 1000
+
+    def first_day(shift: float, units: int | None) -> int | None:
+        rule = SimpleNamespace(cohort=None, name="g", kind="guardrail", sequential_units=units)
+        total = 0.0
+        for day in range(1, days + 1):
+            total += rng.normal((bound + shift * sd) * per_day, sd * np.sqrt(per_day))
+            n = day * per_day
+            effect = SimpleNamespace(policy=total / n, policy_se=sd / np.sqrt(n))
+            part = SimpleNamespace(value=None, policy_units=n,
+                                   guardrails=[SimpleNamespace(name="refund", max=bound, min=None, effect=effect)])
+            evaluation = SimpleNamespace(cohorts=(), slice=lambda cohort=None, value=None: part, as_of=None)
+            if _guardrail(rule, evaluation, z):  # type: ignore[arg-type]
+                return day
+        return None
+
+    fixed = np.mean([first_day(0.0, None) is not None for _ in range(reps)])
+    sequential = np.mean([first_day(0.0, 1000) is not None for _ in range(reps)])
+    assert fixed > 0.02, fixed  # the problem: each check at 0.5%, thirty checks of the same growing sample
+    assert sequential <= 0.005, sequential
+    hits = [first_day(0.1, 1000) for _ in range(200)]
+    assert np.mean([d is not None and d <= 10 for d in hits]) > 0.95
+    # the p-value itself: never below the fixed one, equal to 1 at or under the null, and the mixing variance is the
+    # one whose boundary is tightest at the units it is tuned for
+    rho2 = mixture_variance(0.005, 1000)
+    grid = np.linspace(-3, 8, 45)
+    assert np.all(always_valid_p(grid, 1000, rho2) >= stats.norm.sf(grid) - 1e-12)
+    assert always_valid_p(0.0, 1000, rho2) == 1.0
+
+    def threshold(n: int) -> float:
+        from scipy.optimize import brentq
+
+        return float(brentq(lambda x: float(always_valid_p(x, n, rho2)) - 0.005, 0.1, 20.0))
+
+    assert threshold(1000) < min(threshold(300), threshold(3000))
