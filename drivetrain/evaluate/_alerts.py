@@ -192,8 +192,7 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
     from scipy import stats
 
     alpha = float(stats.norm.sf(z))
-    units = getattr(rule, "sequential_units", None)
-    sequential = None if units is None else mixture_variance(alpha, units)
+    sequential = None if rule.sequential_units is None else mixture_variance(alpha, rule.sequential_units)
     tests = []
     for cohort, value in _slices(evaluation, "any" if rule.cohort is None or rule.cohort == "any" else rule.cohort):
         s = evaluation.slice(cohort=cohort, value=value)

@@ -210,7 +210,7 @@ def test_the_guardrail_alert_uses_the_policy_arms_own_variance_for_a_guardrail_t
 
     rng = np.random.default_rng(0)
     z = float(stats.norm.ppf(0.995))
-    rule = SimpleNamespace(cohort=None, name="g", kind="guardrail")
+    rule = SimpleNamespace(cohort=None, name="g", kind="guardrail", sequential_units=None)
     n, reps, bound, sd = 2000, 2000, 60.0, 50.0
 
     def fires(values: np.ndarray) -> bool:
@@ -238,7 +238,7 @@ def test_the_guardrail_alert_holds_its_false_alarm_rate_over_many_cohort_values(
 
     rng = np.random.default_rng(1)
     z = float(stats.norm.ppf(0.995))
-    rule = SimpleNamespace(cohort="any", name="g", kind="guardrail")
+    rule = SimpleNamespace(cohort="any", name="g", kind="guardrail", sequential_units=None)
     bound, se, values = 0.03, 0.002, [f"v{i}" for i in range(20)]
 
     def alerts(shift: dict[str | None, float]) -> list[str]:
