@@ -12,7 +12,8 @@ Five kinds of rule, each a sentence a person can act on:
 * ``guardrail``: a spec guardrail's bound is crossed in the policy arm, overall or in any cohort value,
   by more than chance: the policy arm's mean is beyond the bound at the one-sided level of the check's
   confidence, Holm-adjusted over every slice and bound the rule looks at;
-* ``sample_ratio``: the holdout split does not match the spec's holdout share (chi-square test).
+* ``sample_ratio``: the holdout split does not match the spec's holdout share (chi-square test; with
+  ``sequential_units``, an always-valid Beta-binomial mixture test instead).
 
 Fired alerts are stored as events in the store's ``alerts`` table, one per (rule, subject, as-of day),
 so that re-running a check adds nothing.
@@ -180,6 +181,29 @@ def mixture_variance(alpha: float, units: int) -> float:
     return (a + math.log1p(a)) / units
 
 
+def always_valid_split_p(holdout: np.ndarray | int, total: np.ndarray | int, share: float, rho2: float) -> np.ndarray:
+    """Always-valid p-value of "each unit is held out with probability ``share``" from ``holdout`` of
+    ``total`` units: the reciprocal of the Beta-binomial mixture likelihood ratio
+
+        M = B(a + x, b + n - x) / B(a, b) / (share^x (1 - share)^(n - x)),   a = share / rho2, b = (1 - share) / rho2,
+
+    which, as units arrive one by one, is a nonnegative martingale with M = 1 before the first one when
+    the split is right (the mixture's Bayes factor against the null); with no unit yet, p is 1. By Ville's inequality the chance
+    that p ever falls below alpha, over every count checked, is at most alpha, exactly and for any
+    number of units (no normal approximation). The Beta mixing distribution is centred on ``share``
+    with variance about ``rho2 * share * (1 - share)``: with :func:`mixture_variance` it is tightest
+    around that many units, like the guardrails' normal mixture (Lindon and Malek 2022, "Anytime-valid
+    inference for multinomial count data", give this test for sample ratio mismatches)."""
+    from scipy.special import betaln
+
+    x, n = np.asarray(holdout, dtype=np.float64), np.asarray(total, dtype=np.float64)
+    if not 0.0 < share < 1.0:
+        return np.ones(np.broadcast(x, n).shape)
+    a, b = share / rho2, (1.0 - share) / rho2
+    log_m = betaln(a + x, b + n - x) - betaln(a, b) - x * math.log(share) - (n - x) * math.log1p(-share)
+    return np.exp(np.minimum(0.0, -log_m))
+
+
 def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]:
     """Every (slice, guardrail, bound) of the rule is one test of "the policy arm's mean is beyond the
     bound": a one-sided p-value from the policy arm's mean and standard error, Holm-adjusted over all of
@@ -225,13 +249,24 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
     return out
 
 
-def _sample_ratio(rule: AlertRule, evaluation: Evaluation) -> list[Alert]:
+def _sample_ratio(rule: AlertRule, evaluation: Evaluation, alpha: float) -> list[Alert]:
+    """The overall holdout split against the spec's share at ``monitoring.srm_alpha``: the evaluation's
+    chi-square test, or with ``sequential_units`` the always-valid test (:func:`always_valid_split_p`),
+    whose level holds over every day the cumulative counts are checked."""
     sr = evaluation.overall.sample_ratio
-    if not sr.mismatch:
-        return []
+    total = sr.holdout_units + sr.policy_units
+    if rule.sequential_units is None:
+        if not sr.mismatch:
+            return []
+        p, how = sr.p_value, ""
+    else:
+        p = float(always_valid_split_p(sr.holdout_units, total, sr.expected_share, mixture_variance(alpha, rule.sequential_units)))
+        if not p < alpha:
+            return []
+        how = ", always valid over repeated checks"
     return [Alert(rule.name, rule.kind, "holdout_split", sr.observed_share, sr.expected_share,
                   f"sample ratio mismatch: holdout share {sr.observed_share:.4f} against {sr.expected_share:g}"
-                  f" ({sr.holdout_units} of {sr.holdout_units + sr.policy_units} units), p = {sr.p_value:.2g}", evaluation.as_of)]
+                  f" ({sr.holdout_units} of {total} units), p = {p:.2g}{how}", evaluation.as_of)]
 
 
 def check_alerts(spec: Spec, *, evaluation: Evaluation | None = None, drift: DriftReport | None = None,
@@ -253,7 +288,7 @@ def check_alerts(spec: Spec, *, evaluation: Evaluation | None = None, drift: Dri
         elif rule.kind == "guardrail" and evaluation is not None:
             fired += _guardrail(rule, evaluation, z)
         elif rule.kind == "sample_ratio" and evaluation is not None:
-            fired += _sample_ratio(rule, evaluation)
+            fired += _sample_ratio(rule, evaluation, spec.model.monitoring.srm_alpha)
     return fired
 
 

@@ -304,3 +304,61 @@ def test_a_sequential_guardrail_alert_holds_its_level_over_thirty_daily_checks()
         return float(brentq(lambda x: float(always_valid_p(x, n, rho2)) - 0.005, 0.1, 20.0))
 
     assert threshold(1000) < min(threshold(300), threshold(3000))
+
+
+def test_the_sequential_sample_ratio_test_never_rejects_a_right_split_more_often_than_its_level() -> None:
+    """Exact, not simulated: the chance that the always-valid split test ever rejects a correct 10%
+    holdout, checked after every one of 3,000 units, computed over every path of holdout counts (the
+    counts' distribution among the paths not rejected yet, stepped unit by unit). Ville's inequality
+    bounds it by the level; the chi-square test, checked as often, exceeds it several times over."""
+    from scipy import stats
+
+    from drivetrain.evaluate._alerts import always_valid_split_p, mixture_variance
+
+    share, alpha, units = 0.1, 0.01, 3000
+    rho2 = mixture_variance(alpha, 1000)
+
+    def ever_rejected(p_value: Any) -> float:
+        alive = np.array([1.0])  # mass of holdout count x = 0, 1, ... among paths with no rejection yet
+        rejected = 0.0
+        for n in range(1, units + 1):
+            alive = np.concatenate([alive * (1 - share), [0.0]]) + np.concatenate([[0.0], alive * share])
+            hit = p_value(np.arange(n + 1), n) < alpha
+            rejected += float(alive[hit].sum())
+            alive[hit] = 0.0
+        return rejected
+
+    def chi_square(x: np.ndarray, n: int) -> np.ndarray:
+        expected = np.array([share, 1 - share])[:, None] * n
+        observed = np.vstack([x, n - x])
+        return stats.chi2.sf(((observed - expected) ** 2 / expected).sum(axis=0), df=1)
+
+    sequential = ever_rejected(lambda x, n: always_valid_split_p(x, n, share, rho2))
+    fixed = ever_rejected(chi_square)
+    assert 0.0 < sequential <= alpha, sequential
+    assert fixed > 5 * alpha, fixed
+    # a real mismatch is still found: 9% held out instead of 10%, checked daily on 2,000 new units a day
+    rng = np.random.default_rng(3)
+    daily = rng.binomial(2000, 0.09, size=(300, 30)).cumsum(axis=1)
+    n = 2000 * np.arange(1, 31)
+    fires = always_valid_split_p(daily, n, share, mixture_variance(alpha, 20_000)) < alpha
+    assert np.mean(fires[:, 9]) > 0.9  # by day 10, 20,000 units
+    assert np.all(always_valid_split_p(np.arange(0, 2001, 50), 2000, share, rho2) >= chi_square(np.arange(0, 2001, 50), 2000) - 1e-12)
+
+
+def test_a_sample_ratio_rule_with_sequential_units_fires_on_a_broken_split_and_not_on_a_healthy_one() -> None:
+    """Through ``check_alerts`` with the spec's rule: a third of the holdout lost fires (naming the
+    always-valid test), the twin's own split does not."""
+    twin = NBOOTwin(horizon_days=7, seed=14)
+    spec = _with_rules(twin.spec, [{"name": "srm", "kind": "sample_ratio", "sequential_units": 5000}])
+    decisions, _ = twin.log(twin.population(6000), policy=_served)
+    held = np.flatnonzero((decisions["assignment"] == "holdout").to_numpy())
+    clock = SimulatedClock(twin.start + timedelta(days=30))
+    as_of = twin.start + timedelta(days=1)
+    broken, healthy = MemoryStore(spec), MemoryStore(spec)
+    ingest_decisions(broken, RawRows(decisions.drop(index=held[::3]), (), "d"), clock=clock)
+    ingest_decisions(healthy, RawRows(decisions, (), "d"), clock=clock)
+    alerts = check_alerts(spec, evaluation=evaluate(broken, as_of))
+    assert [a.kind for a in alerts] == ["sample_ratio"]
+    assert "always valid over repeated checks" in alerts[0].message
+    assert check_alerts(spec, evaluation=evaluate(healthy, as_of)) == []
