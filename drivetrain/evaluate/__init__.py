@@ -14,6 +14,7 @@ from drivetrain.evaluate._kpi import (
     ServiceLevels,
     SliceEvaluation,
     evaluate,
+    evaluation_from_results,
     evaluation_queries,
 )
 from drivetrain.evaluate._spark import to_spark_sql
@@ -34,6 +35,7 @@ __all__ = [
     "check_alerts",
     "drift_queries",
     "evaluate",
+    "evaluation_from_results",
     "evaluation_queries",
     "latency_by_minute",
     "measure_drift",

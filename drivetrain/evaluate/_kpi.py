@@ -30,7 +30,7 @@ import math
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ __all__ = [
     "ServiceLevels",
     "SliceEvaluation",
     "evaluate",
+    "evaluation_from_results",
     "evaluation_queries",
 ]
 
@@ -784,20 +785,78 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
     as_of = as_utc(as_of, name="as_of")
     if not 0 < confidence < 1:
         raise UsageError(f"`confidence` must be in (0, 1), got {confidence}")
-    chosen = _cohorts(spec, cohorts)
-    covariates = _covariates(spec)
-    metrics = _metrics(spec)
+    queries = evaluation_queries(spec, as_of, cohorts)
+    extent = store.arrow(queries.pop("extent"))
+    _check_extent(_extent_row(extent), as_of)
+    results: dict[str, Any] = {name: store.arrow(sql) for name, sql in queries.items()}
+    return evaluation_from_results(spec, as_of, {**results, "extent": extent}, cohorts=cohorts, confidence=confidence)
 
-    extent = store.arrow(_extent_sql(as_of)).to_pylist()[0]
+
+#: The columns each result of :func:`evaluation_queries` must have besides the moments' sums.
+_RESULT_KEYS = {"moments": ("day", "holdout"), "latency": ("day", "bin", "count"), "units": ("day", "holdout", "units"),
+                "extent": ("first_received", "waiting", "unattributed")}
+
+
+def _extent_row(extent: Any) -> dict[str, Any]:
+    rows = extent.to_dict("records") if isinstance(extent, pd.DataFrame) else extent.to_pylist()
+    if len(rows) != 1:
+        raise DataError(f"results['extent'] must be one row, got {len(rows)}")
+    row = dict(rows[0])
+    first = row["first_received"]
+    if first is not None and not (isinstance(first, float) and math.isnan(first)) and not pd.isna(first):
+        first = pd.Timestamp(first).to_pydatetime()
+        # the queries require a UTC session, so a naive time from an engine's rows is a UTC time
+        row["first_received"] = first.replace(tzinfo=timezone.utc) if first.tzinfo is None else first
+    else:
+        row["first_received"] = None
+    return row
+
+
+def _check_extent(extent: Mapping[str, Any], as_of: datetime) -> None:
     first = extent["first_received"]
     if first is None:
         raise DataError("the store must hold decisions to evaluate, got none")
     if as_utc(first, name="first_received") > as_of:
         raise UsageError(f"`as_of` must be at or after the first decision's arrival ({first.isoformat()}), got {as_of.isoformat()}")
 
-    moments = store.arrow(_moments_sql(spec, as_of, chosen, covariates, metrics)).to_pandas()
-    latency = store.arrow(_latency_sql(spec, as_of, chosen)).to_pandas()
-    units = store.arrow(_units_sql(spec, as_of, chosen)).to_pandas()
+
+def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, Any], *, cohorts: Sequence[str] | None = None,
+                            confidence: float = 0.95) -> Evaluation:
+    """The :class:`Evaluation` from the rows of :func:`evaluation_queries` run on any engine: DuckDB
+    (what :func:`evaluate` does), or Spark after :func:`drivetrain.evaluate.to_spark_sql`.
+
+    ``results`` maps each query's name (``moments``, ``latency``, ``units``, ``extent``) to its rows, as a
+    pyarrow Table or a pandas DataFrame (Spark's ``toArrow()`` or ``toPandas()``); ``spec``, ``as_of`` and
+    ``cohorts`` must be those the queries were made with. Naive timestamps are read as UTC, as the
+    queries require a UTC session. The arithmetic is this function's, so both engines give the same
+    figures from the same sums."""
+    as_of = as_utc(as_of, name="as_of")
+    if not 0 < confidence < 1:
+        raise UsageError(f"`confidence` must be in (0, 1), got {confidence}")
+    missing = sorted(set(_RESULT_KEYS) - set(results))
+    if missing:
+        raise UsageError(f"`results` must have the rows of every query of evaluation_queries {sorted(_RESULT_KEYS)}, missing {missing}")
+    chosen = _cohorts(spec, cohorts)
+    covariates = _covariates(spec)
+    metrics = _metrics(spec)
+    frames = {name: value.to_pandas() if hasattr(value, "to_pandas") and not isinstance(value, pd.DataFrame) else value
+              for name, value in results.items() if name in _RESULT_KEYS}
+    for name, needed in _RESULT_KEYS.items():
+        if not isinstance(frames[name], pd.DataFrame):
+            raise UsageError(f"`results[{name!r}]` must be a pyarrow Table or a pandas DataFrame, got {type(results[name]).__name__}")
+        absent = [c for c in (*needed, *(chosen if name != "extent" else ())) if c not in frames[name].columns]
+        if absent:
+            raise DataError(f"results[{name!r}] must have columns {absent} (the query of evaluation_queries for these cohorts),"
+                            f" got {list(frames[name].columns)}")
+    extent = _extent_row(frames["extent"])
+    _check_extent(extent, as_of)
+    moments, latency, units = frames["moments"].copy(), frames["latency"].copy(), frames["units"].copy()
+    for frame in (moments, latency, units):  # one type per key whatever the engine (dates, integers, labels)
+        frame["day"] = [_plain(d) if not isinstance(d, datetime) else d.date() for d in frame["day"]]
+    latency["bin"], latency["count"] = latency["bin"].astype(np.int64), latency["count"].astype(np.int64)
+    units["units"] = units["units"].astype(np.int64)
+    for frame in (moments, units):
+        frame["holdout"] = frame["holdout"].astype(np.int64)
     value_cols = [c for c in moments.columns if c not in ("day", *chosen, "holdout")]
     moments[value_cols] = moments[value_cols].astype(np.float64).fillna(0.0)
     # a slice by day takes the cluster products of (unit, day) cells, any other slice those of units

@@ -8,7 +8,9 @@ mapped to whatever Spark should read instead: a temporary view, a catalog table,
 of the store written as ``parquet.`/path/to/store/decisions```. The Spark session must run in UTC
 (``spark.sql.session.timeZone=UTC``: a decision's day is its UTC date) and merge the Parquet schemas of the
 store's files (``spark.sql.parquet.mergeSchema=true``), as DuckDB reads them by name.
-``tests/evaluate/test_spark.py`` runs every query on Spark and DuckDB and requires equal results.
+``tests/evaluate/test_spark.py`` runs every query on Spark and DuckDB and requires equal results; the
+rows Spark returns become an :class:`~drivetrain.evaluate.Evaluation` with
+:func:`drivetrain.evaluate.evaluation_from_results`, the same last step :func:`~drivetrain.evaluate.evaluate` takes.
 
 SQLGlot ships with the ``spark`` extra (``pip install 'drivetrain[spark]'``).
 """

@@ -417,3 +417,21 @@ def test_the_evaluation_joins_outcomes_as_the_training_table_does(loop_store: Lo
     assert int((inside & mature).sum()) == o.counts.outcomes_joined
     assert int((inside & mature & late).sum()) == o.counts.outcomes_late > 0
     assert o.counts.outcomes_out_of_window > 0 and o.counts.outcomes_of_immature > 0
+
+
+def test_the_evaluation_from_the_queries_rows_is_evaluates_own_and_bad_rows_are_named(twin: NBOOTwin) -> None:
+    """``evaluation_from_results`` on DuckDB's rows of ``evaluation_queries`` is ``evaluate``, bit for bit
+    (the path Spark's rows take); a missing query or column is a named error."""
+    from drivetrain.evaluate import evaluation_from_results
+
+    store = MemoryStore(twin.spec)
+    _twin_store(store, twin, range(3), twin.population(1500, offset=70_000))
+    as_of = twin.start + timedelta(days=10)
+    rows = {name: store.arrow(sql) for name, sql in evaluation_queries(store.spec, as_of).items()}
+    assert evaluation_from_results(store.spec, as_of, rows) == evaluate(store, as_of)
+    with pytest.raises(UsageError, match=r"missing \['units'\]"):
+        evaluation_from_results(store.spec, as_of, {k: v for k, v in rows.items() if k != "units"})
+    with pytest.raises(DataError, match=r"results\['latency'\] must have columns \['bin'\]"):
+        evaluation_from_results(store.spec, as_of, {**rows, "latency": rows["latency"].drop_columns(["bin"])})
+    with pytest.raises(UsageError, match="`as_of` must be at or after the first decision's arrival"):
+        evaluation_from_results(store.spec, twin.start - timedelta(days=400), rows)

@@ -25,12 +25,13 @@ import pytest
 from drivetrain.data import training_table
 from drivetrain.data._store import _fetch
 from drivetrain.errors import UsageError
-from drivetrain.evaluate import drift_queries, evaluation_queries, to_spark_sql
+from drivetrain.evaluate import drift_queries, evaluate, evaluation_from_results, evaluation_queries, to_spark_sql
 from drivetrain.evaluate._spark import QUERY_TABLES
 from tests.evaluate.conftest import LoopStore
 
 RTOL = 1e-12
-pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]  # pyspark's own toPandas under pandas 3
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +123,19 @@ def test_the_evaluation_queries_give_duckdbs_results_on_spark(spark: Any, loop_s
     assert moments["late"].sum() > 0 and moments["out_of_window"].sum() > 0 and moments["of_immature"].sum() > 0
     assert moments["region"].isna().any() and moments["region"].notna().any()
     assert int(loop.store.query(queries["extent"])["waiting"].iloc[0]) > 0
+    # Spark's rows make the same evaluation: every figure of every slice, through the public last step
+    on_spark = evaluation_from_results(loop.store.spec, loop.as_of, {n: spark.sql(q).toArrow() for n, q in translated.items()})
+    on_duckdb = evaluate(loop.store, loop.as_of)
+    a, b = on_duckdb.to_frame(), on_spark.to_frame()
+    assert len(a) == len(b) > 100
+    numbers = [c for c in a.columns if a[c].dtype.kind == "f"]
+    labels = [c for c in a.columns if c not in numbers]
+    assert a[labels].astype(object).where(a[labels].notna(), None).equals(b[labels].astype(object).where(b[labels].notna(), None))
+    np.testing.assert_allclose(b[numbers].to_numpy(dtype=np.float64), a[numbers].to_numpy(dtype=np.float64), rtol=1e-9, atol=1e-12)
+    assert on_spark.overall.counts == on_duckdb.overall.counts and on_spark.overall.sample_ratio == on_duckdb.overall.sample_ratio
+    # and pandas frames (toPandas) are taken as well as Arrow tables
+    from_pandas = evaluation_from_results(loop.store.spec, loop.as_of, {n: spark.sql(q).toPandas() for n, q in translated.items()})
+    assert from_pandas.overall.counts == on_duckdb.overall.counts
 
 
 def test_the_drift_count_queries_give_duckdbs_results_on_spark(spark: Any, loop_store: LoopStore, tmp_path: Path) -> None:
