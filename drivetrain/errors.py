@@ -13,7 +13,8 @@ Anything else that escapes is a bug in drivetrain.
     │   └── StoreError       the store directory is missing, locked or not a drivetrain store
     ├── UsageError           an argument out of its range (a negative size, an unknown option value)
     ├── InfeasibleError      constraints that cannot all hold; names which
-    └── ArtifactError        a policy artifact that is missing, incomplete or fails its checksums
+    ├── ArtifactError        a policy artifact that is missing, incomplete or fails its checksums
+    └── ConflictError        a request id the service already decided, sent with another unit or context
 
 Messages follow one template: name the field or parameter, the expected form, and what arrived, e.g.
 "`propensity` must be in (0, 1], got 1.7 in row 1042".
@@ -29,6 +30,7 @@ __all__ = [
     "FormulaError",
     "InfeasibleError",
     "ArtifactError",
+    "ConflictError",
     "SpecError",
     "StoreError",
     "UsageError",
@@ -74,3 +76,7 @@ class InfeasibleError(DrivetrainError):
 
 class ArtifactError(DrivetrainError):
     """A policy artifact cannot be loaded: missing files, unknown format, or a checksum mismatch."""
+
+
+class ConflictError(DrivetrainError):
+    """A request names a decision that exists already with other inputs (the service answers 409)."""

@@ -2,6 +2,7 @@
 
 from drivetrain.data._baselines import GRID_CELLS, QUANTILES, grid_cell, psi_cell_bins, reference_statistics, write_baselines
 from drivetrain.data._ingest import (
+    NULL_TEXT,
     IngestReport,
     attribute_pending,
     check_context,
@@ -24,6 +25,7 @@ from drivetrain.data._summary import StoreSummary, summarize
 
 __all__ = [
     "ASSIGNMENTS",
+    "NULL_TEXT",
     "GRID_CELLS",
     "QUANTILES",
     "grid_cell",

@@ -39,6 +39,7 @@ from drivetrain.spec import Spec, format_duration
 __all__ = ["IngestReport", "attribute_pending", "check_contexts", "hash_personal", "ingest_decisions", "ingest_outcomes"]
 
 PERSONAL_PREFIX = "sha256:"
+#: Text that exports write for a missing value; read as null after stripping and lowercasing.
 NULL_TEXT = ("", "null", "nan")
 
 

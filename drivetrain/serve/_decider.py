@@ -57,7 +57,8 @@ class Decider:
         self._levers = spec.action_space.lever_columns()
         self._fallback = spec.fallback.index
         self._control = spec.control.index
-        self._salt = spec.model.experimentation.salt
+        # the holdout of a failed decision is the policy's own, as Policy.choose draws it
+        self._salt = (policy.spec if policy is not None else spec).model.experimentation.salt
         self._holdout_share = policy.holdout_share if policy is not None else spec.model.experimentation.holdout_share
         if policy is not None:
             self._terms = [(f, (1.0 if sense == "<=" else -1.0) * policy.multipliers.get(name, 0.0))
@@ -88,6 +89,11 @@ class Decider:
             return cls(spec, None, degraded_reason=f"policy {str(directory)!r} was fitted on the context features "
                                                    f"{sorted(policy.spec.features)} (feature_version {policy.spec.feature_version!r}), "
                                                    f"the spec has {sorted(spec.features)} ({spec.feature_version!r})", pii_salt=pii_salt)
+        salts = policy.spec.model.experimentation.salt, spec.model.experimentation.salt
+        if salts[0] != salts[1]:  # another salt would move units between the holdout and the policy arm
+            return cls(spec, None, degraded_reason=f"policy {str(directory)!r} has the experiment salt {salts[0]!r}, the spec "
+                                                   f"{salts[1]!r}: the holdout must stay the same units across policy versions",
+                       pii_salt=pii_salt)
         return cls(spec, policy, pii_salt=pii_salt)
 
     @property

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import os
 import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,11 +27,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from drivetrain.clock import Clock, SystemClock
 from drivetrain.data import RawRows, Store, ingest_outcomes, open_store
+from drivetrain.errors import ConflictError
 from drivetrain.serve._decider import Decider, Decision
 from drivetrain.serve._log import DecisionLog, FsyncPolicy, recover
 from drivetrain.spec import Spec
 
 __all__ = ["Service", "ServiceConfig", "settle_heap"]
+
+#: Request ids the service remembers (the most recent), to answer a retry with its decision and to
+#: refuse the same id for another unit or context: the store keeps one decision per request id.
+RECENT_REQUESTS = 100_000
 
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -91,9 +99,19 @@ class Service:
         self._reader: asyncio.Task[None] | None = None
         self._busy = False  # a compaction was asked for and has not answered yet
         self._compact_err = config.log_dir / "compact.err"
+        # request id -> digest of (unit, context) + the response's JSON: bytes, which the collector never walks
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
 
     # ------------------------------------------------------------------ decisions
     def decide(self, unit_id: str, context: dict[str, Any], request_id: str | None, started: float) -> dict[str, Any]:
+        """Decide and log; a request id decided before gets that decision again (a retry), not a second one.
+        Raises :class:`ConflictError` for a request id decided before with another unit or context."""
+        digest = b""
+        if request_id is not None:
+            digest = _digest(unit_id, context)
+            prior = self._prior(request_id, digest)
+            if prior is not None:
+                return prior
         decider = self.decider  # one Decider per request, even if a reload swaps it meanwhile
         rid = request_id or uuid.uuid4().hex
         decision = decider.decide(unit_id, context, request_id=rid, now=self.clock.now(), started=started)
@@ -101,7 +119,35 @@ class Service:
         if self.log is not None:
             self.log.append(decision.record)
         self._count(decision, time.perf_counter() - t, time.perf_counter() - started)
+        if request_id is not None:
+            self._recent[request_id] = digest + json.dumps(decision.response, allow_nan=False).encode()
+            if len(self._recent) > RECENT_REQUESTS:
+                self._recent.popitem(last=False)
         return decision.response
+
+    def check_batch(self, requests: Sequence[tuple[str, dict[str, Any], str | None]]) -> None:
+        """Refuse a batch, before any of it is decided, whose request ids conflict with earlier decisions
+        or with each other (``requests``: (unit_id, context, request_id) each)."""
+        seen: dict[str, tuple[bytes, int]] = {}
+        for i, (unit_id, context, request_id) in enumerate(requests):
+            if request_id is None:
+                continue
+            digest = _digest(unit_id, context)
+            earlier = seen.setdefault(request_id, (digest, i))
+            if earlier[0] != digest:
+                raise ConflictError(f"`requests[{i}].request_id` must name one decision, got {request_id!r}, which "
+                                    f"`requests[{earlier[1]}]` uses with another unit or context")
+            self._prior(request_id, digest, where=f"requests[{i}].")
+
+    def _prior(self, request_id: str, digest: bytes, where: str = "") -> dict[str, Any] | None:
+        """The response already given to ``request_id``, if the same unit and context asked for it."""
+        stored = self._recent.get(request_id)
+        if stored is None:
+            return None
+        if stored[: len(digest)] != digest:
+            raise ConflictError(f"`{where}request_id` must name one decision, got {request_id!r}, which was decided "
+                                "for another unit or context; send a new request id for a new decision")
+        return json.loads(stored[len(digest):])
 
     def _count(self, decision: Decision, log_s: float, total_s: float) -> None:
         m = self.metrics
@@ -245,6 +291,12 @@ class Service:
             except asyncio.TimeoutError:
                 child.kill()
                 await child.wait()
+
+
+def _digest(unit_id: str, context: dict[str, Any]) -> bytes:
+    """16 bytes that tell two requests' (unit, context) apart."""
+    text = json.dumps([unit_id, context], sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def settle_heap() -> None:

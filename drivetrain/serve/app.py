@@ -1,8 +1,11 @@
 """The routes of the decision service (``/v1/...``); the logic lives in :class:`Service` and :class:`Decider`.
 
 Request bodies are validated by pydantic models: a malformed body gets a 422 whose ``detail`` names the
-field (``loc``), what was expected and what arrived. A well-formed request always gets a decision (the
-fallback when the policy cannot decide): no 5xx for what a caller sends.
+field (``loc``), what was expected and what arrived. Ids must be what the store keeps as they are (no
+null words, no surrounding whitespace) and every text must be valid Unicode (JSON's ``\ud800`` escape
+decodes to a lone surrogate, which no Parquet file can hold). A request id names one decision: a retry
+gets the same decision, the same id with another unit or context a 409. A well-formed request always
+gets a decision (the fallback when the policy cannot decide): no 5xx for what a caller sends.
 """
 
 from __future__ import annotations
@@ -17,16 +20,40 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from drivetrain.data import NULL_TEXT
+from drivetrain.errors import ConflictError
 from drivetrain.serve._service import Service
 
 __all__ = ["create_app"]
 
-Scalar = str | int | float | bool | None
+
+def _text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"must be valid Unicode text, got a lone surrogate {value[exc.start]!r} at position {exc.start}") from None
+    return value
+
+
+def _identifier(value: str) -> str:
+    _text(value)
+    if value != value.strip():
+        raise ValueError(f"must not start or end with whitespace (the store strips it), got {value!r}")
+    if value.lower() in NULL_TEXT:
+        raise ValueError(f"must not be a word the store reads as missing {list(NULL_TEXT)}, got {value!r}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Identifier = Annotated[str, AfterValidator(_identifier)]
+Scalar = Text | int | float | bool | None
 
 
 class _Body(BaseModel):
@@ -34,9 +61,11 @@ class _Body(BaseModel):
 
 
 class DecideRequest(_Body):
-    unit_id: Annotated[str, Field(min_length=1, max_length=256, description="The unit (user) to decide for.")]
-    context: Annotated[dict[str, Scalar], Field(description="Raw context features, as named in the spec's contract.")]
-    request_id: Annotated[str | None, Field(min_length=1, max_length=128, description="Optional id; generated when absent.")] = None
+    unit_id: Annotated[Identifier, Field(min_length=1, max_length=256, description="The unit (user) to decide for.")]
+    context: Annotated[dict[Text, Scalar], Field(description="Raw context features, as named in the spec's contract.")]
+    request_id: Annotated[Identifier | None, Field(min_length=1, max_length=128,
+                                                   description="Optional id of this decision (a retry with the same id and "
+                                                               "inputs gets the same decision); generated when absent.")] = None
 
 
 class DecideBatchRequest(_Body):
@@ -59,12 +88,12 @@ class DecideBatchResponse(BaseModel):
 
 
 class OutcomeEvent(_Body):
-    event_id: Annotated[str, Field(min_length=1)]
-    request_id: str | None = None
-    unit_id: str | None = None
-    occurred_at: Annotated[str, Field(description="ISO 8601 time, UTC or with an offset.")]
-    received_at: str | None = None
-    component: str
+    event_id: Annotated[Text, Field(min_length=1)]
+    request_id: Text | None = None
+    unit_id: Text | None = None
+    occurred_at: Annotated[Text, Field(description="ISO 8601 time, UTC or with an offset.")]
+    received_at: Text | None = None
+    component: Text
     value: float
 
 
@@ -83,7 +112,7 @@ class OutcomesResponse(BaseModel):
 
 
 class ReloadRequest(_Body):
-    policy_dir: Annotated[str, Field(min_length=1, description="Directory of the policy artifact to serve.")]
+    policy_dir: Annotated[Text, Field(min_length=1, description="Directory of the policy artifact to serve.")]
 
 
 class ReloadResponse(BaseModel):
@@ -126,10 +155,10 @@ def create_app(service: Service) -> FastAPI:
     def check_token(authorization: str | None) -> None:
         if token is None:
             raise HTTPException(403, "this endpoint needs a token: start the service with DRIVETRAIN_TOKEN set")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not authorization or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "`Authorization` must be `Bearer <token>` with the service's token, got "
-                                     + ("none" if not authorization else "a different token"),
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme != "Bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            got = "none" if not authorization else "another scheme" if scheme != "Bearer" else "a different token"
+            raise HTTPException(401, f"`Authorization` must be `Bearer <token>` with the service's token, got {got}",
                                 headers={"WWW-Authenticate": "Bearer"})
 
     # dependencies are coroutines: FastAPI would run plain functions in its thread pool, a thread hop per
@@ -139,14 +168,17 @@ def create_app(service: Service) -> FastAPI:
 
     decide_guard = [Depends(write_access)] if decide_needs_token else []
 
-    @app.post("/v1/decide", response_model=DecideResponse, dependencies=decide_guard)
+    conflict: dict[int | str, dict[str, Any]] = {409: {"description": "the request id was decided before for another unit or context"}}
+
+    @app.post("/v1/decide", response_model=DecideResponse, dependencies=decide_guard, responses=conflict)
     async def decide(body: DecideRequest) -> Response:
         """The action for one unit now, with its propensity; the decision is logged before this returns."""
         return _json(service.decide(body.unit_id, body.context, body.request_id, time.perf_counter()))
 
-    @app.post("/v1/decide/batch", response_model=DecideBatchResponse, dependencies=decide_guard)
+    @app.post("/v1/decide/batch", response_model=DecideBatchResponse, dependencies=decide_guard, responses=conflict)
     async def decide_batch(body: DecideBatchRequest) -> Response:
         """Decisions for many units in one call, each logged before this returns."""
+        service.check_batch([(r.unit_id, r.context, r.request_id) for r in body.requests])
         return _json({"decisions": [service.decide(r.unit_id, r.context, r.request_id, time.perf_counter()) for r in body.requests]})
 
     @app.post("/v1/outcomes", response_model=OutcomesResponse, dependencies=[Depends(write_access)])
@@ -174,9 +206,21 @@ def create_app(service: Service) -> FastAPI:
             return JSONResponse(result, status_code=409)
         return result
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics() -> Response:
+        """Prometheus metrics in the text exposition format."""
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422, written as ASCII JSON: the detail echoes what arrived, which may hold a lone surrogate."""
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True, allow_nan=False, default=str)
+        return Response(body.encode(), status_code=422, media_type="application/json")
+
+    @app.exception_handler(ConflictError)
+    async def conflicting(request: Request, exc: ConflictError) -> JSONResponse:
+        service.metrics.errors.labels(request.url.path, "conflict").inc()
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ import pytest
 from drivetrain.errors import UsageError
 from drivetrain.policy import Policy, TieSplit
 from drivetrain.serve import Decider
-from drivetrain.spec import parse_spec
+from drivetrain.spec import in_holdout, parse_spec
 from drivetrain.twin import NBOOTwin
 
 NOW = datetime(2026, 5, 1, tzinfo=timezone.utc)
@@ -205,3 +205,23 @@ def test_a_pessimistic_policy_decides_one_at_a_time_as_in_batch_and_round_trips(
         assert record["propensity"] == pytest.approx(table.iloc[i]["propensity"], abs=1e-12)
     with pytest.raises(UsageError, match="`pessimism` must be a finite number >= 0"):
         Policy.from_model(policy.spec, policy.model, policy.multipliers, pessimism=-1.0)
+
+
+def test_a_policy_with_another_experiment_salt_is_refused(policy: Policy, tmp_path: Path) -> None:
+    """Another salt would move units between the holdout and the policy arm: the service refuses such a
+    policy (degraded at start, a 409 on reload) rather than serve arms the evaluation cannot compare."""
+    raw = policy.spec.model.model_dump(mode="json")
+    raw["experimentation"]["salt"] = "another-salt-2027"
+    dataclasses.replace(policy, spec=parse_spec(raw)).save(tmp_path / "salted")
+    decider = Decider.load(policy.spec, tmp_path / "salted")
+    assert not decider.ready
+    assert "experiment salt 'another-salt-2027'" in str(decider.degraded_reason)
+    # a held-out unit whose decision fails stays in the arm of the salt that served it
+    units = [f"h{i}" for i in range(400)]
+    spec = policy.spec
+    held = in_holdout(spec.model.experimentation.salt, units, policy.holdout_share)
+    assert 0 < held[:60].sum() < 60
+    patient = _patient(policy)
+    for unit, h in zip(units[:60], held[:60], strict=True):
+        record = patient.decide(unit, {"region": "mars"}, request_id=f"r-{unit}", now=NOW).record
+        assert record["assignment"] == ("holdout" if h else "fallback")

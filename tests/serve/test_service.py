@@ -56,7 +56,7 @@ def test_decide_contract(server: Server, contexts: list[dict[str, Any]]) -> None
         assert [d["propensity"] for d in rb.json()["decisions"]] == [d["propensity"] for d in singles]
         # OpenAPI names every route and the request fields
         doc = client.get("/openapi.json").json()
-        assert {"/v1/decide", "/v1/decide/batch", "/v1/outcomes", "/v1/health", "/v1/policy", "/v1/admin/reload"} <= set(doc["paths"])
+        assert {"/v1/decide", "/v1/decide/batch", "/v1/outcomes", "/v1/health", "/v1/policy", "/v1/admin/reload", "/metrics"} <= set(doc["paths"])
         assert set(doc["components"]["schemas"]["DecideRequest"]["properties"]) == {"unit_id", "context", "request_id"}
         assert client.get("/v1/policy").json()["manifest"]["policy_version"] == "policy-a"
         metrics = client.get("/metrics").text
@@ -78,6 +78,67 @@ def test_malformed_bodies_get_422_naming_the_field(server: Server) -> None:
             assert any(field in map(str, d["loc"]) for d in r.json()["detail"]), r.text
         r = client.post("/v1/decide", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 422
+
+
+def _raw(body: Any) -> dict[str, Any]:
+    """A request whose JSON escapes every non-ASCII character, lone surrogates (``\\ud800``) included."""
+    return {"content": json.dumps(body).encode(), "headers": {"content-type": "application/json", **AUTH}}
+
+
+def test_ids_and_text_the_store_cannot_keep_get_422_naming_the_field(server: Server, contexts: list[dict[str, Any]]) -> None:
+    """A lone surrogate cannot be written to a Parquet file, and ingest reads null words as missing and
+    strips whitespace: such a decision would be answered and then never stored as answered."""
+    ctx = {k: v for k, v in contexts[0].items() if k != "unit_id"}
+    cases = [
+        ({"unit_id": "\ud800", "context": ctx}, "unit_id", "lone surrogate"),
+        ({"unit_id": "u-s", "context": {**ctx, "region": "\ud800"}}, "region", "lone surrogate"),
+        ({"unit_id": "u-s", "context": {**ctx, "\udfff": 1}}, "context", "lone surrogate"),
+        ({"unit_id": "u-s", "context": ctx, "request_id": "a\udfff"}, "request_id", "lone surrogate"),
+        ({"unit_id": "null", "context": ctx}, "unit_id", "missing"),
+        ({"unit_id": "u-s", "context": ctx, "request_id": "NaN"}, "request_id", "missing"),
+        ({"unit_id": " u-pad ", "context": ctx}, "unit_id", "whitespace"),
+    ]
+    with server.client() as client:
+        for body, field, words in cases:
+            r = client.post("/v1/decide", **_raw(body))
+            assert r.status_code == 422, (body, r.text)
+            assert any(field in map(str, d["loc"]) and words in d["msg"] for d in r.json()["detail"]), r.text
+            r = client.post("/v1/decide/batch", **_raw({"requests": [{"unit_id": "u-ok", "context": ctx}, body]}))
+            assert r.status_code == 422 and any(field in map(str, d["loc"]) for d in r.json()["detail"]), r.text
+        good = {"event_id": "sur-1", "unit_id": "nobody", "occurred_at": "2026-01-01T00:00:00Z", "component": "purchase", "value": 1}
+        r = client.post("/v1/outcomes", **_raw({"outcomes": [good, dict(good, event_id="\ud800")]}))
+        assert r.status_code == 422 and any("event_id" in map(str, d["loc"]) for d in r.json()["detail"]), r.text
+        assert client.post("/v1/admin/reload", **_raw({"policy_dir": "/x\ud800"})).status_code == 422
+
+
+def test_a_request_id_names_one_decision(server: Server, contexts: list[dict[str, Any]]) -> None:
+    """A retry gets its decision again and logs nothing new; the same id for another unit or context is
+    refused (409) before anything of its request is decided, so the store keeps what was answered."""
+    (a, ctx_a), (b, ctx_b) = ((c["unit_id"], {k: v for k, v in c.items() if k != "unit_id"}) for c in contexts[300:302])
+    with server.client() as client:
+        first = client.post("/v1/decide", json={"unit_id": a, "context": ctx_a, "request_id": "once-1"})
+        assert first.status_code == 200
+        assert client.post("/v1/decide", json={"unit_id": a, "context": ctx_a, "request_id": "once-1"}).json() == first.json()
+        r = client.post("/v1/decide", json={"unit_id": b, "context": ctx_b, "request_id": "once-1"})
+        assert r.status_code == 409 and "`request_id` must name one decision, got 'once-1'" in r.json()["detail"], r.text
+        r = client.post("/v1/decide", json={"unit_id": a, "context": {**ctx_a, "tier": "bronze" if ctx_a["tier"] != "bronze" else "gold"},
+                                            "request_id": "once-1"})
+        assert r.status_code == 409
+        pair = [{"unit_id": a, "context": ctx_a, "request_id": "once-2"}, {"unit_id": b, "context": ctx_b, "request_id": "once-2"}]
+        r = client.post("/v1/decide/batch", json={"requests": pair})
+        assert r.status_code == 409 and "`requests[1].request_id`" in r.json()["detail"], r.text
+        r = client.post("/v1/decide/batch", json={"requests": [pair[1], {"unit_id": a, "context": ctx_a, "request_id": "once-1"}]})
+        assert r.status_code == 200, r.text  # once-2 was not decided by the refused batch; once-1 is a retry
+        assert r.json()["decisions"][1] == first.json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stored = read_store(server)
+        if {"once-1", "once-2"} <= set(stored["request_id"]):
+            break
+        time.sleep(0.2)
+    mine = stored[stored["request_id"].isin(["once-1", "once-2"])].set_index("request_id")
+    assert len(mine) == 2 and mine.loc["once-1", "unit_id"] == a and mine.loc["once-2", "unit_id"] == b
+    assert mine.loc["once-1", "action_id"] == first.json()["action_id"]
 
 
 _feature_value = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**6),
@@ -134,6 +195,8 @@ def test_tokens(server: Server) -> None:
     with server.client() as client:
         assert client.post("/v1/outcomes", json=body).status_code == 401
         assert client.post("/v1/outcomes", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        r = client.post("/v1/outcomes", json=body, headers={"Authorization": TOKEN})  # the token without its scheme
+        assert r.status_code == 401 and "another scheme" in r.json()["detail"]
         assert client.post("/v1/admin/reload", json={"policy_dir": "/nowhere"}).status_code == 401
         ok = client.post("/v1/outcomes", json=body, headers=AUTH)
         assert ok.status_code == 200 and ok.json()["rows"] == 1
