@@ -479,6 +479,9 @@ def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
             out[name] = ints.where(col.notna(), -1).astype(np.int64)
         elif pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
             out[name] = pd.to_numeric(col, errors="coerce").astype(np.float64).fillna(-1.5e308)
+        elif col.map(lambda v: _isnull(v) or isinstance(v, bool | np.bool_ | int | float | np.number)).all():
+            # booleans or numbers held as objects (a column with nulls, or one a bad value made text)
+            out[name] = col.map(lambda v: -1.5e308 if _isnull(v) else float(v)).astype(np.float64)
         else:
             out[name] = col.astype(object).where(col.notna(), "\x00").astype(str)
     return pd.DataFrame(out)

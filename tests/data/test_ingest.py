@@ -237,3 +237,31 @@ def test_a_request_id_stored_with_other_values_names_the_columns_that_differ(sto
     assert (report.accepted, report.duplicates, report.quarantined) == (0, 49, 1)
     reasons = store.query("SELECT reason FROM quarantine")["reason"].tolist()
     assert reasons == [f"`request_id` is already in the store with different values (in ['propensity']), got {decisions.loc[3, 'request_id']!r}"]
+
+
+@pytest.mark.parametrize("nullable", [False, True])
+def test_re_ingesting_a_corrected_file_with_a_boolean_feature_adds_only_the_corrected_row(spec, tmp_path: Path, clock: SimulatedClock,
+                                                                                           nullable: bool) -> None:  # type: ignore[no-untyped-def]
+    """A boolean column with one bad value is read as text, a clean one as booleans: the same row must
+    hash the same either way, or a corrected file's unchanged rows are taken for conflicting ones."""
+    from drivetrain.data import ParquetStore
+    from drivetrain.spec import parse_spec
+
+    raw = spec.model.model_dump(mode="json")
+    raw["context"]["features"]["subscribed"] = {"type": "boolean", "owner": "crm", "nullable": nullable}
+    store = ParquetStore(tmp_path / "store", parse_spec(raw), create=True)
+    records = [decision(f"b{i}", f"u{i}", T0, subscribed=i % 2 == 0) for i in range(6)]
+    broken = [dict(r) for r in records]
+    broken[1]["subscribed"] = "maybe" if not nullable else None
+    first, fixed = tmp_path / "first.csv", tmp_path / "fixed.csv"
+    pd.DataFrame(broken).to_csv(first, index=False)
+    pd.DataFrame(records).to_csv(fixed, index=False)
+    one = ingest_decisions(store, read_rows(first), clock=clock)
+    assert (one.accepted, one.quarantined) == ((5, 1) if not nullable else (6, 0))
+    two = ingest_decisions(store, read_rows(fixed), clock=clock)
+    if not nullable:
+        assert (two.accepted, two.duplicates, two.quarantined) == (1, 5, 0), two.reasons
+    else:  # the null was a value: the corrected row is another version of b1, the rest repeats
+        assert (two.accepted, two.duplicates, two.quarantined) == (0, 5, 1), two.reasons
+        assert any("`request_id` is already in the store with different values (in ['subscribed'])" in r for r in two.reasons)
+    assert store.count("decisions") == 6
