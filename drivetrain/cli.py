@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,11 @@ from rich.console import Console
 from rich.table import Table
 
 from drivetrain.clock import SystemClock
-from drivetrain.errors import DrivetrainError, UsageError
+from drivetrain.errors import DataError, DrivetrainError, UsageError
+
+if TYPE_CHECKING:
+    from drivetrain.policy import Policy
+    from drivetrain.spec import Spec
 
 app = typer.Typer(
     name="drivetrain",
@@ -63,7 +67,23 @@ def _parse_time(text: str | None, name: str) -> datetime:
         raise UsageError(f"`{name}` must be an ISO 8601 time such as 2026-02-01T00:00:00Z, got {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.tz_localize("UTC")
-    return moment.to_pydatetime().astimezone(timezone.utc)
+    parsed = moment.to_pydatetime().astimezone(timezone.utc)
+    now = SystemClock().now()
+    if name == "as_of" and parsed > now:  # rows received later do not exist yet: they would count as absent, not as late
+        raise UsageError(f"`as_of` must not be later than now ({now.isoformat()}), got {text!r}: a decision not mature "
+                         "by now would be counted as mature with the outcomes it has so far")
+    return parsed
+
+
+def _policy_for(spec: Spec, directory: Path, flag: str) -> Policy:
+    """The policy (or fitted model) in ``directory``, which must have been built with ``spec``."""
+    from drivetrain.policy import Policy
+
+    loaded = Policy.load(directory)
+    if loaded.spec.hash != spec.hash:
+        raise UsageError(f"`{flag}` must be built with this spec (hash {spec.hash}), got one built with "
+                         f"{loaded.spec.hash} (its spec is {directory / 'spec.yaml'}): refit, or pass that spec")
+    return loaded
 
 
 @app.command()
@@ -363,9 +383,7 @@ def optimize(
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
-    fitted = Policy.load(model)
-    if fitted.spec.hash != loaded.hash:
-        raise UsageError(f"`model` must be fitted with this spec (hash {loaded.hash}), got one fitted with {fitted.spec.hash}")
+    fitted = _policy_for(loaded, model, "model")
     target = open_store(store, loaded)
     if contexts is not None:
         population = read_rows(contexts).frame
@@ -444,7 +462,7 @@ def simulate(
                 raise UsageError(f"`scenario` must look like lever=value,lever=value, got {text!r}")
             values[key.strip()] = value.strip()
         policies[text + (f" where {where}" if where else "")] = fixed_action(loaded, values, where=where)
-    fitted = Policy.load(policy)
+    fitted = _policy_for(loaded, policy, "policy")
     policies = {f"policy {fitted.version}": fitted.action_distribution, **policies}
     window = fitted.metadata.get("trained_window")
     if isinstance(window, dict) and {"first_decided_at", "last_decided_at"} <= set(window):
@@ -504,6 +522,10 @@ def decide(
 
     loaded = Policy.load(policy)
     raw = read_rows(input)
+    missing = [c for c in ("unit_id", *loaded.spec.features) if c not in raw.frame.columns]
+    if missing:  # a bad value falls back row by row; a column the export lacks is the file's mistake
+        raise DataError(f"`input` must have a `unit_id` column and one per context feature of the policy's spec, missing {missing}, "
+                        f"got columns {list(raw.frame.columns)}")
     decisions, fallbacks = loaded.decisions_table(raw.frame, now=SystemClock().now(), pii_salt=os.environ.get(PII_SALT_ENV))
     fmt = {".parquet": FileFormat.parquet, ".csv": FileFormat.csv, ".jsonl": FileFormat.jsonl}.get(output.suffix.lower())
     if fmt is None:

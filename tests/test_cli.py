@@ -92,6 +92,8 @@ def test_twin_ingest_join_summary_end_to_end(tmp_path: Path) -> None:
         (["join", "--spec", "SPEC", "--store", "STORE", "--as-of", "01/02/2026", "--out", "x.parquet"], "`as_of` must be an ISO 8601 time"),
         (["ingest", "--spec", "SPEC", "--store", "STORE", "dates.csv"], "every row of ['dates.csv'] was quarantined"),
         (["twin", "nboo", "--users", "0"], "Invalid value for '--users'"),
+        (["join", "--spec", "SPEC", "--store", "STORE", "--as-of", "2999-01-01T00:00:00Z", "--out", "x.parquet"],
+         "`as_of` must not be later than now"),
     ],
 )
 def test_input_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[str], fragment: str) -> None:
@@ -180,6 +182,19 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
     bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "p3"),
               "--contexts", str(tmp_path / "broken.csv"))
     assert bad.returncode == 2 and "2 of 50 do not, e.g. row 1: `region`" in bad.stderr and "Traceback" not in bad.stderr
+    # mistakes: a policy built with another spec, a contexts file without a feature column, pessimism without folds
+    changed = yaml.safe_load(Path(spec).read_text())
+    changed["objective"]["formula"] = "gross_profit"
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    bad = run("simulate", "--spec", str(tmp_path / "changed.yaml"), "--store", store, "--policy", str(tmp_path / "policy"), *as_of)
+    assert bad.returncode == 2 and "`policy` must be built with this spec" in bad.stderr and "Traceback" not in bad.stderr
+    contexts.drop(columns=["tier"]).to_csv(tmp_path / "no_tier.csv", index=False)
+    bad = run("decide", "--policy", str(tmp_path / "policy"), "--input", str(tmp_path / "no_tier.csv"), "--output", str(tmp_path / "n.parquet"))
+    assert bad.returncode == 2 and "missing ['tier']" in bad.stderr and not (tmp_path / "n.parquet").exists()
+    assert run("fit", "--spec", spec, "--store", store, "--out", str(tmp_path / "single"), "--folds", "0", "--trees", "5", *as_of).returncode == 0
+    bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "single"), "--out", str(tmp_path / "p4"),
+              "--pessimism", "1.645", *as_of)
+    assert bad.returncode == 2 and "`pessimism` needs a model cross-fitted on 2 or more folds" in bad.stderr
     # mistakes: a malformed override, a tampered artifact
     bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "p2"),
               "--budget", "promotion_budget:0.5", *as_of)

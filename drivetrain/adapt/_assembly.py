@@ -95,6 +95,10 @@ def plan_policy(
     guardrail over the policy arm, as the evaluation counts them); ``False`` holds them for the plan alone."""
     if pessimism is not None and pessimism < 0:
         raise UsageError(f"`pessimism` must be >= 0 (a z value such as 1.645), got {pessimism}")
+    fold_models = len(next(iter(getattr(model, "models_", {}).values()), ()))
+    if pessimism and fold_models < 2:
+        raise UsageError(f"`pessimism` needs a model cross-fitted on 2 or more folds (their spread is the uncertainty it "
+                         f"plans on), got {pessimism} with a model of {fold_models} (`drivetrain fit --folds`)")
     columns = {n: contexts[n].to_numpy() for n in spec.features if n in contexts}
     if predictions is not None:
         means, folds = predictions
