@@ -100,6 +100,24 @@ def _length(contexts: Mapping[str, Any]) -> int:
     raise SpecError("contexts must have at least one column, got none")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error: PyYAML would keep the
+    last value silently, so a spec could say one thing where the reader sees another."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # an unusual key: the safe loader's own checks judge it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must appear once per mapping, got {key!r} again (first at line {seen[key].start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raises :class:`SpecError` listing every problem found."""
     path = Path(path)
@@ -110,7 +128,7 @@ def load_spec(path: str | Path) -> Spec:
     except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise SpecError(f"spec file must be a UTF-8 YAML file, got {str(path)!r} ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader that also refuses repeated keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

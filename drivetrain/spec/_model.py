@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
 
 __all__ = [
     "ActionEligibility",
@@ -58,7 +58,15 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds // 60}m"
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"expected a duration longer than zero, got {format_duration(value)!r}")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
+#: A horizon: no outcome could ever count within a horizon of zero.
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 Name = Annotated[str, Field(pattern=_NAME)]
 Scalar = str | int | float | bool
 
@@ -73,7 +81,7 @@ class Objective(_Value):
     name: Name
     formula: str
     direction: Literal["maximize", "minimize"] = "maximize"
-    horizon: Duration
+    horizon: PositiveDuration
     settle: Duration = timedelta(0)
     description: str = ""
 

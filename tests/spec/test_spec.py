@@ -61,6 +61,7 @@ _DELETE = object()
 # (path to change, new value, fragments the message must contain)
 BROKEN = [
     ("objective.horizon", "30 days", ["objective.horizon", "expected a duration such as '30d'", "got '30 days'"]),
+    ("objective.horizon", "0d", ["objective.horizon", "expected a duration longer than zero", "got '0d'"]),
     ("objective.direction", "maximise", ["objective.direction", "'maximize' or 'minimize'", "'maximise'"]),
     ("objective.formula", "gross_profit - promo_costs", ["objective.formula", "unknown name 'promo_costs'"]),
     ("objective.formula", "__import__('os').system('true')", ["objective.formula", "only the named functions may be called"]),
@@ -154,6 +155,17 @@ def test_yaml_errors_and_missing_files_are_spec_errors(tmp_path: Any) -> None:
     listing.write_text("- a\n- b\n")
     with pytest.raises(SpecError, match="must be a YAML mapping at the top level, got list"):
         load_spec(listing)
+
+
+def test_a_key_repeated_in_a_mapping_is_an_error(tmp_path: Any) -> None:
+    """PyYAML keeps the last of two equal keys: the spec would say what its reader did not see."""
+    text = NBOO_SPEC.read_text().replace("  horizon: 30d\n", "  horizon: 7d\n  horizon: 30d\n", 1)
+    assert text.count("horizon: 7d") == 1
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(text)
+    line = text.splitlines().index("  horizon: 7d") + 1
+    with pytest.raises(SpecError, match=f"a key must appear once per mapping, got 'horizon' again \\(first at line {line}\\)"):
+        load_spec(twice)
 
 
 def test_yaml_cannot_construct_python_objects(tmp_path: Any) -> None:
