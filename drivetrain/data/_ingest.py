@@ -510,6 +510,9 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
     clean.update(levers)
     clean["propensity"] = rows.number("propensity", required=True, lo=0.0, hi=1.0, lo_open=True)
     clean["assignment"] = rows.choice("assignment", list(ASSIGNMENTS), required=False).fillna("policy")
+    held = (clean["assignment"] == "holdout").to_numpy(dtype=bool)  # the evaluation compares the policy arm with control
+    rows.fail(held & clean["action_id"].notna().to_numpy(dtype=bool) & (clean["action_id"] != spec.control.id).to_numpy(dtype=bool),
+              f"`action_id` must be the control action {spec.control.id!r} for a holdout decision, got {{got}}", clean["action_id"])
     # a fallback decision whose context broke the contract (that is why it fell back), or a held-out one
     # (control whatever broke), is kept, with the context as parsed and the break named in
     # `fallback_reason`; any other row's context must hold

@@ -87,14 +87,16 @@ def test_faulty_decision_file_reconciles_exactly_and_is_idempotent(store: Store,
 
 
 def test_quarantine_rows_carry_reason_payload_and_row_number(store: Store, clock: SimulatedClock) -> None:
-    records = [decision("r1", "u1", T0), decision("r2", "u2", T0, propensity=1.7), decision("r3", "u3", T0, action_id="gift")]
+    records = [decision("r1", "u1", T0), decision("r2", "u2", T0, propensity=1.7), decision("r3", "u3", T0, action_id="gift"),
+               decision("r4", "u4", T0, assignment="holdout"), decision("r5", "u5", T0, assignment="holdout", action_id="none-0-none")]
     report = ingest_decisions(store, rows(records, "upload.csv"), clock=clock)
-    assert (report.accepted, report.quarantined) == (1, 2)
+    assert (report.accepted, report.quarantined) == (2, 3)
     q = store.query("SELECT * FROM quarantine ORDER BY row_number")
-    assert q["row_number"].tolist() == [2, 3]
+    assert q["row_number"].tolist() == [2, 3, 4]
     assert q["reason"].tolist()[0] == "`propensity` must be <= 1, got 1.7"
     assert q["reason"].tolist()[1].startswith("`action_id` must be one of ['none-0-none'")
     assert q["reason"].tolist()[1].endswith("got 'gift'")
+    assert q["reason"].tolist()[2] == "`action_id` must be the control action 'none-0-none' for a holdout decision, got 'discount-10-immediate'"
     assert '"request_id":"r2"' in q["payload"][0]
     assert q["source"].unique().tolist() == ["upload.csv"]
 
