@@ -205,11 +205,14 @@ def ingest(
     target = open_store(store, loaded, create=create)
     salt = os.environ.get(PII_SALT_ENV)
     rejected: list[str] = []
-    for path in files:
+    batches = []
+    for path in files:  # every file is read and recognized before anything is stored: a bad one stores none
         start = time.perf_counter()
         with console.status(f"reading {path}"):
             raw = read_rows(path)
-        kind = table.value if table is not TableKind.auto else _detect(raw.frame.columns, path)
+        batches.append((path, raw, table.value if table is not TableKind.auto else _detect(raw.frame.columns, path), time.perf_counter() - start))
+    for path, raw, kind, read_s in batches:
+        start = time.perf_counter() - read_s
         with console.status(f"checking and storing {raw.rows_in} {kind} rows from {path}"):
             if kind == "decisions":
                 report = ingest_decisions(target, raw, pii_salt=salt)

@@ -64,6 +64,10 @@ def test_twin_ingest_join_summary_end_to_end(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     spec = str(out / "spec.yaml")
     store = str(tmp_path / "store")
+    # a file that cannot be read, after a good one: nothing is stored
+    res = run("ingest", "--spec", spec, "--store", store, "--create", str(out / "decisions.csv"), str(tmp_path / "nope.csv"))
+    assert res.returncode == 2 and "must exist" in res.stderr and "rows in" not in res.stdout
+    assert not list((tmp_path / "store").rglob("*.parquet"))
     res = run("ingest", "--spec", spec, "--store", store, "--create", str(out / "outcomes.csv"), str(out / "decisions.csv"))
     assert res.returncode == 0, res.stderr
     assert "3000 rows in = 3000 accepted + 0 duplicates + 0 quarantined" in res.stdout
