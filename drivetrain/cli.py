@@ -75,13 +75,21 @@ def _parse_time(text: str | None, name: str) -> datetime:
     return parsed
 
 
-def _policy_for(spec: Spec, directory: Path, flag: str) -> Policy:
-    """The policy (or fitted model) in ``directory``, which must have been built with ``spec``."""
+def _load_policy(directory: Path, flag: str) -> Policy:
+    """The policy (or fitted model) in ``directory``, named by the option it came from when it is not one."""
     from drivetrain.policy import Policy
 
-    loaded = Policy.load(directory)
+    if not directory.is_dir():
+        raise UsageError(f"`--{flag}` must be a directory written by `drivetrain fit` or `drivetrain optimize`, got "
+                         f"{str(directory)!r}, which {'is a file' if directory.exists() else 'does not exist'}")
+    return Policy.load(directory)
+
+
+def _policy_for(spec: Spec, directory: Path, flag: str) -> Policy:
+    """The policy (or fitted model) in ``directory``, which must have been built with ``spec``."""
+    loaded = _load_policy(directory, flag)
     if loaded.spec.hash != spec.hash:
-        raise UsageError(f"`{flag}` must be built with this spec (hash {spec.hash}), got one built with "
+        raise UsageError(f"`--{flag}` must be built with this spec (hash {spec.hash}), got one built with "
                          f"{loaded.spec.hash} (its spec is {directory / 'spec.yaml'}): refit, or pass that spec")
     return loaded
 
@@ -303,7 +311,8 @@ def _print_summary(store: object, as_of: datetime) -> None:
         console.print("quarantine: empty")
 
 
-def _pairs(items: list[str] | None, name: str) -> dict[str, float]:
+def _pairs(items: list[str] | None, name: str, names: list[str]) -> dict[str, float]:
+    """``--NAME KEY=NUMBER`` options as a mapping; each KEY must be one of ``names``."""
     out: dict[str, float] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -312,7 +321,9 @@ def _pairs(items: list[str] | None, name: str) -> dict[str, float]:
                 raise ValueError
             out[key.strip()] = float(value)
         except ValueError:
-            raise UsageError(f"`{name}` must look like NAME=NUMBER, got {item!r}") from None
+            raise UsageError(f"`--{name}` must look like NAME=NUMBER, got {item!r}") from None
+        if key.strip() not in names:
+            raise UsageError(f"`--{name}` must name one of the spec's {name}s {names}, got {key.strip()!r} in {item!r}")
     return out
 
 
@@ -382,7 +393,6 @@ def optimize(
     """Choose lever settings per unit under the budgets, guardrails and caps; save the priced policy."""
     from drivetrain.adapt import plan_policy, write_policy_baselines
     from drivetrain.data import open_store, read_rows, training_table
-    from drivetrain.policy import Policy
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
@@ -401,8 +411,8 @@ def optimize(
     if population.empty:
         raise UsageError("the population to optimize on is empty: pass --contexts or ingest decisions first")
     with console.status(f"optimizing {len(population)} units"):
-        plan = plan_policy(loaded, fitted.model, population, budget_overrides=_pairs(budget, "budget"),
-                           guardrail_overrides=_pairs(guardrail, "guardrail"), pessimism=pessimism or None,
+        plan = plan_policy(loaded, fitted.model, population, budget_overrides=_pairs(budget, "budget", [b.name for b, _ in loaded.budgets]),
+                           guardrail_overrides=_pairs(guardrail, "guardrail", [g.name for g, _ in loaded.guardrails]), pessimism=pessimism or None,
                            metadata={**fitted.metadata, "population": len(population), "pessimism": pessimism})
     plan.policy.save(out)
     written = write_policy_baselines(target, plan, population, created_at=SystemClock().now())
@@ -442,7 +452,6 @@ def simulate(
     """Off-policy estimates, from the logged decisions, of the policy, control and what-if scenarios."""
     from drivetrain.adapt import evaluate_on_logs, fixed_action
     from drivetrain.data import open_store, training_table
-    from drivetrain.policy import Policy
     from drivetrain.spec import load_spec
 
     from drivetrain.simulate import default_estimators
@@ -521,9 +530,8 @@ def decide(
 ) -> None:
     """Batch decisions for a file of contexts; rows that break the contract get the fallback action."""
     from drivetrain.data import read_rows
-    from drivetrain.policy import Policy
 
-    loaded = Policy.load(policy)
+    loaded = _load_policy(policy, "policy")
     raw = read_rows(input)
     missing = [c for c in ("unit_id", *loaded.spec.features) if c not in raw.frame.columns]
     if missing:  # a bad value falls back row by row; a column the export lacks is the file's mistake

@@ -191,7 +191,7 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
     changed["objective"]["formula"] = "gross_profit"
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     bad = run("simulate", "--spec", str(tmp_path / "changed.yaml"), "--store", store, "--policy", str(tmp_path / "policy"), *as_of)
-    assert bad.returncode == 2 and "`policy` must be built with this spec" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "`--policy` must be built with this spec" in bad.stderr and "Traceback" not in bad.stderr
     contexts.drop(columns=["tier"]).to_csv(tmp_path / "no_tier.csv", index=False)
     bad = run("decide", "--policy", str(tmp_path / "policy"), "--input", str(tmp_path / "no_tier.csv"), "--output", str(tmp_path / "n.parquet"))
     assert bad.returncode == 2 and "missing ['tier']" in bad.stderr and not (tmp_path / "n.parquet").exists()
@@ -202,7 +202,12 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
     # mistakes: a malformed override, a tampered artifact
     bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "p2"),
               "--budget", "promotion_budget:0.5", *as_of)
-    assert bad.returncode == 2 and "`budget` must look like NAME=NUMBER" in bad.stderr
+    assert bad.returncode == 2 and "`--budget` must look like NAME=NUMBER" in bad.stderr
+    bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "p2"),
+              "--budget", "promo_budget=0.5", *as_of)
+    assert bad.returncode == 2 and "`--budget` must name one of the spec's budgets ['promotion_budget'], got 'promo_budget'" in bad.stderr
+    bad = run("optimize", "--spec", spec, "--store", store, "--model", str(tmp_path / "no_model"), "--out", str(tmp_path / "p2"), *as_of)
+    assert bad.returncode == 2 and "`--model` must be a directory written by `drivetrain fit`" in bad.stderr and "does not exist" in bad.stderr
     (tmp_path / "policy" / "policy.json").write_text("{}")
     bad = run("decide", "--policy", str(tmp_path / "policy"), "--input", str(tmp_path / "contexts.csv"), "--output", str(tmp_path / "x.parquet"))
     assert bad.returncode == 2 and "was modified" in bad.stderr and "Traceback" not in bad.stderr
