@@ -118,6 +118,42 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _samples(model: SpecModel) -> dict[str, np.ndarray]:
+    """Two values of every name a formula may read, of the type the data will have."""
+    out: dict[str, np.ndarray] = {name: np.array([0.0, 1.0]) for name in model.outcomes}
+    for name, lever in model.levers.items():
+        numeric = lever.type == "numeric" and all(isinstance(v, int | float) for v in lever.values)  # else reported apart
+        out[name] = np.array([float(v) for v in lever.values[:2]], dtype=np.float64) if numeric else \
+            np.array([str(v) for v in lever.values[:2]], dtype=object)
+    for name, feat in model.context.features.items():
+        if feat.type == "categorical":
+            out[name] = np.array([str(v) for v in (feat.values or ["a"])[:2]], dtype=object)
+        elif feat.type == "string":
+            out[name] = np.array(["a", "b"], dtype=object)
+        elif feat.type == "boolean":
+            out[name] = np.array([False, True])
+        else:
+            out[name] = np.array([0.0, 1.0])
+    return out
+
+
+def _type_mistake(formula: Formula, samples: Mapping[str, np.ndarray]) -> str | None:
+    """Why ``formula`` cannot run on values of the spec's types (text in arithmetic, say), or None."""
+    def runs(columns: Mapping[str, np.ndarray]) -> bool:
+        try:
+            formula(columns)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    if runs(samples):
+        return None
+    text_names = sorted(n for n in formula.variables if samples[n].dtype == object)
+    culprits = [n for n in text_names if runs({**samples, n: np.array([0.0, 1.0])})]
+    return (f"must use text values ({', '.join(culprits or text_names)}) only in comparisons such as == or in, got "
+            f"{formula.text!r}, which computes with them")
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raises :class:`SpecError` listing every problem found."""
     path = Path(path)
@@ -210,6 +246,17 @@ def _build(model: SpecModel, source: str) -> Spec:
             problems.append(f"guardrails[{i}] ({g.name}): needs a `max` or a `min` bound, got neither")
     unit_elig = formula(model.eligibility.unit, "eligibility.unit", features) if model.eligibility.unit else None
     action_elig_f = [formula(r.when, f"eligibility.actions[{i}].when", features) for i, r in enumerate(model.eligibility.actions)]
+
+    samples = _samples(model)
+    compiled = [("objective.formula", objective), *((f"action_rules[{i}]", r) for i, r in enumerate(rules)),
+                *((f"constraints.budgets[{i}].formula", f) for i, (_, f) in enumerate(budgets)),
+                *((f"guardrails[{i}].formula", f) for i, (_, f) in enumerate(guardrails)), ("eligibility.unit", unit_elig),
+                *((f"eligibility.actions[{i}].when", f) for i, f in enumerate(action_elig_f))]
+    for where, compiled_formula in compiled:
+        if compiled_formula is not None:
+            mistake = _type_mistake(compiled_formula, samples)
+            if mistake is not None:
+                problems.append(f"{where}: {mistake}")
 
     for i, c in enumerate(model.cohorts):
         cohort = model.context.features.get(c)
