@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import types
@@ -154,6 +155,23 @@ def _type_mistake(formula: Formula, samples: Mapping[str, np.ndarray]) -> str | 
             f"{formula.text!r}, which computes with them")
 
 
+def _unknown_categories(text: str, choices: Mapping[str, Sequence[str]]) -> list[str]:
+    """Comparisons of a categorical name with a text that is not one of its values: never true (or always)."""
+    found = []
+    for node in ast.walk(ast.parse(text.strip(), mode="eval")):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        for a, b in zip(sides, sides[1:], strict=False):
+            for name, other in ((a, b), (b, a)):
+                if isinstance(name, ast.Name) and name.id in choices:
+                    literals = other.elts if isinstance(other, ast.List | ast.Tuple | ast.Set) else [other]
+                    for lit in literals:
+                        if isinstance(lit, ast.Constant) and isinstance(lit.value, str) and lit.value not in choices[name.id]:
+                            found.append(f"`{name.id}` takes the values {list(choices[name.id])}, got a comparison with {lit.value!r}")
+    return found
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raises :class:`SpecError` listing every problem found."""
     path = Path(path)
@@ -252,11 +270,14 @@ def _build(model: SpecModel, source: str) -> Spec:
                 *((f"constraints.budgets[{i}].formula", f) for i, (_, f) in enumerate(budgets)),
                 *((f"guardrails[{i}].formula", f) for i, (_, f) in enumerate(guardrails)), ("eligibility.unit", unit_elig),
                 *((f"eligibility.actions[{i}].when", f) for i, f in enumerate(action_elig_f))]
+    choices = {**{n: [str(v) for v in f.values or ()] for n, f in model.context.features.items() if f.type == "categorical"},
+               **{n: [str(v) for v in lever.values] for n, lever in model.levers.items() if lever.type == "categorical"}}
     for where, compiled_formula in compiled:
         if compiled_formula is not None:
             mistake = _type_mistake(compiled_formula, samples)
             if mistake is not None:
                 problems.append(f"{where}: {mistake}")
+            problems.extend(f"{where}: {m}" for m in _unknown_categories(compiled_formula.text, choices))
 
     for i, c in enumerate(model.cohorts):
         cohort = model.context.features.get(c)
