@@ -465,6 +465,17 @@ def simulate(
         frame = frame[frame["decided_at"] >= pd.Timestamp(_parse_time(since, "since"))].reset_index(drop=True)
     if frame.empty:
         raise UsageError(f"no mature decisions to evaluate on{' since ' + since if since else ''}: {report.summary()}")
+    if where is not None and not scenario:
+        raise UsageError(f"`--where` restricts the scenarios, so it needs at least one `--scenario`, got none with --where {where!r}")
+    if where is not None:
+        from drivetrain.spec import compile_formula
+
+        condition = compile_formula(where, variables=set(loaded.features), field="--where")
+        matched = int(np.sum(np.broadcast_to(np.asarray(condition({n: frame[n].to_numpy() for n in loaded.features if n in frame}),
+                                                        dtype=bool), (len(frame),))))
+        console.print(f"--where {where!r} holds for {matched} of the {len(frame)} decisions evaluated")
+        if matched == 0:
+            console.print("warning: so every scenario is control for all of them")
     policies: dict[str, object] = {"control": fixed_action(loaded, loaded.control.values)}
     for text in scenario or []:
         values: dict[str, object] = {}

@@ -151,6 +151,9 @@ def test_fit_optimize_simulate_decide(tmp_path: Path) -> None:
               "--since", "2026-01-05T12:00:00Z", *as_of)
     assert res.returncode == 0, res.stderr
     assert "scenario 1: offer_type=discount,depth=10,timing=immediate where tier == 'gold'" in res.stdout
+    assert "--where \"tier == 'gold'\" holds for " in res.stdout
+    bad = run("simulate", "--spec", spec, "--store", store, "--policy", str(tmp_path / "policy"), "--where", "tier == 'gold'", *as_of)
+    assert bad.returncode == 2 and "`--where` restricts the scenarios, so it needs at least one `--scenario`" in bad.stderr
     assert "constraints and guardrails, mean per program unit (DR; caps:" in res.stdout
     assert "optimistic" in res.stdout  # the decisions since noon of day 1 are still the training window's
     res = run("simulate", "--spec", spec, "--store", store, "--policy", str(tmp_path / "policy"), "--estimator", "SNIPS", *as_of)
