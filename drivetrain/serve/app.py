@@ -21,10 +21,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from drivetrain.data import NULL_TEXT
@@ -216,6 +218,16 @@ def create_app(service: Service) -> FastAPI:
         """FastAPI's 422, written as ASCII JSON: the detail echoes what arrived, which may hold a lone surrogate."""
         body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True, allow_nan=False, default=str)
         return Response(body.encode(), status_code=422, media_type="application/json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A body FastAPI could not parse at all (not UTF-8, a number too long to convert) is a 400 there;
+        here it is the 422 of every other malformed body, located at the body."""
+        if exc.status_code == 400:
+            detail = [{"loc": ["body"], "msg": f"must be UTF-8 JSON that parses, got a body that does not ({exc.detail})",
+                       "type": "body_unparsable"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(ConflictError)
     async def conflicting(request: Request, exc: ConflictError) -> JSONResponse:

@@ -78,6 +78,10 @@ def test_malformed_bodies_get_422_naming_the_field(server: Server) -> None:
             assert any(field in map(str, d["loc"]) for d in r.json()["detail"]), r.text
         r = client.post("/v1/decide", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 422
+        for body in (b'{"unit_id": "\xff\xfe", "context": {}}', b'{"unit_id": "u", "context": {"page_views_30d": 1' + b"0" * 5000 + b'}}'):
+            r = client.post("/v1/decide", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"], r.text
+        assert client.get("/v1/nowhere").status_code == 404  # other HTTP errors keep their status
 
 
 def _raw(body: Any) -> dict[str, Any]:
