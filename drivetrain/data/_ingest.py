@@ -469,6 +469,11 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     return clean.iloc[np.flatnonzero(accept)], report
 
 
+#: What pandas infers for an object column of booleans or numbers, nulls skipped (a column of nulls alone
+#: stays text, as a stored text column of nulls reads).
+_NUMBER_KINDS = frozenset({"boolean", "integer", "floating", "mixed-integer-float", "decimal"})
+
+
 def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
     """Values in one representation per type, so a stored row and its re-read copy hash the same."""
     out: dict[str, Any] = {}
@@ -479,9 +484,9 @@ def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
             out[name] = ints.where(col.notna(), -1).astype(np.int64)
         elif pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
             out[name] = pd.to_numeric(col, errors="coerce").astype(np.float64).fillna(-1.5e308)
-        elif col.map(lambda v: _isnull(v) or isinstance(v, bool | np.bool_ | int | float | np.number)).all():
+        elif pd.api.types.infer_dtype(col, skipna=True) in _NUMBER_KINDS:
             # booleans or numbers held as objects (a column with nulls, or one a bad value made text)
-            out[name] = col.map(lambda v: -1.5e308 if _isnull(v) else float(v)).astype(np.float64)
+            out[name] = col.astype(np.float64).fillna(-1.5e308)
         else:
             out[name] = col.astype(object).where(col.notna(), "\x00").astype(str)
     return pd.DataFrame(out)
