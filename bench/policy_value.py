@@ -24,7 +24,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from drivetrain.adapt import fit_model, plan_policy
+from drivetrain.assembly import fit_model, plan_policy
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.model import FeatureEncoder, OutcomeModel

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from drivetrain.adapt import fit_model, plan_policy
+from drivetrain.assembly import fit_model, plan_policy
 from drivetrain.model import OutcomeModel
 from drivetrain.model._compiled import CompiledModel
 from drivetrain.policy import Policy

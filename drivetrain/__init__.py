@@ -41,10 +41,10 @@ _EXPORTS = {
     "LagrangianOptimizer": "drivetrain.optimize",
     "ExactOptimizer": "drivetrain.optimize",
     "Policy": "drivetrain.policy",
-    "fit_model": "drivetrain.adapt",
-    "plan_policy": "drivetrain.adapt",
-    "evaluate_on_logs": "drivetrain.adapt",
-    "fixed_action": "drivetrain.adapt",
+    "fit_model": "drivetrain.assembly",
+    "plan_policy": "drivetrain.assembly",
+    "evaluate_on_logs": "drivetrain.assembly",
+    "fixed_action": "drivetrain.assembly",
     # the report
     "write_report": "drivetrain.report",
     # the twin

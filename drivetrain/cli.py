@@ -343,7 +343,7 @@ def fit(
     seed: Annotated[int, typer.Option(help="Seed of folds and models.")] = 0,
 ) -> None:
     """Fit the Modeler on the training table and save it; print effects versus control with intervals."""
-    from drivetrain.adapt import fit_model
+    from drivetrain.assembly import fit_model
     from drivetrain.data import open_store
     from drivetrain.model import OutcomeModel
     from drivetrain.policy import Policy
@@ -391,7 +391,7 @@ def optimize(
     pessimism: Annotated[float, typer.Option(min=0, help="Plan on bounds z model spreads away (0: on the means).")] = 0.0,
 ) -> None:
     """Choose lever settings per unit under the budgets, guardrails and caps; save the priced policy."""
-    from drivetrain.adapt import plan_policy, write_policy_baselines
+    from drivetrain.assembly import plan_policy, write_policy_baselines
     from drivetrain.data import open_store, read_rows, training_table
     from drivetrain.spec import load_spec
 
@@ -450,7 +450,7 @@ def simulate(
     estimator: Annotated[str, typer.Option(help="Estimator of the constraints and guardrails, and whose interval the objective's table shows (it shows every estimator).")] = "DR",
 ) -> None:
     """Off-policy estimates, from the logged decisions, of the policy, control and what-if scenarios."""
-    from drivetrain.adapt import evaluate_on_logs, fixed_action
+    from drivetrain.assembly import evaluate_on_logs, fixed_action
     from drivetrain.data import open_store, training_table
     from drivetrain.spec import load_spec
 

@@ -152,7 +152,7 @@ def run_demo(out: Path, *, users: int, seed: int, console: Console, loop_days: i
 
 def _assembly_line(twin: NBOOTwin, store: ParquetStore, as_of: datetime, logged: pd.DataFrame, console: Console, out: Path) -> OutcomeModel:
     """Fit, evaluate what-ifs off-policy, optimize under the budget, and judge it all by ground truth."""
-    from drivetrain.adapt import evaluate_on_logs, fit_model, fixed_action, plan_policy, write_policy_baselines
+    from drivetrain.assembly import evaluate_on_logs, fit_model, fixed_action, plan_policy, write_policy_baselines
 
     spec = twin.spec
     console.rule("6. the Modeler: how each offer moves the objective")
@@ -316,7 +316,7 @@ def loop_spec(horizon_days: int = 7) -> Spec:
 def start_loop(store: Store, model: OutcomeModel, reference: pd.DataFrame, *, created_at: datetime, version: str) -> Policy:
     """Plan the policy of ``model`` under the store's spec on the ``reference`` users and write its fit-time
     baselines (what monitoring compares against) to the store."""
-    from drivetrain.adapt import plan_policy, write_policy_baselines
+    from drivetrain.assembly import plan_policy, write_policy_baselines
 
     plan = plan_policy(store.spec, model, reference, version=version)
     write_policy_baselines(store, plan, reference, created_at=created_at)

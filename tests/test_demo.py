@@ -8,7 +8,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from drivetrain.adapt import fit_model
+from drivetrain.assembly import fit_model
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.demo import LoopDay, closed_loop, loop_spec, start_loop

@@ -18,7 +18,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from drivetrain.adapt import evaluate_on_logs
+from drivetrain.assembly import evaluate_on_logs
 from drivetrain.data import open_store, training_table
 from drivetrain.policy import Policy
 from drivetrain.spec import load_spec

@@ -1,23 +1,4 @@
-"""Wiring the stages together: fit, plan, evaluate (and, later, retrain, gate, promote, roll back)."""
+"""The adaptation loop: retrain on data conditions, gate a candidate, promote or roll back.
 
-from drivetrain.adapt._assembly import (
-    ActionDistribution,
-    Plan,
-    evaluate_on_logs,
-    fit_model,
-    fixed_action,
-    plan_policy,
-    realized_metrics,
-    write_policy_baselines,
-)
-
-__all__ = [
-    "ActionDistribution",
-    "Plan",
-    "evaluate_on_logs",
-    "fit_model",
-    "fixed_action",
-    "plan_policy",
-    "realized_metrics",
-    "write_policy_baselines",
-]
+The wiring of fit, plan and off-line evaluation that the loop uses lives in :mod:`drivetrain.assembly`.
+"""

@@ -194,7 +194,7 @@ def test_the_command_writes_the_same_file_and_refuses_bad_input(sample: Sample, 
 
 
 def test_plotting_stays_out_of_the_core() -> None:
-    code = ("import sys, drivetrain.cli, drivetrain.evaluate, drivetrain.data, drivetrain.adapt, drivetrain.serve;"
+    code = ("import sys, drivetrain.cli, drivetrain.evaluate, drivetrain.data, drivetrain.assembly, drivetrain.serve;"
             " print('plotly' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False"]

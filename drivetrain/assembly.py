@@ -1,6 +1,6 @@
 """The model assembly line wired end to end: store -> Modeler -> Optimizer -> Policy -> Simulator.
 
-This is the one place that imports every stage (DESIGN.md, dependency rule). Each function takes real
+This is the one place that imports every stage (docs/architecture.md, the dependency rule). Each function takes real
 objects (a store, a spec, a model) and returns values; the command line and the demo only call these.
 """
 

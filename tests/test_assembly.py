@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drivetrain.adapt import evaluate_on_logs, fit_model, fixed_action, plan_policy, realized_metrics
+from drivetrain.assembly import evaluate_on_logs, fit_model, fixed_action, plan_policy, realized_metrics
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.errors import UsageError
