@@ -40,6 +40,22 @@ app = typer.Typer(
 )
 twin_app = typer.Typer(help="Digital twins with known ground truth.", no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from drivetrain import __version__
+
+        print(f"drivetrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Decision-making data products: objective, levers, model assembly line, closed loop."""
 console = Console(markup=False, highlight=False)
 err = Console(stderr=True, markup=False, highlight=False)
 
@@ -154,11 +170,11 @@ def twin_nboo(
     fmt: Annotated[FileFormat, typer.Option("--format", help="File format of the logs.")] = FileFormat.parquet,
 ) -> None:
     """Generate the Next Best Offer twin's randomized logs (uniform logging policy, true propensities)."""
-    from drivetrain.twin import NBOOTwin
+    from drivetrain.twin import NBOOTwin, nboo_spec_yaml
 
     twin = NBOOTwin(horizon_days=horizon_days, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
-    spec_text = nboo_spec_text(horizon_days)
+    spec_text = nboo_spec_yaml(horizon_days)
     (out / "spec.yaml").write_text(spec_text, encoding="utf-8")
     decisions, outcomes, truths = [], [], []
     with console.status("generating") as status:
@@ -176,16 +192,6 @@ def twin_nboo(
     pd.concat(truths, ignore_index=True).to_parquet(out / "truth.parquet", index=False)
     console.print(f"wrote {out}/spec.yaml, decisions.{fmt.value} ({users * days} rows), outcomes.{fmt.value}"
                   f" ({sum(len(o) for o in outcomes)} rows), truth.parquet (expected objective per action)")
-
-
-def nboo_spec_text(horizon_days: int) -> str:
-    from drivetrain.twin._nboo import SPEC_PATH
-
-    text = SPEC_PATH.read_text(encoding="utf-8")
-    if horizon_days != 30:
-        text = text.replace("  horizon: 30d\n", f"  horizon: {horizon_days}d\n")
-        text = text.replace("  settle: 2d          # outcomes may arrive up to 2 days", "  settle: 1d          # outcomes may arrive up to 1 day")
-    return text
 
 
 def _write(frame: pd.DataFrame, path: Path, fmt: FileFormat) -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from drivetrain.report import check_dom, render_dom, write_report
-from drivetrain.report._sample import sample_run
+from drivetrain.loop import sample_run
 
 
 def _broken(page: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 from drivetrain.assembly import fit_model
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
-from drivetrain.demo import LoopDay, closed_loop, loop_spec, start_loop
+from drivetrain.loop import LoopDay, closed_loop, loop_spec, start_loop
 from drivetrain.model import OutcomeModel
 from drivetrain.twin import NBOOTwin, Scenario
 

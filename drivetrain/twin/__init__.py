@@ -1,6 +1,6 @@
 """Digital twins with known ground truth, for the demo, the tests and the benchmarks."""
 
-from drivetrain.twin._nboo import COMPONENTS, NBOOTwin, Scenario, Truth, nboo_spec
+from drivetrain.twin._nboo import COMPONENTS, NBOOTwin, Scenario, Truth, nboo_spec, nboo_spec_yaml
 from drivetrain.twin._oracle import OracleSolution, best_single_action, oracle, oracle_under_budget
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Truth",
     "best_single_action",
     "nboo_spec",
+    "nboo_spec_yaml",
     "oracle",
     "oracle_under_budget",
 ]

@@ -49,13 +49,27 @@ EPOCH = datetime(2026, 1, 5, tzinfo=timezone.utc)  # a Monday
 LoggingPolicy = Callable[[pd.DataFrame, np.ndarray], np.ndarray]
 
 
+def nboo_spec_yaml(horizon_days: int = 30) -> str:
+    """The NBOO spec's YAML text (``examples/nboo/drivetrain.yaml``), with the horizon set to ``horizon_days``.
+
+    The 30-day spec is the file as written, comments included; another horizon changes the parsed
+    document (horizon, and a one-day settle) and writes it back, never the text by pattern.
+
+    >>> "horizon: 7d" in nboo_spec_yaml(7)
+    True
+    """
+    text = SPEC_PATH.read_text(encoding="utf-8")
+    if horizon_days == 30:
+        return text
+    raw = yaml.safe_load(text)
+    raw["objective"]["horizon"] = f"{horizon_days}d"
+    raw["objective"]["settle"] = "1d"
+    return str(yaml.safe_dump(raw, sort_keys=False))
+
+
 def nboo_spec(horizon_days: int = 30) -> Spec:
     """The NBOO spec (``examples/nboo/drivetrain.yaml``), with the horizon set to ``horizon_days``."""
-    raw = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
-    if horizon_days != 30:
-        raw["objective"]["horizon"] = f"{horizon_days}d"
-        raw["objective"]["settle"] = "1d"
-    return parse_spec(raw, source=f"nboo ({horizon_days}d horizon)")
+    return parse_spec(yaml.safe_load(nboo_spec_yaml(horizon_days)), source=f"nboo ({horizon_days}d horizon)")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 from drivetrain.data import Store
 from drivetrain.report import write_report
-from drivetrain.report._sample import sample_run
+from drivetrain.loop import sample_run
 
 
 @dataclass(frozen=True)
