@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench browser-check clean
+.PHONY: demo test test-fast lint bench browser-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/drivetrain demo
 
-test: $(STAMP)
+# The import rules, ruff (errors, import order, upgrades) and mypy --strict over the package.
+lint: $(STAMP)
+	$(BIN)/python scripts/check_imports.py
+	$(BIN)/python -m ruff check drivetrain tests bench scripts examples
 	$(BIN)/python -m mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
+
+# The edit loop: what is not marked slow (no model fits of real size, no servers, no wheel build).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -3,8 +3,9 @@
 The curated public API. Names load on first use, so ``import drivetrain`` (and the command line) stays
 fast and a user of the spec alone does not import LightGBM or DuckDB.
 
+>>> from importlib.resources import files
 >>> import drivetrain
->>> drivetrain.load_spec("examples/nboo/drivetrain.yaml").control.id  # doctest: +SKIP
+>>> drivetrain.load_spec(files("drivetrain.twin") / "nboo.yaml").control.id
 'none-0-none'
 """
 
