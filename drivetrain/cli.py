@@ -102,8 +102,18 @@ def _load_policy(directory: Path, flag: str) -> Policy:
 
 
 def _policy_for(spec: Spec, directory: Path, flag: str) -> Policy:
-    """The policy (or fitted model) in ``directory``, which must have been built with ``spec``."""
+    """The policy (or fitted model) in ``directory``, which must have been built with ``spec``: the whole spec
+    for a policy, the parts it models (``MODEL_PARTS``) for a fitted model, which any objective, constraint,
+    guardrail, alert or serving setting may then plan with."""
+    from drivetrain.spec import MODEL_PARTS
+
     loaded = _load_policy(directory, flag)
+    if flag == "model":
+        if loaded.spec.model_hash != spec.model_hash:
+            raise UsageError(f"`--model` must be fitted under a spec that agrees with this one on {', '.join(MODEL_PARTS)}"
+                             f" (model hash {spec.model_hash}), got one fitted with model hash {loaded.spec.model_hash} (its spec"
+                             f" is {directory / 'spec.yaml'}): refit, or pass that spec")
+        return loaded
     if loaded.spec.hash != spec.hash:
         raise UsageError(f"`--{flag}` must be built with this spec (hash {spec.hash}), got one built with "
                          f"{loaded.spec.hash} (its spec is {directory / 'spec.yaml'}): refit, or pass that spec")

@@ -45,7 +45,7 @@ from drivetrain.data import check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
 from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage, formula_spread
-from drivetrain.spec import Formula, Spec, failed_propensity, holdout_draw, in_holdout, parse_spec
+from drivetrain.spec import MODEL_PARTS, Formula, Spec, failed_propensity, holdout_draw, in_holdout, parse_spec
 
 __all__ = ["DecisionBatch", "Policy", "TieSplit", "constraint_terms"]
 
@@ -116,6 +116,16 @@ class Policy:
                    exploration_rate: float | None = None, holdout_share: float | None = None,
                    metadata: Mapping[str, Any] | None = None, pessimism: float = 0.0,
                    tie_split: TieSplit | None = None) -> Policy:
+        fitted = getattr(model, "spec_", None)
+        if fitted is not None and fitted.model_hash != spec.model_hash:
+            raise UsageError(f"`spec` must agree with the model's spec on what it models ({', '.join(MODEL_PARTS)}), got "
+                             f"model hash {spec.model_hash} against the model's {fitted.model_hash}: refit under this spec")
+        formulas = [spec.objective, *(f for _, f in spec.budgets), *(f for _, f in spec.guardrails)]
+        needed = set().union(*(f.variables for f in formulas)) & set(spec.model.outcomes)
+        unmodelled = sorted(needed - set(getattr(model, "components_", needed)))
+        if unmodelled:
+            raise UsageError(f"the spec's objective, budgets and guardrails must read only outcomes the model predicts "
+                             f"{sorted(getattr(model, 'components_', ()))}, got {unmodelled}: refit under this spec")
         known = {t[0] for t in constraint_terms(spec)} | {c.name for c, _ in spec.caps}
         unknown = sorted(set(multipliers) - known)
         if unknown:

@@ -2,11 +2,12 @@
 
 from drivetrain.spec._actions import Action, ActionSpace
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
-from drivetrain.spec._load import Spec, load_spec, parse_spec
+from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, parse_spec
 from drivetrain.spec._model import SpecModel, format_duration, parse_duration
 from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
 
 __all__ = [
+    "MODEL_PARTS",
     "FUNCTIONS",
     "Action",
     "ActionSpace",

@@ -30,7 +30,9 @@ class Spec:
     """A validated spec with its compiled parts; the value every stage receives.
 
     ``hash`` identifies the whole spec, ``feature_version`` the context contract alone (it is logged with
-    every decision so that offline and online features can be matched).
+    every decision so that offline and online features can be matched), ``model_hash`` the parts a fitted
+    model depends on (:data:`MODEL_PARTS`): a model fitted under one spec plans under any spec with the same
+    ``model_hash``, whatever its objective weights, constraints, guardrails, alerts or serving settings.
     """
 
     model: SpecModel
@@ -45,6 +47,7 @@ class Spec:
     fallback: Action
     hash: str
     feature_version: str
+    model_hash: str
     source: str = field(default="<memory>")
 
     @property
@@ -381,8 +384,26 @@ def _build(model: SpecModel, source: str) -> Spec:
         fallback=fallback,
         hash=_digest(dumped),
         feature_version=_digest(dumped["context"]),
+        model_hash=_digest(model_parts(dumped)),
         source=source,
     )
+
+
+#: The parts of a spec that a fitted model depends on: what is modelled (unit, outcomes), on what (the
+#: context contract), for which actions (levers, action rules, control) and over which window (horizon and
+#: settle, which decide the training rows and their outcomes).
+MODEL_PARTS = ("unit", "outcomes", "levers", "action_rules", "control", "context", "objective.horizon", "objective.settle")
+
+
+def model_parts(dumped: dict[str, Any]) -> dict[str, Any]:
+    """The values of :data:`MODEL_PARTS` in a spec dumped as JSON (missing parts are None)."""
+    out: dict[str, Any] = {}
+    for part in MODEL_PARTS:
+        value: Any = dumped
+        for key in part.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        out[part] = value
+    return out
 
 
 def _num_eq(a: Any, b: Any) -> bool:
