@@ -56,8 +56,11 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Decision-making data products: objective, levers, model assembly line, closed loop."""
-console = Console(markup=False, highlight=False)
-err = Console(stderr=True, markup=False, highlight=False)
+# Output that is not a terminal (a pipe, a file, a CI log) is as wide as $COLUMNS says, else 200 columns, so
+# that tables are never cut to fit an 80-column default that no reader has.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "") or 0) or 200
+console = Console(markup=False, highlight=False, width=_WIDTH)
+err = Console(stderr=True, markup=False, highlight=False, width=_WIDTH)
 
 PII_SALT_ENV = "DRIVETRAIN_PII_SALT"
 
@@ -415,13 +418,17 @@ def optimize(
     fitted = _policy_for(loaded, model, "model")
     target = open_store(store, loaded)
     if contexts is not None:
-        population = read_rows(contexts).frame
         from drivetrain.data import check_contexts
 
-        broken = pd.Series(check_contexts(loaded, population)[1]).dropna()
+        raw = read_rows(contexts).frame
+        parsed, reasons = check_contexts(loaded, raw)
+        broken = pd.Series(reasons).dropna()
         if len(broken):
-            raise UsageError(f"`contexts` rows must satisfy the spec's context contract: {len(broken)} of {len(population)} "
+            raise UsageError(f"`contexts` rows must satisfy the spec's context contract: {len(broken)} of {len(raw)} "
                              f"do not, e.g. row {int(broken.index[0]) + 1}: {broken.iloc[0]}")
+        # the features as the contract types them (a CSV's cells are text), beside the file's other columns
+        population = pd.concat([raw.drop(columns=[c for c in parsed.columns if c in raw]).reset_index(drop=True),
+                                parsed.reset_index(drop=True)], axis=1)
     else:
         population = training_table(target, _parse_time(as_of, "as_of"))[0].to_pandas()
     if population.empty:
@@ -844,9 +851,9 @@ def demo(
     run_demo(out, users=users, seed=seed, console=console, loop_days=loop_days, loop_users=loop_users)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
-        app()
+        app(args=argv)
     except DrivetrainError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

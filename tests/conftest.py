@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,31 @@ def nboo_raw() -> dict[str, Any]:
 def raw_spec(nboo_raw: dict[str, Any]) -> dict[str, Any]:
     """A fresh deep copy of the NBOO spec as parsed YAML, to break in a test."""
     return copy.deepcopy(nboo_raw)
+
+
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def invoke(*args: str | Path) -> Ran:
+    """Run ``drivetrain ARGS`` in this process and return its exit code and output.
+
+    The same entry point as the installed command (input mistakes exit 2 with a message), without the
+    second or so that a fresh interpreter takes to start; a test that is about the process itself (signals,
+    a server) runs it as a subprocess instead."""
+    from drivetrain import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def run_bench(script: str, *args: str) -> str:

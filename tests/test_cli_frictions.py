@@ -1,0 +1,58 @@
+"""Frictions a new user met on the command line, each pinned by the check that would have caught it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from drivetrain.data import ParquetStore
+from drivetrain.model import OutcomeModel
+from drivetrain.policy import Policy
+from drivetrain.twin import NBOOTwin, nboo_spec_yaml
+from tests.conftest import invoke
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A spec, a store and a small fitted model of the twin, in one directory."""
+    root = tmp_path_factory.mktemp("product")
+    twin = NBOOTwin(seed=8)
+    (root / "spec.yaml").write_text(nboo_spec_yaml(), encoding="utf-8")
+    users = twin.population(3000)
+    decisions, _ = twin.log(users)
+    truth = twin.truth(users)
+    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
+    for c in twin.spec.outcomes:
+        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    model = OutcomeModel(n_folds=0, n_estimators=10, min_child_samples=50, num_threads=1).fit(decisions, twin.spec)
+    Policy.from_model(twin.spec, model, {}).save(root / "model")
+    ParquetStore(root / "store", twin.spec, create=True)
+    NBOOTwin(seed=9).population(1500, offset=3_000_000).to_csv(root / "contexts.csv", index=False)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _personal_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIVETRAIN_PII_KEY", "a key for tests only")
+    monkeypatch.setenv("DRIVETRAIN_PII_SALT", "a key for tests only")
+
+
+def test_optimize_on_a_csv_population_writes_numeric_baselines_for_numeric_features(product: Path, tmp_path: Path) -> None:
+    ran = invoke("optimize", "--spec", product / "spec.yaml", "--store", product / "store", "--model", product / "model",
+                 "--out", tmp_path / "policy", "--contexts", product / "contexts.csv")
+    assert ran.returncode == 0, ran.stderr
+    baselines = pd.read_parquet(product / "store" / "baselines")
+    kinds = baselines[baselines["cohort"].isna()].set_index("column_name")["kind"]
+    numeric = ["page_views_30d", "cart_adds_30d", "dwell_time_s", "purchases_365d", "tenure_days", "avg_order_value"]
+    assert (kinds[numeric] == "numeric").all(), kinds.to_dict()
+    assert (kinds[["region", "device", "tier"]] == "categorical").all(), kinds.to_dict()
+
+
+def test_tables_are_not_cut_when_output_is_not_a_terminal(product: Path, tmp_path: Path) -> None:
+    ran = invoke("optimize", "--spec", product / "spec.yaml", "--store", product / "store", "--model", product / "model",
+                 "--out", tmp_path / "policy", "--contexts", product / "contexts.csv")
+    assert ran.returncode == 0, ran.stderr
+    assert "…" not in ran.stdout and "promotion_budget" in ran.stdout
