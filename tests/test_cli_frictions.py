@@ -56,3 +56,15 @@ def test_tables_are_not_cut_when_output_is_not_a_terminal(product: Path, tmp_pat
                  "--out", tmp_path / "policy", "--contexts", product / "contexts.csv")
     assert ran.returncode == 0, ran.stderr
     assert "…" not in ran.stdout and "promotion_budget" in ran.stdout
+
+
+def test_unquoted_yes_no_lever_values_are_refused_at_validation(tmp_path: Path) -> None:
+    text = nboo_spec_yaml().replace("levers:\n", "levers:\n  call: {type: categorical, values: [yes, no]}\n", 1)
+    text = text.replace("control: {offer_type: none, depth: 0, timing: none}", "control: {offer_type: none, depth: 0, timing: none, call: 'no'}")
+    (tmp_path / "spec.yaml").write_text(text, encoding="utf-8")
+    ran = invoke("validate", tmp_path / "spec.yaml")
+    assert ran.returncode == 2
+    assert "levers.call.values: must be text or numbers, got the booleans [True, False]" in ran.stderr
+    assert "quote them ('yes', 'no')" in ran.stderr
+    (tmp_path / "spec.yaml").write_text(text.replace("values: [yes, no]", "values: ['yes', 'no']"), encoding="utf-8")
+    assert invoke("validate", tmp_path / "spec.yaml").returncode == 0

@@ -102,6 +102,17 @@ class Outcome(_Value):
     description: str = ""
 
 
+def _refuse_booleans(values: Any) -> Any:
+    """A list of values written as unquoted yes/no (or true/false, on/off) reaches us as booleans, which no
+    log's text matches; say so at validation rather than quarantine every row later."""
+    if isinstance(values, list):
+        flagged = [v for v in values if isinstance(v, bool)]
+        if flagged:
+            raise ValueError(f"must be text or numbers, got the boolean{'s' if len(flagged) > 1 else ''} {flagged}: YAML reads "
+                             "unquoted yes, no, true, false, on and off as booleans, so quote them ('yes', 'no')")
+    return values
+
+
 class Lever(_Value):
     """A lever the team controls: categorical values or a numeric grid.
 
@@ -113,6 +124,8 @@ class Lever(_Value):
     values: Annotated[list[Scalar], Field(min_length=1)]
     monotone: dict[str, Literal["increasing", "decreasing"]] = {}
     description: str = ""
+
+    _no_booleans = field_validator("values", mode="before")(lambda values: _refuse_booleans(values))
 
 
 class ActionEligibility(_Value):
@@ -166,6 +179,8 @@ class Feature(_Value):
     min: float | None = None
     max: float | None = None
     values: list[str] | None = None
+
+    _no_booleans = field_validator("values", mode="before")(lambda values: _refuse_booleans(values))
     nullable: bool = False
     owner: str
     version: str = "1"
