@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -150,6 +151,10 @@ def init(
         raise UsageError(f"`directory` must not hold a spec already (use --force to overwrite), got {str(target)!r}")
     directory.mkdir(parents=True, exist_ok=True)
     template = resources.files("drivetrain.spec").joinpath("templates/spec.yaml").read_text(encoding="utf-8")
+    name = re.sub(r"\W+", "_", directory.resolve().name).strip("_") or "my_product"
+    if not name[0].isalpha():
+        name = f"product_{name}"
+    template = template.replace("name: my_product ", f"name: {name} ", 1)
     target.write_text(template, encoding="utf-8")
     spec = load_spec(target)
     ParquetStore(directory / "store", spec, create=True)
@@ -159,17 +164,28 @@ def init(
 
 _INIT_README = """# {name}
 
-A drivetrain data product. Next steps:
+A drivetrain data product: `drivetrain.yaml` says what it decides and how success is measured, `store/`
+keeps every decision and outcome. Every command below prints its options with `--help`; the spec's
+comments say what each field means. Personal fields are hashed with the key in `DRIVETRAIN_PII_KEY`:
+set it (a long random string, kept out of the spec and of the store) before you ingest, decide or serve.
 
-1. Edit `drivetrain.yaml`: the objective and its horizon, the outcome components, the levers, the
-   control action, constraints, guardrails and the context contract. Check it with
-   `drivetrain validate drivetrain.yaml` (exit 0 when valid; every problem is listed otherwise).
-2. Export your randomized exposure log (decisions, with propensities) and your outcome events in the
-   formats of docs/data.md (Parquet, CSV or JSON lines), then load them:
-   `drivetrain ingest --spec drivetrain.yaml --store store decisions.parquet outcomes.csv`.
-   Rejected rows land in the store's quarantine with their reason; nothing is dropped.
-3. Look at what arrived: `drivetrain summary --spec drivetrain.yaml --store store`, and build the training
-   table of mature decisions: `drivetrain join --spec drivetrain.yaml --store store --out train.parquet`.
+1. Describe the product in `drivetrain.yaml` (objective and horizon, outcome components, levers and the
+   control action, budgets, caps and guardrails, the context contract), then check it:
+   `drivetrain validate drivetrain.yaml`.
+2. Load a randomized log of decisions (with their propensities) and the outcome events, as Parquet, CSV or
+   JSON lines; rows that break the contract go to the store's quarantine with their reason:
+   `drivetrain ingest --spec drivetrain.yaml --store store decisions.csv outcomes.csv`.
+   A file without `received_at` counts as received now: give it the time the rows really arrived if you
+   will evaluate the past with `--as-of`.
+3. See what arrived: `drivetrain summary --spec drivetrain.yaml --store store`.
+4. Learn how the levers move each outcome: `drivetrain fit --spec drivetrain.yaml --store store --out model`.
+5. Ask what-if questions off-line: `drivetrain simulate --spec drivetrain.yaml --store store --policy model
+   --scenario "offer=coupon,amount=5"`.
+6. Plan the policy under the constraints: `drivetrain optimize --spec drivetrain.yaml --store store
+   --model model --out policy` (budgets and guardrails may change after fitting, without a refit).
+7. Decide: in batch with `drivetrain decide --policy policy --input contexts.csv --output decisions.parquet`,
+   or as a service with `drivetrain serve --spec drivetrain.yaml --policy policy --log-dir log --store store`.
+8. Close the loop: `drivetrain evaluate`, `drivetrain monitor` and `drivetrain report` on the store.
 """
 
 

@@ -68,3 +68,18 @@ def test_unquoted_yes_no_lever_values_are_refused_at_validation(tmp_path: Path) 
     assert "quote them ('yes', 'no')" in ran.stderr
     (tmp_path / "spec.yaml").write_text(text.replace("values: [yes, no]", "values: ['yes', 'no']"), encoding="utf-8")
     assert invoke("validate", tmp_path / "spec.yaml").returncode == 0
+
+
+def test_init_names_the_product_after_its_folder_and_walks_through_every_step(tmp_path: Path) -> None:
+    ran = invoke("init", tmp_path / "car-renewals")
+    assert ran.returncode == 0, ran.stderr
+    readme = (tmp_path / "car-renewals" / "README.md").read_text()
+    spec = (tmp_path / "car-renewals" / "drivetrain.yaml").read_text()
+    assert readme.startswith("# car_renewals\n") and "name: car_renewals " in spec
+    for step in ("validate", "ingest", "summary", "fit", "simulate", "optimize", "decide", "serve", "evaluate", "monitor", "report"):
+        assert f"drivetrain {step}" in readme, step
+    assert "docs/" not in readme and "docs/" not in spec  # nothing the folder does not hold
+    assert "personal: true" in spec and "nullable: true" in spec
+    assert invoke("validate", tmp_path / "car-renewals" / "drivetrain.yaml").returncode == 0
+    assert invoke("init", tmp_path / "2024 pilot").returncode == 0
+    assert "name: product_2024_pilot " in (tmp_path / "2024 pilot" / "drivetrain.yaml").read_text()
