@@ -49,13 +49,27 @@ ActionDistribution = Callable[[pd.DataFrame], np.ndarray]
 
 
 def fit_model(store: Store, as_of: datetime, model: OutcomeModel, *,
-              progress: Callable[[int, int, str], None] | None = None) -> tuple[OutcomeModel, pd.DataFrame, JoinReport]:
+              progress: Callable[[int, int, str], None] | None = None, since: datetime | None = None,
+              until: datetime | None = None) -> tuple[OutcomeModel, pd.DataFrame, JoinReport]:
     """Build the training table as of ``as_of`` and fit ``model`` on it (``progress`` as in
-    :meth:`~drivetrain.model.OutcomeModel.fit`)."""
+    :meth:`~drivetrain.model.OutcomeModel.fit`); ``since`` / ``until`` keep the decisions made in
+    ``[since, until)`` only (a window of the log, say the weeks before a change of the product)."""
+    if since is not None and until is not None and until <= since:
+        raise UsageError(f"`until` must be after `since`, got since {since.isoformat()} and until {until.isoformat()}")
     table, report = training_table(store, as_of)
-    if table.num_rows == 0:
-        raise DataError(f"no mature decisions as of {as_of.isoformat()}: {report.summary()}")
     frame = table.to_pandas()
+    if since is not None or until is not None:
+        decided = pd.to_datetime(frame["decided_at"], utc=True)
+        keep = np.ones(len(frame), dtype=bool)
+        if since is not None:
+            keep &= (decided >= pd.Timestamp(since)).to_numpy()
+        if until is not None:
+            keep &= (decided < pd.Timestamp(until)).to_numpy()
+        frame = frame[keep].reset_index(drop=True)
+    if frame.empty:
+        window = "" if since is None and until is None else (
+            f" decided in [{since.isoformat() if since else '-inf'}, {until.isoformat() if until else 'inf'})")
+        raise DataError(f"no mature decisions{window} as of {as_of.isoformat()}: {report.summary()}")
     return model.fit(frame, store.spec, progress=progress), frame, report
 
 

@@ -368,6 +368,8 @@ def fit(
     store: Annotated[Path, typer.Option(help="The store directory.")],
     out: Annotated[Path, typer.Option(help="Directory for the fitted model (a policy artifact without prices).")],
     as_of: Annotated[str | None, typer.Option(help="Train on decisions mature as of this UTC time (default: now).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only decisions made at or after this UTC time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Only decisions made before this UTC time (a window of the log).")] = None,
     learner: Annotated[str, typer.Option(help="s (one model, action as input) or t (one model per action).")] = "s",
     folds: Annotated[int, typer.Option(help="Cross-fitting folds (0: none).")] = 3,
     refit: Annotated[bool, typer.Option(help="After cross-fitting, fit one model per component on every row to "
@@ -397,7 +399,9 @@ def fit(
             err.print(line)
 
     with console.status("building the training table") as status:
-        model, table, report = fit_model(open_store(store, loaded), _parse_time(as_of, "as_of"), model, progress=progress)
+        model, table, report = fit_model(open_store(store, loaded), _parse_time(as_of, "as_of"), model, progress=progress,
+                                         since=None if since is None else _parse_time(since, "since"),
+                                         until=None if until is None else _parse_time(until, "until"))
     console.print(report.summary())
     decided = pd.to_datetime(table["decided_at"], utc=True)
     window = {"first_decided_at": decided.min().isoformat(), "last_decided_at": decided.max().isoformat()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,23 @@ def test_init_names_the_product_after_its_folder_and_walks_through_every_step(tm
     assert invoke("validate", tmp_path / "car-renewals" / "drivetrain.yaml").returncode == 0
     assert invoke("init", tmp_path / "2024 pilot").returncode == 0
     assert "name: product_2024_pilot " in (tmp_path / "2024 pilot" / "drivetrain.yaml").read_text()
+
+
+def test_fit_trains_on_the_window_it_is_given(tmp_path: Path) -> None:
+    assert invoke("twin", "nboo", "--out", tmp_path / "logs", "--users", "1500", "--days", "3", "--horizon-days", "7").returncode == 0
+    spec, store = tmp_path / "logs" / "spec.yaml", tmp_path / "store"
+    ran = invoke("ingest", "--spec", spec, "--store", store, "--create", tmp_path / "logs" / "decisions.parquet",
+                 tmp_path / "logs" / "outcomes.parquet")
+    assert ran.returncode == 0, ran.stderr
+    decided = pd.to_datetime(pd.read_parquet(tmp_path / "logs" / "decisions.parquet")["decided_at"], utc=True)
+    until = decided.min().normalize() + pd.Timedelta(days=2)
+    common = ["--spec", spec, "--store", store, "--folds", "0", "--trees", "5", "--threads", "1"]
+    ran = invoke("fit", *common, "--out", tmp_path / "window", "--until", until.isoformat())
+    assert ran.returncode == 0, ran.stderr
+    manifest = json.loads((tmp_path / "window" / "manifest.json").read_text())
+    rows = manifest["metadata"]["rows"]
+    assert rows == int((decided < until).sum())  # every mature decision before --until, and none after
+    assert pd.Timestamp(manifest["metadata"]["trained_window"]["last_decided_at"]) < until
+    empty = invoke("fit", *common, "--out", tmp_path / "none", "--since", until.isoformat(), "--until",
+                   (until - pd.Timedelta(days=1)).isoformat())
+    assert empty.returncode == 2 and "`until` must be after `since`" in empty.stderr
