@@ -26,6 +26,7 @@ parses only JSON, YAML (safe loader) and LightGBM's text format: it cannot run c
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
@@ -120,6 +121,9 @@ class Policy:
         if fitted is not None and fitted.model_hash != spec.model_hash:
             raise UsageError(f"`spec` must agree with the model's spec on what it models ({', '.join(MODEL_PARTS)}), got "
                              f"model hash {spec.model_hash} against the model's {fitted.model_hash}: refit under this spec")
+        if fitted is not None and fitted.hash != spec.hash:  # the same fitted models, read under the planning spec
+            model = copy.copy(model)
+            model.spec_ = spec
         formulas = [spec.objective, *(f for _, f in spec.budgets), *(f for _, f in spec.guardrails)]
         needed = set().union(*(f.variables for f in formulas)) & set(spec.model.outcomes)
         unmodelled = sorted(needed - set(getattr(model, "components_", needed)))

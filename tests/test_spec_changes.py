@@ -58,7 +58,10 @@ def _planning_edits() -> list[Any]:
     def serving(raw: dict[str, Any]) -> None:
         raw["experimentation"]["exploration_rate"] = 0.1
 
-    return [budget, cap_for_budget, alert, serving]
+    def objective(raw: dict[str, Any]) -> None:  # promotion cost weighs twice
+        raw["objective"]["formula"] = raw["objective"]["formula"].replace("promo_cost", "2 * promo_cost")
+
+    return [budget, cap_for_budget, alert, serving, objective]
 
 
 @pytest.mark.parametrize("edit", _planning_edits(), ids=lambda f: f.__name__)
@@ -68,6 +71,13 @@ def test_a_planning_change_plans_with_the_fitted_model(fitted: Any, edit: Any) -
     assert changed.hash != twin.spec.hash and changed.model_hash == twin.spec.model_hash
     plan = plan_policy(changed, model, contexts)
     assert plan.policy.spec.hash == changed.hash  # the policy records the spec it was planned with
+    # and scores by it: without prices, a unit's score of an action is the planning spec's objective
+    unpriced = Policy.from_model(changed, model, {})
+    means = model.predict_outcomes(contexts)
+    columns = {**means, **{n: c[None, :] for n, c in changed.action_space.lever_columns().items()},
+               **{n: contexts[n].to_numpy()[:, None] for n in changed.features if n in contexts}}
+    expected = np.where(np.isfinite(unpriced.scores(contexts)), changed.objective(columns), -np.inf)
+    np.testing.assert_allclose(unpriced.scores(contexts), expected, rtol=1e-12)
 
 
 def _modelling_edits() -> list[Any]:
