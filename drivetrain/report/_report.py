@@ -12,10 +12,11 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
@@ -59,9 +60,21 @@ def _finish(fig: go.Figure, height: int = 380) -> str:
     return str(fig.to_json())
 
 
-def _by_day(fig: go.Figure) -> None:
-    """Decision days on the x axis: one tick a day, no hours."""
-    fig.update_xaxes(type="date", tickformat="%b %d, %Y", dtick=86_400_000)
+#: Up to this many days every day gets a tick; past it plotly spaces about a dozen ticks itself.
+DAILY_TICKS = 21
+
+
+def _by_day(fig: go.Figure, days: int) -> None:
+    """Decision days on the x axis, no hours: a tick a day over up to three weeks, about a dozen beyond."""
+    if days <= DAILY_TICKS:
+        fig.update_xaxes(type="date", tickformat="%b %d, %Y", dtick=86_400_000)
+    else:
+        fig.update_xaxes(type="date", tickformat="%b %d, %Y", nticks=12)
+
+
+def _moment(t: datetime) -> str:
+    """A time as a reader wants it in a title: to the second, in UTC, no microseconds."""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _interval(values: Sequence[float | None], lows: Sequence[float | None], highs: Sequence[float | None]) -> dict[str, Any]:
@@ -96,7 +109,7 @@ def north_star_panel(evaluation: Evaluation, spec: Spec) -> Panel:
     fig.add_trace(go.Scatter(x=x, y=[e.holdout for e in effects], name="holdout", mode="lines+markers",
                              line={"color": HOLDOUT}), row=2, col=1)
     fig.update_xaxes(title_text="decision day (UTC)", row=2, col=1)
-    _by_day(fig)
+    _by_day(fig, len(x))
     return Panel("north-star", title, _finish(fig, 520), notes)
 
 
@@ -181,7 +194,7 @@ def latency_panel(evaluation: Evaluation, spec: Spec) -> Panel:
                                  mode="lines+markers", line={"color": POLICY, "dash": dash}))
     fig.add_hline(y=budget, line={"color": ALARM, "dash": "dash"}, annotation_text=f"budget {budget:g} ms")
     fig.update_layout(yaxis_title="ms", xaxis_title="decision day (UTC)")
-    _by_day(fig)
+    _by_day(fig, len(x))
     share = "-" if v.over_latency_budget is None else f"{100 * v.over_latency_budget:.2f}%"
     notes = (f"Overall ({v.latency_logged} decisions with a logged latency): p50 {_num(v.latency_p50)}, p95"
              f" {_num(v.latency_p95)}, p99 {_num(v.latency_p99)} ms; {share} over the budget; fallback rate"
@@ -204,7 +217,7 @@ def budget_panels(evaluation: Evaluation) -> list[Panel]:
                                marker={"color": [POLICY if u.within in (True, None) else ALARM for u in per_day]}))
         fig.add_hline(y=b.max_per_unit, line={"color": ALARM, "dash": "dash"}, annotation_text=f"limit {b.max_per_unit:g}")
         fig.update_layout(yaxis_title="per eligible unit", xaxis_title="decision day (UTC)", showlegend=False)
-        _by_day(fig)
+        _by_day(fig, len(x))
         r, inc = b.per_incremental_objective, b.incremental
         notes = (f"Overall: {_num(b.per_unit)} per unit, total {b.total:.6g} of {b.limit:.6g}; policy arm {_num(inc.policy)}"
                  f" vs holdout {_num(inc.holdout)} per unit; per unit of incremental objective {_num(r.estimate)}"
@@ -227,7 +240,11 @@ def alert_panel(store: Store, as_of: datetime) -> Panel:
         fig.add_trace(go.Scatter(x=list(part["when"]), y=list(part["rule"]), mode="markers", name=str(kind),
                                  marker={"size": 12, "symbol": "diamond"}, text=list(part["subject"]),
                                  hovertext=list(part["message"]), hovertemplate="%{x}<br>%{hovertext}<extra>%{y}</extra>"))
-    fig.update_layout(xaxis_title="as of (UTC)", yaxis={"type": "category"})
+    # a day either side at least: one alert (or a burst) would otherwise zoom the axis to sub-millisecond ticks
+    first, last = pd.Timestamp(alerts["as_of"].min()), pd.Timestamp(alerts["as_of"].max())
+    pad = max(pd.Timedelta(days=1), (last - first) * 0.05)
+    fig.update_layout(xaxis_title="as of (UTC)", yaxis={"type": "category"},
+                      xaxis={"type": "date", "range": [(first - pad).strftime("%Y-%m-%d %H:%M:%S"), (last + pad).strftime("%Y-%m-%d %H:%M:%S")]})
     latest = alerts.iloc[::-1].head(20)
     table = (("as of", "rule", "kind", "subject", "message"),
              *((r["when"], r["rule"], r["kind"], r["subject"], r["message"]) for r in latest.to_dict("records")))
@@ -327,10 +344,10 @@ def _page(spec: Spec, evaluation: Evaluation, versions: list[tuple[str, int, str
     head = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
-        f"<title>drivetrain report: {e(spec.name)} as of {e(evaluation.as_of.isoformat())}</title>",
+        f"<title>drivetrain report: {e(spec.name)} as of {e(_moment(evaluation.as_of))}</title>",
         f"<style>{_STYLE}</style>", f'<script id="dt-watch">{_WATCH}</script>',
         f'<script id="plotly-js">{plotly_js}</script>', "</head><body>",
-        f"<h1>{e(spec.name)}: decisions as of {e(evaluation.as_of.isoformat())}</h1>",
+        f"<h1>{e(spec.name)}: decisions as of {e(_moment(evaluation.as_of))}</h1>",
         f'<p class="note">{e(spec.model.description)} Horizon {e(format_duration(evaluation.horizon))}, settle'
         f" {e(format_duration(evaluation.settle))}; per-unit figures count mature decisions of eligible units.</p>",
         "<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>",
