@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from drivetrain.data import Store
-from drivetrain.report import write_report
 from drivetrain.loop import sample_run
+from drivetrain.report import write_report
 
 
 @dataclass(frozen=True)

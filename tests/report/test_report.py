@@ -19,6 +19,7 @@ from drivetrain.errors import UsageError
 from drivetrain.evaluate import evaluate, measure_drift
 from drivetrain.report import figure_data, write_report
 from drivetrain.twin import NBOOTwin
+from tests.conftest import invoke
 from tests.report.conftest import Sample
 
 FIGURES = {"north-star", "guardrail-refund_rate", "guardrail-complaint_rate", "drift", "latency", "budget-promotion_budget", "alerts"}
@@ -171,24 +172,19 @@ def test_bad_arguments_get_a_clear_message(sample: Sample, tmp_path: Path) -> No
     assert not (tmp_path / "r.html").exists()
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "drivetrain.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd)})
-
-
 def test_the_command_writes_the_same_file_and_refuses_bad_input(sample: Sample, tmp_path: Path) -> None:
     common = ["--spec", str(sample.directory / "spec.yaml"), "--store", str(sample.directory / "store")]
     out = tmp_path / "cli.html"
-    done = _cli("report", *common, "--as-of", sample.as_of.isoformat(), "--out", str(out), cwd=tmp_path)
+    done = invoke("report", *common, "--as-of", sample.as_of.isoformat(), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert f"wrote the report to {out}" in done.stdout
     assert out.read_bytes() == sample.report.read_bytes()  # same store, same as-of: the same file, byte for byte
-    bad = _cli("report", *common, "--as-of", "yesterday", "--out", str(tmp_path / "x.html"), cwd=tmp_path)
+    bad = invoke("report", *common, "--as-of", "yesterday", "--out", str(tmp_path / "x.html"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "`as_of` must be an ISO 8601 time such as 2026-02-01T00:00:00Z, got 'yesterday'" in bad.stderr
-    early = _cli("report", *common, "--as-of", "2020-01-01T00:00:00Z", "--out", str(tmp_path / "x.html"), cwd=tmp_path)
+    early = invoke("report", *common, "--as-of", "2020-01-01T00:00:00Z", "--out", str(tmp_path / "x.html"))
     assert early.returncode == 2 and "`as_of` must be at or after the first decision's arrival" in early.stderr
-    suffix = _cli("report", *common, "--out", str(tmp_path / "x.pdf"), cwd=tmp_path)
+    suffix = invoke("report", *common, "--out", str(tmp_path / "x.pdf"))
     assert suffix.returncode == 2 and "`out` must end in .html, got 'x.pdf'" in suffix.stderr
     assert not (tmp_path / "x.html").exists()
 
