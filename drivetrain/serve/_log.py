@@ -38,8 +38,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from drivetrain.clock import Clock, SystemClock
-from drivetrain.data import RawRows, Store, ingest_decisions
-from drivetrain.data._ingest import IngestReport
+from drivetrain.data import IngestReport, RawRows, Store, ingest_decisions
 from drivetrain.errors import UsageError
 
 __all__ = ["CompactionReport", "DecisionLog", "RecoveryReport", "compact", "read_segments", "recover"]
