@@ -131,7 +131,7 @@ class _Rows:
     def choice(self, name: str, allowed: list[str], *, required: bool) -> pd.Series:
         col = self.text(name, required=required)
         unknown = (col.notna() & ~col.isin(allowed)).to_numpy(dtype=bool)
-        self.fail(unknown, f"`{name}` must be one of {allowed}, got {{got}}", col)
+        self.fail(unknown, f"`{name}` must be one of {_allowed(name, allowed, self.personal)}, got {{got}}", col)
         return col
 
     def boolean(self, name: str, *, required: bool) -> pd.Series:
@@ -142,6 +142,12 @@ class _Rows:
             self.fail(null, f"`{name}` is required, got {{got}}", col)
         self.fail(~null & parsed.isna().to_numpy(), f"`{name}` must be true or false, got {{got}}", col)
         return parsed
+
+
+def _allowed(name: str, values: list[str], personal: frozenset[str]) -> str:
+    """The allowed values as a message lists them; those of a personal field are not listed (a reason
+    about one customer names no customer's value)."""
+    return f"the {len(values)} values the spec lists" if name in personal else str(values)
 
 
 def _isnull(value: Any) -> bool:
@@ -165,7 +171,8 @@ def _features(rows: _Rows, spec: Spec, key: PersonalKey | None) -> dict[str, pd.
         already = None
         if feat.personal:
             col = rows.raw(name)
-            already = col.map(is_pseudonym).to_numpy(dtype=bool) if col.dtype == object else np.zeros(rows.n, dtype=bool)
+            text = col.dtype == object or pd.api.types.is_string_dtype(col.dtype)
+            already = col.map(is_pseudonym).to_numpy(dtype=bool) if text else np.zeros(rows.n, dtype=bool)
             rows.exempt = already
         if feat.type in ("integer", "float"):
             out[name] = rows.number(name, required=required, lo=feat.min, hi=feat.max, integer=feat.type == "integer")
@@ -253,7 +260,8 @@ def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKe
         else:
             value = None if null else str(raw).strip()
             if feat.type == "categorical" and value is not None and value not in (feat.values or []):
-                fail(f"`{name}` must be one of {list(feat.values or [])}, got {shown(value, key) if feat.personal else repr(value)}")
+                allowed = _allowed(name, list(feat.values or []), frozenset([name] if feat.personal else []))
+                fail(f"`{name}` must be one of {allowed}, got {shown(value, key) if feat.personal else repr(value)}")
         if feat.personal:
             assert key is not None  # personal_key refused a spec with personal features and no key
             text = canonical_text(value, feat.type)

@@ -187,7 +187,7 @@ def redact_frame(frame: pd.DataFrame, kinds: Mapping[str, str], key: PersonalKey
         texts = [None if _missing(v) else (v if is_pseudonym(v) else _clear_text(v)) for v in col]
         out[name] = pd.Series([None if t is None else key.pseudonym(t) for t in texts], index=frame.index, dtype=object)
     for name in frame.columns:
-        if name in kinds or frame[name].dtype != object:
+        if name in kinds or not (frame[name].dtype == object or pd.api.types.is_string_dtype(frame[name].dtype)):
             continue
         cells = out[name].to_numpy(dtype=object).copy()
         for i, cell in enumerate(cells):
