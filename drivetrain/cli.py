@@ -63,9 +63,6 @@ _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "") or 0
 console = Console(markup=False, highlight=False, width=_WIDTH)
 err = Console(stderr=True, markup=False, highlight=False, width=_WIDTH)
 
-PII_SALT_ENV = "DRIVETRAIN_PII_SALT"
-
-
 class FileFormat(str, Enum):
     parquet = "parquet"
     csv = "csv"
@@ -126,7 +123,11 @@ def _policy_for(spec: Spec, directory: Path, flag: str) -> Policy:
 
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="The spec file (drivetrain.yaml).")]) -> None:
-    """Check a spec: exit 0 when valid, else print every problem and exit 2."""
+    """Check a spec: exit 0 when valid, else print every problem and exit 2. Personal fields are rehearsed
+    end to end on a sample value (service, batch, store, quarantine) with the key in DRIVETRAIN_PII_KEY."""
+    import secrets
+
+    from drivetrain.data import PII_KEY_ENV, PersonalKey, rehearse_personal
     from drivetrain.spec import format_duration, load_spec
 
     loaded = load_spec(spec)
@@ -135,6 +136,20 @@ def validate(spec: Annotated[Path, typer.Argument(help="The spec file (drivetrai
         f" {len(loaded.outcomes)} outcomes, {len(loaded.features)} context features,"
         f" horizon {format_duration(loaded.horizon)}, spec hash {loaded.hash}, feature version {loaded.feature_version}"
     )
+    if not loaded.personal_features:
+        return
+    key = PersonalKey.from_environ()
+    if key is None:
+        console.print(f"warning: {PII_KEY_ENV} is not set: ingest, decide and serve refuse this spec without it; "
+                      "the personal fields are rehearsed with a one-time key")
+    rehearsals = rehearse_personal(loaded, key or PersonalKey(secrets.token_hex(32).encode()))
+    for r in rehearsals:
+        console.print(f"personal {r.name} ({r.kind}): sample {r.sample!r} -> {r.pseudonym} in the service, batch decisions and "
+                      f"the store alike: {'yes' if r.paths_agree else 'NO'}; found in clear in the store, quarantine or "
+                      f"reasons: {', '.join(r.found_in_clear) or 'nowhere'}")
+    failed = [r.name for r in rehearsals if not r.ok]
+    if failed:
+        raise DataError(f"personal fields {failed} must be kept only as their pseudonyms, got the rehearsal results above")
 
 
 @app.command()
@@ -241,12 +256,12 @@ def ingest(
     create: Annotated[bool, typer.Option(help="Create the store if it does not exist.")] = False,
 ) -> None:
     """Check files against the spec's contract and add them to the store; bad rows go to quarantine."""
-    from drivetrain.data import ingest_decisions, ingest_outcomes, open_store, read_rows
+    from drivetrain.data import ingest_decisions, ingest_outcomes, open_store, personal_key, read_rows
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
+    key = personal_key(loaded)  # refused here, before any file is read, when personal fields have no key
     target = open_store(store, loaded, create=create)
-    salt = os.environ.get(PII_SALT_ENV)
     rejected: list[str] = []
     batches = []
     for path in files:  # every file is read and recognized before anything is stored: a bad one stores none
@@ -258,7 +273,7 @@ def ingest(
         start = time.perf_counter() - read_s
         with console.status(f"checking and storing {raw.rows_in} {kind} rows from {path}"):
             if kind == "decisions":
-                report = ingest_decisions(target, raw, pii_salt=salt)
+                report = ingest_decisions(target, raw, pii_key=key)
             else:
                 report = ingest_outcomes(target, raw)
         console.print(f"{report.summary()} ({time.perf_counter() - start:.1f}s)")
@@ -583,15 +598,16 @@ def decide(
     output: Annotated[Path, typer.Option(help="Decisions file (.parquet, .csv or .jsonl) in the documented format.")],
 ) -> None:
     """Batch decisions for a file of contexts; rows that break the contract get the fallback action."""
-    from drivetrain.data import read_rows
+    from drivetrain.data import personal_key, read_rows
 
     loaded = _load_policy(policy, "policy")
+    key = personal_key(loaded.spec)
     raw = read_rows(input)
     missing = [c for c in ("unit_id", *loaded.spec.features) if c not in raw.frame.columns]
     if missing:  # a bad value falls back row by row; a column the export lacks is the file's mistake
         raise DataError(f"`input` must have a `unit_id` column and one per context feature of the policy's spec, missing {missing}, "
                         f"got columns {list(raw.frame.columns)}")
-    decisions, fallbacks = loaded.decisions_table(raw.frame, now=SystemClock().now(), pii_salt=os.environ.get(PII_SALT_ENV))
+    decisions, fallbacks = loaded.decisions_table(raw.frame, now=SystemClock().now(), pii_key=key)
     fmt = {".parquet": FileFormat.parquet, ".csv": FileFormat.csv, ".jsonl": FileFormat.jsonl}.get(output.suffix.lower())
     if fmt is None:
         raise UsageError(f"`output` must end in .parquet, .csv or .jsonl, got {output.name!r}")
@@ -864,8 +880,13 @@ def demo(
 ) -> None:
     """Run the main job on the embedded default: twin logs -> ingest (with a partner's faulty export) -> summary
     -> fit, optimize, simulate -> serve over HTTP -> the closed loop over simulated days."""
+    import secrets
+
+    from drivetrain.data import PII_KEY_ENV
     from drivetrain.demo import run_demo
 
+    if not os.environ.get(PII_KEY_ENV):  # the twin's customers are made up: a one-time key for this run
+        os.environ[PII_KEY_ENV] = secrets.token_hex(32)
     if out.exists():
         shutil.rmtree(out)
     run_demo(out, users=users, seed=seed, console=console, loop_days=loop_days, loop_users=loop_users)

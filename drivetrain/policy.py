@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from drivetrain.data import check_contexts
+from drivetrain.data import PersonalKey, check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
 from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage, formula_spread
@@ -252,14 +252,14 @@ class Policy:
         exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates."""
         return self._distribution(*self.priced(contexts))[0]
 
-    def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_salt: str | None = None) -> tuple[pd.DataFrame, int]:
+    def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_key: PersonalKey | None = None) -> tuple[pd.DataFrame, int]:
         """Decide for a batch of raw contexts and return the rows of the decisions table (docs/data.md)
         plus diagnostics (``pred__<action>``: the predicted objective of each action; ``margin``), and the
         number of rows that broke the context contract and got the fallback action."""
         if "unit_id" not in contexts:
             raise UsageError(f"contexts must have a `unit_id` column, got {list(contexts.columns)}")
         frame = contexts.reset_index(drop=True)
-        features, reasons = check_contexts(self.spec, frame, pii_salt=pii_salt)
+        features, reasons = check_contexts(self.spec, frame, pii_key=pii_key)
         ok = reasons == None  # noqa: E711
         n = len(frame)
         units = frame["unit_id"].astype(str).to_numpy()

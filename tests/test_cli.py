@@ -77,7 +77,7 @@ def test_twin_ingest_join_summary_end_to_end(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     table = pq.read_table(tmp_path / "train.parquet").to_pandas()
     assert len(table) == 3000 and {"purchase", "promo_cost", "depth", "postcode"} <= set(table.columns)
-    assert table["postcode"].str.startswith("sha256:").all()
+    assert table["postcode"].str.startswith("hmac-sha256:").all()
     truth = pd.read_parquet(out / "truth.parquet")
     assert len(truth) == 3000
     res = run("summary", "--spec", spec, "--store", store, "--as-of", "2026-02-10T00:00:00Z")

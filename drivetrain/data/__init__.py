@@ -1,16 +1,12 @@
-"""Event tables, the store, contract checks at ingest, and the outcome join."""
+"""Event tables, the store, the context contract, the personal-data hash, ingest with its quarantine and
+attribution, and the outcome join."""
 
 from drivetrain.data._baselines import GRID_CELLS, QUANTILES, grid_cell, psi_cell_bins, reference_statistics, write_baselines
-from drivetrain.data._ingest import (
-    NULL_TEXT,
-    IngestReport,
-    attribute_pending,
-    check_context,
-    check_contexts,
-    hash_personal,
-    ingest_decisions,
-    ingest_outcomes,
-)
+from drivetrain.data._attribution import attribute_pending
+from drivetrain.data._context import NULL_TEXT, check_context, check_contexts
+from drivetrain.data._ingest import IngestReport, ingest_decisions, ingest_outcomes
+from drivetrain.data._personal_check import PersonalRehearsal, rehearse_personal
+from drivetrain.data._personal import PII_KEY_ENV, PSEUDONYM_PREFIX, PersonalKey, is_pseudonym, personal_key, pseudonymize
 from drivetrain.data._join import JoinReport, training_table
 from drivetrain.data._read import RawRows, read_rows
 from drivetrain.data._schemas import (
@@ -26,6 +22,9 @@ from drivetrain.data._summary import StoreSummary, summarize
 __all__ = [
     "ASSIGNMENTS",
     "NULL_TEXT",
+    "PII_KEY_ENV",
+    "PSEUDONYM_PREFIX",
+    "PersonalKey",
     "GRID_CELLS",
     "QUANTILES",
     "grid_cell",
@@ -47,7 +46,11 @@ __all__ = [
     "check_contexts",
     "decision_schema",
     "diagnostic_fields",
-    "hash_personal",
+    "is_pseudonym",
+    "PersonalRehearsal",
+    "personal_key",
+    "rehearse_personal",
+    "pseudonymize",
     "ingest_decisions",
     "ingest_outcomes",
     "open_store",

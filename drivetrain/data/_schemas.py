@@ -125,8 +125,8 @@ def decision_schema(spec: Spec, *, diagnostics: bool = True) -> pa.Schema:
     for name, lever in spec.model.levers.items():
         fields.append((name, pa.float64() if lever.type == "numeric" else pa.string()))
     fields += [("propensity", pa.float64()), ("assignment", pa.string())]
-    for name, feat in spec.model.context.features.items():
-        fields.append((name, feature_type(feat.type)))
+    for name, feat in spec.model.context.features.items():  # a personal feature is kept as its pseudonym: text
+        fields.append((name, pa.string() if feat.personal else feature_type(feat.type)))
     fields.append(("feature_version", pa.string()))
     schema = pa.schema(fields)
     if diagnostics:

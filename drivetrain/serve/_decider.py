@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from drivetrain.data import check_context
+from drivetrain.data import PersonalKey, check_context, personal_key
 from drivetrain.model._compiled import CompiledModel
 from drivetrain.model._modeler import _formula_on
 from drivetrain.policy import Policy, constraint_terms
@@ -45,11 +45,11 @@ class Decider:
     """Decides for one context at a time with ``policy`` (``None``: degraded, always the fallback)."""
 
     def __init__(self, spec: Spec, policy: Policy | None, *, degraded_reason: str | None = None,
-                 pii_salt: str | None = None) -> None:
+                 pii_key: PersonalKey | None = None) -> None:
         self.spec = spec
         self.policy = policy
         self.degraded_reason = degraded_reason if policy is None else None
-        self.pii_salt = pii_salt
+        self.pii_key = personal_key(spec, pii_key)  # no key for personal fields: refused, never served in clear
         self.version = policy.version if policy is not None else "fallback"
         self.compiled = CompiledModel.of(policy.model) if policy is not None and not policy.pessimism else None
         self.budget_s = spec.model.serving.latency_budget_ms / 1000.0
@@ -76,25 +76,25 @@ class Decider:
         self.policy.choose(np.array(["warm-up"], dtype=object), np.array(["warm-up"], dtype=object), scores, np.zeros_like(scores))
 
     @classmethod
-    def load(cls, spec: Spec, directory: str | Path, *, pii_salt: str | None = None) -> Decider:
+    def load(cls, spec: Spec, directory: str | Path, *, pii_key: PersonalKey | None = None) -> Decider:
         """Load and compile the policy in ``directory``; any failure gives a degraded Decider with the reason."""
         try:
             policy = Policy.load(directory)
         except Exception as exc:  # noqa: BLE001 - the service must come up on the fallback, whatever broke
-            return cls(spec, None, degraded_reason=f"policy {str(directory)!r} failed to load: {exc}", pii_salt=pii_salt)
+            return cls(spec, None, degraded_reason=f"policy {str(directory)!r} failed to load: {exc}", pii_key=pii_key)
         if policy.spec.action_space.ids != spec.action_space.ids:
             return cls(spec, None, degraded_reason=f"policy {str(directory)!r} has actions {list(policy.spec.action_space.ids)}, "
-                                                   f"the spec {list(spec.action_space.ids)}", pii_salt=pii_salt)
+                                                   f"the spec {list(spec.action_space.ids)}", pii_key=pii_key)
         if policy.spec.feature_version != spec.feature_version:  # the contract the service checks is not the one the models read
             return cls(spec, None, degraded_reason=f"policy {str(directory)!r} was fitted on the context features "
                                                    f"{sorted(policy.spec.features)} (feature_version {policy.spec.feature_version!r}), "
-                                                   f"the spec has {sorted(spec.features)} ({spec.feature_version!r})", pii_salt=pii_salt)
+                                                   f"the spec has {sorted(spec.features)} ({spec.feature_version!r})", pii_key=pii_key)
         salts = policy.spec.model.experimentation.salt, spec.model.experimentation.salt
         if salts[0] != salts[1]:  # another salt would move units between the holdout and the policy arm
             return cls(spec, None, degraded_reason=f"policy {str(directory)!r} has the experiment salt {salts[0]!r}, the spec "
                                                    f"{salts[1]!r}: the holdout must stay the same units across policy versions",
-                       pii_salt=pii_salt)
-        return cls(spec, policy, pii_salt=pii_salt)
+                       pii_key=pii_key)
+        return cls(spec, policy, pii_key=pii_key)
 
     @property
     def ready(self) -> bool:
@@ -104,7 +104,7 @@ class Decider:
                started: float | None = None) -> Decision:
         """Decide for one unit; ``started`` is the ``time.perf_counter()`` when the request arrived."""
         t0 = time.perf_counter() if started is None else started
-        features, reason = check_context(self.spec, context, pii_salt=self.pii_salt)
+        features, reason = check_context(self.spec, context, pii_key=self.pii_key)
         t1 = time.perf_counter()
         predicted = None
         batch = None

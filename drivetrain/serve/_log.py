@@ -38,8 +38,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from drivetrain.clock import Clock, SystemClock
-from drivetrain.data import RawRows, Store, ingest_decisions
-from drivetrain.data._ingest import IngestReport
+from drivetrain.data import IngestReport, PersonalKey, RawRows, Store, ingest_decisions
 from drivetrain.errors import UsageError
 
 __all__ = ["CompactionReport", "DecisionLog", "RecoveryReport", "compact", "read_segments", "recover"]
@@ -224,8 +223,10 @@ def read_segments(paths: list[Path]) -> tuple[pd.DataFrame, tuple[tuple[int, str
     return pd.DataFrame(rows), tuple(unreadable)
 
 
-def compact(store: Store, directory: str | Path, *, clock: Clock | None = None, limit: int = 200) -> CompactionReport:
-    """Ingest up to ``limit`` closed segments into the store's decisions table, then delete them."""
+def compact(store: Store, directory: str | Path, *, clock: Clock | None = None, limit: int = 200,
+            pii_key: PersonalKey | None = None) -> CompactionReport:
+    """Ingest up to ``limit`` closed segments into the store's decisions table, then delete them.
+    ``pii_key``: the key of the personal-data hash (default: the one in the environment)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / ".compact.lock").open("a") as lock:
@@ -235,7 +236,7 @@ def compact(store: Store, directory: str | Path, *, clock: Clock | None = None, 
             return CompactionReport(0, 0, None)
         frame, unreadable = read_segments(paths)
         raw = RawRows(frame, unreadable, f"decision-log:{paths[0].name}..{paths[-1].name}")
-        report = ingest_decisions(store, raw, clock=clock or SystemClock())
+        report = ingest_decisions(store, raw, clock=clock or SystemClock(), pii_key=pii_key)
         for path in paths:
             path.unlink(missing_ok=True)
     return CompactionReport(len(paths), len(frame) + len(unreadable), report)

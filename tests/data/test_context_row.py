@@ -60,4 +60,4 @@ def test_row_check_messages() -> None:
     assert check_context(SPEC, ctx)[1] == "`tenure_days` is required, got None"
     assert check_context(SPEC, dict(BASE[0], dwell_time_s=float("inf")))[1] == "`dwell_time_s` must be a finite number, got inf"
     parsed, reason = check_context(SPEC, dict(BASE[0], postcode="12345"))
-    assert reason is None and parsed["postcode"].startswith("sha256:") and "12345" not in parsed["postcode"]
+    assert reason is None and parsed["postcode"].startswith("hmac-sha256:") and "12345" not in parsed["postcode"]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import RawRows, Store, hash_personal, ingest_decisions, ingest_outcomes, read_rows
+from drivetrain.data import PersonalKey, RawRows, Store, ingest_decisions, ingest_outcomes, pseudonymize, read_rows
 from drivetrain.errors import DataError
 from drivetrain.twin import NBOOTwin
 from tests.data.conftest import T0, decision, outcome, rows
@@ -105,16 +105,17 @@ def test_defaults_levers_only_logs_and_personal_data(store: Store, clock: Simula
     row = decision("r1", "u1", T0)
     del row["action_id"], row["assignment"], row["received_at"]
     row.update(offer_type="free_ship", depth=0, timing="delayed")
-    report = ingest_decisions(store, rows([row]), clock=clock, pii_salt="pepper")
+    key = PersonalKey(b"pepper-pepper-pepper")
+    report = ingest_decisions(store, rows([row]), clock=clock, pii_key=key)
     assert report.accepted == 1
     got = store.query("SELECT * FROM decisions").iloc[0]
     assert got["action_id"] == "free_ship-0-delayed"
     assert got["assignment"] == "policy" and got["policy_version"] == "imported"
     assert got["feature_version"] == store.spec.feature_version
     assert got["received_at"] == pd.Timestamp(clock.now())
-    assert got["postcode"] != "12345" and got["postcode"].startswith("sha256:")
-    assert got["postcode"] == hash_personal(pd.Series(["12345"]), "pepper")[0]
-    assert hash_personal(pd.Series([got["postcode"]]), "other")[0] == got["postcode"]
+    assert got["postcode"] != "12345" and got["postcode"].startswith("hmac-sha256:")
+    assert got["postcode"] == pseudonymize(pd.Series(["12345"]), "string", key)[0]
+    assert pseudonymize(pd.Series([got["postcode"]]), "string", PersonalKey(b"another-key-another-key"))[0] == got["postcode"]
 
 
 def test_missing_required_columns_are_a_data_error(store: Store, clock: SimulatedClock) -> None:

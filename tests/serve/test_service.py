@@ -228,7 +228,7 @@ def test_every_decision_is_logged_and_compacted_once(server: Server, contexts: l
     assert len(mine) == len(ids) and mine["request_id"].is_unique
     row = mine.iloc[0]
     spec = load_spec(SPEC)
-    assert row["feature_version"] == spec.feature_version and str(row["postcode"]).startswith("sha256:")
+    assert row["feature_version"] == spec.feature_version and str(row["postcode"]).startswith("hmac-sha256:")
     preds = mine[[f"pred__{a}" for a in spec.action_space.ids]]
     assert preds.notna().any(axis=1).all()
     assert (mine["latency_ms"] > 0).all()

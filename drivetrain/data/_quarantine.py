@@ -1,0 +1,91 @@
+"""Quarantine: every rejected row with its reason, once, personal values only as their pseudonyms.
+
+``rows in = accepted + duplicates + quarantined`` (docs/data.md). A quarantine row keeps what arrived so
+that it can be corrected and sent again, except personal values: a personal column keeps the pseudonym of
+what arrived, any other text of the row has those values redacted, and a record that did not parse at all
+keeps only its pseudonym and length when the spec has personal fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from drivetrain.data._context import _isnull
+from drivetrain.data._personal import PII_KEY_ENV, PersonalKey, redact_frame
+from drivetrain.data._schemas import QUARANTINE_SCHEMA
+from drivetrain.data._store import Store
+from drivetrain.errors import UsageError
+from drivetrain.spec import Spec
+
+__all__ = ["payloads", "quarantine", "reason_counts", "unreadable_payload"]
+
+
+def payloads(frame: pd.DataFrame, index: np.ndarray, spec: Spec, key: PersonalKey | None) -> list[str]:
+    """The raw rows at ``index`` as JSON lines, personal values as their pseudonyms (:func:`redact_frame`)."""
+    if index.size == 0:
+        return []
+    kinds = {name: spec.model.context.features[name].type for name in spec.personal_features}
+    part = redact_frame(frame.iloc[index], kinds, key)
+    return [line for line in part.to_json(orient="records", lines=True, date_format="iso", default_handler=str).splitlines()]
+
+
+def quarantine(store: Store, table: str, source: str, numbers: np.ndarray, keys: list[Any], reasons: list[str],
+                payloads: list[str], now: datetime) -> None:
+    """Append rejected rows; a row rejected before (same table, source, row, payload, reason) is not repeated."""
+    if not reasons:
+        return
+    ids = [
+        hashlib.sha256("\x1f".join([table, source, str(num), payload, reason]).encode()).hexdigest()[:24]
+        for num, payload, reason in zip(numbers, payloads, reasons, strict=True)
+    ]
+    seen = set(store.lookup("quarantine", "quarantine_id", pa.table({"quarantine_id": ids})).column("quarantine_id").to_pylist())
+    keep = []
+    for i, q in enumerate(ids):
+        if q not in seen:
+            seen.add(q)
+            keep.append(i)
+    if not keep:
+        return
+    ids = [ids[i] for i in keep]
+    numbers = np.asarray(numbers)[keep]
+    keys = [keys[i] for i in keep]
+    reasons = [reasons[i] for i in keep]
+    payloads = [payloads[i] for i in keep]
+    store.append(
+        "quarantine",
+        pa.table(
+            {
+                "quarantine_id": ids,
+                "table_name": [table] * len(reasons),
+                "source": [source] * len(reasons),
+                "row_number": pa.array(np.asarray(numbers, dtype=np.int64)),
+                "row_key": [None if _isnull(k) else str(k) for k in keys],
+                "reason": reasons,
+                "quarantined_at": pa.array([now] * len(reasons), type=QUARANTINE_SCHEMA.field("quarantined_at").type),
+                "payload": payloads,
+            },
+            schema=QUARANTINE_SCHEMA,
+        ),
+    )
+
+
+def reason_counts(reasons: list[str]) -> dict[str, int]:
+    return dict(Counter(r.split(", got")[0] for r in reasons))
+
+
+def unreadable_payload(text: str, personal: tuple[str, ...], key: PersonalKey | None) -> str:
+    """What is kept of a record that did not parse: the text, or for a table with personal fields (whose
+    values the text may hold, where no column says which) only its pseudonym and length."""
+    if not personal:
+        return text
+    if key is None:
+        raise UsageError(f"`{PII_KEY_ENV}` must hold the key of the personal-data hash to keep records of a spec with personal fields")
+    return json.dumps({"unreadable": key.pseudonym(text), "characters": len(text)})
