@@ -26,9 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"spec", "data", "evaluate", "adapt"},
     "assembly": {*STAGES, "evaluate"},
     "adapt": {*STAGES, "evaluate", "assembly"},
+    "explain": {*STAGES, "evaluate", "assembly"},
     "loop": {*STAGES, "evaluate", "assembly", "adapt", "twin"},
-    "demo": {*STAGES, "evaluate", "assembly", "adapt", "twin", "loop", "report"},
-    "cli": {*STAGES, "evaluate", "assembly", "adapt", "twin", "loop", "report", "demo"},
+    "demo": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "report"},
+    "cli": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "report", "demo"},
 }
 ALLOWED["__main__"] = {"cli"}
 ALLOWED["clock"] = {"errors"}
