@@ -294,8 +294,11 @@ class Policy:
             out[lever] = col
         out["propensity"] = propensity
         out["assignment"] = assignment
-        for name in self.spec.features:
-            out[name] = features[name].to_numpy()
+        for name, feature in self.spec.model.context.features.items():
+            column = features[name]
+            if feature.type == "integer" and not feature.personal and column.dtype.kind == "f":
+                column = column.astype("Int64")  # whole numbers stay integers in every output format; nulls stay null
+            out[name] = column.reset_index(drop=True)
         out["feature_version"] = self.spec.feature_version
         for j, action_id in enumerate(self.spec.action_space.ids):
             out[f"pred__{action_id}"] = predicted[:, j]

@@ -104,3 +104,18 @@ def test_fit_trains_on_the_window_it_is_given(tmp_path: Path) -> None:
     empty = invoke("fit", *common, "--out", tmp_path / "none", "--since", until.isoformat(), "--until",
                    (until - pd.Timedelta(days=1)).isoformat())
     assert empty.returncode == 2 and "`until` must be after `since`" in empty.stderr
+
+
+def test_decide_writes_integer_features_as_integers(product: Path, tmp_path: Path) -> None:
+    contexts = pd.read_csv(product / "contexts.csv").head(50)
+    contexts.loc[3, "page_views_30d"] = None  # broken: an integer feature is not nullable, so this row falls back
+    contexts.to_csv(tmp_path / "contexts.csv", index=False)
+    ran = invoke("decide", "--policy", product / "model", "--input", tmp_path / "contexts.csv", "--output", tmp_path / "out.csv")
+    assert ran.returncode == 0, ran.stderr
+    text = (tmp_path / "out.csv").read_text().splitlines()
+    header = text[0].split(",")
+    views = [row.split(",")[header.index("page_views_30d")] for row in text[1:]]
+    assert views[3] == "" and all(v.isdigit() for i, v in enumerate(views) if i != 3), views[:6]
+    parquet = invoke("decide", "--policy", product / "model", "--input", tmp_path / "contexts.csv", "--output", tmp_path / "out.parquet")
+    assert parquet.returncode == 0, parquet.stderr
+    assert str(pd.read_parquet(tmp_path / "out.parquet")["tenure_days"].dtype) == "Int64"
