@@ -206,12 +206,16 @@ def check_contexts(spec: Spec, frame: pd.DataFrame, *, pii_key: PersonalKey | No
     return pd.DataFrame(parsed, index=rows.frame.index), rows.reason
 
 
-def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKey | None = None) -> tuple[dict[str, Any], str | None]:
+def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKey | None = None,
+                  typed: bool = False) -> tuple[dict[str, Any], str | None]:
     """:func:`check_contexts` for one context given as a mapping: (parsed features, reason or None).
 
     The decision service checks one request at a time, where building a DataFrame would cost more than
     the decision itself; the rules, their order and their messages are those of the batch parsers
-    (``tests/data/test_context_row.py`` checks the two agree on generated contexts).
+    (``tests/data/test_context_row.py`` checks the two agree on generated contexts). With ``typed`` (a
+    JSON request) a value must also have its feature's JSON type: a number for an integer or float
+    feature, true or false for a boolean, text for the others; text that would parse (``"40"``) is the
+    caller's bug, not a value to guess.
     """
     key = personal_key(spec, pii_key)
     parsed: dict[str, Any] = {}
@@ -235,6 +239,10 @@ def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKe
 
         if null and not feat.nullable:
             fail(f"`{name}` is required, got {got()}")
+        if typed and not null and raw is not None:
+            expected = _JSON_TYPES[feat.type]
+            if not isinstance(raw, expected[0]) or (feat.type in ("integer", "float") and isinstance(raw, bool)):
+                fail(f"`{name}` must be a JSON {expected[1]}, got {got()} ({type(raw).__name__})")
         if feat.type in ("integer", "float"):
             number = np.nan
             if not null:
@@ -269,6 +277,11 @@ def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKe
         parsed[name] = value
     return parsed, reason
 
+
+_JSON_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "integer": ((int, float), "number"), "float": ((int, float), "number"), "boolean": (bool, "boolean (true or false)"),
+    "categorical": (str, "string"), "string": (str, "string"),
+}
 
 _BOOLEAN = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
 

@@ -104,7 +104,7 @@ class Decider:
                started: float | None = None) -> Decision:
         """Decide for one unit; ``started`` is the ``time.perf_counter()`` when the request arrived."""
         t0 = time.perf_counter() if started is None else started
-        features, reason = check_context(self.spec, context, pii_key=self.pii_key)
+        features, reason = check_context(self.spec, context, pii_key=self.pii_key, typed=True)
         t1 = time.perf_counter()
         predicted = None
         batch = None
