@@ -32,7 +32,7 @@ from drivetrain.data import (
 from drivetrain.evaluate import Alert, Counts, Effect, check_alerts, evaluate, measure_drift, store_alerts
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
-from drivetrain.spec import Spec, parse_spec
+from drivetrain.spec import Spec, model_parts, parse_spec
 from drivetrain.twin import NBOOTwin, Scenario, nboo_spec
 
 __all__ = ["LOOP_ALERTS", "LoopDay", "closed_loop", "loop_spec", "sample_run", "start_loop"]
@@ -55,10 +55,21 @@ def loop_spec(horizon_days: int = 7) -> Spec:
 
 def start_loop(store: Store, model: OutcomeModel, reference: pd.DataFrame, *, created_at: datetime, version: str) -> Policy:
     """Plan the policy of ``model`` under the store's spec on the ``reference`` users and write its fit-time
-    baselines (what monitoring compares against) to the store."""
+    baselines (what monitoring compares against) to the store.
+
+    A model fitted on the twin's 30-day horizon may start the 7-day loop: the twin's outcomes all happen in
+    its first days, so its expected outcomes do not depend on the horizon, and the models are read under the
+    loop's spec. A real product's horizon is part of what its model learned, and a change of it asks for a
+    refit (``Spec.model_hash``)."""
     from drivetrain.assembly import plan_policy, write_policy_baselines
 
-    plan = plan_policy(store.spec, model, reference, version=version)
+    spec = store.spec
+    horizon = ("objective.horizon", "objective.settle")
+    mine, theirs = (model_parts(s.model.model_dump(mode="json")) for s in (spec, model.spec_))
+    if mine != theirs and all(mine[k] == theirs[k] for k in mine if k not in horizon):
+        model = copy.copy(model)
+        model.spec_ = spec
+    plan = plan_policy(spec, model, reference, version=version)
     write_policy_baselines(store, plan, reference, created_at=created_at)
     return plan.policy
 

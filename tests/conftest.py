@@ -42,7 +42,7 @@ class Ran:
     stderr: str
 
 
-def invoke(*args: str | Path) -> Ran:
+def invoke(*args: str | Path, cwd: Path | None = None) -> Ran:
     """Run ``drivetrain ARGS`` in this process and return its exit code and output.
 
     The same entry point as the installed command (input mistakes exit 2 with a message), without the
@@ -52,7 +52,7 @@ def invoke(*args: str | Path) -> Ran:
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or Path.cwd()):
         try:
             cli.main([str(a) for a in args])
         except SystemExit as exc:

@@ -13,14 +13,21 @@ import pytest
 import yaml
 
 from drivetrain.report import figure_data
-from tests.conftest import NBOO_SPEC
+from tests.conftest import NBOO_SPEC, Ran, invoke
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "drivetrain.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd or Path.cwd())},
-    )
+def run(*args: str, cwd: Path | None = None) -> Ran:
+    """The command in process (an interpreter start per command cost about a second each); the process
+    itself, its exit code and its stderr, is checked once below and by the wheel test."""
+    return invoke(*args, cwd=cwd)
+
+
+def test_the_installed_entry_point_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("version: 1\nname: x\n")
+    done = subprocess.run([sys.executable, "-m", "drivetrain", "validate", str(tmp_path / "bad.yaml")], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "objective: required" in " ".join(done.stderr.split()), done.stderr
 
 
 def test_validate_ok_and_broken(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from drivetrain.spec._actions import Action, ActionSpace
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
-from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, parse_spec
+from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec
 from drivetrain.spec._model import SpecModel, format_duration, parse_duration
 from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
 
@@ -20,6 +20,7 @@ __all__ = [
     "holdout_draw",
     "in_holdout",
     "load_spec",
+    "model_parts",
     "parse_duration",
     "parse_spec",
     "serving_propensity",
