@@ -45,23 +45,12 @@ from drivetrain.data import check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
 from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage, formula_spread
-from drivetrain.spec import Formula, Spec, failed_propensity, holdout_draw, in_holdout, parse_spec
+from drivetrain.spec import Spec, check_constraint_names, failed_propensity, holdout_draw, in_holdout, mean_constraints, parse_spec
 
-__all__ = ["DecisionBatch", "Policy", "TieSplit", "constraint_terms"]
+__all__ = ["DecisionBatch", "Policy", "TieSplit"]
 
 FORMAT = 1
 _SCALE = float(2**64)
-
-
-def constraint_terms(spec: Spec) -> list[tuple[str, Formula, str, float]]:
-    """The spec's linear mean constraints as (name, formula, sense, limit): budgets, then guardrails."""
-    terms: list[tuple[str, Formula, str, float]] = [(b.name, f, "<=", b.max_per_unit) for b, f in spec.budgets]
-    for g, f in spec.guardrails:
-        if g.max is not None:
-            terms.append((g.name if g.min is None else f"{g.name}:max", f, "<=", g.max))
-        if g.min is not None:
-            terms.append((g.name if g.max is None else f"{g.name}:min", f, ">=", g.min))
-    return terms
 
 
 def _uniform(salt: str, tag: str, keys: Sequence[object] | np.ndarray) -> np.ndarray:
@@ -111,15 +100,14 @@ class Policy:
     pessimism: float = 0.0
     tie_split: TieSplit | None = None
 
+    def __post_init__(self) -> None:
+        check_constraint_names(self.spec, self.multipliers, "multipliers")
+
     @classmethod
     def from_model(cls, spec: Spec, model: OutcomeModel, multipliers: Mapping[str, float], *, version: str | None = None,
                    exploration_rate: float | None = None, holdout_share: float | None = None,
                    metadata: Mapping[str, Any] | None = None, pessimism: float = 0.0,
                    tie_split: TieSplit | None = None) -> Policy:
-        known = {t[0] for t in constraint_terms(spec)} | {c.name for c, _ in spec.caps}
-        unknown = sorted(set(multipliers) - known)
-        if unknown:
-            raise UsageError(f"`multipliers` must name constraints or caps of the spec {sorted(known)}, got {unknown}")
         exp = spec.model.experimentation
         eps = exp.exploration_rate if exploration_rate is None else exploration_rate
         h = exp.holdout_share if holdout_share is None else holdout_share
@@ -153,14 +141,13 @@ class Policy:
         if z:
             value = value - z * formula_spread(self.spec, self.spec.objective, folds, contexts)
         price = np.zeros(value.shape)
-        for name, formula, sense, _limit in constraint_terms(self.spec):
-            lam = self.multipliers.get(name, 0.0)
+        for term in mean_constraints(self.spec):
+            lam = self.multipliers.get(term.name, 0.0)
             if lam:
-                sign = 1.0 if sense == "<=" else -1.0
-                usage = np.broadcast_to(_formula_on(self.spec, formula, comps, contexts), value.shape)
+                usage = np.broadcast_to(_formula_on(self.spec, term.formula, comps, contexts), value.shape)
                 if z:
-                    usage = usage + sign * z * formula_spread(self.spec, formula, folds, contexts)
-                price = price + lam * sign * usage
+                    usage = usage + term.sign * z * formula_spread(self.spec, term.formula, folds, contexts)
+                price = price + lam * term.sign * usage
         for cap, mask in self.spec.caps:
             mu = self.multipliers.get(cap.name, 0.0)
             if mu:

@@ -111,3 +111,17 @@ def test_a_tie_split_that_is_not_one_is_refused(fitted, tmp_path: Path) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="tie_split must be null or"):
         Policy.load(directory)
+
+
+def test_a_policy_refuses_multipliers_the_spec_does_not_name(fitted) -> None:  # type: ignore[no-untyped-def]
+    # with a two-sided guardrail, `refund_rate` is priced as `refund_rate:max` / `refund_rate:min`: a policy
+    # built (or loaded) with the one-sided name must fail, not price the guardrail at 0
+    twin, model, _ = fitted
+    from drivetrain.spec import parse_spec
+
+    raw = twin.spec.model.model_dump(mode="json")
+    raw["guardrails"][0]["min"] = 0.001
+    spec = parse_spec(raw)
+    with pytest.raises(UsageError, match=r"`multipliers` must name constraints or caps .*got \['refund_rate'\]"):
+        Policy(spec, model, {"refund_rate": 3.0}, "v1", 0.0, 0.0)
+    assert Policy(spec, model, {"refund_rate:max": 3.0}, "v1", 0.0, 0.0).multipliers == {"refund_rate:max": 3.0}

@@ -26,8 +26,8 @@ import numpy as np
 from drivetrain.data import check_context
 from drivetrain.model._compiled import CompiledModel
 from drivetrain.model._modeler import _formula_on
-from drivetrain.policy import Policy, constraint_terms
-from drivetrain.spec import Spec, failed_propensity, in_holdout
+from drivetrain.policy import Policy
+from drivetrain.spec import Spec, failed_propensity, in_holdout, mean_constraints
 
 __all__ = ["Decider", "Decision"]
 
@@ -61,8 +61,8 @@ class Decider:
         self._salt = (policy.spec if policy is not None else spec).model.experimentation.salt
         self._holdout_share = policy.holdout_share if policy is not None else spec.model.experimentation.holdout_share
         if policy is not None:
-            self._terms = [(f, (1.0 if sense == "<=" else -1.0) * policy.multipliers.get(name, 0.0))
-                           for name, f, sense, _ in constraint_terms(policy.spec) if policy.multipliers.get(name, 0.0)]
+            self._terms = [(t.formula, t.sign * policy.multipliers.get(t.name, 0.0))
+                           for t in mean_constraints(policy.spec) if policy.multipliers.get(t.name, 0.0)]
             self._caps = sum((policy.multipliers.get(c.name, 0.0) * m for c, m in policy.spec.caps), np.zeros(len(self._ids)))
             self._warm_up()
 

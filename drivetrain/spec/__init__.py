@@ -1,6 +1,7 @@
 """The spec: objective, outcomes, levers, constraints, guardrails and the context contract of a data product."""
 
 from drivetrain.spec._actions import Action, ActionSpace
+from drivetrain.spec._constraints import MeanTerm, check_constraint_names, constraint_names, mean_constraints
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
 from drivetrain.spec._load import Spec, load_spec, parse_spec
 from drivetrain.spec._model import SpecModel, format_duration, parse_duration
@@ -11,14 +12,18 @@ __all__ = [
     "Action",
     "ActionSpace",
     "Formula",
+    "MeanTerm",
     "Spec",
     "SpecModel",
+    "check_constraint_names",
     "compile_formula",
+    "constraint_names",
     "format_duration",
     "failed_propensity",
     "holdout_draw",
     "in_holdout",
     "load_spec",
+    "mean_constraints",
     "parse_duration",
     "parse_spec",
     "serving_propensity",
