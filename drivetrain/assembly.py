@@ -17,7 +17,6 @@ import pandas as pd
 from drivetrain.data import JoinReport, Store, training_table, write_baselines
 from drivetrain.errors import DataError, UsageError
 from drivetrain.model import OutcomeModel
-from drivetrain.model._modeler import _formula_on, formula_spread
 from drivetrain.optimize import (
     Assignment,
     AssignmentProblem,
@@ -31,7 +30,7 @@ from drivetrain.optimize import (
 from drivetrain.optimize import as_served as served_limits
 from drivetrain.policy import Policy, TieSplit
 from drivetrain.simulate import DirectMethod, PolicyEstimate, default_estimators, evaluate_metrics, evaluate_policy
-from drivetrain.spec import Spec, compile_formula, mean_constraints
+from drivetrain.spec import Spec, compile_formula, formula_on, formula_spread, mean_constraints
 
 __all__ = [
     "ActionDistribution",
@@ -148,9 +147,9 @@ def realized_metrics(spec: Spec, table: pd.DataFrame) -> dict[str, np.ndarray]:
     action = spec.action_space.indices(table["action_id"].to_numpy())
     comps = {c: table[c].to_numpy(dtype=np.float64)[:, None] for c in spec.outcomes}
     ctx = {n: table[n].to_numpy() for n in spec.features if n in table}
-    out = {"objective": _formula_on(spec, spec.objective, comps, ctx, lever_index=action).reshape(-1)}
+    out = {"objective": formula_on(spec, spec.objective, comps, ctx, lever_index=action).reshape(-1)}
     for term in mean_constraints(spec):
-        out[term.name] = np.broadcast_to(_formula_on(spec, term.formula, comps, ctx, lever_index=action), (len(table), 1)).reshape(-1)
+        out[term.name] = np.broadcast_to(formula_on(spec, term.formula, comps, ctx, lever_index=action), (len(table), 1)).reshape(-1)
     return out
 
 
@@ -181,7 +180,7 @@ def evaluate_on_logs(
     ctx = {n: table[n].to_numpy() for n in spec.features if n in table}
     estimated = {"objective": model.objective_of(predictions, ctx)}
     for term in mean_constraints(spec):
-        estimated[term.name] = np.broadcast_to(_formula_on(spec, term.formula, predictions, ctx), estimated["objective"].shape)
+        estimated[term.name] = np.broadcast_to(formula_on(spec, term.formula, predictions, ctx), estimated["objective"].shape)
     # budgets, guardrails and caps are means per unit in the program (the spec's definition): only its rows count
     program = spec.eligible_units(ctx)
     caps = {cap.name: np.tile(mask.astype(np.float64), (int(program.sum()), 1)) for cap, mask in spec.caps}

@@ -44,8 +44,18 @@ import yaml
 from drivetrain.data import check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
-from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage, formula_spread
-from drivetrain.spec import Spec, check_constraint_names, failed_propensity, holdout_draw, in_holdout, mean_constraints, parse_spec
+from drivetrain.model._modeler import _Constant, _TwoStage
+from drivetrain.spec import (
+    Spec,
+    check_constraint_names,
+    failed_propensity,
+    formula_on,
+    formula_spread,
+    holdout_draw,
+    in_holdout,
+    mean_constraints,
+    parse_spec,
+)
 
 __all__ = ["DecisionBatch", "Policy", "TieSplit"]
 
@@ -144,7 +154,7 @@ class Policy:
         for term in mean_constraints(self.spec):
             lam = self.multipliers.get(term.name, 0.0)
             if lam:
-                usage = np.broadcast_to(_formula_on(self.spec, term.formula, comps, contexts), value.shape)
+                usage = np.broadcast_to(formula_on(self.spec, term.formula, comps, contexts), value.shape)
                 if z:
                     usage = usage + term.sign * z * formula_spread(self.spec, term.formula, folds, contexts)
                 price = price + lam * term.sign * usage

@@ -31,7 +31,7 @@ the fold models is a per (unit, action) uncertainty that pessimistic planning us
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeAlias
 
 import lightgbm as lgb
@@ -43,7 +43,7 @@ from sklearn.base import clone
 
 from drivetrain.errors import DataError, UsageError
 from drivetrain.model._features import FeatureEncoder
-from drivetrain.spec import Spec
+from drivetrain.spec import Spec, formula_on
 
 __all__ = ["OutcomeModel"]
 
@@ -420,7 +420,7 @@ class OutcomeModel:
     def objective_of(self, components: Mapping[str, np.ndarray], contexts: pd.DataFrame | Mapping[str, Any] | None = None) -> np.ndarray:
         """The spec's objective formula on (n, K) component arrays (levers broadcast per action)."""
         self._check_fitted()
-        return _formula_on(self.spec_, self.spec_.objective, components, contexts)
+        return formula_on(self.spec_, self.spec_.objective, components, contexts)
 
     def predict_objective(self, contexts: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
         """Predicted objective per (unit, action); shape (n, K)."""
@@ -441,8 +441,8 @@ class OutcomeModel:
         predictions = self._training_predictions()
         if component is None:
             mu = self.objective_of(predictions, self.contexts_)
-            y = np.asarray(_formula_on(self.spec_, self.spec_.objective, {c: v[:, None] for c, v in self.outcomes_.items()},
-                                        self.contexts_, lever_index=self.action_), dtype=np.float64).reshape(n)
+            y = np.asarray(formula_on(self.spec_, self.spec_.objective, {c: v[:, None] for c, v in self.outcomes_.items()},
+                                       self.contexts_, lever_index=self.action_), dtype=np.float64).reshape(n)
         else:
             if component not in predictions:
                 raise UsageError(f"`component` must be one of {list(self.components_)}, got {component!r}")
@@ -475,27 +475,3 @@ class OutcomeModel:
                 rows.append({"cohort": label, "action_id": action_id, "n": int(mask.sum()), "effect": mean,
                              "std_error": se, "ci_low": mean - z * se, "ci_high": mean + z * se})
         return pd.DataFrame(rows)
-
-
-def formula_spread(spec: Spec, formula: Any, folds: Sequence[Mapping[str, np.ndarray]], contexts: Any) -> np.ndarray:
-    """Uncertainty of a formula of the components: its spread across the cross-fitted models'
-    predictions (``OutcomeModel.predict_folds``; zero with one model). The formula is evaluated on each
-    fold's components, so that correlated components (a profit minus a cost) and constants (a lever's
-    value) count as they should."""
-    values = [np.asarray(_formula_on(spec, formula, f, contexts), dtype=np.float64) for f in folds]
-    return np.std(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(values[0])
-
-
-def _formula_on(spec: Spec, formula: Any, components: Mapping[str, np.ndarray], contexts: Any,
-                lever_index: np.ndarray | None = None) -> np.ndarray:
-    """Evaluate a spec formula on (n, K) components; levers broadcast per action, context per unit."""
-    columns: dict[str, Any] = dict(components)
-    if lever_index is None:
-        columns.update({name: col[None, :] for name, col in spec.action_space.lever_columns().items()})
-    else:
-        columns.update({name: col[:, None] for name, col in spec.action_space.lever_columns(lever_index).items()})
-    if contexts is not None:
-        for name in formula.variables:
-            if name in spec.features and name in contexts:
-                columns[name] = np.asarray(contexts[name])[:, None]
-    return np.asarray(formula(columns), dtype=np.float64)

@@ -25,9 +25,8 @@ import numpy as np
 
 from drivetrain.data import check_context
 from drivetrain.model._compiled import CompiledModel
-from drivetrain.model._modeler import _formula_on
 from drivetrain.policy import Policy
-from drivetrain.spec import Spec, failed_propensity, in_holdout, mean_constraints
+from drivetrain.spec import Spec, failed_propensity, formula_on, in_holdout, mean_constraints
 
 __all__ = ["Decider", "Decision"]
 
@@ -168,7 +167,7 @@ class Decider:
             value = -value
         price = self._caps[None, :]
         for formula, lam in self._terms:
-            price = price + lam * np.broadcast_to(_formula_on(policy.spec, formula, components, contexts), value.shape)
+            price = price + lam * np.broadcast_to(formula_on(policy.spec, formula, components, contexts), value.shape)
         eligible = policy.spec.eligible_actions(contexts)
         return predicted, np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0)
 

@@ -1,6 +1,7 @@
 """The spec: objective, outcomes, levers, constraints, guardrails and the context contract of a data product."""
 
 from drivetrain.spec._actions import Action, ActionSpace
+from drivetrain.spec._apply import formula_on, formula_spread
 from drivetrain.spec._constraints import MeanTerm, check_constraint_names, constraint_names, mean_constraints
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
 from drivetrain.spec._load import Spec, load_spec, parse_spec
@@ -19,6 +20,8 @@ __all__ = [
     "compile_formula",
     "constraint_names",
     "format_duration",
+    "formula_on",
+    "formula_spread",
     "failed_propensity",
     "holdout_draw",
     "in_holdout",
