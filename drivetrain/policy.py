@@ -57,7 +57,7 @@ from drivetrain.spec import (
     parse_spec,
 )
 
-__all__ = ["DecisionBatch", "Policy", "TieSplit"]
+__all__ = ["DecisionBatch", "Policy", "Pricing", "TieSplit"]
 
 FORMAT = 1
 _SCALE = float(2**64)
@@ -80,6 +80,18 @@ class DecisionBatch:
     chosen: np.ndarray
     scores: np.ndarray
     margin: np.ndarray
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How a policy prices each (unit, action), all (n, K): the model's predicted ``objective`` (in the
+    spec's units, whatever its direction), the ``scores`` a decision maximizes (the objective, negated for
+    ``minimize``, less the price; ``-inf`` where an action is not eligible) and the ``price``, the priced
+    use of the constraints and caps (0 where not eligible)."""
+
+    objective: np.ndarray
+    scores: np.ndarray
+    price: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -142,12 +154,18 @@ class Policy:
                components: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, price), both (n, K): the scores of :meth:`scores` and the priced use of the constraints
         and caps they subtract (0 where an action is not eligible)."""
+        pricing = self.pricing(contexts, components)
+        return pricing.scores, pricing.price
+
+    def pricing(self, contexts: pd.DataFrame | Mapping[str, Any], components: Mapping[str, np.ndarray] | None = None) -> Pricing:
+        """The predicted objective, the priced scores and the priced use of every action of ``contexts``
+        (see :class:`Pricing`); ``components`` are the model's predictions for them when the caller
+        already has them (the service's compiled model)."""
         comps = self.model.predict_outcomes(contexts) if components is None else components
         z = self.pessimism
         folds = self.model.predict_folds(contexts) if z else []
-        value = self.model.objective_of(comps, contexts)
-        if self.spec.model.objective.direction == "minimize":
-            value = -value
+        objective = self.model.objective_of(comps, contexts)
+        value = -objective if self.spec.model.objective.direction == "minimize" else objective
         if z:
             value = value - z * formula_spread(self.spec, self.spec.objective, folds, contexts)
         price = np.zeros(value.shape)
@@ -163,7 +181,7 @@ class Policy:
             if mu:
                 price = price + mu * mask[None, :]
         eligible = self.spec.eligible_actions({n: np.asarray(contexts[n]) for n in self.spec.features if n in contexts})
-        return np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0)
+        return Pricing(objective, np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0))
 
     def _choices(self, scores: np.ndarray, price: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
         """(choice at the lower prices, choice at the higher, the lower's share): the argmax twice, share 1,

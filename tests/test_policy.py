@@ -125,3 +125,19 @@ def test_a_policy_refuses_multipliers_the_spec_does_not_name(fitted) -> None:  #
     with pytest.raises(UsageError, match=r"`multipliers` must name constraints or caps .*got \['refund_rate'\]"):
         Policy(spec, model, {"refund_rate": 3.0}, "v1", 0.0, 0.0)
     assert Policy(spec, model, {"refund_rate:max": 3.0}, "v1", 0.0, 0.0).multipliers == {"refund_rate:max": 3.0}
+
+
+def test_pricing_is_the_objective_less_the_priced_use_on_the_eligible_actions(fitted) -> None:  # type: ignore[no-untyped-def]
+    twin, model, contexts = fitted
+    policy = Policy.from_model(twin.spec, model, {"promotion_budget": 0.7, "refund_rate": 2.0, "bundle_stock": 0.05})
+    pricing = policy.pricing(contexts)
+    comps = model.predict_outcomes(contexts)
+    np.testing.assert_allclose(pricing.objective, model.predict_objective(contexts))
+    bundle = np.asarray(twin.spec.action_space.lever_columns()["offer_type"] == "bundle")
+    eligible = np.isfinite(pricing.scores)
+    expected = 0.7 * comps["promo_cost"] + 2.0 * comps["refund"] + 0.05 * bundle[None, :]
+    np.testing.assert_allclose(pricing.price, np.where(eligible, expected, 0.0))
+    np.testing.assert_allclose(pricing.scores[eligible], (pricing.objective - pricing.price)[eligible])
+    scores, price = policy.priced(contexts, comps)
+    np.testing.assert_array_equal(scores, pricing.scores)
+    np.testing.assert_array_equal(price, pricing.price)
