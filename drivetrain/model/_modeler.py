@@ -44,6 +44,8 @@ from sklearn.base import clone
 from drivetrain.errors import DataError, UsageError
 from drivetrain.model._features import FeatureEncoder
 from drivetrain.spec import Spec, formula_on
+from drivetrain.stats import cluster_codes, standard_error
+from drivetrain.stats import pseudo_outcomes as dr_pseudo_outcomes
 
 __all__ = ["OutcomeModel"]
 
@@ -437,7 +439,6 @@ class OutcomeModel:
         shape (n, K). Unbiased for each action's mean when the logged propensities are right."""
         self._check_fitted()
         n = self.action_.size
-        rows = np.arange(n)
         predictions = self._training_predictions()
         if component is None:
             mu = self.objective_of(predictions, self.contexts_)
@@ -447,16 +448,17 @@ class OutcomeModel:
             if component not in predictions:
                 raise UsageError(f"`component` must be one of {list(self.components_)}, got {component!r}")
             mu, y = predictions[component], self.outcomes_[component]
-        gamma = mu.copy()
-        gamma[rows, self.action_] += (y - mu[rows, self.action_]) / self.propensity_
-        return gamma
+        return dr_pseudo_outcomes(y, self.action_, self.propensity_, mu)
 
-    def effect_interval(self, *, by: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    def effect_interval(self, *, by: str | None = None, alpha: float = 0.05, cluster: Any = None) -> pd.DataFrame:
         """Average effect of each action versus control on the objective, from the doubly robust
-        pseudo-outcomes, with a normal (1 - alpha) interval; per cohort ``by`` when given."""
+        pseudo-outcomes, with a normal (1 - alpha) interval; per cohort ``by`` when given. ``cluster``
+        (n,), the unit of each training row (its ``unit_id``), makes the interval cluster-robust: one
+        unit's decisions are not independent (:mod:`drivetrain.stats`)."""
         if not 0 < alpha < 1:
             raise UsageError(f"`alpha` must be in (0, 1), got {alpha!r}")
         gamma = self.pseudo_outcomes()
+        codes = None if cluster is None else cluster_codes(cluster, gamma.shape[0], "the training table")
         control = self.spec_.control.index
         diff = gamma - gamma[:, [control]]
         z = float(stats.norm.ppf(1 - alpha / 2))
@@ -467,11 +469,12 @@ class OutcomeModel:
         rows = []
         for label, mask in groups.items():
             d = diff[mask]
+            units = None if codes is None else np.unique(codes[mask], return_inverse=True)[1]
             for j, action_id in enumerate(self.spec_.action_space.ids):
                 if j == control:
                     continue
                 mean = float(d[:, j].mean())
-                se = float(d[:, j].std(ddof=1) / np.sqrt(max(1, d.shape[0])))
+                se = standard_error(d[:, j], mean, units)
                 rows.append({"cohort": label, "action_id": action_id, "n": int(mask.sum()), "effect": mean,
                              "std_error": se, "ci_low": mean - z * se, "ci_high": mean + z * se})
         return pd.DataFrame(rows)
