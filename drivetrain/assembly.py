@@ -17,7 +17,6 @@ import pandas as pd
 from drivetrain.data import JoinReport, Store, training_table, write_baselines
 from drivetrain.errors import DataError, UsageError
 from drivetrain.model import OutcomeModel
-from drivetrain.model._modeler import _formula_on, formula_spread
 from drivetrain.optimize import (
     Assignment,
     AssignmentProblem,
@@ -29,9 +28,9 @@ from drivetrain.optimize import (
     split_ties,
 )
 from drivetrain.optimize import as_served as served_limits
-from drivetrain.policy import Policy, TieSplit, constraint_terms
+from drivetrain.policy import Policy, TieSplit
 from drivetrain.simulate import DirectMethod, PolicyEstimate, default_estimators, evaluate_metrics, evaluate_policy
-from drivetrain.spec import Spec, compile_formula
+from drivetrain.spec import Spec, compile_formula, formula_on, formula_spread, mean_constraints
 
 __all__ = [
     "ActionDistribution",
@@ -122,8 +121,8 @@ def plan_policy(
     if pessimism and folds is not None:
         value_se = formula_spread(spec, spec.objective, folds, columns)
         program = spec.eligible_units(columns)[:, None]  # units outside the program count zero (problem_from_spec)
-        coef_se = {name: np.where(program, formula_spread(spec, formula, folds, columns), 0.0) for name, formula, _s, _l in constraint_terms(spec)}
-        problem = pessimistic(problem, value_se=value_se, coef_se={k: v for k, v in coef_se.items() if k in problem.names}, z=pessimism)
+        coef_se = {t.name: np.where(program, formula_spread(spec, t.formula, folds, columns), 0.0) for t in mean_constraints(spec)}
+        problem = pessimistic(problem, value_se=value_se, coef_se=coef_se, z=pessimism)
     experimentation = spec.model.experimentation
     serving = {"exploration_rate": experimentation.exploration_rate, "holdout_share": experimentation.holdout_share}
     solved = served_limits(problem, spec, **serving) if as_served else problem
@@ -162,9 +161,9 @@ def realized_metrics(spec: Spec, table: pd.DataFrame) -> dict[str, np.ndarray]:
     action = spec.action_space.indices(table["action_id"].to_numpy())
     comps = {c: table[c].to_numpy(dtype=np.float64)[:, None] for c in spec.outcomes}
     ctx = {n: table[n].to_numpy() for n in spec.features if n in table}
-    out = {"objective": _formula_on(spec, spec.objective, comps, ctx, lever_index=action).reshape(-1)}
-    for name, formula, _sense, _limit in constraint_terms(spec):
-        out[name] = np.broadcast_to(_formula_on(spec, formula, comps, ctx, lever_index=action), (len(table), 1)).reshape(-1)
+    out = {"objective": formula_on(spec, spec.objective, comps, ctx, lever_index=action).reshape(-1)}
+    for term in mean_constraints(spec):
+        out[term.name] = np.broadcast_to(formula_on(spec, term.formula, comps, ctx, lever_index=action), (len(table), 1)).reshape(-1)
     return out
 
 
@@ -194,8 +193,8 @@ def evaluate_on_logs(
     predictions = model.training_predictions() if fitted_on_table else model.predict_outcomes(table)
     ctx = {n: table[n].to_numpy() for n in spec.features if n in table}
     estimated = {"objective": model.objective_of(predictions, ctx)}
-    for name, formula, _sense, _limit in constraint_terms(spec):
-        estimated[name] = np.broadcast_to(_formula_on(spec, formula, predictions, ctx), estimated["objective"].shape)
+    for term in mean_constraints(spec):
+        estimated[term.name] = np.broadcast_to(formula_on(spec, term.formula, predictions, ctx), estimated["objective"].shape)
     # budgets, guardrails and caps are means per unit in the program (the spec's definition): only its rows count
     program = spec.eligible_units(ctx)
     caps = {cap.name: np.tile(mask.astype(np.float64), (int(program.sum()), 1)) for cap, mask in spec.caps}

@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 import traceback
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -422,7 +422,7 @@ def fit(
     window = {"first_decided_at": decided.min().isoformat(), "last_decided_at": decided.max().isoformat()}
     policy = Policy.from_model(loaded, model, {}, metadata={"trained_on": report.summary(), "rows": len(table), "trained_window": window})
     policy.save(out)
-    effects = model.effect_interval()
+    effects = model.effect_interval(cluster=table["unit_id"] if "unit_id" in table else None)
     t = Table(title=f"effect on {loaded.model.objective.name} per unit versus control (doubly robust, 95% interval)")
     for column in ("action", "effect", "interval"):
         t.add_column(column, justify="left" if column == "action" else "right")
@@ -710,28 +710,21 @@ def monitor(
     spec: Annotated[Path, typer.Option(help="The spec file (its monitoring.alerts are the rules).")],
     store: Annotated[Path, typer.Option(help="The store directory.")],
     as_of: Annotated[str | None, typer.Option(help="Check as of this time (ISO 8601, UTC); default now.")] = None,
-    window_days: Annotated[float, typer.Option(min=0.01, help="Drift window: decisions of the last N days before --as-of.")] = 1.0,
+    window_days: Annotated[float, typer.Option(min=0.01, help="Drift window: the last N days of decisions received by --as-of (as the report measures it).")] = 1.0,
     policy_version: Annotated[str | None, typer.Option(help="Baselines to compare with; default: the version that made most decisions in the window.")] = None,
 ) -> None:
     """Evaluate, measure drift and judge the spec's alert rules; fired alerts are stored. Exit code 1 when one fired."""
     from drivetrain.data import open_store
-    from drivetrain.evaluate import check_alerts, measure_drift, store_alerts
+    from drivetrain.evaluate import check_alerts, drift_as_of, store_alerts
     from drivetrain.evaluate import evaluate as run_evaluation
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
     target = open_store(store, loaded)
     moment = _parse_time(as_of, "as_of")
-    start = moment - timedelta(days=window_days)
     evaluation = run_evaluation(target, moment)
-    version = policy_version
-    if version is None:
-        counts = target.query(
-            f"SELECT policy_version, COUNT(*) AS n FROM decisions WHERE decided_at >= TIMESTAMP '{start.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
-            f" AND decided_at < TIMESTAMP '{moment.strftime('%Y-%m-%d %H:%M:%S.%f')}' AND policy_version IN"
-            " (SELECT DISTINCT policy_version FROM baselines) GROUP BY 1 ORDER BY 2 DESC, 1")
-        version = str(counts["policy_version"].iloc[0]) if len(counts) else None
-    drift = measure_drift(target, version, start=start, end=moment, as_of=moment) if version is not None else None
+    drift, _reason = drift_as_of(target, moment, days=window_days, version=policy_version)
+    version = None if drift is None else drift.version
     alerts = check_alerts(loaded, evaluation=evaluation, drift=drift, store=target, as_of=moment)
     new = store_alerts(target, alerts, fired_at=SystemClock().now())
     ns = evaluation.overall.north_star

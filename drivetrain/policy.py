@@ -45,24 +45,24 @@ import yaml
 from drivetrain.data import PersonalKey, check_contexts
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model import FeatureEncoder, OutcomeModel
-from drivetrain.model._modeler import _Constant, _formula_on, _TwoStage, formula_spread
-from drivetrain.spec import MODEL_PARTS, Formula, Spec, failed_propensity, holdout_draw, in_holdout, parse_spec
+from drivetrain.model._modeler import _Constant, _TwoStage
+from drivetrain.spec import (
+    MODEL_PARTS,
+    Spec,
+    check_constraint_names,
+    failed_propensity,
+    formula_on,
+    formula_spread,
+    holdout_draw,
+    in_holdout,
+    mean_constraints,
+    parse_spec,
+)
 
-__all__ = ["DecisionBatch", "Policy", "TieSplit", "constraint_terms"]
+__all__ = ["DecisionBatch", "Policy", "Pricing", "TieSplit"]
 
 FORMAT = 1
 _SCALE = float(2**64)
-
-
-def constraint_terms(spec: Spec) -> list[tuple[str, Formula, str, float]]:
-    """The spec's linear mean constraints as (name, formula, sense, limit): budgets, then guardrails."""
-    terms: list[tuple[str, Formula, str, float]] = [(b.name, f, "<=", b.max_per_unit) for b, f in spec.budgets]
-    for g, f in spec.guardrails:
-        if g.max is not None:
-            terms.append((g.name if g.min is None else f"{g.name}:max", f, "<=", g.max))
-        if g.min is not None:
-            terms.append((g.name if g.max is None else f"{g.name}:min", f, ">=", g.min))
-    return terms
 
 
 def _uniform(salt: str, tag: str, keys: Sequence[object] | np.ndarray) -> np.ndarray:
@@ -82,6 +82,18 @@ class DecisionBatch:
     chosen: np.ndarray
     scores: np.ndarray
     margin: np.ndarray
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """How a policy prices each (unit, action), all (n, K): the model's predicted ``objective`` (in the
+    spec's units, whatever its direction), the ``scores`` a decision maximizes (the objective, negated for
+    ``minimize``, less the price; ``-inf`` where an action is not eligible) and the ``price``, the priced
+    use of the constraints and caps (0 where not eligible)."""
+
+    objective: np.ndarray
+    scores: np.ndarray
+    price: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,9 @@ class Policy:
     pessimism: float = 0.0
     tie_split: TieSplit | None = None
 
+    def __post_init__(self) -> None:
+        check_constraint_names(self.spec, self.multipliers, "multipliers")
+
     @classmethod
     def from_model(cls, spec: Spec, model: OutcomeModel, multipliers: Mapping[str, float], *, version: str | None = None,
                    exploration_rate: float | None = None, holdout_share: float | None = None,
@@ -130,10 +145,6 @@ class Policy:
         if unmodelled:
             raise UsageError(f"the spec's objective, budgets and guardrails must read only outcomes the model predicts "
                              f"{sorted(getattr(model, 'components_', ()))}, got {unmodelled}: refit under this spec")
-        known = {t[0] for t in constraint_terms(spec)} | {c.name for c, _ in spec.caps}
-        unknown = sorted(set(multipliers) - known)
-        if unknown:
-            raise UsageError(f"`multipliers` must name constraints or caps of the spec {sorted(known)}, got {unknown}")
         exp = spec.model.experimentation
         eps = exp.exploration_rate if exploration_rate is None else exploration_rate
         h = exp.holdout_share if holdout_share is None else holdout_share
@@ -158,29 +169,34 @@ class Policy:
                components: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, price), both (n, K): the scores of :meth:`scores` and the priced use of the constraints
         and caps they subtract (0 where an action is not eligible)."""
+        pricing = self.pricing(contexts, components)
+        return pricing.scores, pricing.price
+
+    def pricing(self, contexts: pd.DataFrame | Mapping[str, Any], components: Mapping[str, np.ndarray] | None = None) -> Pricing:
+        """The predicted objective, the priced scores and the priced use of every action of ``contexts``
+        (see :class:`Pricing`); ``components`` are the model's predictions for them when the caller
+        already has them (the service's compiled model)."""
         comps = self.model.predict_outcomes(contexts) if components is None else components
         z = self.pessimism
         folds = self.model.predict_folds(contexts) if z else []
-        value = self.model.objective_of(comps, contexts)
-        if self.spec.model.objective.direction == "minimize":
-            value = -value
+        objective = self.model.objective_of(comps, contexts)
+        value = -objective if self.spec.model.objective.direction == "minimize" else objective
         if z:
             value = value - z * formula_spread(self.spec, self.spec.objective, folds, contexts)
         price = np.zeros(value.shape)
-        for name, formula, sense, _limit in constraint_terms(self.spec):
-            lam = self.multipliers.get(name, 0.0)
+        for term in mean_constraints(self.spec):
+            lam = self.multipliers.get(term.name, 0.0)
             if lam:
-                sign = 1.0 if sense == "<=" else -1.0
-                usage = np.broadcast_to(_formula_on(self.spec, formula, comps, contexts), value.shape)
+                usage = np.broadcast_to(formula_on(self.spec, term.formula, comps, contexts), value.shape)
                 if z:
-                    usage = usage + sign * z * formula_spread(self.spec, formula, folds, contexts)
-                price = price + lam * sign * usage
+                    usage = usage + term.sign * z * formula_spread(self.spec, term.formula, folds, contexts)
+                price = price + lam * term.sign * usage
         for cap, mask in self.spec.caps:
             mu = self.multipliers.get(cap.name, 0.0)
             if mu:
                 price = price + mu * mask[None, :]
         eligible = self.spec.eligible_actions({n: np.asarray(contexts[n]) for n in self.spec.features if n in contexts})
-        return np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0)
+        return Pricing(objective, np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0))
 
     def _choices(self, scores: np.ndarray, price: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
         """(choice at the lower prices, choice at the higher, the lower's share): the argmax twice, share 1,

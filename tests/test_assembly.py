@@ -142,7 +142,7 @@ def test_a_formulas_uncertainty_is_its_spread_across_the_folds() -> None:
     """Closed form: three folds whose gross profit and promotion cost move independently, each with a
     spread of 1, give `gross_profit - promo_cost` a spread of sqrt(2) (not |1 - 1| = 0), and a constant
     lever term adds nothing (`gross_profit - 0.5 * depth` keeps a spread of 1)."""
-    from drivetrain.model._modeler import formula_spread as _formula_se
+    from drivetrain.spec import formula_spread as _formula_se
     from drivetrain.spec import compile_formula
 
     spec = NBOOTwin().spec

@@ -111,3 +111,33 @@ def test_a_tie_split_that_is_not_one_is_refused(fitted, tmp_path: Path) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="tie_split must be null or"):
         Policy.load(directory)
+
+
+def test_a_policy_refuses_multipliers_the_spec_does_not_name(fitted) -> None:  # type: ignore[no-untyped-def]
+    # with a two-sided guardrail, `refund_rate` is priced as `refund_rate:max` / `refund_rate:min`: a policy
+    # built (or loaded) with the one-sided name must fail, not price the guardrail at 0
+    twin, model, _ = fitted
+    from drivetrain.spec import parse_spec
+
+    raw = twin.spec.model.model_dump(mode="json")
+    raw["guardrails"][0]["min"] = 0.001
+    spec = parse_spec(raw)
+    with pytest.raises(UsageError, match=r"`multipliers` must name constraints or caps .*got \['refund_rate'\]"):
+        Policy(spec, model, {"refund_rate": 3.0}, "v1", 0.0, 0.0)
+    assert Policy(spec, model, {"refund_rate:max": 3.0}, "v1", 0.0, 0.0).multipliers == {"refund_rate:max": 3.0}
+
+
+def test_pricing_is_the_objective_less_the_priced_use_on_the_eligible_actions(fitted) -> None:  # type: ignore[no-untyped-def]
+    twin, model, contexts = fitted
+    policy = Policy.from_model(twin.spec, model, {"promotion_budget": 0.7, "refund_rate": 2.0, "bundle_stock": 0.05})
+    pricing = policy.pricing(contexts)
+    comps = model.predict_outcomes(contexts)
+    np.testing.assert_allclose(pricing.objective, model.predict_objective(contexts))
+    bundle = np.asarray(twin.spec.action_space.lever_columns()["offer_type"] == "bundle")
+    eligible = np.isfinite(pricing.scores)
+    expected = 0.7 * comps["promo_cost"] + 2.0 * comps["refund"] + 0.05 * bundle[None, :]
+    np.testing.assert_allclose(pricing.price, np.where(eligible, expected, 0.0))
+    np.testing.assert_allclose(pricing.scores[eligible], (pricing.objective - pricing.price)[eligible])
+    scores, price = policy.priced(contexts, comps)
+    np.testing.assert_array_equal(scores, pricing.scores)
+    np.testing.assert_array_equal(price, pricing.price)

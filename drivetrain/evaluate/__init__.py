@@ -2,7 +2,7 @@
 fit-time baselines, and the spec's alert rules; their SQL in Spark's dialect."""
 
 from drivetrain.evaluate._alerts import Alert, check_alerts, latency_by_minute, store_alerts
-from drivetrain.evaluate._drift import DRIFT_COLUMNS, DriftReport, drift_queries, measure_drift
+from drivetrain.evaluate._drift import DRIFT_COLUMNS, DriftReport, baseline_version, drift_as_of, drift_queries, measure_drift
 from drivetrain.evaluate._kpi import (
     BudgetUse,
     Counts,
@@ -32,7 +32,9 @@ __all__ = [
     "SampleRatio",
     "ServiceLevels",
     "SliceEvaluation",
+    "baseline_version",
     "check_alerts",
+    "drift_as_of",
     "drift_queries",
     "evaluate",
     "evaluation_from_results",

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -65,7 +65,7 @@ from drivetrain.data import Store, psi_cell_bins, training_table
 from drivetrain.errors import DataError, UsageError
 from drivetrain.evaluate._sql import timestamp_sql as _ts
 
-__all__ = ["DRIFT_COLUMNS", "DriftReport", "drift_queries", "measure_drift"]
+__all__ = ["DRIFT_COLUMNS", "DriftReport", "baseline_version", "drift_as_of", "drift_queries", "measure_drift"]
 
 #: Columns of :attr:`DriftReport.table`, in order.
 DRIFT_COLUMNS = (
@@ -484,3 +484,38 @@ def measure_drift(
     table_out = table_out[list(DRIFT_COLUMNS)]
     return DriftReport(version=version, start=start, end=end, as_of=as_of, decisions=decisions,
                        psi_threshold=psi_threshold, alpha=alpha, table=table_out)
+
+
+def baseline_version(store: Store, *, start: datetime, end: datetime, as_of: datetime) -> str | None:
+    """The policy version whose baselines drift compares with by default: of the versions with baselines
+    in the store, the one that made most decisions with ``start <= decided_at < end`` received by
+    ``as_of`` (ties: the first by name); ``None`` when none did. Decisions received later do not count,
+    so that the same T picks the same version whenever it is asked (docs/data.md, Maturity and replay)."""
+    start, end, as_of = as_utc(start, name="start"), as_utc(end, name="end"), as_utc(as_of, name="as_of")
+    found = store.query(f"SELECT policy_version, COUNT(*) AS n FROM decisions WHERE {_window(start, end, as_of)} AND"
+                        " policy_version IN (SELECT DISTINCT policy_version FROM baselines) GROUP BY 1 ORDER BY 2 DESC, 1")
+    return None if found.empty else str(found["policy_version"].iloc[0])
+
+
+def drift_as_of(store: Store, as_of: datetime, *, days: float, version: str | None = None) -> tuple[DriftReport | None, str]:
+    """Drift as of T over the ``days`` before the last decision received by T, against ``version``'s
+    baselines (default: :func:`baseline_version` of that window), with the reason when there is none.
+
+    The one definition the monitor's alert rules and the report both use, so that the same T gives the
+    same figures. The window ends at the last decision received by T, not at T, so that a store whose
+    decisions stop before T is still measured on its last ``days`` of them.
+    """
+    as_of = as_utc(as_of, name="as_of")
+    if not days > 0:
+        raise UsageError(f"`days` must be > 0, got {days}")
+    last = store.query(f"SELECT MAX(decided_at) AS t FROM decisions WHERE received_at <= {_ts(as_of)}")["t"].iloc[0]
+    if pd.isna(last):
+        return None, f"No decisions received by {as_of.isoformat()}: no drift to measure."
+    end = pd.Timestamp(last).to_pydatetime() + timedelta(microseconds=1)
+    start = end - timedelta(days=days)
+    if version is None:
+        version = baseline_version(store, start=start, end=end, as_of=as_of)
+        if version is None:
+            return None, ("No baselines for the policy versions of the window's decisions: drift compares with the"
+                          " fit-time baselines a policy writes to the store.")
+    return measure_drift(store, version, start=start, end=end, as_of=as_of), ""

@@ -31,7 +31,7 @@ the fold models is a per (unit, action) uncertainty that pessimistic planning us
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeAlias
 
 import lightgbm as lgb
@@ -43,7 +43,9 @@ from sklearn.base import clone
 
 from drivetrain.errors import DataError, UsageError
 from drivetrain.model._features import FeatureEncoder
-from drivetrain.spec import Spec
+from drivetrain.spec import Spec, formula_on
+from drivetrain.stats import cluster_codes, standard_error
+from drivetrain.stats import pseudo_outcomes as dr_pseudo_outcomes
 
 __all__ = ["OutcomeModel"]
 
@@ -420,7 +422,7 @@ class OutcomeModel:
     def objective_of(self, components: Mapping[str, np.ndarray], contexts: pd.DataFrame | Mapping[str, Any] | None = None) -> np.ndarray:
         """The spec's objective formula on (n, K) component arrays (levers broadcast per action)."""
         self._check_fitted()
-        return _formula_on(self.spec_, self.spec_.objective, components, contexts)
+        return formula_on(self.spec_, self.spec_.objective, components, contexts)
 
     def predict_objective(self, contexts: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
         """Predicted objective per (unit, action); shape (n, K)."""
@@ -437,26 +439,26 @@ class OutcomeModel:
         shape (n, K). Unbiased for each action's mean when the logged propensities are right."""
         self._check_fitted()
         n = self.action_.size
-        rows = np.arange(n)
         predictions = self._training_predictions()
         if component is None:
             mu = self.objective_of(predictions, self.contexts_)
-            y = np.asarray(_formula_on(self.spec_, self.spec_.objective, {c: v[:, None] for c, v in self.outcomes_.items()},
-                                        self.contexts_, lever_index=self.action_), dtype=np.float64).reshape(n)
+            y = np.asarray(formula_on(self.spec_, self.spec_.objective, {c: v[:, None] for c, v in self.outcomes_.items()},
+                                       self.contexts_, lever_index=self.action_), dtype=np.float64).reshape(n)
         else:
             if component not in predictions:
                 raise UsageError(f"`component` must be one of {list(self.components_)}, got {component!r}")
             mu, y = predictions[component], self.outcomes_[component]
-        gamma = mu.copy()
-        gamma[rows, self.action_] += (y - mu[rows, self.action_]) / self.propensity_
-        return gamma
+        return dr_pseudo_outcomes(y, self.action_, self.propensity_, mu)
 
-    def effect_interval(self, *, by: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    def effect_interval(self, *, by: str | None = None, alpha: float = 0.05, cluster: Any = None) -> pd.DataFrame:
         """Average effect of each action versus control on the objective, from the doubly robust
-        pseudo-outcomes, with a normal (1 - alpha) interval; per cohort ``by`` when given."""
+        pseudo-outcomes, with a normal (1 - alpha) interval; per cohort ``by`` when given. ``cluster``
+        (n,), the unit of each training row (its ``unit_id``), makes the interval cluster-robust: one
+        unit's decisions are not independent (:mod:`drivetrain.stats`)."""
         if not 0 < alpha < 1:
             raise UsageError(f"`alpha` must be in (0, 1), got {alpha!r}")
         gamma = self.pseudo_outcomes()
+        codes = None if cluster is None else cluster_codes(cluster, gamma.shape[0], "the training table")
         control = self.spec_.control.index
         diff = gamma - gamma[:, [control]]
         z = float(stats.norm.ppf(1 - alpha / 2))
@@ -467,35 +469,12 @@ class OutcomeModel:
         rows = []
         for label, mask in groups.items():
             d = diff[mask]
+            units = None if codes is None else np.unique(codes[mask], return_inverse=True)[1]
             for j, action_id in enumerate(self.spec_.action_space.ids):
                 if j == control:
                     continue
                 mean = float(d[:, j].mean())
-                se = float(d[:, j].std(ddof=1) / np.sqrt(max(1, d.shape[0])))
+                se = standard_error(d[:, j], mean, units)
                 rows.append({"cohort": label, "action_id": action_id, "n": int(mask.sum()), "effect": mean,
                              "std_error": se, "ci_low": mean - z * se, "ci_high": mean + z * se})
         return pd.DataFrame(rows)
-
-
-def formula_spread(spec: Spec, formula: Any, folds: Sequence[Mapping[str, np.ndarray]], contexts: Any) -> np.ndarray:
-    """Uncertainty of a formula of the components: its spread across the cross-fitted models'
-    predictions (``OutcomeModel.predict_folds``; zero with one model). The formula is evaluated on each
-    fold's components, so that correlated components (a profit minus a cost) and constants (a lever's
-    value) count as they should."""
-    values = [np.asarray(_formula_on(spec, formula, f, contexts), dtype=np.float64) for f in folds]
-    return np.std(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(values[0])
-
-
-def _formula_on(spec: Spec, formula: Any, components: Mapping[str, np.ndarray], contexts: Any,
-                lever_index: np.ndarray | None = None) -> np.ndarray:
-    """Evaluate a spec formula on (n, K) components; levers broadcast per action, context per unit."""
-    columns: dict[str, Any] = dict(components)
-    if lever_index is None:
-        columns.update({name: col[None, :] for name, col in spec.action_space.lever_columns().items()})
-    else:
-        columns.update({name: col[:, None] for name, col in spec.action_space.lever_columns(lever_index).items()})
-    if contexts is not None:
-        for name in formula.variables:
-            if name in spec.features and name in contexts:
-                columns[name] = np.asarray(contexts[name])[:, None]
-    return np.asarray(formula(columns), dtype=np.float64)

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from drivetrain.errors import UsageError
 from drivetrain.optimize._problem import AssignmentProblem, MeanConstraint, ShareCap
-from drivetrain.spec import Formula, Spec
+from drivetrain.spec import Formula, Spec, check_constraint_names, mean_constraints
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,22 +107,21 @@ def problem_from_spec(
     def in_program_only(coef: np.ndarray) -> np.ndarray:
         return coef if program.all() else np.where(program[:, None], coef, 0.0)
 
+    bounds = {g.name: _override(g.name, guardrail_overrides[g.name], g.min, g.max) for g, _ in spec.guardrails
+              if g.name in guardrail_overrides}
+    coefs: dict[str, np.ndarray] = {}
     constraints: list[MeanConstraint] = []
-    for budget, formula in spec.budgets:
-        limit = float(budget_overrides.get(budget.name, budget.max_per_unit))
-        if not np.isfinite(limit) or limit < 0:
-            raise UsageError(f"`budget_overrides[{budget.name!r}]` must be a finite number >= 0, got {limit}")
-        constraints.append(MeanConstraint(budget.name, in_program_only(evaluate(formula, f"budget {budget.name!r}")), limit * in_program, "<="))
-    for guardrail, formula in spec.guardrails:
-        low, high = guardrail.min, guardrail.max
-        if guardrail.name in guardrail_overrides:
-            low, high = _override(guardrail.name, guardrail_overrides[guardrail.name], low, high)
-        coef = in_program_only(evaluate(formula, f"guardrail {guardrail.name!r}"))
-        both = low is not None and high is not None
-        if high is not None:
-            constraints.append(MeanConstraint(f"{guardrail.name}:max" if both else guardrail.name, coef, high * in_program, "<="))
-        if low is not None:
-            constraints.append(MeanConstraint(f"{guardrail.name}:min" if both else guardrail.name, coef, low * in_program, ">="))
+    for term in mean_constraints(spec):
+        if term.kind == "budget":
+            limit = float(budget_overrides.get(term.source, term.limit))
+            if not np.isfinite(limit) or limit < 0:
+                raise UsageError(f"`budget_overrides[{term.source!r}]` must be a finite number >= 0, got {limit}")
+        else:
+            bound = bounds.get(term.source, (None, None))[1 if term.sense == "<=" else 0]
+            limit = term.limit if bound is None else bound
+        if term.source not in coefs:
+            coefs[term.source] = in_program_only(evaluate(term.formula, f"{term.kind} {term.source!r}"))
+        constraints.append(MeanConstraint(term.name, coefs[term.source], limit * in_program, term.sense))
     caps = [ShareCap(cap.name, mask, cap.max_share * in_program) for cap, mask in spec.caps]
     return AssignmentProblem(values=values, eligible=eligible, constraints=constraints, caps=caps)
 
@@ -146,6 +145,13 @@ def _check_serving(exploration_rate: float, holdout_share: float) -> tuple[float
     return eps, h
 
 
+def _budget_rows(problem: AssignmentProblem, spec: Spec) -> set[str]:
+    """The names of ``problem``'s budget rows (counted over both arms); a row or cap the spec does not name
+    is an error, since it could not be told from a guardrail (counted over the policy arm)."""
+    check_constraint_names(spec, problem.names, "problem")
+    return {t.name for t in mean_constraints(spec) if t.kind == "budget"}
+
+
 def served_use(problem: AssignmentProblem, spec: Spec, probabilities: np.ndarray, *, exploration_rate: float,
                holdout_share: float) -> dict[str, float]:
     """Mean use of every constraint and cap of ``problem`` when the plan ``probabilities`` (n, K) is served.
@@ -161,7 +167,7 @@ def served_use(problem: AssignmentProblem, spec: Spec, probabilities: np.ndarray
     policy_arm = (1.0 - eps) * np.asarray(probabilities, dtype=np.float64) + eps * uniform
     both = (1.0 - h) * policy_arm
     both[:, spec.control.index] += h
-    budgets = {b.name for b, _ in spec.budgets}
+    budgets = _budget_rows(problem, spec)
     shape = problem.values.shape
     use = {c.name: float(np.mean((np.broadcast_to(c.coef, shape) * (both if c.name in budgets else policy_arm)).sum(axis=1)))
            for c in problem.constraints}
@@ -182,7 +188,7 @@ def as_served(problem: AssignmentProblem, spec: Spec, *, exploration_rate: float
     if eps == 0.0 and h == 0.0:
         return problem
     alone = served_use(problem, spec, np.zeros(problem.values.shape), exploration_rate=eps, holdout_share=h)
-    budgets = {b.name for b, _ in spec.budgets}
+    budgets = _budget_rows(problem, spec)
     constraints = [MeanConstraint(c.name, c.coef, (c.limit - alone[c.name]) / ((1.0 - eps) * ((1.0 - h) if c.name in budgets else 1.0)), c.sense)
                    for c in problem.constraints]
     caps = []

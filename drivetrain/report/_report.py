@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 from drivetrain.clock import as_utc
 from drivetrain.data import Store
 from drivetrain.errors import DrivetrainError, UsageError
-from drivetrain.evaluate import DriftReport, Evaluation, SliceEvaluation, evaluate, measure_drift
+from drivetrain.evaluate import DriftReport, Evaluation, SliceEvaluation, drift_as_of, evaluate
 from drivetrain.evaluate._sql import timestamp_sql as _ts
 from drivetrain.spec import Spec, format_duration
 
@@ -254,21 +254,9 @@ def alert_panel(store: Store, as_of: datetime) -> Panel:
 
 # ---------------------------------------------------------------------------------------------- assembly
 def _drift(store: Store, as_of: datetime, days: float, version: str | None) -> tuple[DriftReport | None, str]:
-    """Drift over the ``days`` before the last decision received by ``as_of``, against ``version``'s baselines
-    (default: the version with baselines that made most decisions in that window)."""
-    last = store.query(f"SELECT MAX(decided_at) AS t FROM decisions WHERE received_at <= {_ts(as_of)}")["t"].iloc[0]
-    end = last.to_pydatetime() + timedelta(microseconds=1)
-    start = end - timedelta(days=days)
-    if version is None:
-        found = store.query(f"SELECT policy_version, COUNT(*) AS n FROM decisions WHERE decided_at >= {_ts(start)} AND"
-                            f" decided_at < {_ts(end)} AND received_at <= {_ts(as_of)} AND policy_version IN"
-                            " (SELECT DISTINCT policy_version FROM baselines) GROUP BY 1 ORDER BY 2 DESC, 1")
-        if found.empty:
-            return None, ("No baselines for the policy versions of the window's decisions: drift compares with the"
-                          " fit-time baselines a policy writes to the store.")
-        version = str(found["policy_version"].iloc[0])
+    """Drift as the monitor measures it (:func:`~drivetrain.evaluate.drift_as_of`); a failure becomes the reason."""
     try:
-        return measure_drift(store, version, start=start, end=end, as_of=as_of), ""
+        return drift_as_of(store, as_of, days=days, version=version)
     except DrivetrainError as exc:
         return None, f"Drift could not be measured: {exc}"
 

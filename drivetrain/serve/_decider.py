@@ -25,8 +25,7 @@ import numpy as np
 
 from drivetrain.data import PersonalKey, check_context, personal_key
 from drivetrain.model._compiled import CompiledModel
-from drivetrain.model._modeler import _formula_on
-from drivetrain.policy import Policy, constraint_terms
+from drivetrain.policy import Policy
 from drivetrain.spec import Spec, failed_propensity, in_holdout
 
 __all__ = ["Decider", "Decision"]
@@ -61,9 +60,6 @@ class Decider:
         self._salt = (policy.spec if policy is not None else spec).model.experimentation.salt
         self._holdout_share = policy.holdout_share if policy is not None else spec.model.experimentation.holdout_share
         if policy is not None:
-            self._terms = [(f, (1.0 if sense == "<=" else -1.0) * policy.multipliers.get(name, 0.0))
-                           for name, f, sense, _ in constraint_terms(policy.spec) if policy.multipliers.get(name, 0.0)]
-            self._caps = sum((policy.multipliers.get(c.name, 0.0) * m for c, m in policy.spec.caps), np.zeros(len(self._ids)))
             self._warm_up()
 
     def _warm_up(self) -> None:
@@ -151,26 +147,17 @@ class Decider:
         return Decision(response, record, {"features": t1 - t0, "policy": t2 - t1, "record": t3 - t2})
 
     def _scores(self, features: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(predicted objective (K,), priced scores (1, K), their priced use (1, K)) for one parsed context."""
+        """(predicted objective (K,), priced scores (1, K), their priced use (1, K)) for one parsed context,
+        priced by :meth:`Policy.pricing` on the compiled model's components."""
         policy = self.policy
         assert policy is not None
         contexts = {name: np.array([value]) for name, value in features.items()}
-        if policy.pessimism:  # scores need every fold model's spread: the batch path, not the compiled final model
-            components = policy.model.predict_outcomes(contexts)
-            return (policy.model.objective_of(components, contexts)[0].copy(), *policy.priced(contexts, components))
-        if self.compiled is not None:
+        if self.compiled is not None:  # None with pessimism: its scores need every fold model's spread
             components = self.compiled.predict_row(policy.model.encoder_.transform_row(features))
         else:
             components = policy.model.predict_outcomes(contexts)
-        value = policy.model.objective_of(components, contexts)
-        predicted = value[0].copy()
-        if policy.spec.model.objective.direction == "minimize":
-            value = -value
-        price = self._caps[None, :]
-        for formula, lam in self._terms:
-            price = price + lam * np.broadcast_to(_formula_on(policy.spec, formula, components, contexts), value.shape)
-        eligible = policy.spec.eligible_actions(contexts)
-        return predicted, np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0)
+        pricing = policy.pricing(contexts, components)
+        return pricing.objective[0].copy(), pricing.scores, pricing.price
 
 
 def _json_value(value: Any) -> Any:

@@ -11,9 +11,9 @@ from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from drivetrain.errors import UsageError
+from drivetrain.stats import cluster_codes as check_cluster
 
 __all__ = ["Logged", "check_alpha", "check_cluster", "check_logged", "check_nonnegative"]
 
@@ -182,20 +182,6 @@ def check_logged(
                 f"for `pscore` {_fmt(p[i])}{_where(bad)}"
             )
     return Logged(r, a.astype(np.int64), p, dist, q, mu, None if cluster is None else check_cluster(cluster, n, reward_name))
-
-
-def check_cluster(cluster: npt.ArrayLike, n: int, source: str = "reward") -> npt.NDArray[np.int64]:
-    """The cluster ids (n,) of n decisions as codes in [0, G), in order of first appearance."""
-    ids = np.asarray(cluster, dtype=object) if not isinstance(cluster, np.ndarray) else cluster
-    if ids.ndim != 1:
-        raise UsageError(f"`cluster` must be 1-D with shape (n,), got shape {ids.shape}")
-    if ids.shape[0] != n:
-        raise UsageError(f"`cluster` must have one entry per decision (n={n} from `{source}`), got {ids.shape[0]}")
-    codes, _ = pd.factorize(ids, use_na_sentinel=True)
-    bad = codes < 0
-    if bad.any():
-        raise UsageError(f"`cluster` must name a unit for every decision, got a missing value{_where(bad)}")
-    return codes.astype(np.int64)
 
 
 def check_alpha(alpha: float) -> float:

@@ -38,6 +38,7 @@ from scipy import stats
 from drivetrain.errors import UsageError
 from drivetrain.simulate._checks import Array, Logged, check_alpha, check_logged, check_nonnegative
 from drivetrain.simulate._estimate import PolicyEstimate, weight_diagnostics
+from drivetrain.stats import standard_error
 
 __all__ = [
     "DirectMethod",
@@ -304,19 +305,6 @@ class DoublyRobustWithShrinkage(DoublyRobust):
         if lam == 0.0:
             return np.zeros_like(w)
         return lam * w / (np.square(w) + lam)
-
-
-def standard_error(psi: Array, value: float, cluster: npt.NDArray[np.int64] | None) -> float:
-    """Standard error of ``value`` = mean(psi): sd(psi) / sqrt(n), or cluster-robust over ``cluster``'s
-    codes (see the module docstring)."""
-    n = psi.size
-    if cluster is None:
-        return float(np.std(psi, ddof=1)) / math.sqrt(n)
-    sums = np.bincount(cluster, weights=psi - value)
-    g = sums.size
-    if g < 2:
-        raise UsageError(f"`cluster` must hold at least 2 units for an interval, got {g}")
-    return math.sqrt(g / (g - 1) * float(np.sum(np.square(sums)))) / n
 
 
 def _mean_weight(w: Array, name: str) -> float:

@@ -1,6 +1,8 @@
 """The spec: objective, outcomes, levers, constraints, guardrails and the context contract of a data product."""
 
 from drivetrain.spec._actions import Action, ActionSpace
+from drivetrain.spec._apply import formula_on, formula_spread
+from drivetrain.spec._constraints import MeanTerm, check_constraint_names, constraint_names, mean_constraints
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
 from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec
 from drivetrain.spec._model import SpecModel, format_duration, parse_duration
@@ -12,14 +14,20 @@ __all__ = [
     "Action",
     "ActionSpace",
     "Formula",
+    "MeanTerm",
     "Spec",
     "SpecModel",
+    "check_constraint_names",
     "compile_formula",
+    "constraint_names",
     "format_duration",
+    "formula_on",
+    "formula_spread",
     "failed_propensity",
     "holdout_draw",
     "in_holdout",
     "load_spec",
+    "mean_constraints",
     "model_parts",
     "parse_duration",
     "parse_spec",
