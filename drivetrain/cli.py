@@ -432,6 +432,29 @@ def fit(
     console.print(f"saved model {policy.version} to {out}")
 
 
+def _population(spec: Spec, contexts: Path | None, store: object | None, as_of: str | None, purpose: str) -> pd.DataFrame:
+    """The units to plan or explain on: a contexts file typed by the contract (a CSV's cells are text), else
+    the training table of the store as of ``as_of``."""
+    from drivetrain.data import check_contexts, read_rows, training_table
+
+    if contexts is not None:
+        raw = read_rows(contexts).frame
+        parsed, reasons = check_contexts(spec, raw)
+        broken = pd.Series(reasons).dropna()
+        if len(broken):
+            raise UsageError(f"`contexts` rows must satisfy the spec's context contract: {len(broken)} of {len(raw)} "
+                             f"do not, e.g. row {int(broken.index[0]) + 1}: {broken.iloc[0]}")
+        population = pd.concat([raw.drop(columns=[c for c in parsed.columns if c in raw]).reset_index(drop=True),
+                                parsed.reset_index(drop=True)], axis=1)
+    elif store is not None:
+        population = training_table(store, _parse_time(as_of, "as_of"))[0].to_pandas()  # type: ignore[arg-type]
+    else:
+        raise UsageError("pass --contexts FILE, or --store (and --as-of) for the units of the training table")
+    if population.empty:
+        raise UsageError(f"the population to {purpose} is empty: pass --contexts or ingest decisions first")
+    return population
+
+
 @app.command()
 def optimize(
     spec: Annotated[Path, typer.Option(help="The spec file.")],
@@ -446,28 +469,13 @@ def optimize(
 ) -> None:
     """Choose lever settings per unit under the budgets, guardrails and caps; save the priced policy."""
     from drivetrain.assembly import plan_policy, write_policy_baselines
-    from drivetrain.data import open_store, read_rows, training_table
+    from drivetrain.data import open_store
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
     fitted = _policy_for(loaded, model, "model")
     target = open_store(store, loaded)
-    if contexts is not None:
-        from drivetrain.data import check_contexts
-
-        raw = read_rows(contexts).frame
-        parsed, reasons = check_contexts(loaded, raw)
-        broken = pd.Series(reasons).dropna()
-        if len(broken):
-            raise UsageError(f"`contexts` rows must satisfy the spec's context contract: {len(broken)} of {len(raw)} "
-                             f"do not, e.g. row {int(broken.index[0]) + 1}: {broken.iloc[0]}")
-        # the features as the contract types them (a CSV's cells are text), beside the file's other columns
-        population = pd.concat([raw.drop(columns=[c for c in parsed.columns if c in raw]).reset_index(drop=True),
-                                parsed.reset_index(drop=True)], axis=1)
-    else:
-        population = training_table(target, _parse_time(as_of, "as_of"))[0].to_pandas()
-    if population.empty:
-        raise UsageError("the population to optimize on is empty: pass --contexts or ingest decisions first")
+    population = _population(loaded, contexts, target, as_of, "optimize on")
     with console.status(f"optimizing {len(population)} units"):
         plan = plan_policy(loaded, fitted.model, population, budget_overrides=_pairs(budget, "budget", [b.name for b, _ in loaded.budgets]),
                            guardrail_overrides=_pairs(guardrail, "guardrail", [g.name for g, _ in loaded.guardrails]), pessimism=pessimism or None,
@@ -621,7 +629,7 @@ def decide(
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}g}"
+    return "-" if value is None or value != value else f"{value:.{digits}g}"
 
 
 def _effect_row(label: str, e: object) -> list[str]:
@@ -861,6 +869,97 @@ def compact(
         console.print(f"no closed segments in {log_dir}")
     if recovered.torn_bytes:
         console.print(f"set aside {recovered.torn_bytes} bytes of torn last records (*.torn files in {log_dir})")
+
+
+# ---------------------------------------------------------------------------------------------- explain, frontier
+@app.command()
+def explain(
+    policy: Annotated[Path, typer.Option(help="The policy directory (from `drivetrain optimize`).")],
+    contexts: Annotated[Path | None, typer.Option(help="Units to explain: unit_id and the context features.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Or the store: the units of its training table as of --as-of.")] = None,
+    as_of: Annotated[str | None, typer.Option(help="With --store: the training table as of this UTC time (default: now).")] = None,
+    by: Annotated[str, typer.Option(help="Cohorts: features joined by commas; a numeric one as NAME:BANDS (tenure_days:4).")] = "",
+    unit: Annotated[str | None, typer.Option(help="Explain this unit_id's action: every action's predicted value and prices.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the cohort table to this .csv or .parquet file.")] = None,
+) -> None:
+    """Predicted effects on the objective and the policy's action mix by cohort; for one unit, why it got its action."""
+    from drivetrain.data import open_store
+    from drivetrain.explain import effects_by_cohort, explain_unit
+
+    loaded = _load_policy(policy, "policy")
+    spec = loaded.spec
+    population = _population(spec, contexts, None if store is None else open_store(store, spec), as_of, "explain")
+    cohorts = [c.strip() for c in by.split(",") if c.strip()] or list(spec.model.cohorts)
+    table = effects_by_cohort(loaded, population, cohorts)
+    keys = [c.partition(":")[0] for c in cohorts]
+    t = Table(title=f"predicted effect on {spec.model.objective.name} per unit versus control, and the plan's action mix,"
+                    f" by {' x '.join(keys)} ({len(population)} units; spread: across the cross-fitted models)")
+    for column in (*keys, "units", "action", "effect", "spread", "share"):
+        t.add_column(column, justify="left" if column in (*keys, "action") else "right")
+    for r in table[table["share"] > 0].to_dict("records"):
+        t.add_row(*(str(r[k]) for k in keys), str(r["units"]), str(r["action_id"]), _fmt(r["effect"]),
+                  _fmt(r["effect_spread"]), f"{r['share']:.1%}")
+    console.print(t)
+    console.print("(actions no unit of a cohort gets are left out of the table; --out writes every action)")
+    if out is not None:
+        _write(table, out, FileFormat.parquet if out.suffix == ".parquet" else FileFormat.csv)
+        console.print(f"wrote {out}")
+    if unit is not None:
+        rows = population[population["unit_id"].astype(str) == unit] if "unit_id" in population else population.iloc[:0]
+        if rows.empty:
+            raise UsageError(f"`unit` must be a unit_id of the population, got {unit!r}")
+        explained = explain_unit(loaded, rows.iloc[[0]])
+        console.print(explained.summary())
+        u = Table(title=f"unit {unit}: every action, as the policy priced it")
+        prices = [c for c in explained.actions.columns if c.startswith("price:")]
+        for column in ("action", "objective", *prices, "score"):
+            u.add_column(column, justify="left" if column == "action" else "right")
+        for r in explained.actions[explained.actions["eligible"]].sort_values("score", ascending=False).to_dict("records"):
+            u.add_row(str(r["action_id"]) + (" (chosen)" if r["action_id"] == explained.chosen else ""), _fmt(r["objective"]),
+                      *(_fmt(r[c]) for c in prices), _fmt(r["score"]))
+        console.print(u)
+
+
+@app.command()
+def frontier(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    model: Annotated[Path, typer.Option(help="Directory written by `drivetrain fit` (or a policy).")],
+    constraint: Annotated[str, typer.Option(help="The budget or one-sided guardrail whose limit moves.")],
+    limits: Annotated[str, typer.Option(help="Limits to plan at, joined by commas (0.2,0.4,0.6).")],
+    contexts: Annotated[Path | None, typer.Option(help="Units to plan on: unit_id and the context features.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Or the store: the units of its training table as of --as-of.")] = None,
+    as_of: Annotated[str | None, typer.Option(help="With --store: the training table as of this UTC time (default: now).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the curve as a self-contained HTML figure (.html) or a table (.csv).")] = None,
+) -> None:
+    """The objective against one constraint's limit: plan at each limit and print the trade-off with shadow prices."""
+    from drivetrain.data import open_store
+    from drivetrain.explain import frontier as trade_off
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    fitted = _policy_for(loaded, model, "model")
+    try:
+        values = [float(v) for v in limits.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"`limits` must be numbers joined by commas such as 0.2,0.4,0.6, got {limits!r}") from None
+    population = _population(loaded, contexts, None if store is None else open_store(store, loaded), as_of, "plan on")
+    with console.status(f"planning {len(values)} times on {len(population)} units"):
+        curve = trade_off(loaded, fitted.model, population, constraint, values)
+    t = Table(title=f"predicted {loaded.model.objective.name} per unit as served against the limit of {constraint}")
+    uses = [c for c in curve.table.columns if c.startswith("use:")]
+    for column in ("limit", "objective", *(c[4:] for c in uses), "shadow price", "binding"):
+        t.add_column(column, justify="right")
+    for r in curve.table.to_dict("records"):
+        t.add_row(f"{r['limit']:g}", _fmt(r["objective"]), *(_fmt(r[c]) for c in uses), _fmt(r["price"]), "yes" if r["binding"] else "no")
+    console.print(t)
+    if out is not None:
+        if out.suffix == ".html":
+            out.write_text(curve.figure_html(), encoding="utf-8")
+        elif out.suffix == ".csv":
+            curve.table.to_csv(out, index=False)
+        else:
+            raise UsageError(f"`out` must end in .html or .csv, got {out.name!r}")
+        console.print(f"wrote {out}")
 
 
 @app.command()

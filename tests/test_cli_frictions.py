@@ -119,3 +119,25 @@ def test_decide_writes_integer_features_as_integers(product: Path, tmp_path: Pat
     parquet = invoke("decide", "--policy", product / "model", "--input", tmp_path / "contexts.csv", "--output", tmp_path / "out.parquet")
     assert parquet.returncode == 0, parquet.stderr
     assert str(pd.read_parquet(tmp_path / "out.parquet")["tenure_days"].dtype) == "Int64"
+
+
+def test_explain_and_frontier_answer_on_the_command_line(product: Path, tmp_path: Path) -> None:
+    planned = invoke("optimize", "--spec", product / "spec.yaml", "--store", product / "store", "--model", product / "model",
+                     "--out", tmp_path / "policy", "--contexts", product / "contexts.csv", "--budget", "promotion_budget=0.3")
+    assert planned.returncode == 0, planned.stderr
+    unit = pd.read_csv(product / "contexts.csv")["unit_id"].astype(str).iloc[5]
+    ran = invoke("explain", "--policy", tmp_path / "policy", "--contexts", product / "contexts.csv", "--by", "tier,tenure_days:3",
+                 "--unit", unit, "--out", tmp_path / "cohorts.csv")
+    assert ran.returncode == 0, ran.stderr
+    assert "by tier x tenure_days" in ran.stdout and f"unit {unit}: " in ran.stdout and "price:promotion_budget" in ran.stdout
+    cohorts = pd.read_csv(tmp_path / "cohorts.csv")
+    assert len(cohorts) == 3 * 3 * 11 and np.allclose(cohorts.groupby(["tier", "tenure_days"])["share"].sum(), 1.0)
+    bad = invoke("explain", "--policy", tmp_path / "policy", "--contexts", product / "contexts.csv", "--by", "tenure_days")
+    assert bad.returncode == 2 and "NAME:BANDS" in bad.stderr
+    curve = invoke("frontier", "--spec", product / "spec.yaml", "--model", product / "model", "--contexts", product / "contexts.csv",
+                   "--constraint", "promotion_budget", "--limits", "0.2,0.5,1", "--out", tmp_path / "frontier.html")
+    assert curve.returncode == 0, curve.stderr
+    assert "shadow price" in curve.stdout and (tmp_path / "frontier.html").stat().st_size > 100_000  # plotly embedded
+    wrong = invoke("frontier", "--spec", product / "spec.yaml", "--model", product / "model", "--contexts", product / "contexts.csv",
+                   "--constraint", "promotion_budget", "--limits", "a lot")
+    assert wrong.returncode == 2 and "`limits` must be numbers" in wrong.stderr

@@ -1,0 +1,81 @@
+"""Effects by cohort, one explained decision and the trade-off curve, checked against the twin's truth and
+against what the plan itself does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from drivetrain.assembly import plan_policy
+from drivetrain.errors import UsageError
+from drivetrain.explain import cohort_table, effects_by_cohort, explain_unit, frontier
+from drivetrain.model import OutcomeModel
+from drivetrain.twin import NBOOTwin
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[NBOOTwin, OutcomeModel, pd.DataFrame]:
+    twin = NBOOTwin(seed=11)
+    users = twin.population(8000)
+    decisions, _ = twin.log(users)
+    truth = twin.truth(users)
+    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
+    for c in twin.spec.outcomes:  # expected outcomes as labels: the model learns the truth with little noise
+        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    model = OutcomeModel(n_folds=2, n_estimators=60, min_child_samples=40, num_threads=1).fit(decisions, twin.spec)
+    return twin, model, NBOOTwin(seed=12).population(4000, offset=9_000_000)
+
+
+def test_effects_by_cohort_follow_the_truth_and_the_mix_is_the_plans(fitted) -> None:  # type: ignore[no-untyped-def]
+    twin, model, contexts = fitted
+    plan = plan_policy(twin.spec, model, contexts)
+    table = effects_by_cohort(plan.policy, contexts, ["tier", "tenure_days:2"])
+    assert set(table["tier"]) == {"bronze", "silver", "gold"} and table["tenure_days"].nunique() == 2
+    truth = twin.truth(contexts).objective
+    labels = cohort_table(twin.spec, contexts, ["tier", "tenure_days:2"])
+    control = twin.spec.control.index
+    errors = []
+    for row in table.to_dict("records"):
+        members = ((labels["tier"] == row["tier"]) & (labels["tenure_days"] == row["tenure_days"])).to_numpy()
+        k = twin.spec.action_space.ids.index(row["action_id"])
+        true_effect = float(np.mean(truth[members, k] - truth[members, control]))
+        errors.append(abs(row["effect"] - true_effect))
+    assert np.median(errors) < 0.25 * np.mean(np.abs(truth - truth[:, [control]]))  # far closer than the effects' size
+    mix = table.groupby(["tier", "tenure_days"])["share"].sum()
+    np.testing.assert_allclose(mix.to_numpy(), 1.0)
+    chosen = np.argmax(plan.policy.scores(contexts), axis=1)
+    gold = (labels["tier"] == "gold").to_numpy()
+    for action_id, share in table[table["tier"] == "gold"].groupby("action_id")["share"]:
+        k = twin.spec.action_space.ids.index(action_id)
+        units = table[(table["tier"] == "gold") & (table["action_id"] == action_id)]["units"].to_numpy()
+        assert np.isclose((share.to_numpy() * units).sum(), np.sum(chosen[gold] == k))
+
+
+def test_one_unit_explained_adds_up_to_its_scores(fitted) -> None:  # type: ignore[no-untyped-def]
+    twin, model, contexts = fitted
+    plan = plan_policy(twin.spec, model, contexts, budget_overrides={"promotion_budget": 0.3})
+    assert plan.policy.multipliers["promotion_budget"] > 0  # a binding budget, so the explanation has a price
+    row = contexts.iloc[[7]]
+    explained = explain_unit(plan.policy, row)
+    t = explained.actions
+    np.testing.assert_allclose(t["score"][t["eligible"]], (t["objective"] - t["total_price"])[t["eligible"]], rtol=1e-12)
+    prices = t[[c for c in t.columns if c.startswith("price:")]].sum(axis=1)
+    np.testing.assert_allclose(prices[t["eligible"]], t["total_price"][t["eligible"]], rtol=1e-12, atol=1e-12)
+    assert explained.chosen == twin.spec.action_space.ids[int(np.argmax(plan.policy.scores(row)[0]))]
+    assert explained.margin >= 0 and explained.runner_up != explained.chosen
+    assert explained.chosen in explained.summary() and "promotion_budget" in explained.summary()
+
+
+def test_the_frontier_rises_with_the_budget_and_its_price_falls(fitted) -> None:  # type: ignore[no-untyped-def]
+    twin, model, contexts = fitted
+    curve = frontier(twin.spec, model, contexts, "promotion_budget", [0.1, 0.3, 0.6, 1.2]).table
+    assert list(curve["limit"]) == [0.1, 0.3, 0.6, 1.2]
+    assert np.all(np.diff(curve["objective"]) >= -1e-9)  # more budget never plans worse
+    assert np.all(np.diff(curve["price"]) <= 1e-9)  # and each unit of it buys less
+    binding = curve["binding"].to_numpy()
+    np.testing.assert_allclose(curve["use:promotion_budget"][binding], curve["limit"][binding], rtol=1e-6)
+    assert (curve["use:promotion_budget"] <= curve["limit"] + 1e-9).all()
+    assert "<html" in frontier(twin.spec, model, contexts.head(500), "promotion_budget", [0.5]).figure_html()[:200].lower()
+    with pytest.raises(UsageError, match="must name a budget or guardrail of the spec"):
+        frontier(twin.spec, model, contexts, "nope", [1.0])
