@@ -26,6 +26,7 @@ from drivetrain.optimize import (
     problem_from_spec,
     served_use,
     split_ties,
+    with_margin,
 )
 from drivetrain.optimize import as_served as served_limits
 from drivetrain.policy import Policy, TieSplit
@@ -93,6 +94,7 @@ def plan_policy(
     budget_overrides: Mapping[str, float] | None = None,
     guardrail_overrides: Mapping[str, float] | None = None,
     pessimism: float | None = None,
+    margin: float = 0.0,
     version: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     predictions: tuple[Mapping[str, np.ndarray], Sequence[Mapping[str, np.ndarray]] | None] | None = None,
@@ -105,7 +107,8 @@ def plan_policy(
     from ``model.predict_outcomes(contexts)`` and ``model.predict_folds(contexts)`` saves predicting again
     when planning several times on one population. With ``as_served`` (the default) the limits hold for
     the policy as served, with the spec's holdout and exploration (budgets and caps over both arms, a
-    guardrail over the policy arm, as the evaluation counts them); ``False`` holds them for the plan alone."""
+    guardrail over the policy arm, as the evaluation counts them); ``False`` holds them for the plan alone.
+    ``margin`` plans every limit that share of itself to its safe side (:func:`~drivetrain.optimize.with_margin`)."""
     if pessimism is not None and pessimism < 0:
         raise UsageError(f"`pessimism` must be >= 0 (a z value such as 1.645), got {pessimism}")
     fold_models = len(next(iter(getattr(model, "models_", {}).values()), ()))
@@ -123,6 +126,8 @@ def plan_policy(
         program = spec.eligible_units(columns)[:, None]  # units outside the program count zero (problem_from_spec)
         coef_se = {t.name: np.where(program, formula_spread(spec, t.formula, folds, columns), 0.0) for t in mean_constraints(spec)}
         problem = pessimistic(problem, value_se=value_se, coef_se=coef_se, z=pessimism)
+    if margin:
+        problem = with_margin(problem, margin)
     experimentation = spec.model.experimentation
     serving = {"exploration_rate": experimentation.exploration_rate, "holdout_share": experimentation.holdout_share}
     solved = served_limits(problem, spec, **serving) if as_served else problem

@@ -466,6 +466,8 @@ def optimize(
     budget: Annotated[list[str] | None, typer.Option(help="Override a budget: NAME=MAX_PER_UNIT (repeatable).")] = None,
     guardrail: Annotated[list[str] | None, typer.Option(help="Override a guardrail bound: NAME=BOUND (repeatable).")] = None,
     pessimism: Annotated[float, typer.Option(min=0, help="Plan on bounds z model spreads away (0: on the means).")] = 0.0,
+    margin: Annotated[float, typer.Option(min=0, max=0.99, help="Plan every limit this share of itself to its safe side "
+                                                                "(0.05: budgets and caps at 95%), room for noise.")] = 0.0,
 ) -> None:
     """Choose lever settings per unit under the budgets, guardrails and caps; save the priced policy."""
     from drivetrain.assembly import plan_policy, write_policy_baselines
@@ -479,7 +481,8 @@ def optimize(
     with console.status(f"optimizing {len(population)} units"):
         plan = plan_policy(loaded, fitted.model, population, budget_overrides=_pairs(budget, "budget", [b.name for b, _ in loaded.budgets]),
                            guardrail_overrides=_pairs(guardrail, "guardrail", [g.name for g, _ in loaded.guardrails]), pessimism=pessimism or None,
-                           metadata={**fitted.metadata, "population": len(population), "pessimism": pessimism})
+                           margin=margin,
+                           metadata={**fitted.metadata, "population": len(population), "pessimism": pessimism, "margin": margin})
     plan.policy.save(out)
     written = write_policy_baselines(target, plan, population, created_at=SystemClock().now())
     a = plan.assignment

@@ -79,3 +79,16 @@ def test_the_frontier_rises_with_the_budget_and_its_price_falls(fitted) -> None:
     assert "<html" in frontier(twin.spec, model, contexts.head(500), "promotion_budget", [0.5]).figure_html()[:200].lower()
     with pytest.raises(UsageError, match="must name a budget or guardrail of the spec"):
         frontier(twin.spec, model, contexts, "nope", [1.0])
+
+
+def test_a_margin_plans_each_limit_inside_itself_at_a_small_cost(fitted) -> None:  # type: ignore[no-untyped-def]
+    twin, model, contexts = fitted
+    tight = {"promotion_budget": 0.4}
+    plain = plan_policy(twin.spec, model, contexts, budget_overrides=tight)
+    kept = plan_policy(twin.spec, model, contexts, budget_overrides=tight, margin=0.1)
+    assert plain.served["promotion_budget"] == pytest.approx(0.4, rel=1e-6)
+    assert kept.served["promotion_budget"] == pytest.approx(0.36, rel=1e-6)  # planned at 90% of the budget
+    assert kept.served["bundle_stock"] <= 0.9 * twin.spec.caps[0][0].max_share + 1e-9
+    assert kept.assignment.objective <= plain.assignment.objective
+    with pytest.raises(UsageError, match="`margin` must be a share of each limit in \\[0, 1\\)"):
+        plan_policy(twin.spec, model, contexts, margin=1.5)

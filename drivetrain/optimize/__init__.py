@@ -24,6 +24,7 @@ from drivetrain.optimize._problem import (
     MeanConstraint,
     ShareCap,
     pessimistic,
+    with_margin,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "problem_from_spec",
     "served_use",
     "split_ties",
+    "with_margin",
 ]
