@@ -45,6 +45,7 @@ _EXPORTS = {
     "fit_model": "drivetrain.assembly",
     "plan_policy": "drivetrain.assembly",
     "evaluate_on_logs": "drivetrain.assembly",
+    "LogEvaluation": "drivetrain.assembly",
     "fixed_action": "drivetrain.assembly",
     # the report
     "write_report": "drivetrain.report",

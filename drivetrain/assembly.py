@@ -7,7 +7,7 @@ objects (a store, a spec, a model) and returns values; the command line and the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from drivetrain.spec import Spec, compile_formula, formula_on, formula_spread, m
 
 __all__ = [
     "ActionDistribution",
+    "LogEvaluation",
     "Plan",
     "evaluate_on_logs",
     "fit_model",
@@ -172,15 +173,58 @@ def realized_metrics(spec: Spec, table: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+@dataclass(frozen=True)
+class LogEvaluation:
+    """Off-policy estimates of several policies from one log, as :func:`evaluate_on_logs` returns them.
+
+    ``objective[policy][estimator]``: the objective by every estimator; ``constraints[policy][name]``: each
+    budget and guardrail side by ``constraint_estimator``, and each cap's share (estimator ``share``).
+    Policies keep the order they were given in.
+    """
+
+    objective: Mapping[str, Mapping[str, PolicyEstimate]]
+    constraints: Mapping[str, Mapping[str, PolicyEstimate]]
+    constraint_estimator: str
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return tuple(self.objective)
+
+    def estimate(self, policy: str, metric: str = "objective", estimator: str | None = None) -> PolicyEstimate:
+        """One estimate: of the objective by ``estimator`` (default: ``constraint_estimator``), or of a
+        constraint or cap ``metric``; a name this evaluation does not have is an error that lists them."""
+        if policy not in self.objective:
+            raise UsageError(f"`policy` must be one of the evaluated policies {list(self.objective)}, got {policy!r}")
+        if metric == "objective":
+            by = self.objective[policy]
+            name = self.constraint_estimator if estimator is None else estimator
+            if name not in by:
+                raise UsageError(f"`estimator` must be one of {list(by)}, got {name!r}")
+            return by[name]
+        found = self.constraints[policy].get(metric)
+        if found is None or (estimator is not None and found.estimator != estimator):
+            raise UsageError(f"`metric` must be 'objective' or one of {list(self.constraints[policy])}"
+                             f"{'' if estimator is None else f' (by {estimator})'}, got {metric!r}")
+        return found
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (policy, metric, estimator): policy, metric, estimator, value, std_error, ci_low,
+        ci_high, ess_ratio, warnings (joined by '; '), for a file or a notebook."""
+        rows = [_row(p, "objective", e) for p, by in self.objective.items() for e in by.values()]
+        rows += [_row(p, metric, e) for p, by in self.constraints.items() for metric, e in by.items()]
+        order = {p: i for i, p in enumerate(self.objective)}
+        return pd.DataFrame(rows).sort_values("policy", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+
+
 def evaluate_on_logs(
     model: OutcomeModel, table: pd.DataFrame, policies: Mapping[str, ActionDistribution], *, alpha: float = 0.05,
     fitted_on_table: bool = True, constraint_estimator: str = "DR",
-) -> pd.DataFrame:
+) -> LogEvaluation:
     """Off-policy estimates of each policy from logged rows: every estimator on the objective, the
     ``constraint_estimator``'s (doubly robust by default) of every budget and guardrail formula, and each
     cap's share (estimator ``share``: the policy's probability of the cap's actions, exact on the logged
-    contexts). One row per (policy, metric, estimator). Budgets, guardrails and caps count the rows of
-    units in the program, as the spec defines them; the objective counts every row.
+    contexts). Budgets, guardrails and caps count the rows of units in the program, as the spec defines
+    them; the objective counts every row.
 
     With ``fitted_on_table`` the model's out-of-fold predictions of its own training rows serve as the
     reward model (cross-fitting keeps DR unbiased); otherwise the model predicts ``table``. A policy chosen
@@ -204,25 +248,27 @@ def evaluate_on_logs(
     program = spec.eligible_units(ctx)
     caps = {cap.name: np.tile(mask.astype(np.float64), (int(program.sum()), 1)) for cap, mask in spec.caps}
     in_program = {"action": action[program], "pscore": pscore[program], "cluster": None if cluster is None else cluster[program]}
-    rows: list[dict[str, Any]] = []
+    objective: dict[str, dict[str, PolicyEstimate]] = {}
+    constraints: dict[str, dict[str, PolicyEstimate]] = {}
     for label, policy in policies.items():
         dist = policy(table)
         estimates: dict[str, PolicyEstimate] = evaluate_policy(
             reward=rewards["objective"], action=action, pscore=pscore, action_dist=dist,
             estimated_rewards=estimated["objective"], cluster=cluster, alpha=alpha)
-        rows += [_row(label, "objective", e) for e in estimates.values()]
+        objective[label] = {e.estimator: e for e in estimates.values()}
+        constraints[label] = {}
         others = {k: v[program] for k, v in rewards.items() if k != "objective"}
         if others and program.any():
-            metric = evaluate_metrics(others, action_dist=dist[program], estimated_rewards={k: estimated[k][program] for k in others},
-                                      estimator=known[constraint_estimator], alpha=alpha, **in_program)
-            rows += [_row(label, name, e) for name, e in metric.items()]
+            constraints[label].update(evaluate_metrics(
+                others, action_dist=dist[program], estimated_rewards={k: estimated[k][program] for k in others},
+                estimator=known[constraint_estimator], alpha=alpha, **in_program))
         if caps:
             # a cap's share is the policy's own probability of its actions: exact on these contexts, no outcome needed
             # (the direct method with the indicator as its "model"; its interval is the sampling of contexts)
             share = evaluate_metrics({name: np.zeros(len(m)) for name, m in caps.items()}, action_dist=dist[program],
                                      estimated_rewards=caps, estimator=DirectMethod(), alpha=alpha, **in_program)
-            rows += [{**_row(label, name, e), "estimator": "share", "warnings": ""} for name, e in share.items()]
-    return pd.DataFrame(rows)
+            constraints[label].update({name: replace(e, estimator="share", warnings=()) for name, e in share.items()})
+    return LogEvaluation(objective, constraints, constraint_estimator)
 
 
 def _row(policy: str, metric: str, e: PolicyEstimate) -> dict[str, Any]:

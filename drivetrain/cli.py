@@ -572,34 +572,36 @@ def simulate(
     for name, label in labels.items():
         if label.startswith("scenario") or label == "policy":
             console.print(f"{label}: {name}")
-    objective = result[result["metric"] == "objective"]
-    estimators = list(dict.fromkeys(objective["estimator"]))
+    estimators = list(next(iter(result.objective.values())))
     t = Table(title=f"{loaded.model.objective.name} per unit, off-policy estimates from the logs ({estimator}: 95% interval)")
     t.add_column("policy")
     for name in estimators:
         t.add_column(name, justify="right")
     for name, label in labels.items():
-        rows = objective[objective["policy"] == name].set_index("estimator")
-        t.add_row(label, *(f"{rows.loc[e, 'value']:.3f}" + (f" [{rows.loc[e, 'ci_low']:.3f}, {rows.loc[e, 'ci_high']:.3f}]" if e == estimator else "")
+        by = result.objective[name]
+        t.add_row(label, *(f"{by[e].value:.3f}" + (f" [{by[e].ci_low:.3f}, {by[e].ci_high:.3f}]" if e == estimator else "")
                            for e in estimators))
     console.print(t)
     limits = {b.name: f"<= {b.max_per_unit:g}" for b, _ in loaded.budgets}
     limits.update({g.name: " and ".join(x for x in (f">= {g.min:g}" if g.min is not None else "", f"<= {g.max:g}" if g.max is not None else "") if x) for g, _ in loaded.guardrails})
     limits.update({cap.name: f"share <= {cap.max_share:g}" for cap, _ in loaded.caps})
-    others = result[(result["metric"] != "objective") & result["estimator"].isin([estimator, "share"])]
-    if len(others):
+    metrics = list(next(iter(result.constraints.values())))
+    if metrics:
         c = Table(title=f"constraints and guardrails, mean per program unit ({estimator}; caps: the policy's share of their actions;"
                         " 95% interval)")
         c.add_column("policy")
-        metrics = list(dict.fromkeys(others["metric"]))
         for m in metrics:
             c.add_column(f"{m} {limits.get(m, '')}", justify="right")
         for name, label in labels.items():
-            rows = others[others["policy"] == name].set_index("metric")
-            c.add_row(label, *(f"{rows.loc[m, 'value']:.4f} [{rows.loc[m, 'ci_low']:.4f}, {rows.loc[m, 'ci_high']:.4f}]" for m in metrics))
+            by = result.constraints[name]
+            c.add_row(label, *(f"{by[m].value:.4f} [{by[m].ci_low:.4f}, {by[m].ci_high:.4f}]" for m in metrics))
         console.print(c)
-    for r in result[result["warnings"] != ""].drop_duplicates(["policy", "estimator"]).to_dict("records"):
-        console.print(f"warning ({labels[r['policy']]}, {r['estimator']}): {r['warnings']}")
+    for name in result.policies:
+        said: set[str] = set()
+        for e in (*result.objective[name].values(), *result.constraints[name].values()):
+            if e.warnings and e.estimator not in said:
+                said.add(e.estimator)
+                console.print(f"warning ({labels[name]}, {e.estimator}): {'; '.join(e.warnings)}")
 
 
 @app.command()

@@ -203,11 +203,10 @@ def _assembly_line(twin: NBOOTwin, store: ParquetStore, as_of: datetime, logged:
     for column in ("what-if", spec.model.objective.name, "truth", "promo cost", "truth "):
         t.add_column(column, justify="left" if column == "what-if" else "right")
     for label, fn in scenarios.items():
-        rows = result[(result["policy"] == label) & (result["estimator"] == "DR")].set_index("metric")
         dist = fn(table)
-        obj, cost = rows.loc["objective"], rows.loc["promotion_budget"]
-        t.add_row(label, f"{obj['value']:.3f} [{obj['ci_low']:.3f}, {obj['ci_high']:.3f}]", f"{truth_logged.value(dist):.3f}",
-                  f"{cost['value']:.3f} [{cost['ci_low']:.3f}, {cost['ci_high']:.3f}]", f"{truth_logged.mean('promo_cost', dist):.3f}")
+        obj, cost = result.estimate(label, "objective", "DR"), result.estimate(label, "promotion_budget", "DR")
+        t.add_row(label, f"{obj.value:.3f} [{obj.ci_low:.3f}, {obj.ci_high:.3f}]", f"{truth_logged.value(dist):.3f}",
+                  f"{cost.value:.3f} [{cost.ci_low:.3f}, {cost.ci_high:.3f}]", f"{truth_logged.mean('promo_cost', dist):.3f}")
     console.print(t)
     console.print("the policy's estimate comes from the same log it was fitted on, so it is optimistic; evaluate a policy on a later window")
     return model

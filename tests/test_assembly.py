@@ -115,13 +115,22 @@ def test_off_policy_estimates_cover_the_truth_of_what_ifs(fitted) -> None:  # ty
         "gold free shipping": fixed_action(twin.spec, {"offer_type": "free_ship", "depth": 0, "timing": "immediate"}, where="tier == 'gold'"),
     }
     result = evaluate_on_logs(model, table, scenarios)
-    dr = result[result["estimator"] == "DR"].set_index(["policy", "metric"])
+    assert result.policies == tuple(scenarios) and result.constraint_estimator == "DR"
     for label, fn in scenarios.items():
         dist = fn(table)
         for metric, true in (("objective", truth.value(dist)), ("promotion_budget", truth.mean("promo_cost", dist)),
                              ("refund_rate", truth.mean("refund", dist))):
-            row = dr.loc[(label, metric)]
-            assert row["ci_low"] - 1e-9 <= true <= row["ci_high"] + 1e-9, (label, metric, row["value"], true)
+            e = result.estimate(label, metric, "DR")
+            assert e.ci_low - 1e-9 <= true <= e.ci_high + 1e-9, (label, metric, e.value, true)
+        assert set(result.objective[label]) >= {"DM", "IPS", "SNIPS", "DR", "SNDR"}
+        assert list(result.constraints[label]) == ["promotion_budget", "refund_rate", "complaint_rate", "bundle_stock"]
+        assert result.constraints[label]["bundle_stock"].estimator == "share"
+    frame = result.to_frame()
+    first = frame[frame["policy"] == "control"]
+    assert list(frame.columns) == ["policy", "metric", "estimator", "value", "std_error", "ci_low", "ci_high", "ess_ratio", "warnings"]
+    assert len(first) == len(result.objective["control"]) + 4 and (frame["policy"].iloc[: len(first)] == "control").all()
+    with pytest.raises(UsageError, match="`metric` must be 'objective' or one of"):
+        result.estimate("control", "promo_budget")
     gold = (table["tier"] == "gold").to_numpy()
     dist = scenarios["gold free shipping"](table)
     assert dist[gold, twin.spec.control.index].mean() < 0.5 and dist[~gold, twin.spec.control.index].min() == 1.0

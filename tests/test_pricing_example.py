@@ -63,12 +63,13 @@ def test_own_logs_and_spec_give_a_policy_that_beats_every_single_price(tmp_path:
     policy = Policy.load(tmp_path / "policy")
     spec = load_spec(SPEC)
     table = training_table(open_store(Path(store), spec), datetime.now(timezone.utc))[0].to_pandas()
-    result = evaluate_on_logs(policy.model, table, {"policy": policy.action_distribution}, fitted_on_table=False).set_index("metric")
+    result = evaluate_on_logs(policy.model, table, {"policy": policy.action_distribution}, fitted_on_table=False)
     in_program = spec.eligible_units({c: table[c].to_numpy() for c in spec.features})
     assert 0.03 < 1 - in_program.mean() < 0.2  # some logged visitors are outside the program
     trials = np.asarray(spec.action_space.lever_columns()["trial"]) == "week"
     exact = policy.action_distribution(table)[in_program][:, trials].sum(axis=1).mean()
-    assert result.loc["trials", "estimator"] == "share" and abs(result.loc["trials", "value"] - exact) < 1e-12
+    trials_share = result.estimate("policy", "trials")
+    assert trials_share.estimator == "share" and abs(trials_share.value - exact) < 1e-12
 
     # decisions for a file of new visitors, in the documented format
     sim = simulator()

@@ -3,7 +3,7 @@ fit-time baselines, and the spec's alert rules; their SQL in Spark's dialect."""
 
 from drivetrain.evaluate._alerts import Alert, check_alerts, latency_by_minute, store_alerts
 from drivetrain.evaluate._drift import DRIFT_COLUMNS, DriftReport, baseline_version, drift_as_of, drift_queries, measure_drift
-from drivetrain.evaluate._kpi import (
+from drivetrain.evaluate._figures import (
     BudgetUse,
     Counts,
     Effect,
@@ -13,10 +13,9 @@ from drivetrain.evaluate._kpi import (
     SampleRatio,
     ServiceLevels,
     SliceEvaluation,
-    evaluate,
-    evaluation_from_results,
-    evaluation_queries,
 )
+from drivetrain.evaluate._kpi import evaluate, evaluation_from_results
+from drivetrain.evaluate._kpi_sql import evaluation_queries
 from drivetrain.evaluate._spark import to_spark_sql
 
 __all__ = [

@@ -35,7 +35,7 @@ from drivetrain.clock import as_utc
 from drivetrain.data import Store
 from drivetrain.data._schemas import ALERT_SCHEMA
 from drivetrain.evaluate._drift import DriftReport, _holm
-from drivetrain.evaluate._kpi import Evaluation
+from drivetrain.evaluate._figures import Evaluation
 from drivetrain.spec import Spec
 from drivetrain.spec._model import AlertRule
 

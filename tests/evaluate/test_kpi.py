@@ -19,8 +19,7 @@ from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store, ingest_decisions, ingest_outcomes, training_table
 from drivetrain.data._schemas import OUTCOME_SCHEMA, decision_schema
 from drivetrain.errors import DataError, DrivetrainError, SpecError, UsageError
-from drivetrain.evaluate import evaluate
-from drivetrain.evaluate._kpi import evaluation_queries
+from drivetrain.evaluate import evaluate, evaluation_queries
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin
 from tests.data.conftest import T0, decision, outcome, rows
