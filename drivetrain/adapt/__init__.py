@@ -2,3 +2,16 @@
 
 The wiring of fit, plan and off-line evaluation that the loop uses lives in :mod:`drivetrain.assembly`.
 """
+
+from drivetrain.adapt._registry import ALIASES, STATUSES, EmbeddedRegistry, Event, Lineage, MemoryRegistry, Registry, VersionRecord
+
+__all__ = [
+    "ALIASES",
+    "STATUSES",
+    "EmbeddedRegistry",
+    "Event",
+    "Lineage",
+    "MemoryRegistry",
+    "Registry",
+    "VersionRecord",
+]
