@@ -31,6 +31,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import pandas as pd
+
 from drivetrain.clock import as_utc
 from drivetrain.errors import ArtifactError, UsageError
 
@@ -150,6 +152,10 @@ class Registry(Protocol):
     def status(self, name: str) -> str: ...
 
     def live_at(self, moment: datetime) -> str | None: ...
+
+    def log_shadow(self, name: str, rows: pd.DataFrame) -> None: ...
+
+    def shadow(self, name: str) -> pd.DataFrame: ...
 
 
 class _Replay:
@@ -285,6 +291,18 @@ class MemoryRegistry(_Replay):
         self._versions: dict[str, VersionRecord] = {}
         self._policies: dict[str, Policy] = {}
         self._history: list[Event] = []
+        self._shadow: dict[str, list[pd.DataFrame]] = {}
+
+    def log_shadow(self, name: str, rows: pd.DataFrame) -> None:
+        """Append shadow decisions of version ``name`` (decided beside the champion, never acted on)."""
+        self.version(name)
+        if len(rows):
+            self._shadow.setdefault(name, []).append(rows.reset_index(drop=True))
+
+    def shadow(self, name: str) -> pd.DataFrame:
+        self.version(name)
+        parts = self._shadow.get(name, [])
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
     def register(self, policy: Policy, lineage: Lineage, *, at: datetime, who: str) -> VersionRecord:
         name = _check_name(policy)
@@ -419,6 +437,23 @@ class EmbeddedRegistry(_Replay):
 
     def _append(self, event: Event) -> None:
         self._write_json(self.root / "history" / f"{event.seq:09d}.json", event.to_json(), step=f"event {event.seq}", exclusive=True)
+
+    def log_shadow(self, name: str, rows: pd.DataFrame) -> None:
+        """Append shadow decisions of version ``name`` as one Parquet file (written aside, then renamed)."""
+        self.version(name)
+        if not len(rows):
+            return
+        directory = self.root / "shadow" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / f"part-{uuid.uuid4().hex}.parquet"
+        tmp = directory / f".{final.name}.tmp"
+        rows.reset_index(drop=True).to_parquet(tmp, index=False)
+        os.replace(tmp, final)
+
+    def shadow(self, name: str) -> pd.DataFrame:
+        self.version(name)
+        files = sorted((self.root / "shadow" / name).glob("part-*.parquet"))
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
 
     def clean(self) -> int:
         """Remove temporary files and artifacts a crash left behind (never a registered version's);
