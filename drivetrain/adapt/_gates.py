@@ -75,14 +75,16 @@ class Paired:
     rows: int
 
 
-def paired_values(model: OutcomeModel, rows: pd.DataFrame, first: Policy, second: Policy, *, alpha: float) -> dict[str, Paired]:
+def paired_values(model: OutcomeModel, rows: pd.DataFrame, first: Policy, second: Policy, *, alpha: float,
+                  spec: Spec | None = None) -> dict[str, Paired]:
     """Paired doubly robust estimates of ``first`` and ``second`` on logged ``rows`` (with their outcomes and
     logged propensities), the reward model ``model``: the objective on every row, each budget and guardrail
-    on the rows of units in the program. Intervals are clustered by unit."""
-    spec = first.spec
+    on the rows of units in the program, all as ``spec`` (the product's, by default the first policy's)
+    defines them. Intervals are clustered by unit."""
+    spec = spec or first.spec
     comps = model.predict_outcomes(rows)
     ctx = {n: rows[n].to_numpy() for n in spec.features if n in rows}
-    predicted = {"objective": model.objective_of(comps, rows)}
+    predicted = {"objective": formula_on(spec, spec.objective, comps, ctx)}
     for name, formula, _sense, _limit in constraint_terms(spec):
         predicted[name] = formula_on(spec, formula, comps, ctx)
     realized = realized_metrics(spec, rows)
@@ -116,8 +118,10 @@ def _sign(spec: Spec) -> float:
     return 1.0 if spec.model.objective.direction == "maximize" else -1.0
 
 
-def data_gate(store: Store, train: pd.DataFrame, reference: pd.DataFrame, *, start: Any, as_of: Any) -> GateResult:
-    """Enough mature decisions, a quarantine rate within its limit, and no feature stuck at one value."""
+def data_gate(store: Store, train: pd.DataFrame, reference: pd.DataFrame, *, start: Any, as_of: Any, new_since: Any = None) -> GateResult:
+    """Enough mature decisions, a quarantine rate within its limit, and no feature that varies in
+    ``reference`` stuck at one value in the decisions made from ``new_since`` on (what this candidate
+    learns that its parent did not; the whole window without a parent)."""
     spec = store.spec
     gates = spec.model.adaptation.gates
     n = len(train)
@@ -137,52 +141,76 @@ def data_gate(store: Store, train: pd.DataFrame, reference: pd.DataFrame, *, sta
     if share > gates.max_quarantine_share:
         return GateResult("data", False, f"{share:.1%} of the window's decisions were quarantined (at most {gates.max_quarantine_share:.1%}):"
                           " read the quarantine's reasons (`drivetrain summary`) and fix the producer before retraining", figures)
+    fresh = train
+    if new_since is not None:
+        fresh = train[pd.to_datetime(train["decided_at"], utc=True) > pd.Timestamp(new_since)]
     stuck = []
     for name in spec.features:
-        if name in spec.personal_features or name not in train or name not in reference or len(reference) < 2:
+        if name in spec.personal_features or name not in fresh or name not in reference or len(reference) < 2 or len(fresh) < 2:
             continue
-        if reference[name].nunique(dropna=False) > 1 and train[name].nunique(dropna=False) <= 1:
-            stuck.append(f"{name} (always {train[name].iloc[0]!r})")
-    figures["constant_features"] = stuck
+        if reference[name].nunique(dropna=False) > 1 and fresh[name].nunique(dropna=False) <= 1:
+            owner = spec.model.context.features[name].owner
+            stuck.append(f"{name} (always {fresh[name].iloc[0]!r}; owner {owner})")
+    figures.update(constant_features=stuck, new_decisions=len(fresh))
     if stuck:
-        return GateResult("data", False, f"context features vary in the evaluation set but are constant in all {n} decisions of the "
-                          f"window: {', '.join(stuck)}; the upstream feature is broken: fix it (its owner in the spec) before retraining",
+        return GateResult("data", False, f"context features vary in the evaluation set but are constant in all {len(fresh)} new decisions "
+                          f"of the window: {', '.join(stuck)}; the upstream feature is broken: have its owner fix it before retraining",
                           figures)
     return GateResult("data", True, f"{n} mature decisions, {share:.2%} quarantined, every feature varies", figures)
 
 
-def regression_gate(model: OutcomeModel, frozen: pd.DataFrame, candidate: Policy, champion: Policy) -> GateResult:
-    """The candidate's value on the frozen evaluation set is not below the champion's by more than the tolerance."""
-    gates = candidate.spec.model.adaptation.gates
+def _judged_lift(spec: Spec, rows: pd.DataFrame, candidate: Policy, champion: Policy, judges: Mapping[str, OutcomeModel]) -> dict[str, float]:
+    """The candidate's predicted lift over the champion on ``rows``' contexts under each judge model (the
+    direct method: no outcome noise, each judge's own bias)."""
+    d1, d2 = candidate.action_distribution(rows), champion.action_distribution(rows)
+    out = {}
+    for name, model in judges.items():
+        q = model.objective_of(model.predict_outcomes(rows), rows)
+        out[name] = _sign(spec) * float(((d1 - d2) * q).sum(axis=1).mean())
+    return out
+
+
+def regression_gate(spec: Spec, frozen: pd.DataFrame, candidate: Policy, champion: Policy, reference: OutcomeModel) -> GateResult:
+    """On the frozen evaluation set, the candidate is not worse than the champion beyond the tolerance: by
+    the ``reference`` model's judgement (the loop's own trainer on the candidate's window: a candidate
+    whose own pipeline went wrong cannot vouch for itself, and the champion's model, fitted on less, would
+    favour the champion), and not significantly by the doubly robust estimate (its upper bound)."""
+    gates = spec.model.adaptation.gates
+    tol = gates.regression_tolerance
     if len(frozen) < 2:
         return GateResult("regression", False, "the frozen evaluation set is empty: log randomized decisions of the evaluation units "
                           "(`adaptation.evaluation_share`) before the first version", {"rows": len(frozen)})
-    p = paired_values(model, frozen, candidate, champion, alpha=gates.alpha)["objective"]
-    lift = _sign(candidate.spec) * p.difference
-    figures = {"rows": p.rows, "candidate": p.first, "champion": p.second, "lift": lift, "low": p.low, "high": p.high,
-               "tolerance": gates.regression_tolerance}
-    if lift < -gates.regression_tolerance:
+    judged = _judged_lift(spec, frozen, candidate, champion, {"reference": reference})["reference"]
+    p = paired_values(reference, frozen, candidate, champion, alpha=gates.alpha, spec=spec)["objective"]
+    sign = _sign(spec)
+    low, high = (p.low, p.high) if sign > 0 else (-p.high, -p.low)
+    figures = {"rows": p.rows, "judged_lift": judged, "dr_lift": sign * p.difference, "dr_low": low, "dr_high": high, "tolerance": tol}
+    if judged < -tol or high < -tol:
+        by = (f"by the reference model's judgement {judged:+.4f} per unit" if judged < -tol
+              else f"by the doubly robust estimate, at most {high:+.4f} per unit")
         return GateResult("regression", False, f"on the frozen evaluation set ({p.rows} randomized decisions) the candidate is worse than "
-                          f"the champion by {-lift:.4f} per unit (tolerance {gates.regression_tolerance}): its model or objective is wrong; "
-                          "compare its training figures with the champion's", figures)
-    return GateResult("regression", True, f"lift {lift:+.4f} per unit on {p.rows} frozen randomized decisions", figures)
+                          f"the champion {by} (tolerance {tol}): its training data, model or objective is wrong; compare its "
+                          "lineage and training figures with the champion's", figures)
+    return GateResult("regression", True, f"lift {judged:+.4f} per unit by the reference model, {sign * p.difference:+.4f} "
+                      f"[{low:+.4f}, {high:+.4f}] doubly robust, on {p.rows} frozen randomized decisions", figures)
 
 
-def off_policy_gate(model: OutcomeModel, recent: pd.DataFrame, candidate: Policy, champion: Policy) -> GateResult:
-    """Lift's lower bound above ``min_lift``, or non-inferior within the margin with a cost or guardrail win."""
-    spec = candidate.spec
+def off_policy_gate(spec: Spec, recent: pd.DataFrame, candidate: Policy, champion: Policy, model: OutcomeModel) -> GateResult:
+    """On recent decisions no candidate trained on, the lower bound of the candidate's doubly robust lift
+    is above ``min_lift`` (superior), or above ``-non_inferiority_margin`` (non-inferior; its changes of
+    every budget and guardrail are recorded, and the constraints gate judges them)."""
     settings = spec.model.adaptation
     gates = settings.gates
     if len(recent) < 2:
         return GateResult("off-policy", False, "no recent decisions of the evaluation units are mature: wait for them", {"rows": len(recent)})
-    paired = paired_values(model, recent, candidate, champion, alpha=gates.alpha)
+    paired = paired_values(model, recent, candidate, champion, alpha=gates.alpha, spec=spec)
     p = paired["objective"]
     sign = _sign(spec)
     low, high = (p.low, p.high) if sign > 0 else (-p.high, -p.low)
     figures: dict[str, Any] = {"rows": p.rows, "candidate": p.first, "champion": p.second, "lift": sign * p.difference, "low": low,
                                "high": high, "min_lift": settings.min_lift, "margin": gates.non_inferiority_margin}
     wins = []
-    for name, formula, sense, _limit in constraint_terms(spec):
+    for name, _formula, sense, _limit in constraint_terms(spec):
         if name in paired:
             change = paired[name].difference
             figures[f"change:{name}"] = change
@@ -190,28 +218,26 @@ def off_policy_gate(model: OutcomeModel, recent: pd.DataFrame, candidate: Policy
                 wins.append(f"{name} {change:+.4f}")
     figures["wins"] = wins
     if low > settings.min_lift:
-        return GateResult("off-policy", True, f"lift {sign * p.difference:+.4f} per unit, lower bound {low:+.4f} > {settings.min_lift}", figures)
-    if low > -gates.non_inferiority_margin and wins:
-        return GateResult("off-policy", True, f"non-inferior (lower bound {low:+.4f} > -{gates.non_inferiority_margin}) with "
-                          f"{', '.join(wins)}", figures)
-    why = ("no budget or guardrail improves" if low > -gates.non_inferiority_margin
-           else f"the lower bound {low:+.4f} is below the margin -{gates.non_inferiority_margin}")
+        return GateResult("off-policy", True, f"superior: lift {sign * p.difference:+.4f} per unit, lower bound {low:+.4f} > "
+                          f"{settings.min_lift}", figures)
+    if low > -gates.non_inferiority_margin:
+        return GateResult("off-policy", True, f"non-inferior: lift {sign * p.difference:+.4f}, lower bound {low:+.4f} > "
+                          f"-{gates.non_inferiority_margin}" + (f", with {', '.join(wins)}" if wins else ""), figures)
     return GateResult("off-policy", False, f"on {p.rows} recent decisions the candidate's lift over the champion is "
-                      f"{sign * p.difference:+.4f} [{low:+.4f}, {high:+.4f}] and {why}: keep the champion; retrain when more "
-                      "decisions have matured", figures)
+                      f"{sign * p.difference:+.4f} [{low:+.4f}, {high:+.4f}], below the margin -{gates.non_inferiority_margin}: "
+                      "keep the champion; retrain when more decisions have matured", figures)
 
 
-def _uses(spec: Spec, dist: np.ndarray, comps: Mapping[str, np.ndarray], ctx: Mapping[str, np.ndarray],
-          program: np.ndarray) -> dict[str, np.ndarray]:
+def _uses(spec: Spec, dist: np.ndarray, comps: Mapping[str, np.ndarray], ctx: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per unit expected use of every constraint term under ``dist`` (n, K); (n,) each."""
     return {name: (dist * formula_on(spec, formula, comps, ctx)).sum(axis=1) for name, formula, _s, _l in constraint_terms(spec)}
 
 
-def constraints_gate(population: pd.DataFrame, candidate: Policy, judges: Mapping[str, OutcomeModel],
+def constraints_gate(spec: Spec, population: pd.DataFrame, candidate: Policy, judges: Mapping[str, OutcomeModel],
                      champion: Policy | None) -> GateResult:
     """Budgets and caps over the served policy, guardrails over its policy arm (overall and in every cohort
-    value with enough units), each by the conservative side of the ``judges``' predictions."""
-    spec = candidate.spec
+    value with enough units), each by the conservative side of the ``judges``' predictions, with the
+    limits of ``spec`` (the product's)."""
     gates = spec.model.adaptation.gates
     tol = gates.constraint_tolerance
     ctx = {n: population[n].to_numpy() for n in spec.features if n in population}
@@ -233,10 +259,10 @@ def constraints_gate(population: pd.DataFrame, candidate: Policy, judges: Mappin
     failures = []
     terms = {name: (sense, limit) for name, _f, sense, limit in constraint_terms(spec)}
     budgets = {b.name for b, _ in spec.budgets}
-    per_judge = {j: (_uses(spec, served, c, ctx, program), _uses(spec, arm, c, ctx, program),
-                     None if champ_arm is None else _uses(spec, champ_arm, c, ctx, program)) for j, c in preds.items()}
+    per_judge = {j: (_uses(spec, served, c, ctx), _uses(spec, arm, c, ctx),
+                     None if champ_arm is None else _uses(spec, champ_arm, c, ctx)) for j, c in preds.items()}
     for name, (sense, limit) in terms.items():
-        use = [float(per_judge[j][0 if name in budgets else 1][name][program].mean()) for j in per_judge]
+        use = [float((per_judge[j][0] if name in budgets else per_judge[j][1])[name][program].mean()) for j in per_judge]
         worst = max(use) if sense == "<=" else min(use)
         figures[name] = {"conservative": worst, "limit": limit, "by_model": dict(zip(per_judge, use, strict=True))}
         if (worst > limit * (1 + tol)) if sense == "<=" else (worst < limit * (1 - tol)):

@@ -34,7 +34,7 @@ from drivetrain.adapt._retrain import TriggerReport, judge_triggers, model_spec_
 from drivetrain.assembly import plan_policy, write_policy_baselines
 from drivetrain.clock import as_utc
 from drivetrain.data import Store
-from drivetrain.errors import UsageError
+from drivetrain.errors import DrivetrainError, UsageError
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec
@@ -158,27 +158,33 @@ def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Train
 
 
 def offline_gates(store: Store, candidate: Candidate, champion: Policy | None, frozen: pd.DataFrame, *, as_of: datetime,
-                  since: datetime | None = None, timer: Callable[[], float] = time.perf_counter) -> list[GateResult]:
+                  since: datetime | None = None, parent_end: datetime | None = None, reference: OutcomeModel | None = None,
+                  timer: Callable[[], float] = time.perf_counter) -> list[GateResult]:
     """The off-line gates in order, stopping at the first failure (without a champion, the comparisons
     are skipped). The off-policy comparison takes the evaluation units' decisions made from ``since`` on
-    (the first version's registration: after the frozen set)."""
+    (the first version's registration: after the frozen set); the data gate looks for broken features in
+    the decisions made after ``parent_end`` (the end of the champion's data). ``reference`` is the loop's
+    own trainer's model of the candidate's window, the judge of the comparisons and the second opinion of
+    the constraints (the candidate's own model when None: the loop fitted it with that trainer)."""
+    spec = store.spec
     results = [data_gate(store, candidate.train, frozen if len(frozen) else candidate.evaluation,
-                         start=candidate.lineage.data_start, as_of=as_of)]
+                         start=candidate.lineage.data_start, as_of=as_of, new_since=parent_end)]
     if not results[-1].passed:
         return results
     model = candidate.policy.model
+    reference = reference or model
+    judges = {"candidate": model, **({"reference": reference} if reference is not model else {})}
     if champion is not None:
-        results.append(regression_gate(model, frozen, candidate.policy, champion))
+        results.append(regression_gate(spec, frozen, candidate.policy, champion, reference))
         if not results[-1].passed:
             return results
         recent = candidate.evaluation
         if since is not None and len(recent):
             recent = recent[pd.to_datetime(recent["decided_at"], utc=True) >= pd.Timestamp(since)].reset_index(drop=True)
-        results.append(off_policy_gate(model, recent, candidate.policy, champion))
+        results.append(off_policy_gate(spec, recent, candidate.policy, champion, reference))
         if not results[-1].passed:
             return results
-    judges = {"candidate": model, **({"champion": champion.model} if champion is not None else {})}
-    results.append(constraints_gate(candidate.population, candidate.policy, judges, champion))
+    results.append(constraints_gate(spec, candidate.population, candidate.policy, judges, champion))
     if not results[-1].passed:
         return results
     results.append(serving_gate(candidate.policy, candidate.population, timer=timer))
@@ -277,7 +283,7 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
             since = datetime.fromisoformat(started.details["canary_since"]) if started and "canary_since" in started.details else as_of
             if champion is None:
                 raise UsageError("a canary needs a champion to compare with; promote one first")
-            verdict = canary_check(store, as_of, candidate=challenger, champion=champion, since=since)
+            verdict: GateResult | None = canary_check(store, as_of, candidate=challenger, champion=champion, since=since)
             if verdict is None:
                 actions.append(f"{challenger} in canary since {since.isoformat()}: waiting for mature canary units")
             else:
@@ -309,13 +315,23 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
         if report.fired:
             if not resumed:
                 registry.record(at=as_of, who=who, why="; ".join(report.reasons), kind="trigger", details=trigger)
-            candidate = _candidate(store, registry, as_of, name, resumed, trainer=trainer, parent=champion,
-                                   trigger="; ".join(report.reasons), population_size=population_size, planner=planner)
             candidate_name = name
+            try:
+                candidate = _candidate(store, registry, as_of, name, resumed, trainer=trainer, parent=champion,
+                                       trigger="; ".join(report.reasons), population_size=population_size, planner=planner)
+            except DrivetrainError as exc:  # no plan (say, infeasible constraints): no version, the reason recorded
+                failed = GateResult("plan", False, f"the candidate could not be fitted or planned: {exc}", {})
+                registry.record(at=as_of, who=who, why=failed.reason, kind="gate", details={"version": name, **failed.to_json()})
+                actions.append(f"{name} not planned: {exc}")
+                step = StepResult(as_of, tuple(actions), trigger, name, (failed,), champion)
+                registry.record(at=as_of, who=who, why="; ".join(actions), kind="step", details=step.to_json())
+                return step
             champ_policy = registry.load(champion) if champion is not None else None
             frozen = frozen_set(store, registry)
             first = registry.versions()[0].registered_at
-            gates = offline_gates(store, candidate, champ_policy, frozen, as_of=as_of, since=first, timer=timer)
+            parent_end = registry.version(champion).lineage.data_end if champion is not None else None
+            gates = offline_gates(store, candidate, champ_policy, frozen, as_of=as_of, since=first,
+                                  parent_end=None if parent_end is None else datetime.fromisoformat(parent_end), timer=timer)
             for g in gates:
                 registry.record(at=as_of, who=who, why=g.reason, kind="gate", details={"version": name, **g.to_json()},
                                 statuses={name: "rejected"} if not g.passed else None)
@@ -332,9 +348,9 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
                 actions.append(f"{name} passed the off-line gates; in shadow beside {champion}")
         else:
             actions.append("no trigger fired")
-    result = StepResult(as_of, tuple(actions), trigger, candidate_name, tuple(gates), champion)
-    registry.record(at=as_of, who=who, why="; ".join(actions) or "nothing to do", kind="step", details=result.to_json())
-    return result
+    step = StepResult(as_of, tuple(actions), trigger, candidate_name, tuple(gates), champion)
+    registry.record(at=as_of, who=who, why="; ".join(actions) or "nothing to do", kind="step", details=step.to_json())
+    return step
 
 
 def _candidate(store: Store, registry: Registry, as_of: datetime, name: str, resumed: bool, *, trainer: Trainer, parent: str | None,
