@@ -1,4 +1,79 @@
 """The adaptation loop: retrain on data conditions, gate a candidate, promote or roll back.
 
+* :mod:`registry <drivetrain.adapt._registry>`: versions with lineage, aliases, an append-only history;
+* :func:`judge_triggers` and :func:`training_window`: when to retrain and on what;
+* the off-line gates (data, regression, off-policy, constraints, serving), then shadow and canary;
+* :func:`adapt`: one step of the loop as of T; :func:`promote` and :func:`rollback`: the manual moves;
+* :func:`run_twin_loop`: the loop day by day on a twin, next to its truth.
+
 The wiring of fit, plan and off-line evaluation that the loop uses lives in :mod:`drivetrain.assembly`.
 """
+
+from drivetrain.adapt._gates import (
+    GateResult,
+    Paired,
+    constraints_gate,
+    data_gate,
+    off_policy_gate,
+    paired_values,
+    regression_gate,
+    serving_gate,
+)
+from drivetrain.adapt._live import always_valid_p, canary_check, canary_units, serve, shadow_check
+from drivetrain.adapt._registry import ALIASES, STATUSES, EmbeddedRegistry, Event, Lineage, MemoryRegistry, Registry, VersionRecord
+from drivetrain.adapt._retrain import TriggerReport, Window, evaluation_units, judge_triggers, model_spec_hash, training_window
+from drivetrain.adapt._simulation import LoopDay, run_twin_loop
+from drivetrain.adapt._step import (
+    Candidate,
+    StepResult,
+    adapt,
+    default_trainer,
+    fit_candidate,
+    frozen_set,
+    offline_gates,
+    promote,
+    recent_population,
+    rollback,
+)
+
+__all__ = [
+    "ALIASES",
+    "STATUSES",
+    "Candidate",
+    "EmbeddedRegistry",
+    "Event",
+    "GateResult",
+    "Lineage",
+    "LoopDay",
+    "MemoryRegistry",
+    "Paired",
+    "Registry",
+    "StepResult",
+    "TriggerReport",
+    "VersionRecord",
+    "Window",
+    "adapt",
+    "always_valid_p",
+    "canary_check",
+    "canary_units",
+    "constraints_gate",
+    "data_gate",
+    "default_trainer",
+    "evaluation_units",
+    "fit_candidate",
+    "frozen_set",
+    "judge_triggers",
+    "model_spec_hash",
+    "off_policy_gate",
+    "offline_gates",
+    "paired_values",
+    "promote",
+    "recent_population",
+    "regression_gate",
+    "rollback",
+    "run_twin_loop",
+    "serve",
+    "serving_gate",
+    "shadow_check",
+    "training_window",
+]

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-ASSIGNMENTS = ("policy", "explore", "holdout", "fallback")
+ASSIGNMENTS = ("policy", "explore", "holdout", "fallback", "canary")
 
 OUTCOME_SCHEMA = pa.schema(
     [

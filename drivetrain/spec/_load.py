@@ -367,6 +367,10 @@ def _build(model: SpecModel, source: str) -> Spec:
             problems.append(f"eligibility.actions[{i}].actions: must not restrict the control action {control.id!r}, got {r.actions}")
         assert f is not None
         action_elig.append((mask, f))
+    adaptation, experimentation = model.adaptation, model.experimentation
+    if adaptation.canary.share + experimentation.holdout_share >= 1:
+        problems.append(f"adaptation.canary.share: with the holdout's {experimentation.holdout_share} must leave units for the champion, "
+                        f"got {adaptation.canary.share}")
     if problems or control is None or fallback is None or objective is None:
         raise SpecError(f"spec {source!r} is not valid", problems)
 

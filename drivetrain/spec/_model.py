@@ -18,6 +18,7 @@ __all__ = [
     "AlertRule",
     "Adaptation",
     "Budget",
+    "Canary",
     "Cap",
     "Context",
     "Duration",
@@ -25,6 +26,7 @@ __all__ = [
     "Constraints",
     "Experimentation",
     "Feature",
+    "Gates",
     "Guardrail",
     "Lever",
     "Monitoring",
@@ -249,9 +251,51 @@ class Monitoring(_Value):
         return value
 
 
+class Gates(_Value):
+    """The tolerances of a candidate's gates (``docs/spec.md``, Adaptation). Figures of the objective are
+    per unit, in the objective's own units; a constraint's tolerance is a share of its limit."""
+
+    min_decisions: Annotated[int, Field(ge=1)] = 2_000
+    max_quarantine_share: Annotated[float, Field(ge=0, le=1)] = 0.05
+    regression_tolerance: Annotated[float, Field(ge=0)] = 0.1
+    non_inferiority_margin: Annotated[float, Field(ge=0)] = 0.05
+    constraint_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    min_cohort_units: Annotated[int, Field(ge=1)] = 500
+    latency_samples: Annotated[int, Field(ge=10)] = 200
+
+
+class Canary(_Value):
+    """The live stages of a candidate: ``shadow_decisions`` it decides beside the champion first, then
+    ``share`` of units (by a salted hash of the unit id) get it until ``min_units`` of them are mature."""
+
+    shadow_decisions: Annotated[int, Field(ge=0)] = 2_000
+    share: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    min_units: Annotated[int, Field(ge=1)] = 2_000
+    salt: Annotated[str, Field(min_length=4)] | None = None
+    srm_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.001
+    guardrail_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+
+
 class Adaptation(_Value):
+    """When to retrain and how a candidate replaces the champion (``docs/spec.md``, Adaptation). Retraining
+    is triggered by the data, never by the calendar alone: ``min_new_decisions`` newly matured decisions
+    since the last fit, a drift alert (``retrain_on_drift``), a north-star or guardrail alert
+    (``retrain_on_alert``), or, as a backstop, ``max_staleness`` since the last fit. ``window`` is how far
+    back the training table reaches (None: every mature decision); ``evaluation_share`` of units (salted
+    hash) never train and give the frozen evaluation set; ``watch_window`` after a promotion, a guardrail
+    alert rolls the promotion back."""
+
     min_new_decisions: Annotated[int, Field(ge=0)] = 10_000
     min_lift: float = 0.0
+    retrain_on_drift: bool = True
+    retrain_on_alert: bool = True
+    max_staleness: PositiveDuration | None = timedelta(days=28)
+    window: PositiveDuration | None = None
+    evaluation_share: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+    watch_window: PositiveDuration = timedelta(days=7)
+    gates: Gates = Gates()
+    canary: Canary = Canary()
 
 
 class SpecModel(_Value):

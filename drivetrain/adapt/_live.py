@@ -1,0 +1,159 @@
+"""A candidate on live traffic: shadow beside the champion, then a canary share of units.
+
+* Shadow: the candidate decides for the same contexts as the champion; its decisions are logged with
+  assignment ``shadow`` and their predicted values, beside the champion's request id, and never acted on.
+* Canary: units whose salted hash is below ``adaptation.canary.share`` (stable across requests, like the
+  holdout, and drawn independently of it) get the candidate. Its choices are logged as their own arm
+  (assignment ``canary``, the candidate's version); exploration and the holdout apply as for every unit,
+  so the logged propensity stays the exact probability of the logged action for that unit.
+
+:func:`canary_check` judges the canary on the store as of T: a sample ratio check of the arms, a
+sequential test per guardrail (the always-valid normal-mixture SPRT of Johari et al. 2017, so that looking
+every day does not inflate its error), and the north star's non-inferiority once enough canary units are
+mature.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from drivetrain.adapt._gates import GateResult
+from drivetrain.assembly import realized_metrics
+from drivetrain.data import Store, training_table
+from drivetrain.policy import Policy
+from drivetrain.spec import Spec, holdout_draw
+
+__all__ = ["always_valid_p", "canary_check", "canary_units", "serve", "shadow_check"]
+
+
+def canary_units(spec: Spec, unit_ids: Any) -> np.ndarray:
+    """Whether each unit is in the canary: a salted hash below the canary share; shape (n,) bool."""
+    canary = spec.model.adaptation.canary
+    salt = canary.salt or f"{spec.model.experimentation.salt}\x1fcanary"
+    return holdout_draw(salt, unit_ids) < canary.share
+
+
+def serve(champion: Policy, contexts: pd.DataFrame, *, now: datetime, challenger: Policy | None = None,
+          stage: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decide for ``contexts`` (``unit_id``, ``request_id``, the context) as the serving system does with
+    a candidate in ``stage`` (None, ``shadow`` or ``canary``): (the decisions acted on, the shadow log)."""
+    decisions, _ = champion.decisions_table(contexts, now=now)
+    empty = pd.DataFrame()
+    if challenger is None or stage is None:
+        return decisions, empty
+    if stage == "shadow":
+        shadow, _ = challenger.decisions_table(contexts, now=now)
+        preds = [c for c in shadow.columns if c.startswith("pred__")]
+        action = challenger.spec.action_space.indices(shadow["action_id"].to_numpy())
+        predicted = shadow[preds].to_numpy()[np.arange(len(shadow)), action]
+        champ_action = champion.spec.action_space.indices(decisions["action_id"].to_numpy())
+        log = pd.DataFrame({
+            "request_id": decisions["request_id"], "unit_id": decisions["unit_id"], "decided_at": decisions["decided_at"],
+            "policy_version": challenger.version, "assignment": "shadow", "action_id": shadow["action_id"],
+            "predicted": predicted, "fallback": shadow["assignment"] == "fallback",
+            "champion_version": champion.version, "champion_action_id": decisions["action_id"],
+            "champion_assignment": decisions["assignment"],
+            "champion_predicted": decisions[preds].to_numpy()[np.arange(len(decisions)), champ_action],
+        })
+        return decisions, log
+    if stage != "canary":
+        raise ValueError(f"`stage` must be None, 'shadow' or 'canary', got {stage!r}")
+    chosen = canary_units(champion.spec, decisions["unit_id"].to_numpy())
+    if chosen.any():
+        made, _ = challenger.decisions_table(contexts[chosen].reset_index(drop=True), now=now)
+        made["assignment"] = made["assignment"].replace({"policy": "canary"})
+        made = made.reindex(columns=decisions.columns)
+        decisions = decisions.copy()
+        decisions.loc[np.flatnonzero(chosen)] = made.to_numpy()
+    return decisions, empty
+
+
+def shadow_check(log: pd.DataFrame, candidate: str) -> GateResult:
+    """The candidate's shadow decisions: it answered every context the champion did (no more fallbacks
+    than the champion), with finite predicted values; agreement and predicted values are its figures."""
+    n = len(log)
+    if n == 0:
+        return GateResult("shadow", False, f"no shadow decisions of {candidate} were logged", {"decisions": 0})
+    served = (log["champion_assignment"] == "policy").to_numpy()
+    agreement = float((log["action_id"] == log["champion_action_id"])[served].mean()) if served.any() else float("nan")
+    fallback = float(log["fallback"].mean())
+    champion_fallback = float((log["champion_assignment"] == "fallback").mean())
+    predicted = log["predicted"].to_numpy(dtype=np.float64)
+    figures = {"decisions": n, "agreement": agreement, "fallback_share": fallback, "champion_fallback_share": champion_fallback,
+               "predicted": float(np.nanmean(predicted)), "champion_predicted": float(np.nanmean(log["champion_predicted"]))}
+    if fallback > champion_fallback + 0.01:
+        return GateResult("shadow", False, f"the candidate fell back on {fallback:.1%} of live contexts against the champion's "
+                          f"{champion_fallback:.1%}: its model fails on live traffic; read the fallback reasons", figures)
+    finite = np.isfinite(predicted[~log["fallback"].to_numpy()])
+    if not finite.all():
+        return GateResult("shadow", False, f"{int((~finite).sum())} shadow decisions have no finite predicted value", figures)
+    return GateResult("shadow", True, f"{n} shadow decisions, {agreement:.1%} agree with the champion, predicted "
+                      f"{figures['predicted']:.3f} vs {figures['champion_predicted']:.3f}", figures)
+
+
+def always_valid_p(difference: float, variance: float, tau2: float) -> float:
+    """The always-valid p-value of a mean difference with ``variance`` under a normal mixture of width
+    ``tau2`` (Johari et al. 2017): 1 / the mixture likelihood ratio, capped at 1."""
+    if variance <= 0 or not math.isfinite(variance):
+        return 1.0
+    log_ratio = 0.5 * math.log(variance / (variance + tau2)) + tau2 * difference**2 / (2 * variance * (variance + tau2))
+    return float(min(1.0, math.exp(-log_ratio)))
+
+
+def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str, since: datetime) -> GateResult | None:
+    """Judge the canary on the mature decisions made since ``since``: a failure (sample ratio, a guardrail
+    the canary breaks, an inferior north star), a pass (non-inferior with enough units), or None (wait)."""
+    spec = store.spec
+    settings = spec.model.adaptation
+    canary = settings.canary
+    table = training_table(store, as_of)[0].to_pandas()
+    table = table[(pd.to_datetime(table["decided_at"], utc=True) >= pd.Timestamp(since)) & (table["assignment"] != "holdout")]
+    arm_c = table["policy_version"] == candidate
+    arm_b = table["policy_version"] == champion
+    c, b = table[arm_c], table[arm_b]
+    units_c, units_b = c["unit_id"].nunique(), b["unit_id"].nunique()
+    figures: dict[str, Any] = {"canary_units": units_c, "champion_units": units_b}
+    total = units_c + units_b
+    if total:
+        expected = np.array([canary.share, 1 - canary.share]) * total
+        chi2 = float(((np.array([units_c, units_b]) - expected) ** 2 / expected).sum())
+        p_srm = float(stats.chi2.sf(chi2, 1))
+        figures.update(srm_p=p_srm, canary_share=units_c / total)
+        if total >= 100 and p_srm < canary.srm_alpha:
+            return GateResult("canary", False, f"sample ratio mismatch: {units_c / total:.2%} of units in the canary against "
+                              f"{canary.share:.0%} (p = {p_srm:.2g}): decisions of one arm are lost or misrouted; fix the logging", figures)
+    if len(c) < 2 or len(b) < 2:
+        return None
+    rc, rb = realized_metrics(spec, c), realized_metrics(spec, b)
+    for g, _f in spec.guardrails:
+        name = next(k for k in rc if k == g.name or k.startswith(f"{g.name}:"))
+        mc, mb = float(rc[name].mean()), float(rb[name].mean())
+        variance = float(rc[name].var(ddof=1) / len(c) + rb[name].var(ddof=1) / len(b))
+        diff = mc - mb
+        tau2 = max(float(rb[name].var(ddof=1)) / 100.0, 1e-12)
+        p = always_valid_p(diff, variance, tau2)
+        figures[f"guardrail:{name}"] = {"canary": mc, "champion": mb, "p": p}
+        over = (g.max is not None and mc > g.max and diff > 0) or (g.min is not None and mc < g.min and diff < 0)
+        if over and p < canary.guardrail_alpha:
+            return GateResult("canary", False, f"guardrail {g.name} in the canary: {mc:.4f} against the champion's {mb:.4f} "
+                              f"(always-valid p = {p:.3g}), beyond its bound: the candidate is rolled back", figures)
+    if units_c < canary.min_units:
+        figures["min_units"] = canary.min_units
+        return None
+    oc, ob = rc["objective"], rb["objective"]
+    sign = 1.0 if spec.model.objective.direction == "maximize" else -1.0
+    diff = sign * float(oc.mean() - ob.mean())
+    se = float(np.sqrt(oc.var(ddof=1) / len(oc) + ob.var(ddof=1) / len(ob)))
+    z = float(stats.norm.ppf(1 - settings.gates.alpha / 2))
+    low, high = diff - z * se, diff + z * se
+    figures.update(lift=diff, low=low, high=high, margin=settings.gates.non_inferiority_margin)
+    if low < -settings.gates.non_inferiority_margin:
+        return GateResult("canary", False, f"north star in the canary {diff:+.4f} per decision against the champion [{low:+.4f}, "
+                          f"{high:+.4f}], below the margin -{settings.gates.non_inferiority_margin}: keep the champion", figures)
+    return GateResult("canary", True, f"north star {diff:+.4f} [{low:+.4f}, {high:+.4f}] on {units_c} canary units: non-inferior", figures)

@@ -1,0 +1,148 @@
+"""The adaptation loop run day by day on a twin, with every figure next to the twin's truth.
+
+Each simulated day: new users arrive; the serving system (in process) follows the registry, the champion
+deciding, a challenger in shadow beside it or on its canary units; outcomes arrive late; at the day's end
+the store ingests what arrived, the evaluation's alert rules are checked and stored, and one step of
+:func:`~drivetrain.adapt.adapt` runs as of the day's end. The twin's truth scores what was served: the
+champion's share of the budgeted oracle's gain over control, the true cost of exploration, and the true
+spend against the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from drivetrain.adapt._live import serve
+from drivetrain.adapt._registry import Registry
+from drivetrain.adapt._step import StepResult, Trainer, adapt, default_trainer
+from drivetrain.clock import SimulatedClock
+from drivetrain.data import RawRows, Store, ingest_decisions, ingest_outcomes
+from drivetrain.policy import Policy
+
+if TYPE_CHECKING:
+    from drivetrain.twin import NBOOTwin
+
+__all__ = ["LoopDay", "run_twin_loop"]
+
+
+@dataclass(frozen=True)
+class LoopDay:
+    """One simulated day: the champion that served it, the twin's truth of what was served (``share``: the
+    champion's greedy share of the budgeted oracle's gain over control on the day's users;
+    ``exploration_cost``: true value per unit lost to exploration; ``spend``: true expected promotion
+    cost per unit of the decisions made, against ``budget``), and what the step at the day's end did."""
+
+    day: int
+    as_of: datetime
+    champion: str | None
+    stage: str | None
+    share: float | None
+    exploration_cost: float | None
+    spend: float
+    budget: float
+    step: StepResult | None
+
+    @property
+    def retrained(self) -> bool:
+        return self.step is not None and self.step.trigger is not None and bool(self.step.trigger["reasons"])
+
+    @property
+    def promoted(self) -> bool:
+        return self.step is not None and any(a.startswith("promoted") for a in self.step.actions)
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.step is not None and any(a.startswith("rolled back") or "stopped in canary" in a for a in self.step.actions)
+
+
+class _Cache:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.policies: dict[str, Policy] = {}
+
+    def get(self, version: str) -> Policy:
+        if version not in self.policies:
+            self.policies[version] = self.registry.load(version)
+        return self.policies[version]
+
+
+def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: range, users: int, offset: int = 40_000_000,
+                  adapt_steps: bool = True, monitor: bool = True, trainer: Trainer = default_trainer, batches: int = 4,
+                  truth_sample: int = 2_000, population_size: int = 10_000,
+                  on_day: Callable[[LoopDay], None] | None = None) -> list[LoopDay]:
+    """Run the loop for ``days`` (day numbers of the twin) with ``users`` new users a day; with
+    ``adapt_steps`` False the first champion stays (the frozen baseline). The registry must have a
+    champion. Returns one :class:`LoopDay` per day."""
+    from drivetrain.evaluate import check_alerts, evaluate, measure_drift, store_alerts
+    from drivetrain.twin import oracle_under_budget
+
+    spec = store.spec
+    cache = _Cache(registry)
+    clock = SimulatedClock(twin.start + timedelta(days=days.start))
+    in_flight: list[pd.DataFrame] = []
+    budget = spec.budgets[0][0].max_per_unit if spec.budgets else float("nan")
+    control = spec.control.index
+    out: list[LoopDay] = []
+    for day in days:
+        start = twin.start + timedelta(days=day)
+        end = start + timedelta(days=1)
+        champion_name = registry.alias("champion")
+        if champion_name is None:
+            raise ValueError("the registry must have a champion before the loop runs")
+        champion = cache.get(champion_name)
+        challenger_name = registry.alias("challenger")
+        stage = registry.status(challenger_name) if challenger_name else None
+        challenger = cache.get(challenger_name) if challenger_name and stage in ("shadow", "canary") else None
+        frame = twin.population(users, day=day, offset=offset + day * users)
+        contexts = twin.observe(frame, day=day).assign(request_id=[f"d{day:03d}-{i:07d}" for i in range(users)])
+        made, shadows = [], []
+        for b, part in enumerate(np.array_split(np.arange(users), batches)):
+            if part.size:
+                decided, shadow = serve(champion, contexts.iloc[part], now=start + (b + 0.5) * timedelta(days=1) / batches,
+                                        challenger=challenger, stage=stage if challenger is not None else None)
+                made.append(decided)
+                shadows.append(shadow)
+        decisions = pd.concat(made, ignore_index=True)
+        shadow_log = pd.concat(shadows, ignore_index=True)
+        if challenger_name and len(shadow_log):
+            registry.log_shadow(challenger_name, shadow_log)
+        waiting = pd.concat([*in_flight, twin.respond(frame, decisions, day=day)], ignore_index=True)
+
+        # the truth of what was served
+        truth = twin.truth(frame, day=day)
+        action = spec.action_space.indices(decisions["action_id"].to_numpy())
+        spend = float(truth.components["promo_cost"][np.arange(users), action].mean())
+        sample = np.arange(min(truth_sample, users))
+        sub = contexts.iloc[sample]
+        t_obj = truth.objective[sample]
+        greedy = replace(champion, exploration_rate=0.0, holdout_share=0.0).action_distribution(sub)
+        served = replace(champion, holdout_share=0.0).action_distribution(sub)
+        base = float(t_obj[:, control].mean())
+        best = oracle_under_budget(t_obj, truth.eligible[sample], [truth.components["promo_cost"][sample]], [budget]).value
+        value = float(np.mean(np.sum(t_obj * greedy, axis=1)))
+        share = (value - base) / (best - base) if best > base else None
+        exploration_cost = value - float(np.mean(np.sum(t_obj * served, axis=1)))
+
+        clock.set(end)
+        ingest_decisions(store, RawRows(decisions, (), f"loop decisions, day {day}"), clock=clock)
+        arrived = waiting["received_at"] < end
+        ingest_outcomes(store, RawRows(waiting[arrived].reset_index(drop=True), (), f"loop outcomes, day {day}"), clock=clock)
+        in_flight = [waiting[~arrived]]
+        if monitor:
+            evaluation = evaluate(store, end)
+            drift = measure_drift(store, champion_name, start=start, end=end, as_of=end)
+            alerts = check_alerts(spec, evaluation=evaluation, drift=drift, store=store, as_of=end)
+            store_alerts(store, alerts, fired_at=end)
+        step = adapt(store, registry, end, trainer=trainer, who="twin loop", population_size=population_size) if adapt_steps else None
+        result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step)
+        out.append(result)
+        if on_day is not None:
+            on_day(result)
+    return out
+

@@ -1,0 +1,367 @@
+"""One step of the adaptation loop as of T, and the manual moves (promote, rollback).
+
+A step, judged on the store and the registry as of T:
+
+1. the watch: within ``adaptation.watch_window`` of a promotion, a guardrail alert stored since the
+   promotion rolls it back to ``last-good``;
+2. a candidate in flight (the ``challenger``) moves on: from shadow to canary when its shadow decisions
+   pass, from canary to champion when the canary is non-inferior; a failure rejects it with the reason;
+3. otherwise the triggers are judged; when one fires, a candidate is fitted on the window's mature
+   decisions, planned on the recent population, registered with its lineage and taken through the
+   off-line gates (the first version, with no champion to compare with, is promoted after the data,
+   constraints and serving gates).
+
+Every firing, gate and move is an event of the registry's history. A step records itself last; running
+it again for the same T answers from that record and changes nothing, and a step interrupted by a crash
+resumes (a candidate registered for T is gated again rather than fitted twice).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib import metadata
+from typing import Any
+
+import pandas as pd
+
+from drivetrain.adapt._gates import GateResult, constraints_gate, data_gate, off_policy_gate, regression_gate, serving_gate
+from drivetrain.adapt._live import canary_check, shadow_check
+from drivetrain.adapt._registry import Lineage, Registry
+from drivetrain.adapt._retrain import TriggerReport, judge_triggers, model_spec_hash, training_window
+from drivetrain.assembly import plan_policy, write_policy_baselines
+from drivetrain.clock import as_utc
+from drivetrain.data import Store
+from drivetrain.errors import DrivetrainError, UsageError
+from drivetrain.model import OutcomeModel
+from drivetrain.policy import Policy
+from drivetrain.spec import Spec
+
+__all__ = ["Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "offline_gates", "promote", "recent_population", "rollback"]
+
+#: Fits an outcome model on a training table: (table, spec) -> fitted model.
+Trainer = Callable[[pd.DataFrame, Spec], OutcomeModel]
+#: Plans a policy from a fitted model on a population: (spec, model, population, version) -> policy.
+Planner = Callable[[Spec, OutcomeModel, pd.DataFrame, str], Policy]
+
+
+def default_trainer(table: pd.DataFrame, spec: Spec) -> OutcomeModel:
+    return OutcomeModel(n_folds=0, n_estimators=100, num_threads=1, seed=0).fit(table, spec)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did as of ``as_of``: its ``actions`` in words, the trigger report (None when a
+    candidate was in flight), the candidate it fitted or moved, its gates, and the champion after it."""
+
+    as_of: datetime
+    actions: tuple[str, ...]
+    trigger: Mapping[str, Any] | None
+    candidate: str | None
+    gates: tuple[GateResult, ...]
+    champion: str | None
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"as_of": self.as_of.isoformat(), "actions": list(self.actions), "trigger": self.trigger, "candidate": self.candidate,
+                "gates": [g.to_json() for g in self.gates], "champion": self.champion}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A fitted candidate before its gates: the policy, its model, the window's tables and its lineage."""
+
+    policy: Policy
+    lineage: Lineage
+    train: pd.DataFrame
+    evaluation: pd.DataFrame
+    population: pd.DataFrame
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def recent_population(store: Store, as_of: datetime, *, days: int = 7, size: int = 10_000) -> pd.DataFrame:
+    """Contexts of the decisions received in the last ``days`` before ``as_of`` (any arm; at most ``size``,
+    a fixed sample): the population a candidate is planned and judged on."""
+    spec = store.spec
+    t_us = int(as_of.timestamp() * 1_000_000)
+    s_us = int((as_of - timedelta(days=days)).timestamp() * 1_000_000)
+    cols = ", ".join(["unit_id", *spec.features])
+    frame = store.query(f"SELECT {cols} FROM decisions WHERE epoch_us(received_at) > {s_us} AND epoch_us(received_at) <= {t_us} "
+                        "ORDER BY request_id")
+    if len(frame) > size:
+        frame = frame.sample(size, random_state=0).reset_index(drop=True)
+    return frame
+
+
+def frozen_set(store: Store, registry: Registry) -> pd.DataFrame:
+    """The frozen evaluation set: randomized decisions (assignment ``explore``) of the evaluation units made
+    before the first version was registered, with their outcomes; the same rows for every candidate."""
+    from drivetrain.adapt._retrain import evaluation_units
+
+    versions = registry.versions()
+    if not versions:
+        return pd.DataFrame()
+    first = versions[0].registered_at
+    window = training_window(store, first, since=datetime(1970, 1, 1, tzinfo=first.tzinfo))
+    rows = window.evaluation
+    rows = rows[(rows["assignment"] == "explore") & evaluation_units(store.spec, rows["unit_id"].to_numpy())]
+    return _conditional_on_exploration(store.spec, rows.reset_index(drop=True))
+
+
+def _conditional_on_exploration(spec: Spec, rows: pd.DataFrame) -> pd.DataFrame:
+    """Explored rows with the propensity given the exploration draw: 1 / K_i, uniform over the unit's
+    eligible actions (the draw is independent of the context, so these rows are a randomized experiment)."""
+    if rows.empty:
+        return rows
+    eligible = spec.eligible_actions({n: rows[n].to_numpy() for n in spec.features if n in rows})
+    return rows.assign(propensity=1.0 / eligible.sum(axis=1))
+
+
+def _code_version() -> str:
+    try:
+        return metadata.version("drivetrain")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Trainer, parent: str | None, trigger: str,
+                  population_size: int = 10_000, planner: Planner | None = None) -> Candidate:
+    """Fit and plan a candidate on the window's mature decisions as of ``as_of``."""
+    spec = store.spec
+    window = training_window(store, as_of)
+    population = recent_population(store, as_of, size=population_size)
+    if population.empty:
+        population = window.train[["unit_id", *spec.features]].head(population_size)
+    start = time.perf_counter()
+    train = window.train
+    model = trainer(train, spec) if len(train) >= 20 else None
+    fit_seconds = time.perf_counter() - start
+    if model is None:
+        raise UsageError(f"the training window as of {as_of.isoformat()} holds {len(train)} mature decisions: too few to fit")
+    if planner is not None:
+        policy = planner(spec, model, population, version)
+    else:
+        plan = plan_policy(spec, model, population, version=version)
+        policy = plan.policy
+        write_policy_baselines(store, plan, population, created_at=as_of)
+    decided = pd.to_datetime(train["decided_at"], utc=True)
+    lineage = Lineage(spec_hash=spec.hash, model_spec_hash=model_spec_hash(spec),
+                      data_start=decided.min().isoformat() if len(train) else None,
+                      data_end=decided.max().isoformat() if len(train) else None, rows=len(train),
+                      rows_by_version=dict(window.rows_by_version), code_version=_code_version(),
+                      figures={"fit_seconds": round(fit_seconds, 3), "evaluation_rows": float(len(window.evaluation)),
+                               "population": float(len(population)), "immature": float(window.immature)},
+                      parent=parent, trigger=trigger)
+    return Candidate(policy, lineage, train, window.evaluation, population)
+
+
+def offline_gates(store: Store, candidate: Candidate, champion: Policy | None, frozen: pd.DataFrame, *, as_of: datetime,
+                  since: datetime | None = None, parent_end: datetime | None = None, reference: OutcomeModel | None = None,
+                  timer: Callable[[], float] = time.perf_counter) -> list[GateResult]:
+    """The off-line gates in order, stopping at the first failure (without a champion, the comparisons
+    are skipped). The off-policy comparison takes the evaluation units' decisions made from ``since`` on
+    (the first version's registration: after the frozen set); the data gate looks for broken features in
+    the decisions made after ``parent_end`` (the end of the champion's data). ``reference`` is the loop's
+    own trainer's model of the candidate's window, the judge of the comparisons and the second opinion of
+    the constraints (the candidate's own model when None: the loop fitted it with that trainer)."""
+    spec = store.spec
+    results = [data_gate(store, candidate.train, frozen if len(frozen) else candidate.evaluation,
+                         start=candidate.lineage.data_start, as_of=as_of, new_since=parent_end)]
+    if not results[-1].passed:
+        return results
+    model = candidate.policy.model
+    reference = reference or model
+    judges = {"candidate": model, **({"reference": reference} if reference is not model else {})}
+    if champion is not None:
+        results.append(regression_gate(spec, frozen, candidate.policy, champion, reference))
+        if not results[-1].passed:
+            return results
+        recent = candidate.evaluation
+        if since is not None and len(recent):
+            recent = recent[pd.to_datetime(recent["decided_at"], utc=True) >= pd.Timestamp(since)].reset_index(drop=True)
+        results.append(off_policy_gate(spec, recent, candidate.policy, champion, reference))
+        if not results[-1].passed:
+            return results
+    results.append(constraints_gate(spec, candidate.population, candidate.policy, judges, champion))
+    if not results[-1].passed:
+        return results
+    results.append(serving_gate(candidate.policy, candidate.population, timer=timer))
+    return results
+
+
+def _version_name(spec: Spec, as_of: datetime) -> str:
+    return f"{spec.name}-{as_of.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def promote(registry: Registry, version: str, *, at: datetime, who: str, why: str, details: Mapping[str, Any] | None = None) -> None:
+    """Make ``version`` the champion; the champion it replaces becomes ``last-good``. One atomic event."""
+    current = registry.alias("champion")
+    if current == version:
+        raise UsageError(f"`version` {version!r} is the champion already")
+    registry.version(version)
+    aliases: dict[str, str | None] = {"champion": version, "last-good": current or version}
+    if registry.alias("challenger") == version:
+        aliases["challenger"] = None
+    statuses = {version: "champion", **({current: "retired"} if current else {})}
+    registry.record(at=at, who=who, why=why, kind="promote", aliases=aliases, statuses=statuses, details=details)
+
+
+def rollback(registry: Registry, *, at: datetime, who: str, why: str) -> str:
+    """Point ``champion`` back at ``last-good`` (a pointer move: the version is loaded already); returns it."""
+    current, good = registry.alias("champion"), registry.alias("last-good")
+    if good is None or good == current:
+        raise UsageError(f"`last-good` must name a version other than the champion to roll back to, got {good!r} "
+                         f"(champion {current!r})")
+    statuses = {good: "champion", **({current: "rolled back"} if current else {})}
+    registry.record(at=at, who=who, why=why, kind="rollback", aliases={"champion": good, "challenger": None}, statuses=statuses)
+    return good
+
+
+def _last(registry: Registry, kind: str, version: str | None = None) -> Any:
+    for event in reversed(registry.history()):
+        if event.kind == kind and (version is None or event.details.get("version") == version or version in event.statuses):
+            return event
+    return None
+
+
+def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer = default_trainer, who: str = "drivetrain adapt",
+          population_size: int = 10_000, planner: Planner | None = None,
+          timer: Callable[[], float] = time.perf_counter) -> StepResult:
+    """Run one step of the loop as of ``as_of`` (see the module docstring); safe to run again."""
+    as_of = as_utc(as_of, name="as_of")
+    spec = store.spec
+    settings = spec.model.adaptation
+    for event in reversed(registry.history()):
+        if event.kind == "step" and event.details.get("as_of") == as_of.isoformat():
+            d = event.details
+            return StepResult(as_of, tuple(d["actions"]), d.get("trigger"), d.get("candidate"),
+                              tuple(GateResult(g["gate"], g["passed"], g["reason"], g["figures"]) for g in d.get("gates", [])),
+                              d.get("champion"), replayed=True)
+    actions: list[str] = []
+    gates: list[GateResult] = []
+    trigger: dict[str, Any] | None = None
+    candidate_name: str | None = None
+    champion = registry.alias("champion")
+
+    # 1. the watch window after a promotion
+    promoted = _last(registry, "promote")
+    if champion is not None and promoted is not None and registry.alias("last-good") not in (None, champion):
+        if promoted.aliases.get("champion") == champion and as_of - promoted.at <= settings.watch_window:
+            t0, t1 = int(promoted.at.timestamp() * 1e6), int(as_of.timestamp() * 1e6)
+            fired = store.query(f"SELECT rule, subject, message FROM alerts WHERE kind = 'guardrail' AND epoch_us(fired_at) > {t0} "
+                                f"AND epoch_us(fired_at) <= {t1} ORDER BY fired_at, rule, subject")
+            if len(fired):
+                why = f"guardrail alert within the watch window of {champion}'s promotion: {fired['rule'].iloc[0]}: {fired['subject'].iloc[0]}"
+                back = rollback(registry, at=as_of, who=who, why=why)
+                actions.append(f"rolled back {champion} to {back}: {why}")
+                champion = back
+
+    # 2. a candidate in flight
+    challenger = registry.alias("challenger")
+    if challenger is not None and not actions:
+        candidate_name = challenger
+        stage = registry.status(challenger)
+        if stage == "shadow":
+            log = registry.shadow(challenger)
+            if len(log) >= settings.canary.shadow_decisions:
+                result = shadow_check(log, challenger)
+                gates.append(result)
+                if result.passed:
+                    registry.record(at=as_of, who=who, why=result.reason, kind="gate", statuses={challenger: "canary"},
+                                    details={"version": challenger, **result.to_json(), "canary_since": as_of.isoformat()})
+                    actions.append(f"{challenger} passed shadow; canary on {settings.canary.share:.0%} of units")
+                else:
+                    registry.record(at=as_of, who=who, why=result.reason, kind="gate", statuses={challenger: "rejected"},
+                                    aliases={"challenger": None}, details={"version": challenger, **result.to_json()})
+                    actions.append(f"{challenger} rejected by the shadow gate: {result.reason}")
+            else:
+                actions.append(f"{challenger} in shadow: {len(log)} of {settings.canary.shadow_decisions} shadow decisions")
+        elif stage == "canary":
+            started = _last(registry, "gate", challenger)
+            since = datetime.fromisoformat(started.details["canary_since"]) if started and "canary_since" in started.details else as_of
+            if champion is None:
+                raise UsageError("a canary needs a champion to compare with; promote one first")
+            verdict: GateResult | None = canary_check(store, as_of, candidate=challenger, champion=champion, since=since)
+            if verdict is None:
+                actions.append(f"{challenger} in canary since {since.isoformat()}: waiting for mature canary units")
+            else:
+                gates.append(verdict)
+                if verdict.passed:
+                    promote(registry, challenger, at=as_of, who=who, why=verdict.reason, details={"version": challenger, **verdict.to_json()})
+                    actions.append(f"promoted {challenger}: {verdict.reason}")
+                    champion = challenger
+                else:
+                    registry.record(at=as_of, who=who, why=verdict.reason, kind="rollback" if "guardrail" in verdict.reason else "gate",
+                                    statuses={challenger: "rejected"}, aliases={"challenger": None},
+                                    details={"version": challenger, **verdict.to_json()})
+                    actions.append(f"{challenger} stopped in canary: {verdict.reason}")
+        else:
+            registry.record(at=as_of, who=who, why=f"challenger in status {stage}", kind="gate", aliases={"challenger": None})
+            actions.append(f"cleared challenger {challenger} (status {stage})")
+
+    # 3. triggers, retrain, off-line gates
+    elif not actions:
+        versions = registry.versions()
+        last_fit = max((r.registered_at for r in versions), default=None)
+        name = _version_name(spec, as_of)
+        resumed = any(r.version == name for r in versions)
+        report = judge_triggers(store, as_of, None if resumed else last_fit)
+        if resumed:
+            report = TriggerReport(as_of, last_fit, ("resuming the candidate registered for this as-of",), {})
+        trigger = {"reasons": list(report.reasons), "figures": dict(report.figures),
+                   "last_fit": None if report.last_fit is None else report.last_fit.isoformat()}
+        if report.fired:
+            if not resumed:
+                registry.record(at=as_of, who=who, why="; ".join(report.reasons), kind="trigger", details=trigger)
+            candidate_name = name
+            try:
+                candidate = _candidate(store, registry, as_of, name, resumed, trainer=trainer, parent=champion,
+                                       trigger="; ".join(report.reasons), population_size=population_size, planner=planner)
+            except DrivetrainError as exc:  # no plan (say, infeasible constraints): no version, the reason recorded
+                failed = GateResult("plan", False, f"the candidate could not be fitted or planned: {exc}", {})
+                registry.record(at=as_of, who=who, why=failed.reason, kind="gate", details={"version": name, **failed.to_json()})
+                actions.append(f"{name} not planned: {exc}")
+                step = StepResult(as_of, tuple(actions), trigger, name, (failed,), champion)
+                registry.record(at=as_of, who=who, why="; ".join(actions), kind="step", details=step.to_json())
+                return step
+            champ_policy = registry.load(champion) if champion is not None else None
+            frozen = frozen_set(store, registry)
+            first = registry.versions()[0].registered_at
+            parent_end = registry.version(champion).lineage.data_end if champion is not None else None
+            gates = offline_gates(store, candidate, champ_policy, frozen, as_of=as_of, since=first,
+                                  parent_end=None if parent_end is None else datetime.fromisoformat(parent_end), timer=timer)
+            for g in gates:
+                registry.record(at=as_of, who=who, why=g.reason, kind="gate", details={"version": name, **g.to_json()},
+                                statuses={name: "rejected"} if not g.passed else None)
+            if not gates[-1].passed:
+                actions.append(f"{name} rejected by the {gates[-1].gate} gate: {gates[-1].reason}")
+            elif champion is None:
+                promote(registry, name, at=as_of, who=who, why="the first version: no champion to compare with, off-line gates passed",
+                        details={"version": name})
+                actions.append(f"promoted {name} as the first champion")
+                champion = name
+            else:
+                registry.record(at=as_of, who=who, why="off-line gates passed: shadow beside the champion", kind="gate",
+                                aliases={"challenger": name}, statuses={name: "shadow"}, details={"version": name})
+                actions.append(f"{name} passed the off-line gates; in shadow beside {champion}")
+        else:
+            actions.append("no trigger fired")
+    step = StepResult(as_of, tuple(actions), trigger, candidate_name, tuple(gates), champion)
+    registry.record(at=as_of, who=who, why="; ".join(actions) or "nothing to do", kind="step", details=step.to_json())
+    return step
+
+
+def _candidate(store: Store, registry: Registry, as_of: datetime, name: str, resumed: bool, *, trainer: Trainer, parent: str | None,
+               trigger: str, population_size: int, planner: Planner | None) -> Candidate:
+    if not resumed:
+        candidate = fit_candidate(store, as_of, version=name, trainer=trainer, parent=parent, trigger=trigger,
+                                  population_size=population_size, planner=planner)
+        registry.register(candidate.policy, candidate.lineage, at=as_of, who="drivetrain adapt")
+        return candidate
+    record = registry.version(name)
+    window = training_window(store, as_of)
+    population = recent_population(store, as_of, size=population_size)
+    return Candidate(registry.load(name), record.lineage, window.train, window.evaluation, population)
+
