@@ -1,6 +1,7 @@
 """Event tables, the store, contract checks at ingest, and the outcome join."""
 
 from drivetrain.data._baselines import GRID_CELLS, QUANTILES, grid_cell, psi_cell_bins, reference_statistics, write_baselines
+from drivetrain.data._definitions import ParityReport, derived_features, measure_parity, rebuild_features
 from drivetrain.data._ingest import (
     NULL_TEXT,
     IngestReport,
@@ -36,6 +37,7 @@ __all__ = [
     "QUARANTINE_SCHEMA",
     "TABLES",
     "IngestReport",
+    "ParityReport",
     "JoinReport",
     "MemoryStore",
     "ParquetStore",
@@ -46,12 +48,15 @@ __all__ = [
     "check_context",
     "check_contexts",
     "decision_schema",
+    "derived_features",
     "diagnostic_fields",
     "hash_personal",
     "ingest_decisions",
     "ingest_outcomes",
+    "measure_parity",
     "open_store",
     "read_rows",
+    "rebuild_features",
     "summarize",
     "training_table",
 ]
