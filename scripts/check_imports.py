@@ -24,11 +24,12 @@ ALLOWED: dict[str, set[str]] = {
     "evaluate": {"spec", "data"},
     "twin": {"spec", "data"},
     "report": {"spec", "data", "evaluate", "adapt"},
+    "contract": {"spec", "data", "evaluate", "policy"},
     "assembly": {*STAGES, "evaluate"},
     "adapt": {*STAGES, "evaluate", "assembly"},
     "loop": {*STAGES, "evaluate", "assembly", "adapt", "twin"},
     "demo": {*STAGES, "evaluate", "assembly", "adapt", "twin", "loop", "report"},
-    "cli": {*STAGES, "evaluate", "assembly", "adapt", "twin", "loop", "report", "demo"},
+    "cli": {*STAGES, "evaluate", "assembly", "adapt", "twin", "loop", "report", "demo", "contract"},
 }
 ALLOWED["__main__"] = {"cli"}
 ALLOWED["clock"] = {"errors"}
