@@ -127,7 +127,8 @@ def _fields(before: Feature, after: Feature) -> list[tuple[str, str]]:
 def _values(reference: Store, name: str, before: str, after: str) -> str | None:
     """How the two definitions' values differ on the reference dataset, or None when they agree."""
     try:
-        old = rebuild_features(reference, {name: before}).to_pandas()[name]
+        rebuilt = rebuild_features(reference, {name: before}).to_pandas()
+        old, reference_ids = rebuilt[name], rebuilt["request_id"]
     except DataError as exc:
         return f"the previous definition fails on the reference dataset ({exc})"
     try:
@@ -143,7 +144,11 @@ def _values(reference: Store, name: str, before: str, after: str) -> str | None:
         return None
     i = int(differ[0])
     return (f"values on the reference dataset differ at {differ.size} of {len(old)} decisions"
-            f" (e.g. {old.iloc[i]!r} -> {new.iloc[i]!r})")
+            f" (e.g. {_plain(old.iloc[i])!r} -> {_plain(new.iloc[i])!r} for {reference_ids.iloc[i]})")
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def check_features(current: Spec, previous: Spec, *, reference: Store | None = None,

@@ -66,16 +66,17 @@ def reference_store(spec: Spec, *, units: int = 40, days: int = 60, seed: int = 
     rows = []
     for name, outcome in spec.model.outcomes.items():
         hit = np.flatnonzero(rng.random(n) < 0.3)
-        occurred = decided.iloc[hit].to_numpy() + pd.to_timedelta(rng.uniform(0, spec.horizon.total_seconds(), hit.size), unit="s")
+        occurred = decided.iloc[hit].reset_index(drop=True) + pd.to_timedelta(rng.uniform(0, spec.horizon.total_seconds(), hit.size), unit="s")
         lag = np.where(rng.random(hit.size) < 0.1, rng.uniform(86_400, 3 * 86_400, hit.size), rng.uniform(1, 3_600, hit.size))
         lo = 0.0 if outcome.min is None else outcome.min
         hi = lo + 100.0 if outcome.max is None else outcome.max
         value = np.ones(hit.size) if outcome.type == "binary" else \
             np.round(rng.uniform(lo, hi, hit.size), 0 if outcome.type == "count" else 2)
         rows.append(pd.DataFrame({"event_id": [f"ref-{i:06d}:{name}" for i in hit], "request_id": frame["request_id"].iloc[hit].to_numpy(),
-                                  "unit_id": frame["unit_id"].iloc[hit].to_numpy(), "occurred_at": occurred,
-                                  "received_at": occurred + pd.to_timedelta(lag, unit="s"), "component": name, "value": value,
-                                  "attribution": "request_id", "ingested_at": occurred + pd.to_timedelta(lag, unit="s")}))
+                                  "unit_id": frame["unit_id"].iloc[hit].to_numpy(), "occurred_at": occurred.to_numpy(),
+                                  "received_at": (occurred + pd.to_timedelta(lag, unit="s")).to_numpy(), "component": name,
+                                  "value": value, "attribution": "request_id",
+                                  "ingested_at": (occurred + pd.to_timedelta(lag, unit="s")).to_numpy()}))
     outcomes = pd.concat(rows, ignore_index=True)
     for column in ("occurred_at", "received_at", "ingested_at"):
         outcomes[column] = pd.to_datetime(outcomes[column], utc=True).dt.floor("us")

@@ -27,7 +27,7 @@ def _git(directory: Path, *args: str) -> bytes:
 def _blob(directory: Path, rev: str, path: str) -> bytes:
     """The content of ``path`` at ``rev`` (relative to the repository's root), following symbolic links."""
     for _ in range(8):
-        listing = _git(directory, "ls-tree", "-z", rev, "--", path).decode(errors="replace").strip("\0")
+        listing = _git(directory, "ls-tree", "-z", "--full-tree", rev, "--", path).decode(errors="replace").strip("\0")
         if not listing:
             raise UsageError(f"`--against` must name a file of revision {rev!r}, got {path!r}, which it does not hold")
         mode = listing.split(" ", 1)[0]
