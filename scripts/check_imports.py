@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     **{stage: set(STAGES[:i]) for i, stage in enumerate(STAGES)},
     "evaluate": {"spec", "data"},
     "twin": {"spec", "data"},
-    "report": {"spec", "data", "evaluate", "adapt"},
+    "report": {"spec", "data", "evaluate", "adapt", "contract"},
     "contract": {"spec", "data", "evaluate", "policy"},
     "assembly": {*STAGES, "evaluate"},
     "adapt": {*STAGES, "evaluate", "assembly"},
