@@ -78,7 +78,7 @@ def reference_store(spec: Spec, *, units: int = 40, days: int = 60, seed: int = 
                                   "value": value, "attribution": "request_id",
                                   "ingested_at": (occurred + pd.to_timedelta(lag, unit="s")).to_numpy()}))
     outcomes = pd.concat(rows, ignore_index=True)
-    for column in ("occurred_at", "received_at", "ingested_at"):
-        outcomes[column] = pd.to_datetime(outcomes[column], utc=True).dt.floor("us")
+    for when in ("occurred_at", "received_at", "ingested_at"):
+        outcomes[when] = pd.to_datetime(outcomes[when], utc=True).dt.floor("us")
     store.append("outcomes", pa.Table.from_pandas(outcomes, schema=OUTCOME_SCHEMA, preserve_index=False))
     return store

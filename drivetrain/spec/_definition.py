@@ -91,4 +91,4 @@ def point_in_time_sql(text: str) -> str:
             return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias)))
         return node
 
-    return tree.transform(known).sql(_DIALECT)
+    return str(tree.transform(known).sql(_DIALECT))
