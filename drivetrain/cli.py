@@ -989,6 +989,130 @@ def demo(
     run_demo(out, users=users, seed=seed, console=console, loop_days=loop_days, loop_users=loop_users)
 
 
+# ---------------------------------------------------------------------------------------------- contract
+contract_app = typer.Typer(help="Contracts that hold: feature versions, parity, backfills, the data and system contracts.",
+                           no_args_is_help=True)
+app.add_typer(contract_app, name="contract")
+
+
+@contract_app.command("check")
+def contract_check(
+    spec: Annotated[Path, typer.Option(help="The spec file as it is now.")],
+    against: Annotated[str, typer.Option(help="The other revision: a spec file, or REV:path (path from the git repository's root).")],
+    store: Annotated[Path | None, typer.Option(help="The store whose policies use the features (named on failure, listed for retrain).")] = None,
+    reference: Annotated[Path | None, typer.Option(help="A store to run the definitions on; default a fixed reference dataset drawn from the spec.")] = None,
+) -> None:
+    """Fail (exit 1) when a feature changed meaning without a new version; with one, list the policies to retrain."""
+    from drivetrain.contract import check_features, load_revision, policies_in_store, reference_store
+    from drivetrain.data import open_store
+    from drivetrain.spec import load_spec
+
+    current = load_spec(spec)
+    previous = load_revision(against, repository=spec.parent)
+    derived = any(f.definition for s in (current, previous) for f in s.model.context.features.values())
+    ref = open_store(reference, current) if reference is not None else reference_store(current) if derived else None
+    users = policies_in_store(open_store(store, current)) if store is not None else None
+    result = check_features(current, previous, reference=ref, policies=users)
+    console.print(result.summary())
+    if store is None and result.changes:
+        console.print("(no --store given: the policies that use these features are not known)")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@contract_app.command("parity")
+def contract_parity(
+    spec: Annotated[Path, typer.Option(help="The spec file (its derived features and parity alert rules).")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    as_of: Annotated[str | None, typer.Option(help="Check as of this time (ISO 8601, UTC); default now.")] = None,
+    window_days: Annotated[float, typer.Option(min=0.01, help="Decisions of the last N days before --as-of.")] = 1.0,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="Numeric values differ beyond tolerance x max(1, |rebuilt|).")] = 1e-6,
+) -> None:
+    """Served against rebuilt context per derived feature; fired parity alerts are stored. Exit code 1 when one fired."""
+    from drivetrain.data import measure_parity, open_store
+    from drivetrain.evaluate import check_alerts, store_alerts
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    target = open_store(store, loaded)
+    moment = _parse_time(as_of, "as_of")
+    report = measure_parity(target, start=moment - timedelta(days=window_days), end=moment, as_of=moment, tolerance=tolerance)
+    console.print(report.summary())
+    alerts = check_alerts(loaded, parity=report)
+    store_alerts(target, alerts, fired_at=SystemClock().now())
+    for alert in alerts:
+        console.print(f"ALERT {alert.rule} ({alert.kind}): {alert.message}")
+    if alerts:
+        raise typer.Exit(1)
+
+
+@contract_app.command("backfill")
+def contract_backfill(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    as_of: Annotated[str, typer.Option(help="Rebuild as of this past time (ISO 8601, UTC).")],
+    out: Annotated[Path, typer.Option(help="Directory for the files and manifest.json with their sha256.")],
+    days: Annotated[int, typer.Option(min=1, help="The training table and drift of the last N days before --as-of.")] = 30,
+) -> None:
+    """Rebuild the training table, the evaluation and the drift as of T: the same T gives the same bytes."""
+    from drivetrain.contract import backfill
+    from drivetrain.data import open_store
+    from drivetrain.spec import load_spec
+
+    result = backfill(open_store(store, load_spec(spec)), _parse_time(as_of, "as_of"), out, days=days)
+    console.print(result.summary())
+
+
+@contract_app.command("export")
+def contract_export(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    out: Annotated[Path, typer.Option(help="The ODCS document to write (YAML).")] = Path("datacontract.odcs.yaml"),
+    store: Annotated[Path | None, typer.Option(help="Also check this store's tables against the document (exit 1 on a breach).")] = None,
+) -> None:
+    """Write the decisions, outcomes and context tables as an Open Data Contract Standard document."""
+    import yaml
+
+    from drivetrain.contract import check_data_contract, data_contract, validate_data_contract
+    from drivetrain.data import open_store
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    document = data_contract(loaded)
+    validate_data_contract(document)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    console.print(f"wrote {out}: {len(document['schema'])} tables, valid against the ODCS {document['apiVersion']} model")
+    if store is not None:
+        broken = check_data_contract(open_store(store, loaded), document)
+        for violation in broken:
+            console.print(f"BREACH {violation.message()}")
+        console.print(f"{len(broken)} rules broken by the store's tables" if broken else "the store's tables keep every rule")
+        if broken:
+            raise typer.Exit(1)
+
+
+@contract_app.command("system")
+def contract_system(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    out: Annotated[Path, typer.Option(help="Directory for system_contract.md, model_card.md and datasheet.md.")] = Path("contract"),
+    store: Annotated[Path | None, typer.Option(help="The store: the latest evaluation and the row counts.")] = None,
+    policy: Annotated[Path | None, typer.Option(help="The policy directory (its manifest).")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Evaluate as of this time (ISO 8601, UTC); default now.")] = None,
+) -> None:
+    """Write the one-page ML system contract, the model card and the datasheet as Markdown."""
+    from drivetrain.contract import policy_facts, system_documents
+    from drivetrain.data import open_store
+    from drivetrain.evaluate import evaluate as run_evaluation
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    target = open_store(store, loaded) if store is not None else None
+    evaluation = run_evaluation(target, _parse_time(as_of, "as_of")) if target is not None else None
+    facts = policy_facts(policy) if policy is not None else None
+    for path in system_documents(loaded, policy=facts, evaluation=evaluation, store=target).write(out):
+        console.print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv)

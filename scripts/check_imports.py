@@ -23,13 +23,14 @@ ALLOWED: dict[str, set[str]] = {
     **{stage: set(STAGES[:i]) for i, stage in enumerate(STAGES)},
     "evaluate": {"spec", "data"},
     "twin": {"spec", "data"},
-    "report": {"spec", "data", "evaluate", "adapt"},
+    "report": {"spec", "data", "evaluate", "adapt", "contract"},
+    "contract": {"spec", "data", "evaluate", "policy"},
     "assembly": {*STAGES, "evaluate"},
     "adapt": {*STAGES, "evaluate", "assembly"},
     "explain": {*STAGES, "evaluate", "assembly"},
     "loop": {*STAGES, "evaluate", "assembly", "adapt", "twin"},
     "demo": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "report"},
-    "cli": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "report", "demo"},
+    "cli": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "report", "demo", "contract"},
 }
 ALLOWED["__main__"] = {"cli"}
 ALLOWED["clock"] = {"errors"}

@@ -4,6 +4,7 @@ attribution, and the outcome join."""
 from drivetrain.data._baselines import GRID_CELLS, QUANTILES, grid_cell, psi_cell_bins, reference_statistics, write_baselines
 from drivetrain.data._attribution import attribute_pending
 from drivetrain.data._context import NULL_TEXT, check_context, check_contexts
+from drivetrain.data._definitions import ParityReport, derived_features, measure_parity, rebuild_features
 from drivetrain.data._ingest import IngestReport, ingest_decisions, ingest_outcomes
 from drivetrain.data._personal_check import PersonalRehearsal, rehearse_personal
 from drivetrain.data._personal import PII_KEY_ENV, PSEUDONYM_PREFIX, PersonalKey, is_pseudonym, personal_key, pseudonymize
@@ -35,6 +36,7 @@ __all__ = [
     "QUARANTINE_SCHEMA",
     "TABLES",
     "IngestReport",
+    "ParityReport",
     "JoinReport",
     "MemoryStore",
     "ParquetStore",
@@ -45,6 +47,7 @@ __all__ = [
     "check_context",
     "check_contexts",
     "decision_schema",
+    "derived_features",
     "diagnostic_fields",
     "is_pseudonym",
     "PersonalRehearsal",
@@ -53,8 +56,10 @@ __all__ = [
     "pseudonymize",
     "ingest_decisions",
     "ingest_outcomes",
+    "measure_parity",
     "open_store",
     "read_rows",
+    "rebuild_features",
     "summarize",
     "training_table",
 ]

@@ -13,7 +13,9 @@ Five kinds of rule, each a sentence a person can act on:
   by more than chance: the policy arm's mean is beyond the bound at the one-sided level of the check's
   confidence, Holm-adjusted over every slice and bound the rule looks at;
 * ``sample_ratio``: the holdout split does not match the spec's holdout share (chi-square test; with
-  ``sequential_units``, an always-valid Beta-binomial mixture test instead).
+  ``sequential_units``, an always-valid Beta-binomial mixture test instead);
+* ``parity``: a derived feature's (``feature``: a name or ``*``) served value differs from the value its
+  definition rebuilds offline (beyond ``tolerance``) in more than ``share_above`` of the decisions.
 
 Fired alerts are stored as events in the store's ``alerts`` table, one per (rule, subject, as-of day),
 so that re-running a check adds nothing.
@@ -32,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 
 from drivetrain.clock import as_utc
-from drivetrain.data import Store
+from drivetrain.data import ParityReport, Store
 from drivetrain.data._schemas import ALERT_SCHEMA
 from drivetrain.evaluate._drift import DriftReport, _holm
 from drivetrain.evaluate._figures import Evaluation
@@ -269,10 +271,21 @@ def _sample_ratio(rule: AlertRule, evaluation: Evaluation, alpha: float) -> list
                   f" ({sr.holdout_units} of {total} units), p = {p:.2g}{how}", evaluation.as_of)]
 
 
+def _parity(rule: AlertRule, parity: ParityReport) -> list[Alert]:
+    t = parity.table
+    hit = t[(t["share"] > rule.share_above) & ((t["feature"] == rule.feature) | (rule.feature == "*"))]
+    return [Alert(rule.name, rule.kind, str(r["feature"]), float(r["share"]), rule.share_above,
+                  f"{r['feature']} (owner {r['owner']}) as served differs from its definition rebuilt offline in {r['differ']}"
+                  f" of {r['compared']} decisions ({r['share']:.2%} > {rule.share_above:.2%})", parity.as_of)
+            for r in hit.to_dict("records")]
+
+
 def check_alerts(spec: Spec, *, evaluation: Evaluation | None = None, drift: DriftReport | None = None,
-                 store: Store | None = None, as_of: datetime | None = None, confidence: float = 0.99) -> list[Alert]:
+                 store: Store | None = None, as_of: datetime | None = None, confidence: float = 0.99,
+                 parity: ParityReport | None = None) -> list[Alert]:
     """Judge every rule of ``spec.model.monitoring.alerts`` on what is given (a rule whose input is
-    missing is skipped: ``latency`` needs ``store`` and ``as_of``)."""
+    missing is skipped: ``latency`` needs ``store`` and ``as_of``, ``parity`` a parity report measured
+    with the rule's ``tolerance``)."""
     from scipy import stats
 
     z = float(stats.norm.ppf(0.5 + confidence / 2))
@@ -289,6 +302,8 @@ def check_alerts(spec: Spec, *, evaluation: Evaluation | None = None, drift: Dri
             fired += _guardrail(rule, evaluation, z)
         elif rule.kind == "sample_ratio" and evaluation is not None:
             fired += _sample_ratio(rule, evaluation, spec.model.monitoring.srm_alpha)
+        elif rule.kind == "parity" and parity is not None:
+            fired += _parity(rule, parity)
     return fired
 
 

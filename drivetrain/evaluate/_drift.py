@@ -49,6 +49,7 @@ Outcomes count only mature decisions (DESIGN.md, Maturity).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -73,6 +74,9 @@ DRIFT_COLUMNS = (
     "p_value", "p_adjusted", "effect_size", "effect_measure", "flagged",
 )
 PSI_FLOOR = 1e-4
+#: Sums of values are exact decimals, so that they do not depend on the order rows arrive in (files, threads):
+#: the same store gives the same bytes.
+_EXACT = "DECIMAL(38, 9)"
 _NOT_COUNTED = -2
 _NULL = -1
 
@@ -175,8 +179,8 @@ def _counts_sql(source: str, where: str, columns: Sequence[_Column], cohorts: Ma
         cell, category, v = _cell_sql(col)
         parts.append(
             f"SELECT {i} AS col, {cohort_sql} AS cohort, {code_sql} AS code, cell, category,"
-            f" CAST(SUM(n) AS BIGINT) AS n, SUM(s) AS s\n"
-            f"FROM (SELECT {key_cols}{cell} AS cell, {category} AS category, COUNT(*) AS n, SUM({v}) AS s\n"
+            f" CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(s) AS DOUBLE) AS s\n"
+            f"FROM (SELECT {key_cols}{cell} AS cell, {category} AS category, COUNT(*) AS n, SUM(CAST({v} AS {_EXACT})) AS s\n"
             f"      FROM {source} WHERE {where}\n"
             f"      GROUP BY {group_keys}{cell}, {category}) p\n"
             f"GROUP BY GROUPING SETS ({sets})"
@@ -260,7 +264,7 @@ def _stats(col: _Column, ref: dict[str, Any] | None, group: pd.DataFrame) -> dic
         mean, std = ref["mean"], ref["std"]
         n_values = live_cells.sum()
         if n_values and mean is not None and std is not None and std > 0:
-            out["effect_size"] = float((values["s"].sum() / n_values - mean) / std)
+            out["effect_size"] = float((math.fsum(values["s"]) / n_values - mean) / std)
     else:
         categories = [str(c) for c in ref["categories"]]
         index = {c: j for j, c in enumerate(categories)}

@@ -22,6 +22,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from drivetrain.clock import as_utc
+from drivetrain.contract import system_documents
 from drivetrain.data import Store
 from drivetrain.errors import DrivetrainError, UsageError
 from drivetrain.evaluate import DriftReport, Evaluation, SliceEvaluation, drift_as_of, evaluate
@@ -44,6 +45,7 @@ class Panel:
     figure: str | None
     notes: tuple[str, ...] = ()
     table: tuple[tuple[str, ...], ...] = ()
+    text: str = ""  # a preformatted document (the ML system contract's Markdown)
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -252,6 +254,14 @@ def alert_panel(store: Store, as_of: datetime) -> Panel:
                  (f"{len(alerts)} alerts; the latest {len(latest)} below, newest first.",), table)
 
 
+def contract_panel(spec: Spec, evaluation: Evaluation, store: Store) -> Panel:
+    """The one-page ML system contract of the spec, with the evaluation's figures."""
+    document = system_documents(spec, evaluation=evaluation, store=store).contract
+    return Panel("system-contract", "ML system contract", None,
+                 ("Generated from the spec and this evaluation; `drivetrain contract system` writes it with the model card and"
+                  " the datasheet.",), text=document)
+
+
 # ---------------------------------------------------------------------------------------------- assembly
 def _drift(store: Store, as_of: datetime, days: float, version: str | None) -> tuple[DriftReport | None, str]:
     """Drift as the monitor measures it (:func:`~drivetrain.evaluate.drift_as_of`); a failure becomes the reason."""
@@ -269,9 +279,11 @@ def _script_json(text: str) -> str:
 def _section(panel: Panel) -> str:
     e = html.escape
     parts = [f'<section id="{panel.key}"><h2>{e(panel.title)}</h2>']
-    if panel.figure is None:
+    if panel.figure is None and not panel.text:
         parts.append(f'<p class="empty">{e(panel.notes[0])}</p>')
         notes = panel.notes[1:]
+    elif panel.figure is None:
+        notes = panel.notes
     else:
         fid = f"fig-{panel.key}"
         parts.append(f'<div class="dt-figure" id="{fid}"></div>')
@@ -282,6 +294,8 @@ def _section(panel: Panel) -> str:
         head, *rows = panel.table
         parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    if panel.text:
+        parts.append(f'<pre class="doc">{e(panel.text)}</pre>')
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -289,7 +303,8 @@ def _section(panel: Panel) -> str:
 _STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;
 padding:0 24px 48px;color:#222}h1{margin:24px 0 4px}h2{margin:32px 0 4px;font-size:1.2em}p.note{color:#555;margin:4px 0}
 p.empty{background:#f6f6f6;border-left:4px solid #bbb;padding:12px;color:#444}table{border-collapse:collapse;margin:8px 0;
-font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f3f3f3}.dt-figure{width:100%}"""
+font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f3f3f3}.dt-figure{width:100%}
+pre.doc{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:12px;font-size:.85em}"""
 
 # Records window errors, rejected promises, blocked loads (the CSP forbids any) and console.error calls;
 # once the figures are drawn, __dt.write() puts the status into #dt-status, again at every later error.
@@ -359,7 +374,8 @@ def write_report(store: Store, *, as_of: datetime, out: str | Path, drift_days: 
     evaluation = evaluate(store, as_of, confidence=confidence)
     drift, reason = _drift(store, as_of, drift_days, policy_version)
     panels = [north_star_panel(evaluation, spec), *guardrail_panels(evaluation), drift_panel(drift, reason),
-              latency_panel(evaluation, spec), *budget_panels(evaluation), alert_panel(store, as_of)]
+              latency_panel(evaluation, spec), *budget_panels(evaluation), alert_panel(store, as_of),
+              contract_panel(spec, evaluation, store)]
     found = store.query(f"SELECT policy_version, COUNT(*) AS n, MIN(decided_at) AS a, MAX(decided_at) AS b FROM decisions"
                         f" WHERE received_at <= {_ts(as_of)} GROUP BY 1 ORDER BY 3, 1")
     versions = [(str(r["policy_version"]), int(r["n"]), f"{r['a']:%Y-%m-%d %H:%M}", f"{r['b']:%Y-%m-%d %H:%M} UTC") for r in found.to_dict("records")]

@@ -3,16 +3,19 @@
 from drivetrain.spec._actions import Action, ActionSpace
 from drivetrain.spec._apply import formula_on, formula_spread
 from drivetrain.spec._constraints import MeanTerm, check_constraint_names, constraint_names, mean_constraints
+from drivetrain.spec._definition import SOURCE_TABLES, definition_sql, point_in_time_sql
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
 from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec
-from drivetrain.spec._model import SpecModel, format_duration, parse_duration
+from drivetrain.spec._model import Feature, SpecModel, format_duration, parse_duration
 from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
 
 __all__ = [
     "MODEL_PARTS",
     "FUNCTIONS",
+    "SOURCE_TABLES",
     "Action",
     "ActionSpace",
+    "Feature",
     "Formula",
     "MeanTerm",
     "Spec",
@@ -20,6 +23,7 @@ __all__ = [
     "check_constraint_names",
     "compile_formula",
     "constraint_names",
+    "definition_sql",
     "format_duration",
     "formula_on",
     "formula_spread",
@@ -31,5 +35,6 @@ __all__ = [
     "model_parts",
     "parse_duration",
     "parse_spec",
+    "point_in_time_sql",
     "serving_propensity",
 ]

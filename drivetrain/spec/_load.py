@@ -255,6 +255,9 @@ def _build(model: SpecModel, source: str) -> Spec:
             problems.append(f"context.features.{name}.values: only categorical features take values, got type {feat.type}")
         if feat.min is not None and feat.max is not None and feat.min > feat.max:
             problems.append(f"context.features.{name}: `min` must be <= `max`, got {feat.min} > {feat.max}")
+        if feat.definition is not None and feat.personal:
+            problems.append(f"context.features.{name}.definition: a personal feature is stored only as a hash and cannot be"
+                            " rebuilt from a definition; got a definition on a personal feature")
 
     objective = formula(model.objective.formula, "objective.formula", value_names)
     if objective is not None and not objective.variables & outcomes:
@@ -305,6 +308,9 @@ def _build(model: SpecModel, source: str) -> Spec:
             problems.append(f"{where}.figure: must be one of {sorted(figures)}, got {a.figure!r}")
         if a.cohort is not None and a.cohort != "any" and a.cohort not in model.cohorts:
             problems.append(f"{where}.cohort: must be 'any' or one of the cohorts {model.cohorts}, got {a.cohort!r}")
+        derived = {n for n, f in model.context.features.items() if f.definition is not None}
+        if a.kind == "parity" and a.feature != "*" and a.feature not in derived:
+            problems.append(f"{where}.feature: must be '*' or a context feature with a definition {sorted(derived)}, got {a.feature!r}")
         if a.kind == "drift" and a.feature != "*" and a.feature not in features and a.feature not in outcomes and not a.feature.startswith("pred"):
             problems.append(f"{where}.feature: must be '*', a context feature or an outcome of the spec, got {a.feature!r}")
 

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
+
+from drivetrain.spec._definition import definition_sql
 
 __all__ = [
     "ActionEligibility",
@@ -75,6 +88,18 @@ Scalar = str | int | float | bool
 
 class _Value(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Fields added after a spec format was published: left out of the dump (and so of the spec's hashes)
+    #: while they keep their default, so that a spec that does not use them keeps the hash it had.
+    _added: ClassVar[dict[str, Any]] = {}
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name, default in self._added.items():
+                if getattr(self, name) == default:
+                    data.pop(name, None)
+        return data
 
 
 class Objective(_Value):
@@ -175,7 +200,12 @@ class Guardrail(_Value):
 
 
 class Feature(_Value):
-    """One field of the context contract."""
+    """One field of the context contract. ``owner`` and ``version`` say who answers for its meaning and
+    which meaning it has (``drivetrain contract check`` fails a change of meaning without a new version);
+    ``definition``, for a derived feature, is the SQL that computes it point in time from the store's
+    source tables (:mod:`drivetrain.spec._definition`), which rebuilds it offline."""
+
+    _added: ClassVar[dict[str, Any]] = {"definition": None}
 
     type: Literal["integer", "float", "categorical", "boolean", "string"]
     min: float | None = None
@@ -188,6 +218,14 @@ class Feature(_Value):
     version: str = "1"
     personal: bool = False
     description: str = ""
+    definition: str | None = None
+
+    @field_validator("definition")
+    @classmethod
+    def _sql(cls, value: str | None) -> str | None:
+        if value is not None:
+            definition_sql(value)
+        return value
 
 
 class Context(_Value):
@@ -215,8 +253,10 @@ class Serving(_Value):
 class AlertRule(_Value):
     """One alert rule (``docs/spec.md``, Alerts); the fields a kind does not use keep their defaults."""
 
+    _added: ClassVar[dict[str, Any]] = {"tolerance": 1e-6, "share_above": 0.01}
+
     name: Name
-    kind: Literal["metric_drop", "latency", "drift", "guardrail", "sample_ratio"]
+    kind: Literal["metric_drop", "latency", "drift", "guardrail", "sample_ratio", "parity"]
     figure: str = "north_star"
     arm: Literal["difference", "policy"] = "difference"
     drop_pct: Annotated[float, Field(gt=0)] = 20.0
@@ -230,6 +270,8 @@ class AlertRule(_Value):
     feature: str = "*"
     psi_above: Annotated[float, Field(gt=0)] = 0.2
     sequential_units: Annotated[int, Field(ge=1)] | None = None
+    tolerance: Annotated[float, Field(ge=0)] = 1e-6
+    share_above: Annotated[float, Field(ge=0, lt=1)] = 0.01
 
 
 class Monitoring(_Value):
