@@ -358,6 +358,7 @@ def compact(store: Store, directory: str | Path, *, clock: Clock | None = None, 
             finally:
                 os.close(fd)
         frame, unreadable = read_segments(paths)
+        frame = frame.drop(columns=["request_digest"], errors="ignore")  # the service's own, for retries
         raw = RawRows(frame, unreadable, f"decision-log:{paths[0].name}..{paths[-1].name}")
         before = _store_files(store)
         report = ingest_decisions(store, raw, clock=clock or SystemClock())
