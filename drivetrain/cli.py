@@ -734,6 +734,8 @@ def serve(
     policy_root: Annotated[Path | None, typer.Option(help="Reload serves only policy directories inside it; default: the --policy's parent.")] = None,
     request_memory_mb: Annotated[float, typer.Option(min=1, help="Memory for remembered request ids and their answers (MiB).")] = 64,
     shutdown_timeout: Annotated[float, typer.Option(min=1, help="Seconds a graceful shutdown waits for requests in flight.")] = 10,
+    header_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a connection may take to send a request's headers.")] = 10,
+    body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request may take to send its body.")] = 10,
 ) -> None:
     """Serve the policy over HTTP (/v1/decide, /v1/outcomes, /v1/health, /v1/policy, /metrics, /v1/admin/reload).
 
@@ -750,7 +752,8 @@ def serve(
                            log_dir=(log_dir or store.parent / f"{store.name}-log").resolve(), token=os.environ.get(TOKEN_ENV) or None,
                            fsync=fsync.value, segment_records=segment_records, segment_age_s=segment_age,
                            compact_every_s=compact_every, logging=logging, policy_root=policy_root.resolve() if policy_root else None,
-                           request_memory_bytes=int(request_memory_mb * 2**20), limits=Limits(shutdown_s=shutdown_timeout))
+                           request_memory_bytes=int(request_memory_mb * 2**20), limits=Limits(shutdown_s=shutdown_timeout, header_timeout_s=header_timeout,
+                                                                                     body_timeout_s=body_timeout))
     service = Service(config)
     health = service.health()
     err.print(f"serving {health['status']} policy {health['policy_version']} on http://{host}:{port}"
