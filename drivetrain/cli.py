@@ -796,16 +796,19 @@ def serve(
     segment_records: Annotated[int, typer.Option(min=1, help="Decisions per log segment before it rotates.")] = 10_000,
     segment_age: Annotated[float, typer.Option(min=0.1, help="Seconds before an open segment rotates.")] = 30.0,
     compact_every: Annotated[float, typer.Option(min=0.1, help="Seconds between compactions of closed segments into the store.")] = 30.0,
+    policy_root: Annotated[Path | None, typer.Option(help="Reload serves only policy directories inside it; default: the --policy's parent.")] = None,
+    request_memory_mb: Annotated[float, typer.Option(min=1, help="Memory for remembered request ids and their answers (MiB).")] = 64,
+    shutdown_timeout: Annotated[float, typer.Option(min=1, help="Seconds a graceful shutdown waits for requests in flight.")] = 10,
+    header_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a connection may take to send a request's headers.")] = 10,
+    body_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request may take to send its body.")] = 10,
 ) -> None:
     """Serve the policy over HTTP (/v1/decide, /v1/outcomes, /v1/health, /v1/policy, /metrics, /v1/admin/reload).
 
     Write and admin endpoints need `Authorization: Bearer $DRIVETRAIN_TOKEN`; decide too when the spec's
     serving.decide_requires_token is true.
     """
-    import uvicorn
-
     from drivetrain.data import open_store
-    from drivetrain.serve import Service, ServiceConfig, create_app, settle_heap
+    from drivetrain.serve import Limits, Service, ServiceConfig, create_app, run, settle_heap
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
@@ -813,7 +816,9 @@ def serve(
     config = ServiceConfig(spec=loaded, spec_path=spec.resolve(), policy_dir=policy.resolve(), store_dir=store.resolve(),
                            log_dir=(log_dir or store.parent / f"{store.name}-log").resolve(), token=os.environ.get(TOKEN_ENV) or None,
                            fsync=fsync.value, segment_records=segment_records, segment_age_s=segment_age,
-                           compact_every_s=compact_every, logging=logging)
+                           compact_every_s=compact_every, logging=logging, policy_root=policy_root.resolve() if policy_root else None,
+                           request_memory_bytes=int(request_memory_mb * 2**20), limits=Limits(shutdown_s=shutdown_timeout, header_timeout_s=header_timeout,
+                                                                                     body_timeout_s=body_timeout))
     service = Service(config)
     health = service.health()
     err.print(f"serving {health['status']} policy {health['policy_version']} on http://{host}:{port}"
@@ -823,7 +828,7 @@ def serve(
         err.print(f"recovered {r.segments} decision log segments of stopped workers ({r.records} decisions; {r.torn_bytes} bytes of a torn last record set aside)")
     application = create_app(service)
     settle_heap()
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+    run(application, host, port, config.limits)
 
 
 @app.command()

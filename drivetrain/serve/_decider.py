@@ -97,9 +97,15 @@ class Decider:
         return self.policy is not None
 
     def decide(self, unit_id: str, context: Mapping[str, Any], *, request_id: str, now: datetime,
-               started: float | None = None) -> Decision:
-        """Decide for one unit; ``started`` is the ``time.perf_counter()`` when the request arrived."""
-        t0 = time.perf_counter() if started is None else started
+               started: float | None = None, arrived: float | None = None, budget_s: float | None = None) -> Decision:
+        """Decide for one unit. ``arrived`` is the ``time.perf_counter()`` when the request arrived (the
+        logged latency runs from it), ``started`` when its budget starts (default: the arrival),
+        ``budget_s`` a budget below the spec's (a client's deadline)."""
+        entered = time.perf_counter()
+        t0 = arrived if started is None else started
+        t0 = entered if t0 is None else t0
+        origin = t0 if arrived is None else arrived
+        budget = self.budget_s if budget_s is None else min(self.budget_s, budget_s)
         features, reason = check_context(self.spec, context, pii_key=self.pii_key, typed=True)
         t1 = time.perf_counter()
         predicted = None
@@ -113,8 +119,8 @@ class Decider:
             except Exception as exc:  # noqa: BLE001 - a model error must never become a 5xx
                 reason, predicted, batch = f"model error: {type(exc).__name__}: {exc}", None, None
         t2 = time.perf_counter()
-        if batch is not None and t2 - t0 > self.budget_s:
-            reason = f"over the latency budget: {1000 * (t2 - t0):.1f} ms > {1000 * self.budget_s:g} ms"
+        if batch is not None and t2 - t0 > budget:
+            reason = f"over the latency budget: {1000 * (t2 - t0):.1f} ms > {1000 * budget:g} ms"
             batch = None
         if batch is None:  # a held-out unit keeps its arm and control whatever failed (DESIGN.md, Randomization)
             held = bool(in_holdout(self._salt, [unit_id], self._holdout_share)[0])
@@ -139,12 +145,12 @@ class Decider:
         record["margin"] = margin
         record["fallback_reason"] = reason
         t3 = time.perf_counter()
-        record["latency_ms"] = 1000.0 * (t3 - t0)
+        record["latency_ms"] = 1000.0 * (t3 - origin)
         response = {
             "request_id": request_id, "unit_id": unit_id, "action_id": self._ids[action], "levers": levers,
             "propensity": propensity, "policy_version": self.version, "assignment": assignment, "fallback_reason": reason,
         }
-        return Decision(response, record, {"features": t1 - t0, "policy": t2 - t1, "record": t3 - t2})
+        return Decision(response, record, {"features": t1 - entered, "policy": t2 - t1, "record": t3 - t2})
 
     def _scores(self, features: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted objective (K,), priced scores (1, K), their priced use (1, K)) for one parsed context,

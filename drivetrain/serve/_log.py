@@ -17,9 +17,14 @@ Durability (docs/serving.md):
   (a segment is fsynced as it closes, by a background thread, so that the flush does not stall the
   requests behind it); ``"never"`` leaves it to the kernel (typically up to 30 s).
 
-At start, :func:`recover` closes the open segments of dead workers (those whose lock it can take). A
-half-written last line (a crash inside ``write``, or a machine crash) is cut off and kept in a
-``.torn`` file next to the segment, reported, and never parsed as a decision; every line before it is kept.
+Life cycle, safe against any interleaving of the service, its compactor and an operator's
+``drivetrain compact`` (docs/serving.md): a segment is created under a private name (``.creating``),
+locked, and only then renamed to its ``.open.jsonl`` name, so no other process ever sees an open segment
+whose lock is free while its worker lives. :func:`recover` closes the open segments of dead workers
+(those whose lock it can take, and whose name still holds the inode it locked). A half-written last
+line (a crash inside ``write``, or a machine crash) is cut off and kept in a ``.torn`` file next to the
+segment, reported, and never parsed as a decision; every line before it is kept. A compaction fsyncs
+the store's new files (and their directories) before it deletes the segments they replace.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +50,9 @@ from drivetrain.errors import UsageError
 __all__ = ["CompactionReport", "DecisionLog", "RecoveryReport", "compact", "read_segments", "recover"]
 
 FsyncPolicy = Literal["always", "rotate", "never"]
-OPEN, CLOSED = ".open.jsonl", ".closed.jsonl"
+OPEN, CLOSED, CREATING = ".open.jsonl", ".closed.jsonl", ".creating"
+#: Age after which a private file of a segment being created is taken for one whose worker died creating it.
+STALE_CREATING_S = 60.0
 
 
 def _default(value: Any) -> Any:
@@ -76,41 +84,78 @@ class DecisionLog:
         self._opened = 0.0
         self._seq = 0
         self._flusher: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # appends from a batch's worker thread and rotations by the timer
         self.failed_flushes: list[OSError] = []  # fsyncs that failed; the service reports and clears them
 
     def _open(self) -> None:
+        """Create the segment under a private name, lock it, then publish it: a recovery that sees the
+        ``.open.jsonl`` name always finds it locked while this worker lives."""
         self._seq += 1
-        name = f"{self.worker}-{time.time_ns():020d}-{self._seq:06d}{OPEN}"
-        self._path = self.directory / name
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        name = f"{self.worker}-{time.time_ns():020d}-{self._seq:06d}"
+        private, public = self.directory / f"{name}{CREATING}", self.directory / f"{name}{OPEN}"
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(private, public)
+        except BaseException:
+            os.close(fd)
+            private.unlink(missing_ok=True)
+            raise
+        self._fd, self._path = fd, public
         self._count = 0
         self._opened = time.monotonic()
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Write one decision (a decisions-table row) as one line with one ``write`` call."""
+        """Write one decision (a decisions-table row) as one line with one ``write`` call. A failure
+        (disk full, a segment gone) raises, and the next append starts a new segment."""
         line = (json.dumps(record, default=_default, allow_nan=False, separators=(",", ":")) + "\n").encode()
-        if self._fd is None:
-            self._open()
-        assert self._fd is not None
-        view = memoryview(line)
-        while view:  # a regular file takes the whole buffer; the loop guards against a short write
-            written = os.write(self._fd, view)
-            view = view[written:]
-        if self.fsync == "always":
-            os.fsync(self._fd)
-        self._count += 1
-        if self._count >= self.max_records or time.monotonic() - self._opened >= self.max_age_s:
-            self.rotate()
+        with self._lock:
+            if self._fd is None:
+                self._open()
+            assert self._fd is not None
+            try:
+                view = memoryview(line)
+                while view:  # a regular file takes the whole buffer; the loop guards against a short write
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                if self.fsync == "always":
+                    os.fsync(self._fd)
+            except OSError:
+                self._abandon()
+                raise
+            self._count += 1
+            if self._count >= self.max_records or time.monotonic() - self._opened >= self.max_age_s:
+                self._rotate()
+
+    def _abandon(self) -> None:
+        """Close the segment a write failed on (closed for compaction when its name still holds it)."""
+        fd, path = self._fd, self._path
+        self._fd, self._path = None, None
+        if fd is None or path is None:
+            return
+        try:
+            os.rename(path, path.with_name(path.name.replace(OPEN, CLOSED)))
+        except OSError:
+            pass
+        os.close(fd)
 
     def rotate(self) -> Path | None:
         """Close the open segment so compaction can take it; unless ``fsync="never"`` a background thread
         fsyncs it (a disk flush takes milliseconds, which requests waiting behind it would feel)."""
+        with self._lock:
+            return self._rotate()
+
+    def _rotate(self) -> Path | None:
         if self._fd is None or self._path is None:
             return None
-        fd, closed = self._fd, self._path.with_name(self._path.name.replace(OPEN, CLOSED))
-        os.rename(self._path, closed)
+        fd, path = self._fd, self._path
+        closed = path.with_name(path.name.replace(OPEN, CLOSED))
         self._fd, self._path = None, None
+        try:
+            os.rename(path, closed)
+        except OSError:
+            os.close(fd)
+            raise
         if self.fsync == "never":
             os.close(fd)  # closing drops the lock, after the rename
             return closed
@@ -129,8 +174,9 @@ class DecisionLog:
 
     def rotate_if_old(self) -> Path | None:
         """Rotate when the open segment is older than ``max_age_s`` (called on a timer)."""
-        if self._fd is not None and time.monotonic() - self._opened >= self.max_age_s:
-            return self.rotate()
+        with self._lock:
+            if self._fd is not None and time.monotonic() - self._opened >= self.max_age_s:
+                return self._rotate()
         return None
 
     def close(self) -> None:
@@ -150,43 +196,88 @@ class RecoveryReport:
     torn_bytes: int
 
 
-def _repair(path: Path) -> tuple[int, int]:
-    """Keep the complete lines of a segment; move a torn tail to ``<segment>.torn``. (records, torn bytes)."""
-    data = path.read_bytes()
+def _repair(path: Path, fd: int) -> tuple[int, int]:
+    """Keep the complete lines of the segment open as ``fd``; move a torn tail to ``<segment>.torn``.
+    (records, torn bytes)."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, size, 0)
     end = data.rfind(b"\n") + 1
-    good, torn = data[:end], data[end:]
-    records = good.count(b"\n")
+    records, torn = data[:end].count(b"\n"), data[end:]
     if torn:
         with path.with_name(path.name + ".torn").open("ab") as handle:
             handle.write(torn)
-        with path.open("r+b") as handle:
-            handle.truncate(end)
             handle.flush()
             os.fsync(handle.fileno())
+        os.ftruncate(fd, end)
+        os.fsync(fd)
     return records, len(torn)
 
 
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (it may have been renamed or deleted since)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _take(path: Path) -> int | None:
+    """A descriptor of ``path`` holding its exclusive lock, if its worker is gone and the name still holds
+    the file locked; ``None`` for a live worker's file or one renamed or deleted meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:  # closed or recovered between the listing and here
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a live worker's segment
+        os.close(fd)
+        return None
+    if not _same_file(path, fd):  # its worker closed it (rename, then unlock) before this took the lock
+        os.close(fd)
+        return None
+    return fd
+
+
 def recover(directory: str | Path) -> RecoveryReport:
-    """Close the open segments of workers that are gone (their lock is free), repairing a torn tail."""
+    """Close the open segments of workers that are gone (their lock is free), repairing a torn tail; remove
+    the empty private files of workers that died while creating a segment (older than a minute). Safe to run at any moment,
+    from any number of processes, beside live workers and compactions."""
     directory = Path(directory)
     segments = records = torn = 0
     if not directory.is_dir():
         return RecoveryReport(0, 0, 0)
     for path in sorted(directory.glob(f"*{OPEN}")):
-        fd = os.open(path, os.O_RDWR)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live worker's segment
-            n, t = _repair(path)
+        fd = _take(path)
+        if fd is None:
+            continue
+        try:  # holding the lock of the file the name holds: no other process renames or writes it now
+            n, t = _repair(path, fd)
             os.rename(path, path.with_name(path.name.replace(OPEN, CLOSED)))
             segments, records, torn = segments + 1, records + n, torn + t
         finally:
             os.close(fd)
-    for path in directory.glob(f"*{CLOSED}"):  # a machine crash can also tear a closed segment's tail
-        n, t = _repair(path) if not path.read_bytes().endswith(b"\n") and path.stat().st_size else (0, 0)
-        torn += t
+    for path in directory.glob(f"*{CREATING}"):  # never written to: records are appended after publishing
+        try:  # a worker creates, locks and publishes in microseconds; an older one died doing it
+            stale = time.time() - os.stat(path).st_mtime > STALE_CREATING_S
+        except FileNotFoundError:
+            continue
+        fd = _take(path) if stale else None
+        if fd is not None:
+            try:
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
     return RecoveryReport(segments, records, torn)
 
 
@@ -223,10 +314,32 @@ def read_segments(paths: list[Path]) -> tuple[pd.DataFrame, tuple[tuple[int, str
     return pd.DataFrame(rows), tuple(unreadable)
 
 
+def _store_files(store: Store) -> dict[Path, int]:
+    """The files of a store on disk with their modification times (empty for a store in memory)."""
+    root = getattr(store, "root", None)
+    if not isinstance(root, Path) or not root.is_dir():
+        return {}
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
+
+
+def _sync_new_files(before: dict[Path, int], after: dict[Path, int]) -> None:
+    """fsync the files a write added or changed and the directories that hold them (the rename that made
+    each visible is durable only once its directory is)."""
+    directories: set[Path] = set()
+    for path, mtime in after.items():
+        if before.get(path) != mtime:
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+            directories.add(path.parent)
+    for directory in directories:
+        _fsync_directory(directory)
+
+
 def compact(store: Store, directory: str | Path, *, clock: Clock | None = None, limit: int = 200,
             pii_key: PersonalKey | None = None) -> CompactionReport:
-    """Ingest up to ``limit`` closed segments into the store's decisions table, then delete them.
-    ``pii_key``: the key of the personal-data hash (default: the one in the environment)."""
+    """Ingest up to ``limit`` closed segments into the store's decisions table, make the store's new files
+    durable, then delete the segments. ``pii_key``: the key of the personal-data hash (default: the one in
+    the environment)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / ".compact.lock").open("a") as lock:
@@ -234,9 +347,24 @@ def compact(store: Store, directory: str | Path, *, clock: Clock | None = None, 
         paths = sorted(directory.glob(f"*{CLOSED}"))[:limit]
         if not paths:
             return CompactionReport(0, 0, None)
+        for path in paths:  # a machine crash can also tear a closed segment's tail
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    _repair(path, fd)
+            finally:
+                os.close(fd)
         frame, unreadable = read_segments(paths)
+        frame = frame.drop(columns=["request_digest"], errors="ignore")  # the service's own, for retries
         raw = RawRows(frame, unreadable, f"decision-log:{paths[0].name}..{paths[-1].name}")
+        before = _store_files(store)
         report = ingest_decisions(store, raw, clock=clock or SystemClock(), pii_key=pii_key)
+        _sync_new_files(before, _store_files(store))
         for path in paths:
             path.unlink(missing_ok=True)
+        _fsync_directory(directory)
     return CompactionReport(len(paths), len(frame) + len(unreadable), report)

@@ -8,6 +8,7 @@ metrics. Configuration is read once, at the edge (the CLI), into a :class:`Servi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
@@ -16,8 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,14 +29,22 @@ from drivetrain.clock import Clock, SystemClock
 from drivetrain.data import RawRows, Store, ingest_outcomes, open_store
 from drivetrain.errors import ConflictError
 from drivetrain.serve._decider import Decider, Decision
-from drivetrain.serve._log import DecisionLog, FsyncPolicy, recover
+from drivetrain.serve._http import Limits
+from drivetrain.serve._log import CLOSED, DecisionLog, FsyncPolicy, read_segments, recover
+from drivetrain.serve._requests import RequestMemory, request_digest
 from drivetrain.spec import Spec
 
-__all__ = ["Service", "ServiceConfig", "settle_heap"]
+__all__ = ["LogUnavailable", "Service", "ServiceConfig", "settle_heap"]
 
-#: Request ids the service remembers (the most recent), to answer a retry with its decision and to
-#: refuse the same id for another unit or context: the store keeps one decision per request id.
-RECENT_REQUESTS = 100_000
+#: Bytes of memory for the request ids the service remembers (the most recent), to answer a retry with
+#: its decision and to refuse the same id for another unit or context: the store keeps one decision per id.
+REQUEST_MEMORY_BYTES = 64 * 2**20
+#: A remembered decision's typical cost in bytes, to bound how many the start reads back from the store.
+_ENTRY_BYTES = 400
+
+
+class LogUnavailable(Exception):
+    """The decision could not be logged, so it is not answered (a 503: the client retries)."""
 
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -56,6 +64,10 @@ class ServiceConfig:
     segment_age_s: float = 30.0
     compact_every_s: float = 30.0
     logging: bool = True
+    request_memory_bytes: int = REQUEST_MEMORY_BYTES
+    policy_root: Path | None = None  # reload refuses a directory outside it; default: the --policy's parent
+    backlog_limit_s: float = 600.0  # not ready when a closed segment waits longer while compactions fail
+    limits: Limits = Limits()
 
 
 class Metrics:
@@ -72,7 +84,34 @@ class Metrics:
         self.reloads = Counter("drivetrain_reloads", "Policy reloads, by result", ["result"], registry=self.registry)
         self.compacted = Counter("drivetrain_compacted_decisions", "Decision log records compacted into the store",
                                  registry=self.registry)
+        self.closed_segments = Gauge("drivetrain_log_closed_segments", "Closed decision log segments waiting for compaction",
+                                     registry=self.registry)
+        self.oldest_segment = Gauge("drivetrain_log_oldest_closed_segment_age_seconds",
+                                    "Age of the oldest closed segment waiting for compaction (0 when none)", registry=self.registry)
+        self.pending_outcomes = Gauge("drivetrain_outcomes_pending", "Outcome rows waiting for their decision in the store",
+                                      registry=self.registry)
+        self.remembered = Gauge("drivetrain_request_memory_bytes", "Bytes of remembered request ids and their answers",
+                                registry=self.registry)
+        self.live = Gauge("drivetrain_live", "1 while decisions can be logged, 0 after a failed write", registry=self.registry)
         self._stages: dict[str, Any] = {}
+
+    def start(self, spec: Spec) -> None:
+        """Create every documented series with its labels now, so that each is present from the start."""
+        for stage in ("features", "policy", "record", "log", "total"):
+            self.stage(stage)
+        for action in spec.action_space.ids:
+            for assignment in ("policy", "explore", "holdout", "fallback"):
+                self.decisions.labels(action, assignment)
+        for cause in ("context", "degraded", "model_error", "latency"):
+            self.fallbacks.labels(cause)
+        for endpoint, kind in (("/v1/decide", "conflict"), ("/v1/decide", "log"), ("/v1/decide/batch", "conflict"),
+                               ("compaction", "failed"), ("decision-log", "fsync")):
+            self.errors.labels(endpoint, kind)
+        for result in ("accepted", "duplicate", "quarantined"):
+            self.outcomes.labels(result)
+        for result in ("ok", "refused"):
+            self.reloads.labels(result)
+        self.live.set(1)
 
     def stage(self, name: str) -> Any:
         """The latency histogram of one stage (looked up once: ``labels`` takes a lock per call)."""
@@ -87,9 +126,13 @@ class Service:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
+        self.metrics.start(config.spec)
         self.decider = Decider.load(config.spec, config.policy_dir)
         self.policy_dir = config.policy_dir
         self.metrics.ready.set(1 if self.decider.ready else 0)
+        self.requests = RequestMemory(config.request_memory_bytes)
+        self.log_error: str | None = None  # the last failed write, until a write succeeds
+        self.compaction_error: str | None = None  # the last failed compaction, until one succeeds
         self.recovered = recover(config.log_dir) if config.logging else None
         self.log = DecisionLog(config.log_dir, fsync=config.fsync, max_records=config.segment_records,
                                max_age_s=config.segment_age_s) if config.logging else None
@@ -99,31 +142,79 @@ class Service:
         self._reader: asyncio.Task[None] | None = None
         self._busy = False  # a compaction was asked for and has not answered yet
         self._compact_err = config.log_dir / "compact.err"
-        # request id -> digest of (unit, context) + the response's JSON: bytes, which the collector never walks
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._in_flight: set[str] = set()  # request ids of batches being decided
+        self.remembered = self._remember_logged() if config.logging else 0
+
+    def _remember_logged(self) -> int:
+        """Fill the request memory with the logged decisions (segments, then the store's most recent), so
+        that a retry after a restart replays what was decided. Segments are read first: one compacted
+        meanwhile is in the store when the store is read."""
+        levers = list(self.config.spec.action_space.levers)
+        segments, _ = read_segments(sorted(self.config.log_dir.glob("*.jsonl")))
+        columns = ", ".join(f'"{c}"' for c in ["request_id", "unit_id", "action_id", *levers, "propensity", "policy_version",
+                                                "assignment", "fallback_reason"])
+        limit = max(1, self.config.request_memory_bytes // _ENTRY_BYTES)
+        stored = self.store.query(f"SELECT {columns} FROM decisions ORDER BY decided_at DESC LIMIT {limit}")
+        rows: list[dict[str, Any]] = stored.to_dict("records")  # type: ignore[assignment]
+        logged: list[dict[str, Any]] = segments.to_dict("records")  # type: ignore[assignment]
+        n = self.requests.load(reversed(rows), levers) + self.requests.load(logged, levers)
+        self.metrics.remembered.set(self.requests.bytes)
+        return n
 
     # ------------------------------------------------------------------ decisions
-    def decide(self, unit_id: str, context: dict[str, Any], request_id: str | None, started: float) -> dict[str, Any]:
-        """Decide and log; a request id decided before gets that decision again (a retry), not a second one.
-        Raises :class:`ConflictError` for a request id decided before with another unit or context."""
-        digest = b""
+    def decide(self, unit_id: str, context: dict[str, Any], request_id: str | None, arrived: float, *,
+               started: float | None = None, budget_s: float | None = None, reserved: bool = False) -> dict[str, Any]:
+        """Decide and log; a request id decided before (by this process or an earlier one, sent by the
+        client or generated here) gets that decision again, not a second one. ``arrived`` is the
+        ``time.perf_counter()`` of the request's arrival (latency runs from it); the latency budget runs
+        from ``started`` (default: the arrival), ``budget_s`` lowers it (a client's deadline).
+        Raises :class:`ConflictError` for a request id decided before with another unit or context, and
+        :class:`LogUnavailable` when the decision could not be logged. ``reserved``: the id was reserved
+        by :meth:`reserve` for this batch."""
+        digest = request_digest(unit_id, context)
         if request_id is not None:
-            digest = _digest(unit_id, context)
-            prior = self._prior(request_id, digest)
+            if not reserved and request_id in self._in_flight:
+                raise ConflictError(f"`request_id` must name one decision, got {request_id!r}, which a batch in flight is "
+                                    "deciding now; retry when it has been answered")
+            prior = self.requests.prior(request_id, digest)
             if prior is not None:
                 return prior
         decider = self.decider  # one Decider per request, even if a reload swaps it meanwhile
         rid = request_id or uuid.uuid4().hex
-        decision = decider.decide(unit_id, context, request_id=rid, now=self.clock.now(), started=started)
+        decision = decider.decide(unit_id, context, request_id=rid, now=self.clock.now(), started=started, arrived=arrived,
+                                  budget_s=budget_s)
         t = time.perf_counter()
         if self.log is not None:
-            self.log.append(decision.record)
-        self._count(decision, time.perf_counter() - t, time.perf_counter() - started)
-        if request_id is not None:
-            self._recent[request_id] = digest + json.dumps(decision.response, allow_nan=False).encode()
-            if len(self._recent) > RECENT_REQUESTS:
-                self._recent.popitem(last=False)
+            try:
+                self.log.append({**decision.record, "request_digest": digest.hex()})
+            except OSError as error:
+                self.log_error = f"{type(error).__name__}: {error}"
+                self.metrics.live.set(0)
+                self.metrics.errors.labels("/v1/decide", "log").inc()
+                print(f"a decision could not be logged, so it was not answered: {error!r}", file=sys.stderr, flush=True)
+                raise LogUnavailable(f"the decision could not be logged ({type(error).__name__}); retry with the same request id") from None
+            if self.log_error is not None:
+                self.log_error = None
+                self.metrics.live.set(1)
+        self._count(decision, time.perf_counter() - t, time.perf_counter() - arrived)
+        self.requests.remember(rid, digest, decision.response)
         return decision.response
+
+    def reserve(self, requests: Sequence[tuple[str, dict[str, Any], str | None]]) -> set[str]:
+        """Check a batch, before any of it is decided, and reserve its request ids while it is decided (it
+        yields to other requests between its items). Refuses ids that conflict with earlier decisions,
+        with each other or with another batch in flight (``requests``: (unit_id, context, request_id) each).
+        Release the returned ids with :meth:`release`."""
+        self.check_batch(requests)
+        ids = {rid for _, _, rid in requests if rid is not None}
+        if busy := sorted(ids & self._in_flight):
+            raise ConflictError(f"`request_id` must name one decision, got {busy[0]!r}, which a batch in flight is "
+                                "deciding now; retry when it has been answered")
+        self._in_flight |= ids
+        return ids
+
+    def release(self, ids: set[str]) -> None:
+        self._in_flight -= ids
 
     def check_batch(self, requests: Sequence[tuple[str, dict[str, Any], str | None]]) -> None:
         """Refuse a batch, before any of it is decided, whose request ids conflict with earlier decisions
@@ -132,22 +223,12 @@ class Service:
         for i, (unit_id, context, request_id) in enumerate(requests):
             if request_id is None:
                 continue
-            digest = _digest(unit_id, context)
+            digest = request_digest(unit_id, context)
             earlier = seen.setdefault(request_id, (digest, i))
             if earlier[0] != digest:
                 raise ConflictError(f"`requests[{i}].request_id` must name one decision, got {request_id!r}, which "
                                     f"`requests[{earlier[1]}]` uses with another unit or context")
-            self._prior(request_id, digest, where=f"requests[{i}].")
-
-    def _prior(self, request_id: str, digest: bytes, where: str = "") -> dict[str, Any] | None:
-        """The response already given to ``request_id``, if the same unit and context asked for it."""
-        stored = self._recent.get(request_id)
-        if stored is None:
-            return None
-        if stored[: len(digest)] != digest:
-            raise ConflictError(f"`{where}request_id` must name one decision, got {request_id!r}, which was decided "
-                                "for another unit or context; send a new request id for a new decision")
-        return json.loads(stored[len(digest):])
+            self.requests.prior(request_id, digest, where=f"requests[{i}].")
 
     def _count(self, decision: Decision, log_s: float, total_s: float) -> None:
         m = self.metrics
@@ -180,24 +261,74 @@ class Service:
         }
 
     # ------------------------------------------------------------------ admin
+    @property
+    def policy_root(self) -> Path:
+        return (self.config.policy_root or self.config.policy_dir.parent).resolve()
+
     def reload(self, policy_dir: Path) -> dict[str, Any]:
-        """Load and compile ``policy_dir`` aside, then swap; a policy that fails to load changes nothing."""
+        """Load and compile ``policy_dir`` aside, then swap; a policy that fails to load, lies outside the
+        policy root, or would move units between arms (another salt, holdout share or exploration rate
+        than the served one) changes nothing."""
         with self._reload_lock:
-            candidate = Decider.load(self.config.spec, policy_dir)
-            if not candidate.ready:
+            refused = self._refusal(policy_dir)
+            candidate = None
+            if refused is None:
+                with _yielding():
+                    candidate = Decider.load(self.config.spec, policy_dir.resolve())
+                refused = candidate.degraded_reason if not candidate.ready else _randomization_change(self.decider, candidate)
+            if refused is not None or candidate is None:
                 self.metrics.reloads.labels("refused").inc()
-                return {"reloaded": False, "reason": candidate.degraded_reason, "policy_version": self.decider.version}
+                return {"reloaded": False, "reason": refused, "policy_version": self.decider.version}
             previous = self.decider.version
             self.decider = candidate
-            self.policy_dir = policy_dir
+            self.policy_dir = policy_dir.resolve()
             self.metrics.ready.set(1)
             self.metrics.reloads.labels("ok").inc()
             return {"reloaded": True, "policy_version": candidate.version, "previous_version": previous}
 
+    def _refusal(self, policy_dir: Path) -> str | None:
+        root = self.policy_root
+        resolved = policy_dir.resolve()  # symbolic links and `..` resolved: the directory that would be read
+        if not policy_dir.is_absolute() or not resolved.is_relative_to(root):
+            return (f"`policy_dir` must be an absolute path inside the policy root {str(root)!r} (--policy-root), "
+                    f"got {str(policy_dir)!r}")
+        return None
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """(ready, the reasons it is not): a policy serves, decisions can be logged, compaction keeps up."""
+        reasons = []
+        if not self.decider.ready:
+            reasons.append(f"degraded: {self.decider.degraded_reason}")
+        if self.log_error is not None:
+            reasons.append(f"the decision log cannot be written: {self.log_error}")
+        oldest = self._backlog()[1]
+        if self.compaction_error is not None and oldest is not None and oldest > self.config.backlog_limit_s:
+            reasons.append(f"compaction fails ({self.compaction_error}) and a closed segment has waited {oldest:.0f} s "
+                           f"(limit {self.config.backlog_limit_s:g} s)")
+        return not reasons, reasons
+
+    def _backlog(self) -> tuple[int, float | None]:
+        """(closed segments waiting, age in seconds of the oldest)."""
+        if self.log is None:
+            return 0, None
+        now, oldest, n = time.time(), None, 0
+        for path in self.config.log_dir.glob(f"*{CLOSED}"):
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:  # compacted meanwhile
+                continue
+            n += 1
+            oldest = age if oldest is None else max(oldest, age)
+        return n, oldest
+
     def health(self) -> dict[str, Any]:
         d = self.decider
+        ready, reasons = self.ready()
+        closed, oldest = self._backlog()
         return {"status": "ready" if d.ready else "degraded", "reason": d.degraded_reason,
-                "policy_version": d.version, "logging": self.log is not None}
+                "policy_version": d.version, "logging": self.log is not None, "ready": ready, "live": self.log_error is None,
+                "problems": reasons, "log_error": self.log_error, "compaction_error": self.compaction_error,
+                "closed_segments": closed, "oldest_closed_segment_age_s": oldest}
 
     def policy_info(self) -> dict[str, Any]:
         d = self.decider
@@ -217,14 +348,30 @@ class Service:
         while True:
             await asyncio.sleep(max(0.5, period / 4))
             if self.log is not None:
-                self.log.rotate_if_old()
+                try:
+                    self.log.rotate_if_old()
+                except OSError as failure:
+                    self.log_error = f"{type(failure).__name__}: {failure}"
+                    self.metrics.live.set(0)
+                    print(f"the decision log segment could not be closed: {failure!r}", file=sys.stderr, flush=True)
                 while self.log.failed_flushes:
                     error = self.log.failed_flushes.pop()
                     self.metrics.errors.labels("decision-log", "fsync").inc()
                     print(f"fsync of a closed decision log segment failed: {error!r}", file=sys.stderr, flush=True)
+                await self._gauge_backlog()
             if time.monotonic() - last_compact >= self.config.compact_every_s:
                 last_compact = time.monotonic()
                 await self.request_compaction()
+
+    async def _gauge_backlog(self) -> None:
+        closed, oldest = self._backlog()
+        self.metrics.closed_segments.set(closed)
+        self.metrics.oldest_segment.set(oldest or 0.0)
+        self.metrics.remembered.set(self.requests.bytes)
+        try:  # reads the Parquet files' footers: off the event loop
+            self.metrics.pending_outcomes.set(await asyncio.to_thread(self.store.count, "outcomes_pending"))
+        except Exception as error:  # noqa: BLE001 - a gauge must not stop the upkeep; the store's error is reported
+            print(f"counting the pending outcomes failed: {error!r}", file=sys.stderr, flush=True)
 
     async def request_compaction(self) -> bool:
         """Ask the compactor to run when closed segments wait and it is not busy; start it if it is not up."""
@@ -235,6 +382,7 @@ class Service:
             if self._reader is not None:
                 await self._reader  # its last answers first
             self.metrics.errors.labels("compaction", f"exit {child.returncode}").inc()
+            self.compaction_error = f"the compactor exited with code {child.returncode}"
             print(f"the compactor exited with code {child.returncode}; starting another (segments stay in "
                   f"{self.config.log_dir}); its output:\n{self._compact_output()}", file=sys.stderr, flush=True)
             child = self._compactor = None
@@ -269,17 +417,20 @@ class Service:
                 answer = {"error": f"unreadable answer {line[:200]!r}"}
             if answer.get("error"):
                 self.metrics.errors.labels("compaction", "failed").inc()
+                self.compaction_error = str(answer["error"])[:500]
                 print(f"compaction failed: {answer['error']}; segments stay in {self.config.log_dir}; "
                       f"see {self._compact_err}", file=sys.stderr, flush=True)
             else:
+                self.compaction_error = None
                 self.metrics.compacted.inc(int(answer.get("rows", 0)))
         await child.wait()
 
     def _compact_output(self) -> str:
         return self._compact_err.read_text(errors="replace")[-2000:] if self._compact_err.is_file() else ""
 
-    async def aclose(self) -> None:
-        """Close the log (its last segment for the next start) and let a running compaction finish."""
+    async def aclose(self, deadline_s: float = 10.0) -> None:
+        """Close the log (its last segment for the next start) and give a running compaction ``deadline_s``
+        to finish (one cut short is safe: it runs again at the next start)."""
         if self.log is not None:
             self.log.close()
         child = self._compactor
@@ -287,16 +438,37 @@ class Service:
             assert child.stdin is not None
             child.stdin.close()
             try:
-                await asyncio.wait_for(child.wait(), timeout=60)
+                await asyncio.wait_for(child.wait(), timeout=deadline_s)
             except asyncio.TimeoutError:
                 child.kill()
                 await child.wait()
 
 
-def _digest(unit_id: str, context: dict[str, Any]) -> bytes:
-    """16 bytes that tell two requests' (unit, context) apart."""
-    text = json.dumps([unit_id, context], sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+@contextlib.contextmanager
+def _yielding(interval_s: float = 0.0002) -> Iterator[None]:
+    """Hand the interpreter over to other threads every ``interval_s`` (instead of every 5 ms) while a
+    policy loads and compiles in the reload's thread, so that the event loop's decisions wait for it at
+    most that long each time they need the interpreter."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(interval_s)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def _randomization_change(served: Decider, candidate: Decider) -> str | None:
+    """Why ``candidate`` would move units between arms or change who explores, or None."""
+    if served.policy is None or candidate.policy is None:
+        return None
+    old, new = served.policy, candidate.policy
+    for name, a, b in (("experiment salt", old.spec.model.experimentation.salt, new.spec.model.experimentation.salt),
+                       ("holdout share", old.holdout_share, new.holdout_share),
+                       ("exploration rate", old.exploration_rate, new.exploration_rate)):
+        if a != b:
+            return (f"the policy's {name} must be the served policy's {a!r}, got {b!r}: a unit keeps its arm across "
+                    "reloads; change the randomization with a restart and a new experiment")
+    return None
 
 
 def settle_heap() -> None:

@@ -19,21 +19,30 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drivetrain.data import NULL_TEXT
 from drivetrain.errors import ConflictError
-from drivetrain.serve._service import Service
+from drivetrain.serve._http import ARRIVED
+from drivetrain.serve._service import LogUnavailable, Service
 
 __all__ = ["create_app"]
+
+#: Limits of a request's fields (docs/serving.md): ids, context keys and text values, batch items.
+MAX_CONTEXT_KEYS = 256
+MAX_KEY_CHARS = 128
+MAX_TEXT_CHARS = 1024
+MAX_BATCH = 1000
+MAX_OUTCOMES = 10_000
 
 
 def _text(value: str) -> str:
@@ -53,7 +62,17 @@ def _identifier(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_text)]
+def _short(limit: int) -> Any:
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise ValueError(f"must be at most {limit} characters, got {len(value)}")
+        return value
+    return AfterValidator(check)
+
+
+# the length is checked after the Unicode check, so that a lone surrogate is named as such
+Text = Annotated[str, AfterValidator(_text), _short(MAX_TEXT_CHARS)]
+Key = Annotated[str, AfterValidator(_text), _short(MAX_KEY_CHARS)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 Scalar = Text | int | float | bool | None
 
@@ -64,14 +83,15 @@ class _Body(BaseModel):
 
 class DecideRequest(_Body):
     unit_id: Annotated[Identifier, Field(min_length=1, max_length=256, description="The unit (user) to decide for.")]
-    context: Annotated[dict[Text, Scalar], Field(description="Raw context features, as named in the spec's contract.")]
+    context: Annotated[dict[Key, Scalar], Field(max_length=MAX_CONTEXT_KEYS,
+                                                description="Raw context features, as named in the spec's contract.")]
     request_id: Annotated[Identifier | None, Field(min_length=1, max_length=128,
                                                    description="Optional id of this decision (a retry with the same id and "
                                                                "inputs gets the same decision); generated when absent.")] = None
 
 
 class DecideBatchRequest(_Body):
-    requests: Annotated[list[DecideRequest], Field(min_length=1, max_length=1000)]
+    requests: Annotated[list[DecideRequest], Field(min_length=1, max_length=MAX_BATCH)]
 
 
 class DecideResponse(BaseModel):
@@ -90,7 +110,7 @@ class DecideBatchResponse(BaseModel):
 
 
 class OutcomeEvent(_Body):
-    event_id: Annotated[Text, Field(min_length=1)]
+    event_id: Annotated[Text, Field(min_length=1, max_length=256)]
     request_id: Text | None = None
     unit_id: Text | None = None
     occurred_at: Annotated[Text, Field(description="ISO 8601 time, UTC or with an offset.")]
@@ -100,7 +120,7 @@ class OutcomeEvent(_Body):
 
 
 class OutcomesRequest(_Body):
-    outcomes: Annotated[list[OutcomeEvent], Field(min_length=1, max_length=10_000)]
+    outcomes: Annotated[list[OutcomeEvent], Field(min_length=1, max_length=MAX_OUTCOMES)]
 
 
 class OutcomesResponse(BaseModel):
@@ -114,7 +134,9 @@ class OutcomesResponse(BaseModel):
 
 
 class ReloadRequest(_Body):
-    policy_dir: Annotated[Text, Field(min_length=1, description="Directory of the policy artifact to serve.")]
+    policy_dir: Annotated[str, Field(min_length=1, max_length=4096, description="Absolute path of the policy directory to "
+                                                                                  "serve, inside the service's policy root."),
+                          AfterValidator(_text)]
 
 
 class ReloadResponse(BaseModel):
@@ -129,6 +151,24 @@ class HealthResponse(BaseModel):
     reason: str | None
     policy_version: str
     logging: bool
+    ready: Annotated[bool, Field(description="A policy serves, decisions can be logged and compaction keeps up.")]
+    live: Annotated[bool, Field(description="Decisions can be logged (false after a failed write, until one succeeds).")]
+    problems: list[str]
+    log_error: str | None
+    compaction_error: str | None
+    closed_segments: int
+    oldest_closed_segment_age_s: float | None
+
+
+class Detail(BaseModel):
+    detail: str
+
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $DRIVETRAIN_TOKEN`")
+Deadline = Annotated[float | None, Header(alias="X-Deadline-Ms", gt=0, le=60_000,
+                                          description="Milliseconds the caller waits, counted from the request's arrival: "
+                                                      "a decision not made by then (or by the spec's latency budget, "
+                                                      "whichever is sooner) is the fallback.")]
 
 
 def _json(content: dict[str, Any]) -> Response:
@@ -147,7 +187,7 @@ def create_app(service: Service) -> FastAPI:
             yield
         finally:
             task.cancel()
-            await service.aclose()
+            await service.aclose(service.config.limits.shutdown_s)
 
     app = FastAPI(title="drivetrain decision service", version="1", lifespan=lifespan,
                   description="Decisions for a checkout in milliseconds, each logged so that it joins its outcome.")
@@ -164,26 +204,57 @@ def create_app(service: Service) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})
 
     # dependencies are coroutines: FastAPI would run plain functions in its thread pool, a thread hop per
-    # request that costs more than the decision
-    async def write_access(authorization: Annotated[str | None, Header()] = None) -> None:
+    # request that costs more than the decision. `bearer` only declares the scheme in the OpenAPI document.
+    async def write_access(authorization: Annotated[str | None, Header()] = None,
+                           _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> None:
         check_token(authorization)
 
+    def error(description: str) -> dict[str, Any]:
+        return {"description": description, "model": Detail}
+
+    body_errors: dict[int | str, dict[str, Any]] = {
+        408: error("the body did not arrive within the body timeout"),
+        413: error("the body is larger than the endpoint's limit"),
+    }
+    guarded: dict[int | str, dict[str, Any]] = {
+        401: error("the `Authorization` header is missing, not `Bearer <token>`, or another token"),
+        403: error("the service was started without a token (DRIVETRAIN_TOKEN), so this endpoint is closed"),
+    }
+    decide_answers: dict[int | str, dict[str, Any]] = {
+        **body_errors, **(guarded if decide_needs_token else {}),
+        409: error("the request id was decided before for another unit or context, or a batch in flight decides it now"),
+        503: error("the decision could not be logged, so it was not given; retry with the same request id"),
+    }
     decide_guard = [Depends(write_access)] if decide_needs_token else []
 
-    conflict: dict[int | str, dict[str, Any]] = {409: {"description": "the request id was decided before for another unit or context"}}
+    def arrival(request: Request) -> float:
+        return float(request.scope.get(ARRIVED) or time.perf_counter())
 
-    @app.post("/v1/decide", response_model=DecideResponse, dependencies=decide_guard, responses=conflict)
-    async def decide(body: DecideRequest) -> Response:
+    @app.post("/v1/decide", response_model=DecideResponse, dependencies=decide_guard, responses=decide_answers)
+    async def decide(body: DecideRequest, request: Request, deadline: Deadline = None) -> Response:
         """The action for one unit now, with its propensity; the decision is logged before this returns."""
-        return _json(service.decide(body.unit_id, body.context, body.request_id, time.perf_counter()))
+        return _json(service.decide(body.unit_id, body.context, body.request_id, arrival(request),
+                                    budget_s=None if deadline is None else deadline / 1000.0))
 
-    @app.post("/v1/decide/batch", response_model=DecideBatchResponse, dependencies=decide_guard, responses=conflict)
-    async def decide_batch(body: DecideBatchRequest) -> Response:
-        """Decisions for many units in one call, each logged before this returns."""
-        service.check_batch([(r.unit_id, r.context, r.request_id) for r in body.requests])
-        return _json({"decisions": [service.decide(r.unit_id, r.context, r.request_id, time.perf_counter()) for r in body.requests]})
+    @app.post("/v1/decide/batch", response_model=DecideBatchResponse, dependencies=decide_guard, responses=decide_answers)
+    async def decide_batch(body: DecideBatchRequest, request: Request, deadline: Deadline = None) -> Response:
+        """Decisions for many units in one call, each logged before this returns. Between items the batch
+        yields to other requests, so a batch never holds up a single decision by more than one item."""
+        arrived = arrival(request)
+        reserved = service.reserve([(r.unit_id, r.context, r.request_id) for r in body.requests])
+        try:
+            decisions = []
+            for r in body.requests:
+                decisions.append(service.decide(r.unit_id, r.context, r.request_id, arrived, started=time.perf_counter(),
+                                                budget_s=None if deadline is None else deadline / 1000.0 - (time.perf_counter() - arrived),
+                                                reserved=True))
+                await asyncio.sleep(0)
+        finally:
+            service.release(reserved)
+        return _json({"decisions": decisions})
 
-    @app.post("/v1/outcomes", response_model=OutcomesResponse, dependencies=[Depends(write_access)])
+    @app.post("/v1/outcomes", response_model=OutcomesResponse, dependencies=[Depends(write_access)],
+              responses={**body_errors, **guarded})
     async def outcomes(body: OutcomesRequest) -> dict[str, Any]:
         """Outcome events, validated and attributed like `drivetrain ingest`; bad rows are quarantined."""
         rows = [e.model_dump() for e in body.outcomes]
@@ -191,8 +262,22 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/health", response_model=HealthResponse)
     async def health() -> dict[str, Any]:
-        """`ready`, or `degraded` (serving the fallback) with the reason."""
+        """`ready`, or `degraded` (serving the fallback) with the reason; the log's and compaction's state."""
         return service.health()
+
+    @app.get("/v1/ready", response_model=HealthResponse, responses={503: {"description": "not ready (`problems` says why)",
+                                                                          "model": HealthResponse}})
+    async def ready() -> Any:
+        """200 when a policy serves, decisions can be logged and compaction keeps up; else 503."""
+        state = service.health()
+        return state if state["ready"] else JSONResponse(state, status_code=503)
+
+    @app.get("/v1/live", response_model=HealthResponse, responses={503: {"description": "decisions cannot be logged",
+                                                                         "model": HealthResponse}})
+    async def live() -> Any:
+        """200 while decisions can be logged; 503 after a failed write (until one succeeds): restart it."""
+        state = service.health()
+        return state if state["live"] else JSONResponse(state, status_code=503)
 
     @app.get("/v1/policy")
     async def policy() -> dict[str, Any]:
@@ -200,7 +285,9 @@ def create_app(service: Service) -> FastAPI:
         return service.policy_info()
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, dependencies=[Depends(write_access)],
-              responses={409: {"description": "the policy failed to load; the current one stays"}})
+              responses={**body_errors, **guarded,
+                         409: {"description": "refused (fails to load, outside the policy root, other randomization); "
+                                              "the current policy stays", "model": ReloadResponse}})
     async def reload(body: ReloadRequest) -> Any:
         """Switch to another policy directory atomically; requests in flight finish on the old one."""
         result = await run_in_threadpool(service.reload, Path(body.policy_dir))
@@ -212,6 +299,10 @@ def create_app(service: Service) -> FastAPI:
     async def metrics() -> Response:
         """Prometheus metrics in the text exposition format."""
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(LogUnavailable)
+    async def unlogged(request: Request, exc: LogUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

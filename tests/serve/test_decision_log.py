@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drivetrain.data import MemoryStore
 from drivetrain.errors import UsageError
 from drivetrain.serve import DecisionLog, compact, recover
+from drivetrain.serve import _log
 from drivetrain.twin import NBOOTwin
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
@@ -142,3 +146,128 @@ def test_a_held_out_decision_keeps_its_broken_context_and_a_policy_one_does_not(
     assert stored["assignment"].tolist() == ["holdout", "fallback"] and stored["tier"].tolist() == ["platinum"] * 2
     reasons = store.query("SELECT reason FROM quarantine")["reason"].tolist()
     assert len(reasons) == 1 and "tier" in reasons[0] and "platinum" in reasons[0]
+
+
+class _Interleave:
+    """Stands for ``os`` or ``fcntl`` in the log's module: after each call named in ``hooked`` (made outside
+    another hooked call) it runs ``between(name)``, which plays another process's steps right there."""
+
+    busy = False
+
+    def __init__(self, module: object, hooked: set[str], between: Callable[[str], None]) -> None:
+        self._module, self._hooked, self._between = module, hooked, between
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._module, name)
+        if name not in self._hooked:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = attr(*args, **kwargs)
+            if not _Interleave.busy:
+                _Interleave.busy = True
+                try:
+                    self._between(name)
+                finally:
+                    _Interleave.busy = False
+            return out
+
+        return call
+
+
+def _interleave(monkeypatch: pytest.MonkeyPatch, between: Callable[[str], None]) -> None:
+    monkeypatch.setattr(_log, "os", _Interleave(os, {"open", "rename", "write", "close", "stat", "fstat", "pread"}, between))
+    monkeypatch.setattr(_log, "fcntl", _Interleave(fcntl, {"flock"}, between))
+
+
+def test_recovery_and_compaction_between_any_two_steps_of_the_service_lose_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's `drivetrain compact` (recover, then compact) run after every system call the service's
+    log makes: the live segment is never taken from it, and every record reaches the store once."""
+    store = MemoryStore(NBOOTwin().spec)
+    runs: list[str] = []
+
+    def operator(step: str) -> None:
+        runs.append(step)
+        recover(tmp_path)
+        compact(store, tmp_path)
+
+    records = _records(30)
+    log = DecisionLog(tmp_path, worker="live", max_records=7, fsync="never")
+    _interleave(monkeypatch, operator)
+    for rec in records:
+        log.append(rec)
+    log.close()
+    monkeypatch.undo()
+    compact(store, tmp_path)
+    assert {"open", "flock", "rename", "write"} <= set(runs)  # it did run between the service's steps
+    stored = store.query("SELECT request_id FROM decisions")["request_id"]
+    assert sorted(stored) == sorted(r["request_id"] for r in records) and stored.is_unique
+    assert not [p for p in tmp_path.iterdir() if p.name != ".compact.lock"]
+
+
+@pytest.mark.parametrize("fsync", ["never", "rotate"])
+def test_the_service_rotating_between_any_two_steps_of_a_recovery_breaks_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                                 fsync: str) -> None:
+    """Recovery with the live service rotating and opening a new segment after each of its system calls in
+    turn (between its listing and its open, its open and its lock, ...): it never fails, never takes the
+    live segment, and every record reaches the store once."""
+    store = MemoryStore(NBOOTwin().spec)
+    records = iter(_records(200))
+    appended: list[str] = []
+    log = DecisionLog(tmp_path, worker="live", fsync=fsync)  # type: ignore[arg-type]
+
+    def append() -> None:
+        rec = next(records)
+        log.append(rec)
+        appended.append(str(rec["request_id"]))
+
+    for at in range(12):
+        append()
+        calls = iter(range(1_000))
+
+        def service(step: str) -> None:
+            if next(calls) == at:
+                log.rotate()
+                if log._flusher is not None:
+                    log._flusher.shutdown(wait=True)  # the lock goes with the flush; make it go now
+                    log._flusher = None
+                append()
+
+        _interleave(monkeypatch, service)
+        recover(tmp_path)
+        monkeypatch.undo()
+        live = list(tmp_path.glob("*.open.jsonl"))
+        assert len(live) == 1 and live[0] == log._path, at  # the service's segment stays its own
+        append()
+    log.close()
+    compact(store, tmp_path)
+    stored = store.query("SELECT request_id FROM decisions")["request_id"]
+    assert sorted(stored) == sorted(appended) and stored.is_unique
+
+
+def test_a_compaction_makes_the_store_durable_before_it_deletes_the_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from drivetrain.data import open_store
+
+    log = DecisionLog(tmp_path / "log", worker="w1", fsync="never")
+    for rec in _records(5):
+        log.append(rec)
+    log.close()
+    store = open_store(tmp_path / "store", NBOOTwin().spec, create=True)
+    events: list[str] = []
+    real_fsync, real_unlink = os.fsync, Path.unlink
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        events.append("fsync " + ("parquet" if target.endswith(".parquet") else "dir" if os.path.isdir(target) else target))
+        real_fsync(fd)
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name.endswith(".closed.jsonl"):
+            events.append("unlink segment")
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert compact(store, tmp_path / "log").rows == 5
+    first_unlink = events.index("unlink segment")
+    assert "fsync parquet" in events[:first_unlink] and "fsync dir" in events[:first_unlink], events
