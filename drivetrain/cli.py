@@ -368,7 +368,7 @@ def fit(
     window = {"first_decided_at": decided.min().isoformat(), "last_decided_at": decided.max().isoformat()}
     policy = Policy.from_model(loaded, model, {}, metadata={"trained_on": report.summary(), "rows": len(table), "trained_window": window})
     policy.save(out)
-    effects = model.effect_interval()
+    effects = model.effect_interval(table)
     t = Table(title=f"effect on {loaded.model.objective.name} per unit versus control (doubly robust, 95% interval)")
     for column in ("action", "effect", "interval"):
         t.add_column(column, justify="left" if column == "action" else "right")

@@ -96,6 +96,16 @@ def _evaluate(context: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot
                 r += 1
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _evaluate_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, root: np.ndarray,
+                    feature: np.ndarray, threshold: np.ndarray, decision: np.ndarray, left: np.ndarray, right: np.ndarray,
+                    cat_start: np.ndarray, cat_len: np.ndarray, cat_bits: np.ndarray, row_left: np.ndarray,
+                    leaf_value: np.ndarray) -> None:
+    for i in numba.prange(contexts.shape[0]):
+        _evaluate(contexts[i], out[i], start_mask, slot, root, feature, threshold, decision, left, right, cat_start,
+                  cat_len, cat_bits, row_left, leaf_value)
+
+
 @numba.njit(cache=True)
 def _row_masks(rows: np.ndarray, n_context: int, feature: np.ndarray, threshold: np.ndarray, decision: np.ndarray,
                cat_start: np.ndarray, cat_len: np.ndarray, cat_bits: np.ndarray) -> np.ndarray:
@@ -143,6 +153,34 @@ class Forest:
         _evaluate(context, out, self.start_mask, self.slot, self.root, self.feature, self.threshold, self.decision,
                   self.left, self.right, self.cat_start, self.cat_len, self.cat_bits, self.row_left, self.leaf_value)
         return out
+
+    def raw_batch(self, contexts: np.ndarray, *, num_threads: int = 1) -> np.ndarray:
+        """:meth:`raw` for many contexts (m, d) at once, spread over ``num_threads`` threads; shape
+        (m, K, n_slots). Each context's sums are computed exactly as :meth:`raw` computes them."""
+        contexts = np.ascontiguousarray(contexts, dtype=np.float64)
+        if contexts.ndim != 2 or contexts.shape[1] != self.n_context:
+            raise ValueError(f"`contexts` must have shape (m, {self.n_context}), got {contexts.shape}")
+        out = np.zeros((contexts.shape[0], self.rows.shape[0], self.n_slots))
+        with _threads(num_threads):
+            _evaluate_batch(contexts, out, self.start_mask, self.slot, self.root, self.feature, self.threshold,
+                            self.decision, self.left, self.right, self.cat_start, self.cat_len, self.cat_bits,
+                            self.row_left, self.leaf_value)
+        return out
+
+
+class _threads:
+    """Numba's thread count for the calling thread, restored on exit."""
+
+    def __init__(self, n: int) -> None:
+        self.n = max(1, min(int(n), int(getattr(numba.config, "NUMBA_NUM_THREADS"))))
+        self.before = 1
+
+    def __enter__(self) -> None:
+        self.before = numba.get_num_threads()
+        numba.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        numba.set_num_threads(self.before)
 
 
 class ForestBuilder:
