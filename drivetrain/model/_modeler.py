@@ -328,7 +328,7 @@ class OutcomeModel:
         if self.final_:
             compiled = self.compiled() if engine == "compiled" else None
             refitted = (compiled.predict(x, num_threads=self.num_threads) if compiled is not None
-                        else self._predict_with(self.final_, x))
+                        else self._predict_with(self.final_, x, engine=engine))
         if refitted is not None and not return_std:
             return refitted
         per_fold = self._per_fold(x, engine)
