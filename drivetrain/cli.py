@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -422,7 +422,7 @@ def fit(
     window = {"first_decided_at": decided.min().isoformat(), "last_decided_at": decided.max().isoformat()}
     policy = Policy.from_model(loaded, model, {}, metadata={"trained_on": report.summary(), "rows": len(table), "trained_window": window})
     policy.save(out)
-    effects = model.effect_interval(cluster=table["unit_id"] if "unit_id" in table else None)
+    effects = model.effect_interval(table, cluster=table["unit_id"] if "unit_id" in table else None)
     t = Table(title=f"effect on {loaded.model.objective.name} per unit versus control (doubly robust, 95% interval)")
     for column in ("action", "effect", "interval"):
         t.add_column(column, justify="left" if column == "action" else "right")

@@ -155,7 +155,7 @@ def _assembly_line(twin: NBOOTwin, store: ParquetStore, as_of: datetime, logged:
     t0 = time.perf_counter()
     model, table, _ = fit_model(store, as_of, OutcomeModel(n_folds=2, n_estimators=100, learning_rate=0.1, num_threads=2, seed=twin.seed))
     truth_logged = twin.truth(logged.set_index("unit_id").loc[table["unit_id"]].reset_index())
-    effects = model.effect_interval(cluster=table["unit_id"] if "unit_id" in table else None)
+    effects = model.effect_interval(table, cluster=table["unit_id"] if "unit_id" in table else None)
     true_effect = truth_logged.objective.mean(axis=0) - truth_logged.objective[:, spec.control.index].mean()
     t = Table(title=f"average effect on {spec.model.objective.name} per user vs control (fit in {time.perf_counter() - t0:.0f}s)")
     for column in ("action", "estimate [95% interval]", "twin truth"):

@@ -37,15 +37,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import yaml
 
 from drivetrain.data import PersonalKey, check_contexts
 from drivetrain.errors import ArtifactError, UsageError
-from drivetrain.model import FeatureEncoder, OutcomeModel
-from drivetrain.model._modeler import _Constant, _TwoStage
+from drivetrain.model import OutcomeModel
 from drivetrain.spec import (
     MODEL_PARTS,
     Spec,
@@ -328,27 +326,11 @@ class Policy:
         directory = Path(directory)
         if directory.exists() and any(directory.iterdir()):
             raise UsageError(f"policy directory must be empty or absent, got {str(directory)!r} with files")
-        (directory / "models").mkdir(parents=True, exist_ok=True)
-        model = self.model
-
-        def write(m: Any, stem: str) -> Any:
-            parts = m if isinstance(m, list) else [m]
-            names = [_write_model(directory / (stem + (f"-a{j}" if isinstance(m, list) else "") + ".txt"), part)
-                     for j, part in enumerate(parts)]
-            return names if isinstance(m, list) else names[0]
-
-        files = {comp: [write(m, f"models/{comp}-f{f}") for f, m in enumerate(folds)] for comp, folds in model.models_.items()}
-        final = {comp: write(m, f"models/{comp}-all") for comp, m in model.final_.items()}
         body = {
             "format": FORMAT,
             "version": self.version,
-            "learner": model.learner,
-            "encoder": model.encoder_.to_json(),
-            "components": list(model.components_),
-            "models": files,
-            "final": final,
+            **self.model.to_files(directory),
             "multipliers": dict(self.multipliers),
-            "zero_actions": {c: list(v) for c, v in model.zero_actions_.items()},
             "exploration_rate": self.exploration_rate,
             "holdout_share": self.holdout_share,
             "pessimism": self.pessimism,
@@ -401,16 +383,7 @@ class Policy:
             raise ArtifactError(f"policy.json and spec.yaml must parse, got {exc}") from None
         if spec.hash != manifest.get("spec_hash"):
             raise ArtifactError(f"spec hash must be {manifest.get('spec_hash')!r} as in the manifest, got {spec.hash!r}")
-        model = OutcomeModel(learner=body["learner"])
-        model.spec_ = spec
-        model.encoder_ = FeatureEncoder.from_json(body["encoder"])
-        model.n_actions_ = len(spec.action_space)
-        model.components_ = tuple(body["components"])
-        model.binary_ = {c: spec.model.outcomes[c].type == "binary" for c in model.components_}
-        model.oof_ = {}
-        model.zero_actions_ = {c: [int(k) for k in v] for c, v in body.get("zero_actions", {}).items()}
-        model.models_ = {comp: [_read_entry(directory, entry) for entry in folds] for comp, folds in body["models"].items()}
-        model.final_ = {comp: _read_entry(directory, entry) for comp, entry in body.get("final", {}).items()}
+        model = OutcomeModel.from_files(directory, body, spec)
         return cls(spec, model, {k: float(v) for k, v in body["multipliers"].items()}, str(manifest["policy_version"]),
                    float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})),
                    float(body.get("pessimism", 0.0)), _tie_split(body.get("tie_split")))
@@ -423,42 +396,6 @@ def _tie_split(entry: Any) -> TieSplit | None:
         return TieSplit(float(entry["band"]), float(entry["low_share"]))
     except (KeyError, TypeError, ValueError, UsageError) as exc:
         raise ArtifactError(f"policy.json's tie_split must be null or {{'band': b, 'low_share': s}}, got {entry!r} ({exc})") from None
-
-
-def _write_model(path: Path, model: Any) -> Any:
-    if isinstance(model, _TwoStage):
-        return {
-            "base": _write_model(path.with_name(path.stem + "-base.txt"), model.base),
-            "effect": _write_model(path.with_name(path.stem + "-effect.txt"), model.effect),
-            "context_columns": model.context_columns,
-            "binary": model.binary,
-        }
-    if isinstance(model, lgb.Booster):
-        path.write_text(model.model_to_string())
-    elif isinstance(model, _Constant):
-        path = path.with_suffix(".json")
-        path.write_text(json.dumps({"constant": model.value}) + "\n")
-    else:
-        raise UsageError(f"only LightGBM models can be saved in a policy artifact (no pickle), got {type(model).__name__}")
-    return path.name if path.parent.name != "models" else f"models/{path.name}"
-
-
-def _read_entry(directory: Path, entry: Any) -> Any:
-    if isinstance(entry, list):
-        return [_read_entry(directory, e) for e in entry]
-    if isinstance(entry, dict):
-        return _TwoStage(_read_model(directory / entry["base"]), _read_model(directory / entry["effect"]),
-                         int(entry["context_columns"]), bool(entry["binary"]))
-    return _read_model(directory / entry)
-
-
-def _read_model(path: Path) -> Any:
-    if path.suffix == ".json":
-        return _Constant(float(json.loads(path.read_text())["constant"]))
-    try:
-        return lgb.Booster(model_str=path.read_text())
-    except lgb.basic.LightGBMError as exc:
-        raise ArtifactError(f"{path.name} must be a LightGBM text model, got: {exc}") from None
 
 
 def _sha256(path: Path) -> str:

@@ -1,37 +1,42 @@
-"""One context's predicted components in microseconds: the serving form of an :class:`OutcomeModel`.
+"""Compiled outcome models: every tree of every fold and component evaluated in one native call.
 
-``OutcomeModel.predict_outcomes`` is built for batches (pandas in, LightGBM per fold and component).
-For one context at a time, :class:`CompiledModel` evaluates every tree of every fold and component in a
-single call of a compiled :class:`~drivetrain.model._forest.Forest`, then applies the same steps in
-NumPy: the link, the monotone running max, the clip, the two-part composition, structural zeros and the
-mean over folds. A model refitted on every row is compiled alone, as ``predict_outcomes`` uses it alone.
-``tests/model/test_forest.py`` checks it equals ``predict_outcomes``.
+``OutcomeModel`` predicts through this form whenever its parts are LightGBM models or constants: a
+:class:`CompiledModel` evaluates the trees of a compiled :class:`~drivetrain.model._forest.Forest` (one
+context at a time for the decision service, in parallel chunks for a batch), then applies the same steps
+as the models' own ``predict`` in compiled code: the link, the monotone running max, the clip, the
+two-part composition, structural zeros and the mean over folds. ``tests/model/test_forest.py`` checks it
+equals LightGBM's ``Booster.predict`` to 1e-12.
 
-Models it cannot compile (scikit-learn estimators) make :meth:`CompiledModel.of` return ``None``; the
-caller then uses the batch path.
+Parts it cannot compile (scikit-learn estimators) make :meth:`CompiledModel.compile` return ``None``; the
+caller then predicts with the parts themselves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numba
 import numpy as np
 
-from drivetrain.model._forest import BROADCAST, EVERY, ROW, Forest, ForestBuilder
-from drivetrain.model._modeler import OutcomeModel, _Constant, _TwoStage
+from drivetrain.model._forest import ForestBuilder, Forest, _threads
+from drivetrain.model._learners import ComponentLearner
+from drivetrain.spec import Spec
+
+if TYPE_CHECKING:
+    from drivetrain.model._modeler import OutcomeModel
 
 __all__ = ["CompiledModel"]
 
-#: Link of a plain booster's objective: 0 identity, 1 logistic, 2 exp (log-link objectives).
-_LINKS = {"regression": 0, "cross_entropy": 1, "binary": 1, "gamma": 2, "poisson": 2, "tweedie": 2}
+#: Contexts evaluated per chunk of a batch: bounds the raw scores held at once (chunk x K x slots floats).
+CHUNK = 16_384
 
 
 @dataclass(frozen=True)
 class CompiledModel:
-    """Predicts the components of one encoded context for every action: ``predict_row(x) -> {comp: (1, K)}``."""
+    """Predicts the components of encoded contexts for every action: ``predict_row(x) -> {comp: (1, K)}``
+    for one context, ``predict(x) -> {comp: (n, K)}`` and ``predict_folds(x)`` for a batch."""
 
     components: tuple[str, ...]
     n_folds: int
@@ -48,47 +53,32 @@ class CompiledModel:
 
     @classmethod
     def of(cls, model: OutcomeModel) -> CompiledModel | None:
-        """Compile a fitted model; ``None`` when one of its parts is not a LightGBM model or constant."""
-        spec = model.spec_
+        """Compile what a fitted model predicts with (the models refitted on every row when there are any,
+        else the fold models); ``None`` when one of its parts cannot be compiled."""
+        return model.compiled()
+
+    @classmethod
+    def compile(cls, spec: Spec, parts: Mapping[str, Sequence[ComponentLearner]], *, n_context: int, with_actions: bool,
+                zero_actions: Mapping[str, Sequence[int]]) -> CompiledModel | None:
+        """Compile one model per fold of each component (``parts``, the same number of folds each) over
+        ``n_context`` encoded context columns, followed by the encoded action when ``with_actions``."""
         space = spec.action_space
         k = len(space)
-        comps = tuple(model.components_)
-        # the models refitted on every row are what predict_outcomes uses, when there are any
-        models = {c: [model.final_[c]] for c in comps} if model.final_ else model.models_
-        folds = len(models[comps[0]])
-        actions = space.encode(np.arange(k)) if model.learner == "s" else np.zeros((k, 0))
-        builder = ForestBuilder(len(model.encoder_.names), actions)
+        comps = tuple(parts)
+        folds = len(parts[comps[0]])
+        actions = space.encode(np.arange(k)) if with_actions else np.zeros((k, 0))
+        builder = ForestBuilder(n_context, actions)
         link = np.zeros(len(comps) * folds, dtype=np.int64)
         constant = np.zeros(len(comps) * folds)
         for c, comp in enumerate(comps):
-            for f, part in enumerate(models[comp]):
+            if len(parts[comp]) != folds:
+                raise ValueError(f"every component must have {folds} fold models, got {len(parts[comp])} for {comp!r}")
+            for f, part in enumerate(parts[comp]):
                 s = builder.slot()
-                assert s == c * folds + f
-                pieces = part if isinstance(part, list) else [part]
-                if model.learner == "s" and isinstance(part, list):
+                compiled = part.compile_into(builder, s)
+                if compiled is None:
                     return None
-                for j, piece in enumerate(pieces):
-                    mode, row = (ROW, j) if isinstance(part, list) else (EVERY, -1)
-                    if isinstance(piece, _TwoStage):
-                        if mode == ROW:
-                            return None
-                        builder.add(piece.base.model_to_string(), s, mode=BROADCAST)
-                        builder.add(piece.effect.model_to_string(), s, mode=EVERY)
-                        link[s] = 1 if piece.binary else 2 if getattr(piece, "log_link", False) else 0
-                    elif isinstance(piece, lgb.Booster):
-                        objective = str(piece.params.get("objective", "")) or _objective(piece)
-                        if objective not in _LINKS:
-                            return None
-                        builder.add(piece.model_to_string(), s, mode=mode, row=row)
-                        link[s] = _LINKS[objective]
-                    elif isinstance(piece, _Constant):
-                        if mode == ROW:
-                            return None
-                        constant[s] += piece.value
-                    else:
-                        return None
-        if any(isinstance(p, list) and any(not isinstance(q, lgb.Booster) for q in p) for ps in models.values() for p in ps):
-            return None
+                link[s], constant[s] = compiled
         monotone = []
         cols = space.lever_columns()
         for c, comp in enumerate(comps):
@@ -119,12 +109,13 @@ class CompiledModel:
             visit(comp)
         zeros = np.zeros((k, len(comps)), dtype=bool)
         for c, comp in enumerate(comps):
-            zeros[model.zero_actions_.get(comp, []), c] = True
+            zeros[list(zero_actions.get(comp, [])), c] = True
         width = max((len(o) for _, o, _ in monotone), default=1)
         order = np.zeros((len(monotone), width), dtype=np.int64)
         for m, (_, o, _) in enumerate(monotone):
             order[m, : len(o)] = o
-        return cls(comps, folds, builder.build(), link, constant, np.array([model.binary_[c] for c in comps]),
+        binary = np.array([spec.model.outcomes[c].type == "binary" for c in comps])
+        return cls(comps, folds, builder.build(), link, constant, binary,
                    np.array([c for c, _, _ in monotone], dtype=np.int64), order,
                    np.array([len(o) for _, o, _ in monotone], dtype=np.int64),
                    np.array([inc for _, _, inc in monotone], dtype=np.bool_),
@@ -138,15 +129,41 @@ class CompiledModel:
                 self.mono_length, self.mono_increasing, self.gate_pairs, self.zeros, mean)
         return {comp: mean[None, :, c] for c, comp in enumerate(self.components)}
 
+    def predict_values(self, x: np.ndarray, *, num_threads: int = 1) -> np.ndarray:
+        """Each fold's components of encoded contexts ``x`` (n, d) for every action: (n, K, C, F)."""
+        n, k = x.shape[0], self.forest.rows.shape[0]
+        values = np.empty((n, k, len(self.components), self.n_folds))
+        for lo in range(0, n, CHUNK):
+            raw = self.forest.raw_batch(x[lo: lo + CHUNK], num_threads=num_threads)
+            with _threads(num_threads):
+                _values_batch(raw, self.constant, self.link, self.binary, self.n_folds, self.mono_component, self.mono_order,
+                              self.mono_length, self.mono_increasing, self.gate_pairs, self.zeros, values[lo: lo + CHUNK])
+        return values
+
+    def predict(self, x: np.ndarray, *, num_threads: int = 1) -> dict[str, np.ndarray]:
+        """Expected value of each component for every action (mean over folds): {comp: (n, K)}."""
+        values = self.predict_values(x, num_threads=num_threads)
+        mean = values[..., 0].copy()
+        for f in range(1, self.n_folds):
+            mean += values[..., f]
+        if self.n_folds > 1:
+            mean /= self.n_folds
+        return {comp: np.ascontiguousarray(mean[:, :, c]) for c, comp in enumerate(self.components)}
+
+    def predict_folds(self, x: np.ndarray, *, num_threads: int = 1) -> list[dict[str, np.ndarray]]:
+        """Each fold's components for every action: one {comp: (n, K)} per fold."""
+        values = self.predict_values(x, num_threads=num_threads)
+        return [{comp: np.ascontiguousarray(values[:, :, c, f]) for c, comp in enumerate(self.components)}
+                for f in range(self.n_folds)]
+
 
 @numba.njit(cache=True, nogil=True)
-def _finish(raw: np.ndarray, constant: np.ndarray, link: np.ndarray, binary: np.ndarray, folds: int,
+def _values(raw: np.ndarray, constant: np.ndarray, link: np.ndarray, binary: np.ndarray, folds: int,
             mono_component: np.ndarray, mono_order: np.ndarray, mono_length: np.ndarray, mono_increasing: np.ndarray,
-            gates: np.ndarray, zeros: np.ndarray, mean: np.ndarray) -> None:
-    """The link, the monotone running max, the clip, structural zeros, the two-part products and the
-    mean over folds (what ``OutcomeModel.predict_outcomes`` does in NumPy), on raw (K, C*F) scores."""
-    k, n_comp = mean.shape
-    value = np.empty((k, n_comp, folds))
+            gates: np.ndarray, zeros: np.ndarray, value: np.ndarray) -> None:
+    """The link, the monotone running max, the clip, structural zeros and the two-part products (what
+    ``OutcomeModel`` does in NumPy with its parts' predictions), on raw (K, C*F) scores: value (K, C, F)."""
+    k, n_comp = value.shape[0], value.shape[1]
     for r in range(k):
         for c in range(n_comp):
             for f in range(folds):
@@ -176,16 +193,28 @@ def _finish(raw: np.ndarray, constant: np.ndarray, link: np.ndarray, binary: np.
         for r in range(k):
             for f in range(folds):
                 value[r, c, f] = 0.0 if zeros[r, c] else value[r, c, f] * value[r, gate, f]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _values_batch(raw: np.ndarray, constant: np.ndarray, link: np.ndarray, binary: np.ndarray, folds: int,
+                  mono_component: np.ndarray, mono_order: np.ndarray, mono_length: np.ndarray, mono_increasing: np.ndarray,
+                  gates: np.ndarray, zeros: np.ndarray, value: np.ndarray) -> None:
+    for i in numba.prange(raw.shape[0]):
+        _values(raw[i], constant, link, binary, folds, mono_component, mono_order, mono_length, mono_increasing,
+                gates, zeros, value[i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish(raw: np.ndarray, constant: np.ndarray, link: np.ndarray, binary: np.ndarray, folds: int,
+            mono_component: np.ndarray, mono_order: np.ndarray, mono_length: np.ndarray, mono_increasing: np.ndarray,
+            gates: np.ndarray, zeros: np.ndarray, mean: np.ndarray) -> None:
+    """:func:`_values` of one context, then the mean over folds: mean (K, C)."""
+    k, n_comp = mean.shape
+    value = np.empty((k, n_comp, folds))
+    _values(raw, constant, link, binary, folds, mono_component, mono_order, mono_length, mono_increasing, gates, zeros, value)
     for r in range(k):
         for c in range(n_comp):
             total = 0.0
             for f in range(folds):
                 total += value[r, c, f]
             mean[r, c] = total / folds
-
-
-def _objective(booster: Any) -> str:
-    for line in booster.model_to_string().splitlines()[:20]:
-        if line.startswith("objective="):
-            return line.split("=", 1)[1].split()[0]
-    return ""

@@ -31,7 +31,12 @@ the fold models is a per (unit, action) uncertainty that pessimistic planning us
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 import lightgbm as lgb
@@ -41,8 +46,10 @@ import pyarrow as pa
 from scipy import stats
 from sklearn.base import clone
 
-from drivetrain.errors import DataError, UsageError
+from drivetrain.errors import ArtifactError, DataError, UsageError
+from drivetrain.model._compiled import CompiledModel
 from drivetrain.model._features import FeatureEncoder
+from drivetrain.model._learners import Boosted, ComponentLearner, Constant, Estimator, PerAction, TwoStage, read_learner
 from drivetrain.spec import Spec, formula_on
 from drivetrain.stats import cluster_codes, standard_error
 from drivetrain.stats import pseudo_outcomes as dr_pseudo_outcomes
@@ -52,58 +59,28 @@ __all__ = ["OutcomeModel"]
 Table: TypeAlias = pd.DataFrame | pa.Table
 #: Rows an action needs before a component never observed under it counts as structurally zero.
 MIN_ROWS_FOR_ZERO = 200
+#: Hyperparameters written with a saved model (the scikit-learn estimators are not: they cannot be saved).
+SAVED_PARAMS = ("learner", "n_folds", "n_estimators", "effect_estimators", "learning_rate", "num_leaves",
+                "min_child_samples", "feature_fraction", "lambda_l2", "log_link", "refit", "seed", "num_threads")
 
 
-class _Constant:
-    """Stands in for a model when a component never varies in the rows it would learn from."""
+@dataclass(frozen=True)
+class _Task:
+    """One component model to fit: ``component`` on ``rows`` of the training table, for ``fold`` (-1: on
+    every row, the refit)."""
 
-    def __init__(self, value: float) -> None:
-        self.value = float(value)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.full(x.shape[0], self.value)
-
-
-#: LightGBM objectives whose raw score is the log of the prediction.
-LOG_LINK_OBJECTIVES = frozenset({"gamma", "poisson", "tweedie"})
+    component: str
+    fold: int
+    rows: np.ndarray
+    what: str
 
 
-class _TwoStage:
-    """S-learner in two stages: ``base`` learns the context alone, ``effect`` learns how the action moves
-    the outcome starting from the base's raw score (LightGBM ``init_score``). Centering the outcome on
-    the context first lets the trees spend their splits on the action's effect, where the decisions are
-    made (in the spirit of the R-learner, Nie & Wager 2021); measured in docs/decisions.md.
-
-    The raw scores add on the link scale: logit for a binary outcome, log when the boosters were fitted
-    with a log-link objective (read from the booster, so a saved model needs no extra field), else the
-    identity."""
-
-    def __init__(self, base: lgb.Booster, effect: lgb.Booster, context_columns: int, binary: bool) -> None:
-        self.base = base
-        self.effect = effect
-        self.context_columns = context_columns
-        self.binary = binary
-        self.log_link = not binary and str(effect.params.get("objective", "")) in LOG_LINK_OBJECTIVES
-
-    def predict(self, x: np.ndarray, num_threads: int = 1) -> np.ndarray:
-        raw = self.base.predict(x[:, : self.context_columns], raw_score=True, num_threads=num_threads)
-        raw = np.asarray(raw, dtype=np.float64) + np.asarray(self.effect.predict(x, raw_score=True, num_threads=num_threads))
-        if self.binary:
-            return 1.0 / (1.0 + np.exp(-raw))
-        return np.exp(raw) if self.log_link else raw
-
-
-def _predict(model: Any, x: np.ndarray, num_threads: int = 1) -> np.ndarray:
-    if isinstance(model, _TwoStage):
-        return model.predict(x, num_threads)
-    if isinstance(model, lgb.Booster):
-        return np.asarray(model.predict(x, num_threads=num_threads), dtype=np.float64)
-    if isinstance(model, _Constant):
-        return model.predict(x)
-    x = np.nan_to_num(x, nan=-1.0)  # scikit-learn estimators take no missing values; LightGBM's do
-    if hasattr(model, "predict_proba"):
-        return np.asarray(model.predict_proba(x)[:, 1], dtype=np.float64)
-    return np.asarray(model.predict(x), dtype=np.float64)
+def _table_digest(action: np.ndarray, propensity: np.ndarray) -> str:
+    """Identifies a training table by its logged actions and propensities (what the doubly robust
+    pieces read), so a model knows whether out-of-fold predictions of it exist."""
+    h = hashlib.sha256(np.ascontiguousarray(action, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(propensity, dtype=np.float64).tobytes())
+    return h.hexdigest()
 
 
 class OutcomeModel:
@@ -111,7 +88,13 @@ class OutcomeModel:
 
     Parameters are stored unchanged; ``fit`` validates them. ``regressor``/``classifier`` replace the
     default LightGBM models with any scikit-learn estimator (cloned per model); only LightGBM models can be
-    saved into a policy artifact.
+    saved into a policy artifact. ``num_threads`` is how many models are fitted side by side (one
+    LightGBM thread each) and how many threads a batch prediction uses (docs/decisions.md: why not
+    LightGBM's own threads).
+
+    The fitted model keeps its models and the out-of-fold predictions of its training rows, never the
+    rows themselves: the doubly robust pieces take the table (:meth:`pseudo_outcomes`,
+    :meth:`effect_interval`).
     """
 
     def __init__(
@@ -164,7 +147,7 @@ class OutcomeModel:
             raise UsageError(f"`learning_rate` must be in (0, 1], got {self.learning_rate!r}")
 
     def _lgbm_params(self, objective: str) -> dict[str, Any]:
-        params: dict[str, Any] = {
+        return {
             "objective": objective,
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
@@ -172,13 +155,12 @@ class OutcomeModel:
             "feature_fraction": self.feature_fraction,
             "feature_fraction_seed": self.seed,
             "lambda_l2": self.lambda_l2,
-            "num_threads": self.num_threads,
+            "num_threads": 1,
             "deterministic": True,
             "force_col_wise": True,
             "seed": self.seed,
             "verbosity": -1,
         }
-        return params
 
     def _effect_rounds(self, binary: bool) -> int:
         """Boosting rounds of the effect stage: ``effect_estimators``, else twice ``n_estimators`` for a
@@ -187,31 +169,6 @@ class OutcomeModel:
         if self.effect_estimators is not None:
             return int(self.effect_estimators)
         return 2 * int(self.n_estimators) if binary else int(self.n_estimators)
-
-    def _fit_one(self, x: np.ndarray, y: np.ndarray, binary: bool, weight: np.ndarray | None = None, two_stage: bool = False) -> Any:
-        if y.size == 0:
-            return _Constant(0.0)
-        if np.all(y == y[0]):
-            return _Constant(float(y[0]))
-        custom = self.classifier if binary else self.regressor
-        if custom is not None:
-            model = clone(custom)
-            if binary and hasattr(model, "predict_proba"):
-                return model.fit(np.nan_to_num(x, nan=-1.0), (y > 0.5).astype(int), sample_weight=weight)
-            return model.fit(np.nan_to_num(x, nan=-1.0), y, sample_weight=weight)
-        categorical: list[int] | Literal["auto"] = self.encoder_.categorical_indices or "auto"
-        # a positive continuous outcome (a basket, a cost) moves by a factor under an offer: one split on
-        # the action on the log scale, an interaction with every context split on the identity scale
-        log = not binary and self.log_link and bool(np.all(y > 0))
-        params = self._lgbm_params("cross_entropy" if binary else "gamma" if log else "regression")
-        if not two_stage:
-            return lgb.train(params, lgb.Dataset(x, label=y, weight=weight, categorical_feature=categorical), num_boost_round=self.n_estimators)
-        d = len(self.encoder_.names)
-        base = lgb.train(params, lgb.Dataset(x[:, :d], label=y, weight=weight, categorical_feature=categorical), num_boost_round=self.n_estimators)
-        init = base.predict(x[:, :d], raw_score=True, num_threads=self.num_threads)
-        data = lgb.Dataset(x, label=y, weight=weight, init_score=init, categorical_feature=categorical)
-        rounds = self._effect_rounds(binary)
-        return _TwoStage(base, lgb.train(params, data, num_boost_round=rounds), d, binary)
 
     @staticmethod
     def _folds(frame: pd.DataFrame, folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -227,86 +184,191 @@ class OutcomeModel:
             raise DataError(f"training table must have at least {folds} distinct `unit_id` values for {folds} folds, got {len(units)}")
         return rng.permutation(np.arange(len(units)) % folds)[codes]
 
-    def fit(self, table: Table, spec: Spec, *, progress: Callable[[int, int, str], None] | None = None) -> OutcomeModel:
-        """Learn every outcome component from ``table`` (the training table of ``drivetrain join``).
-
-        ``progress(done, total, what)`` is called before each of the ``total`` component models is fitted
-        (per component: one per fold, and the refit on every row).
-        """
-        self._validate()
-        frame = table.to_pandas() if isinstance(table, pa.Table) else table
+    def _check_table(self, frame: pd.DataFrame, spec: Spec) -> np.ndarray:
+        """The logged action index of each row of a table with the spec's outcomes and propensities."""
         missing = [c for c in ("action_id", "propensity", *spec.outcomes) if c not in frame.columns]
         if missing:
             raise DataError(f"training table must have columns {missing}, got {list(frame.columns)}")
-        if len(frame) < 2 * max(2, self.n_folds):
-            raise DataError(f"training table must have at least {2 * max(2, self.n_folds)} rows, got {len(frame)}")
-        space = spec.action_space
-        action = space.indices(frame["action_id"].to_numpy())
+        action = spec.action_space.indices(frame["action_id"].to_numpy())
         if np.any(action < 0):
             bad = frame["action_id"].to_numpy()[action < 0][0]
-            raise DataError(f"`action_id` must be one of {list(space.ids)}, got {bad!r}")
+            raise DataError(f"`action_id` must be one of {list(spec.action_space.ids)}, got {bad!r}")
+        return action
+
+    def fit(self, table: Table, spec: Spec, *, progress: Callable[[int, int, str], None] | None = None) -> OutcomeModel:
+        """Learn every outcome component from ``table`` (the training table of ``drivetrain join``).
+
+        ``progress(done, total, what)`` is called as each of the ``total`` component models starts (per
+        component: one per fold, and the refit on every row); in order when ``num_threads`` is 1.
+        """
+        self._validate()
+        frame = table.to_pandas() if isinstance(table, pa.Table) else table
+        action = self._check_table(frame, spec)
+        if len(frame) < 2 * max(2, self.n_folds):
+            raise DataError(f"training table must have at least {2 * max(2, self.n_folds)} rows, got {len(frame)}")
         self.spec_ = spec
         self.encoder_ = FeatureEncoder.from_spec(spec)
-        self.n_actions_ = len(space)
-        x = self.encoder_.transform(frame)
+        self.n_actions_ = len(spec.action_space)
         self.components_ = tuple(spec.outcomes)
         self.binary_ = {c: spec.model.outcomes[c].type == "binary" for c in self.components_}
-        self.action_ = action
-        self.propensity_ = frame["propensity"].to_numpy(dtype=np.float64)
-        self.outcomes_ = {c: frame[c].to_numpy(dtype=np.float64) for c in self.components_}
-        self.contexts_ = {n: frame[n].to_numpy() for n in spec.features if n in frame.columns}
-        self._x = x
+        self._compiled: dict[str, CompiledModel | None] = {}
+        x = self.encoder_.transform(frame)
+        outcomes = {c: frame[c].to_numpy(dtype=np.float64) for c in self.components_}
+        propensity = frame["propensity"].to_numpy(dtype=np.float64)
         n = len(frame)
         rng = np.random.default_rng(self.seed)
         folds = max(1, self.n_folds)
         self.fold_ = self._folds(frame, folds, rng)
-        self.models_: dict[str, list[Any]] = {}
-        self.final_: dict[str, Any] = {}
-        self.oof_: dict[str, np.ndarray] = {}
         counts = np.bincount(action, minlength=self.n_actions_)
         # structural zeros: a component never seen non-zero under an action with enough rows (no promotion
         # cost without an offer) is predicted as exactly zero for it, rather than a model's small residue
         self.zero_actions_ = {
-            c: [k for k in range(self.n_actions_) if counts[k] >= MIN_ROWS_FOR_ZERO and not np.any(self.outcomes_[c][action == k])]
+            c: [k for k in range(self.n_actions_) if counts[k] >= MIN_ROWS_FOR_ZERO and not np.any(outcomes[c][action == k])]
             for c in self.components_
         }
+        targets: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        tasks: list[_Task] = []
         refits = self.refit and folds > 1
-        total, done = len(self.components_) * (folds + refits), 0
-
-        def step(what: str) -> None:
-            nonlocal done
-            if progress is not None:
-                progress(done, total, what)
-            done += 1
-
         for comp in self.components_:
-            y, weight = self.outcomes_[comp], None
+            y, weight = outcomes[comp], None
             gate = spec.model.outcomes[comp].given
             if gate is not None:  # two-part model: E[c | gate] from the rows where the gate happened
-                weight = self.outcomes_[gate]
+                weight = outcomes[gate]
                 y = np.divide(y, weight, out=np.zeros_like(y), where=weight > 0)
-            fold_models, oof = [], np.zeros((n, self.n_actions_))
+            targets[comp] = (y, weight)
+            rows = np.ones(n, dtype=bool) if weight is None else weight > 0
             for f in range(folds):
-                train = self.fold_ != f if folds > 1 else np.ones(n, dtype=bool)
-                if weight is not None:
-                    train = train & (weight > 0)
-                step(f"{comp}, fold {f + 1} of {folds}" if folds > 1 else comp)
-                model = self._fit_component(x[train], action[train], y[train], comp, None if weight is None else weight[train])
-                fold_models.append(model)
-                if folds > 1:
-                    held = ~train
-                    oof[held] = self._predict_component(model, x[held], comp)
-            self.models_[comp] = fold_models
-            if folds > 1:
-                self.oof_[comp] = oof
-                if refits:  # one model on every row predicts and serves (docs/decisions.md: the trade)
-                    rows = np.ones(n, dtype=bool) if weight is None else weight > 0
-                    step(f"{comp}, on every row")
-                    self.final_[comp] = self._fit_component(x[rows], action[rows], y[rows], comp,
-                                                            None if weight is None else weight[rows])
-        if self.oof_:
-            self.oof_ = self._compose(self.oof_)
+                train = rows & (self.fold_ != f) if folds > 1 else rows
+                tasks.append(_Task(comp, f, np.flatnonzero(train), f"{comp}, fold {f + 1} of {folds}" if folds > 1 else comp))
+            if refits:  # one model on every row predicts and serves (docs/decisions.md: the trade)
+                tasks.append(_Task(comp, -1, np.flatnonzero(rows), f"{comp}, on every row"))
+        fitter = _Fitter(self, x, action, targets)
+        lock, started = threading.Lock(), [0]
+
+        def run(task: _Task) -> ComponentLearner:
+            if progress is not None:
+                with lock:
+                    progress(started[0], len(tasks), task.what)
+                    started[0] += 1
+            return fitter.fit(task)
+
+        workers = min(int(self.num_threads), len(tasks))
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                fitted = list(pool.map(run, tasks))
+        else:
+            fitted = [run(t) for t in tasks]
+        self.models_: dict[str, list[ComponentLearner]] = {c: [] for c in self.components_}
+        self.final_: dict[str, ComponentLearner] = {}
+        for task, model in zip(tasks, fitted, strict=True):
+            if task.fold < 0:
+                self.final_[task.component] = model
+            else:
+                self.models_[task.component].append(model)
+        self.oof_: dict[str, np.ndarray] = {}
+        if folds > 1:
+            oof = {c: np.zeros((n, self.n_actions_)) for c in self.components_}
+            for f in range(folds):
+                held = self.fold_ == f
+                for c, value in self._predict_with({c: self.models_[c][f] for c in self.components_}, x[held]).items():
+                    oof[c][held] = value
+            self.oof_ = oof
+        else:  # in-sample, hence optimistic: what a model without folds has
+            self.oof_ = self._predict_with({c: self.models_[c][0] for c in self.components_}, x)
+        self.training_digest_ = _table_digest(action, propensity)
         return self
+
+    def training_predictions(self) -> dict[str, np.ndarray]:
+        """Predicted components of the training rows for every action, (n, K) each: out-of-fold when
+        cross-fitted (what off-policy evaluation of the training rows needs), in-sample otherwise."""
+        self._check_fitted()
+        if not getattr(self, "oof_", None):
+            raise UsageError("this model holds no predictions of its training rows (it was loaded from files): "
+                             "predict the table with `predict_outcomes`")
+        return self.oof_
+
+    # ------------------------------------------------------------------ predictions
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "models_"):
+            raise UsageError("this OutcomeModel is not fitted yet: call `fit(table, spec)` first")
+
+    def _actions(self) -> np.ndarray:
+        """The encoded actions a part predicts under: (K, a) for the S-learner, (K, 0) for the T-learner."""
+        k = self.n_actions_
+        return self.spec_.action_space.encode(np.arange(k)) if self.learner == "s" else np.zeros((k, 0))
+
+    def _compile(self, key: str, parts: Mapping[str, Sequence[ComponentLearner]]) -> CompiledModel | None:
+        cache: dict[str, CompiledModel | None] = self.__dict__.setdefault("_compiled", {})
+        if key not in cache:
+            cache[key] = CompiledModel.compile(self.spec_, parts, n_context=len(self.encoder_.names),
+                                               with_actions=self.learner == "s", zero_actions=self.zero_actions_)
+        return cache[key]
+
+    def compiled(self) -> CompiledModel | None:
+        """The compiled form of what :meth:`predict_outcomes` predicts with (the models refitted on every
+        row when there are any, else the fold models); ``None`` when a part cannot be compiled."""
+        self._check_fitted()
+        if self.final_:
+            return self._compile("final", {c: [self.final_[c]] for c in self.components_})
+        return self._compile("folds", self.models_)
+
+    def predict_outcomes(self, contexts: pd.DataFrame | Mapping[str, Any], *, return_std: bool = False,
+                         engine: Literal["compiled", "parts"] = "compiled") -> Any:
+        """Expected value of each component for every (unit, action): dict of (n, K) arrays.
+
+        The expectation comes from the models refitted on every row when there are any (``final_``),
+        else from the mean of the fold models. With ``return_std``, also the spread of the cross-fitted
+        models per (unit, action) (zeros without cross-fitting), as a second dict. ``engine`` "compiled"
+        evaluates the trees in compiled parallel code when every part is LightGBM or a constant (the
+        same figures to 1e-12), "parts" with each part's own ``predict``.
+        """
+        self._check_fitted()
+        if engine not in ("compiled", "parts"):
+            raise UsageError(f"`engine` must be 'compiled' or 'parts', got {engine!r}")
+        x = self.encoder_.transform(contexts)
+        refitted = None
+        if self.final_:
+            compiled = self.compiled() if engine == "compiled" else None
+            refitted = (compiled.predict(x, num_threads=self.num_threads) if compiled is not None
+                        else self._predict_with(self.final_, x, engine=engine))
+        if refitted is not None and not return_std:
+            return refitted
+        per_fold = self._per_fold(x, engine)
+        means = refitted if refitted is not None else _mean(per_fold)
+        if not return_std:
+            return means
+        stds = {c: np.std([p[c] for p in per_fold], axis=0, ddof=1) if len(per_fold) > 1 else np.zeros_like(means[c])
+                for c in self.components_}
+        return means, stds
+
+    def predict_folds(self, contexts: pd.DataFrame | Mapping[str, Any], *,
+                      engine: Literal["compiled", "parts"] = "compiled") -> list[dict[str, np.ndarray]]:
+        """Each cross-fitted model's components for every (unit, action): one dict of (n, K) arrays per
+        fold. The spread of any formula of the components across them is that formula's uncertainty."""
+        self._check_fitted()
+        return self._per_fold(self.encoder_.transform(contexts), engine)
+
+    def _per_fold(self, x: np.ndarray, engine: str) -> list[dict[str, np.ndarray]]:
+        compiled = self._compile("folds", self.models_) if engine == "compiled" else None
+        if compiled is not None:
+            return compiled.predict_folds(x, num_threads=self.num_threads)
+        folds = len(next(iter(self.models_.values())))
+        return [self._predict_with({c: self.models_[c][f] for c in self.components_}, x, engine="parts") for f in range(folds)]
+
+    def _predict_with(self, models: Mapping[str, ComponentLearner], x: np.ndarray, *, engine: str = "compiled") -> dict[str, np.ndarray]:
+        """The composed components of encoded contexts ``x`` predicted by one model per component."""
+        if engine == "compiled":
+            compiled = CompiledModel.compile(self.spec_, {c: [models[c]] for c in self.components_}, n_context=x.shape[1],
+                                             with_actions=self.learner == "s", zero_actions=self.zero_actions_)
+            if compiled is not None:
+                return compiled.predict(x, num_threads=self.num_threads)
+        actions = self._actions()
+        raw = {c: models[c].predict_actions(x, actions, self.num_threads) for c in self.components_}
+        return self._compose({c: self._finish(v, c) for c, v in raw.items()})
+
+    def _finish(self, out: np.ndarray, comp: str) -> np.ndarray:
+        out = self._enforce_monotone(out, comp)
+        return np.clip(out, 0.0, 1.0) if self.binary_[comp] else out
 
     def _compose(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Unconditional expectations from the two-part models: E[c] = E[gate] * E[c | gate]."""
@@ -327,41 +389,6 @@ class OutcomeModel:
             full(comp)
         return out
 
-    def training_predictions(self) -> dict[str, np.ndarray]:
-        """Predicted components of the training rows for every action, (n, K) each: out-of-fold when
-        cross-fitted (what off-policy evaluation of the training rows needs), in-sample otherwise."""
-        self._check_fitted()
-        return self._training_predictions()
-
-    def _training_predictions(self) -> dict[str, np.ndarray]:
-        """Out-of-fold predictions of the training rows (in-sample, hence optimistic, without folds)."""
-        if not self.oof_:
-            self.oof_ = self._compose({c: self._predict_component(self.models_[c][0], self._x, c) for c in self.components_})
-        return self.oof_
-
-    def _fit_component(self, x: np.ndarray, action: np.ndarray, y: np.ndarray, comp: str, weight: np.ndarray | None) -> Any:
-        binary = self.binary_[comp]
-        if self.learner == "s":
-            design = np.column_stack([x, self.spec_.action_space.encode(action)])
-            return self._fit_one(design, y, binary, weight, two_stage=True)
-        return [
-            self._fit_one(x[action == k], y[action == k], binary, None if weight is None else weight[action == k])
-            for k in range(self.n_actions_)
-        ]
-
-    def _predict_component(self, model: Any, x: np.ndarray, comp: str) -> np.ndarray:
-        n, k = x.shape[0], self.n_actions_
-        if self.learner == "s":
-            enc = self.spec_.action_space.encode(np.arange(k))
-            design = np.column_stack([np.repeat(x, k, axis=0), np.tile(enc, (n, 1))])
-            out = _predict(model, design, self.num_threads).reshape(n, k)
-        else:
-            out = np.column_stack([_predict(model[j], x, self.num_threads) for j in range(k)])
-        out = self._enforce_monotone(out, comp)
-        if self.binary_[comp]:
-            out = np.clip(out, 0.0, 1.0)
-        return out
-
     def _enforce_monotone(self, pred: np.ndarray, comp: str) -> np.ndarray:
         space = self.spec_.action_space
         cols = space.lever_columns()
@@ -380,45 +407,6 @@ class OutcomeModel:
                 pred[:, order] = block
         return pred
 
-    # ------------------------------------------------------------------ predictions
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "models_"):
-            raise UsageError("this OutcomeModel is not fitted yet: call `fit(table, spec)` first")
-
-    def predict_outcomes(self, contexts: pd.DataFrame | Mapping[str, Any], *, return_std: bool = False) -> Any:
-        """Expected value of each component for every (unit, action): dict of (n, K) arrays.
-
-        The expectation comes from the models refitted on every row when there are any (``final_``),
-        else from the mean of the fold models. With ``return_std``, also the spread of the cross-fitted
-        models per (unit, action) (zeros without cross-fitting), as a second dict.
-        """
-        self._check_fitted()
-        x = self.encoder_.transform(contexts)
-        refitted = self._predict_with(self.final_, x) if self.final_ else None
-        if refitted is not None and not return_std:
-            return refitted
-        per_fold = self._per_fold(x)
-        means = refitted if refitted is not None else {c: np.mean([p[c] for p in per_fold], axis=0) for c in self.components_}
-        if not return_std:
-            return means
-        stds = {c: np.std([p[c] for p in per_fold], axis=0, ddof=1) if len(per_fold) > 1 else np.zeros_like(means[c])
-                for c in self.components_}
-        return means, stds
-
-    def predict_folds(self, contexts: pd.DataFrame | Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
-        """Each cross-fitted model's components for every (unit, action): one dict of (n, K) arrays per
-        fold. The spread of any formula of the components across them is that formula's uncertainty."""
-        self._check_fitted()
-        return self._per_fold(self.encoder_.transform(contexts))
-
-    def _per_fold(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
-        folds = len(next(iter(self.models_.values())))
-        return [self._predict_with({c: self.models_[c][f] for c in self.components_}, x) for f in range(folds)]
-
-    def _predict_with(self, models: Mapping[str, Any], x: np.ndarray) -> dict[str, np.ndarray]:
-        """The composed components of encoded contexts ``x`` predicted by one model per component."""
-        return self._compose({c: self._predict_component(models[c], x, c) for c in self.components_})
-
     def objective_of(self, components: Mapping[str, np.ndarray], contexts: pd.DataFrame | Mapping[str, Any] | None = None) -> np.ndarray:
         """The spec's objective formula on (n, K) component arrays (levers broadcast per action)."""
         self._check_fitted()
@@ -434,38 +422,46 @@ class OutcomeModel:
         return value - value[:, [self.spec_.control.index]]
 
     # ------------------------------------------------------------------ doubly robust pieces
-    def pseudo_outcomes(self, component: str | None = None) -> np.ndarray:
-        """Doubly robust pseudo-outcomes of the training rows for ``component`` (default: the objective);
-        shape (n, K). Unbiased for each action's mean when the logged propensities are right."""
+    def pseudo_outcomes(self, table: pd.DataFrame, component: str | None = None) -> np.ndarray:
+        """Doubly robust pseudo-outcomes of the rows of ``table`` (logged actions, propensities, outcomes
+        and contexts) for ``component`` (default: the objective); shape (n, K). Unbiased for each action's
+        mean when the logged propensities are right. On the model's own training table the reward model
+        is its out-of-fold predictions; on any other table, its predictions of that table."""
         self._check_fitted()
-        n = self.action_.size
-        predictions = self._training_predictions()
+        action = self._check_table(table, self.spec_)
+        propensity = table["propensity"].to_numpy(dtype=np.float64)
+        n = action.size
+        own = bool(getattr(self, "oof_", None)) and _table_digest(action, propensity) == getattr(self, "training_digest_", None)
+        predictions = self.oof_ if own else self.predict_outcomes(table)
+        contexts = {c: table[c].to_numpy() for c in self.spec_.features if c in table}
         if component is None:
-            mu = self.objective_of(predictions, self.contexts_)
-            y = np.asarray(formula_on(self.spec_, self.spec_.objective, {c: v[:, None] for c, v in self.outcomes_.items()},
-                                       self.contexts_, lever_index=self.action_), dtype=np.float64).reshape(n)
+            mu = self.objective_of(predictions, contexts)
+            observed = {c: table[c].to_numpy(dtype=np.float64)[:, None] for c in self.components_}
+            y = np.asarray(formula_on(self.spec_, self.spec_.objective, observed, contexts, lever_index=action),
+                           dtype=np.float64).reshape(n)
         else:
             if component not in predictions:
                 raise UsageError(f"`component` must be one of {list(self.components_)}, got {component!r}")
-            mu, y = predictions[component], self.outcomes_[component]
-        return dr_pseudo_outcomes(y, self.action_, self.propensity_, mu)
+            mu, y = predictions[component], table[component].to_numpy(dtype=np.float64)
+        return dr_pseudo_outcomes(y, action, propensity, mu)
 
-    def effect_interval(self, *, by: str | None = None, alpha: float = 0.05, cluster: Any = None) -> pd.DataFrame:
-        """Average effect of each action versus control on the objective, from the doubly robust
-        pseudo-outcomes, with a normal (1 - alpha) interval; per cohort ``by`` when given. ``cluster``
-        (n,), the unit of each training row (its ``unit_id``), makes the interval cluster-robust: one
+    def effect_interval(self, table: pd.DataFrame, *, by: str | None = None, alpha: float = 0.05,
+                        cluster: Any = None) -> pd.DataFrame:
+        """Average effect of each action versus control on the objective over the rows of ``table``, from
+        the doubly robust pseudo-outcomes, with a normal (1 - alpha) interval; per cohort ``by`` when given.
+        ``cluster`` (n,), the unit of each row (its ``unit_id``), makes the interval cluster-robust: one
         unit's decisions are not independent (:mod:`drivetrain.stats`)."""
         if not 0 < alpha < 1:
             raise UsageError(f"`alpha` must be in (0, 1), got {alpha!r}")
-        gamma = self.pseudo_outcomes()
+        if by is not None and (by not in self.spec_.features or by not in table):
+            raise UsageError(f"`by` must be a context feature of the training table, got {by!r}")
+        gamma = self.pseudo_outcomes(table)
         codes = None if cluster is None else cluster_codes(cluster, gamma.shape[0], "the training table")
         control = self.spec_.control.index
         diff = gamma - gamma[:, [control]]
         z = float(stats.norm.ppf(1 - alpha / 2))
-        if by is not None and by not in self.contexts_:
-            raise UsageError(f"`by` must be a context feature of the training table, got {by!r}")
         groups = {"all": np.ones(diff.shape[0], dtype=bool)} if by is None else {
-            str(v): np.asarray(self.contexts_[by] == v) for v in pd.unique(self.contexts_[by])}
+            str(v): np.asarray(table[by].to_numpy() == v) for v in pd.unique(table[by])}
         rows = []
         for label, mask in groups.items():
             d = diff[mask]
@@ -478,3 +474,123 @@ class OutcomeModel:
                 rows.append({"cohort": label, "action_id": action_id, "n": int(mask.sum()), "effect": mean,
                              "std_error": se, "ci_low": mean - z * se, "ci_high": mean + z * se})
         return pd.DataFrame(rows)
+
+    # ------------------------------------------------------------------ files
+    def to_files(self, directory: str | Path) -> dict[str, Any]:
+        """Write the fitted models under ``directory/models`` as LightGBM text and JSON (never pickle) and
+        return the JSON entry :meth:`from_files` rebuilds the model from. Out-of-fold predictions of the
+        training rows are not written: a loaded model predicts tables."""
+        self._check_fitted()
+        directory = Path(directory)
+        (directory / "models").mkdir(parents=True, exist_ok=True)
+        return {
+            "learner": self.learner,
+            "params": {name: getattr(self, name) for name in SAVED_PARAMS},
+            "encoder": self.encoder_.to_json(),
+            "components": list(self.components_),
+            "models": {c: [m.to_files(directory, f"models/{c}-f{f}") for f, m in enumerate(folds)] for c, folds in self.models_.items()},
+            "final": {c: m.to_files(directory, f"models/{c}-all") for c, m in self.final_.items()},
+            "zero_actions": {c: list(v) for c, v in self.zero_actions_.items()},
+        }
+
+    @classmethod
+    def from_files(cls, directory: str | Path, entry: Mapping[str, Any], spec: Spec) -> OutcomeModel:
+        """The model :meth:`to_files` wrote to ``directory`` with ``entry``, for ``spec`` (whose hash the
+        caller has checked)."""
+        directory = Path(directory)
+        try:
+            params = {k: v for k, v in dict(entry.get("params", {})).items() if k in SAVED_PARAMS}
+            model = cls(**{**params, "learner": entry["learner"]})
+            model.spec_ = spec
+            model.encoder_ = FeatureEncoder.from_json(entry["encoder"])
+            model.n_actions_ = len(spec.action_space)
+            model.components_ = tuple(entry["components"])
+            unknown = [c for c in model.components_ if c not in spec.model.outcomes]
+            if unknown:
+                raise ArtifactError(f"the saved model's components must be outcomes of the spec {list(spec.outcomes)}, got {unknown}")
+            model.binary_ = {c: spec.model.outcomes[c].type == "binary" for c in model.components_}
+            model.zero_actions_ = {c: [int(k) for k in v] for c, v in entry.get("zero_actions", {}).items()}
+            model.models_ = {c: [read_learner(directory, e) for e in folds] for c, folds in entry["models"].items()}
+            model.final_ = {c: read_learner(directory, e) for c, e in entry.get("final", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"policy.json must describe the model as a policy writes it, got unreadable content ({exc!r})") from None
+        model.oof_ = {}
+        model._compiled = {}
+        return model
+
+
+def _mean(per_fold: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {c: np.mean([p[c] for p in per_fold], axis=0) for c in per_fold[0]}
+
+
+class _Fitter:
+    """Fits the component models of one training table. The LightGBM Datasets of the context and of the
+    (context, action) design are binned once, on every row; each model trains on a subset of their rows
+    with its own labels, weights and initial scores (docs/decisions.md: where the fit's time went)."""
+
+    def __init__(self, owner: OutcomeModel, x: np.ndarray, action: np.ndarray,
+                 targets: Mapping[str, tuple[np.ndarray, np.ndarray | None]]) -> None:
+        self.owner = owner
+        self.x = x
+        self.action = action
+        self.targets = targets
+        self.d = x.shape[1]
+        self.design = np.column_stack([x, owner.spec_.action_space.encode(action)]) if owner.learner == "s" else x
+        self._datasets: dict[str, lgb.Dataset] = {}
+        self._lock = threading.Lock()
+
+    def _reference(self, which: str) -> lgb.Dataset:
+        with self._lock:
+            if which not in self._datasets:
+                data = self.x if which == "context" else self.design
+                categorical: list[int] | Literal["auto"] = self.owner.encoder_.categorical_indices or "auto"
+                self._datasets[which] = lgb.Dataset(data, label=np.zeros(len(data)), categorical_feature=categorical,
+                                                    params=self.owner._lgbm_params("regression"), free_raw_data=False).construct()
+            return self._datasets[which]
+
+    def _data(self, which: str, rows: np.ndarray, y: np.ndarray, weight: np.ndarray | None,
+              init: np.ndarray | None = None) -> lgb.Dataset:
+        data = self._reference(which).subset(rows.tolist()).construct()
+        data.set_label(y)
+        if weight is not None:
+            data.set_weight(weight)
+        if init is not None:
+            data.set_init_score(init)
+        return data
+
+    def fit(self, task: _Task) -> ComponentLearner:
+        owner = self.owner
+        y, weight = self.targets[task.component]
+        binary = owner.binary_[task.component]
+        rows = task.rows
+        if owner.learner == "s":
+            return self._fit_one(rows, y[rows], binary, None if weight is None else weight[rows], two_stage=True)
+        return PerAction([
+            self._fit_one(rows[self.action[rows] == k], y[rows][self.action[rows] == k], binary,
+                          None if weight is None else weight[rows][self.action[rows] == k], two_stage=False)
+            for k in range(owner.n_actions_)
+        ])
+
+    def _fit_one(self, rows: np.ndarray, y: np.ndarray, binary: bool, weight: np.ndarray | None, *, two_stage: bool) -> ComponentLearner:
+        owner = self.owner
+        if y.size == 0:
+            return Constant(0.0)
+        if np.all(y == y[0]):
+            return Constant(float(y[0]))
+        custom = owner.classifier if binary else owner.regressor
+        if custom is not None:
+            model = clone(custom)
+            design = np.nan_to_num(self.design[rows] if two_stage else self.x[rows], nan=-1.0)
+            proba = binary and hasattr(model, "predict_proba")
+            model.fit(design, (y > 0.5).astype(int) if proba else y, sample_weight=weight)
+            return Estimator(model, binary=binary, with_actions=two_stage)
+        # a positive continuous outcome (a basket, a cost) moves by a factor under an offer: one split on
+        # the action on the log scale, an interaction with every context split on the identity scale
+        log = not binary and owner.log_link and bool(np.all(y > 0))
+        params = owner._lgbm_params("cross_entropy" if binary else "gamma" if log else "regression")
+        if not two_stage:
+            return Boosted(lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators))
+        base = lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators)
+        init = np.asarray(base.predict(self.x[rows], raw_score=True, num_threads=1), dtype=np.float64)
+        effect = lgb.train(params, self._data("design", rows, y, weight, init), num_boost_round=owner._effect_rounds(binary))
+        return TwoStage(base, effect, self.d, binary)

@@ -82,20 +82,20 @@ def test_monotone_levers_are_respected(noisy, fresh, learner: str) -> None:  # t
 def test_cross_fitted_pseudo_outcomes_are_unbiased_for_each_action(noisy) -> None:  # type: ignore[no-untyped-def]
     twin, table = noisy
     model = OutcomeModel(n_folds=3, n_estimators=60, num_leaves=15).fit(table, twin.spec)
-    gamma = model.pseudo_outcomes()
+    gamma = model.pseudo_outcomes(table)
     users = twin.population(len(table))
     truth = twin.truth(users)
     n = len(table)
     for j in range(len(twin.spec.action_space)):
         se = gamma[:, j].std(ddof=1) / np.sqrt(n)
         assert abs(gamma[:, j].mean() - truth.objective[:, j].mean()) < 4 * se, j
-    effects = model.effect_interval()
+    effects = model.effect_interval(table)
     true_effect = truth.objective.mean(axis=0) - truth.objective[:, twin.spec.control.index].mean()
     lookup = dict(zip(twin.spec.action_space.ids, true_effect, strict=True))
     z = (effects["effect"] - effects["action_id"].map(lookup)) / effects["std_error"]
     assert (z.abs() < 4).all()
     assert (effects["ci_low"] < effects["effect"]).all() and len(effects) == 10
-    by_tier = model.effect_interval(by="tier")
+    by_tier = model.effect_interval(table, by="tier")
     assert set(by_tier["cohort"]) == {"bronze", "silver", "gold"}
     _, std = model.predict_outcomes(users.head(100), return_std=True)
     assert (std["purchase"] > 0).any()
