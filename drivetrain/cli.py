@@ -179,7 +179,7 @@ def twin_nboo(
 
 
 def nboo_spec_text(horizon_days: int) -> str:
-    from drivetrain.twin._nboo import SPEC_PATH
+    from drivetrain.twin import SPEC_PATH
 
     text = SPEC_PATH.read_text(encoding="utf-8")
     if horizon_days != 30:

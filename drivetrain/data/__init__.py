@@ -14,6 +14,7 @@ from drivetrain.data._ingest import (
 from drivetrain.data._join import JoinReport, training_table
 from drivetrain.data._read import RawRows, read_rows
 from drivetrain.data._schemas import (
+    ALERT_SCHEMA,
     ASSIGNMENTS,
     OUTCOME_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -24,6 +25,7 @@ from drivetrain.data._store import TABLES, MemoryStore, ParquetStore, Store, ope
 from drivetrain.data._summary import StoreSummary, summarize
 
 __all__ = [
+    "ALERT_SCHEMA",
     "ASSIGNMENTS",
     "NULL_TEXT",
     "GRID_CELLS",

@@ -39,7 +39,7 @@ import pandas as pd
 
 from drivetrain.clock import Clock, SystemClock
 from drivetrain.data import RawRows, Store, ingest_decisions
-from drivetrain.data._ingest import IngestReport
+from drivetrain.data import IngestReport
 from drivetrain.errors import UsageError
 
 __all__ = ["CompactionReport", "DecisionLog", "RecoveryReport", "compact", "read_segments", "recover"]

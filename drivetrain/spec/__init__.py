@@ -5,12 +5,13 @@ from drivetrain.spec._apply import formula_on, formula_spread
 from drivetrain.spec._constraints import MeanTerm, check_constraint_names, constraint_names, mean_constraints
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
 from drivetrain.spec._load import Spec, load_spec, parse_spec
-from drivetrain.spec._model import SpecModel, format_duration, parse_duration
+from drivetrain.spec._model import AlertRule, SpecModel, format_duration, parse_duration
 from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
 
 __all__ = [
     "FUNCTIONS",
     "Action",
+    "AlertRule",
     "ActionSpace",
     "Formula",
     "MeanTerm",
