@@ -11,6 +11,7 @@ from drivetrain.data._personal import PII_KEY_ENV, PSEUDONYM_PREFIX, PersonalKey
 from drivetrain.data._join import JoinReport, training_table
 from drivetrain.data._read import RawRows, read_rows
 from drivetrain.data._schemas import (
+    ALERT_SCHEMA,
     ASSIGNMENTS,
     OUTCOME_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -21,6 +22,7 @@ from drivetrain.data._store import TABLES, MemoryStore, ParquetStore, Store, ope
 from drivetrain.data._summary import StoreSummary, summarize
 
 __all__ = [
+    "ALERT_SCHEMA",
     "ASSIGNMENTS",
     "NULL_TEXT",
     "PII_KEY_ENV",

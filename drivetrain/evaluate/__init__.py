@@ -17,6 +17,7 @@ from drivetrain.evaluate._figures import (
 from drivetrain.evaluate._kpi import evaluate, evaluation_from_results
 from drivetrain.evaluate._kpi_sql import evaluation_queries
 from drivetrain.evaluate._spark import to_spark_sql
+from drivetrain.evaluate._sql import timestamp_sql
 
 __all__ = [
     "DRIFT_COLUMNS",
@@ -41,5 +42,6 @@ __all__ = [
     "latency_by_minute",
     "measure_drift",
     "store_alerts",
+    "timestamp_sql",
     "to_spark_sql",
 ]

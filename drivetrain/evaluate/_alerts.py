@@ -34,12 +34,11 @@ import pandas as pd
 import pyarrow as pa
 
 from drivetrain.clock import as_utc
-from drivetrain.data import ParityReport, Store
-from drivetrain.data._schemas import ALERT_SCHEMA
+from drivetrain.data import ALERT_SCHEMA, ParityReport, Store
 from drivetrain.evaluate._drift import DriftReport, _holm
 from drivetrain.evaluate._figures import Evaluation
 from drivetrain.spec import Spec
-from drivetrain.spec._model import AlertRule
+from drivetrain.spec import AlertRule
 
 __all__ = ["Alert", "check_alerts", "latency_by_minute", "store_alerts"]
 

@@ -26,7 +26,7 @@ from drivetrain.contract import system_documents
 from drivetrain.data import Store
 from drivetrain.errors import DrivetrainError, UsageError
 from drivetrain.evaluate import DriftReport, Evaluation, SliceEvaluation, drift_as_of, evaluate
-from drivetrain.evaluate._sql import timestamp_sql as _ts
+from drivetrain.evaluate import timestamp_sql as _ts
 from drivetrain.spec import Spec, format_duration
 
 __all__ = ["Panel", "figure_data", "write_report"]

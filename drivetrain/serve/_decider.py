@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from drivetrain.data import PersonalKey, check_context, personal_key
-from drivetrain.model._compiled import CompiledModel
+from drivetrain.model import CompiledModel
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec, failed_propensity, in_holdout
 

@@ -6,7 +6,7 @@ from drivetrain.spec._constraints import MeanTerm, check_constraint_names, const
 from drivetrain.spec._definition import SOURCE_TABLES, definition_sql, point_in_time_sql
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
 from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec
-from drivetrain.spec._model import Feature, SpecModel, format_duration, parse_duration
+from drivetrain.spec._model import AlertRule, Feature, SpecModel, format_duration, parse_duration
 from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "FUNCTIONS",
     "SOURCE_TABLES",
     "Action",
+    "AlertRule",
     "ActionSpace",
     "Feature",
     "Formula",

@@ -1,11 +1,12 @@
 """Digital twins with known ground truth, for the demo, the tests and the benchmarks."""
 
-from drivetrain.twin._nboo import COMPONENTS, NBOOTwin, Scenario, Truth, nboo_spec, nboo_spec_yaml
+from drivetrain.twin._nboo import COMPONENTS, SPEC_PATH, NBOOTwin, Scenario, Truth, nboo_spec, nboo_spec_yaml
 from drivetrain.twin._served import OFFERS_FEATURE, log_served_days, nboo_served_spec, nboo_served_spec_yaml, offers_definition
 from drivetrain.twin._oracle import OracleSolution, best_single_action, oracle, oracle_under_budget
 
 __all__ = [
     "COMPONENTS",
+    "SPEC_PATH",
     "NBOOTwin",
     "OFFERS_FEATURE",
     "OracleSolution",
