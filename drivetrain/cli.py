@@ -6,6 +6,7 @@ what arrived, and exit code 2; no traceback reaches the user for it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from drivetrain.clock import SystemClock
 from drivetrain.errors import DataError, DrivetrainError, UsageError
 
 if TYPE_CHECKING:
+    from drivetrain.evaluate import Scope as EvaluationScope
     from drivetrain.policy import Policy
     from drivetrain.spec import Spec
 
@@ -254,6 +256,8 @@ def ingest(
     store: Annotated[Path, typer.Option(help="The store directory.")],
     table: Annotated[TableKind, typer.Option(help="What the files hold; auto looks at the columns.")] = TableKind.auto,
     create: Annotated[bool, typer.Option(help="Create the store if it does not exist.")] = False,
+    logged: Annotated[bool, typer.Option(help="The decision files are a historic randomized log: they train models "
+                                              "and never count in an evaluation (assignment `logged`).")] = False,
 ) -> None:
     """Check files against the spec's contract and add them to the store; bad rows go to quarantine."""
     from drivetrain.data import ingest_decisions, ingest_outcomes, open_store, personal_key, read_rows
@@ -273,6 +277,8 @@ def ingest(
         start = time.perf_counter() - read_s
         with console.status(f"checking and storing {raw.rows_in} {kind} rows from {path}"):
             if kind == "decisions":
+                if logged:
+                    raw = dataclasses.replace(raw, frame=raw.frame.assign(assignment="logged"))
                 report = ingest_decisions(target, raw, pii_key=key)
             else:
                 report = ingest_outcomes(target, raw)
@@ -644,6 +650,14 @@ def _effect_row(label: str, e: object) -> list[str]:
     return [label, _fmt(g("policy")), _fmt(g("holdout")), diff, interval]
 
 
+def _scope(since: str | None, until: str | None, versions: list[str] | None) -> EvaluationScope:
+    """The decisions an evaluation counts, from the command line's --since, --until and --policy-version."""
+    from drivetrain.evaluate import Scope
+
+    return Scope(since=None if since is None else _parse_time(since, "since"),
+                 until=None if until is None else _parse_time(until, "until"), policy_versions=tuple(versions or ()))
+
+
 def _print_evaluation(evaluation: object, cohorts: bool) -> None:
     from drivetrain.evaluate import Evaluation
 
@@ -696,6 +710,9 @@ def evaluate(
     spec: Annotated[Path, typer.Option(help="The spec file.")],
     store: Annotated[Path, typer.Option(help="The store directory.")],
     as_of: Annotated[str | None, typer.Option(help="Evaluate as of this time (ISO 8601, UTC); default now. Same T, same figures.")] = None,
+    since: Annotated[str | None, typer.Option(help="Count only decisions made at or after this UTC time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Count only decisions made before this UTC time.")] = None,
+    policy_version: Annotated[list[str] | None, typer.Option(help="Count only this policy version's decisions (repeatable).")] = None,
     cohorts: Annotated[bool, typer.Option(help="Also print every cohort value.")] = True,
     out: Annotated[Path | None, typer.Option(help="Write every figure of every slice (day, cohort) to .csv or .parquet.")] = None,
 ) -> None:
@@ -705,7 +722,10 @@ def evaluate(
     from drivetrain.spec import load_spec
 
     target = open_store(store, load_spec(spec))
-    evaluation = run_evaluation(target, _parse_time(as_of, "as_of"))
+    scope = _scope(since, until, policy_version)
+    evaluation = run_evaluation(target, _parse_time(as_of, "as_of"), scope=scope)
+    if scope.describe():
+        console.print(f"counting decisions {scope.describe()}")
     _print_evaluation(evaluation, cohorts)
     if out is not None:
         frame = evaluation.to_frame()
@@ -758,7 +778,10 @@ def report(
     out: Annotated[Path, typer.Option(help="The HTML file to write (self-contained; opens offline).")] = Path("report.html"),
     as_of: Annotated[str | None, typer.Option(help="Report as of this time (ISO 8601, UTC); default now. Same T, same file.")] = None,
     drift_days: Annotated[float, typer.Option(min=0.01, help="Drift window: the last N days of decisions received by --as-of.")] = 1.0,
-    policy_version: Annotated[str | None, typer.Option(help="Baselines to compare with; default: the version that made most decisions in the window.")] = None,
+    since: Annotated[str | None, typer.Option(help="Count only decisions made at or after this UTC time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Count only decisions made before this UTC time.")] = None,
+    policy_version: Annotated[list[str] | None, typer.Option(help="Count only this version's decisions (repeatable); one version is also "
+                                                                  "the baselines drift compares with (default: the version that made most decisions in the window).")] = None,
 ) -> None:
     """Write the HTML report: north star by day, guardrails by cohort, drift, latency, budgets, alert timeline."""
     from drivetrain.data import open_store
@@ -769,7 +792,9 @@ def report(
         raise UsageError(f"`out` must end in .html, got {out.name!r}")
     target = open_store(store, load_spec(spec))
     with console.status("evaluating and drawing"):
-        path = write_report(target, as_of=_parse_time(as_of, "as_of"), out=out, drift_days=drift_days, policy_version=policy_version)
+        path = write_report(target, as_of=_parse_time(as_of, "as_of"), out=out, drift_days=drift_days,
+                            policy_version=policy_version[0] if policy_version and len(policy_version) == 1 else None,
+                            scope=_scope(since, until, policy_version))
     console.print(f"wrote the report to {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB, opens offline)")
 
 

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-ASSIGNMENTS = ("policy", "explore", "holdout", "fallback", "canary")
+ASSIGNMENTS = ("policy", "explore", "holdout", "fallback", "canary", "logged")
 
 OUTCOME_SCHEMA = pa.schema(
     [

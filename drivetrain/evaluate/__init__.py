@@ -15,7 +15,7 @@ from drivetrain.evaluate._figures import (
     SliceEvaluation,
 )
 from drivetrain.evaluate._kpi import evaluate, evaluation_from_results
-from drivetrain.evaluate._kpi_sql import evaluation_queries
+from drivetrain.evaluate._kpi_sql import Scope, evaluation_queries
 from drivetrain.evaluate._spark import to_spark_sql
 from drivetrain.evaluate._sql import timestamp_sql
 
@@ -30,6 +30,7 @@ __all__ = [
     "GuardrailCheck",
     "Ratio",
     "SampleRatio",
+    "Scope",
     "ServiceLevels",
     "SliceEvaluation",
     "baseline_version",

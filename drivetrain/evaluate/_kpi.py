@@ -48,7 +48,7 @@ from drivetrain.evaluate._figures import (
     ServiceLevels,
     SliceEvaluation,
 )
-from drivetrain.evaluate._kpi_sql import _cohorts, _covariates, _metrics, evaluation_queries
+from drivetrain.evaluate._kpi_sql import Scope, _cohorts, _covariates, _metrics, evaluation_queries
 from drivetrain.evaluate._kpi_stats import _cuped, _effect, _percentile, _ratio, _sample_ratio, _share
 from drivetrain.spec import Spec
 
@@ -96,17 +96,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = None, confidence: float = 0.95) -> Evaluation:
+def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = None, confidence: float = 0.95,
+             scope: Scope | None = None) -> Evaluation:
     """Evaluate what the serving system did, as of ``as_of``: the KPI hierarchy of the store's spec,
     overall, by decision day, by each cohort value and by both (see the module docstring).
 
-    ``cohorts`` restricts the breakdown to some of the spec's cohorts (default: all of them).
+    ``cohorts`` restricts the breakdown to some of the spec's cohorts (default: all of them); ``scope``
+    to a window of decision times and to policy versions (:class:`Scope`).
     """
     spec = store.spec
     as_of = as_utc(as_of, name="as_of")
     if not 0 < confidence < 1:
         raise UsageError(f"`confidence` must be in (0, 1), got {confidence}")
-    queries = evaluation_queries(spec, as_of, cohorts)
+    queries = evaluation_queries(spec, as_of, cohorts, scope)
     extent = store.arrow(queries.pop("extent"))
     _check_extent(_extent_row(extent), as_of)
     results: dict[str, Any] = {name: store.arrow(sql) for name, sql in queries.items()}

@@ -14,13 +14,66 @@ from drivetrain.evaluate._sql import condition_sql, formula_sql
 from drivetrain.evaluate._sql import timestamp_sql as _ts
 from drivetrain.spec import Spec
 
-__all__ = ["LATENCY_BINS_PER_E", "evaluation_queries"]
+__all__ = ["LATENCY_BINS_PER_E", "Scope", "evaluation_queries"]
 
 #: Latency histogram resolution: bins of equal width on the log scale, 100 per factor e (1% wide).
 LATENCY_BINS_PER_E = 100
 #: Per-decision values are summed as DECIMAL(18, 6) (exact, so the sum does not depend on the order in
 #: which threads add rows); a value must stay below 1e12 in magnitude.
 _DECIMAL = "DECIMAL(18, 6)"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which decisions an evaluation counts: decided in ``[since, until)``, by one of ``policy_versions``.
+
+    Decisions of a historic randomized log imported for training (assignment ``logged``) are never what
+    a serving system did, so no evaluation counts them; any other decision counts unless the scope leaves
+    it out.
+
+    >>> from datetime import datetime, timezone
+    >>> Scope(policy_versions=("v2",), since=datetime(2026, 3, 1, tzinfo=timezone.utc)).where(None)
+    "assignment <> 'logged' AND decided_at >= CAST('2026-03-01 00:00:00+00:00' AS TIMESTAMPTZ) AND policy_version IN ('v2')"
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    policy_versions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, as_utc(value, name=name))
+        if self.since is not None and self.until is not None and self.until <= self.since:
+            raise UsageError(f"`until` must be after `since`, got since {self.since.isoformat()} and until {self.until.isoformat()}")
+        if isinstance(self.policy_versions, str):
+            raise UsageError(f"`policy_versions` must be a list of versions, got the string {self.policy_versions!r}")
+        object.__setattr__(self, "policy_versions", tuple(str(v) for v in self.policy_versions))
+
+    def where(self, as_of: datetime | None) -> str:
+        """The SQL condition on the decisions table: received by ``as_of`` (when given) and in the scope."""
+        parts = [] if as_of is None else [f"received_at <= {_ts(as_of)}"]
+        parts.append("assignment <> 'logged'")
+        if self.since is not None:
+            parts.append(f"decided_at >= {_ts(self.since)}")
+        if self.until is not None:
+            parts.append(f"decided_at < {_ts(self.until)}")
+        if self.policy_versions:
+            quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in self.policy_versions)
+            parts.append(f"policy_version IN ({quoted})")
+        return " AND ".join(parts)
+
+    def describe(self) -> str:
+        """The scope in words, for a report's header (empty for every decision)."""
+        parts = []
+        if self.since is not None or self.until is not None:
+            low = self.since.isoformat() if self.since else "the first decision"
+            high = self.until.isoformat() if self.until else "the last"
+            parts.append(f"decided from {low} to before {high}" if self.until else f"decided from {low} on")
+        if self.policy_versions:
+            parts.append(f"by policy version {', '.join(self.policy_versions)}")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -82,7 +135,7 @@ def _needed_columns(spec: Spec, cohorts: Sequence[str], covariates: Sequence[str
     return sorted(names - set(spec.outcomes))
 
 
-def _decisions_cte(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str]) -> str:
+def _decisions_cte(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str], scope: Scope) -> str:
     control = spec.control.id.replace("'", "''")
     eligible = condition_sql(spec.unit_eligibility) if spec.unit_eligibility is not None else "TRUE"
     budget = spec.model.serving.latency_budget_ms
@@ -101,7 +154,7 @@ def _decisions_cte(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariat
                    latency_ms,
                    CASE WHEN latency_ms > {float(budget)!r} THEN 1 ELSE 0 END AS over_budget
             FROM decisions
-            WHERE received_at <= {_ts(as_of)}
+            WHERE {scope.where(as_of)}
         )"""
 
 
@@ -119,7 +172,7 @@ def _component(name: str, aggregate: str) -> str:
     return _AGG[aggregate].format(v=v, c=c) + f" AS {name}"
 
 
-def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str],
+def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates: Sequence[str], scope: Scope,
                  metrics: Sequence[_Metric]) -> str:
     """Additive moments per decision day x cohort values x arm. Linear sums (counts, sums of each metric
     and covariate) are over decisions. The variances need the sums of each unit's decisions (a unit's
@@ -188,8 +241,8 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
             name if name in provided else f"CAST(0 AS {kind}) AS {name}" for name, kind in outputs.items()) + f" FROM {table}"
 
     return f"""
-        WITH {_decisions_cte(spec, as_of, cohorts, covariates).strip()},
-        k AS (SELECT request_id, decided_at FROM decisions WHERE received_at <= {_ts(as_of)}),
+        WITH {_decisions_cte(spec, as_of, cohorts, covariates, scope).strip()},
+        k AS (SELECT request_id, decided_at FROM decisions WHERE {scope.where(as_of)}),
         o AS (
             SELECT o.request_id, o.component, o.value, o.occurred_at,
                    CASE WHEN o.occurred_at >= k.decided_at AND o.occurred_at < k.decided_at + {horizon}
@@ -249,7 +302,7 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
         """
 
 
-def _latency_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
+def _latency_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], scope: Scope) -> str:
     keys = ", ".join(["day", *cohorts, "bin"])
     cohort_cols = "".join(f", CAST({c} AS VARCHAR) AS {c}" for c in cohorts)
     return f"""
@@ -257,13 +310,13 @@ def _latency_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
             SELECT CAST(decided_at AS DATE) AS day{cohort_cols},
                    CAST(FLOOR(LN(GREATEST(latency_ms, 0.001)) * {LATENCY_BINS_PER_E}) AS BIGINT) AS bin
             FROM decisions
-            WHERE received_at <= {_ts(as_of)} AND latency_ms IS NOT NULL
+            WHERE {scope.where(as_of)} AND latency_ms IS NOT NULL
         )
         SELECT {keys}, CAST(COUNT(*) AS BIGINT) AS count FROM h GROUP BY {keys} ORDER BY {keys}
         """
 
 
-def _units_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
+def _units_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], scope: Scope) -> str:
     """Units per arm, each counted once: on the day of its first decision, in its cohorts then (a cohort
     missing then takes the unit's first non-missing value). These counts add up across days and cohorts,
     so every slice's sample ratio is a sum of these rows."""
@@ -275,32 +328,35 @@ def _units_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str]) -> str:
             SELECT unit_id, CAST(MIN(decided_at) AS DATE) AS day{firsts},
                    MAX(CASE WHEN assignment = 'holdout' THEN 1 ELSE 0 END) AS holdout
             FROM decisions
-            WHERE received_at <= {_ts(as_of)}
+            WHERE {scope.where(as_of)}
             GROUP BY unit_id
         )
         SELECT {keys}, CAST(COUNT(*) AS BIGINT) AS units FROM u GROUP BY {keys} ORDER BY {keys}
         """
 
 
-def _extent_sql(as_of: datetime) -> str:
+def _extent_sql(as_of: datetime, scope: Scope) -> str:
     return f"""
-        SELECT (SELECT MIN(received_at) FROM decisions) AS first_received,
+        SELECT (SELECT MIN(received_at) FROM decisions WHERE {scope.where(None)}) AS first_received,
                (SELECT CAST(COUNT(*) AS BIGINT) FROM outcomes_pending WHERE received_at <= {_ts(as_of)}) AS waiting,
                (SELECT CAST(COUNT(*) AS BIGINT) FROM quarantine
                  WHERE table_name = 'outcomes' AND source = 'attribution' AND quarantined_at <= {_ts(as_of)}) AS unattributed
         """
 
 
-def evaluation_queries(spec: Spec, as_of: datetime, cohorts: Sequence[str] | None = None) -> dict[str, str]:
-    """The SQL texts the evaluation runs (DuckDB dialect, portable subset), by name; for transpiling."""
+def evaluation_queries(spec: Spec, as_of: datetime, cohorts: Sequence[str] | None = None,
+                       scope: Scope | None = None) -> dict[str, str]:
+    """The SQL texts the evaluation runs (DuckDB dialect, portable subset), by name; for transpiling.
+    ``scope`` limits the decisions evaluated (default: every decision a serving system made)."""
     as_of = as_utc(as_of, name="as_of")
     chosen = _cohorts(spec, cohorts)
     covariates = _covariates(spec)
+    scope = scope or Scope()
     return {
-        "moments": _moments_sql(spec, as_of, chosen, covariates, _metrics(spec)),
-        "latency": _latency_sql(spec, as_of, chosen),
-        "units": _units_sql(spec, as_of, chosen),
-        "extent": _extent_sql(as_of),
+        "moments": _moments_sql(spec, as_of, chosen, covariates, scope, _metrics(spec)),
+        "latency": _latency_sql(spec, as_of, chosen, scope),
+        "units": _units_sql(spec, as_of, chosen, scope),
+        "extent": _extent_sql(as_of, scope),
     }
 
 

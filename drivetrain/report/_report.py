@@ -25,7 +25,7 @@ from drivetrain.clock import as_utc
 from drivetrain.contract import system_documents
 from drivetrain.data import Store
 from drivetrain.errors import DrivetrainError, UsageError
-from drivetrain.evaluate import DriftReport, Evaluation, SliceEvaluation, drift_as_of, evaluate
+from drivetrain.evaluate import DriftReport, Evaluation, Scope, SliceEvaluation, drift_as_of, evaluate
 from drivetrain.evaluate import timestamp_sql as _ts
 from drivetrain.spec import Spec, format_duration
 
@@ -326,12 +326,14 @@ var loaded=new Promise(function(r){if(document.readyState==='complete')r();else 
 Promise.all(jobs).then(function(){return loaded}).then(function(){__dt.done=true;__dt.write()})})();"""
 
 
-def _page(spec: Spec, evaluation: Evaluation, versions: list[tuple[str, int, str, str]], panels: Sequence[Panel]) -> str:
+def _page(spec: Spec, evaluation: Evaluation, versions: list[tuple[str, int, str, str]], panels: Sequence[Panel],
+          scope: str = "") -> str:
     e = html.escape
     c = evaluation.overall.counts
     s = evaluation.overall
     sr = s.sample_ratio
     rows = [
+        *([("scope", f"the figures count decisions {scope}")] if scope else []),
         ("decisions received", f"{c.decisions} = {c.mature} mature + {c.immature} immature (immature ones are not counted)"),
         ("eligible", f"{c.eligible}; mature eligible units: policy arm {s.policy_units}, holdout {s.holdout_units}"),
         ("outcomes", f"joined {c.outcomes_joined}, late {c.outcomes_late}, outside the horizon {c.outcomes_out_of_window},"
@@ -360,18 +362,19 @@ def _page(spec: Spec, evaluation: Evaluation, versions: list[tuple[str, int, str
 
 
 def write_report(store: Store, *, as_of: datetime, out: str | Path, drift_days: float = 1.0,
-                 policy_version: str | None = None, confidence: float = 0.95) -> Path:
+                 policy_version: str | None = None, confidence: float = 0.95, scope: Scope | None = None) -> Path:
     """Write the report of ``store`` as of ``as_of`` to ``out`` (one self-contained HTML file); returns its path.
 
     ``drift_days``: the drift window, the days before the last decision received by ``as_of``;
     ``policy_version``: whose baselines drift compares with (default: the one with baselines that made
-    most decisions in the window); ``confidence``: the level of the intervals.
+    most decisions in the window); ``confidence``: the level of the intervals; ``scope``: the decisions
+    the KPIs count (a window of decision times, policy versions; :class:`~drivetrain.evaluate.Scope`).
     """
     as_of = as_utc(as_of, name="as_of")
     if not drift_days > 0:
         raise UsageError(f"`drift_days` must be > 0, got {drift_days}")
     spec = store.spec
-    evaluation = evaluate(store, as_of, confidence=confidence)
+    evaluation = evaluate(store, as_of, confidence=confidence, scope=scope)
     drift, reason = _drift(store, as_of, drift_days, policy_version)
     panels = [north_star_panel(evaluation, spec), *guardrail_panels(evaluation), drift_panel(drift, reason),
               latency_panel(evaluation, spec), *budget_panels(evaluation), alert_panel(store, as_of),
@@ -381,7 +384,7 @@ def write_report(store: Store, *, as_of: datetime, out: str | Path, drift_days: 
     versions = [(str(r["policy_version"]), int(r["n"]), f"{r['a']:%Y-%m-%d %H:%M}", f"{r['b']:%Y-%m-%d %H:%M} UTC") for r in found.to_dict("records")]
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(spec, evaluation, versions, panels), encoding="utf-8")
+    path.write_text(_page(spec, evaluation, versions, panels, "" if scope is None else scope.describe()), encoding="utf-8")
     return path
 
 
