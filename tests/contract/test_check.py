@@ -184,3 +184,10 @@ def test_the_command_fails_naming_feature_owner_and_policies(tmp_path: Path, ser
     missing = run("contract", "check", "--spec", str(spec), "--against", "HEAD:no/such.yaml", cwd=ROOT)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert subprocess.run(["git", "--version"], capture_output=True, check=False).returncode == 0
+
+
+def test_a_definition_reading_a_column_its_table_lacks_is_named(raw: dict[str, Any], before: Spec, reference: Store) -> None:
+    result = _check(raw, before, reference, OFFERS_FEATURE,
+                    definition="SELECT count(*) FROM decisions d WHERE d.unit_id = point.unit_id AND d.no_such > 0")
+    assert f"context.features.{OFFERS_FEATURE}.definition: must read columns of `decisions` (request_id," in result.summary()
+    assert "got d.no_such" in result.summary()
