@@ -76,7 +76,7 @@ def test_the_same_change_with_a_new_version_passes_and_lists_the_retrain(raw: di
                                                                          kind: str, feature: str, changes: dict[str, Any]) -> None:
     result = _check(raw, before, reference, feature, version="2", **changes)
     assert result.ok and result.retrain == ("nboo-v3", "nboo-v4")
-    assert f"version 1 -> 2" in result.summary() and "passed; retrain: nboo-v3, nboo-v4" in result.summary()
+    assert "version 1 -> 2" in result.summary() and "passed; retrain: nboo-v3, nboo-v4" in result.summary()
 
 
 def test_the_values_on_the_reference_dataset_tell_a_real_change_from_a_rewrite(raw: dict[str, Any], before: Spec,
