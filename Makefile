@@ -15,11 +15,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/drivetrain demo
 
-# The import rules, ruff (errors, import order, upgrades) and mypy --strict over the package.
+# The import rules, ruff (errors, import order, upgrades), mypy --strict over the package, and the feature
+# check of the flagship spec against HEAD (the check a product runs in its CI).
 lint: $(STAMP)
 	$(BIN)/python scripts/check_imports.py
 	$(BIN)/python -m ruff check drivetrain tests bench scripts examples
 	$(BIN)/python -m mypy
+	$(BIN)/drivetrain contract check --spec examples/nboo/drivetrain.yaml --against HEAD:examples/nboo/drivetrain.yaml
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -4,7 +4,13 @@ contract with its model card and datasheet."""
 
 from drivetrain.contract._backfill import Backfill, backfill, baseline_version
 from drivetrain.contract._check import FeatureChange, FeatureCheck, check_features, policies_in_store
-from drivetrain.contract._odcs import API_VERSION, ContractViolation, check_data_contract, data_contract, validate_data_contract
+from drivetrain.contract._odcs import (
+    API_VERSION,
+    ContractViolation,
+    check_data_contract,
+    data_contract,
+    validate_data_contract,
+)
 from drivetrain.contract._reference import reference_store
 from drivetrain.contract._revision import load_revision
 from drivetrain.contract._system import PolicyFacts, SystemDocuments, policy_facts, system_documents

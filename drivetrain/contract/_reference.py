@@ -3,7 +3,7 @@ definitions on when two revisions of a spec are compared."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from drivetrain.spec import Spec
 
 __all__ = ["REFERENCE_START", "reference_store"]
 
-REFERENCE_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+REFERENCE_START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _feature(rng: np.random.Generator, kind: str, lo: float | None, hi: float | None, values: list[str] | None,

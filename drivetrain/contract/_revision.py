@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import subprocess
 import tempfile
@@ -54,4 +55,4 @@ def load_revision(ref: str, *, repository: Path | None = None) -> Spec:
         target = Path(tmp) / "drivetrain.yaml"
         target.write_bytes(content)
         spec = load_spec(target)
-    return Spec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "source": ref})
+    return dataclasses.replace(spec, source=ref)

@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from drivetrain.clock import as_utc
+from drivetrain.data._schemas import OUTCOME_SCHEMA, decision_schema
 from drivetrain.data._store import Store
 from drivetrain.errors import DataError, UsageError
 from drivetrain.spec import Spec, point_in_time_sql
@@ -45,6 +47,22 @@ def _window(start: datetime | None, end: datetime | None, as_of: datetime | None
     return " AND ".join(parts)
 
 
+def _check_columns(spec: Spec, name: str, text: str) -> None:
+    """Each column a definition reads through a table's name or alias must be a column of that table (an
+    unqualified column is left to the engine, which knows the subqueries' own columns)."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(text, read="duckdb")
+    schemas = {"decisions": decision_schema(spec).names, "outcomes": OUTCOME_SCHEMA.names}
+    tables = {t.alias_or_name.lower(): t.name.lower() for t in tree.find_all(exp.Table)}
+    for column in tree.find_all(exp.Column):
+        table = tables.get(column.table.lower()) if column.table else None
+        if table is not None and column.name not in schemas[table]:
+            raise DataError(f"context.features.{name}.definition: must read columns of `{table}` ({', '.join(schemas[table])}),"
+                            f" got {column.sql('duckdb')}")
+
+
 def rebuild_features(store: Store, definitions: Mapping[str, str] | None = None, *, start: datetime | None = None,
                      end: datetime | None = None, as_of: datetime | None = None) -> pa.Table:
     """Each decision with ``start <= decided_at < end`` received by ``as_of`` (every bound optional), with
@@ -56,15 +74,15 @@ def rebuild_features(store: Store, definitions: Mapping[str, str] | None = None,
     definitions = derived_features(store.spec) if definitions is None else dict(definitions)
     if not definitions:
         raise UsageError("`definitions` must name at least one derived feature (a context feature with a `definition`), got none")
+    for name, sql in definitions.items():
+        _check_columns(store.spec, name, sql)
     values = ",\n       ".join(f'({point_in_time_sql(sql)}) AS "{name}"' for name, sql in sorted(definitions.items()))
     sql = (f"SELECT point.request_id, point.unit_id, point.as_of AS decided_at,\n       {values}\n"
            f"FROM (SELECT request_id, unit_id, decided_at AS as_of FROM decisions WHERE {_window(start, end, as_of)}) AS point\n"
            "ORDER BY point.request_id")
     try:
         return store.arrow(sql)
-    except Exception as exc:  # the engine's message names the column or function the definition got wrong
-        if type(exc).__module__.split(".")[0] != "duckdb":
-            raise
+    except duckdb.Error as exc:  # the engine's message names the column or function the definition got wrong
         raise DataError(f"feature definitions of {sorted(definitions)} must run on the store's tables, got: "
                         f"{str(exc).splitlines()[0]}") from None
 

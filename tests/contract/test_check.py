@@ -76,7 +76,7 @@ def test_the_same_change_with_a_new_version_passes_and_lists_the_retrain(raw: di
                                                                          kind: str, feature: str, changes: dict[str, Any]) -> None:
     result = _check(raw, before, reference, feature, version="2", **changes)
     assert result.ok and result.retrain == ("nboo-v3", "nboo-v4")
-    assert f"version 1 -> 2" in result.summary() and "passed; retrain: nboo-v3, nboo-v4" in result.summary()
+    assert "version 1 -> 2" in result.summary() and "passed; retrain: nboo-v3, nboo-v4" in result.summary()
 
 
 def test_the_values_on_the_reference_dataset_tell_a_real_change_from_a_rewrite(raw: dict[str, Any], before: Spec,
@@ -184,3 +184,10 @@ def test_the_command_fails_naming_feature_owner_and_policies(tmp_path: Path, ser
     missing = run("contract", "check", "--spec", str(spec), "--against", "HEAD:no/such.yaml", cwd=ROOT)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert subprocess.run(["git", "--version"], capture_output=True, check=False).returncode == 0
+
+
+def test_a_definition_reading_a_column_its_table_lacks_is_named(raw: dict[str, Any], before: Spec, reference: Store) -> None:
+    result = _check(raw, before, reference, OFFERS_FEATURE,
+                    definition="SELECT count(*) FROM decisions d WHERE d.unit_id = point.unit_id AND d.no_such > 0")
+    assert f"context.features.{OFFERS_FEATURE}.definition: must read columns of `decisions` (request_id," in result.summary()
+    assert "got d.no_such" in result.summary()

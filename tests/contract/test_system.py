@@ -12,7 +12,6 @@ from drivetrain.contract import PolicyFacts, policy_facts, system_documents
 from drivetrain.errors import ArtifactError
 from drivetrain.evaluate import evaluate
 from drivetrain.report import write_report
-from drivetrain.spec import load_spec
 from drivetrain.twin import OFFERS_FEATURE
 from tests.conftest import ROOT
 from tests.contract.conftest import Served
@@ -84,4 +83,3 @@ def test_the_report_carries_the_contract(served: Served, tmp_path: Path) -> None
     page = write_report(served.store, as_of=served.end, out=tmp_path / "report.html").read_text()
     assert '<section id="system-contract"><h2>ML system contract</h2>' in page
     assert "# ML system contract: nboo" in page and "offers-platform" in page
-    assert load_spec(ROOT / "examples" / "nboo" / "drivetrain.yaml").name == "nboo"
