@@ -191,6 +191,8 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
     monitoring = spec.model.monitoring
     cost_rate = spec.model.serving.cost_per_serving_hour
     slices: list[SliceEvaluation] = []
+    features = spec.model.context.features
+    declared = {c: tuple(features[c].values or ()) for c in chosen if features[c].type == "categorical" and features[c].values}
     for day_key, cohort in _slice_keys(chosen):
         keys = [k for k in (day_key, cohort) if k is not None]
         hist = dict(_rollup(latency, keys, "bin", ["count"]))
@@ -202,6 +204,8 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
             named = dict(zip(keys, key, strict=True))
             day = _plain(named.get("day"))
             value = _plain(named.get(cohort)) if cohort is not None else None
+            if cohort is not None and value is not None and str(value) not in declared.get(cohort, (str(value),)):
+                continue  # a fallback's value outside the contract (an unknown category) is no cohort of the product
 
             outcomes = tuple((m.name, _effect(arms, m.column, confidence)) for m in metrics if m.kind == "outcome")
             guardrails = []

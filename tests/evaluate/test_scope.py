@@ -78,3 +78,21 @@ def test_the_commands_take_the_scope_and_ingest_labels_a_historic_log(tmp_path: 
                     "--out", tmp_path / "r.html")
     assert report.returncode == 0, report.stderr
     assert "the figures count decisions decided from" in (tmp_path / "r.html").read_text()
+
+
+def test_a_fallback_with_an_unknown_category_makes_no_phantom_cohort() -> None:
+    twin = NBOOTwin(horizon_days=7, seed=33)
+    store = MemoryStore(twin.spec)
+    clock = SimulatedClock(twin.start + timedelta(days=30))
+    decisions, outcomes = _log(twin, 0, "v1", users=600)
+    broken = decisions.index[:3]
+    decisions.loc[broken, "region"] = "atlantis"
+    decisions.loc[broken, "assignment"] = "fallback"
+    decisions.loc[broken, "fallback_reason"] = "`region` must be one of ['east', 'north', 'south', 'west'], got 'atlantis'"
+    report = ingest_decisions(store, RawRows(decisions, (), "decisions"), clock=clock)
+    assert report.accepted == 600, report.summary()
+    ingest_outcomes(store, RawRows(outcomes, (), "outcomes"), clock=clock)
+    evaluation = evaluate(store, clock.now())
+    regions = {s.value for s in evaluation.slices if s.cohort == "region"}
+    assert regions == {"north", "south", "east", "west"}
+    assert evaluation.overall.counts.decisions == 600  # the fallbacks still count overall
