@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from importlib import resources
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
@@ -527,9 +528,8 @@ def simulate(
     """Off-policy estimates, from the logged decisions, of the policy, control and what-if scenarios."""
     from drivetrain.assembly import evaluate_on_logs, fixed_action
     from drivetrain.data import open_store, training_table
-    from drivetrain.spec import load_spec
-
     from drivetrain.simulate import default_estimators
+    from drivetrain.spec import load_spec
 
     if estimator not in (known := default_estimators(with_model=True)):
         raise UsageError(f"`estimator` must be one of {sorted(known)}, got {estimator!r}")
@@ -658,6 +658,20 @@ def _scope(since: str | None, until: str | None, versions: list[str] | None) -> 
                  until=None if until is None else _parse_time(until, "until"), policy_versions=tuple(versions or ()))
 
 
+def _guardrail_state(g: object, z: float) -> str:
+    """BREACHED only when the policy arm's interval lies past the bound; a mean past it within the noise is
+    said as such (a plan that sits on its bound lands on either side half of the time)."""
+    e = g.effect  # type: ignore[attr-defined]
+    if not g.breached or e.policy is None:  # type: ignore[attr-defined]
+        return ""
+    if e.policy_se is None:
+        return " past the bound (no interval)"
+    low, high = e.policy - z * e.policy_se, e.policy + z * e.policy_se
+    if (g.max is not None and low > g.max) or (g.min is not None and high < g.min):  # type: ignore[attr-defined]
+        return " BREACHED"
+    return " past the bound, within the interval"
+
+
 def _print_evaluation(evaluation: object, cohorts: bool) -> None:
     from drivetrain.evaluate import Evaluation
 
@@ -675,11 +689,13 @@ def _print_evaluation(evaluation: object, cohorts: bool) -> None:
     table.add_row(*_effect_row("north star (incremental objective)", s.north_star))
     for name, e in s.outcomes:
         table.add_row(*_effect_row(f"outcome {name}", e))
+    z = float(NormalDist().inv_cdf(0.5 + evaluation.confidence / 2))
     for g in s.guardrails:
         bound = f"<= {g.max:g}" if g.max is not None else f">= {g.min:g}"
-        table.add_row(*_effect_row(f"guardrail {g.name} ({bound}){' BREACHED' if g.breached else ''}", g.effect))
+        table.add_row(*_effect_row(f"guardrail {g.name} ({bound}){_guardrail_state(g, z)}", g.effect))
     for b in s.budgets:
-        table.add_row(*_effect_row(f"budget {b.name} (<= {b.max_per_unit:g} per unit)", b.incremental))
+        what = f"cap {b.name} (share <= {b.max_per_unit:g})" if b.kind == "cap" else f"budget {b.name} (<= {b.max_per_unit:g} per unit)"
+        table.add_row(*_effect_row(what, b.incremental))
     console.print(table)
     v = s.service
     sr = s.sample_ratio

@@ -52,7 +52,8 @@ class GuardrailCheck:
 
 @dataclass(frozen=True)
 class BudgetUse:
-    """A spec budget: mean use per eligible unit (both arms, as served) against ``max_per_unit``, the total
+    """A spec budget, or a cap (``kind``): mean use per eligible unit (both arms, as served) against
+    ``max_per_unit`` (a cap's use is the share of units on its actions, its limit ``max_share``), the total
     against ``limit`` (= max_per_unit x units), the increment over the holdout and what one unit of
     incremental objective cost (incremental use / incremental objective)."""
 
@@ -64,6 +65,7 @@ class BudgetUse:
     within: bool | None
     incremental: Effect
     per_incremental_objective: Ratio
+    kind: str = "budget"
 
 
 @dataclass(frozen=True)

@@ -218,13 +218,14 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
                     breached = None if e.policy is None else bool(
                         (g.max is not None and e.policy > g.max) or (g.min is not None and e.policy < g.min))
                     guardrails.append(GuardrailCheck(g.name, g.min, g.max, e, breached))
-                elif m.kind == "budget":
-                    b = next(b for b, _ in spec.budgets if b.name == m.name)
+                elif m.kind in ("budget", "cap"):
+                    limit = (next(b.max_per_unit for b, _ in spec.budgets if b.name == m.name) if m.kind == "budget" else
+                             next(c.max_share for c, _ in spec.caps if c.name == m.name))
                     per_unit = _share(both[f"s{i}"], both["n"])
                     budgets.append(BudgetUse(
-                        b.name, b.max_per_unit, per_unit, float(both[f"s{i}"]), b.max_per_unit * float(both["n"]),
-                        None if per_unit is None else per_unit <= b.max_per_unit,
-                        _effect(arms, i, confidence), _ratio(arms, i, confidence)))
+                        m.name, limit, per_unit, float(both[f"s{i}"]), limit * float(both["n"]),
+                        None if per_unit is None else per_unit <= limit,
+                        _effect(arms, i, confidence), _ratio(arms, i, confidence), kind=m.kind))
 
             h = hist.get(key)
             if h is not None:

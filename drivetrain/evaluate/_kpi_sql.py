@@ -116,6 +116,9 @@ def _metrics(spec: Spec) -> list[_Metric]:
     items += [("outcome", name, name) for name in spec.outcomes]
     items += [("guardrail", g.name, formula_sql(f)) for g, f in spec.guardrails]
     items += [("budget", b.name, formula_sql(f)) for b, f in spec.budgets]
+    for cap, mask in spec.caps:  # a cap is the share of units on its actions: a budget of 1 per such decision
+        ids = ", ".join("'" + a.replace("'", "''") + "'" for a, m in zip(spec.action_space.ids, mask, strict=True) if m)
+        items.append(("cap", cap.name, f"(CASE WHEN action_id IN ({ids}) THEN 1 ELSE 0 END)"))
     columns: dict[str, int] = {}
     out = []
     for kind, name, sql in items:
@@ -132,6 +135,8 @@ def _needed_columns(spec: Spec, cohorts: Sequence[str], covariates: Sequence[str
         formulas.append(spec.unit_eligibility)
     for f in formulas:
         names |= set(f.variables)
+    if spec.caps:  # a cap's use is read from the decision's action
+        names.add("action_id")
     return sorted(names - set(spec.outcomes))
 
 
@@ -222,7 +227,7 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
     linear += [f"CAST(SUM({source[s]}) AS DOUBLE) AS {s}" for s in sums]
     pairs = [("n", "n", "nn")]
     pairs += [(f"s{k}", "n", f"nb{k}") for k in distinct] + [(f"s{k}", f"s{k}", f"q{k}") for k in distinct]
-    pairs += [(f"s{k}", "s0", f"c{k}") for k in sorted({m.column for m in metrics if m.kind == "budget"})]
+    pairs += [(f"s{k}", "s0", f"c{k}") for k in sorted({m.column for m in metrics if m.kind in ("budget", "cap")})]
     for j in range(len(covariates)):
         pairs += [(f"x{j}", "n", f"nx{j}"), (f"x{j}", "s0", f"xy{j}")]
         pairs += [(f"x{j}", f"x{k}", f"xx{j}_{k}") for k in range(j, len(covariates))]

@@ -211,7 +211,8 @@ def budget_panels(evaluation: Evaluation) -> list[Panel]:
     panels = []
     for b in evaluation.overall.budgets:
         per_day = [next(u for u in s.budgets if u.name == b.name) for s in days]
-        title = f"Budget {b.name}: use per eligible unit against {b.max_per_unit:g}"
+        title = (f"Cap {b.name}: share of eligible units on its actions against {b.max_per_unit:g}" if b.kind == "cap" else
+                 f"Budget {b.name}: use per eligible unit against {b.max_per_unit:g}")
         if all(u.per_unit is None for u in per_day):
             panels.append(Panel(f"budget-{_key(b.name)}", title, None, ("No mature decision yet.",)))
             continue

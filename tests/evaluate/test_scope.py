@@ -96,3 +96,30 @@ def test_a_fallback_with_an_unknown_category_makes_no_phantom_cohort() -> None:
     regions = {s.value for s in evaluation.slices if s.cohort == "region"}
     assert regions == {"north", "south", "east", "west"}
     assert evaluation.overall.counts.decisions == 600  # the fallbacks still count overall
+
+
+def test_caps_are_in_the_kpi_hierarchy_as_the_share_of_units_on_their_actions(history) -> None:  # type: ignore[no-untyped-def]
+    store, as_of, twin = history
+    evaluation = evaluate(store, as_of)
+    (cap,) = [b for b in evaluation.overall.budgets if b.kind == "cap"]
+    spec = twin.spec
+    assert cap.name == spec.caps[0][0].name and cap.max_per_unit == spec.caps[0][0].max_share
+    mask = spec.caps[0][1]
+    served = store.query("SELECT action_id, decided_at FROM decisions WHERE assignment <> 'logged'")
+    mature = served[pd.to_datetime(served["decided_at"], utc=True) <= pd.Timestamp(as_of) - spec.horizon - spec.settle]
+    on_cap = mature["action_id"].isin([a for a, m in zip(spec.action_space.ids, mask, strict=True) if m]).mean()
+    assert cap.per_unit == pytest.approx(on_cap, abs=1e-9)  # every twin unit is eligible, so per unit = share of decisions
+    assert cap.incremental.low is not None and cap.incremental.low <= cap.incremental.difference <= cap.incremental.high
+
+
+def test_the_command_line_says_breached_only_past_the_interval() -> None:
+    from drivetrain.cli import _guardrail_state
+    from drivetrain.evaluate import Effect, GuardrailCheck
+
+    def check(policy: float, se: float) -> str:
+        return _guardrail_state(GuardrailCheck("refund_rate", None, 0.05, Effect(policy, 0.04, policy - 0.04, None, None, None, se),
+                                               policy > 0.05), 1.96)
+
+    assert check(0.049, 0.002) == ""
+    assert check(0.051, 0.002) == " past the bound, within the interval"
+    assert check(0.060, 0.002) == " BREACHED"
