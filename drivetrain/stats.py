@@ -20,8 +20,9 @@ sd(psi) / sqrt(n) when every unit has one decision.
 >>> gamma = pseudo_outcomes(reward, action, pscore, np.full((4, 2), 0.5))
 >>> gamma.mean(axis=0)
 array([0.5, 0.5])
->>> round(standard_error(gamma[:, 1] - gamma[:, 0], 0.0, cluster_codes(["u1", "u1", "u2", "u2"], 4)), 6)
-0.0
+>>> effect = gamma[:, 1] - gamma[:, 0]  # the DR effect of action 1 against action 0: its mean, 0.0
+>>> round(standard_error(effect, 0.0, None), 4), standard_error(effect, 0.0, cluster_codes(["u1", "u1", "u2", "u2"], 4))
+(0.5774, 1.0)
 """
 
 from __future__ import annotations
