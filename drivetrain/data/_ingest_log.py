@@ -46,7 +46,7 @@ def _log(store: Store, ingest_id: str, action: str, table: str | None, source: s
     values = counts or (None, None, None, None, None)
     store.append("ingests", pa.table({
         "ingest_id": [ingest_id], "action": [action], "table_name": [table], "source": [source],
-        "at": pa.array([now], type=TIMESTAMP),
+        "logged_at": pa.array([now], type=TIMESTAMP),
         **{name: pa.array([v], type=pa.int64()) for name, v in zip(("rows_in", "accepted", "duplicates", "quarantined", "released"), values, strict=True)},
         "detail": [detail],
     }, schema=INGEST_LOG_SCHEMA))
@@ -56,11 +56,12 @@ def ingest_history(store: Store) -> pd.DataFrame:
     """One row per ingest, latest first: its id, table, source, time, counts, and ``undone_at`` (null while it stands)."""
     return store.query(
         """
-        SELECT i.ingest_id, i.table_name, i.source, i.at, i.rows_in, i.accepted, i.duplicates, i.quarantined,
-               i.released, u.at AS undone_at
+        SELECT i.ingest_id, i.table_name, i.source, i.logged_at AS ingested_at, i.rows_in, i.accepted, i.duplicates,
+               i.quarantined, i.released, u.undone_at
         FROM (SELECT * FROM ingests WHERE action = 'ingest') i
-        LEFT JOIN (SELECT ingest_id, min(at) AS at FROM ingests WHERE action = 'undo' GROUP BY ingest_id) u USING (ingest_id)
-        ORDER BY i.at DESC, i.ingest_id DESC
+        LEFT JOIN (SELECT ingest_id, min(logged_at) AS undone_at FROM ingests WHERE action = 'undo' GROUP BY ingest_id) u
+            USING (ingest_id)
+        ORDER BY i.logged_at DESC, i.ingest_id DESC
         """
     )
 
@@ -104,7 +105,7 @@ def undo_ingest(store: Store, ingest_id: str, *, clock: Clock | None = None, gra
         entries = store.lookup("ingests", INGEST_ID, key).to_pandas()
         undone = entries[entries["action"] == "undo"]
         if len(undone):
-            raise DataError(f"ingest id {ingest_id!r} must name an ingest that stands, got one undone at {undone['at'].min().isoformat()}")
+            raise DataError(f"ingest id {ingest_id!r} must name an ingest that stands, got one undone at {undone['logged_at'].min().isoformat()}")
         stored = {t: store.lookup(t, INGEST_ID, key).num_rows for t in WITH_INGEST_ID}
         done = entries[entries["action"] == "ingest"]
         if done.empty and not any(stored.values()):

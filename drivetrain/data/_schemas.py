@@ -70,7 +70,7 @@ INGEST_LOG_SCHEMA = pa.schema(
         ("action", pa.string()),
         ("table_name", pa.string()),
         ("source", pa.string()),
-        ("at", TIMESTAMP),
+        ("logged_at", TIMESTAMP),
         ("rows_in", pa.int64()),
         ("accepted", pa.int64()),
         ("duplicates", pa.int64()),
