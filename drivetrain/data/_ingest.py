@@ -25,8 +25,8 @@ import pyarrow as pa
 from drivetrain.clock import Clock, SystemClock
 from drivetrain.data._attribution import attribute_pending
 from drivetrain.data._context import _features, _rows, _Rows
-from drivetrain.data._personal import PersonalKey, personal_key, redact_frame
 from drivetrain.data._ingest_log import new_ingest_id, record_ingest
+from drivetrain.data._personal import PersonalKey, personal_key, redact_frame
 from drivetrain.data._quarantine import RELEASE_COLUMNS, payloads, quarantine, reason_counts, release, unreadable_payload
 from drivetrain.data._read import RawRows
 from drivetrain.data._schemas import ASSIGNMENTS, INGEST_ID, OUTCOME_SCHEMA, decision_schema, diagnostic_fields
