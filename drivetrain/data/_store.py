@@ -292,9 +292,10 @@ class ParquetStore(_SqlStore):
         values = _key_values(table, self.schema(table), key, keys)
         removed = 0
         for path in self._files(table):
-            if key not in pq.read_schema(path).names:
+            handle = pq.ParquetFile(path)
+            if key not in handle.schema_arrow.names or self._keep(handle.read(columns=[key]), key, values) is None:
                 continue
-            rows = pq.ParquetFile(path).read()
+            rows = handle.read()
             kept = self._keep(rows, key, values)
             if kept is None:
                 continue
