@@ -82,7 +82,7 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
     payload_cols = [c for c in OUTCOME_SCHEMA.names if c not in ("attribution", "ingested_at")]
     quarantine(store, "outcomes", "attribution", np.zeros(len(bad), dtype=np.int64), list(bad["event_id"]), reasons,
                 payloads(bad[payload_cols], np.arange(len(bad)), spec, None), now,
-                [None if _isnull(i) else str(i) for i in bad[INGEST_ID]])
+                [None if _isnull(i) else str(i) for i in bad[INGEST_ID]], per_ingest=True)
     waiting = frame[~ok & ~to_quarantine]
     store.replace("outcomes_pending", pa.Table.from_pandas(waiting[columns], schema=schema, preserve_index=False))
     return int(ok.sum()), len(waiting), int(to_quarantine.sum())

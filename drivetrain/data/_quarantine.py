@@ -42,15 +42,19 @@ def payloads(frame: pd.DataFrame, index: np.ndarray, spec: Spec, key: PersonalKe
 
 
 def quarantine(store: Store, table: str, source: str, numbers: np.ndarray, keys: list[Any], reasons: list[str],
-                payloads: list[str], now: datetime, ingest_ids: str | list[str | None] | None = None) -> None:
+                payloads: list[str], now: datetime, ingest_ids: str | list[str | None] | None = None,
+                per_ingest: bool = False) -> None:
     """Append rejected rows; a row rejected before (same table, source, row, payload, reason) is not repeated.
-    ``ingest_ids``: the ingest each row came with (one for all, or one per row), which can undo it."""
+    ``ingest_ids``: the ingest each row came with (one for all, or one per row), which can undo it.
+    ``per_ingest``: the same row brought by another ingest is another rejection (attribution: an outcome
+    sent again after its quarantine, which expires again, must not vanish as a repeat of the first)."""
     if not reasons:
         return
     owners = ingest_ids if isinstance(ingest_ids, list) else [ingest_ids] * len(reasons)
     ids = [
-        hashlib.sha256("\x1f".join([table, source, str(num), payload, reason]).encode()).hexdigest()[:24]
-        for num, payload, reason in zip(numbers, payloads, reasons, strict=True)
+        hashlib.sha256("\x1f".join([table, source, str(num), payload, reason,
+                                    *([owner] if per_ingest and owner is not None else [])]).encode()).hexdigest()[:24]
+        for num, payload, reason, owner in zip(numbers, payloads, reasons, owners, strict=True)
     ]
     seen = set(store.lookup("quarantine", "quarantine_id", pa.table({"quarantine_id": ids})).column("quarantine_id").to_pylist())
     keep = []

@@ -23,7 +23,7 @@ from drivetrain.data import (
     read_rows,
 )
 from drivetrain.errors import UsageError
-from tests.data.conftest import CONTEXT, T0, decision, outcome
+from tests.data.conftest import CONTEXT, T0, decision, outcome, rows
 
 #: row -> (column, bad value, the correction)
 FAULTS = {1: ("propensity", 1.7, 0.1), 3: ("region", "atlantis", "south"), 4: ("page_views_30d", -3, 3)}
@@ -154,3 +154,19 @@ def _decision_file(tmp_path: Path) -> Path:
     path = tmp_path / "good.parquet"
     pd.DataFrame.from_records([decision(f"r{i}", f"u{i}", T0) for i in range(2)]).to_parquet(path, index=False)
     return path
+
+
+def test_an_outcome_sent_again_that_expires_again_is_quarantined_again_not_lost(store: Store, tmp_path: Path,
+                                                                                clock: SimulatedClock) -> None:
+    late = [outcome("e1", "purchase", 1.0, T0, request_id="r-never")]
+    ingest_outcomes(store, rows(late), clock=clock)
+    clock.advance(store.spec.horizon + timedelta(days=1))
+    assert ingest_outcomes(store, rows([]), clock=clock).attribution_rejects == 1
+    out = tmp_path / "fix.jsonl"
+    assert export_quarantine(store, out, table="outcomes") == 1
+    sent = ingest_outcomes(store, read_rows(out), clock=clock)
+    assert (sent.accepted, sent.released, sent.waiting) == (1, 1, 1)
+    clock.advance(store.spec.horizon + timedelta(days=1))
+    assert ingest_outcomes(store, rows([]), clock=clock).attribution_rejects == 1
+    statuses = sorted(quarantine_rows(store)["status"])
+    assert statuses == ["open", "released"]  # the second expiry is a row of its own
