@@ -136,9 +136,9 @@ def _lever_keys(parsed: dict[str, pd.Series], levers: tuple[str, ...], kinds: An
 
 def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFrame, reason: np.ndarray,
             compare: list[str], existing: Callable[[pd.DataFrame], pd.DataFrame], now: datetime,
-            pii_key: PersonalKey | None, ingest_id: str) -> tuple[pd.DataFrame, IngestReport]:
-    """Shared tail of both ingests: de-duplicate, quarantine, release the quarantined rows that rows of
-    this file replace, return the rows to store (with their ``ingest_id``)."""
+            pii_key: PersonalKey | None, ingest_id: str) -> tuple[pd.DataFrame, IngestReport, np.ndarray, np.ndarray]:
+    """Shared tail of both ingests: de-duplicate, quarantine, return the rows to store (with their
+    ``ingest_id``), the report, and per row whether it is stored (accepted or a duplicate) or rejected."""
     numbers = raw.numbers()
     valid = reason == None  # noqa: E711
     fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
@@ -181,10 +181,6 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     rownums = np.concatenate([numbers[bad], np.array([u[0] for u in unreadable], dtype=np.int64)])
     rowkeys = [keys[i] for i in bad] + [None] * len(unreadable)
     quarantine(store, table, raw.source, rownums, rowkeys, reasons, kept, now, ingest_id)
-    released = superseded = unknown = 0
-    if "quarantine_id" in raw.frame.columns:
-        released, superseded, unknown = release(store, table, raw.frame["quarantine_id"].reset_index(drop=True),
-                                                accept | duplicate, reason != None, ingest_id, now)  # noqa: E711
     report = IngestReport(
         table=table,
         source=raw.source,
@@ -194,11 +190,19 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
         quarantined=len(reasons),
         reasons=reason_counts(reasons),
         ingest_id=ingest_id,
-        released=released,
-        superseded=superseded,
-        unknown_quarantine_ids=unknown,
     )
-    return clean.iloc[np.flatnonzero(accept)].assign(**{INGEST_ID: ingest_id}), report
+    return clean.iloc[np.flatnonzero(accept)].assign(**{INGEST_ID: ingest_id}), report, accept | duplicate, reason != None  # noqa: E711
+
+
+def _release(store: Store, raw: RawRows, report: IngestReport, stored: np.ndarray, rejected: np.ndarray,
+             now: datetime) -> IngestReport:
+    """Release the quarantined rows that rows of this file replace (their ``quarantine_id`` column), once
+    the rows are stored."""
+    if "quarantine_id" not in raw.frame.columns:
+        return report
+    released, superseded, unknown = release(store, report.table, raw.frame["quarantine_id"].reset_index(drop=True),
+                                            stored, rejected, report.ingest_id, now)
+    return replace(report, released=released, superseded=superseded, unknown_quarantine_ids=unknown)
 
 
 #: What pandas infers for an object column of booleans or numbers, nulls skipped (a column of nulls alone
@@ -293,8 +297,10 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
         return _existing(store, "decisions", "request_id", keys)
 
     with store.writing():
-        accepted, report = _ingest(store, raw, "decisions", "request_id", frame, rows.reason, compare, existing, now, key, ingest_id)
+        accepted, report, stored, rejected = _ingest(store, raw, "decisions", "request_id", frame, rows.reason, compare, existing,
+                                                     now, key, ingest_id)
         store.append("decisions", pa.Table.from_pandas(accepted, schema=_with_ingest_id(schema), preserve_index=False))
+        report = _release(store, raw, report, stored, rejected, now)
         attributed, waiting, rejects = attribute_pending(store, now=now, grace=grace)
         report = replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
         record_ingest(store, report, now)
@@ -360,8 +366,10 @@ def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, g
         return pd.concat([found, _existing(store, "outcomes_pending", "event_id", keys)], ignore_index=True)
 
     with store.writing():
-        accepted, report = _ingest(store, raw, "outcomes", "event_id", frame, rows.reason, compare, existing, now, None, ingest_id)
+        accepted, report, stored, rejected = _ingest(store, raw, "outcomes", "event_id", frame, rows.reason, compare, existing,
+                                                     now, None, ingest_id)
         store.append("outcomes_pending", pa.Table.from_pandas(accepted, schema=_with_ingest_id(OUTCOME_SCHEMA), preserve_index=False))
+        report = _release(store, raw, report, stored, rejected, now)
         attributed, waiting, rejects = attribute_pending(store, now=now, grace=grace)
         report = replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
         record_ingest(store, report, now)
