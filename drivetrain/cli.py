@@ -252,18 +252,31 @@ def _write(frame: pd.DataFrame, path: Path, fmt: FileFormat) -> None:
 
 @app.command()
 def ingest(
-    files: Annotated[list[Path], typer.Argument(help="Parquet, CSV or JSON lines files of decisions or outcomes.")],
     spec: Annotated[Path, typer.Option(help="The spec file.")],
     store: Annotated[Path, typer.Option(help="The store directory.")],
+    files: Annotated[list[Path] | None, typer.Argument(help="Parquet, CSV or JSON lines files of decisions or outcomes.")] = None,
     table: Annotated[TableKind, typer.Option(help="What the files hold; auto looks at the columns.")] = TableKind.auto,
     create: Annotated[bool, typer.Option(help="Create the store if it does not exist.")] = False,
     logged: Annotated[bool, typer.Option(help="The decision files are a historic randomized log: they train models "
                                               "and never count in an evaluation (assignment `logged`).")] = False,
+    undo: Annotated[str | None, typer.Option(help="Undo the ingest with this id (printed by each ingest): remove what it "
+                                                  "stored; outcomes its decisions had claimed wait again.")] = None,
 ) -> None:
-    """Check files against the spec's contract and add them to the store; bad rows go to quarantine."""
-    from drivetrain.data import ingest_decisions, ingest_outcomes, open_store, personal_key, read_rows
+    """Check files against the spec's contract and add them to the store; bad rows go to quarantine.
+
+    Each file's ingest gets an id, kept on every row it stored; `--undo ID` takes them out again. A file
+    exported by `drivetrain quarantine export` and corrected releases the quarantined rows it replaces."""
+    from drivetrain.data import ingest_decisions, ingest_outcomes, open_store, personal_key, read_rows, undo_ingest
     from drivetrain.spec import load_spec
 
+    if undo is not None:
+        if files:
+            raise UsageError(f"`--undo` takes no files, got {[str(f) for f in files]}: undo first, then ingest them")
+        undone = undo_ingest(open_store(store, load_spec(spec)), undo)
+        console.print(undone.summary())
+        return
+    if not files:
+        raise UsageError("`FILES` must name at least one file to ingest (or pass `--undo ID`), got none")
     loaded = load_spec(spec)
     key = personal_key(loaded)  # refused here, before any file is read, when personal fields have no key
     target = open_store(store, loaded, create=create)
@@ -284,8 +297,11 @@ def ingest(
             else:
                 report = ingest_outcomes(target, raw)
         console.print(f"{report.summary()} ({time.perf_counter() - start:.1f}s)")
+        console.print(f"  ingest id {report.ingest_id} (undo: drivetrain ingest --undo {report.ingest_id} --spec {spec} --store {store})")
         for reason, count in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
             console.print(f"  quarantined {count}: {reason}")
+        if report.quarantined:
+            console.print(f"  correct them: drivetrain quarantine export --spec {spec} --store {store} --table {kind} --out FILE")
         if report.ignored_columns:
             console.print(f"  columns not in the contract, not stored: {list(report.ignored_columns)}")
         if report.quarantined and not report.accepted and not report.duplicates:
@@ -305,6 +321,81 @@ def _detect(columns: pd.Index, path: Path) -> str:
         f"could not tell what {str(path)!r} holds: decisions need `request_id` and `propensity`, outcomes need"
         f" `event_id`; got columns {sorted(names)} (or pass --table)"
     )
+
+
+quarantine_app = typer.Typer(help="Read the quarantine, export its rows for correction (`drivetrain ingest` takes "
+                                   "them back and releases them).", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+class QuarantineTable(str, Enum):
+    decisions = "decisions"
+    outcomes = "outcomes"
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    table: Annotated[QuarantineTable | None, typer.Option(help="Only rows of this table.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only rows whose source (file) contains this text.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only rows quarantined at or after this UTC time.")] = None,
+    rows: Annotated[int, typer.Option(min=0, help="Also show the first N rows (id, row number, reason, payload).")] = 0,
+) -> None:
+    """Quarantined rows by table, source and rule: how many are open, released (stored after a correction)
+    or superseded (sent again and quarantined again)."""
+    from drivetrain.data import open_store, quarantine_counts, quarantine_rows
+    from drivetrain.spec import load_spec
+
+    target = open_store(store, load_spec(spec))
+    since_at = None if since is None else _parse_time(since, "since")
+    kind = None if table is None else table.value
+    counts = quarantine_counts(target, table=kind, source=source, since=since_at)
+    if counts.empty:
+        console.print("quarantine: no rows" + (" match" if table or source or since else ""))
+        return
+    total = {c: int(counts[c].sum()) for c in ("rows", "open", "released", "superseded")}
+    console.print(f"quarantine: {total['rows']} rows, {total['open']} open, {total['released']} released,"
+                  f" {total['superseded']} superseded (quarantined again)")
+    grid = Table(title="quarantined rows by table, source and rule")
+    for column in ("table", "source", "rule", "rows", "open", "released", "superseded"):
+        grid.add_column(column, justify="right" if column in total else "left", overflow="fold")
+    for r in counts.to_dict("records"):
+        grid.add_row(str(r["table_name"]), str(r["source"]), str(r["rule"]), *(str(int(r[c])) for c in total))
+    console.print(grid)
+    if rows:
+        first = quarantine_rows(target, table=kind, source=source, since=since_at, limit=rows)
+        shown = Table(title=f"first {len(first)} rows (personal values as their pseudonyms)")
+        for column in ("quarantine id", "table", "row", "status", "reason", "payload"):
+            shown.add_column(column, overflow="fold")
+        for r in first.to_dict("records"):
+            shown.add_row(str(r["quarantine_id"]), str(r["table_name"]), str(r["row_number"]), str(r["status"]),
+                          str(r["reason"]), str(r["payload"]))
+        console.print(shown)
+
+
+@quarantine_app.command("export")
+def quarantine_export(
+    spec: Annotated[Path, typer.Option(help="The spec file.")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    table: Annotated[QuarantineTable, typer.Option(help="Which table's rows.")],
+    out: Annotated[Path, typer.Option(help="The file to write: .csv, .parquet or .jsonl.")],
+    source: Annotated[str | None, typer.Option(help="Only rows whose source (file) contains this text.")] = None,
+    reason_contains: Annotated[str | None, typer.Option(help="Only rows whose reason contains this text.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only rows quarantined at or after this UTC time.")] = None,
+    include_closed: Annotated[bool, typer.Option(help="Also rows already released or superseded.")] = False,
+) -> None:
+    """Write open quarantined rows as their original columns plus `quarantine_id` and `quarantine_reason`;
+    correct the file and give it to `drivetrain ingest`, which releases each row it stores."""
+    from drivetrain.data import export_quarantine, open_store
+    from drivetrain.spec import load_spec
+
+    target = open_store(store, load_spec(spec))
+    n = export_quarantine(target, out, table=table.value, source=source, reason_contains=reason_contains,
+                          since=None if since is None else _parse_time(since, "since"), include_closed=include_closed)
+    console.print(f"wrote {n} quarantined {table.value} rows to {out}")
+    if n:
+        console.print(f"  correct them, then: drivetrain ingest {out} --spec {spec} --store {store}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from drivetrain.data._context import _isnull
 from drivetrain.data._quarantine import payloads, quarantine
-from drivetrain.data._schemas import OUTCOME_SCHEMA
+from drivetrain.data._schemas import INGEST_ID, OUTCOME_SCHEMA
 from drivetrain.data._store import Store
 from drivetrain.spec import format_duration
 
@@ -28,7 +28,8 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
     """Attribute waiting outcomes to decisions; quarantine those that have waited in the store (since
     ``ingested_at``) longer than ``grace`` (default: the horizon).
 
-    Returns (attributed, still waiting, moved to quarantine). Call it holding ``store.writing()``.
+    Returns (attributed, still waiting, moved to quarantine). Call it holding ``store.writing()``. An
+    outcome keeps the ``ingest_id`` of the ingest that brought it, wherever it goes.
     """
     spec = store.spec
     grace = spec.horizon if grace is None else grace
@@ -64,7 +65,8 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
     done = frame[ok].copy()
     done["request_id"] = done["claim"]
     done["attribution"] = done["how"]
-    store.append("outcomes", pa.Table.from_pandas(done[list(OUTCOME_SCHEMA.names)], schema=OUTCOME_SCHEMA, preserve_index=False))
+    columns, schema = [*OUTCOME_SCHEMA.names, INGEST_ID], OUTCOME_SCHEMA.append(pa.field(INGEST_ID, pa.string()))
+    store.append("outcomes", pa.Table.from_pandas(done[columns], schema=schema, preserve_index=False))
     bad = frame[to_quarantine]
     reasons = [
         f"`unit_id` must match the unit of decision {r.claim}, got {r.unit_id!r} (decision has {r.decision_unit!r})"
@@ -79,7 +81,8 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
     ]
     payload_cols = [c for c in OUTCOME_SCHEMA.names if c not in ("attribution", "ingested_at")]
     quarantine(store, "outcomes", "attribution", np.zeros(len(bad), dtype=np.int64), list(bad["event_id"]), reasons,
-                payloads(bad[payload_cols], np.arange(len(bad)), spec, None), now)
+                payloads(bad[payload_cols], np.arange(len(bad)), spec, None), now,
+                [None if _isnull(i) else str(i) for i in bad[INGEST_ID]], per_ingest=True)
     waiting = frame[~ok & ~to_quarantine]
-    store.replace("outcomes_pending", pa.Table.from_pandas(waiting[list(OUTCOME_SCHEMA.names)], schema=OUTCOME_SCHEMA, preserve_index=False))
+    store.replace("outcomes_pending", pa.Table.from_pandas(waiting[columns], schema=schema, preserve_index=False))
     return int(ok.sum()), len(waiting), int(to_quarantine.sum())

@@ -25,10 +25,11 @@ import pyarrow as pa
 from drivetrain.clock import Clock, SystemClock
 from drivetrain.data._attribution import attribute_pending
 from drivetrain.data._context import _features, _rows, _Rows
+from drivetrain.data._ingest_log import new_ingest_id, record_ingest
 from drivetrain.data._personal import PersonalKey, personal_key, redact_frame
-from drivetrain.data._quarantine import payloads, quarantine, reason_counts, unreadable_payload
+from drivetrain.data._quarantine import RELEASE_COLUMNS, payloads, quarantine, reason_counts, release, unreadable_payload
 from drivetrain.data._read import RawRows
-from drivetrain.data._schemas import ASSIGNMENTS, OUTCOME_SCHEMA, decision_schema, diagnostic_fields
+from drivetrain.data._schemas import ASSIGNMENTS, INGEST_ID, OUTCOME_SCHEMA, decision_schema, diagnostic_fields
 from drivetrain.data._store import Store
 from drivetrain.errors import DataError
 from drivetrain.spec import Spec
@@ -38,7 +39,12 @@ __all__ = ["IngestReport", "ingest_decisions", "ingest_outcomes"]
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What one ingest did. ``reasons`` counts quarantined rows by rule (the reason up to ", got")."""
+    """What one ingest did. ``reasons`` counts quarantined rows by rule (the reason up to ", got").
+
+    ``ingest_id`` is kept on every row the ingest stored (``drivetrain ingest --undo``). ``released`` and
+    ``superseded`` count the quarantined rows that rows of this ingest replaced (by their
+    ``quarantine_id`` column) and that were stored, or quarantined again; ``unknown_quarantine_ids`` the
+    ids such a column named that this table's quarantine does not hold."""
 
     table: str
     source: str
@@ -51,6 +57,10 @@ class IngestReport:
     attribution_rejects: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     ignored_columns: tuple[str, ...] = ()
+    ingest_id: str = ""
+    released: int = 0
+    superseded: int = 0
+    unknown_quarantine_ids: int = 0
 
     @property
     def reconciles(self) -> bool:
@@ -66,6 +76,9 @@ class IngestReport:
                 f"; waiting outcomes attributed {self.attributed}, still waiting {self.waiting},"
                 f" moved to quarantine at attribution {self.attribution_rejects}"
             )
+        if self.released or self.superseded or self.unknown_quarantine_ids:
+            text += (f"; quarantined rows released {self.released}, quarantined again {self.superseded},"
+                     f" quarantine ids not found {self.unknown_quarantine_ids}")
         return text
 
 
@@ -123,8 +136,9 @@ def _lever_keys(parsed: dict[str, pd.Series], levers: tuple[str, ...], kinds: An
 
 def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFrame, reason: np.ndarray,
             compare: list[str], existing: Callable[[pd.DataFrame], pd.DataFrame], now: datetime,
-            pii_key: PersonalKey | None) -> tuple[pd.DataFrame, IngestReport]:
-    """Shared tail of both ingests: de-duplicate, quarantine, return the rows to store."""
+            pii_key: PersonalKey | None, ingest_id: str) -> tuple[pd.DataFrame, IngestReport, np.ndarray, np.ndarray]:
+    """Shared tail of both ingests: de-duplicate, quarantine, return the rows to store (with their
+    ``ingest_id``), the report, and per row whether it is stored (accepted or a duplicate) or rejected."""
     numbers = raw.numbers()
     valid = reason == None  # noqa: E711
     fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
@@ -166,7 +180,7 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     kept = payloads(raw.frame, bad, store.spec, pii_key) + [unreadable_payload(u[1], personal, pii_key) for u in unreadable]
     rownums = np.concatenate([numbers[bad], np.array([u[0] for u in unreadable], dtype=np.int64)])
     rowkeys = [keys[i] for i in bad] + [None] * len(unreadable)
-    quarantine(store, table, raw.source, rownums, rowkeys, reasons, kept, now)
+    quarantine(store, table, raw.source, rownums, rowkeys, reasons, kept, now, ingest_id)
     report = IngestReport(
         table=table,
         source=raw.source,
@@ -175,8 +189,20 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
         duplicates=int(duplicate.sum()),
         quarantined=len(reasons),
         reasons=reason_counts(reasons),
+        ingest_id=ingest_id,
     )
-    return clean.iloc[np.flatnonzero(accept)], report
+    return clean.iloc[np.flatnonzero(accept)].assign(**{INGEST_ID: ingest_id}), report, accept | duplicate, reason != None  # noqa: E711
+
+
+def _release(store: Store, raw: RawRows, report: IngestReport, stored: np.ndarray, rejected: np.ndarray,
+             now: datetime) -> IngestReport:
+    """Release the quarantined rows that rows of this file replace (their ``quarantine_id`` column), once
+    the rows are stored."""
+    if "quarantine_id" not in raw.frame.columns:
+        return report
+    released, superseded, unknown = release(store, report.table, raw.frame["quarantine_id"].reset_index(drop=True),
+                                            stored, rejected, report.ingest_id, now)
+    return replace(report, released=released, superseded=superseded, unknown_quarantine_ids=unknown)
 
 
 #: What pandas infers for an object column of booleans or numbers, nulls skipped (a column of nulls alone
@@ -203,15 +229,17 @@ def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, pii_key: PersonalKey | None = None,
-                     grace: timedelta | None = None) -> IngestReport:
+                     grace: timedelta | None = None, ingest_id: str | None = None) -> IngestReport:
     """Check, de-duplicate and store decision rows; then retry the attribution of waiting outcomes.
 
     Personal fields are stored as their pseudonyms under ``pii_key`` (default: the key in the
-    environment); a spec with personal fields and no key is refused before anything is read.
+    environment); a spec with personal fields and no key is refused before anything is read. Every stored
+    row carries ``ingest_id`` (default: a new one, :func:`new_ingest_id`), by which the ingest is undone.
     """
     spec = store.spec
     clock = clock or SystemClock()
     now = clock.now()
+    ingest_id = ingest_id or new_ingest_id(now)
     key = personal_key(spec, pii_key)
     for col in ("request_id", "unit_id", "decided_at", "propensity"):
         if col not in raw.frame.columns and len(raw.frame):
@@ -262,24 +290,31 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
     schema = decision_schema(spec)
     frame = pd.DataFrame({f.name: clean[f.name] for f in schema}, index=rows.frame.index) if len(rows.frame) else schema.empty_table().to_pandas()
     known = set(schema.names)
-    ignored = tuple(c for c in raw.frame.columns if c not in known and c != "__row__")
+    ignored = tuple(c for c in raw.frame.columns if c not in known and c != "__row__" and c not in RELEASE_COLUMNS)
     compare = [c for c in schema.names if c != "received_at"]
 
     def existing(keys: pd.DataFrame) -> pd.DataFrame:
         return _existing(store, "decisions", "request_id", keys)
 
     with store.writing():
-        accepted, report = _ingest(store, raw, "decisions", "request_id", frame, rows.reason, compare, existing, now, key)
-        store.append("decisions", pa.Table.from_pandas(accepted, schema=schema, preserve_index=False))
+        accepted, report, stored, rejected = _ingest(store, raw, "decisions", "request_id", frame, rows.reason, compare, existing,
+                                                     now, key, ingest_id)
+        store.append("decisions", pa.Table.from_pandas(accepted, schema=_with_ingest_id(schema), preserve_index=False))
+        report = _release(store, raw, report, stored, rejected, now)
         attributed, waiting, rejects = attribute_pending(store, now=now, grace=grace)
-    return replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
+        report = replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
+        record_ingest(store, report, now)
+    return report
 
 
-def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, grace: timedelta | None = None) -> IngestReport:
-    """Check, de-duplicate and attribute outcome rows; unclaimed ones wait in ``outcomes_pending``."""
+def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, grace: timedelta | None = None,
+                    ingest_id: str | None = None) -> IngestReport:
+    """Check, de-duplicate and attribute outcome rows; unclaimed ones wait in ``outcomes_pending``. Every
+    stored row carries ``ingest_id`` (default: a new one), by which the ingest is undone."""
     spec = store.spec
     clock = clock or SystemClock()
     now = clock.now()
+    ingest_id = ingest_id or new_ingest_id(now)
     for col in ("event_id", "occurred_at", "component", "value"):
         if col not in raw.frame.columns and len(raw.frame):
             raise DataError(f"outcomes must have a `{col}` column, got columns {list(raw.frame.columns)}")
@@ -322,7 +357,7 @@ def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, g
         }
     )
     compare = ["event_id", "request_id", "unit_id", "occurred_at", "component", "value"]
-    ignored = tuple(c for c in raw.frame.columns if c not in OUTCOME_SCHEMA.names)
+    ignored = tuple(c for c in raw.frame.columns if c not in OUTCOME_SCHEMA.names and c not in RELEASE_COLUMNS)
 
     def existing(keys: pd.DataFrame) -> pd.DataFrame:
         found = _existing(store, "outcomes", "event_id", keys)
@@ -331,10 +366,18 @@ def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, g
         return pd.concat([found, _existing(store, "outcomes_pending", "event_id", keys)], ignore_index=True)
 
     with store.writing():
-        accepted, report = _ingest(store, raw, "outcomes", "event_id", frame, rows.reason, compare, existing, now, None)
-        store.append("outcomes_pending", pa.Table.from_pandas(accepted, schema=OUTCOME_SCHEMA, preserve_index=False))
+        accepted, report, stored, rejected = _ingest(store, raw, "outcomes", "event_id", frame, rows.reason, compare, existing,
+                                                     now, None, ingest_id)
+        store.append("outcomes_pending", pa.Table.from_pandas(accepted, schema=_with_ingest_id(OUTCOME_SCHEMA), preserve_index=False))
+        report = _release(store, raw, report, stored, rejected, now)
         attributed, waiting, rejects = attribute_pending(store, now=now, grace=grace)
-    return replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
+        report = replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
+        record_ingest(store, report, now)
+    return report
+
+
+def _with_ingest_id(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field(INGEST_ID, pa.string()))
 
 
 def _existing(store: Store, table: str, key: str, keys: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,10 @@ __all__ = [
     "ALERT_SCHEMA",
     "ASSIGNMENTS",
     "BASELINE_SCHEMA",
+    "INGEST_ID",
+    "INGEST_LOG_SCHEMA",
+    "RELEASE_SCHEMA",
+    "WITH_INGEST_ID",
     "OUTCOME_SCHEMA",
     "PENDING_SCHEMA",
     "QUARANTINE_SCHEMA",
@@ -50,6 +54,42 @@ QUARANTINE_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("quarantined_at", TIMESTAMP),
         ("payload", pa.string()),
+    ]
+)
+
+#: The id of the ingest that stored a row: the last column of ``decisions``, ``outcomes``,
+#: ``outcomes_pending`` and ``quarantine``. Rows stored before ingest ids existed, or appended by code
+#: other than an ingest, read it as null: no ingest can undo them.
+INGEST_ID = "ingest_id"
+WITH_INGEST_ID = ("decisions", "outcomes", "outcomes_pending", "quarantine")
+
+#: One row per ingest (``action`` = ``ingest``) and per undo of one (``action`` = ``undo``).
+INGEST_LOG_SCHEMA = pa.schema(
+    [
+        ("ingest_id", pa.string()),
+        ("action", pa.string()),
+        ("table_name", pa.string()),
+        ("source", pa.string()),
+        ("logged_at", TIMESTAMP),
+        ("rows_in", pa.int64()),
+        ("accepted", pa.int64()),
+        ("duplicates", pa.int64()),
+        ("quarantined", pa.int64()),
+        ("released", pa.int64()),
+        ("detail", pa.string()),
+    ]
+)
+
+#: A quarantined row sent again (its ``quarantine_id`` column named it): ``released`` when it was then
+#: stored (accepted, or a duplicate of a stored row), ``superseded`` when it was quarantined again (the
+#: new quarantine row carries the new reason).
+RELEASE_SCHEMA = pa.schema(
+    [
+        ("quarantine_id", pa.string()),
+        ("table_name", pa.string()),
+        ("status", pa.string()),
+        ("ingest_id", pa.string()),
+        ("released_at", TIMESTAMP),
     ]
 )
 

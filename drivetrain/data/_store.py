@@ -8,7 +8,9 @@
 * :class:`MemoryStore`: Arrow tables in memory, for tests and the twin.
 
 Both answer SQL over views named after the tables (``decisions``, ``outcomes``, ``outcomes_pending``,
-``quarantine``), so the code that ingests and joins is written once.
+``quarantine``, and the bookkeeping ``baselines``, ``alerts``, ``ingests``, ``releases``), so the code that
+ingests and joins is written once. Rows are added with ``append`` and taken out only by ``remove`` (an
+undone ingest); ``replace`` swaps a table whole.
 """
 
 from __future__ import annotations
@@ -29,13 +31,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from drivetrain.data._schemas import ALERT_SCHEMA, BASELINE_SCHEMA, OUTCOME_SCHEMA, PENDING_SCHEMA, QUARANTINE_SCHEMA, decision_schema
+from drivetrain.data._schemas import (
+    ALERT_SCHEMA,
+    BASELINE_SCHEMA,
+    INGEST_ID,
+    INGEST_LOG_SCHEMA,
+    OUTCOME_SCHEMA,
+    PENDING_SCHEMA,
+    QUARANTINE_SCHEMA,
+    RELEASE_SCHEMA,
+    WITH_INGEST_ID,
+    decision_schema,
+)
 from drivetrain.errors import StoreError
 from drivetrain.spec import Spec
 
 __all__ = ["MemoryStore", "ParquetStore", "Store", "TABLES", "open_store"]
 
-TABLES = ("decisions", "outcomes", "outcomes_pending", "quarantine", "baselines", "alerts")
+TABLES = ("decisions", "outcomes", "outcomes_pending", "quarantine", "baselines", "alerts", "ingests", "releases")
 _PARTITION_COLUMN = {"decisions": "decided_at", "outcomes": "occurred_at", "quarantine": "quarantined_at"}
 _MARKER = "drivetrain-store.json"
 _FORMAT = 1
@@ -59,6 +72,8 @@ class Store(Protocol):
 
     def lookup(self, table: str, key: str, keys: pa.Table) -> pa.Table: ...
 
+    def remove(self, table: str, key: str, keys: pa.Table) -> int: ...
+
     def writing(self) -> contextlib.AbstractContextManager[None]: ...
 
 
@@ -77,17 +92,22 @@ class _SqlStore:
     def schema(self, table: str) -> pa.Schema:
         if table not in TABLES:
             raise StoreError(f"`table` must be one of {list(TABLES)}, got {table!r}")
-        return {
+        schema = {
             "decisions": decision_schema(self.spec),
             "outcomes": OUTCOME_SCHEMA,
             "outcomes_pending": PENDING_SCHEMA,
             "quarantine": QUARANTINE_SCHEMA,
             "baselines": BASELINE_SCHEMA,
             "alerts": ALERT_SCHEMA,
+            "ingests": INGEST_LOG_SCHEMA,
+            "releases": RELEASE_SCHEMA,
         }[table]
+        return schema.append(pa.field(INGEST_ID, pa.string())) if table in WITH_INGEST_ID else schema
 
     def _check(self, table: str, rows: pa.Table) -> pa.Table:
         schema = self.schema(table)
+        if table in WITH_INGEST_ID and INGEST_ID not in rows.column_names:  # rows appended outside an ingest
+            rows = rows.append_column(pa.field(INGEST_ID, pa.string()), pa.nulls(rows.num_rows, pa.string()))
         missing = [f.name for f in schema if f.name not in rows.column_names]
         if missing:
             raise StoreError(f"rows for `{table}` must have columns {missing}, got {rows.column_names}")
@@ -132,6 +152,22 @@ class _SqlStore:
         self.schema(table)
         return int(self.arrow(f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py())
 
+    def _keep(self, rows: pa.Table, key: str, keys: pa.Array) -> pa.Table | None:
+        """``rows`` without those whose ``key`` is among ``keys``, or None when none of them is."""
+        if key not in rows.column_names:
+            return None
+        hit = pc.fill_null(pc.is_in(rows.column(key), value_set=keys), False)
+        if not pc.any(hit).as_py():
+            return None
+        return rows.filter(pc.invert(hit))
+
+
+def _key_values(table: str, schema: pa.Schema, key: str, keys: pa.Table) -> pa.Array:
+    if key not in schema.names:
+        raise StoreError(f"`key` must be a column of `{table}` {schema.names}, got {key!r}")
+    values = keys.column(key).combine_chunks().cast(schema.field(key).type)
+    return pc.drop_null(values)
+
 
 class MemoryStore(_SqlStore):
     """Tables as Arrow tables in memory; the real SQL paths, no files."""
@@ -148,6 +184,21 @@ class MemoryStore(_SqlStore):
     def replace(self, table: str, rows: pa.Table) -> None:
         rows = self._check(table, rows)
         self._tables[table] = [rows] if rows.num_rows else []
+
+    def remove(self, table: str, key: str, keys: pa.Table) -> int:
+        """Remove the rows of ``table`` whose ``key`` is among ``keys[key]``; return how many."""
+        values = _key_values(table, self.schema(table), key, keys)
+        removed, parts = 0, []
+        for part in self._tables[table]:
+            kept = self._keep(part, key, values)
+            if kept is None:
+                parts.append(part)
+                continue
+            removed += part.num_rows - kept.num_rows
+            if kept.num_rows:
+                parts.append(kept)
+        self._tables[table] = parts
+        return removed
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -234,14 +285,41 @@ class ParquetStore(_SqlStore):
         for path in old:
             path.unlink()
 
+    def remove(self, table: str, key: str, keys: pa.Table) -> int:
+        """Remove the rows of ``table`` whose ``key`` is among ``keys[key]``; return how many. Only the
+        files holding such rows are rewritten, each in place under a temporary name (a reader sees the
+        old file or the new one)."""
+        values = _key_values(table, self.schema(table), key, keys)
+        removed = 0
+        for path in self._files(table):
+            handle = pq.ParquetFile(path)
+            if key not in handle.schema_arrow.names or self._keep(handle.read(columns=[key]), key, values) is None:
+                continue
+            rows = handle.read()
+            kept = self._keep(rows, key, values)
+            if kept is None:
+                continue
+            removed += rows.num_rows - kept.num_rows
+            if kept.num_rows:
+                tmp = path.with_name(f".{path.name}.tmp")
+                pq.write_table(kept, tmp, compression="zstd")
+                os.replace(tmp, path)
+            else:
+                path.unlink()
+        return removed
+
     def _bind(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         files = self._files(table)
         if not files:
             self._bind_empty(con, table)
             return
         listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)")
+        source = f"read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM {source}")
         stored = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+        if table in WITH_INGEST_ID and INGEST_ID not in stored:  # written before ingest ids: no ingest can undo them
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT *, CAST(NULL AS VARCHAR) AS {INGEST_ID} FROM {source}")
+            stored.add(INGEST_ID)
         if missing := [name for name in self.schema(table).names if name not in stored]:
             raise StoreError(
                 f"the stored `{table}` must have the columns of this spec {missing}, got files without them in {str(self.root)!r}: "

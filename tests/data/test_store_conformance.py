@@ -39,7 +39,7 @@ def test_empty_tables_have_their_schema(store: Store, spec: Spec) -> None:
     for table in TABLES:
         assert store.count(table) == 0
     empty = store.arrow("SELECT * FROM decisions")
-    assert empty.schema.names == decision_schema(spec).names
+    assert empty.schema.names == [*decision_schema(spec).names, "ingest_id"]
 
 
 def test_append_query_lookup_and_partitions(store: Store) -> None:
@@ -134,3 +134,31 @@ def test_stored_rows_without_a_column_of_the_spec_are_a_named_error(spec: Spec, 
     pq.write_table(older, tmp_path / "s" / "decisions" / "part-old.parquet")
     with pytest.raises(StoreError, match=rf"the stored `decisions` must have the columns of this spec \['{feature}'\]"):
         store.count("decisions")
+
+
+def test_remove_takes_out_the_rows_named_and_nothing_else(store: Store) -> None:
+    store.append("outcomes", _outcomes(["a", "b"], day=0).append_column("ingest_id", pa.array(["i1", "i2"])))
+    store.append("outcomes", _outcomes(["c"], day=3).append_column("ingest_id", pa.array(["i1"])))
+    store.append("outcomes", _outcomes(["d"], day=3))  # appended outside an ingest: ingest_id null
+    assert store.remove("outcomes", "ingest_id", pa.table({"ingest_id": ["i1", None, "nope"]})) == 2
+    assert store.query("SELECT event_id FROM outcomes ORDER BY event_id")["event_id"].tolist() == ["b", "d"]
+    assert store.remove("outcomes", "ingest_id", pa.table({"ingest_id": ["i1"]})) == 0
+    assert store.remove("outcomes", "event_id", pa.table({"event_id": ["d"]})) == 1
+    assert store.query("SELECT event_id, ingest_id FROM outcomes").to_dict("records") == [{"event_id": "b", "ingest_id": "i2"}]
+    with pytest.raises(StoreError, match="`key` must be a column of `outcomes`"):
+        store.remove("outcomes", "nope", pa.table({"nope": ["x"]}))
+
+
+def test_rows_stored_before_ingest_ids_read_a_null_ingest_id(spec: Spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A store written before ingest ids existed keeps reading (documented default: null), and new rows join it."""
+    import pyarrow.parquet as pq
+
+    store = ParquetStore(tmp_path / "s", spec, create=True)
+    (tmp_path / "s" / "outcomes").mkdir()
+    pq.write_table(_outcomes(["old"]), tmp_path / "s" / "outcomes" / "part-old.parquet")
+    assert store.arrow("SELECT event_id, ingest_id FROM outcomes").to_pylist() == [{"event_id": "old", "ingest_id": None}]
+    store.append("outcomes", _outcomes(["new"]).append_column("ingest_id", pa.array(["i9"])))
+    got = store.arrow("SELECT event_id, ingest_id FROM outcomes ORDER BY event_id").to_pylist()
+    assert got == [{"event_id": "new", "ingest_id": "i9"}, {"event_id": "old", "ingest_id": None}]
+    assert store.remove("outcomes", "ingest_id", pa.table({"ingest_id": ["i9"]})) == 1
+    assert store.count("outcomes") == 1
