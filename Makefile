@@ -30,12 +30,15 @@ test: lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The peers the benches compare against (Vowpal Wabbit, EconML) come with the `bench` extra.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,spark,bench]'
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/optimize.py
 	$(BIN)/python bench/ope_accuracy.py
 	$(BIN)/python bench/policy_value.py
 	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/throughput.py
 
 # Renders a report of a small twin run in headless Chromium (Debian's package, installed when missing)
 # and fails on console errors or a figure that did not draw; output under browser-check/.

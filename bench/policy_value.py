@@ -66,13 +66,14 @@ def logged_store(twin: NBOOTwin, n_log: int) -> tuple[MemoryStore, SimulatedCloc
     return store, clock
 
 
-def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds: int, threads: int) -> dict[str, float]:
+def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds: int, threads: int,
+             subsample: float = 1.0) -> dict[str, float]:
     twin = NBOOTwin(seed=seed)
     spec = twin.spec
     store, clock = logged_store(twin, n_log)
     t0 = time.perf_counter()
     model, table, _ = fit_model(store, clock.now(), OutcomeModel(n_folds=folds, n_estimators=trees, learning_rate=rate,
-                                                               num_threads=threads, seed=seed))
+                                                               num_threads=threads, seed=seed, subsample=subsample))
     fit_s = time.perf_counter() - t0
 
     evaluation = NBOOTwin(seed=1000 + seed).population(n_eval, offset=50_000_000)
@@ -131,11 +132,12 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=150, help="boosting rounds of each component model's context stage (the Modeler's rule sets its effect stage)")
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--folds", type=int, default=3, help="cross-fitting folds of the Modeler (its default)")
+    parser.add_argument("--subsample", type=float, default=1.0, help="share of the rows each tree of the Modeler learns from")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once (same figures)")
     args = parser.parse_args()
     n_log, n_eval, trees, folds, seeds = (100_000, 100_000, args.trees, args.folds, args.seeds) if not args.quick else (6_000, 3_000, 40, 2, 1)
     start = time.perf_counter()
-    settings = (n_log, n_eval, trees, args.learning_rate, folds, args.threads)
+    settings = (n_log, n_eval, trees, args.learning_rate, folds, args.threads, args.subsample)
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=min(args.jobs, seeds)) as pool:
             rows = list(pool.map(run_seed, range(seeds), *([value] * seeds for value in settings)))

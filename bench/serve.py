@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 
 from drivetrain.assembly import fit_model, plan_policy
-from drivetrain.model import OutcomeModel
-from drivetrain.model._compiled import CompiledModel
+from drivetrain.model import CompiledModel, OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.serve import Decider, ServiceProcess, settle_heap
 from drivetrain.twin import NBOOTwin, oracle

@@ -105,7 +105,7 @@ def fit_plain(directory: str, trees: int, rate: float, threads: int) -> dict[str
 
 
 def fit_vw(directory: str) -> dict[str, Any]:
-    import vowpalwabbit  # type: ignore[import-not-found]
+    import vowpalwabbit
 
     spec = NBOOTwin(seed=0).spec
     frame = pd.read_parquet(Path(directory) / "train.parquet")
@@ -189,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     fit_sizes, context_sizes, trees = (args.fit_sizes, args.contexts, args.trees) if not args.quick else ([3_000], [2_000], 20)
     try:
-        import vowpalwabbit  # type: ignore[import-not-found]  # noqa: F401
+        import vowpalwabbit  # noqa: F401
         have_vw = True
     except ImportError:
         have_vw = False

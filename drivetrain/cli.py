@@ -488,8 +488,8 @@ def fit(
     refit: Annotated[bool, typer.Option(help="After cross-fitting, fit one model per component on every row to "
                                              "predict and serve (--no-refit: the mean of the fold models, a little "
                                              "better decisions for three times the trees a decision runs).")] = True,
-    trees: Annotated[int, typer.Option(min=1, help="Boosting rounds per model.")] = 300,
-    threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 2,
+    trees: Annotated[int, typer.Option(min=1, help="Boosting rounds of each model's context stage (rate 0.1).")] = 150,
+    threads: Annotated[int, typer.Option(min=1, help="Models fitted side by side, one LightGBM thread each.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of folds and models.")] = 0,
 ) -> None:
     """Fit the Modeler on the training table and save it; print effects versus control with intervals."""

@@ -3,12 +3,13 @@
 from typing import TYPE_CHECKING, Any
 
 from drivetrain.model._features import FeatureEncoder
+from drivetrain.model._learners import ComponentLearner
 from drivetrain.model._modeler import OutcomeModel
 
 if TYPE_CHECKING:
     from drivetrain.model._compiled import CompiledModel
 
-__all__ = ["CompiledModel", "FeatureEncoder", "OutcomeModel"]
+__all__ = ["CompiledModel", "ComponentLearner", "FeatureEncoder", "OutcomeModel"]
 
 
 def __getattr__(name: str) -> Any:

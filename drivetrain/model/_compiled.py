@@ -13,7 +13,7 @@ caller then predicts with the parts themselves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -129,32 +129,41 @@ class CompiledModel:
                 self.mono_length, self.mono_increasing, self.gate_pairs, self.zeros, mean)
         return {comp: mean[None, :, c] for c, comp in enumerate(self.components)}
 
-    def predict_values(self, x: np.ndarray, *, num_threads: int = 1) -> np.ndarray:
-        """Each fold's components of encoded contexts ``x`` (n, d) for every action: (n, K, C, F)."""
-        n, k = x.shape[0], self.forest.rows.shape[0]
-        values = np.empty((n, k, len(self.components), self.n_folds))
-        for lo in range(0, n, CHUNK):
+    def _chunks(self, x: np.ndarray, num_threads: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, each fold's components (m, K, C, F)) of successive chunks of encoded contexts."""
+        k = self.forest.rows.shape[0]
+        for lo in range(0, x.shape[0], CHUNK):
             raw = self.forest.raw_batch(x[lo: lo + CHUNK], num_threads=num_threads)
+            values = np.empty((raw.shape[0], k, len(self.components), self.n_folds))
             with _threads(num_threads):
                 _values_batch(raw, self.constant, self.link, self.binary, self.n_folds, self.mono_component, self.mono_order,
-                              self.mono_length, self.mono_increasing, self.gate_pairs, self.zeros, values[lo: lo + CHUNK])
-        return values
+                              self.mono_length, self.mono_increasing, self.gate_pairs, self.zeros, values)
+            yield lo, values
 
     def predict(self, x: np.ndarray, *, num_threads: int = 1) -> dict[str, np.ndarray]:
-        """Expected value of each component for every action (mean over folds): {comp: (n, K)}."""
-        values = self.predict_values(x, num_threads=num_threads)
-        mean = values[..., 0].copy()
-        for f in range(1, self.n_folds):
-            mean += values[..., f]
-        if self.n_folds > 1:
-            mean /= self.n_folds
-        return {comp: np.ascontiguousarray(mean[:, :, c]) for c, comp in enumerate(self.components)}
+        """Expected value of each component for every action (mean over folds) of encoded contexts ``x``
+        (n, d): {comp: (n, K)}. Memory: the result plus one chunk of raw scores."""
+        n, k = x.shape[0], self.forest.rows.shape[0]
+        out = {comp: np.empty((n, k)) for comp in self.components}
+        for lo, values in self._chunks(x, num_threads):
+            mean = values[..., 0].copy()
+            for f in range(1, self.n_folds):
+                mean += values[..., f]
+            if self.n_folds > 1:
+                mean /= self.n_folds
+            for c, comp in enumerate(self.components):
+                out[comp][lo: lo + len(values)] = mean[:, :, c]
+        return out
 
     def predict_folds(self, x: np.ndarray, *, num_threads: int = 1) -> list[dict[str, np.ndarray]]:
         """Each fold's components for every action: one {comp: (n, K)} per fold."""
-        values = self.predict_values(x, num_threads=num_threads)
-        return [{comp: np.ascontiguousarray(values[:, :, c, f]) for c, comp in enumerate(self.components)}
-                for f in range(self.n_folds)]
+        n, k = x.shape[0], self.forest.rows.shape[0]
+        out = [{comp: np.empty((n, k)) for comp in self.components} for _ in range(self.n_folds)]
+        for lo, values in self._chunks(x, num_threads):
+            for f in range(self.n_folds):
+                for c, comp in enumerate(self.components):
+                    out[f][comp][lo: lo + len(values)] = values[:, :, c, f]
+        return out
 
 
 @numba.njit(cache=True, nogil=True)

@@ -26,6 +26,11 @@ carry no overfitting bias. With ``refit`` (the default) one more model per compo
 row and predicts new contexts; without it they get the mean of the fold models. Either way the spread of
 the fold models is a per (unit, action) uncertainty that pessimistic planning uses.
 
+Speed (docs/decisions.md): the component models are fitted side by side, ``num_threads`` at a time with
+one LightGBM thread each, on LightGBM Datasets binned once for every fold and stage; predictions of
+batches go through the compiled forest (:mod:`drivetrain.model._compiled`), equal to LightGBM's own to
+1e-12. Each fitted part is a :class:`~drivetrain.model._learners.ComponentLearner`.
+
 >>> from drivetrain.twin import NBOOTwin  # doctest: +SKIP
 """
 
@@ -61,7 +66,7 @@ Table: TypeAlias = pd.DataFrame | pa.Table
 MIN_ROWS_FOR_ZERO = 200
 #: Hyperparameters written with a saved model (the scikit-learn estimators are not: they cannot be saved).
 SAVED_PARAMS = ("learner", "n_folds", "n_estimators", "effect_estimators", "learning_rate", "num_leaves",
-                "min_child_samples", "feature_fraction", "lambda_l2", "log_link", "refit", "seed", "num_threads")
+                "min_child_samples", "feature_fraction", "lambda_l2", "subsample", "log_link", "refit", "seed", "num_threads")
 
 
 @dataclass(frozen=True)
@@ -102,13 +107,14 @@ class OutcomeModel:
         *,
         learner: Literal["s", "t"] = "s",
         n_folds: int = 3,
-        n_estimators: int = 300,
+        n_estimators: int = 150,
         effect_estimators: int | None = None,
-        learning_rate: float = 0.05,
+        learning_rate: float = 0.1,
         num_leaves: int = 15,
         min_child_samples: int = 200,
         feature_fraction: float = 0.7,
         lambda_l2: float = 10.0,
+        subsample: float = 1.0,
         log_link: bool = True,
         refit: bool = True,
         seed: int = 0,
@@ -125,6 +131,7 @@ class OutcomeModel:
         self.min_child_samples = min_child_samples
         self.feature_fraction = feature_fraction
         self.lambda_l2 = lambda_l2
+        self.subsample = subsample
         self.log_link = log_link
         self.refit = refit
         self.seed = seed
@@ -145,9 +152,13 @@ class OutcomeModel:
             raise UsageError(f"`effect_estimators` must be >= 1 or None (the default rule), got {self.effect_estimators!r}")
         if not 0 < self.learning_rate <= 1:
             raise UsageError(f"`learning_rate` must be in (0, 1], got {self.learning_rate!r}")
+        if not 0 < self.subsample <= 1:
+            raise UsageError(f"`subsample` must be in (0, 1], got {self.subsample!r}")
 
     def _lgbm_params(self, objective: str) -> dict[str, Any]:
+        bagging = {"bagging_fraction": self.subsample, "bagging_freq": 1, "bagging_seed": self.seed} if self.subsample < 1 else {}
         return {
+            **bagging,
             "objective": objective,
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,

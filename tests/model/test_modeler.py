@@ -210,3 +210,38 @@ def test_cross_fitting_folds_are_drawn_per_unit(noisy) -> None:  # type: ignore[
     two_units = thrice[thrice["unit_id"].isin(thrice["unit_id"].iloc[:2])]
     with pytest.raises(DataError, match="at least 3 distinct `unit_id` values for 3 folds, got 2"):
         OutcomeModel(n_folds=3, n_estimators=5).fit(two_units, twin.spec)
+
+
+def test_the_model_writes_and_reads_itself_whole(noise_free, fresh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A model read back from its files predicts as the fitted one, keeps its hyperparameters, and its
+    doubly robust effects work on any table (they once raised AttributeError after loading)."""
+    twin, table = noise_free
+    users, _ = fresh
+    table = table.head(4000)
+    model = OutcomeModel(n_folds=2, n_estimators=20, learning_rate=0.2, min_child_samples=50, seed=3).fit(table, twin.spec)
+    entry = model.to_files(tmp_path)
+    loaded = OutcomeModel.from_files(tmp_path, entry, twin.spec)
+    assert (loaded.n_estimators, loaded.learning_rate, loaded.min_child_samples, loaded.seed, loaded.n_folds) == (20, 0.2, 50, 3, 2)
+    for means in ((model.predict_outcomes(users), loaded.predict_outcomes(users)),
+                  (model.predict_outcomes(users, engine="parts"), loaded.predict_outcomes(users, engine="parts"))):
+        for c in twin.spec.outcomes:
+            np.testing.assert_array_equal(means[0][c], means[1][c], err_msg=c)
+    later = _logged(9, 3000, noise_free=True)[1]  # a table neither model was fitted on: both predict it
+    pd.testing.assert_frame_equal(model.effect_interval(later), loaded.effect_interval(later))
+    # on its own training table the fitted model uses its out-of-fold predictions, the loaded one has none
+    own, reread = model.effect_interval(table), loaded.effect_interval(table)
+    assert len(own) == len(reread) == 10 and not np.allclose(own["effect"], reread["effect"])
+    np.testing.assert_array_equal(model.pseudo_outcomes(table, "purchase")[:, 0] != 0, True)
+    with pytest.raises(UsageError, match="holds no predictions of its training rows"):
+        loaded.training_predictions()
+
+
+def test_a_fitted_model_keeps_no_training_rows(noise_free) -> None:  # type: ignore[no-untyped-def]
+    twin, table = noise_free
+    table = table.head(3000)
+    model = OutcomeModel(n_folds=2, n_estimators=10).fit(table, twin.spec)
+    kept = {name for name, value in vars(model).items()
+            if isinstance(value, pd.DataFrame | np.ndarray) and len(value) == len(table)}
+    kept |= {name for name, value in vars(model).items() if isinstance(value, dict)
+             and any(isinstance(v, np.ndarray) and v.shape[:1] == (len(table),) for v in value.values())}
+    assert kept == {"fold_", "oof_"}  # the fold of each row and its out-of-fold predictions, no outcome or context
