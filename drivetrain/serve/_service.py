@@ -127,8 +127,11 @@ class Service:
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.metrics.start(config.spec)
+        self.policy_digest: str | None = None
         self.decider = Decider.load(config.spec, config.policy_dir)
         self.policy_dir = config.policy_dir
+        if self.decider.ready and (clash := self._bind_version(self.decider, config.policy_dir)) is not None:
+            self.decider = Decider(config.spec, None, degraded_reason=clash)
         self.metrics.ready.set(1 if self.decider.ready else 0)
         self.requests = RequestMemory(config.request_memory_bytes)
         self.log_error: str | None = None  # the last failed write, until a write succeeds
@@ -276,6 +279,8 @@ class Service:
                 with _yielding():
                     candidate = Decider.load(self.config.spec, policy_dir.resolve())
                 refused = candidate.degraded_reason if not candidate.ready else _randomization_change(self.decider, candidate)
+                if refused is None:
+                    refused = self._bind_version(candidate, policy_dir.resolve())
             if refused is not None or candidate is None:
                 self.metrics.reloads.labels("refused").inc()
                 return {"reloaded": False, "reason": refused, "policy_version": self.decider.version}
@@ -285,6 +290,29 @@ class Service:
             self.metrics.ready.set(1)
             self.metrics.reloads.labels("ok").inc()
             return {"reloaded": True, "policy_version": candidate.version, "previous_version": previous}
+
+    def _bind_version(self, decider: Decider, directory: Path) -> str | None:
+        """Bind the policy's version name to its content (the digest of its manifest, which holds every
+        file's checksum) on first serving; a policy under a name served before with other content is
+        refused, so a version name always means the same policy here. None when it may serve."""
+        registry = self.config.log_dir / "policy-versions.json"
+        digest = hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()
+        try:
+            known: dict[str, str] = json.loads(registry.read_text()) if registry.is_file() else {}
+        except ValueError:
+            known = {}
+        bound = known.get(decider.version)
+        if bound is not None and bound != digest:
+            return (f"policy {str(directory)!r} is named {decider.version!r}, a version served before with other content "
+                    f"(manifest sha256 {bound[:12]}..., this one {digest[:12]}...): a new policy needs a new version name")
+        if bound is None:
+            known[decider.version] = digest
+            registry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = registry.with_name(f".{registry.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, registry)
+        self.policy_digest = digest
+        return None
 
     def _refusal(self, policy_dir: Path) -> str | None:
         root = self.policy_root
@@ -336,7 +364,8 @@ class Service:
         path = self.policy_dir / "manifest.json"
         if d.ready and path.is_file():
             manifest = json.loads(path.read_text())
-        return {"policy_version": d.version, "ready": d.ready, "policy_dir": str(self.policy_dir), "manifest": manifest}
+        return {"policy_version": d.version, "ready": d.ready, "policy_dir": str(self.policy_dir), "manifest": manifest,
+                "manifest_sha256": self.policy_digest if d.ready else None}
 
     # ------------------------------------------------------------------ background upkeep
     async def upkeep(self) -> None:

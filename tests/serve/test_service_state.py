@@ -126,3 +126,21 @@ def test_the_request_memory_is_bounded_in_bytes_and_compares_values() -> None:
         memory.prior("id-999", request_digest("u", {"n": "999"}))
     with pytest.raises(ConflictError):
         memory.prior("id-999", request_digest("v", {"n": 999}))
+
+
+def test_a_version_name_always_means_the_same_content(policies: tuple[Path, Path], tmp_path: Path) -> None:
+    """A policy changed and saved again under the served version's name (its manifest recomputed, so it
+    loads) is refused on reload, and degrades a restart; the legitimate one still serves."""
+    service = _service(policies[0], tmp_path / "w")
+    tampered = policies[0].parent / "tampered"
+    shutil.rmtree(tampered, ignore_errors=True)
+    policy = Policy.load(policies[1])
+    dataclasses.replace(policy, version="policy-a").save(tampered)
+    r = service.reload(tampered)
+    assert not r["reloaded"] and "served before with other content" in r["reason"], r
+    assert service.policy_info()["manifest_sha256"] is not None
+    service.log.close()  # type: ignore[union-attr]
+    again = _service(tampered, tmp_path / "w")
+    assert not again.decider.ready and "served before with other content" in str(again.decider.degraded_reason)
+    again.log.close()  # type: ignore[union-attr]
+    assert _service(policies[0], tmp_path / "w").decider.ready
