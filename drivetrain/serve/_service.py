@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -31,7 +31,7 @@ from drivetrain.errors import ConflictError
 from drivetrain.serve._decider import Decider, Decision
 from drivetrain.serve._http import Limits
 from drivetrain.serve._log import CLOSED, DecisionLog, FsyncPolicy, read_segments, recover
-from drivetrain.serve._requests import RequestMemory, request_digest
+from drivetrain.serve._requests import RequestMemory, answer_json, request_digest
 from drivetrain.spec import Spec
 
 __all__ = ["LogUnavailable", "Service", "ServiceConfig", "settle_heap"]
@@ -166,8 +166,8 @@ class Service:
 
     # ------------------------------------------------------------------ decisions
     def decide(self, unit_id: str, context: dict[str, Any], request_id: str | None, arrived: float, *,
-               started: float | None = None, budget_s: float | None = None, reserved: bool = False) -> dict[str, Any]:
-        """Decide and log; a request id decided before (by this process or an earlier one, sent by the
+               started: float | None = None, budget_s: float | None = None, reserved: bool = False) -> bytes:
+        """Decide and log; the response's JSON. A request id decided before (by this process or an earlier one, sent by the
         client or generated here) gets that decision again, not a second one. ``arrived`` is the
         ``time.perf_counter()`` of the request's arrival (latency runs from it); the latency budget runs
         from ``started`` (default: the arrival), ``budget_s`` lowers it (a client's deadline).
@@ -200,8 +200,9 @@ class Service:
                 self.log_error = None
                 self.metrics.live.set(1)
         self._count(decision, time.perf_counter() - t, time.perf_counter() - arrived)
-        self.requests.remember(rid, digest, decision.response)
-        return decision.response
+        answer = answer_json(decision.response)
+        self.requests.remember(rid, digest, answer)
+        return answer
 
     def reserve(self, requests: Sequence[tuple[str, dict[str, Any], str | None]]) -> set[str]:
         """Check a batch, before any of it is decided, and reserve its request ids while it is decided (it
@@ -399,7 +400,7 @@ class Service:
         self.metrics.remembered.set(self.requests.bytes)
         try:  # reads the Parquet files' footers: off the event loop
             self.metrics.pending_outcomes.set(await asyncio.to_thread(self.store.count, "outcomes_pending"))
-        except Exception as error:  # noqa: BLE001 - a gauge must not stop the upkeep; the store's error is reported
+        except Exception as error:
             print(f"counting the pending outcomes failed: {error!r}", file=sys.stderr, flush=True)
 
     async def request_compaction(self) -> bool:

@@ -4,6 +4,7 @@ request memory's bound, the OpenAPI document's auth."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from drivetrain.data import open_store
 from drivetrain.errors import ConflictError
 from drivetrain.policy import Policy
 from drivetrain.serve import Service, ServiceConfig, create_app
-from drivetrain.serve._requests import RequestMemory, request_digest
+from drivetrain.serve._requests import RequestMemory, answer_json, request_digest
 from drivetrain.serve._service import LogUnavailable
 from drivetrain.spec import load_spec
 
@@ -117,11 +118,11 @@ def test_the_request_memory_is_bounded_in_bytes_and_compares_values() -> None:
     memory = RequestMemory(max_bytes=200_000)
     answer = {"request_id": "", "action_id": "control", "fallback_reason": "x" * 5_000}
     for i in range(1_000):
-        memory.remember(f"id-{i}", request_digest("u", {"n": i}), {**answer, "request_id": f"id-{i}"})
+        memory.remember(f"id-{i}", request_digest("u", {"n": i}), answer_json({**answer, "request_id": f"id-{i}"}))
         assert memory.bytes <= 200_000
     assert 20 <= len(memory) < 40  # about 5 kB each
     assert memory.prior("id-0", request_digest("u", {"n": 0})) is None  # the oldest went first
-    assert memory.prior("id-999", request_digest("u", {"n": 999.0}))["request_id"] == "id-999"  # 999.0 is 999
+    assert json.loads(memory.prior("id-999", request_digest("u", {"n": 999.0})) or b"")["request_id"] == "id-999"  # 999.0 is 999
     with pytest.raises(ConflictError, match="another unit or context"):
         memory.prior("id-999", request_digest("u", {"n": "999"}))
     with pytest.raises(ConflictError):
