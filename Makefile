@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench browser-check clean
+.PHONY: demo test test-fast lint bench browser-check schemathesis soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/policy_value.py
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/throughput.py
+
+# schemathesis against the served OpenAPI document, with and without the token: no server error, no
+# undocumented status, no schema violation (a local service on a free port).
+schemathesis: $(STAMP)
+	$(BIN)/python scripts/fuzz_api.py --examples 100
+
+# The service under load with compactions in a loop and kill -9s: nothing acknowledged lost or changed.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 # Renders a report of a small twin run in headless Chromium (Debian's package, installed when missing)
 # and fails on console errors or a figure that did not draw; output under browser-check/.

@@ -8,4 +8,4 @@ from drivetrain.serve._service import Service, ServiceConfig, settle_heap
 from drivetrain.serve.app import create_app
 
 __all__ = ["CompactionReport", "Decider", "Decision", "DecisionLog", "Limits", "RecoveryReport", "Service", "ServiceConfig",
-           "ServiceProcess", "compact", "free_port", "read_segments", "create_app", "recover", "run", "settle_heap"]
+           "ServiceProcess", "compact", "create_app", "free_port", "read_segments", "recover", "run", "settle_heap"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from drivetrain.errors import ConflictError
 
-__all__ = ["RequestMemory", "request_digest"]
+__all__ = ["RequestMemory", "answer_json", "request_digest"]
 
 _UNIT, _CONTEXT = 8, 16
 _UNKNOWN = bytes(_CONTEXT)  # a decision read back from the store, which does not keep the digest
@@ -41,6 +41,11 @@ def request_digest(unit_id: str, context: Mapping[str, Any]) -> bytes:
     unit = hashlib.blake2b(unit_id.encode("utf-8", "surrogatepass"), digest_size=_UNIT).digest()
     text = json.dumps({k: _canonical(v) for k, v in context.items()}, sort_keys=True, separators=(",", ":"))
     return unit + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=_CONTEXT).digest()
+
+
+def answer_json(response: Mapping[str, Any]) -> bytes:
+    """A response as the service sends it."""
+    return json.dumps(response, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _response_of(record: Mapping[str, Any], levers: Iterable[str]) -> dict[str, Any]:
@@ -70,8 +75,9 @@ class RequestMemory:
     def _size(key: str, value: bytes) -> int:
         return sys.getsizeof(key) + sys.getsizeof(value) + _ENTRY_OVERHEAD
 
-    def remember(self, request_id: str, digest: bytes, response: Mapping[str, Any]) -> None:
-        value = digest + json.dumps(response, allow_nan=False, separators=(",", ":")).encode()
+    def remember(self, request_id: str, digest: bytes, answer: bytes) -> None:
+        """Keep ``answer`` (the response's JSON, as sent) for ``request_id``."""
+        value = digest + answer
         old = self._entries.pop(request_id, None)
         if old is not None:
             self.bytes -= self._size(request_id, old)
@@ -81,9 +87,9 @@ class RequestMemory:
             key, dropped = self._entries.popitem(last=False)
             self.bytes -= self._size(key, dropped)
 
-    def prior(self, request_id: str, digest: bytes, where: str = "") -> dict[str, Any] | None:
-        """The answer given to ``request_id`` before, if any; a :class:`ConflictError` when it was given for
-        another unit or context."""
+    def prior(self, request_id: str, digest: bytes, where: str = "") -> bytes | None:
+        """The answer (JSON) given to ``request_id`` before, if any; a :class:`ConflictError` when it was
+        given for another unit or context."""
         stored = self._entries.get(request_id)
         if stored is None:
             return None
@@ -91,8 +97,7 @@ class RequestMemory:
         if unit != digest[:_UNIT] or (context != _UNKNOWN and context != digest[_UNIT:]):
             raise ConflictError(f"`{where}request_id` must name one decision, got {request_id!r}, which was decided "
                                 "for another unit or context; send a new request id for a new decision")
-        answer: dict[str, Any] = json.loads(stored[_UNIT + _CONTEXT:])
-        return answer
+        return stored[_UNIT + _CONTEXT:]
 
     def load(self, records: Iterable[Mapping[str, Any]], levers: Iterable[str]) -> int:
         """Remember logged or stored decisions, oldest first (a record without its digest matches any
@@ -109,7 +114,7 @@ class RequestMemory:
                 if len(digest) != _UNIT + _CONTEXT:
                     unit = hashlib.blake2b(str(record["unit_id"]).encode("utf-8", "surrogatepass"), digest_size=_UNIT).digest()
                     digest = unit + _UNKNOWN
-                self.remember(request_id, digest, _response_of(record, names))
+                self.remember(request_id, digest, answer_json(_response_of(record, names)))
             except (KeyError, TypeError, ValueError):  # a line ingest will quarantine; nothing was answered from it
                 continue
         return n

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -31,7 +31,7 @@ from drivetrain.errors import ConflictError
 from drivetrain.serve._decider import Decider, Decision
 from drivetrain.serve._http import Limits
 from drivetrain.serve._log import CLOSED, DecisionLog, FsyncPolicy, read_segments, recover
-from drivetrain.serve._requests import RequestMemory, request_digest
+from drivetrain.serve._requests import RequestMemory, answer_json, request_digest
 from drivetrain.spec import Spec
 
 __all__ = ["LogUnavailable", "Service", "ServiceConfig", "settle_heap"]
@@ -127,8 +127,11 @@ class Service:
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.metrics.start(config.spec)
+        self.policy_digest: str | None = None
         self.decider = Decider.load(config.spec, config.policy_dir)
         self.policy_dir = config.policy_dir
+        if self.decider.ready and (clash := self._bind_version(self.decider, config.policy_dir)) is not None:
+            self.decider = Decider(config.spec, None, degraded_reason=clash)
         self.metrics.ready.set(1 if self.decider.ready else 0)
         self.requests = RequestMemory(config.request_memory_bytes)
         self.log_error: str | None = None  # the last failed write, until a write succeeds
@@ -163,8 +166,8 @@ class Service:
 
     # ------------------------------------------------------------------ decisions
     def decide(self, unit_id: str, context: dict[str, Any], request_id: str | None, arrived: float, *,
-               started: float | None = None, budget_s: float | None = None, reserved: bool = False) -> dict[str, Any]:
-        """Decide and log; a request id decided before (by this process or an earlier one, sent by the
+               started: float | None = None, budget_s: float | None = None, reserved: bool = False) -> bytes:
+        """Decide and log; the response's JSON. A request id decided before (by this process or an earlier one, sent by the
         client or generated here) gets that decision again, not a second one. ``arrived`` is the
         ``time.perf_counter()`` of the request's arrival (latency runs from it); the latency budget runs
         from ``started`` (default: the arrival), ``budget_s`` lowers it (a client's deadline).
@@ -197,8 +200,9 @@ class Service:
                 self.log_error = None
                 self.metrics.live.set(1)
         self._count(decision, time.perf_counter() - t, time.perf_counter() - arrived)
-        self.requests.remember(rid, digest, decision.response)
-        return decision.response
+        answer = answer_json(decision.response)
+        self.requests.remember(rid, digest, answer)
+        return answer
 
     def reserve(self, requests: Sequence[tuple[str, dict[str, Any], str | None]]) -> set[str]:
         """Check a batch, before any of it is decided, and reserve its request ids while it is decided (it
@@ -276,6 +280,8 @@ class Service:
                 with _yielding():
                     candidate = Decider.load(self.config.spec, policy_dir.resolve())
                 refused = candidate.degraded_reason if not candidate.ready else _randomization_change(self.decider, candidate)
+                if refused is None:
+                    refused = self._bind_version(candidate, policy_dir.resolve())
             if refused is not None or candidate is None:
                 self.metrics.reloads.labels("refused").inc()
                 return {"reloaded": False, "reason": refused, "policy_version": self.decider.version}
@@ -285,6 +291,29 @@ class Service:
             self.metrics.ready.set(1)
             self.metrics.reloads.labels("ok").inc()
             return {"reloaded": True, "policy_version": candidate.version, "previous_version": previous}
+
+    def _bind_version(self, decider: Decider, directory: Path) -> str | None:
+        """Bind the policy's version name to its content (the digest of its manifest, which holds every
+        file's checksum) on first serving; a policy under a name served before with other content is
+        refused, so a version name always means the same policy here. None when it may serve."""
+        registry = self.config.log_dir / "policy-versions.json"
+        digest = hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()
+        try:
+            known: dict[str, str] = json.loads(registry.read_text()) if registry.is_file() else {}
+        except ValueError:
+            known = {}
+        bound = known.get(decider.version)
+        if bound is not None and bound != digest:
+            return (f"policy {str(directory)!r} is named {decider.version!r}, a version served before with other content "
+                    f"(manifest sha256 {bound[:12]}..., this one {digest[:12]}...): a new policy needs a new version name")
+        if bound is None:
+            known[decider.version] = digest
+            registry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = registry.with_name(f".{registry.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, registry)
+        self.policy_digest = digest
+        return None
 
     def _refusal(self, policy_dir: Path) -> str | None:
         root = self.policy_root
@@ -336,7 +365,8 @@ class Service:
         path = self.policy_dir / "manifest.json"
         if d.ready and path.is_file():
             manifest = json.loads(path.read_text())
-        return {"policy_version": d.version, "ready": d.ready, "policy_dir": str(self.policy_dir), "manifest": manifest}
+        return {"policy_version": d.version, "ready": d.ready, "policy_dir": str(self.policy_dir), "manifest": manifest,
+                "manifest_sha256": self.policy_digest if d.ready else None}
 
     # ------------------------------------------------------------------ background upkeep
     async def upkeep(self) -> None:
@@ -370,7 +400,7 @@ class Service:
         self.metrics.remembered.set(self.requests.bytes)
         try:  # reads the Parquet files' footers: off the event loop
             self.metrics.pending_outcomes.set(await asyncio.to_thread(self.store.count, "outcomes_pending"))
-        except Exception as error:  # noqa: BLE001 - a gauge must not stop the upkeep; the store's error is reported
+        except Exception as error:
             print(f"counting the pending outcomes failed: {error!r}", file=sys.stderr, flush=True)
 
     async def request_compaction(self) -> bool:
