@@ -195,20 +195,24 @@ def regression_gate(spec: Spec, frozen: pd.DataFrame, candidate: Policy, champio
                       f"[{low:+.4f}, {high:+.4f}] doubly robust, on {p.rows} frozen randomized decisions", figures)
 
 
-def off_policy_gate(spec: Spec, recent: pd.DataFrame, candidate: Policy, champion: Policy, model: OutcomeModel) -> GateResult:
-    """On recent decisions no candidate trained on, the lower bound of the candidate's doubly robust lift
-    is above ``min_lift`` (superior), or above ``-non_inferiority_margin`` (non-inferior; its changes of
-    every budget and guardrail are recorded, and the constraints gate judges them)."""
+def off_policy_gate(spec: Spec, recent: pd.DataFrame, candidate: Policy, champion: Policy, reference: OutcomeModel) -> GateResult:
+    """On recent decisions no candidate trained on (exact logged propensities): superior when the doubly
+    robust lift's lower bound is above ``min_lift``; else non-inferior when the reference model's judged
+    lift is above ``-non_inferiority_margin`` and the doubly robust interval does not put it significantly
+    below that margin. The changes of every budget and guardrail are recorded (their wins name the
+    reason); the constraints gate judges their limits."""
     settings = spec.model.adaptation
     gates = settings.gates
+    margin = gates.non_inferiority_margin
     if len(recent) < 2:
         return GateResult("off-policy", False, "no recent decisions of the evaluation units are mature: wait for them", {"rows": len(recent)})
-    paired = paired_values(model, recent, candidate, champion, alpha=gates.alpha, spec=spec)
+    paired = paired_values(reference, recent, candidate, champion, alpha=gates.alpha, spec=spec)
+    judged = _judged_lift(spec, recent, candidate, champion, {"reference": reference})["reference"]
     p = paired["objective"]
     sign = _sign(spec)
     low, high = (p.low, p.high) if sign > 0 else (-p.high, -p.low)
-    figures: dict[str, Any] = {"rows": p.rows, "candidate": p.first, "champion": p.second, "lift": sign * p.difference, "low": low,
-                               "high": high, "min_lift": settings.min_lift, "margin": gates.non_inferiority_margin}
+    figures: dict[str, Any] = {"rows": p.rows, "judged_lift": judged, "dr_lift": sign * p.difference, "dr_low": low, "dr_high": high,
+                               "min_lift": settings.min_lift, "margin": margin}
     wins = []
     for name, _formula, sense, _limit in constraint_terms(spec):
         if name in paired:
@@ -220,11 +224,11 @@ def off_policy_gate(spec: Spec, recent: pd.DataFrame, candidate: Policy, champio
     if low > settings.min_lift:
         return GateResult("off-policy", True, f"superior: lift {sign * p.difference:+.4f} per unit, lower bound {low:+.4f} > "
                           f"{settings.min_lift}", figures)
-    if low > -gates.non_inferiority_margin:
-        return GateResult("off-policy", True, f"non-inferior: lift {sign * p.difference:+.4f}, lower bound {low:+.4f} > "
-                          f"-{gates.non_inferiority_margin}" + (f", with {', '.join(wins)}" if wins else ""), figures)
-    return GateResult("off-policy", False, f"on {p.rows} recent decisions the candidate's lift over the champion is "
-                      f"{sign * p.difference:+.4f} [{low:+.4f}, {high:+.4f}], below the margin -{gates.non_inferiority_margin}: "
+    if judged > -margin and high > -margin:
+        return GateResult("off-policy", True, f"non-inferior: judged lift {judged:+.4f} > -{margin}, doubly robust "
+                          f"{sign * p.difference:+.4f} [{low:+.4f}, {high:+.4f}]" + (f"; wins: {', '.join(wins)}" if wins else ""), figures)
+    return GateResult("off-policy", False, f"on {p.rows} recent decisions the candidate's lift over the champion is {judged:+.4f} by the "
+                      f"reference model, {sign * p.difference:+.4f} [{low:+.4f}, {high:+.4f}] doubly robust, below the margin -{margin}: "
                       "keep the champion; retrain when more decisions have matured", figures)
 
 

@@ -169,3 +169,20 @@ def truth_share(world: World, policy: Policy, users: int = 3000) -> float:
     base = float(truth.objective[:, policy.spec.control.index].mean())
     best = oracle_under_budget(truth.objective, truth.eligible, [truth.components["promo_cost"]], [1.0]).value
     return (truth.value(dist) - base) / (best - base)
+
+
+def judge(world: World, name: str, *, store: Store | None = None, **kw: Any) -> tuple[Candidate | None, list[GateResult]]:
+    """Fit, plan and gate a candidate as a step of the loop does: a candidate that cannot be planned stops
+    at the ``plan`` step with the reason."""
+    from drivetrain.errors import DrivetrainError
+
+    try:
+        cand = candidate(world, name, store=store, **kw)
+    except DrivetrainError as exc:
+        return None, [GateResult("plan", False, str(exc))]
+    return cand, gates_of(world, cand, store=store)
+
+
+def named(policy: Policy, version: str) -> Policy:
+    """The same policy under another version name."""
+    return replace(policy, version=version)

@@ -15,7 +15,7 @@ from drivetrain.adapt import EmbeddedRegistry, Lineage, MemoryRegistry, Registry
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.policy import Policy
 
-from conftest import named
+from tests.adapt.harness import named
 
 T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
 LINEAGE = Lineage(spec_hash="s1", model_spec_hash="m1", data_start="2026-01-05T00:00:00+00:00", data_end="2026-01-20T00:00:00+00:00",
