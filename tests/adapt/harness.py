@@ -129,7 +129,8 @@ class SegmentOffers(Policy):
 
 
 def segment_planner(spec: Spec, model: OutcomeModel, population: pd.DataFrame, version: str) -> Policy:
-    base = plan_policy(spec, model, population, version=version).policy
+    """Planned on a tighter budget, so that the gold users' delayed offers keep the whole within it."""
+    base = plan_policy(spec, model, population, version=version, budget_overrides={"promotion_budget": 0.8}).policy
     return SegmentOffers(**{f: getattr(base, f) for f in ("spec", "model", "multipliers", "version", "exploration_rate", "holdout_share",
                                                           "metadata", "pessimism", "tie_split")})
 
