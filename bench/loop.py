@@ -29,13 +29,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivetrain.adapt import LoopDay, MemoryRegistry, adapt, run_twin_loop  # noqa: E402
-from drivetrain.clock import SimulatedClock  # noqa: E402
-from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes  # noqa: E402
-from drivetrain.demo import loop_spec  # noqa: E402
-from drivetrain.model import OutcomeModel  # noqa: E402
-from drivetrain.spec import Spec, parse_spec  # noqa: E402
-from drivetrain.twin import NBOOTwin, Scenario  # noqa: E402
+from drivetrain.adapt import LoopDay, MemoryRegistry, adapt, run_twin_loop
+from drivetrain.clock import SimulatedClock
+from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.demo import loop_spec
+from drivetrain.model import OutcomeModel
+from drivetrain.spec import Spec, parse_spec
+from drivetrain.twin import NBOOTwin, Scenario
 
 START_DAY = 9  # the first log's decisions are all mature by then (7-day horizon, 1 day to settle)
 

@@ -324,7 +324,7 @@ def serving_gate(policy: Policy, contexts: pd.DataFrame, *, timer: Callable[[], 
     times = np.empty(samples)
     for i, row in enumerate(rows):
         unit = str(row.pop("unit_id"))
-        context = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items() if k in spec.features}
+        context = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items() if k in spec.features}
         best = float("inf")
         for repeat in range(3):
             start = timer()

@@ -27,10 +27,22 @@ from typing import Any
 
 import pandas as pd
 
-from drivetrain.adapt._gates import GateResult, constraints_gate, data_gate, off_policy_gate, regression_gate, serving_gate
+from drivetrain.adapt._gates import (
+    GateResult,
+    constraints_gate,
+    data_gate,
+    off_policy_gate,
+    regression_gate,
+    serving_gate,
+)
 from drivetrain.adapt._live import canary_check, shadow_check
 from drivetrain.adapt._registry import Lineage, Registry
-from drivetrain.adapt._retrain import TriggerReport, judge_triggers, model_spec_hash, training_window
+from drivetrain.adapt._retrain import (
+    TriggerReport,
+    judge_triggers,
+    model_spec_hash,
+    training_window,
+)
 from drivetrain.assembly import plan_policy, write_policy_baselines
 from drivetrain.clock import as_utc
 from drivetrain.data import Store
@@ -247,16 +259,17 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
 
     # 1. the watch window after a promotion
     promoted = _last(registry, "promote")
-    if champion is not None and promoted is not None and registry.alias("last-good") not in (None, champion):
-        if promoted.aliases.get("champion") == champion and as_of - promoted.at <= settings.watch_window:
-            t0, t1 = int(promoted.at.timestamp() * 1e6), int(as_of.timestamp() * 1e6)
-            fired = store.query(f"SELECT rule, subject, message FROM alerts WHERE kind = 'guardrail' AND epoch_us(fired_at) > {t0} "
-                                f"AND epoch_us(fired_at) <= {t1} ORDER BY fired_at, rule, subject")
-            if len(fired):
-                why = f"guardrail alert within the watch window of {champion}'s promotion: {fired['rule'].iloc[0]}: {fired['subject'].iloc[0]}"
-                back = rollback(registry, at=as_of, who=who, why=why)
-                actions.append(f"rolled back {champion} to {back}: {why}")
-                champion = back
+    watching = (champion is not None and promoted is not None and registry.alias("last-good") not in (None, champion)
+                and promoted.aliases.get("champion") == champion and as_of - promoted.at <= settings.watch_window)
+    if watching:
+        t0, t1 = int(promoted.at.timestamp() * 1e6), int(as_of.timestamp() * 1e6)
+        fired = store.query(f"SELECT rule, subject, message FROM alerts WHERE kind = 'guardrail' AND epoch_us(fired_at) > {t0} "
+                            f"AND epoch_us(fired_at) <= {t1} ORDER BY fired_at, rule, subject")
+        if len(fired):
+            why = f"guardrail alert within the watch window of {champion}'s promotion: {fired['rule'].iloc[0]}: {fired['subject'].iloc[0]}"
+            back = rollback(registry, at=as_of, who=who, why=why)
+            actions.append(f"rolled back {champion} to {back}: {why}")
+            champion = back
 
     # 2. a candidate in flight
     challenger = registry.alias("challenger")

@@ -25,7 +25,13 @@ from drivetrain.adapt import (
 )
 from drivetrain.assembly import plan_policy
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, Store, ingest_decisions, ingest_outcomes
+from drivetrain.data import (
+    MemoryStore,
+    RawRows,
+    Store,
+    ingest_decisions,
+    ingest_outcomes,
+)
 from drivetrain.demo import loop_spec
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy

@@ -50,7 +50,7 @@ def test_a_candidate_on_four_times_the_data_passes_every_offline_gate(world: Wor
 
 
 def test_shuffled_outcomes_are_blocked_by_the_regression_gate_or_cannot_be_planned(world: World) -> None:
-    cand, gates = judge(world, f"shuffled-{world.seed}", fit=shuffled_trainer)
+    _, gates = judge(world, f"shuffled-{world.seed}", fit=shuffled_trainer)
     reason = _blocked_by(gates, {"regression", "plan"})
     assert "worse than the champion" in reason or "cannot all hold" in reason
 

@@ -11,7 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drivetrain.adapt import EmbeddedRegistry, Lineage, MemoryRegistry, adapt, always_valid_p, canary_check, canary_units, promote, serve
+from drivetrain.adapt import (
+    EmbeddedRegistry,
+    Lineage,
+    MemoryRegistry,
+    adapt,
+    always_valid_p,
+    canary_check,
+    canary_units,
+    promote,
+    serve,
+)
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.evaluate import Alert, store_alerts

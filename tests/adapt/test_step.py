@@ -12,9 +12,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from drivetrain.adapt import EmbeddedRegistry, MemoryRegistry, adapt, judge_triggers, training_window
+from drivetrain.adapt import (
+    EmbeddedRegistry,
+    MemoryRegistry,
+    adapt,
+    judge_triggers,
+    training_window,
+)
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store, ingest_decisions, ingest_outcomes
+from drivetrain.data import (
+    MemoryStore,
+    ParquetStore,
+    RawRows,
+    Store,
+    ingest_decisions,
+    ingest_outcomes,
+)
 from drivetrain.errors import SpecError
 from drivetrain.model import OutcomeModel
 from drivetrain.spec import Spec, parse_spec
@@ -119,7 +132,7 @@ def test_a_crash_at_every_write_of_a_step_leaves_the_registry_consistent_and_the
         EmbeddedRegistry(root, create=True)
         count = [0]
 
-        def fault(step: str, k: int = k) -> None:
+        def fault(step: str, k: int = k, count: list[int] = count) -> None:
             count[0] += 1
             if count[0] == k + 1:
                 raise Crash(step)
@@ -134,7 +147,7 @@ def test_a_crash_at_every_write_of_a_step_leaves_the_registry_consistent_and_the
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "drivetrain.cli", *args], capture_output=True, text=True, timeout=600,
+    return subprocess.run([sys.executable, "-m", "drivetrain.cli", *args], capture_output=True, text=True, timeout=600, check=False,
                           env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
 
 
