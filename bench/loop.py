@@ -64,8 +64,9 @@ def run_arm(seed: int, spec: Spec, *, first_users: int, daily: int, days: int, d
         return OutcomeModel(n_folds=0, n_estimators=trees, num_threads=1, seed=0).fit(table, product)
 
     adapt(store, registry, clock.now(), trainer=trainer, who="bench", population_size=min(10_000, daily))
+    # the frozen arm acts on no alert: it is not monitored
     return run_twin_loop(twin, store, registry, days=range(START_DAY, START_DAY + days), users=daily, adapt_steps=adaptive,
-                         trainer=trainer, truth_sample=truth_sample, population_size=min(10_000, daily))
+                         monitor=adaptive, trainer=trainer, truth_sample=truth_sample, population_size=min(10_000, daily))
 
 
 def weekly(days: list[LoopDay]) -> pd.DataFrame:
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--drift-week", type=int, default=None, help="the week (from 1) the concept drift starts")
     parser.add_argument("--trees", type=int, default=None, help="boosting rounds per model of each candidate")
     args = parser.parse_args()
-    quick = {"seeds": 1, "users": 600, "weeks": 3, "first_users": 3000, "drift_week": 2, "trees": 20}
+    quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10}
     full = {"seeds": 3, "users": 10_000, "weeks": 8, "first_users": 20_000, "drift_week": 5, "trees": 100}
     cfg = {k: (getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k]) for k in full}
     days = 7 * cfg["weeks"]

@@ -120,9 +120,9 @@ class Crash(Exception):
 
 
 def test_a_crash_at_every_write_of_a_step_leaves_the_registry_consistent_and_the_step_resumes(tmp_path: Path) -> None:
-    twin = NBOOTwin(horizon_days=7, seed=7)
+    twin = NBOOTwin(horizon_days=7, seed=3)
     store = MemoryStore(small_spec())
-    t = fill(store, twin, 1200)
+    t = fill(store, twin, 1500)
     seen: list[str] = []
     EmbeddedRegistry(tmp_path / "count", create=True)
     whole = adapt(store, EmbeddedRegistry(tmp_path / "count", fault=seen.append), t, trainer=tiny_trainer, population_size=300)
