@@ -143,9 +143,7 @@ def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Train
     """Fit and plan a candidate on the window's mature decisions as of ``as_of``."""
     spec = store.spec
     window = training_window(store, as_of)
-    population = recent_population(store, as_of, size=population_size)
-    if population.empty:
-        population = window.train[["unit_id", *spec.features]].head(population_size)
+    population = _population(store, window, as_of, population_size)
     start = time.perf_counter()
     train = window.train
     model = trainer(train, spec) if len(train) >= 20 else None
@@ -375,6 +373,14 @@ def _candidate(store: Store, registry: Registry, as_of: datetime, name: str, res
         return candidate
     record = registry.version(name)
     window = training_window(store, as_of)
-    population = recent_population(store, as_of, size=population_size)
-    return Candidate(registry.load(name), record.lineage, window.train, window.evaluation, population)
+    return Candidate(registry.load(name), record.lineage, window.train, window.evaluation,
+                     _population(store, window, as_of, population_size))
+
+
+def _population(store: Store, window: Window, as_of: datetime, size: int) -> pd.DataFrame:
+    """The recent population, or the window's training contexts when no decision arrived recently."""
+    population = recent_population(store, as_of, size=size)
+    if population.empty:
+        population = window.train[["unit_id", *store.spec.features]].head(size)
+    return population
 
