@@ -39,6 +39,8 @@ from drivetrain.adapt._live import canary_check, shadow_check
 from drivetrain.adapt._registry import Lineage, Registry
 from drivetrain.adapt._retrain import (
     TriggerReport,
+    Window,
+    evaluation_units,
     judge_triggers,
     model_spec_hash,
     training_window,
@@ -110,8 +112,6 @@ def recent_population(store: Store, as_of: datetime, *, days: int = 7, size: int
 def frozen_set(store: Store, registry: Registry) -> pd.DataFrame:
     """The frozen evaluation set: randomized decisions (assignment ``explore``) of the evaluation units made
     before the first version was registered, with their outcomes; the same rows for every candidate."""
-    from drivetrain.adapt._retrain import evaluation_units
-
     versions = registry.versions()
     if not versions:
         return pd.DataFrame()
