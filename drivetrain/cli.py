@@ -31,7 +31,9 @@ from drivetrain.clock import SystemClock
 from drivetrain.errors import DataError, DrivetrainError, UsageError
 
 if TYPE_CHECKING:
+    from drivetrain.adapt import EmbeddedRegistry
     from drivetrain.evaluate import Scope as EvaluationScope
+    from drivetrain.model import OutcomeModel
     from drivetrain.policy import Policy
     from drivetrain.spec import Spec
 
@@ -1124,6 +1126,117 @@ def demo(
     if out.exists():
         shutil.rmtree(out)
     run_demo(out, users=users, seed=seed, console=console, loop_days=loop_days, loop_users=loop_users)
+
+# ---------------------------------------------------------------------------------------------- adaptation
+def _registry(directory: Path, *, create: bool = False) -> EmbeddedRegistry:
+    from drivetrain.adapt import EmbeddedRegistry
+
+    if not create and not directory.is_dir():
+        raise UsageError(f"`--registry` must be a registry directory (`drivetrain adapt` creates one), got {str(directory)!r}, "
+                         f"which {'is a file' if directory.exists() else 'does not exist'}")
+    return EmbeddedRegistry(directory, create=create)
+
+
+@app.command()
+def adapt(
+    spec: Annotated[Path, typer.Option(help="The spec file (its `adaptation:` section sets triggers, gates and canary).")],
+    store: Annotated[Path, typer.Option(help="The store directory.")],
+    registry: Annotated[Path, typer.Option(help="The registry directory (created on first use).")],
+    as_of: Annotated[str | None, typer.Option(help="Run the step as of this UTC time (default: now).")] = None,
+    trees: Annotated[int, typer.Option(min=1, help="Boosting rounds per model of a candidate.")] = 100,
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds of a candidate's models (0: none).")] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 1,
+    who: Annotated[str, typer.Option(help="Who runs the step, for the registry's history.")] = "drivetrain adapt",
+) -> None:
+    """One step of the adaptation loop as of T: triggers, retrain, gates, shadow, canary, promotion. Safe to
+    run again for the same T (it answers from the registry's record of the step)."""
+    from drivetrain.adapt import adapt as adapt_step
+    from drivetrain.data import open_store
+    from drivetrain.model import OutcomeModel
+    from drivetrain.spec import load_spec
+
+    loaded = load_spec(spec)
+    target = open_store(store, loaded)
+    reg = _registry(registry, create=True)
+
+    def trainer(table: pd.DataFrame, product: Spec) -> OutcomeModel:
+        return OutcomeModel(n_folds=folds, n_estimators=trees, num_threads=threads, seed=0).fit(table, product)
+
+    with console.status("adaptation step"):
+        step = adapt_step(target, reg, _parse_time(as_of, "as_of"), trainer=trainer, who=who)
+    console.print(f"as of {step.as_of.isoformat()}" + (" (already run: the recorded step)" if step.replayed else ""))
+    if step.trigger is not None:
+        reasons = step.trigger.get("reasons") or []
+        console.print("triggers: " + ("; ".join(reasons) if reasons else "none fired"))
+    for g in step.gates:
+        console.print(f"gate {g.gate}: {'passed' if g.passed else 'FAILED'}: {g.reason}")
+    for action in step.actions:
+        console.print(action)
+    console.print(f"champion: {step.champion}")
+
+
+@app.command("registry")
+def registry_command(
+    registry: Annotated[Path, typer.Option(help="The registry directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print versions, aliases and history as JSON.")] = False,
+    live_at: Annotated[str | None, typer.Option(help="Also say which version was the champion at this UTC time.")] = None,
+) -> None:
+    """List the registry's versions (lineage and status), aliases and the history of every move."""
+    reg = _registry(registry)
+    versions, aliases, history = reg.versions(), reg.aliases(), reg.history()
+    statuses = {v.version: reg.status(v.version) for v in versions}
+    if as_json:
+        console.print(json.dumps({"aliases": aliases, "versions": [{**v.to_json(), "status": statuses[v.version]} for v in versions],
+                                  "history": [e.to_json() for e in history]}, indent=1), soft_wrap=True)
+        return
+    t = Table(title="versions")
+    for column in ("version", "registered", "status", "rows", "data window", "spec", "model spec"):
+        t.add_column(column)
+    for v in versions:
+        lin = v.lineage
+        t.add_row(v.version, v.registered_at.isoformat(), statuses[v.version], str(lin.rows), f"{lin.data_start} .. {lin.data_end}",
+                  lin.spec_hash, lin.model_spec_hash)
+    console.print(t)
+    console.print("aliases: " + ", ".join(f"{k} -> {v}" for k, v in aliases.items()))
+    h = Table(title="history")
+    for column in ("#", "at", "kind", "who", "why"):
+        h.add_column(column)
+    for e in history:
+        if e.kind != "step":
+            h.add_row(str(e.seq), e.at.isoformat(), e.kind, e.who, e.why[:160])
+    console.print(h)
+    if live_at is not None:
+        moment = _parse_time(live_at, "live_at")
+        console.print(f"live at {moment.isoformat()}: {reg.live_at(moment)}")
+
+
+@app.command()
+def promote(
+    registry: Annotated[Path, typer.Option(help="The registry directory.")],
+    version: Annotated[str, typer.Argument(help="The version to make the champion.")],
+    why: Annotated[str, typer.Option(help="Why, for the registry's history.")] = "promoted by hand",
+    who: Annotated[str, typer.Option(help="Who, for the registry's history.")] = "drivetrain promote",
+) -> None:
+    """Make VERSION the champion; the one it replaces becomes last-good. One atomic move."""
+    from drivetrain.adapt import promote as promote_version
+
+    reg = _registry(registry)
+    promote_version(reg, version, at=SystemClock().now(), who=who, why=why)
+    console.print(f"champion: {version}; last-good: {reg.alias('last-good')}")
+
+
+@app.command()
+def rollback(
+    registry: Annotated[Path, typer.Option(help="The registry directory.")],
+    why: Annotated[str, typer.Option(help="Why, for the registry's history.")] = "rolled back by hand",
+    who: Annotated[str, typer.Option(help="Who, for the registry's history.")] = "drivetrain rollback",
+) -> None:
+    """Point the champion back at last-good: a pointer move to a version already registered and checked."""
+    from drivetrain.adapt import rollback as rollback_to
+
+    reg = _registry(registry)
+    back = rollback_to(reg, at=SystemClock().now(), who=who, why=why)
+    console.print(f"champion: {back} (rolled back)")
 
 
 # ---------------------------------------------------------------------------------------------- contract

@@ -19,9 +19,31 @@ from drivetrain.adapt._gates import (
     regression_gate,
     serving_gate,
 )
-from drivetrain.adapt._live import always_valid_p, canary_check, canary_units, serve, shadow_check
-from drivetrain.adapt._registry import ALIASES, STATUSES, EmbeddedRegistry, Event, Lineage, MemoryRegistry, Registry, VersionRecord
-from drivetrain.adapt._retrain import TriggerReport, Window, evaluation_units, judge_triggers, model_spec_hash, training_window
+from drivetrain.adapt._live import (
+    always_valid_p,
+    canary_check,
+    canary_units,
+    serve,
+    shadow_check,
+)
+from drivetrain.adapt._registry import (
+    ALIASES,
+    STATUSES,
+    EmbeddedRegistry,
+    Event,
+    Lineage,
+    MemoryRegistry,
+    Registry,
+    VersionRecord,
+)
+from drivetrain.adapt._retrain import (
+    TriggerReport,
+    Window,
+    evaluation_units,
+    judge_triggers,
+    model_spec_hash,
+    training_window,
+)
 from drivetrain.adapt._simulation import LoopDay, run_twin_loop
 from drivetrain.adapt._step import (
     Candidate,

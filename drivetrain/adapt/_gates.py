@@ -31,8 +31,8 @@ from scipy import stats
 from drivetrain.assembly import realized_metrics
 from drivetrain.data import Store
 from drivetrain.model import OutcomeModel
-from drivetrain.policy import Policy, constraint_terms
-from drivetrain.spec import Formula, Spec
+from drivetrain.policy import Policy
+from drivetrain.spec import Formula, Spec, formula_on, mean_constraints
 
 __all__ = ["GateResult", "Paired", "constraints_gate", "data_gate", "off_policy_gate", "paired_values", "regression_gate", "serving_gate"]
 
@@ -51,15 +51,11 @@ class GateResult:
         return {"gate": self.gate, "passed": self.passed, "reason": self.reason, "figures": dict(self.figures)}
 
 
-def formula_on(spec: Spec, formula: Formula, components: Mapping[str, np.ndarray], contexts: Any) -> np.ndarray:
-    """A spec formula on (n, K) predicted components, levers per action and context per unit; (n, K)."""
-    columns: dict[str, Any] = dict(components)
-    columns.update({name: col[None, :] for name, col in spec.action_space.lever_columns().items()})
-    for name in formula.variables:
-        if name in spec.features and name in contexts:
-            columns[name] = np.asarray(contexts[name])[:, None]
+def _per_action(spec: Spec, formula: Formula, components: Mapping[str, np.ndarray], contexts: Any) -> np.ndarray:
+    """:func:`~drivetrain.spec.formula_on`, broadcast to the (n, K) of the components (a formula of the
+    levers alone is (1, K))."""
     n, k = next(iter(components.values())).shape
-    return np.broadcast_to(np.asarray(formula(columns), dtype=np.float64), (n, k))
+    return np.broadcast_to(formula_on(spec, formula, components, contexts), (n, k))
 
 
 @dataclass(frozen=True)
@@ -84,9 +80,9 @@ def paired_values(model: OutcomeModel, rows: pd.DataFrame, first: Policy, second
     spec = spec or first.spec
     comps = model.predict_outcomes(rows)
     ctx = {n: rows[n].to_numpy() for n in spec.features if n in rows}
-    predicted = {"objective": formula_on(spec, spec.objective, comps, ctx)}
-    for name, formula, _sense, _limit in constraint_terms(spec):
-        predicted[name] = formula_on(spec, formula, comps, ctx)
+    predicted = {"objective": _per_action(spec, spec.objective, comps, ctx)}
+    for name, formula in ((t.name, t.formula) for t in mean_constraints(spec)):
+        predicted[name] = _per_action(spec, formula, comps, ctx)
     realized = realized_metrics(spec, rows)
     action = spec.action_space.indices(rows["action_id"].to_numpy())
     pscore = rows["propensity"].to_numpy(dtype=np.float64)
@@ -195,22 +191,26 @@ def regression_gate(spec: Spec, frozen: pd.DataFrame, candidate: Policy, champio
                       f"[{low:+.4f}, {high:+.4f}] doubly robust, on {p.rows} frozen randomized decisions", figures)
 
 
-def off_policy_gate(spec: Spec, recent: pd.DataFrame, candidate: Policy, champion: Policy, model: OutcomeModel) -> GateResult:
-    """On recent decisions no candidate trained on, the lower bound of the candidate's doubly robust lift
-    is above ``min_lift`` (superior), or above ``-non_inferiority_margin`` (non-inferior; its changes of
-    every budget and guardrail are recorded, and the constraints gate judges them)."""
+def off_policy_gate(spec: Spec, recent: pd.DataFrame, candidate: Policy, champion: Policy, reference: OutcomeModel) -> GateResult:
+    """On recent decisions no candidate trained on (exact logged propensities): superior when the doubly
+    robust lift's lower bound is above ``min_lift``; else non-inferior when the reference model's judged
+    lift is above ``-non_inferiority_margin`` and the doubly robust interval does not put it significantly
+    below that margin. The changes of every budget and guardrail are recorded (their wins name the
+    reason); the constraints gate judges their limits."""
     settings = spec.model.adaptation
     gates = settings.gates
+    margin = gates.non_inferiority_margin
     if len(recent) < 2:
         return GateResult("off-policy", False, "no recent decisions of the evaluation units are mature: wait for them", {"rows": len(recent)})
-    paired = paired_values(model, recent, candidate, champion, alpha=gates.alpha, spec=spec)
+    paired = paired_values(reference, recent, candidate, champion, alpha=gates.alpha, spec=spec)
+    judged = _judged_lift(spec, recent, candidate, champion, {"reference": reference})["reference"]
     p = paired["objective"]
     sign = _sign(spec)
     low, high = (p.low, p.high) if sign > 0 else (-p.high, -p.low)
-    figures: dict[str, Any] = {"rows": p.rows, "candidate": p.first, "champion": p.second, "lift": sign * p.difference, "low": low,
-                               "high": high, "min_lift": settings.min_lift, "margin": gates.non_inferiority_margin}
+    figures: dict[str, Any] = {"rows": p.rows, "judged_lift": judged, "dr_lift": sign * p.difference, "dr_low": low, "dr_high": high,
+                               "min_lift": settings.min_lift, "margin": margin}
     wins = []
-    for name, _formula, sense, _limit in constraint_terms(spec):
+    for name, sense in ((t.name, t.sense) for t in mean_constraints(spec)):
         if name in paired:
             change = paired[name].difference
             figures[f"change:{name}"] = change
@@ -220,17 +220,17 @@ def off_policy_gate(spec: Spec, recent: pd.DataFrame, candidate: Policy, champio
     if low > settings.min_lift:
         return GateResult("off-policy", True, f"superior: lift {sign * p.difference:+.4f} per unit, lower bound {low:+.4f} > "
                           f"{settings.min_lift}", figures)
-    if low > -gates.non_inferiority_margin:
-        return GateResult("off-policy", True, f"non-inferior: lift {sign * p.difference:+.4f}, lower bound {low:+.4f} > "
-                          f"-{gates.non_inferiority_margin}" + (f", with {', '.join(wins)}" if wins else ""), figures)
-    return GateResult("off-policy", False, f"on {p.rows} recent decisions the candidate's lift over the champion is "
-                      f"{sign * p.difference:+.4f} [{low:+.4f}, {high:+.4f}], below the margin -{gates.non_inferiority_margin}: "
+    if judged > -margin and high > -margin:
+        return GateResult("off-policy", True, f"non-inferior: judged lift {judged:+.4f} > -{margin}, doubly robust "
+                          f"{sign * p.difference:+.4f} [{low:+.4f}, {high:+.4f}]" + (f"; wins: {', '.join(wins)}" if wins else ""), figures)
+    return GateResult("off-policy", False, f"on {p.rows} recent decisions the candidate's lift over the champion is {judged:+.4f} by the "
+                      f"reference model, {sign * p.difference:+.4f} [{low:+.4f}, {high:+.4f}] doubly robust, below the margin -{margin}: "
                       "keep the champion; retrain when more decisions have matured", figures)
 
 
 def _uses(spec: Spec, dist: np.ndarray, comps: Mapping[str, np.ndarray], ctx: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per unit expected use of every constraint term under ``dist`` (n, K); (n,) each."""
-    return {name: (dist * formula_on(spec, formula, comps, ctx)).sum(axis=1) for name, formula, _s, _l in constraint_terms(spec)}
+    return {t.name: (dist * _per_action(spec, t.formula, comps, ctx)).sum(axis=1) for t in mean_constraints(spec)}
 
 
 def constraints_gate(spec: Spec, population: pd.DataFrame, candidate: Policy, judges: Mapping[str, OutcomeModel],
@@ -257,7 +257,7 @@ def constraints_gate(spec: Spec, population: pd.DataFrame, candidate: Policy, ju
     preds = {name: model.predict_outcomes(population) for name, model in judges.items()}
     figures: dict[str, Any] = {}
     failures = []
-    terms = {name: (sense, limit) for name, _f, sense, limit in constraint_terms(spec)}
+    terms = {t.name: (t.sense, t.limit) for t in mean_constraints(spec)}
     budgets = {b.name for b, _ in spec.budgets}
     per_judge = {j: (_uses(spec, served, c, ctx), _uses(spec, arm, c, ctx),
                      None if champ_arm is None else _uses(spec, champ_arm, c, ctx)) for j, c in preds.items()}
@@ -320,7 +320,7 @@ def serving_gate(policy: Policy, contexts: pd.DataFrame, *, timer: Callable[[], 
     times = np.empty(samples)
     for i, row in enumerate(rows):
         unit = str(row.pop("unit_id"))
-        context = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items() if k in spec.features}
+        context = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items() if k in spec.features}
         best = float("inf")
         for repeat in range(3):
             start = timer()

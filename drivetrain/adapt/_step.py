@@ -27,10 +27,24 @@ from typing import Any
 
 import pandas as pd
 
-from drivetrain.adapt._gates import GateResult, constraints_gate, data_gate, off_policy_gate, regression_gate, serving_gate
+from drivetrain.adapt._gates import (
+    GateResult,
+    constraints_gate,
+    data_gate,
+    off_policy_gate,
+    regression_gate,
+    serving_gate,
+)
 from drivetrain.adapt._live import canary_check, shadow_check
 from drivetrain.adapt._registry import Lineage, Registry
-from drivetrain.adapt._retrain import TriggerReport, judge_triggers, model_spec_hash, training_window
+from drivetrain.adapt._retrain import (
+    TriggerReport,
+    Window,
+    evaluation_units,
+    judge_triggers,
+    model_spec_hash,
+    training_window,
+)
 from drivetrain.assembly import plan_policy, write_policy_baselines
 from drivetrain.clock import as_utc
 from drivetrain.data import Store
@@ -98,8 +112,6 @@ def recent_population(store: Store, as_of: datetime, *, days: int = 7, size: int
 def frozen_set(store: Store, registry: Registry) -> pd.DataFrame:
     """The frozen evaluation set: randomized decisions (assignment ``explore``) of the evaluation units made
     before the first version was registered, with their outcomes; the same rows for every candidate."""
-    from drivetrain.adapt._retrain import evaluation_units
-
     versions = registry.versions()
     if not versions:
         return pd.DataFrame()
@@ -131,9 +143,7 @@ def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Train
     """Fit and plan a candidate on the window's mature decisions as of ``as_of``."""
     spec = store.spec
     window = training_window(store, as_of)
-    population = recent_population(store, as_of, size=population_size)
-    if population.empty:
-        population = window.train[["unit_id", *spec.features]].head(population_size)
+    population = _population(store, window, as_of, population_size)
     start = time.perf_counter()
     train = window.train
     model = trainer(train, spec) if len(train) >= 20 else None
@@ -247,16 +257,17 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
 
     # 1. the watch window after a promotion
     promoted = _last(registry, "promote")
-    if champion is not None and promoted is not None and registry.alias("last-good") not in (None, champion):
-        if promoted.aliases.get("champion") == champion and as_of - promoted.at <= settings.watch_window:
-            t0, t1 = int(promoted.at.timestamp() * 1e6), int(as_of.timestamp() * 1e6)
-            fired = store.query(f"SELECT rule, subject, message FROM alerts WHERE kind = 'guardrail' AND epoch_us(fired_at) > {t0} "
-                                f"AND epoch_us(fired_at) <= {t1} ORDER BY fired_at, rule, subject")
-            if len(fired):
-                why = f"guardrail alert within the watch window of {champion}'s promotion: {fired['rule'].iloc[0]}: {fired['subject'].iloc[0]}"
-                back = rollback(registry, at=as_of, who=who, why=why)
-                actions.append(f"rolled back {champion} to {back}: {why}")
-                champion = back
+    watching = (champion is not None and promoted is not None and registry.alias("last-good") not in (None, champion)
+                and promoted.aliases.get("champion") == champion and as_of - promoted.at <= settings.watch_window)
+    if watching:
+        t0, t1 = int(promoted.at.timestamp() * 1e6), int(as_of.timestamp() * 1e6)
+        fired = store.query(f"SELECT rule, subject, message FROM alerts WHERE kind = 'guardrail' AND epoch_us(fired_at) > {t0} "
+                            f"AND epoch_us(fired_at) <= {t1} ORDER BY fired_at, rule, subject")
+        if len(fired):
+            why = f"guardrail alert within the watch window of {champion}'s promotion: {fired['rule'].iloc[0]}: {fired['subject'].iloc[0]}"
+            back = rollback(registry, at=as_of, who=who, why=why)
+            actions.append(f"rolled back {champion} to {back}: {why}")
+            champion = back
 
     # 2. a candidate in flight
     challenger = registry.alias("challenger")
@@ -362,6 +373,14 @@ def _candidate(store: Store, registry: Registry, as_of: datetime, name: str, res
         return candidate
     record = registry.version(name)
     window = training_window(store, as_of)
-    population = recent_population(store, as_of, size=population_size)
-    return Candidate(registry.load(name), record.lineage, window.train, window.evaluation, population)
+    return Candidate(registry.load(name), record.lineage, window.train, window.evaluation,
+                     _population(store, window, as_of, population_size))
+
+
+def _population(store: Store, window: Window, as_of: datetime, size: int) -> pd.DataFrame:
+    """The recent population, or the window's training contexts when no decision arrived recently."""
+    population = recent_population(store, as_of, size=size)
+    if population.empty:
+        population = window.train[["unit_id", *store.spec.features]].head(size)
+    return population
 

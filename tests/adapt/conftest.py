@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -28,7 +27,3 @@ def tiny_policy() -> Policy:
     model, frame, _ = fit_model(store, clock.now(), OutcomeModel(n_folds=0, n_estimators=5, num_threads=1, min_child_samples=50))
     return plan_policy(store.spec, model, frame, version="tiny-v1").policy
 
-
-def named(policy: Policy, version: str) -> Policy:
-    """The same policy under another version name."""
-    return replace(policy, version=version)

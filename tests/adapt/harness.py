@@ -25,7 +25,13 @@ from drivetrain.adapt import (
 )
 from drivetrain.assembly import plan_policy
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, Store, ingest_decisions, ingest_outcomes
+from drivetrain.data import (
+    MemoryStore,
+    RawRows,
+    Store,
+    ingest_decisions,
+    ingest_outcomes,
+)
 from drivetrain.demo import loop_spec
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
@@ -129,7 +135,8 @@ class SegmentOffers(Policy):
 
 
 def segment_planner(spec: Spec, model: OutcomeModel, population: pd.DataFrame, version: str) -> Policy:
-    base = plan_policy(spec, model, population, version=version).policy
+    """Planned on a tighter budget, so that the gold users' delayed offers keep the whole within it."""
+    base = plan_policy(spec, model, population, version=version, budget_overrides={"promotion_budget": 0.8}).policy
     return SegmentOffers(**{f: getattr(base, f) for f in ("spec", "model", "multipliers", "version", "exploration_rate", "holdout_share",
                                                           "metadata", "pessimism", "tie_split")})
 
@@ -169,3 +176,20 @@ def truth_share(world: World, policy: Policy, users: int = 3000) -> float:
     base = float(truth.objective[:, policy.spec.control.index].mean())
     best = oracle_under_budget(truth.objective, truth.eligible, [truth.components["promo_cost"]], [1.0]).value
     return (truth.value(dist) - base) / (best - base)
+
+
+def judge(world: World, name: str, *, store: Store | None = None, **kw: Any) -> tuple[Candidate | None, list[GateResult]]:
+    """Fit, plan and gate a candidate as a step of the loop does: a candidate that cannot be planned stops
+    at the ``plan`` step with the reason."""
+    from drivetrain.errors import DrivetrainError
+
+    try:
+        cand = candidate(world, name, store=store, **kw)
+    except DrivetrainError as exc:
+        return None, [GateResult("plan", False, str(exc))]
+    return cand, gates_of(world, cand, store=store)
+
+
+def named(policy: Policy, version: str) -> Policy:
+    """The same policy under another version name."""
+    return replace(policy, version=version)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,9 @@ import pytest
 from drivetrain.adapt import EmbeddedRegistry, Lineage, MemoryRegistry, Registry
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.policy import Policy
+from tests.adapt.harness import named
 
-from conftest import named
-
-T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
 LINEAGE = Lineage(spec_hash="s1", model_spec_hash="m1", data_start="2026-01-05T00:00:00+00:00", data_end="2026-01-20T00:00:00+00:00",
                   rows=1500, rows_by_version={"uniform-logger": 1500}, code_version="test", figures={"fit_seconds": 1.0})
 

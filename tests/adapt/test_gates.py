@@ -1,0 +1,94 @@
+"""Bad candidates are each blocked by the gate that should block them, and a candidate on four times the
+champion's data passes every off-line gate, on the twin over ``DRIVETRAIN_ADAPT_SEEDS`` seeds (default 1:
+one seed's world and its seven candidates take a few minutes on a loaded 2-core machine)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.adapt.harness import (
+    World,
+    broken_store,
+    build_world,
+    flipped_planner,
+    gate_spec,
+    judge,
+    overspending_planner,
+    segment_planner,
+    shuffled_trainer,
+    slow_planner,
+    slow_trainer,
+    truth_share,
+)
+
+SEEDS = range(int(os.environ.get("DRIVETRAIN_ADAPT_SEEDS", "1")))
+
+
+@pytest.fixture(scope="module", params=SEEDS, ids=lambda s: f"seed{s}")
+def world(request: pytest.FixtureRequest) -> World:
+    return build_world(request.param)
+
+
+def _blocked_by(gates: list, expected: set[str]) -> str:
+    failed = [g for g in gates if not g.passed]
+    assert failed, f"no gate blocked it: {[(g.gate, g.reason) for g in gates]}"
+    assert failed[0] is gates[-1], "the first failure must stop the candidate"
+    assert failed[0].gate in expected, f"blocked by {failed[0].gate} ({failed[0].reason}), expected {expected}"
+    return failed[0].reason
+
+
+def test_a_candidate_on_four_times_the_data_passes_every_offline_gate(world: World) -> None:
+    cand, gates = judge(world, f"good-{world.seed}")
+    assert cand is not None
+    champion_rows = world.registry.versions()[0].lineage.rows
+    assert cand.lineage.rows >= 3.5 * champion_rows
+    assert [g.gate for g in gates] == ["data", "regression", "off-policy", "constraints", "serving"]
+    assert all(g.passed for g in gates), [(g.gate, g.reason) for g in gates if not g.passed]
+    assert truth_share(world, cand.policy) > truth_share(world, world.champion)  # the twin agrees it is better
+
+
+def test_shuffled_outcomes_are_blocked_by_the_regression_gate_or_cannot_be_planned(world: World) -> None:
+    _, gates = judge(world, f"shuffled-{world.seed}", fit=shuffled_trainer)
+    reason = _blocked_by(gates, {"regression", "plan"})
+    assert "worse than the champion" in reason or "cannot all hold" in reason
+
+
+def test_a_sign_flipped_objective_is_blocked_by_the_regression_gate(world: World) -> None:
+    _, gates = judge(world, f"flipped-{world.seed}", planner=flipped_planner)
+    assert "worse than the champion" in _blocked_by(gates, {"regression"})
+
+
+def test_a_feature_broken_to_a_constant_is_blocked_by_the_data_gate(world: World) -> None:
+    store = broken_store(world, "cart_adds_30d")
+    _, gates = judge(world, f"broken-{world.seed}", store=store)
+    assert "cart_adds_30d" in _blocked_by(gates, {"data"})
+
+
+def test_overspending_the_budget_is_blocked_by_the_constraints_gate(world: World) -> None:
+    _, gates = judge(world, f"overspend-{world.seed}", planner=overspending_planner)
+    assert "budget promotion_budget" in _blocked_by(gates, {"constraints"})
+
+
+@pytest.mark.xfail(strict=True, reason="not blocked at this size: for gold users getting delayed offers the models predict a complaint "
+                   "rate of 0.0134 where the twin's truth is 0.0234 (bound 0.02; seed 0), so the conservative side of the "
+                   "predictions holds; the online guardrail alert by cohort and the watch window's rollback are the backstop")
+def test_breaking_a_guardrail_in_one_segment_is_blocked_by_the_constraints_gate(world: World) -> None:
+    _, gates = judge(world, f"segment-{world.seed}", planner=segment_planner)
+    reason = _blocked_by(gates, {"constraints"})
+    assert "in tier = gold" in reason and "complaint_rate" in reason
+
+
+def test_a_candidate_too_slow_to_serve_is_blocked_by_the_serving_gate(world: World) -> None:
+    """Pessimistic planning predicts with every fold model off the compiled path: tens of ms a decision
+    against the compiled models' fraction of one, judged against a 5 ms budget."""
+    tight = gate_spec(latency_budget_ms=5.0)
+    world.store.spec = tight
+    try:
+        _, gates = judge(world, f"slow-{world.seed}", fit=slow_trainer, planner=slow_planner)
+        _, fast = judge(world, f"fast-{world.seed}")
+    finally:
+        world.store.spec = gate_spec()
+    assert "latency budget" in _blocked_by(gates, {"serving"})
+    assert fast[-1].gate == "serving" and fast[-1].passed, fast[-1].reason

@@ -1,0 +1,16 @@
+"""The loop benchmark's quick mode runs in the suite, so a broken benchmark fails it; its figures are
+never checked here."""
+
+from __future__ import annotations
+
+from tests.conftest import run_bench
+
+
+def test_quick_loop_benchmark_runs_and_prints_both_arms_by_week() -> None:
+    out = run_bench("loop.py", "--quick")
+    for arm in ("adaptive (uniform epsilon 0.05)", "frozen first policy"):
+        assert arm in out, arm
+    lines = [line.split() for line in out.splitlines()]
+    weeks = [cells for cells in lines if cells and cells[0].isdigit() and len(cells) == 8]
+    assert len(weeks) == 2 * 2  # two arms, two weeks
+    assert "spend / budget" in out
