@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from drivetrain.data import (
 )
 from drivetrain.loop import closed_loop, loop_spec, start_loop
 from drivetrain.model import OutcomeModel
+from drivetrain.policy import Policy
 from drivetrain.twin import NBOOTwin, Scenario, best_single_action, oracle, oracle_under_budget
 
 __all__ = ["faulty_export", "run_demo"]
@@ -191,6 +193,8 @@ def _assembly_line(twin: NBOOTwin, store: ParquetStore, as_of: datetime, logged:
     console.print(f"the policy captures {100 * (value - base) / (capped.value - base):.0f}% of the budgeted oracle's gain over control;"
                   f" saved as {plan.policy.version} in {out / 'policy'} ({written} baseline columns stored for monitoring)")
 
+    _why(twin, model, plan.policy, fresh, truth, console)
+
     console.rule("8. the Simulator: what-ifs evaluated off-policy from the randomized log")
     scenarios = {
         "no offers": fixed_action(spec, spec.control.values),
@@ -210,6 +214,32 @@ def _assembly_line(twin: NBOOTwin, store: ParquetStore, as_of: datetime, logged:
     console.print(t)
     console.print("the policy's estimate comes from the same log it was fitted on, so it is optimistic; evaluate a policy on a later window")
     return model
+
+
+def _why(twin: NBOOTwin, model: OutcomeModel, policy: Policy, fresh: pd.DataFrame, truth: Any, console: Console) -> None:
+    """Where the policy acts and why: effects and the action mix by tier next to the twin's truth, one
+    user's decision explained, and what the promotion budget buys at other limits."""
+    from drivetrain.explain import effects_by_cohort, explain_unit, frontier
+
+    spec = twin.spec
+    control = spec.control.index
+    table = effects_by_cohort(policy, fresh, ["tier"])
+    t = Table(title="by tier: the policy's most frequent offer, its predicted effect per user vs control, and the twin's truth")
+    for column in ("tier", "users", "most frequent offer", "share", "predicted effect", "true effect"):
+        t.add_column(column, justify="left" if column in ("tier", "most frequent offer") else "right")
+    for tier, part in table.groupby("tier", sort=True):
+        top = part.sort_values("share", ascending=False).iloc[0]
+        k = spec.action_space.index_of(str(top["action_id"]))
+        members = (fresh["tier"] == tier).to_numpy()
+        true_effect = float(np.mean(truth.objective[members, k] - truth.objective[members, control]))
+        t.add_row(str(tier), str(int(top["units"])), str(top["action_id"]), f"{top['share']:.0%}", f"{top['effect']:+.3f}", f"{true_effect:+.3f}")
+    console.print(t)
+    console.print(explain_unit(policy, fresh.iloc[[0]]).summary(), markup=False, highlight=False, soft_wrap=True)
+    budget = spec.budgets[0][0]
+    curve = frontier(spec, model, fresh, budget.name, [budget.max_per_unit * f for f in (0.25, 0.5, 1.0, 2.0)]).table
+    console.print(f"what the {budget.name} buys (predicted {spec.model.objective.name} per user as served, shadow price): "
+                  + "; ".join(f"{r['limit']:g}: {r['objective']:.3f} ({r['price']:.2f})" for r in curve.to_dict("records")),
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def _joined_objective(store: ParquetStore, as_of: object, spec: object) -> dict[str, float]:
