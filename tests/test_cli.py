@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from drivetrain.data import PII_KEY_ENV
 from drivetrain.report import figure_data
 from tests.conftest import NBOO_SPEC
 
@@ -19,7 +21,7 @@ from tests.conftest import NBOO_SPEC
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "drivetrain.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd or Path.cwd())},
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(cwd or Path.cwd()), PII_KEY_ENV: os.environ[PII_KEY_ENV]},
     )
 
 
