@@ -144,6 +144,11 @@ class _Rows:
         return parsed
 
 
+def _got(raw: Any, personal: bool, key: PersonalKey | None) -> str:
+    """What arrived, as a message quotes it (called only for a failure)."""
+    return shown(raw, key) if personal else repr(_plain(raw))
+
+
 def _allowed(name: str, values: list[str], personal: frozenset[str]) -> str:
     """The allowed values as a message lists them; those of a personal field are not listed (a reason
     about one customer names no customer's value)."""
@@ -229,34 +234,30 @@ def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKe
             continue
         null = _null_value(raw)
         value: Any = None
-
-        def got(raw: Any = raw, personal: bool = feat.personal) -> str:  # built only for a failure
-            return shown(raw, key) if personal else repr(_plain(raw))
-
         if null and not feat.nullable:
-            fail(f"`{name}` is required, got {got()}")
+            fail(f"`{name}` is required, got {_got(raw, feat.personal, key)}")
         if feat.type in ("integer", "float"):
             number = np.nan
             if not null:
                 if isinstance(raw, bool | np.bool_):
-                    fail(f"`{name}` must be a number, got {got()}")
+                    fail(f"`{name}` must be a number, got {_got(raw, feat.personal, key)}")
                 else:
                     number = _to_float(raw)
                     if not np.isfinite(number):
-                        fail(f"`{name}` must be a finite number, got {got()}")
+                        fail(f"`{name}` must be a finite number, got {_got(raw, feat.personal, key)}")
                         number = np.nan if np.isnan(number) else number
                     elif feat.type == "integer" and np.floor(number) != number:
-                        fail(f"`{name}` must be an integer, got {got()}")
+                        fail(f"`{name}` must be an integer, got {_got(raw, feat.personal, key)}")
                     if feat.min is not None and number < feat.min:
-                        fail(f"`{name}` must be >= {feat.min:g}, got {got()}")
+                        fail(f"`{name}` must be >= {feat.min:g}, got {_got(raw, feat.personal, key)}")
                     if feat.max is not None and number > feat.max:
-                        fail(f"`{name}` must be <= {feat.max:g}, got {got()}")
+                        fail(f"`{name}` must be <= {feat.max:g}, got {_got(raw, feat.personal, key)}")
             value = number
         elif feat.type == "boolean":
             if not null:
                 value = _BOOLEAN.get(str(raw).strip().lower())
                 if value is None:
-                    fail(f"`{name}` must be true or false, got {got()}")
+                    fail(f"`{name}` must be true or false, got {_got(raw, feat.personal, key)}")
         else:
             value = None if null else str(raw).strip()
             if feat.type == "categorical" and value is not None and value not in (feat.values or []):
