@@ -134,3 +134,13 @@ def test_stored_rows_without_a_column_of_the_spec_are_a_named_error(spec: Spec, 
     pq.write_table(older, tmp_path / "s" / "decisions" / "part-old.parquet")
     with pytest.raises(StoreError, match=rf"the stored `decisions` must have the columns of this spec \['{feature}'\]"):
         store.count("decisions")
+
+
+def test_the_first_personal_key_fingerprint_is_kept(store: Store) -> None:
+    with store.writing():
+        assert store.claim_key("fingerprint-a") == "fingerprint-a"
+        assert store.claim_key("fingerprint-b") == "fingerprint-a"
+    if isinstance(store, ParquetStore):
+        again = ParquetStore(store.root, store.spec)
+        assert again.claim_key("fingerprint-c") == "fingerprint-a"
+        assert "fingerprint-a" in (store.root / "personal-key.json").read_text()
