@@ -90,7 +90,7 @@ def personal_key(spec: Spec, key: PersonalKey | None = None, *, environ: Mapping
         old = f" (`{_OLD_ENV}` is set but no longer read: the key is now an HMAC key; move it to `{PII_KEY_ENV}`)" if env.get(_OLD_ENV) else ""
         raise UsageError(f"`{PII_KEY_ENV}` must hold the secret key of the personal-data hash, because the spec marks "
                          f"{list(spec.personal_features)} as personal, got no key{old}: set it (at least {MIN_KEY_BYTES} bytes, "
-                         "kept outside the store and the spec) to ingest, decide or serve")
+                         "kept outside the store and the spec) to check, store or serve contexts of this spec")
     return found
 
 

@@ -30,8 +30,7 @@ from drivetrain.data import (
     rehearse_personal,
 )
 from drivetrain.errors import UsageError
-from drivetrain.serve import compact
-from drivetrain.serve._log import DecisionLog
+from drivetrain.serve import DecisionLog, compact
 
 KEY = PersonalKey(b"a-test-key-of-32-bytes-0123456789")
 OTHER = PersonalKey(b"another-key-of-32-bytes-987654321")
