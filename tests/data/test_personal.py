@@ -203,3 +203,11 @@ def test_a_store_keeps_the_key_it_was_written_with(tmp_path: Path) -> None:
         ingest_decisions(store, RawRows(pd.DataFrame([decision("r2", "u2", T0, **customer(2))]), (), "t"), pii_key=OTHER)
     assert store.count("decisions") == 1 and store.count("quarantine") == 0
     assert KEY.secret.decode() not in (tmp_path / "store" / "personal-key.json").read_text()
+
+
+def test_rehearsal_reports_a_value_kept_in_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rehearsal's own negative control: with a 'hash' that keeps the value, every field is found."""
+    monkeypatch.setattr(PersonalKey, "pseudonym", lambda self, text: text)
+    rehearsals = rehearse_personal(SPEC, KEY)
+    assert not any(r.ok for r in rehearsals if r.kind != "boolean")
+    assert all("decisions table" in r.found_in_clear for r in rehearsals if r.kind != "boolean")
