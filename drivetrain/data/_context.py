@@ -176,8 +176,7 @@ def _features(rows: _Rows, spec: Spec, key: PersonalKey | None) -> dict[str, pd.
         already = None
         if feat.personal:
             col = rows.raw(name)
-            text = col.dtype == object or pd.api.types.is_string_dtype(col.dtype)
-            already = col.map(is_pseudonym).to_numpy(dtype=bool) if text else np.zeros(rows.n, dtype=bool)
+            already = _pseudonyms(col)
             rows.exempt = already
         if feat.type in ("integer", "float"):
             out[name] = rows.number(name, required=required, lo=feat.min, hi=feat.max, integer=feat.type == "integer")
@@ -193,6 +192,15 @@ def _features(rows: _Rows, spec: Spec, key: PersonalKey | None) -> dict[str, pd.
             hashed = pseudonymize(out[name].where(~already, None), feat.type, key)
             out[name] = hashed.where(~already, rows.raw(name))
     return out
+
+
+def _pseudonyms(col: pd.Series) -> np.ndarray:
+    """Which values of a column are pseudonyms already; each distinct value is looked at once. Shape (n,)."""
+    if not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
+        return np.zeros(len(col), dtype=bool)
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    flags = np.array([is_pseudonym(u) for u in uniques] + [False], dtype=bool)
+    return flags[codes]
 
 
 def _rows(spec: Spec, frame: pd.DataFrame, key: PersonalKey | None) -> _Rows:
