@@ -144,6 +144,11 @@ class _Rows:
         return parsed
 
 
+def _got(raw: Any, personal: bool, key: PersonalKey | None) -> str:
+    """What arrived, as a message quotes it (called only for a failure)."""
+    return shown(raw, key) if personal else repr(_plain(raw))
+
+
 def _allowed(name: str, values: list[str], personal: frozenset[str]) -> str:
     """The allowed values as a message lists them; those of a personal field are not listed (a reason
     about one customer names no customer's value)."""
@@ -171,8 +176,7 @@ def _features(rows: _Rows, spec: Spec, key: PersonalKey | None) -> dict[str, pd.
         already = None
         if feat.personal:
             col = rows.raw(name)
-            text = col.dtype == object or pd.api.types.is_string_dtype(col.dtype)
-            already = col.map(is_pseudonym).to_numpy(dtype=bool) if text else np.zeros(rows.n, dtype=bool)
+            already = _pseudonyms(col)
             rows.exempt = already
         if feat.type in ("integer", "float"):
             out[name] = rows.number(name, required=required, lo=feat.min, hi=feat.max, integer=feat.type == "integer")
@@ -188,6 +192,15 @@ def _features(rows: _Rows, spec: Spec, key: PersonalKey | None) -> dict[str, pd.
             hashed = pseudonymize(out[name].where(~already, None), feat.type, key)
             out[name] = hashed.where(~already, rows.raw(name))
     return out
+
+
+def _pseudonyms(col: pd.Series) -> np.ndarray:
+    """Which values of a column are pseudonyms already; each distinct value is looked at once. Shape (n,)."""
+    if not (col.dtype == object or pd.api.types.is_string_dtype(col.dtype)):
+        return np.zeros(len(col), dtype=bool)
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    flags = np.array([is_pseudonym(u) for u in uniques] + [False], dtype=bool)
+    return flags[codes]
 
 
 def _rows(spec: Spec, frame: pd.DataFrame, key: PersonalKey | None) -> _Rows:
@@ -233,38 +246,34 @@ def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKe
             continue
         null = _null_value(raw)
         value: Any = None
-
-        def got(raw: Any = raw, personal: bool = feat.personal) -> str:  # built only for a failure
-            return shown(raw, key) if personal else repr(_plain(raw))
-
         if null and not feat.nullable:
-            fail(f"`{name}` is required, got {got()}")
+            fail(f"`{name}` is required, got {_got(raw, feat.personal, key)}")
         if typed and not null and raw is not None:
             expected = _JSON_TYPES[feat.type]
             if not isinstance(raw, expected[0]) or (feat.type in ("integer", "float") and isinstance(raw, bool)):
-                fail(f"`{name}` must be a JSON {expected[1]}, got {got()} ({type(raw).__name__})")
+                fail(f"`{name}` must be a JSON {expected[1]}, got {_got(raw, feat.personal, key)} ({type(raw).__name__})")
         if feat.type in ("integer", "float"):
             number = np.nan
             if not null:
                 if isinstance(raw, bool | np.bool_):
-                    fail(f"`{name}` must be a number, got {got()}")
+                    fail(f"`{name}` must be a number, got {_got(raw, feat.personal, key)}")
                 else:
                     number = _to_float(raw)
                     if not np.isfinite(number):
-                        fail(f"`{name}` must be a finite number, got {got()}")
+                        fail(f"`{name}` must be a finite number, got {_got(raw, feat.personal, key)}")
                         number = np.nan if np.isnan(number) else number
                     elif feat.type == "integer" and np.floor(number) != number:
-                        fail(f"`{name}` must be an integer, got {got()}")
+                        fail(f"`{name}` must be an integer, got {_got(raw, feat.personal, key)}")
                     if feat.min is not None and number < feat.min:
-                        fail(f"`{name}` must be >= {feat.min:g}, got {got()}")
+                        fail(f"`{name}` must be >= {feat.min:g}, got {_got(raw, feat.personal, key)}")
                     if feat.max is not None and number > feat.max:
-                        fail(f"`{name}` must be <= {feat.max:g}, got {got()}")
+                        fail(f"`{name}` must be <= {feat.max:g}, got {_got(raw, feat.personal, key)}")
             value = number
         elif feat.type == "boolean":
             if not null:
                 value = _BOOLEAN.get(str(raw).strip().lower())
                 if value is None:
-                    fail(f"`{name}` must be true or false, got {got()}")
+                    fail(f"`{name}` must be true or false, got {_got(raw, feat.personal, key)}")
         else:
             value = None if null else str(raw).strip()
             if feat.type == "categorical" and value is not None and value not in (feat.values or []):

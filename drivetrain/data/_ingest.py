@@ -26,12 +26,12 @@ from drivetrain.clock import Clock, SystemClock
 from drivetrain.data._attribution import attribute_pending
 from drivetrain.data._context import _features, _rows, _Rows
 from drivetrain.data._ingest_log import new_ingest_id, record_ingest
-from drivetrain.data._personal import PersonalKey, personal_key, redact_frame
+from drivetrain.data._personal import PII_KEY_ENV, PersonalKey, personal_key, redact_frame
 from drivetrain.data._quarantine import RELEASE_COLUMNS, payloads, quarantine, reason_counts, release, unreadable_payload
 from drivetrain.data._read import RawRows
 from drivetrain.data._schemas import ASSIGNMENTS, INGEST_ID, OUTCOME_SCHEMA, decision_schema, diagnostic_fields
 from drivetrain.data._store import Store
-from drivetrain.errors import DataError
+from drivetrain.errors import DataError, UsageError
 from drivetrain.spec import Spec
 
 __all__ = ["IngestReport", "ingest_decisions", "ingest_outcomes"]
@@ -297,6 +297,8 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
         return _existing(store, "decisions", "request_id", keys)
 
     with store.writing():
+        if key is not None and spec.personal_features:
+            _check_key(store, key)
         accepted, report, stored, rejected = _ingest(store, raw, "decisions", "request_id", frame, rows.reason, compare, existing,
                                                      now, key, ingest_id)
         store.append("decisions", pa.Table.from_pandas(accepted, schema=_with_ingest_id(schema), preserve_index=False))
@@ -378,6 +380,15 @@ def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, g
 
 def _with_ingest_id(schema: pa.Schema) -> pa.Schema:
     return schema.append(pa.field(INGEST_ID, pa.string()))
+
+
+def _check_key(store: Store, key: PersonalKey) -> None:
+    """One key per store: another key would give the same customers other pseudonyms, silently."""
+    recorded = store.claim_key(key.fingerprint)
+    if recorded != key.fingerprint:
+        raise UsageError(f"`{PII_KEY_ENV}` must be the key this store's pseudonyms were made with (fingerprint {recorded}), got a "
+                         f"key with fingerprint {key.fingerprint}: the same customers would get other pseudonyms "
+                         "(a key rotation starts a new store; docs/data.md, Personal data)")
 
 
 def _existing(store: Store, table: str, key: str, keys: pd.DataFrame) -> pd.DataFrame:

@@ -45,11 +45,13 @@ class PersonalKey:
     """The secret key of the personal-data hash. Its ``repr`` shows only a fingerprint, never the key."""
 
     secret: bytes = field(repr=False)
+    _mac: Any = field(init=False, repr=False, compare=False)  # the keyed state, copied per value (half the cost)
 
     def __post_init__(self) -> None:
         if len(self.secret) < MIN_KEY_BYTES:
             raise UsageError(f"`{PII_KEY_ENV}` must be a secret of at least {MIN_KEY_BYTES} bytes (for example the output of "
                              f"`python -c \"import secrets; print(secrets.token_hex(32))\"`), got {len(self.secret)} bytes")
+        object.__setattr__(self, "_mac", hmac.new(self.secret, digestmod=hashlib.sha256))
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> PersonalKey | None:
@@ -67,9 +69,11 @@ class PersonalKey:
 
     def pseudonym(self, text: str) -> str:
         """The pseudonym of one canonical text (see :func:`canonical_text`)."""
-        if _PSEUDONYM.fullmatch(text):
+        if text.startswith(PSEUDONYM_PREFIX) and _PSEUDONYM.fullmatch(text):
             return text
-        return PSEUDONYM_PREFIX + hmac.new(self.secret, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+        mac = self._mac.copy()
+        mac.update(text.encode("utf-8", "surrogatepass"))
+        return PSEUDONYM_PREFIX + mac.hexdigest()[:32]
 
 
 def personal_key(spec: Spec, key: PersonalKey | None = None, *, environ: Mapping[str, str] | None = None) -> PersonalKey | None:
@@ -86,13 +90,13 @@ def personal_key(spec: Spec, key: PersonalKey | None = None, *, environ: Mapping
         old = f" (`{_OLD_ENV}` is set but no longer read: the key is now an HMAC key; move it to `{PII_KEY_ENV}`)" if env.get(_OLD_ENV) else ""
         raise UsageError(f"`{PII_KEY_ENV}` must hold the secret key of the personal-data hash, because the spec marks "
                          f"{list(spec.personal_features)} as personal, got no key{old}: set it (at least {MIN_KEY_BYTES} bytes, "
-                         "kept outside the store and the spec) to ingest, decide or serve")
+                         "kept outside the store and the spec) to check, store or serve contexts of this spec")
     return found
 
 
 def is_pseudonym(value: Any) -> bool:
     """True for text in the exact form of a pseudonym."""
-    return isinstance(value, str) and _PSEUDONYM.fullmatch(value) is not None
+    return isinstance(value, str) and value.startswith(PSEUDONYM_PREFIX) and _PSEUDONYM.fullmatch(value) is not None
 
 
 def canonical_text(value: Any, kind: str) -> str | None:

@@ -8,6 +8,7 @@ the pseudonym each path gave and whether the clear value was found anywhere it w
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -53,7 +54,7 @@ def _sample(feat: Any, *, personal: bool) -> Any:
         lo = feat.min if feat.min is not None else (feat.max - 100 if feat.max is not None else 1000)
         hi = feat.max if feat.max is not None else lo + 100
         middle = lo + (hi - lo) * 0.37
-        return int(middle) if feat.type == "integer" and int(middle) >= lo else (int(lo) if feat.type == "integer" else round(middle, 3))
+        return max(int(middle), math.ceil(lo)) if feat.type == "integer" else round(middle, 3)
     return _SAMPLE_TEXT if personal else "sample"
 
 

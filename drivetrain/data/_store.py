@@ -51,6 +51,7 @@ __all__ = ["MemoryStore", "ParquetStore", "Store", "TABLES", "open_store"]
 TABLES = ("decisions", "outcomes", "outcomes_pending", "quarantine", "baselines", "alerts", "ingests", "releases")
 _PARTITION_COLUMN = {"decisions": "decided_at", "outcomes": "occurred_at", "quarantine": "quarantined_at"}
 _MARKER = "drivetrain-store.json"
+_KEY_FILE = "personal-key.json"  # the fingerprint of the personal-data key, never the key
 _FORMAT = 1
 
 
@@ -75,6 +76,12 @@ class Store(Protocol):
     def remove(self, table: str, key: str, keys: pa.Table) -> int: ...
 
     def writing(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def claim_key(self, fingerprint: str) -> str:
+        """Record the fingerprint of the personal-data key that writes this store, if none is recorded yet,
+        and return the recorded one (never the key: a fingerprint cannot hash a value). Call it holding
+        ``writing()``."""
+        ...
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
@@ -175,6 +182,7 @@ class MemoryStore(_SqlStore):
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self._tables: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+        self._fingerprint: str | None = None
 
     def append(self, table: str, rows: pa.Table) -> None:
         rows = self._check(table, rows)
@@ -203,6 +211,11 @@ class MemoryStore(_SqlStore):
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         yield
+
+    def claim_key(self, fingerprint: str) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint
+        return self._fingerprint
 
     def _bind(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         parts = self._tables[table]
@@ -234,6 +247,19 @@ class ParquetStore(_SqlStore):
             raise StoreError(f"{marker} must be JSON, got unreadable content ({exc})") from None
         if meta.get("format") != _FORMAT:
             raise StoreError(f"store format must be {_FORMAT}, got {meta.get('format')!r} in {marker}")
+
+    def claim_key(self, fingerprint: str) -> str:
+        """The fingerprint in ``personal-key.json`` (written, under a temporary name, when absent)."""
+        path = self.root / _KEY_FILE
+        if not path.exists():
+            temporary = path.with_name(f".{_KEY_FILE}.{uuid.uuid4().hex}")
+            temporary.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+            os.replace(temporary, path)
+        try:
+            recorded = json.loads(path.read_text())["fingerprint"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise StoreError(f"{path} must be JSON with a `fingerprint`, got unreadable content ({exc!r})") from None
+        return str(recorded)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:

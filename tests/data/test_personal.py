@@ -19,6 +19,7 @@ from drivetrain.clock import SimulatedClock
 from drivetrain.data import (
     PII_KEY_ENV,
     MemoryStore,
+    ParquetStore,
     PersonalKey,
     RawRows,
     check_context,
@@ -29,8 +30,7 @@ from drivetrain.data import (
     rehearse_personal,
 )
 from drivetrain.errors import UsageError
-from drivetrain.serve import compact
-from drivetrain.serve._log import DecisionLog
+from drivetrain.serve import DecisionLog, compact
 
 KEY = PersonalKey(b"a-test-key-of-32-bytes-0123456789")
 OTHER = PersonalKey(b"another-key-of-32-bytes-987654321")
@@ -192,3 +192,22 @@ def test_rehearsal_finds_each_type_hashed_and_nowhere_in_clear() -> None:
     for r in rehearsals.values():
         assert r.ok, r
         assert r.pseudonym is not None and r.pseudonym.startswith("hmac-sha256:") and str(r.sample) not in r.pseudonym
+
+
+def test_a_store_keeps_the_key_it_was_written_with(tmp_path: Path) -> None:
+    """Another key would give the same customers other pseudonyms in the same store: refused, naming both
+    fingerprints, and nothing is stored."""
+    store = ParquetStore(tmp_path / "store", SPEC, create=True)
+    ingest_decisions(store, RawRows(pd.DataFrame([decision("r1", "u1", T0, **customer(1))]), (), "t"), pii_key=KEY)
+    with pytest.raises(UsageError, match=rf"must be the key this store's pseudonyms were made with \(fingerprint {KEY.fingerprint}\)"):
+        ingest_decisions(store, RawRows(pd.DataFrame([decision("r2", "u2", T0, **customer(2))]), (), "t"), pii_key=OTHER)
+    assert store.count("decisions") == 1 and store.count("quarantine") == 0
+    assert KEY.secret.decode() not in (tmp_path / "store" / "personal-key.json").read_text()
+
+
+def test_rehearsal_reports_a_value_kept_in_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rehearsal's own negative control: with a 'hash' that keeps the value, every field is found."""
+    monkeypatch.setattr(PersonalKey, "pseudonym", lambda self, text: text)
+    rehearsals = rehearse_personal(SPEC, KEY)
+    assert not any(r.ok for r in rehearsals if r.kind != "boolean")
+    assert all("decisions table" in r.found_in_clear for r in rehearsals if r.kind != "boolean")

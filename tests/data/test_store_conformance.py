@@ -162,3 +162,13 @@ def test_rows_stored_before_ingest_ids_read_a_null_ingest_id(spec: Spec, tmp_pat
     assert got == [{"event_id": "new", "ingest_id": "i9"}, {"event_id": "old", "ingest_id": None}]
     assert store.remove("outcomes", "ingest_id", pa.table({"ingest_id": ["i9"]})) == 1
     assert store.count("outcomes") == 1
+
+
+def test_the_first_personal_key_fingerprint_is_kept(store: Store) -> None:
+    with store.writing():
+        assert store.claim_key("fingerprint-a") == "fingerprint-a"
+        assert store.claim_key("fingerprint-b") == "fingerprint-a"
+    if isinstance(store, ParquetStore):
+        again = ParquetStore(store.root, store.spec)
+        assert again.claim_key("fingerprint-c") == "fingerprint-a"
+        assert "fingerprint-a" in (store.root / "personal-key.json").read_text()
