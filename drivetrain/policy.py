@@ -6,7 +6,7 @@ every eligible action with the predicted objective minus the priced use of each 
     score_ik = objective_ik - sum_c lambda_c * s_c * usage_c,ik - sum_cap mu_cap * [k in cap],
 
 (s_c = +1 for a ``<=`` limit, -1 for ``>=``), so that a unit's decision does not depend on the rest of the
-batch; then applies exploration and the holdout exactly as DESIGN.md defines them:
+batch; then applies exploration and the holdout exactly as docs/architecture.md defines them:
 
 * holdout: ``hash(salt, unit_id) < holdout_share`` gets the control action;
 * exploration: with probability ``eps``, drawn per request from a hash of the request id, a uniformly
@@ -207,7 +207,7 @@ class Policy:
 
     def _distribution(self, scores: np.ndarray, price: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(action probabilities (n, K) of the whole serving system, the choices at the lower and at the
-        higher prices (n,)): DESIGN.md's ``h [a = control] + (1 - h) (eps / K_i + (1 - eps) pi(a))``, with
+        higher prices (n,)): docs/architecture.md's ``h [a = control] + (1 - h) (eps / K_i + (1 - eps) pi(a))``, with
         ``pi`` the choice, or the tie split's mix of the two choices."""
         finite = np.isfinite(scores)
         low, high, share = self._choices(scores, price)
@@ -237,7 +237,7 @@ class Policy:
         """Decisions from the priced scores (n, K) of ``units`` (n,) for ``requests`` (n,): the policy's
         choice (with a tie split, at the lower or the higher prices as the request id draws; ``price`` is
         then the priced use :meth:`priced` gives), exploration drawn from the request id, the holdout from
-        the unit id (DESIGN.md)."""
+        the unit id (docs/architecture.md)."""
         n = scores.shape[0]
         finite = np.isfinite(scores)
         dist, low, high = self._distribution(scores, price)

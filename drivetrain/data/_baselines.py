@@ -1,4 +1,4 @@
-"""Fit-time reference statistics that monitoring compares live data against (DESIGN.md, Baselines).
+"""Fit-time reference statistics that monitoring compares live data against (docs/architecture.md, Baselines).
 
 For every context feature, the predicted objective and each outcome, keyed by policy version in the
 store's ``baselines`` table:

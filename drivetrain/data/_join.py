@@ -2,7 +2,7 @@
 
 As of time T, only rows received at or before T exist. A decision is mature when
 ``decided_at + horizon + settle <= T`` (``settle`` is the spec's allowance for outcomes that arrive after
-they occur; 0 gives DESIGN.md's rule). Immature decisions are counted, never given zero outcomes.
+they occur; 0 gives docs/architecture.md's rule). Immature decisions are counted, never given zero outcomes.
 An outcome counts for its decision when ``decided_at <= occurred_at < decided_at + horizon``; outcomes
 outside that window are counted as out-of-window. Replaying with the same T and store gives the same table.
 

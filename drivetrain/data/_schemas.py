@@ -1,4 +1,4 @@
-"""Arrow schemas of the store's tables (DESIGN.md, Contracts; docs/data.md).
+"""Arrow schemas of the store's tables (docs/architecture.md, Contracts; docs/data.md).
 
 ``decisions`` and ``outcomes`` depend on the spec (one column per lever and per context feature);
 ``outcomes_pending`` holds accepted outcomes that no decision claims yet; ``quarantine`` every rejected row.

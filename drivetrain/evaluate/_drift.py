@@ -44,7 +44,7 @@ rows, those whose cohort value the baselines describe (a value never seen at fit
 shows as an unseen category of the cohort's own feature). The predicted
 objective counts only decisions that ``version`` served by its own choice (``assignment = 'policy'``):
 its baseline is the planned action's prediction, which explore and holdout decisions do not follow.
-Outcomes count only mature decisions (DESIGN.md, Maturity).
+Outcomes count only mature decisions (docs/architecture.md, Maturity).
 """
 
 from __future__ import annotations

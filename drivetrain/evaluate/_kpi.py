@@ -1,7 +1,7 @@
 """The KPI hierarchy as of a time T: the north star against the holdout, leading indicators, guardrails,
 budgets, SLOs and the sample ratio check, overall, by decision day and by every cohort of the spec.
 
-The join follows DESIGN.md (Maturity and replay) exactly as :func:`drivetrain.data.training_table` does:
+The join follows docs/architecture.md (Maturity and replay) exactly as :func:`drivetrain.data.training_table` does:
 only rows received at or before T exist; a decision is mature when ``decided_at + horizon + settle <= T``;
 an outcome counts for its decision when ``decided_at <= occurred_at < decided_at + horizon``. Immature
 decisions are counted as such and never enter a mean as zeros. Sums are taken in DECIMAL, which is exact

@@ -122,7 +122,7 @@ class Decider:
         if batch is not None and t2 - t0 > budget:
             reason = f"over the latency budget: {1000 * (t2 - t0):.1f} ms > {1000 * budget:g} ms"
             batch = None
-        if batch is None:  # a held-out unit keeps its arm and control whatever failed (DESIGN.md, Randomization)
+        if batch is None:  # a held-out unit keeps its arm and control whatever failed (docs/architecture.md, Randomization)
             held = bool(in_holdout(self._salt, [unit_id], self._holdout_share)[0])
             action = self._control if held else self._fallback
             assignment, margin = ("holdout" if held else "fallback"), None

@@ -2,7 +2,7 @@
 
 Holdout membership is ``hash(salt, unit_id) < holdout_share``: stable across policy versions, reloads and
 restarts, and independent of everything else about the unit. The logged propensity is the probability
-that the whole serving system picks the logged action for that context (DESIGN.md, Randomization)::
+that the whole serving system picks the logged action for that context (docs/architecture.md, Randomization)::
 
     h * [a = control] + (1 - h) * pi(a | x)
 

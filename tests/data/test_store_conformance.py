@@ -1,4 +1,4 @@
-"""Every Store implementation must pass these checks (DESIGN.md, style 8)."""
+"""Every Store implementation must pass these checks (docs/architecture.md, habit 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The evaluation's and drift's queries on Spark give DuckDB's results (DESIGN.md, Engines and libraries:
+"""The evaluation's and drift's queries on Spark give DuckDB's results (docs/architecture.md, Engines and libraries:
 the batch SQL is a portable subset that SQLGlot transpiles to Spark SQL).
 
 Spark reads the store's Parquet directories directly (``parquet.`<dir>```), as a cluster would; a table

@@ -1,4 +1,4 @@
-"""Every optimizer passes these checks (DESIGN.md, style 8): the same problems, the same expectations.
+"""Every optimizer passes these checks (docs/architecture.md, habit 8): the same problems, the same expectations.
 
 The problems are small enough to solve by hand; each expectation below is the unique optimum.
 """
