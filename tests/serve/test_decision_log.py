@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -271,3 +272,15 @@ def test_a_compaction_makes_the_store_durable_before_it_deletes_the_segments(tmp
     assert compact(store, tmp_path / "log").rows == 5
     first_unlink = events.index("unlink segment")
     assert "fsync parquet" in events[:first_unlink] and "fsync dir" in events[:first_unlink], events
+
+
+def test_recovery_removes_only_stale_private_files(tmp_path: Path) -> None:
+    """A worker killed between creating and publishing a segment leaves an empty private file; recovery
+    removes it once it is older than a minute, never one a live worker is creating now."""
+    stale, fresh = tmp_path / "dead-1.creating", tmp_path / "live-1.creating"
+    stale.touch()
+    fresh.touch()
+    old = time.time() - 2 * _log.STALE_CREATING_S
+    os.utime(stale, (old, old))
+    recover(tmp_path)
+    assert not stale.exists() and fresh.exists()
