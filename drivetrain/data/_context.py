@@ -250,7 +250,7 @@ def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKe
             fail(f"`{name}` is required, got {_got(raw, feat.personal, key)}")
         if typed and not null and raw is not None:
             expected = _JSON_TYPES[feat.type]
-            if not isinstance(raw, expected[0]) or (feat.type in ("integer", "float") and isinstance(raw, bool)):
+            if not isinstance(raw, expected[0]) or (feat.type in ("integer", "float") and isinstance(raw, bool | np.bool_)):
                 fail(f"`{name}` must be a JSON {expected[1]}, got {_got(raw, feat.personal, key)} ({type(raw).__name__})")
         if feat.type in ("integer", "float"):
             number = np.nan
@@ -288,7 +288,8 @@ def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKe
 
 
 _JSON_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "integer": ((int, float), "number"), "float": ((int, float), "number"), "boolean": (bool, "boolean (true or false)"),
+    "integer": ((int, float, np.integer, np.floating), "number"), "float": ((int, float, np.integer, np.floating), "number"),
+    "boolean": ((bool, np.bool_), "boolean (true or false)"),
     "categorical": (str, "string"), "string": (str, "string"),
 }
 

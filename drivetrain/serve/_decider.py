@@ -149,6 +149,7 @@ class Decider:
         response = {
             "request_id": request_id, "unit_id": unit_id, "action_id": self._ids[action], "levers": levers,
             "propensity": propensity, "policy_version": self.version, "assignment": assignment, "fallback_reason": reason,
+            "ignored_context_keys": sorted(k for k in context if k not in self.spec.model.context.features),
         }
         return Decision(response, record, {"features": t1 - entered, "policy": t2 - t1, "record": t3 - t2})
 

@@ -225,3 +225,12 @@ def test_a_policy_with_another_experiment_salt_is_refused(policy: Policy, tmp_pa
     for unit, h in zip(units[:60], held[:60], strict=True):
         record = patient.decide(unit, {"region": "mars"}, request_id=f"r-{unit}", now=NOW).record
         assert record["assignment"] == ("holdout" if h else "fallback")
+
+
+def test_context_keys_the_contract_does_not_name_are_said_in_the_answer(policy: Policy) -> None:
+    row = _rows(1)[0]
+    unit = row.pop("unit_id")
+    answer = _patient(policy).decide(unit, {**row, "tenure_dayz": 400, "campaign": "x"}, request_id="r-extra", now=NOW).response
+    assert answer["ignored_context_keys"] == ["campaign", "tenure_dayz"]
+    assert answer["assignment"] != "fallback"  # the contract's own keys are all there: the decision stands
+    assert _patient(policy).decide(unit, row, request_id="r-plain", now=NOW).response["ignored_context_keys"] == []
