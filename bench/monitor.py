@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 import yaml
 from scipy import stats
 
-from drivetrain.data import MemoryStore, ParquetStore, Store, decision_schema, psi_cell_bins, write_baselines
+from drivetrain.data import MemoryStore, ParquetStore, Store, decision_schema, write_baselines
 from drivetrain.data._schemas import OUTCOME_SCHEMA
 from drivetrain.evaluate import DriftReport, Evaluation, evaluate, measure_drift
 from drivetrain.spec import Spec, parse_spec

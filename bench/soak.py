@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pandas as pd
 
 from drivetrain.model import OutcomeModel
@@ -51,12 +50,7 @@ SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"
 
 def build_policy(directory: Path) -> Path:
     twin = NBOOTwin(seed=3)
-    users = twin.population(4000)
-    decisions, _ = twin.log(users)
-    truth = twin.truth(users)
-    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
-    for c in twin.spec.outcomes:
-        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    decisions = twin.expected_log(twin.population(4000))
     model = OutcomeModel(n_folds=2, n_estimators=20, min_child_samples=50, num_threads=1).fit(decisions, twin.spec)
     Policy.from_model(twin.spec, model, {}, version="soak").save(directory)
     return directory

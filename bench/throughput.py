@@ -37,7 +37,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from drivetrain.assembly import fit_model, plan_policy  # noqa: E402
+from drivetrain.assembly import plan_policy  # noqa: E402
 from drivetrain.data import training_table  # noqa: E402
 from drivetrain.model import FeatureEncoder, OutcomeModel  # noqa: E402
 from drivetrain.policy import Policy  # noqa: E402

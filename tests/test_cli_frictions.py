@@ -22,12 +22,7 @@ def product(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("product")
     twin = NBOOTwin(seed=8)
     (root / "spec.yaml").write_text(nboo_spec_yaml(), encoding="utf-8")
-    users = twin.population(3000)
-    decisions, _ = twin.log(users)
-    truth = twin.truth(users)
-    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
-    for c in twin.spec.outcomes:
-        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    decisions = twin.expected_log(twin.population(3000))
     model = OutcomeModel(n_folds=0, n_estimators=10, min_child_samples=50, num_threads=1).fit(decisions, twin.spec)
     Policy.from_model(twin.spec, model, {}).save(root / "model")
     ParquetStore(root / "store", twin.spec, create=True)

@@ -17,12 +17,7 @@ from drivetrain.twin import NBOOTwin
 @pytest.fixture(scope="module")
 def fitted() -> tuple[NBOOTwin, OutcomeModel, pd.DataFrame]:
     twin = NBOOTwin(seed=11)
-    users = twin.population(8000)
-    decisions, _ = twin.log(users)
-    truth = twin.truth(users)
-    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
-    for c in twin.spec.outcomes:  # expected outcomes as labels: the model learns the truth with little noise
-        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    decisions = twin.expected_log(twin.population(8000))
     model = OutcomeModel(n_folds=2, n_estimators=60, min_child_samples=40, num_threads=1).fit(decisions, twin.spec)
     return twin, model, NBOOTwin(seed=12).population(4000, offset=9_000_000)
 

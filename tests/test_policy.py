@@ -17,12 +17,7 @@ from drivetrain.twin import NBOOTwin
 @pytest.fixture(scope="module")
 def fitted() -> tuple[NBOOTwin, OutcomeModel, pd.DataFrame]:
     twin = NBOOTwin(seed=3)
-    users = twin.population(6000)
-    decisions, _ = twin.log(users)
-    truth = twin.truth(users)
-    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
-    for c in twin.spec.outcomes:
-        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    decisions = twin.expected_log(twin.population(6000))
     model = OutcomeModel(n_folds=2, n_estimators=40, min_child_samples=50).fit(decisions, twin.spec)
     contexts = NBOOTwin(seed=4).population(3000, offset=5_000_000)
     return twin, model, contexts

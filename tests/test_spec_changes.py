@@ -28,12 +28,7 @@ from drivetrain.twin import NBOOTwin
 @pytest.fixture(scope="module")
 def fitted() -> tuple[NBOOTwin, OutcomeModel, pd.DataFrame]:
     twin = NBOOTwin(seed=5)
-    users = twin.population(3000)
-    decisions, _ = twin.log(users)
-    truth = twin.truth(users)
-    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
-    for c in twin.spec.outcomes:
-        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    decisions = twin.expected_log(twin.population(3000))
     model = OutcomeModel(n_folds=0, n_estimators=10, min_child_samples=50, num_threads=1).fit(decisions, twin.spec)
     return twin, model, NBOOTwin(seed=6).population(2000, offset=7_000_000)
 

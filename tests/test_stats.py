@@ -39,17 +39,12 @@ def test_the_models_effects_are_cluster_robust_by_unit() -> None:
     pseudo-outcomes): clustered by unit the effects' standard error is that of one copy per unit; taken as
     independent rows it would shrink by about sqrt(3)."""
     twin = NBOOTwin(seed=11)
-    users = twin.population(500)
-    decisions, _ = twin.log(users)
-    truth = twin.truth(users)
-    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
-    for c in twin.spec.outcomes:
-        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    decisions = twin.expected_log(twin.population(500))
     table = decisions.loc[decisions.index.repeat(3)].reset_index(drop=True)
     model = OutcomeModel(n_folds=2, n_estimators=15, min_child_samples=20, num_threads=1).fit(table, twin.spec)
-    clustered = model.effect_interval(cluster=table["unit_id"])
-    naive = model.effect_interval()
-    gamma = model.pseudo_outcomes()
+    clustered = model.effect_interval(table, cluster=table["unit_id"])
+    naive = model.effect_interval(table)
+    gamma = model.pseudo_outcomes(table)
     control = twin.spec.control.index
     once = ~table["unit_id"].duplicated().to_numpy()
     for row in clustered.to_dict("records"):
@@ -58,5 +53,5 @@ def test_the_models_effects_are_cluster_robust_by_unit() -> None:
         assert row["effect"] == pytest.approx(d.mean(), rel=1e-9, abs=1e-12)
         assert row["std_error"] == pytest.approx(d.std(ddof=1) / np.sqrt(once.sum()), rel=1e-9)
     assert (naive["std_error"] < 0.7 * clustered["std_error"]).all()
-    by_tier = model.effect_interval(by="tier", cluster=table["unit_id"])
+    by_tier = model.effect_interval(table, by="tier", cluster=table["unit_id"])
     assert set(by_tier["cohort"]) == {"bronze", "silver", "gold"} and (by_tier["std_error"] > 0).all()

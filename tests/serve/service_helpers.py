@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from drivetrain.model import OutcomeModel
@@ -19,12 +18,7 @@ TOKEN = "test-token-0123456789"
 
 def fit_policy(directory: Path, *, version: str, seed: int = 3) -> Path:
     twin = NBOOTwin(seed=seed)
-    users = twin.population(6000)
-    decisions, _ = twin.log(users)
-    truth = twin.truth(users)
-    action = twin.spec.action_space.indices(decisions["action_id"].to_numpy())
-    for c in twin.spec.outcomes:
-        decisions[c] = truth.components[c][np.arange(len(users)), action]
+    decisions = twin.expected_log(twin.population(6000))
     model = OutcomeModel(n_folds=2, n_estimators=30, min_child_samples=50).fit(decisions, twin.spec)
     Policy.from_model(twin.spec, model, {}, version=version).save(directory)
     return directory
