@@ -104,6 +104,10 @@ def main() -> None:
                              adaptive=adaptive, trees=cfg["trees"], truth_sample=min(2000, cfg["users"]))
             tables[label].append(weekly(result).assign(seed=seed))
             print(f"seed {seed}, {label}: {days} days in {time.perf_counter() - t0:.0f} s", flush=True)
+            for d in result:  # what the loop did, day by day (quiet days left out)
+                done = [a for a in (d.step.actions if d.step else ()) if a != "no trigger fired" and "waiting for" not in a]
+                if done:
+                    print(f"  day {d.day - START_DAY + 1}: " + "; ".join(a[:220] for a in done), flush=True)
     for label, parts in tables.items():
         frame = pd.concat(parts)
         mean = frame.groupby(level=0).mean(numeric_only=True)
