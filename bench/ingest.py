@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import ParquetStore, read_rows, ingest_decisions, ingest_outcomes, training_table
+from drivetrain.data import ParquetStore, ingest_decisions, ingest_outcomes, read_rows, training_table
 from drivetrain.spec import Spec
 from drivetrain.twin import NBOOTwin
 

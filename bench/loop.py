@@ -29,13 +29,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivetrain.adapt import LoopDay, MemoryRegistry, adapt, run_twin_loop
+from drivetrain.adapt import MemoryRegistry, adapt
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.demo import loop_spec
 from drivetrain.model import OutcomeModel
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin, Scenario
+from drivetrain.twin_loop import LoopDay, run_twin_loop
 
 START_DAY = 9  # the first log's decisions are all mature by then (7-day horizon, 1 day to settle)
 

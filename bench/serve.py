@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from policy_value import logged_store
 
 from drivetrain.assembly import fit_model, plan_policy
 from drivetrain.model import CompiledModel, OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.serve import Decider, ServiceProcess, settle_heap
 from drivetrain.twin import NBOOTwin, oracle
-from policy_value import logged_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"

@@ -29,8 +29,9 @@ ALLOWED: dict[str, set[str]] = {
     "adapt": {*STAGES, "evaluate", "assembly"},
     "explain": {*STAGES, "evaluate", "assembly"},
     "loop": {*STAGES, "evaluate", "assembly", "adapt", "twin"},
-    "demo": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "report"},
-    "cli": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "report", "demo", "contract"},
+    "twin_loop": {*STAGES, "evaluate", "assembly", "adapt", "twin"},
+    "demo": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "twin_loop", "report"},
+    "cli": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "twin_loop", "report", "demo", "contract"},
 }
 ALLOWED["__main__"] = {"cli"}
 ALLOWED["clock"] = {"errors"}

@@ -4,9 +4,10 @@
 * :func:`judge_triggers` and :func:`training_window`: when to retrain and on what;
 * the off-line gates (data, regression, off-policy, constraints, serving), then shadow and canary;
 * :func:`adapt`: one step of the loop as of T; :func:`promote` and :func:`rollback`: the manual moves;
-* :func:`run_twin_loop`: the loop day by day on a twin, next to its truth.
 
-The wiring of fit, plan and off-line evaluation that the loop uses lives in :mod:`drivetrain.assembly`.
+The wiring of fit, plan and off-line evaluation that the loop uses lives in :mod:`drivetrain.assembly`; the
+loop run day by day on a twin, next to its truth, in :mod:`drivetrain.twin_loop` (adaptation must not
+know the twin it is judged by).
 """
 
 from drivetrain.adapt._gates import (
@@ -41,13 +42,12 @@ from drivetrain.adapt._retrain import (
     Window,
     evaluation_units,
     judge_triggers,
-    model_spec_hash,
     training_window,
 )
-from drivetrain.adapt._simulation import LoopDay, run_twin_loop
 from drivetrain.adapt._step import (
     Candidate,
     StepResult,
+    Trainer,
     adapt,
     default_trainer,
     fit_candidate,
@@ -66,11 +66,11 @@ __all__ = [
     "Event",
     "GateResult",
     "Lineage",
-    "LoopDay",
     "MemoryRegistry",
     "Paired",
     "Registry",
     "StepResult",
+    "Trainer",
     "TriggerReport",
     "VersionRecord",
     "Window",
@@ -85,7 +85,6 @@ __all__ = [
     "fit_candidate",
     "frozen_set",
     "judge_triggers",
-    "model_spec_hash",
     "off_policy_gate",
     "offline_gates",
     "paired_values",
@@ -93,7 +92,6 @@ __all__ = [
     "recent_population",
     "regression_gate",
     "rollback",
-    "run_twin_loop",
     "serve",
     "serving_gate",
     "shadow_check",

@@ -10,8 +10,6 @@ evaluation set, and their recent decisions the off-policy comparison's, on which
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,20 +22,9 @@ from drivetrain.clock import as_utc
 from drivetrain.data import Store, training_table
 from drivetrain.spec import Spec, holdout_draw
 
-__all__ = ["TriggerReport", "Window", "evaluation_units", "judge_triggers", "model_spec_hash", "training_window"]
+__all__ = ["TriggerReport", "Window", "evaluation_units", "judge_triggers", "training_window"]
 
 #: The parts of the spec a fitted model and its plan depend on (monitoring, serving, adaptation do not).
-MODEL_FIELDS = ("objective", "outcomes", "levers", "action_rules", "control", "fallback", "eligibility", "constraints",
-                "guardrails", "context", "experimentation")
-
-
-def model_spec_hash(spec: Spec) -> str:
-    """A digest of the spec's model-relevant fields: two specs with the same one give the same model."""
-    dumped = spec.model.model_dump(mode="json")
-    body = {k: dumped[k] for k in MODEL_FIELDS}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
 def evaluation_units(spec: Spec, unit_ids: Any) -> np.ndarray:
     """Whether each unit is in the evaluation slice (never trained on); shape (n,) bool."""
     share = spec.model.adaptation.evaluation_share

@@ -42,7 +42,6 @@ from drivetrain.adapt._retrain import (
     Window,
     evaluation_units,
     judge_triggers,
-    model_spec_hash,
     training_window,
 )
 from drivetrain.assembly import plan_policy, write_policy_baselines
@@ -157,7 +156,7 @@ def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Train
         policy = plan.policy
         write_policy_baselines(store, plan, population, created_at=as_of)
     decided = pd.to_datetime(train["decided_at"], utc=True)
-    lineage = Lineage(spec_hash=spec.hash, model_spec_hash=model_spec_hash(spec),
+    lineage = Lineage(spec_hash=spec.hash, model_spec_hash=spec.model_hash,
                       data_start=decided.min().isoformat() if len(train) else None,
                       data_end=decided.max().isoformat() if len(train) else None, rows=len(train),
                       rows_by_version=dict(window.rows_by_version), code_version=_code_version(),

@@ -24,10 +24,17 @@ import pyarrow as pa
 
 from drivetrain.clock import Clock, SystemClock
 from drivetrain.data._attribution import attribute_pending
-from drivetrain.data._context import _features, _rows, _Rows
+from drivetrain.data._context import _features, _Rows, _rows
 from drivetrain.data._ingest_log import new_ingest_id, record_ingest
 from drivetrain.data._personal import PII_KEY_ENV, PersonalKey, personal_key, redact_frame
-from drivetrain.data._quarantine import RELEASE_COLUMNS, payloads, quarantine, reason_counts, release, unreadable_payload
+from drivetrain.data._quarantine import (
+    RELEASE_COLUMNS,
+    payloads,
+    quarantine,
+    reason_counts,
+    release,
+    unreadable_payload,
+)
 from drivetrain.data._read import RawRows
 from drivetrain.data._schemas import ASSIGNMENTS, INGEST_ID, OUTCOME_SCHEMA, decision_schema, diagnostic_fields
 from drivetrain.data._store import Store
@@ -280,13 +287,13 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
             value = clean[name]     # is stored as null; its `fallback_reason` names what arrived
             clean[name] = value.where(np.isfinite(value) & (np.floor(value) == value) & (np.abs(value) < 2.0**63))
     clean["feature_version"] = rows.text("feature_version", required=False).fillna(spec.feature_version)
-    for field in diagnostic_fields(spec):
-        if field.name == "fallback_reason":
-            clean[field.name] = fallback_reason
-        elif pa.types.is_string(field.type):
-            clean[field.name] = rows.text(field.name, required=False)
+    for diagnostic in diagnostic_fields(spec):
+        if diagnostic.name == "fallback_reason":
+            clean[diagnostic.name] = fallback_reason
+        elif pa.types.is_string(diagnostic.type):
+            clean[diagnostic.name] = rows.text(diagnostic.name, required=False)
         else:
-            clean[field.name] = rows.number(field.name, required=False)
+            clean[diagnostic.name] = rows.number(diagnostic.name, required=False)
     schema = decision_schema(spec)
     frame = pd.DataFrame({f.name: clean[f.name] for f in schema}, index=rows.frame.index) if len(rows.frame) else schema.empty_table().to_pandas()
     known = set(schema.names)

@@ -2,7 +2,14 @@
 fit-time baselines, and the spec's alert rules; their SQL in Spark's dialect."""
 
 from drivetrain.evaluate._alerts import Alert, check_alerts, latency_by_minute, store_alerts
-from drivetrain.evaluate._drift import DRIFT_COLUMNS, DriftReport, baseline_version, drift_as_of, drift_queries, measure_drift
+from drivetrain.evaluate._drift import (
+    DRIFT_COLUMNS,
+    DriftReport,
+    baseline_version,
+    drift_as_of,
+    drift_queries,
+    measure_drift,
+)
 from drivetrain.evaluate._figures import (
     BudgetUse,
     Counts,

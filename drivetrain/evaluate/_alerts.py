@@ -37,8 +37,7 @@ from drivetrain.clock import as_utc
 from drivetrain.data import ALERT_SCHEMA, ParityReport, Store
 from drivetrain.evaluate._drift import DriftReport, _holm
 from drivetrain.evaluate._figures import Evaluation
-from drivetrain.spec import Spec
-from drivetrain.spec import AlertRule
+from drivetrain.spec import AlertRule, Spec
 
 __all__ = ["Alert", "check_alerts", "latency_by_minute", "store_alerts"]
 

@@ -13,6 +13,7 @@ from scipy import stats
 from drivetrain.evaluate._figures import Effect, Ratio, SampleRatio
 from drivetrain.evaluate._kpi_sql import LATENCY_BINS_PER_E
 
+
 def _mean_var(a: Arm, i: int) -> tuple[float | None, float | None]:
     """Metric ``i``'s mean in one arm and the cluster-robust variance of that mean:
     G / (G - 1) * sum_g (S_g - mean n_g)^2 / N^2 over the arm's G clusters (a cluster's decisions summed:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
-from drivetrain.model._forest import ForestBuilder, Forest, _threads
+from drivetrain.model._forest import Forest, ForestBuilder, _threads
 from drivetrain.model._learners import ComponentLearner
 from drivetrain.spec import Spec
 

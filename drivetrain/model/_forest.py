@@ -17,7 +17,6 @@ against ``Booster.predict(raw_score=True)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba

@@ -2,8 +2,8 @@
 
 from drivetrain.serve._decider import Decider, Decision
 from drivetrain.serve._http import Limits, run
-from drivetrain.serve._process import ServiceProcess, free_port
 from drivetrain.serve._log import CompactionReport, DecisionLog, RecoveryReport, compact, read_segments, recover
+from drivetrain.serve._process import ServiceProcess, free_port
 from drivetrain.serve._service import Service, ServiceConfig, settle_heap
 from drivetrain.serve.app import create_app
 

@@ -20,7 +20,6 @@ from drivetrain.adapt import (
     fit_candidate,
     frozen_set,
     offline_gates,
-    run_twin_loop,
     training_window,
 )
 from drivetrain.assembly import plan_policy
@@ -37,6 +36,7 @@ from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin
+from drivetrain.twin_loop import run_twin_loop
 
 FIRST_USERS, LIVE_DAYS, DAILY_USERS, START_DAY = 2_500, 16, 1_000, 9
 

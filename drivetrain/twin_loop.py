@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from drivetrain.adapt._live import serve
-from drivetrain.adapt._registry import Registry
-from drivetrain.adapt._step import StepResult, Trainer, adapt, default_trainer
+from drivetrain.adapt import Registry, StepResult, Trainer, adapt, default_trainer, serve
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import RawRows, Store, ingest_decisions, ingest_outcomes
 from drivetrain.policy import Policy
