@@ -32,6 +32,7 @@ from drivetrain.errors import DataError, DrivetrainError, UsageError
 
 if TYPE_CHECKING:
     from drivetrain.adapt import EmbeddedRegistry
+    from drivetrain.evaluate import Effect
     from drivetrain.evaluate import Scope as EvaluationScope
     from drivetrain.model import OutcomeModel
     from drivetrain.policy import Policy
@@ -736,11 +737,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}g}"
 
 
-def _effect_row(label: str, e: object) -> list[str]:
-    g = lambda name: getattr(e, name)  # noqa: E731
-    interval = "-" if g("low") is None else f"[{g('low'):+.4g}, {g('high'):+.4g}]"
-    diff = "-" if g("difference") is None else f"{g('difference'):+.4g}"
-    return [label, _fmt(g("policy")), _fmt(g("holdout")), diff, interval]
+def _effect_row(label: str, e: Effect) -> list[str]:
+    interval = "-" if e.low is None or e.high is None else f"[{e.low:+.4g}, {e.high:+.4g}]"
+    diff = "-" if e.difference is None else f"{e.difference:+.4g}"
+    return [label, _fmt(e.policy), _fmt(e.holdout), diff, interval]
 
 
 def _scope(since: str | None, until: str | None, versions: list[str] | None) -> EvaluationScope:
