@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,7 +72,7 @@ PSI_TOL = 1e-9
 EXTRA_NUMERIC = 14  # the NBOO spec has 6 numeric features: 20 in all
 EXTRA_CATEGORICAL = {"channel": 12, "campaign": 40}  # the NBOO spec has 3 categorical ones: 5 in all
 SHIFTED = ("x01", "x02", "dwell_time_s", "channel")
-T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
 PSI_FLOOR = 1e-4
 # evaluation
 DECISIONS = 10_000_000
@@ -80,7 +80,7 @@ QUICK_DECISIONS = 200_000
 EVALUATE_TARGET_S = 20.0
 DAYS = 28
 UNITS_PER_DECISION = 0.25
-START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+START = datetime(2026, 1, 5, tzinfo=UTC)
 AS_OF = START + timedelta(days=DAYS)
 REL_TOL = 1e-6
 LATENCY_TOL = 0.0101
@@ -494,9 +494,9 @@ def baseline(root: Path, spec: Spec, as_of: datetime) -> dict[tuple[Any, ...], d
 
             def welch(col: str, a: pd.Series | None = None, b: pd.Series | None = None) -> tuple[float, float, float]:
                 """Welch's interval with each arm mean's cluster-robust variance over its units."""
-                a = p[col] if a is None else a
-                b = h[col] if b is None else b
-                (va, ga), (vb, gb) = cluster_var(a, p["unit_id"]), cluster_var(b, h["unit_id"])
+                a = p[col] if a is None else a  # noqa: B023 (called within the iteration)
+                b = h[col] if b is None else b  # noqa: B023 (called within the iteration)
+                (va, ga), (vb, gb) = cluster_var(a, p["unit_id"]), cluster_var(b, h["unit_id"])  # noqa: B023 (called within the iteration)
                 diff = a.mean() - b.mean()
                 df = (va + vb) ** 2 / (va**2 / (ga - 1) + vb**2 / (gb - 1))
                 half = stats.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb)

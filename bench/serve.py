@@ -27,7 +27,7 @@ import json
 import os
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,7 @@ def in_process(policy_dir: Path, ctx: list[dict[str, Any]], n: int) -> tuple[np.
     policy = Policy.load(policy_dir)
     decider = Decider(policy.spec, policy)
     settle_heap()  # as `drivetrain serve` does before it serves
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     fast = np.empty(n)
     for i in range(n):
         c = dict(ctx[i % len(ctx)])

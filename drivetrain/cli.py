@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 import traceback
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -90,7 +90,7 @@ def _parse_time(text: str | None, name: str) -> datetime:
         raise UsageError(f"`{name}` must be an ISO 8601 time such as 2026-02-01T00:00:00Z, got {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.tz_localize("UTC")
-    parsed = moment.to_pydatetime().astimezone(timezone.utc)
+    parsed = moment.to_pydatetime().astimezone(UTC)
     now = SystemClock().now()
     if name == "as_of" and parsed > now:  # rows received later do not exist yet: they would count as absent, not as late
         raise UsageError(f"`as_of` must not be later than now ({now.isoformat()}), got {text!r}: a decision not mature "

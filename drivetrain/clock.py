@@ -11,7 +11,7 @@ the demo and the tests pass a ``SimulatedClock`` so that days pass in millisecon
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from drivetrain.errors import UsageError
@@ -30,14 +30,14 @@ def as_utc(moment: datetime, *, name: str = "time") -> datetime:
     """Return ``moment`` in UTC; a naive datetime is refused because its zone is a guess."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise UsageError(f"`{name}` must be timezone-aware (UTC), got naive {moment.isoformat()}")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 class SystemClock:
     """The machine's clock, in UTC."""
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class SimulatedClock:

@@ -32,7 +32,7 @@ import json
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ class Policy:
         h = exp.holdout_share if holdout_share is None else holdout_share
         if not 0 <= eps < 1 or not 0 <= h < 1:
             raise UsageError(f"`exploration_rate` and `holdout_share` must be in [0, 1), got {eps} and {h}")
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         digest = hashlib.sha256(json.dumps({k: float(v) for k, v in sorted(multipliers.items())}).encode() + spec.hash.encode()).hexdigest()[:8]
         if not (np.isfinite(pessimism) and pessimism >= 0):
             raise UsageError(f"`pessimism` must be a finite number >= 0 (a z value such as 1.645), got {pessimism}")
@@ -342,7 +342,7 @@ class Policy:
         manifest = {
             "format": FORMAT,
             "policy_version": self.version,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "spec_name": self.spec.name,
             "spec_hash": self.spec.hash,
             "feature_version": self.spec.feature_version,

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from drivetrain.report import check_dom, render_dom, write_report
 from drivetrain.loop import sample_run
+from drivetrain.report import check_dom, render_dom, write_report
 
 
 def _broken(page: str) -> str:

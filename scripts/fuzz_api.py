@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from soak import SPEC, build_policy
+from soak import SPEC, build_policy  # noqa: E402 (bench/ joins the path above)
 
-from drivetrain.serve import ServiceProcess
+from drivetrain.serve import ServiceProcess  # noqa: E402
 
 TOKEN = "fuzz-token-0123456789"
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"

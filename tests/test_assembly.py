@@ -151,8 +151,8 @@ def test_a_formulas_uncertainty_is_its_spread_across_the_folds() -> None:
     """Closed form: three folds whose gross profit and promotion cost move independently, each with a
     spread of 1, give `gross_profit - promo_cost` a spread of sqrt(2) (not |1 - 1| = 0), and a constant
     lever term adds nothing (`gross_profit - 0.5 * depth` keeps a spread of 1)."""
-    from drivetrain.spec import formula_spread as _formula_se
     from drivetrain.spec import compile_formula
+    from drivetrain.spec import formula_spread as _formula_se
 
     spec = NBOOTwin().spec
     k = len(spec.action_space)
@@ -198,7 +198,7 @@ def test_units_tied_at_the_prices_are_split_as_the_plan_splits_them(fitted) -> N
     mix[np.arange(len(users)), low] += share
     mix[np.arange(len(users)), high] += 1 - share
     assert float(np.mean((problem.values * mix).sum(axis=1))) == pytest.approx(exact.objective, rel=1e-4)
-    assert np.mean((low != high)) > 0.05  # a tied group, not a handful of units
+    assert np.mean(low != high) > 0.05  # a tied group, not a handful of units
 
     # per request: the lower prices' choice in about low_share of the tied units' requests, the propensity the mix's
     batch = policy.decide(users, request_ids=[f"r{i}" for i in range(len(users))])

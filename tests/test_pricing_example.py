@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -62,7 +62,7 @@ def test_own_logs_and_spec_give_a_policy_that_beats_every_single_price(tmp_path:
     # the same estimates from Python: budgets, guardrails and caps count the program's rows, as the spec defines them
     policy = Policy.load(tmp_path / "policy")
     spec = load_spec(SPEC)
-    table = training_table(open_store(Path(store), spec), datetime.now(timezone.utc))[0].to_pandas()
+    table = training_table(open_store(Path(store), spec), datetime.now(UTC))[0].to_pandas()
     result = evaluate_on_logs(policy.model, table, {"policy": policy.action_distribution}, fitted_on_table=False)
     in_program = spec.eligible_units({c: table[c].to_numpy() for c in spec.features})
     assert 0.03 < 1 - in_program.mean() < 0.2  # some logged visitors are outside the program

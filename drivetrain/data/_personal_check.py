@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -77,7 +77,7 @@ def rehearse_personal(spec: Spec, key: PersonalKey) -> tuple[PersonalRehearsal, 
     context = {name: _sample(feat, personal=feat.personal) for name, feat in features.items()}
     one, one_reason = check_context(spec, context, pii_key=key)
     batch, batch_reasons = check_contexts(spec, pd.DataFrame([context]).astype(object), pii_key=key)
-    decided = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    decided = datetime(2026, 1, 1, tzinfo=UTC)
     row = {"request_id": "rehearsal-1", "unit_id": "rehearsal-unit", "decided_at": decided, "action_id": spec.control.id,
            "propensity": 1.0, "assignment": "policy", **context}
     bad = dict(row, request_id="rehearsal-2", assignment="policy", propensity=1.0)

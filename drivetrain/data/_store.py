@@ -87,7 +87,7 @@ class Store(Protocol):
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     """The whole result of ``sql`` as an Arrow table (the method's name differs across DuckDB releases)."""
     relation = con.sql(sql)
-    fetch = getattr(relation, "to_arrow_table", None) or getattr(relation, "arrow")
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
     return fetch()
 
 

@@ -207,7 +207,7 @@ class Evaluation:
             key = {"day": s.day, "cohort": s.cohort, "value": s.value}
 
             def add(figure: str, e: Effect | None = None, bound: float | None = None, **values: Any) -> None:
-                row = {**key, "figure": figure, "policy": None, "holdout": None, "difference": None, "low": None,
+                row = {**key, "figure": figure, "policy": None, "holdout": None, "difference": None, "low": None,  # noqa: B023 (called within the iteration)
                        "high": None, "bound": bound}
                 if e is not None:
                     row.update(policy=e.policy, holdout=e.holdout, difference=e.difference, low=e.low, high=e.high)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -129,7 +129,7 @@ def _extent_row(extent: Any) -> dict[str, Any]:
     if first is not None and not (isinstance(first, float) and math.isnan(first)) and not pd.isna(first):
         first = pd.Timestamp(first).to_pydatetime()
         # the queries require a UTC session, so a naive time from an engine's rows is a UTC time
-        row["first_received"] = first.replace(tzinfo=timezone.utc) if first.tzinfo is None else first
+        row["first_received"] = first.replace(tzinfo=UTC) if first.tzinfo is None else first
     else:
         row["first_received"] = None
     return row
@@ -185,7 +185,7 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
     # a slice by day takes the cluster products of (unit, day) cells, any other slice those of units
     linear = [c for c in value_cols if c[:2] not in ("d_", "u_")]
     clustered = {prefix: moments[["day", *chosen, "holdout", *linear, *(c for c in value_cols if c.startswith(prefix))]]
-                 .rename(columns=lambda c: c.removeprefix(prefix)) for prefix in ("d_", "u_")}
+                 .rename(columns=lambda c: c.removeprefix(prefix)) for prefix in ("d_", "u_")}  # noqa: B023 (called within the iteration)
 
     exp = spec.model.experimentation
     monitoring = spec.model.monitoring

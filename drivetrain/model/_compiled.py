@@ -70,10 +70,10 @@ class CompiledModel:
         builder = ForestBuilder(n_context, actions)
         link = np.zeros(len(comps) * folds, dtype=np.int64)
         constant = np.zeros(len(comps) * folds)
-        for c, comp in enumerate(comps):
+        for comp in comps:
             if len(parts[comp]) != folds:
                 raise ValueError(f"every component must have {folds} fold models, got {len(parts[comp])} for {comp!r}")
-            for f, part in enumerate(parts[comp]):
+            for part in parts[comp]:
                 s = builder.slot()
                 compiled = part.compile_into(builder, s)
                 if compiled is None:

@@ -219,7 +219,7 @@ class _threads:
     """Numba's thread count for the calling thread, restored on exit."""
 
     def __init__(self, n: int) -> None:
-        self.n = max(1, min(int(n), int(getattr(numba.config, "NUMBA_NUM_THREADS"))))
+        self.n = max(1, min(int(n), int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
         self.before = 1
 
     def __enter__(self) -> None:

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def _by_day(fig: go.Figure, days: int) -> None:
 
 def _moment(t: datetime) -> str:
     """A time as a reader wants it in a title: to the second, in UTC, no microseconds."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _interval(values: Sequence[float | None], lows: Sequence[float | None], highs: Sequence[float | None]) -> dict[str, Any]:

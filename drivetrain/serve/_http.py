@@ -77,7 +77,7 @@ class BoundedBodies:
         while True:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, end - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await _refuse(send, 408, f"the body must arrive within {self.limits.body_timeout_s:g} s, got {size} bytes by then")
                 return
             if message["type"] == "http.disconnect":

@@ -469,7 +469,7 @@ class Service:
             child.stdin.close()
             try:
                 await asyncio.wait_for(child.wait(), timeout=deadline_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 child.kill()
                 await child.wait()
 

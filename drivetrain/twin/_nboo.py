@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -43,7 +43,7 @@ COMPONENTS = ("purchase", "order_value", "gross_profit", "promo_cost", "redeemed
 REGIONS = ("north", "south", "east", "west")
 DEVICES = ("mobile", "desktop", "tablet")
 TIERS = ("bronze", "silver", "gold")
-EPOCH = datetime(2026, 1, 5, tzinfo=timezone.utc)  # a Monday
+EPOCH = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
 
 #: Logging policy: (observed contexts, eligible mask (n, K)) -> action probabilities (n, K).
 LoggingPolicy = Callable[[pd.DataFrame, np.ndarray], np.ndarray]

@@ -15,7 +15,7 @@ every (visitor, action), so a policy fitted on the logs can be judged against th
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from drivetrain.spec import Spec, load_spec
 SPEC_PATH = Path(__file__).with_name("drivetrain.yaml")
 SEGMENTS = ("student", "professional", "team")
 COUNTRIES = ("us", "de", "in")
-START = datetime(2026, 3, 2, tzinfo=timezone.utc)
+START = datetime(2026, 3, 2, tzinfo=UTC)
 
 
 def visitors(n: int, seed: int) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store
 from drivetrain.spec import Spec
 from drivetrain.twin import nboo_spec
 
-T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from tests.data.conftest import CONTEXT, T0, decision
-from tests.data.personal_helpers import SEGMENTS, clear_patterns, customer, personal_spec
 
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import (
@@ -31,6 +29,8 @@ from drivetrain.data import (
 )
 from drivetrain.errors import UsageError
 from drivetrain.serve import DecisionLog, compact
+from tests.data.conftest import CONTEXT, T0, decision
+from tests.data.personal_helpers import SEGMENTS, clear_patterns, customer, personal_spec
 
 KEY = PersonalKey(b"a-test-key-of-32-bytes-0123456789")
 OTHER = PersonalKey(b"another-key-of-32-bytes-987654321")

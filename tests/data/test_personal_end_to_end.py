@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from tests.data.personal_helpers import clear_patterns, customer, found_in_clear, personal_columns_are_pseudonyms, personal_raw
 
 from drivetrain.data import PII_KEY_ENV, PersonalKey
 from drivetrain.model import OutcomeModel
@@ -28,6 +27,13 @@ from drivetrain.policy import Policy
 from drivetrain.serve import ServiceProcess
 from drivetrain.spec import parse_spec
 from drivetrain.twin import NBOOTwin
+from tests.data.personal_helpers import (
+    clear_patterns,
+    customer,
+    found_in_clear,
+    personal_columns_are_pseudonyms,
+    personal_raw,
+)
 
 KEY_TEXT = "end-to-end-key-of-the-personal-hash-0123456789"
 KEY = PersonalKey(KEY_TEXT.encode())

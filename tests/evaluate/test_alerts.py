@@ -15,7 +15,16 @@ from typer.testing import CliRunner
 
 from drivetrain.cli import app
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, ParquetStore, RawRows, Store, ingest_decisions, ingest_outcomes, training_table, write_baselines
+from drivetrain.data import (
+    MemoryStore,
+    ParquetStore,
+    RawRows,
+    Store,
+    ingest_decisions,
+    ingest_outcomes,
+    training_table,
+    write_baselines,
+)
 from drivetrain.evaluate import GuardrailCheck, SliceEvaluation, check_alerts, evaluate, measure_drift, store_alerts
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin, Scenario
@@ -280,7 +289,7 @@ def test_a_sequential_guardrail_alert_holds_its_level_over_thirty_daily_checks()
             effect = SimpleNamespace(policy=total / n, policy_se=sd / np.sqrt(n))
             part = SimpleNamespace(value=None, policy_units=n,
                                    guardrails=[SimpleNamespace(name="refund", max=bound, min=None, effect=effect)])
-            evaluation = SimpleNamespace(cohorts=(), slice=lambda cohort=None, value=None: part, as_of=None)
+            evaluation = SimpleNamespace(cohorts=(), slice=lambda cohort=None, value=None: part, as_of=None)  # noqa: B023 (called within the iteration)
             if _guardrail(rule, evaluation, z):  # type: ignore[arg-type]
                 return day
         return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,27 @@ import pytest
 from scipy import stats
 
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, ParquetStore, grid_cell, psi_cell_bins, RawRows, Store, decision_schema, ingest_decisions, ingest_outcomes, reference_statistics, training_table, write_baselines
+from drivetrain.data import (
+    MemoryStore,
+    ParquetStore,
+    RawRows,
+    Store,
+    decision_schema,
+    grid_cell,
+    ingest_decisions,
+    ingest_outcomes,
+    psi_cell_bins,
+    reference_statistics,
+    training_table,
+    write_baselines,
+)
 from drivetrain.errors import DataError, UsageError
 from drivetrain.evaluate import DRIFT_COLUMNS, DriftReport, measure_drift
 from drivetrain.evaluate._drift import PSI_FLOOR, _holm
 from drivetrain.spec import Spec
 from drivetrain.twin import NBOOTwin, Scenario, nboo_spec
 
-T0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
 DAY = {"start": T0, "end": T0 + timedelta(days=1)}
 
 

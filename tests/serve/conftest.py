@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.serve.service_helpers import Server, fit_policy, start_server
 
 from drivetrain.twin import NBOOTwin
+from tests.serve.service_helpers import Server, fit_policy, start_server
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,10 @@ import pytest
 
 from drivetrain.data import MemoryStore
 from drivetrain.errors import UsageError
-from drivetrain.serve import DecisionLog, compact, recover
-from drivetrain.serve import _log
+from drivetrain.serve import DecisionLog, _log, compact, recover
 from drivetrain.twin import NBOOTwin
 
-NOW = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
 def _records(n: int, start: int = 0) -> list[dict[str, object]]:
@@ -227,7 +226,7 @@ def test_the_service_rotating_between_any_two_steps_of_a_recovery_breaks_nothing
         calls = iter(range(1_000))
 
         def service(step: str) -> None:
-            if next(calls) == at:
+            if next(calls) == at:  # noqa: B023 (called within the iteration)
                 log.rotate()
                 if log._flusher is not None:
                     log._flusher.shutdown(wait=True)  # the lock goes with the flush; make it go now

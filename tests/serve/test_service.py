@@ -15,9 +15,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serve.service_helpers import TOKEN, Server, read_log, read_store, start_server
 from drivetrain.serve.app import DecideBatchResponse, DecideResponse
 from drivetrain.spec import holdout_draw, in_holdout, load_spec
+from tests.serve.service_helpers import TOKEN, Server, read_log, read_store, start_server
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "nboo" / "drivetrain.yaml"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -215,7 +215,7 @@ def test_tokens(server: Server) -> None:
 def test_every_decision_is_logged_and_compacted_once(server: Server, contexts: list[dict[str, Any]]) -> None:
     ids = []
     with server.client() as client:
-        for i, c in enumerate(contexts[:200]):
+        for c in contexts[:200]:
             ctx = {k: v for k, v in c.items() if k != "unit_id"}
             ids.append(client.post("/v1/decide", json={"unit_id": c["unit_id"], "context": ctx}).json()["request_id"])
     deadline = time.monotonic() + 60

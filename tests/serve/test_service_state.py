@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from tests.serve.service_helpers import SPEC
 from drivetrain.data import open_store
 from drivetrain.errors import ConflictError
 from drivetrain.policy import Policy
@@ -22,6 +21,7 @@ from drivetrain.serve import Service, ServiceConfig, create_app
 from drivetrain.serve._requests import RequestMemory, answer_json, request_digest
 from drivetrain.serve._service import LogUnavailable
 from drivetrain.spec import load_spec
+from tests.serve.service_helpers import SPEC
 
 
 def _service(policy: Path, work: Path, **extra: Any) -> Service:

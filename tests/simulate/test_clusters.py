@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from drivetrain.errors import UsageError
-from drivetrain.simulate import DoublyRobust, InverseProbabilityWeighting, SelfNormalizedIPS, evaluate_metrics, evaluate_policy
+from drivetrain.simulate import (
+    DoublyRobust,
+    InverseProbabilityWeighting,
+    SelfNormalizedIPS,
+    evaluate_metrics,
+    evaluate_policy,
+)
 from tests.simulate.test_estimators import ALL, random_log
 
 

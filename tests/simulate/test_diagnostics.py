@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drivetrain.simulate import DirectMethod, DoublyRobust, InverseProbabilityWeighting, SelfNormalizedIPS, evaluate_policy
+from drivetrain.simulate import (
+    DirectMethod,
+    DoublyRobust,
+    InverseProbabilityWeighting,
+    SelfNormalizedIPS,
+    evaluate_policy,
+)
 from tests.simulate.conftest import Logged
 
 

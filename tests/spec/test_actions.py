@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC
+
 import numpy as np
 import pytest
 
@@ -61,7 +63,7 @@ def test_serving_propensity_follows_the_design_formula() -> None:
 def test_clocks() -> None:
     from datetime import datetime, timedelta, timezone
 
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     clock = SimulatedClock(t0)
     assert clock.advance(timedelta(hours=2)) == t0 + timedelta(hours=2)
     with pytest.raises(UsageError, match="does not run backwards"):
