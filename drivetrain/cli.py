@@ -1094,8 +1094,11 @@ def frontier(
     for column in ("limit", "objective", *(c[4:] for c in uses), "shadow price", "binding"):
         t.add_column(column, justify="right")
     for r in curve.table.to_dict("records"):
-        t.add_row(f"{r['limit']:g}", _fmt(r["objective"]), *(_fmt(r[c]) for c in uses), _fmt(r["price"]), "yes" if r["binding"] else "no")
+        t.add_row(f"{r['limit']:g}", _fmt(r["objective"]), *(_fmt(r[c]) for c in uses), _fmt(r["price"]),
+                  ("yes" if r["binding"] else "no") if r["feasible"] else "infeasible")
     console.print(t)
+    for r in curve.table[~curve.table["feasible"]].to_dict("records"):
+        console.print(f"limit {r['limit']:g}: {r['reason']}")
     if out is not None:
         if out.suffix == ".html":
             out.write_text(curve.figure_html(), encoding="utf-8")

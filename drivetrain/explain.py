@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from drivetrain.assembly import plan_policy
-from drivetrain.errors import UsageError
+from drivetrain.errors import InfeasibleError, UsageError
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec, formula_on, mean_constraints
@@ -136,7 +136,8 @@ def explain_unit(policy: Policy, context: pd.DataFrame | Mapping[str, Any]) -> U
 class Frontier:
     """The objective against one constraint's limit: one row per limit with the predicted objective per
     unit as served, the predicted use of every constraint and cap as served, and the constraint's shadow
-    price (the objective per unit one more unit of the limit would buy)."""
+    price (the objective per unit one more unit of the limit would buy); a limit no served policy can meet
+    is a row with ``feasible`` False and the optimizer's reason."""
 
     constraint: str
     table: pd.DataFrame
@@ -181,14 +182,19 @@ def frontier(spec: Spec, model: OutcomeModel, contexts: pd.DataFrame, constraint
     if not limits:
         raise UsageError("`limits` must hold at least one value")
     predictions = (model.predict_outcomes(contexts), None)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for limit in sorted(float(v) for v in limits):
         override = {term.source: limit}
-        plan = plan_policy(spec, model, contexts, predictions=predictions,
-                           budget_overrides=override if term.kind == "budget" else None,
-                           guardrail_overrides=override if term.kind == "guardrail" else None)
+        try:
+            plan = plan_policy(spec, model, contexts, predictions=predictions,
+                               budget_overrides=override if term.kind == "budget" else None,
+                               guardrail_overrides=override if term.kind == "guardrail" else None)
+        except InfeasibleError as exc:  # a limit the served policy cannot meet (exploration alone may spend more)
+            rows.append({"limit": limit, "feasible": False, "objective": float("nan"), "plan_objective": float("nan"),
+                         "price": float("nan"), "binding": False, "reason": str(exc).splitlines()[0]})
+            continue
         a = plan.assignment
         served = {f"use:{k}": float(v) for k, v in plan.served.items()}
-        rows.append({"limit": limit, "objective": _served_objective(plan, spec), "plan_objective": float(a.objective), **served,
-                     "price": float(a.multipliers.get(term.name, 0.0)), "binding": term.name in a.binding})
+        rows.append({"limit": limit, "feasible": True, "objective": _served_objective(plan, spec), "plan_objective": float(a.objective),
+                     **served, "price": float(a.multipliers.get(term.name, 0.0)), "binding": term.name in a.binding, "reason": ""})
     return Frontier(constraint, pd.DataFrame(rows))

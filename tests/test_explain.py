@@ -64,8 +64,11 @@ def test_one_unit_explained_adds_up_to_its_scores(fitted) -> None:  # type: igno
 
 def test_the_frontier_rises_with_the_budget_and_its_price_falls(fitted) -> None:  # type: ignore[no-untyped-def]
     twin, model, contexts = fitted
-    curve = frontier(twin.spec, model, contexts, "promotion_budget", [0.1, 0.3, 0.6, 1.2]).table
-    assert list(curve["limit"]) == [0.1, 0.3, 0.6, 1.2]
+    table = frontier(twin.spec, model, contexts, "promotion_budget", [0.0, 0.3, 0.6, 1.2]).table
+    assert list(table["limit"]) == [0.0, 0.3, 0.6, 1.2]
+    assert not table["feasible"][0] and "promotion_budget" in table["reason"][0]  # exploration alone spends more than 0
+    curve = table[table["feasible"]].reset_index(drop=True)
+    assert len(curve) == 3
     assert np.all(np.diff(curve["objective"]) >= -1e-9)  # more budget never plans worse
     assert np.all(np.diff(curve["price"]) <= 1e-9)  # and each unit of it buys less
     binding = curve["binding"].to_numpy()

@@ -214,7 +214,7 @@ def budget_panels(evaluation: Evaluation) -> list[Panel]:
         title = (f"Cap {b.name}: share of eligible units on its actions against {b.max_per_unit:g}" if b.kind == "cap" else
                  f"Budget {b.name}: use per eligible unit against {b.max_per_unit:g}")
         if all(u.per_unit is None for u in per_day):
-            panels.append(Panel(f"budget-{_key(b.name)}", title, None, ("No mature decision yet.",)))
+            panels.append(Panel(f"{b.kind}-{_key(b.name)}", title, None, ("No mature decision yet.",)))
             continue
         fig = go.Figure(go.Bar(x=x, y=[u.per_unit for u in per_day], name="use per unit",
                                marker={"color": [POLICY if u.within in (True, None) else ALARM for u in per_day]}))
@@ -225,7 +225,7 @@ def budget_panels(evaluation: Evaluation) -> list[Panel]:
         notes = (f"Overall: {_num(b.per_unit)} per unit, total {b.total:.6g} of {b.limit:.6g}; policy arm {_num(inc.policy)}"
                  f" vs holdout {_num(inc.holdout)} per unit; per unit of incremental objective {_num(r.estimate)}"
                  f" [{_num(r.low)}, {_num(r.high)}].",)
-        panels.append(Panel(f"budget-{_key(b.name)}", title, _finish(fig, 340), notes))
+        panels.append(Panel(f"{b.kind}-{_key(b.name)}", title, _finish(fig, 340), notes))
     return panels
 
 

@@ -149,8 +149,10 @@ class Decider:
         response = {
             "request_id": request_id, "unit_id": unit_id, "action_id": self._ids[action], "levers": levers,
             "propensity": propensity, "policy_version": self.version, "assignment": assignment, "fallback_reason": reason,
-            "ignored_context_keys": sorted(k for k in context if k not in self.spec.model.context.features),
         }
+        ignored = sorted(k for k in context if k not in self.spec.model.context.features)
+        if ignored:  # only when there are any: an answer replayed from the log (which keeps the contract's keys) is the same
+            response["ignored_context_keys"] = ignored
         return Decision(response, record, {"features": t1 - entered, "policy": t2 - t1, "record": t3 - t2})
 
     def _scores(self, features: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -103,8 +103,9 @@ class DecideResponse(BaseModel):
     policy_version: str
     assignment: Literal["policy", "explore", "holdout", "fallback"]
     fallback_reason: str | None = None
-    ignored_context_keys: Annotated[list[str], Field(description="Context keys the spec's contract does not name: not used, "
-                                                                 "not stored (a misspelt feature shows up here).")] = []
+    ignored_context_keys: Annotated[list[str] | None, Field(description="Context keys the spec's contract does not name: not "
+                                                                        "used, not stored (a misspelt feature shows up here); absent "
+                                                                        "when there are none.")] = None
 
 
 class DecideBatchResponse(BaseModel):

@@ -3,8 +3,6 @@ commands, triggers with their reasons, the spec's validation, and a crash at eve
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from drivetrain.model import OutcomeModel
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin
 from tests.adapt.harness import gate_spec
+from tests.conftest import Ran, invoke
 
 
 def tiny_trainer(table: pd.DataFrame, spec: Spec) -> OutcomeModel:
@@ -146,9 +145,8 @@ def test_a_crash_at_every_write_of_a_step_leaves_the_registry_consistent_and_the
         assert after.check() == [] and after.alias("champion") == whole.champion, (k, seen[k], resumed.actions)
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "drivetrain.cli", *args], capture_output=True, text=True, timeout=600, check=False,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+def run(*args: str) -> Ran:
+    return invoke(*args)
 
 
 def test_the_commands_adapt_registry_promote_and_rollback(tmp_path: Path) -> None:

@@ -53,6 +53,6 @@ def test_an_unfinished_or_missing_status_fails() -> None:
 
 def test_the_written_page_before_any_script_ran_fails_on_every_figure(sample: Sample) -> None:
     check = check_dom(sample.page)  # what a browser with scripts off would show
-    assert len(check.figures) == 7 and check.drawn == ()
+    assert len(check.figures) == 8 and check.drawn == ()
     assert check.problems[0].startswith("#dt-status is 'pending'")
-    assert sum("did not draw" in p for p in check.problems) == 7
+    assert sum("did not draw" in p for p in check.problems) == 8

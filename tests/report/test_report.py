@@ -22,7 +22,8 @@ from drivetrain.twin import NBOOTwin
 from tests.conftest import invoke
 from tests.report.conftest import Sample
 
-FIGURES = {"north-star", "guardrail-refund_rate", "guardrail-complaint_rate", "drift", "latency", "budget-promotion_budget", "alerts"}
+FIGURES = {"north-star", "guardrail-refund_rate", "guardrail-complaint_rate", "drift", "latency", "budget-promotion_budget",
+           "cap-bundle_stock", "alerts"}
 
 
 class _Loads(HTMLParser):
@@ -128,6 +129,9 @@ def test_every_figure_has_data_and_it_is_the_evaluations(sample: Sample) -> None
     budget = figures["budget-promotion_budget"]["data"][0]
     assert _close(budget["y"], [d.budgets[0].per_unit for d in days])
     assert [shape["y0"] for shape in figures["budget-promotion_budget"]["layout"]["shapes"]] == [1.0]
+    cap = figures["cap-bundle_stock"]["data"][0]  # the cap: the share of units on bundles, against its limit
+    assert _close(cap["y"], [next(b for b in d.budgets if b.kind == "cap").per_unit for d in days])
+    assert [shape["y0"] for shape in figures["cap-bundle_stock"]["layout"]["shapes"]] == [sample.store.spec.caps[0][0].max_share]
 
     stored = sample.store.query("SELECT rule, message FROM alerts ORDER BY as_of")
     markers = [(y, text) for t in figures["alerts"]["data"] for y, text in zip(t["y"], t["hovertext"], strict=True)]

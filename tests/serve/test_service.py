@@ -167,7 +167,7 @@ def test_fuzzed_contexts_never_5xx_and_fall_back_when_due(server: Server, contex
     if r.status_code == 200:
         from drivetrain.data import check_context
 
-        _, reason = check_context(load_spec(SPEC), {k: v for k, v in base.items()})
+        _, reason = check_context(load_spec(SPEC), {k: v for k, v in base.items()}, typed=True)  # a JSON request is typed
         out = r.json()
         spec = load_spec(SPEC)
         held = bool(in_holdout(spec.model.experimentation.salt, [unit], spec.model.experimentation.holdout_share)[0])
