@@ -566,6 +566,8 @@ def optimize(
     contexts: Annotated[Path | None, typer.Option(help="Population file instead (unit_id and the context features).")] = None,
     budget: Annotated[list[str] | None, typer.Option(help="Override a budget: NAME=MAX_PER_UNIT (repeatable).")] = None,
     guardrail: Annotated[list[str] | None, typer.Option(help="Override a guardrail bound: NAME=BOUND (repeatable).")] = None,
+    guardrail_by: Annotated[list[str] | None, typer.Option(help="Keep a guardrail in every value of a cohort feature, not only "
+                                                                "overall: NAME=FEATURE, or FEATURE for every guardrail (repeatable).")] = None,
     pessimism: Annotated[float, typer.Option(min=0, help="Plan on bounds z model spreads away (0: on the means).")] = 0.0,
     margin: Annotated[float, typer.Option(min=0, max=0.99, help="Plan every limit this share of itself to its safe side "
                                                                 "(0.05: budgets and caps at 95%), room for noise.")] = 0.0,
@@ -576,6 +578,14 @@ def optimize(
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
+    if guardrail_by:
+        from drivetrain.spec import with_guardrails_by
+
+        by = {}
+        for item in guardrail_by:
+            name, sep, feature = item.rpartition("=")
+            by[name.strip() if sep else "*"] = feature.strip()
+        loaded = with_guardrails_by(loaded, by)
     fitted = _policy_for(loaded, model, "model")
     target = open_store(store, loaded)
     population = _population(loaded, contexts, target, as_of, "optimize on")

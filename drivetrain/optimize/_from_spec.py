@@ -40,7 +40,8 @@ def problem_from_spec(
     (who get the control action) count zero, so that they neither use nor free up any of them. A
     guardrail is a mean over those units; one with both bounds gives two constraints, ``<name>:min`` and ``<name>:max``. ``budget_overrides`` replaces ``max_per_unit`` by
     budget name; ``guardrail_overrides`` replaces a one-sided guardrail's bound by a number, a two-sided
-    one's by a ``(min, max)`` pair (``None`` keeps that side).
+    one's by a ``(min, max)`` pair (``None`` keeps that side). A guardrail with ``by`` holds in every value of
+    that cohort feature (:func:`~drivetrain.spec.mean_constraints`: one constraint per value).
 
     >>> from drivetrain.twin import NBOOTwin
     >>> twin = NBOOTwin(seed=1)
@@ -61,7 +62,7 @@ def problem_from_spec(
         raise UsageError(f"`guardrail_overrides` must name guardrails of the spec {sorted(guardrails)}, got {unknown}")
 
     formulas: list[Formula] = [spec.objective, *(f for _, f in spec.budgets), *(f for _, f in spec.guardrails)]
-    needed = set().union(*(f.variables for f in formulas))
+    needed = set().union(*(f.variables for f in formulas)) | {g.by for g, _ in spec.guardrails if g.by is not None}
     outcomes = set(spec.outcomes)
     levers = spec.action_space.lever_columns()
     if missing := sorted((needed & outcomes) - set(components)):
@@ -110,6 +111,7 @@ def problem_from_spec(
     bounds = {g.name: _override(g.name, guardrail_overrides[g.name], g.min, g.max) for g, _ in spec.guardrails
               if g.name in guardrail_overrides}
     coefs: dict[str, np.ndarray] = {}
+    guardrail_formulas = {g.name: f for g, f in spec.guardrails}
     constraints: list[MeanConstraint] = []
     for term in mean_constraints(spec):
         if term.kind == "budget":
@@ -118,10 +120,22 @@ def problem_from_spec(
                 raise UsageError(f"`budget_overrides[{term.source!r}]` must be a finite number >= 0, got {limit}")
         else:
             bound = bounds.get(term.source, (None, None))[1 if term.sense == "<=" else 0]
-            limit = term.limit if bound is None else bound
+            limit = term.limit if bound is None or term.cohort is not None else bound
         if term.source not in coefs:
-            coefs[term.source] = in_program_only(evaluate(term.formula, f"{term.kind} {term.source!r}"))
-        constraints.append(MeanConstraint(term.name, coefs[term.source], limit * in_program, term.sense))
+            formula = term.formula if term.cohort is None else guardrail_formulas[term.source]
+            coefs[term.source] = in_program_only(evaluate(formula, f"{term.kind} {term.source!r}"))
+        if term.cohort is None:
+            constraints.append(MeanConstraint(term.name, coefs[term.source], limit * in_program, term.sense))
+            continue
+        # a guardrail in one value v of f (the mean of g over its program units within the bound) as the mean
+        # over all units of [f == v] g against bound * (the share of program units with f == v), so that a
+        # margin (with_margin) moves it as any limit; the term's own form, where(f == v, g - bound, 0)
+        # against 0, differs from it per unit by the same constant for every action: it prices the same choices
+        feature, value = term.cohort
+        members = np.asarray(columns[feature]) == value
+        cohort_bound = term.bound if bound is None else bound
+        constraints.append(MeanConstraint(term.name, np.where(members[:, None], coefs[term.source], 0.0),
+                                          float(cohort_bound or 0.0) * float(np.mean(members & program)), term.sense))
     caps = [ShareCap(cap.name, mask, cap.max_share * in_program) for cap, mask in spec.caps]
     return AssignmentProblem(values=values, eligible=eligible, constraints=constraints, caps=caps)
 

@@ -2,10 +2,16 @@
 
 from drivetrain.spec._actions import Action, ActionSpace
 from drivetrain.spec._apply import formula_on, formula_spread
-from drivetrain.spec._constraints import MeanTerm, check_constraint_names, constraint_names, mean_constraints
+from drivetrain.spec._constraints import (
+    MeanTerm,
+    check_constraint_names,
+    cohort_values,
+    constraint_names,
+    mean_constraints,
+)
 from drivetrain.spec._definition import SOURCE_TABLES, definition_sql, point_in_time_sql
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
-from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec
+from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec, with_guardrails_by
 from drivetrain.spec._model import AlertRule, Feature, SpecModel, format_duration, parse_duration
 from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
 
@@ -22,6 +28,7 @@ __all__ = [
     "Spec",
     "SpecModel",
     "check_constraint_names",
+    "cohort_values",
     "compile_formula",
     "constraint_names",
     "definition_sql",
@@ -38,4 +45,5 @@ __all__ = [
     "parse_spec",
     "point_in_time_sql",
     "serving_propensity",
+    "with_guardrails_by",
 ]

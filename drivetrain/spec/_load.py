@@ -17,12 +17,12 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from drivetrain.errors import FormulaError, SpecError
+from drivetrain.errors import FormulaError, SpecError, UsageError
 from drivetrain.spec._actions import Action, ActionSpace
 from drivetrain.spec._formula import Formula, compile_formula
 from drivetrain.spec._model import Budget, Cap, Guardrail, SpecModel
 
-__all__ = ["Spec", "load_spec", "parse_spec"]
+__all__ = ["Spec", "load_spec", "parse_spec", "with_guardrails_by"]
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,25 @@ def parse_spec(raw: Any, *, source: str = "<memory>") -> Spec:
     return _build(model, source)
 
 
+def with_guardrails_by(spec: Spec, by: Mapping[str, str]) -> Spec:
+    """``spec`` with each guardrail named in ``by`` kept in every value of the cohort feature it maps to
+    (the guardrail's ``by`` field); ``"*"`` stands for every guardrail.
+
+    >>> from drivetrain.twin import NBOOTwin
+    >>> [g.by for g, _ in with_guardrails_by(NBOOTwin(seed=1).spec, {"refund_rate": "tier"}).guardrails]
+    ['tier', None]
+    """
+    names = [g.name for g, _ in spec.guardrails]
+    if unknown := sorted(set(by) - {*names, "*"}):
+        raise UsageError(f"a guardrail kept per cohort must be one of the spec's guardrails {names} (or '*' for all), got {unknown}")
+    raw = spec.model.model_dump(mode="json")
+    for g in raw["guardrails"]:
+        feature = by.get(g["name"], by.get("*"))
+        if feature is not None:
+            g["by"] = feature
+    return parse_spec(raw, source=spec.source)
+
+
 def _build(model: SpecModel, source: str) -> Spec:
     problems: list[str] = []
     outcomes, levers, features = set(model.outcomes), set(model.levers), set(model.context.features)
@@ -268,6 +287,10 @@ def _build(model: SpecModel, source: str) -> Spec:
     for i, g in enumerate(model.guardrails):
         if g.max is None and g.min is None:
             problems.append(f"guardrails[{i}] ({g.name}): needs a `max` or a `min` bound, got neither")
+        by = None if g.by is None else model.context.features.get(g.by)
+        if g.by is not None and (by is None or by.type not in ("categorical", "boolean") or by.personal):
+            problems.append(f"guardrails[{i}].by ({g.name}): must name a categorical or boolean context feature that is not "
+                            f"personal data, of {sorted(n for n, f in model.context.features.items() if f.type in ('categorical', 'boolean') and not f.personal)}, got {g.by!r}")
     unit_elig = formula(model.eligibility.unit, "eligibility.unit", features) if model.eligibility.unit else None
     action_elig_f = [formula(r.when, f"eligibility.actions[{i}].when", features) for i, r in enumerate(model.eligibility.actions)]
 

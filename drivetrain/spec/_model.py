@@ -190,13 +190,17 @@ class Constraints(_Value):
 
 
 class Guardrail(_Value):
-    """The population mean of ``formula`` must stay within [min, max] (at least one bound)."""
+    """The population mean of ``formula`` must stay within [min, max] (at least one bound); with ``by`` (a
+    categorical or boolean context feature), the mean within each of its values must."""
+
+    _added: ClassVar[dict[str, Any]] = {"by": None}
 
     name: Name
     formula: str
     max: float | None = None
     min: float | None = None
     description: str = ""
+    by: Name | None = None
 
 
 class Feature(_Value):
