@@ -57,7 +57,7 @@ from drivetrain.spec import (
     parse_spec,
 )
 
-__all__ = ["DecisionBatch", "Policy", "Pricing", "TieSplit"]
+__all__ = ["CapCounter", "DecisionBatch", "Policy", "Pricing", "TieSplit"]
 
 FORMAT = 1
 _SCALE = float(2**64)
@@ -106,6 +106,77 @@ class TieSplit:
     def __post_init__(self) -> None:
         if not (0.0 < self.band < 1.0 and 0.0 <= self.low_share <= 1.0):
             raise UsageError(f"`tie_split` must have band in (0, 1) and low_share in [0, 1], got {self.band} and {self.low_share}")
+
+
+class CapCounter:
+    """Hard caps as served: the spec's caps with ``hard: true`` never exceed their share of a period's
+    decisions, whatever the model's prices would give.
+
+    The period is the UTC day of the decision time; the denominator every decision of a program unit in that
+    period that went through the counter (both arms, exploration included: as the evaluation counts caps;
+    units outside the program get control and count nowhere). Before each decision, the actions of a cap
+    whose count plus one would exceed ``max_share`` times the decisions plus one are taken out of the
+    unit's eligible actions for that decision (its best other action, exploration over the rest, the
+    propensity of that narrower draw), so the capped share stays within the cap after every decision, not
+    only at the end of the day. Counters of separate processes (or of one process before and after a
+    restart or a reload) each keep the share, so their sum keeps it too; nothing needs sharing.
+    """
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self._caps = [(cap.max_share, mask) for cap, mask in spec.caps if cap.hard]
+        self.day: str | None = None
+        self.decisions = 0
+        self.used = np.zeros(len(self._caps), dtype=np.int64)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._caps)
+
+    def _roll(self, now: datetime) -> None:
+        day = now.astimezone(UTC).date().isoformat()
+        if day != self.day:
+            self.day, self.decisions = day, 0
+            self.used[:] = 0
+
+    def blocked(self, now: datetime) -> np.ndarray:
+        """(K,) bool: the actions one more decision at ``now`` may not get."""
+        self._roll(now)
+        out = np.zeros(len(self.spec.action_space), dtype=bool)
+        for j, (share, mask) in enumerate(self._caps):
+            if self.used[j] + 1 > share * (self.decisions + 1) + 1e-9:
+                out |= mask
+        return out
+
+    def count(self, action: int, now: datetime) -> None:
+        self._roll(now)
+        self.decisions += 1
+        for j, (_share, mask) in enumerate(self._caps):
+            self.used[j] += int(mask[action])
+
+    def choose(self, policy: Policy, units: np.ndarray, requests: np.ndarray, scores: np.ndarray, price: np.ndarray | None,
+               program: np.ndarray, now: datetime) -> DecisionBatch:
+        """:meth:`Policy.choose` for the rows in order, each with the actions its hard caps have used up taken
+        out first and counted after (``program`` (n,) marks the rows of program units, the ones counted)."""
+        batch = policy.choose(units, requests, scores, price)
+        if not self.active:
+            return batch
+        by_blocked: dict[bytes, DecisionBatch] = {}
+        fields = {name: np.array(getattr(batch, name), copy=True) for name in ("action", "action_id", "propensity", "assignment",
+                                                                             "chosen", "scores", "margin")}
+        for i in range(len(units)):
+            if not program[i]:
+                continue
+            blocked = self.blocked(now)
+            if blocked.any():
+                key = blocked.tobytes()
+                if key not in by_blocked:  # every row at once, once per set of used-up caps
+                    by_blocked[key] = policy.choose(units, requests, np.where(blocked[None, :], -np.inf, scores), price)
+                narrower = by_blocked[key]
+                for name, column in fields.items():
+                    column[i] = getattr(narrower, name)[i]
+            self.count(int(fields["action"][i]), now)
+        return DecisionBatch(**fields)
 
 
 @dataclass
@@ -266,10 +337,12 @@ class Policy:
         exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates."""
         return self._distribution(*self.priced(contexts))[0]
 
-    def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_key: PersonalKey | None = None) -> tuple[pd.DataFrame, int]:
+    def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_key: PersonalKey | None = None,
+                        caps: CapCounter | None = None) -> tuple[pd.DataFrame, int]:
         """Decide for a batch of raw contexts and return the rows of the decisions table (docs/data.md)
         plus diagnostics (``pred__<action>``: the predicted objective of each action; ``margin``), and the
-        number of rows that broke the context contract and got the fallback action."""
+        number of rows that broke the context contract and got the fallback action. Hard caps hold over
+        the rows in their order (:class:`CapCounter`; pass ``caps`` to carry a counter across batches)."""
         if "unit_id" not in contexts:
             raise UsageError(f"contexts must have a `unit_id` column, got {list(contexts.columns)}")
         frame = contexts.reset_index(drop=True)
@@ -295,7 +368,9 @@ class Policy:
         if ok.any():
             good = features[ok].assign(unit_id=units[ok])
             components = self.model.predict_outcomes(good)
-            batch = self.decide(good, request_ids=requests[ok], components=components)
+            scores, price = self.priced(good, components)
+            program = self.spec.eligible_units({n: good[n].to_numpy() for n in self.spec.features if n in good})
+            batch = (caps or CapCounter(self.spec)).choose(self, units[ok], requests[ok], scores, price, program, now)
             action[ok], propensity[ok], assignment[ok] = batch.action, batch.propensity, batch.assignment
             predicted[ok] = self.model.objective_of(components, good)
             margin[ok] = np.where(np.isfinite(batch.margin), batch.margin, np.nan)  # no runner-up: null, as the service logs it

@@ -25,7 +25,7 @@ import numpy as np
 
 from drivetrain.data import PersonalKey, check_context, personal_key
 from drivetrain.model import CompiledModel
-from drivetrain.policy import Policy
+from drivetrain.policy import CapCounter, Policy
 from drivetrain.spec import Spec, failed_propensity, in_holdout
 
 __all__ = ["Decider", "Decision"]
@@ -51,6 +51,7 @@ class Decider:
         self.pii_key = personal_key(spec, pii_key)  # no key for personal fields: refused, never served in clear
         self.version = policy.version if policy is not None else "fallback"
         self.compiled = CompiledModel.of(policy.model) if policy is not None and not policy.pessimism else None
+        self.caps = CapCounter(policy.spec) if policy is not None else None
         self.budget_s = spec.model.serving.latency_budget_ms / 1000.0
         self._ids = spec.action_space.ids
         self._levers = spec.action_space.lever_columns()
@@ -115,7 +116,12 @@ class Decider:
         if reason is None:
             try:
                 predicted, scores, price = self._scores(features)
-                batch = self.policy.choose(np.array([unit_id], dtype=object), np.array([request_id], dtype=object), scores, price)  # type: ignore[union-attr]
+                units, requests = np.array([unit_id], dtype=object), np.array([request_id], dtype=object)
+                if self.caps is not None and self.caps.active:  # hard caps: a counter per day, not only the prices
+                    program = self.policy.spec.eligible_units({n: np.array([v]) for n, v in features.items()})  # type: ignore[union-attr]
+                    batch = self.caps.choose(self.policy, units, requests, scores, price, program, now)  # type: ignore[arg-type]
+                else:
+                    batch = self.policy.choose(units, requests, scores, price)  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - a model error must never become a 5xx
                 reason, predicted, batch = f"model error: {type(exc).__name__}: {exc}", None, None
         t2 = time.perf_counter()

@@ -388,6 +388,10 @@ def _build(model: SpecModel, source: str) -> Spec:
         mask = space.select(cap.actions)
         if not mask.any():
             problems.append(f"constraints.caps[{i}].actions: must match at least one action, got none for {cap.actions}")
+        kept = [a for a in (control, fallback) if a is not None and mask[a.index]]
+        if cap.hard and kept:
+            problems.append(f"constraints.caps[{i}].actions: a hard cap must not include the control or the fallback action "
+                            f"(the holdout and a broken context get them whatever the cap's counter says), got {kept[0].id!r}")
         caps.append((cap, mask))
     action_elig = []
     for i, (r, f) in enumerate(zip(model.eligibility.actions, action_elig_f, strict=True)):

@@ -177,11 +177,16 @@ class Budget(_Value):
 
 
 class Cap(_Value):
-    """At most ``max_share`` of eligible units may get an action matching ``actions``."""
+    """At most ``max_share`` of eligible units may get an action matching ``actions``. A ``hard`` cap also
+    holds as served: a counter per UTC day stops giving its actions once they reached that share of the
+    day's decisions of program units (:class:`drivetrain.policy.CapCounter`)."""
+
+    _added: ClassVar[dict[str, Any]] = {"hard": False}
 
     name: Name
     actions: dict[str, list[Scalar]]
     max_share: Annotated[float, Field(ge=0, le=1)]
+    hard: bool = False
 
 
 class Constraints(_Value):
