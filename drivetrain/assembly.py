@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -32,14 +33,17 @@ from drivetrain.optimize import as_served as served_limits
 from drivetrain.policy import Policy, TieSplit
 from drivetrain.simulate import DirectMethod, PolicyEstimate, default_estimators, evaluate_metrics, evaluate_policy
 from drivetrain.spec import Spec, compile_formula, formula_on, formula_spread, mean_constraints
+from drivetrain.stats import cluster_codes, pseudo_outcomes, standard_error
 
 __all__ = [
     "ActionDistribution",
     "LogEvaluation",
+    "PairedDifference",
     "Plan",
     "evaluate_on_logs",
     "fit_model",
     "fixed_action",
+    "paired_differences",
     "plan_policy",
     "realized_metrics",
     "write_policy_baselines",
@@ -269,6 +273,70 @@ def evaluate_on_logs(
                                      estimated_rewards=caps, estimator=DirectMethod(), alpha=alpha, **in_program)
             constraints[label].update({name: replace(e, estimator="share", warnings=()) for name, e in share.items()})
     return LogEvaluation(objective, constraints, constraint_estimator)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A policy's doubly robust value of the objective minus a baseline's, on the same logged rows: the
+    mean of one pseudo-outcome difference per row (paired, so the noise both share cancels), with its
+    interval clustered by unit; per row of the ``rows`` it is taken over (a what-if's segment, or all)."""
+
+    policy: str
+    baseline: str
+    rows: int
+    value: float
+    baseline_value: float
+    difference: float
+    std_error: float
+    ci_low: float
+    ci_high: float
+
+
+def paired_differences(
+    model: OutcomeModel, table: pd.DataFrame, policies: Mapping[str, ActionDistribution], *, baseline: str = "control",
+    segments: Mapping[str, np.ndarray] | None = None, alpha: float = 0.05, fitted_on_table: bool = True,
+) -> dict[str, PairedDifference]:
+    """Each policy of ``policies`` but ``baseline`` against ``baseline`` on the logged rows of ``table``:
+    with gamma the doubly robust pseudo-outcomes of the objective (:func:`drivetrain.stats.pseudo_outcomes`),
+    the difference per row is ``sum_k (pi(k|x) - pi_0(k|x)) gamma_k`` and its mean the DR difference, in the
+    objective's own units; the standard error is cluster-robust by ``unit_id`` as
+    :func:`drivetrain.stats.standard_error` computes it. ``segments[name]`` (n,) bool restricts a policy's
+    difference to those rows (a what-if ``--where``: per unit of the segment, not per every unit).
+    ``fitted_on_table`` as in :func:`evaluate_on_logs`."""
+    if baseline not in policies:
+        raise UsageError(f"`baseline` must be one of the policies {list(policies)}, got {baseline!r}")
+    segments = dict(segments or {})
+    if unknown := sorted(set(segments) - set(policies)):
+        raise UsageError(f"`segments` must name policies of {list(policies)}, got {unknown}")
+    spec = model.spec_
+    n = len(table)
+    action = spec.action_space.indices(table["action_id"].to_numpy())
+    pscore = table["propensity"].to_numpy(dtype=np.float64)
+    predictions = model.training_predictions() if fitted_on_table else model.predict_outcomes(table)
+    ctx = {name: table[name].to_numpy() for name in spec.features if name in table}
+    gamma = pseudo_outcomes(realized_metrics(spec, table)["objective"], action, pscore, model.objective_of(predictions, ctx))
+    base = (policies[baseline](table) * gamma).sum(axis=1)
+    units = table["unit_id"].to_numpy() if "unit_id" in table else None
+    z = float(NormalDist().inv_cdf(1.0 - alpha / 2.0))
+    out: dict[str, PairedDifference] = {}
+    for name, policy in policies.items():
+        if name == baseline:
+            continue
+        keep = np.ones(n, dtype=bool) if name not in segments else np.asarray(segments[name], dtype=bool)
+        if keep.shape != (n,):
+            raise UsageError(f"`segments[{name!r}]` must be a boolean mask over the {n} rows, got shape {keep.shape}")
+        m = int(keep.sum())
+        if m == 0:
+            continue
+        value = (policy(table) * gamma).sum(axis=1)[keep]
+        diff = value - base[keep]
+        mean = float(diff.mean())
+        codes = None if units is None else cluster_codes(units[keep], m)
+        clusters = m if codes is None else int(codes.max()) + 1
+        se = standard_error(diff, mean, codes) if clusters > 1 else float("nan")  # one unit: no interval
+        out[name] = PairedDifference(name, baseline, m, float(value.mean()), float(base[keep].mean()), mean, se,
+                                     mean - z * se, mean + z * se)
+    return out
 
 
 def _row(policy: str, metric: str, e: PolicyEstimate) -> dict[str, Any]:

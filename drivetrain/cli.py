@@ -646,12 +646,14 @@ def simulate(
         raise UsageError(f"no mature decisions to evaluate on{' since ' + since if since else ''}: {report.summary()}")
     if where is not None and not scenario:
         raise UsageError(f"`--where` restricts the scenarios, so it needs at least one `--scenario`, got none with --where {where!r}")
+    segment = None
     if where is not None:
         from drivetrain.spec import compile_formula
 
         condition = compile_formula(where, variables=set(loaded.features), field="--where")
-        matched = int(np.sum(np.broadcast_to(np.asarray(condition({n: frame[n].to_numpy() for n in loaded.features if n in frame}),
-                                                        dtype=bool), (len(frame),))))
+        segment = np.broadcast_to(np.asarray(condition({n: frame[n].to_numpy() for n in loaded.features if n in frame}),
+                                             dtype=bool), (len(frame),))
+        matched = int(np.sum(segment))
         console.print(f"--where {where!r} holds for {matched} of the {len(frame)} decisions evaluated")
         if matched == 0:
             console.print("warning: so every scenario is control for all of them")
@@ -672,9 +674,12 @@ def simulate(
         last = pd.Timestamp(window["last_decided_at"])
         seen = int(((decided >= pd.Timestamp(window["first_decided_at"])) & (decided <= last)).sum())
         if seen:
+            later = int((pd.to_datetime(table.column("decided_at").to_pandas(), utc=True) > last).sum())
             console.print(f"warning: {seen} of {len(frame)} decisions evaluated are from the window the policy's models were fitted on "
                           f"({window['first_decided_at']} to {window['last_decided_at']}), so the policy's estimates are optimistic; "
-                          f"--since {(last + pd.Timedelta(microseconds=1)).isoformat()} evaluates on later decisions only")
+                          + (f"--since {(last + pd.Timedelta(microseconds=1)).isoformat()} evaluates on the {later} later mature "
+                             "decisions only" if later else "no mature decision is later than that window yet: evaluate again once "
+                             "decisions made after it have matured"))
     with console.status(f"evaluating {len(policies)} policies on {len(frame)} logged decisions"):
         result = evaluate_on_logs(fitted.model, frame, policies, fitted_on_table=False, constraint_estimator=estimator)  # type: ignore[arg-type]
     console.print(report.summary())
@@ -692,6 +697,18 @@ def simulate(
         t.add_row(label, *(f"{by[e].value:.3f}" + (f" [{by[e].ci_low:.3f}, {by[e].ci_high:.3f}]" if e == estimator else "")
                            for e in estimators))
     console.print(t)
+    from drivetrain.assembly import paired_differences
+
+    segments = {name: segment for name in policies if segment is not None and labels[name].startswith("scenario")}
+    differences = paired_differences(fitted.model, frame, policies, segments=segments, fitted_on_table=False)  # type: ignore[arg-type]
+    d = Table(title=f"difference against control in {loaded.model.objective.name} per unit (DR, paired on the same decisions; "
+                    "95% interval, clustered by unit)")
+    for column in ("policy", "per unit of", "decisions", "difference", "interval"):
+        d.add_column(column, justify="left" if column in ("policy", "per unit of") else "right")
+    for name, diff in differences.items():
+        d.add_row(labels[name], f"where {where}" if name in segments else "all", str(diff.rows), f"{diff.difference:+.3f}",
+                  f"[{diff.ci_low:+.3f}, {diff.ci_high:+.3f}]")
+    console.print(d)
     limits = {b.name: f"<= {b.max_per_unit:g}" for b, _ in loaded.budgets}
     limits.update({g.name: " and ".join(x for x in (f">= {g.min:g}" if g.min is not None else "", f"<= {g.max:g}" if g.max is not None else "") if x) for g, _ in loaded.guardrails})
     limits.update({cap.name: f"share <= {cap.max_share:g}" for cap, _ in loaded.caps})
