@@ -44,6 +44,7 @@ __all__ = [
     "fit_model",
     "fixed_action",
     "paired_differences",
+    "per_program_unit",
     "plan_policy",
     "realized_metrics",
     "write_policy_baselines",
@@ -144,10 +145,27 @@ def plan_policy(
     return Plan(policy, assignment, problem, served_use(problem, spec, assignment.probabilities, **serving))
 
 
+def per_program_unit(spec: Spec, contexts: pd.DataFrame, usage: Mapping[str, float]) -> dict[str, float]:
+    """A plan's use of its constraints and caps (``Plan.served``, ``Assignment.usage``: means over every
+    unit, units outside the program counting zero) per program unit, as the spec's limits speak: a
+    guardrail kept per cohort value per program unit of that value, as the mean of its formula there."""
+    columns = {n: contexts[n].to_numpy() for n in spec.features if n in contexts}
+    program = spec.eligible_units(columns)
+    out = {name: value / (float(np.mean(program)) or 1.0) for name, value in usage.items()}
+    for term in mean_constraints(spec):
+        if term.cohort is not None and term.name in usage:
+            out[term.name] = usage[term.name] / (float(np.mean(program & (columns[term.cohort[0]] == term.cohort[1]))) or 1.0)
+    return out
+
+
 def fixed_action(spec: Spec, selector: Mapping[str, Any], *, where: str | None = None) -> ActionDistribution:
-    """What-if policy: the action matching ``selector`` (lever -> value) for units where ``where`` holds
-    (a formula over the context) and may get it; control for everyone else."""
+    """What-if policy: the action matching ``selector`` (lever -> value; a lever it leaves out keeps the
+    control's value) for units where ``where`` holds (a formula over the context) and may get it; control
+    for everyone else."""
     space = spec.action_space
+    if unknown := sorted(set(selector) - set(spec.levers)):
+        raise UsageError(f"scenario must name levers of the spec {list(spec.levers)}, got {unknown}")
+    selector = {**spec.control.values, **selector}
     found = space.find(selector)
     if found is None:
         raise UsageError(f"scenario must name a valid action (lever values of one of {list(space.ids)}), got {dict(selector)}")
@@ -228,7 +246,8 @@ def evaluate_on_logs(
     ``constraint_estimator``'s (doubly robust by default) of every budget and guardrail formula, and each
     cap's share (estimator ``share``: the policy's probability of the cap's actions, exact on the logged
     contexts). Budgets, guardrails and caps count the rows of units in the program, as the spec defines
-    them; the objective counts every row.
+    them (a guardrail kept per cohort value: the mean of its formula over that value's program rows); the
+    objective counts every row.
 
     With ``fitted_on_table`` the model's out-of-fold predictions of its own training rows serve as the
     reward model (cross-fitting keeps DR unbiased); otherwise the model predicts ``table``. A policy chosen
@@ -252,6 +271,15 @@ def evaluate_on_logs(
     program = spec.eligible_units(ctx)
     caps = {cap.name: np.tile(mask.astype(np.float64), (int(program.sum()), 1)) for cap, mask in spec.caps}
     in_program = {"action": action[program], "pscore": pscore[program], "cluster": None if cluster is None else cluster[program]}
+    # a guardrail term of one cohort value is where(f == v, g - bound, 0) over the program: its mean over the
+    # program is share_v (mean of g over the value's units - bound), so it is told as that mean, the figure
+    # its bound speaks of (the value's share of these rows is known exactly)
+    cohort_terms = {}
+    for term in mean_constraints(spec):
+        if term.cohort is not None and term.bound is not None and program.any():
+            of_value = float(np.mean(np.asarray(ctx[term.cohort[0]])[program] == term.cohort[1]))
+            if of_value > 0:
+                cohort_terms[term.name] = (term.bound, of_value)
     objective: dict[str, dict[str, PolicyEstimate]] = {}
     constraints: dict[str, dict[str, PolicyEstimate]] = {}
     for label, policy in policies.items():
@@ -266,6 +294,10 @@ def evaluate_on_logs(
             constraints[label].update(evaluate_metrics(
                 others, action_dist=dist[program], estimated_rewards={k: estimated[k][program] for k in others},
                 estimator=known[constraint_estimator], alpha=alpha, **in_program))
+            for name, (bound, of_value) in cohort_terms.items():  # a guardrail per cohort value, in its own units
+                e = constraints[label][name]
+                constraints[label][name] = replace(e, value=bound + e.value / of_value, std_error=e.std_error / of_value,
+                                                   ci_low=bound + e.ci_low / of_value, ci_high=bound + e.ci_high / of_value)
         if caps:
             # a cap's share is the policy's own probability of its actions: exact on these contexts, no outcome needed
             # (the direct method with the indicator as its "model"; its interval is the sampling of contexts)

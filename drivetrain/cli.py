@@ -307,6 +307,10 @@ def ingest(
             console.print(f"  correct them: drivetrain quarantine export --spec {spec} --store {store} --table {kind} --out FILE")
         if report.ignored_columns:
             console.print(f"  columns not in the contract, not stored: {list(report.ignored_columns)}")
+        if kind == "decisions" and not logged and "assignment" not in raw.frame.columns and report.accepted:
+            console.print(f"  note: {path} has no `assignment` column, so its {report.accepted} decisions count as the policy arm "
+                          "in `evaluate`, `monitor` and `report`; a historic randomized log is ingested with --logged "
+                          "(it then trains and is simulated on, and never counts as what a policy did)")
         if report.quarantined and not report.accepted and not report.duplicates:
             rejected.append(str(path))
     if rejected:  # the rows are kept in quarantine, but a file of which nothing could be stored is an input mistake
@@ -521,6 +525,9 @@ def fit(
     console.print(report.summary())
     decided = pd.to_datetime(table["decided_at"], utc=True)
     window = {"first_decided_at": decided.min().isoformat(), "last_decided_at": decided.max().isoformat()}
+    if since is not None or until is not None:  # the summary counts every mature decision; say which ones trained
+        console.print(f"trained on the {len(table)} mature decisions made from {window['first_decided_at']} to "
+                      f"{window['last_decided_at']} (--since {since or '-'}, --until {until or '-'})")
     policy = Policy.from_model(loaded, model, {}, metadata={"trained_on": report.summary(), "rows": len(table), "trained_window": window})
     policy.save(out)
     effects = model.effect_interval(table, cluster=table["unit_id"] if "unit_id" in table else None)
@@ -573,7 +580,7 @@ def optimize(
                                                                 "(0.05: budgets and caps at 95%), room for noise.")] = 0.0,
 ) -> None:
     """Choose lever settings per unit under the budgets, guardrails and caps; save the priced policy."""
-    from drivetrain.assembly import plan_policy, write_policy_baselines
+    from drivetrain.assembly import per_program_unit, plan_policy, write_policy_baselines
     from drivetrain.data import open_store
     from drivetrain.spec import load_spec
 
@@ -603,11 +610,13 @@ def optimize(
                     " (as served: with the holdout and exploration)")
     for column in ("constraint", "plan", "as served", "limit", "price"):
         t.add_column(column, justify="left" if column == "constraint" else "right")
-    limits = {c.name: f"{'<=' if c.sense == '<=' else '>='} {c.limit / program:.6g}" for c in plan.problem.constraints}
-    limits.update({c.name: f"share <= {c.max_share / program:.6g}" for c in plan.problem.caps})
-    for name, usage in a.usage.items():
-        t.add_row(name, f"{usage / program:.4f}", f"{plan.served[name] / program:.4f}", limits.get(name, ""),
-                  f"{a.multipliers.get(name, 0.0):.4f}")
+    # per program unit (a guardrail of one cohort value: per program unit of that value), as the spec speaks
+    planned, served = per_program_unit(loaded, population, a.usage), per_program_unit(loaded, population, plan.served)
+    limits = per_program_unit(loaded, population, {c.name: c.limit for c in plan.problem.constraints})
+    bounds = {c.name: f"{'<=' if c.sense == '<=' else '>='} {limits[c.name]:.6g}" for c in plan.problem.constraints}
+    bounds.update({c.name: f"share <= {c.max_share / program:.6g}" for c in plan.problem.caps})
+    for name in a.usage:
+        t.add_row(name, f"{planned[name]:.4f}", f"{served[name]:.4f}", bounds.get(name, ""), f"{a.multipliers.get(name, 0.0):.4f}")
     console.print(t)
     shares = pd.Series(np.asarray(loaded.action_space.ids, dtype=object)[a.action]).value_counts(normalize=True)
     console.print(f"predicted {loaded.model.objective.name} per unit {a.objective:.4f}; actions: "
@@ -623,7 +632,8 @@ def simulate(
     spec: Annotated[Path, typer.Option(help="The spec file.")],
     store: Annotated[Path, typer.Option(help="The store with the logged (randomized) decisions and outcomes.")],
     policy: Annotated[Path, typer.Option(help="The policy to evaluate; its models are the reward model of the estimates.")],
-    scenario: Annotated[list[str] | None, typer.Option(help="What-if: lever=value,... for everyone (repeatable).")] = None,
+    scenario: Annotated[list[str] | None, typer.Option(help="What-if: lever=value,... for everyone, a lever left out at its "
+                                                            "control value (repeatable).")] = None,
     where: Annotated[str | None, typer.Option(help="Restrict the scenarios to units where this formula holds.")] = None,
     as_of: Annotated[str | None, typer.Option(help="Evaluate on decisions mature as of this UTC time (default: now).")] = None,
     since: Annotated[str | None, typer.Option(help="Only decisions made at or after this UTC time: a window the policy was not fitted on.")] = None,
@@ -633,7 +643,7 @@ def simulate(
     from drivetrain.assembly import evaluate_on_logs, fixed_action
     from drivetrain.data import open_store, training_table
     from drivetrain.simulate import default_estimators
-    from drivetrain.spec import load_spec
+    from drivetrain.spec import load_spec, mean_constraints
 
     if estimator not in (known := default_estimators(with_model=True)):
         raise UsageError(f"`estimator` must be one of {sorted(known)}, got {estimator!r}")
@@ -712,6 +722,7 @@ def simulate(
     limits = {b.name: f"<= {b.max_per_unit:g}" for b, _ in loaded.budgets}
     limits.update({g.name: " and ".join(x for x in (f">= {g.min:g}" if g.min is not None else "", f"<= {g.max:g}" if g.max is not None else "") if x) for g, _ in loaded.guardrails})
     limits.update({cap.name: f"share <= {cap.max_share:g}" for cap, _ in loaded.caps})
+    limits.update({t.name: f"{t.sense} {t.bound:g}" for t in mean_constraints(loaded) if t.cohort is not None and t.bound is not None})
     metrics = list(next(iter(result.constraints.values())))
     if metrics:
         c = Table(title=f"constraints and guardrails, mean per program unit ({estimator}; caps: the policy's share of their actions;"
@@ -1095,7 +1106,7 @@ def explain(
 def frontier(
     spec: Annotated[Path, typer.Option(help="The spec file.")],
     model: Annotated[Path, typer.Option(help="Directory written by `drivetrain fit` (or a policy).")],
-    constraint: Annotated[str, typer.Option(help="The budget or one-sided guardrail whose limit moves.")],
+    constraint: Annotated[str, typer.Option(help="The budget, one-sided guardrail (one kept per cohort: every value's bound) or cap whose limit moves.")],
     limits: Annotated[str, typer.Option(help="Limits to plan at, joined by commas (0.2,0.4,0.6).")],
     contexts: Annotated[Path | None, typer.Option(help="Units to plan on: unit_id and the context features.")] = None,
     store: Annotated[Path | None, typer.Option(help="Or the store: the units of its training table as of --as-of.")] = None,

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from drivetrain.assembly import plan_policy
+from drivetrain.assembly import per_program_unit, plan_policy
 from drivetrain.errors import InfeasibleError, UsageError
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
-from drivetrain.spec import Spec, formula_on, mean_constraints
+from drivetrain.spec import Spec, formula_on, mean_constraints, parse_spec
 
 __all__ = ["Frontier", "UnitExplanation", "cohort_table", "effects_by_cohort", "explain_unit", "frontier"]
 
@@ -40,8 +40,11 @@ def cohort_table(spec: Spec, contexts: pd.DataFrame, by: Sequence[str]) -> pd.Da
         if feature.type in ("integer", "float"):
             if not bands.isdigit() or int(bands) < 2:
                 raise UsageError(f"`by` must give a numeric feature as NAME:BANDS with BANDS >= 2 (e.g. {name}:4), got {entry!r}")
-            cut = pd.qcut(pd.to_numeric(contexts[name]), int(bands), duplicates="drop")
-            out[name] = cut.astype(str).where(cut.notna(), "missing").to_numpy()
+            values = pd.to_numeric(contexts[name])
+            codes = pd.qcut(values, int(bands), labels=False, duplicates="drop")
+            # each band by the smallest and largest value in it ("2 to 6"), in their order; "missing" last
+            named = {c: f"{values[codes == c].min():g} to {values[codes == c].max():g}" for c in sorted(codes.dropna().unique())}
+            out[name] = pd.Categorical(codes.map(named).fillna("missing"), categories=[*named.values(), "missing"], ordered=True)
         else:
             if bands:
                 raise UsageError(f"`by` bands only numeric features, got {entry!r} for the {feature.type} feature {name!r}")
@@ -135,7 +138,8 @@ def explain_unit(policy: Policy, context: pd.DataFrame | Mapping[str, Any]) -> U
 @dataclass(frozen=True)
 class Frontier:
     """The objective against one constraint's limit: one row per limit with the predicted objective per
-    unit as served, the predicted use of every constraint and cap as served, and the constraint's shadow
+    unit as served, the predicted use of every constraint and cap as served (per program unit, as the spec's
+    limits speak), and the constraint's shadow
     price (the objective per unit one more unit of the limit would buy); a limit no served policy can meet
     is a row with ``feasible`` False and the optimizer's reason."""
 
@@ -171,30 +175,48 @@ def _served_objective(plan: Any, spec: Spec) -> float:
 
 
 def frontier(spec: Spec, model: OutcomeModel, contexts: pd.DataFrame, constraint: str, limits: Sequence[float]) -> Frontier:
-    """Plan once per limit of ``constraint`` (a budget, or a one-sided guardrail, by name) on ``contexts``,
-    predicting once, and tabulate the trade-off."""
+    """Plan once per limit of ``constraint`` (a budget, a one-sided guardrail, a guardrail kept per cohort
+    value by its name (each value's bound moves together), or a cap's share, by name) on ``contexts``,
+    predicting once, and tabulate the trade-off. A guardrail kept per cohort value reports the sum of its
+    values' prices, binding when any of them binds."""
     terms = {t.name: t for t in mean_constraints(spec)}
+    per_cohort = {t.source: [u.name for u in terms.values() if u.source == t.source] for t in terms.values() if t.cohort is not None}
+    caps = [cap.name for cap, _ in spec.caps]
     term = terms.get(constraint)
-    if term is None:
-        raise UsageError(f"`constraint` must name a budget or guardrail of the spec {sorted(terms)}, got {constraint!r}")
-    if term.kind == "guardrail" and term.name != term.source:
-        raise UsageError(f"`constraint` must be a one-sided guardrail to move its limit, got {constraint!r}")
+    names = [constraint] if term is not None or constraint in caps else per_cohort.get(constraint, [])
+    if not names:
+        raise UsageError(f"`constraint` must name a budget, guardrail or cap of the spec {sorted([*terms, *per_cohort, *caps])}, got {constraint!r}")
+    if term is not None and term.kind == "guardrail" and (term.name != term.source or term.cohort is not None):
+        raise UsageError(f"`constraint` must be a one-sided guardrail to move its limit, got {constraint!r}"
+                         + (f" (move every value of it by its name {term.source!r})" if term.cohort is not None else ""))
     if not limits:
         raise UsageError("`limits` must hold at least one value")
     predictions = (model.predict_outcomes(contexts), None)
     rows: list[dict[str, Any]] = []
     for limit in sorted(float(v) for v in limits):
-        override = {term.source: limit}
+        planned = spec
+        budgets = guardrails = None
+        if constraint in caps:
+            if not 0 <= limit <= 1:
+                raise UsageError(f"`limits` of the cap {constraint!r} must be shares in [0, 1], got {limit}")
+            raw = spec.model.model_dump(mode="json")
+            for cap in raw["constraints"]["caps"]:
+                if cap["name"] == constraint:
+                    cap["max_share"] = limit
+            planned = parse_spec(raw, source=spec.source)
+        elif term is not None and term.kind == "budget":
+            budgets = {constraint: limit}
+        else:
+            guardrails = {constraint if term is None else term.source: limit}
         try:
-            plan = plan_policy(spec, model, contexts, predictions=predictions,
-                               budget_overrides=override if term.kind == "budget" else None,
-                               guardrail_overrides=override if term.kind == "guardrail" else None)
-        except InfeasibleError as exc:  # a limit the served policy cannot meet (exploration alone may spend more)
+            plan = plan_policy(planned, model, contexts, predictions=predictions, budget_overrides=budgets, guardrail_overrides=guardrails)
+        except (InfeasibleError, UsageError) as exc:  # a limit the served policy cannot meet (exploration alone may spend more)
             rows.append({"limit": limit, "feasible": False, "objective": float("nan"), "plan_objective": float("nan"),
                          "price": float("nan"), "binding": False, "reason": str(exc).splitlines()[0]})
             continue
         a = plan.assignment
-        served = {f"use:{k}": float(v) for k, v in plan.served.items()}
+        served = {f"use:{k}": float(v) for k, v in per_program_unit(spec, contexts, plan.served).items()}
         rows.append({"limit": limit, "feasible": True, "objective": _served_objective(plan, spec), "plan_objective": float(a.objective),
-                     **served, "price": float(a.multipliers.get(term.name, 0.0)), "binding": term.name in a.binding, "reason": ""})
+                     **served, "price": float(sum(a.multipliers.get(n, 0.0) for n in names)),
+                     "binding": any(n in a.binding for n in names), "reason": ""})
     return Frontier(constraint, pd.DataFrame(rows))

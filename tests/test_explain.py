@@ -75,7 +75,7 @@ def test_the_frontier_rises_with_the_budget_and_its_price_falls(fitted) -> None:
     np.testing.assert_allclose(curve["use:promotion_budget"][binding], curve["limit"][binding], rtol=1e-6)
     assert (curve["use:promotion_budget"] <= curve["limit"] + 1e-9).all()
     assert "<html" in frontier(twin.spec, model, contexts.head(500), "promotion_budget", [0.5]).figure_html()[:200].lower()
-    with pytest.raises(UsageError, match="must name a budget or guardrail of the spec"):
+    with pytest.raises(UsageError, match="must name a budget, guardrail or cap of the spec"):
         frontier(twin.spec, model, contexts, "nope", [1.0])
 
 
