@@ -8,6 +8,7 @@ basic plans respond to a discount and premium ones hardly, so the best policy di
 tickets. :func:`truth` gives the exact expected value of every outcome for every (subscriber, action).
 
     python examples/retention/logs.py --out retention-logs                  # 20,000 subscribers over 21 days
+    python examples/retention/logs.py due --out due.csv --subscribers 3000 --seed 7          # contexts to decide on
     python examples/retention/logs.py respond --decisions served.csv --out outcomes.csv   # the loop's outcomes
 """
 
@@ -152,8 +153,9 @@ def respond(spec: Spec, decisions: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", choices=["log", "respond"], default="log")
-    parser.add_argument("--out", type=Path, required=True, help="log: a directory for decisions.csv and outcomes.csv; respond: a CSV file")
+    parser.add_argument("mode", nargs="?", choices=["log", "due", "respond"], default="log",
+                        help="log: the randomized history; due: contexts of subscribers due to renew; respond: outcomes of decisions")
+    parser.add_argument("--out", type=Path, required=True, help="log: a directory for decisions.csv and outcomes.csv; due, respond: a CSV file")
     parser.add_argument("--subscribers", type=int, default=20_000)
     parser.add_argument("--decisions", type=Path, help="respond: the served decisions (CSV or Parquet)")
     parser.add_argument("--seed", type=int, default=0)
@@ -170,6 +172,10 @@ def main() -> None:
         return
     if args.subscribers < 1:
         parser.error(f"--subscribers must be >= 1, got {args.subscribers}")
+    if args.mode == "due":
+        subscribers(args.subscribers, args.seed).to_csv(args.out, index=False)
+        print(f"wrote {args.subscribers} subscribers due to renew to {args.out}")
+        return
     decisions, outcomes = log(spec, args.subscribers, args.seed, bad_rows=not args.clean)
     args.out.mkdir(parents=True, exist_ok=True)
     decisions.to_csv(args.out / "decisions.csv", index=False)
