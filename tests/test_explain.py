@@ -90,3 +90,21 @@ def test_a_margin_plans_each_limit_inside_itself_at_a_small_cost(fitted) -> None
     assert kept.assignment.objective <= plain.assignment.objective
     with pytest.raises(UsageError, match="`margin` must be a share of each limit in \\[0, 1\\)"):
         plan_policy(twin.spec, model, contexts, margin=1.5)
+
+
+def test_the_frontier_moves_a_cap_and_a_guardrail_kept_per_cohort(fitted) -> None:  # type: ignore[no-untyped-def]
+    from drivetrain.spec import with_guardrails_by
+
+    twin, model, contexts = fitted
+    table = frontier(twin.spec, model, contexts, "bundle_stock", [0.02, 0.05, 0.4]).table
+    assert table["feasible"].all() and list(table["limit"]) == [0.02, 0.05, 0.4]
+    assert (table["use:bundle_stock"] <= table["limit"] + 1e-9).all()  # the cap's share as served, within each limit
+    assert np.all(np.diff(table["objective"]) >= -1e-9) and table["binding"][0] and table["price"][0] > 0
+    by_tier = with_guardrails_by(twin.spec, {"refund_rate": "tier"})
+    curve = frontier(by_tier, model, contexts, "refund_rate", [0.011, 0.03]).table
+    tiers = [c for c in curve.columns if c.startswith("use:refund_rate@tier=")]
+    assert len(tiers) == 3
+    for row in curve[curve["feasible"]].to_dict("records"):
+        assert all(row[c] <= row["limit"] + 1e-6 for c in tiers)  # every tier's refund rate, in its own units
+    with pytest.raises(UsageError, match="move every value of it by its name 'refund_rate'"):
+        frontier(by_tier, model, contexts, "refund_rate@tier=gold", [0.02])
