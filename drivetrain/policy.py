@@ -142,14 +142,21 @@ class CapCounter:
     def blocked(self, now: datetime) -> np.ndarray:
         """(K,) bool: the actions one more decision at ``now`` may not get."""
         self._roll(now)
+        return self._blocked()
+
+    def count(self, action: int, now: datetime) -> None:
+        """Count one decision of a program unit at ``now`` that got ``action``."""
+        self._roll(now)
+        self._count(action)
+
+    def _blocked(self) -> np.ndarray:
         out = np.zeros(len(self.spec.action_space), dtype=bool)
         for j, (share, mask) in enumerate(self._caps):
             if self.used[j] + 1 > share * (self.decisions + 1) + 1e-9:
                 out |= mask
         return out
 
-    def count(self, action: int, now: datetime) -> None:
-        self._roll(now)
+    def _count(self, action: int) -> None:
         self.decisions += 1
         for j, (_share, mask) in enumerate(self._caps):
             self.used[j] += int(mask[action])
@@ -161,21 +168,37 @@ class CapCounter:
         batch = policy.choose(units, requests, scores, price)
         if not self.active:
             return batch
-        by_blocked: dict[bytes, DecisionBatch] = {}
+        # the loop is in plain Python numbers (a row costs about a microsecond): which caps are used up,
+        # the action the row gets, counted; the narrower choices are made for every row at once, once per set
+        self._roll(now)
+        shares = [share for share, _mask in self._caps]
+        masks = [mask.tolist() for _share, mask in self._caps]
+        used, decisions = [int(u) for u in self.used], self.decisions
+        free: list[int] = batch.action.tolist()
+        narrower: dict[tuple[int, ...], tuple[DecisionBatch, list[int]]] = {}
+        rows_of: dict[tuple[int, ...], list[int]] = {}
+        for i in np.flatnonzero(program).tolist():
+            full = tuple(j for j in range(len(shares)) if used[j] + 1 > shares[j] * (decisions + 1) + 1e-9)
+            action = free[i]
+            if full:
+                if full not in narrower:
+                    blocked = np.logical_or.reduce([self._caps[j][1] for j in full])
+                    chosen = policy.choose(units, requests, np.where(blocked[None, :], -np.inf, scores), price)
+                    narrower[full], rows_of[full] = (chosen, chosen.action.tolist()), []
+                rows_of[full].append(i)
+                action = narrower[full][1][i]
+            decisions += 1
+            for j, mask in enumerate(masks):
+                used[j] += mask[action]
+        self.decisions = decisions
+        self.used[:] = used
+        if not rows_of:
+            return batch
         fields = {name: np.array(getattr(batch, name), copy=True) for name in ("action", "action_id", "propensity", "assignment",
                                                                              "chosen", "scores", "margin")}
-        for i in range(len(units)):
-            if not program[i]:
-                continue
-            blocked = self.blocked(now)
-            if blocked.any():
-                key = blocked.tobytes()
-                if key not in by_blocked:  # every row at once, once per set of used-up caps
-                    by_blocked[key] = policy.choose(units, requests, np.where(blocked[None, :], -np.inf, scores), price)
-                narrower = by_blocked[key]
-                for name, column in fields.items():
-                    column[i] = getattr(narrower, name)[i]
-            self.count(int(fields["action"][i]), now)
+        for key, rows in rows_of.items():
+            for name, column in fields.items():
+                column[rows] = getattr(narrower[key][0], name)[rows]
         return DecisionBatch(**fields)
 
 
