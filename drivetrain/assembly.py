@@ -271,15 +271,12 @@ def evaluate_on_logs(
     program = spec.eligible_units(ctx)
     caps = {cap.name: np.tile(mask.astype(np.float64), (int(program.sum()), 1)) for cap, mask in spec.caps}
     in_program = {"action": action[program], "pscore": pscore[program], "cluster": None if cluster is None else cluster[program]}
-    # a guardrail term of one cohort value is where(f == v, g - bound, 0) over the program: its mean over the
-    # program is share_v (mean of g over the value's units - bound), so it is told as that mean, the figure
-    # its bound speaks of (the value's share of these rows is known exactly)
+    # a guardrail term of one cohort value is where(f == v, g - bound, 0): on the program rows of that value it
+    # is g - bound, so it is estimated there and told as the value's own mean of g, the figure its bound speaks of
     cohort_terms = {}
     for term in mean_constraints(spec):
-        if term.cohort is not None and term.bound is not None and program.any():
-            of_value = float(np.mean(np.asarray(ctx[term.cohort[0]])[program] == term.cohort[1]))
-            if of_value > 0:
-                cohort_terms[term.name] = (term.bound, of_value)
+        if term.cohort is not None and term.bound is not None:
+            cohort_terms[term.name] = (term.bound, program & (np.asarray(ctx[term.cohort[0]]) == term.cohort[1]))
     objective: dict[str, dict[str, PolicyEstimate]] = {}
     constraints: dict[str, dict[str, PolicyEstimate]] = {}
     for label, policy in policies.items():
@@ -294,10 +291,15 @@ def evaluate_on_logs(
             constraints[label].update(evaluate_metrics(
                 others, action_dist=dist[program], estimated_rewards={k: estimated[k][program] for k in others},
                 estimator=known[constraint_estimator], alpha=alpha, **in_program))
-            for name, (bound, of_value) in cohort_terms.items():  # a guardrail per cohort value, in its own units
-                e = constraints[label][name]
-                constraints[label][name] = replace(e, value=bound + e.value / of_value, std_error=e.std_error / of_value,
-                                                   ci_low=bound + e.ci_low / of_value, ci_high=bound + e.ci_high / of_value)
+            for name, (bound, rows) in cohort_terms.items():  # a guardrail per cohort value, on that value's rows
+                if not rows.any():  # no logged unit of that value: no estimate, rather than a figure of none
+                    constraints[label].pop(name, None)
+                    continue
+                e = evaluate_metrics({name: rewards[name][rows]}, action=action[rows], pscore=pscore[rows],
+                                     cluster=None if cluster is None else cluster[rows], action_dist=dist[rows],
+                                     estimated_rewards={name: estimated[name][rows]}, estimator=known[constraint_estimator],
+                                     alpha=alpha)[name]
+                constraints[label][name] = replace(e, value=bound + e.value, ci_low=bound + e.ci_low, ci_high=bound + e.ci_high)
         if caps:
             # a cap's share is the policy's own probability of its actions: exact on these contexts, no outcome needed
             # (the direct method with the indicator as its "model"; its interval is the sampling of contexts)

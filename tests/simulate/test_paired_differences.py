@@ -59,3 +59,27 @@ def test_paired_differences_name_their_mistakes() -> None:
         paired_differences(model, table, policies, baseline="nope")
     with pytest.raises(UsageError, match="`segments` must name policies"):
         paired_differences(model, table, policies, segments={"x": np.ones(300, dtype=bool)})
+
+
+def test_a_guardrail_kept_per_cohort_is_estimated_as_the_cohorts_own_mean() -> None:
+    from drivetrain.spec import with_guardrails_by
+
+    twin = NBOOTwin(seed=5)
+    spec = with_guardrails_by(twin.spec, {"refund_rate": "tier"})
+    model = OutcomeModel(n_folds=2, n_estimators=30, min_child_samples=40, num_threads=1).fit(
+        twin.expected_log(twin.population(4000)), spec)
+    frame = twin.population(3000, offset=5_000_000)
+    table = twin.expected_log(frame)
+    discount = fixed_action(spec, {"offer_type": "discount", "depth": 10, "timing": "immediate"})
+    both = evaluate_on_logs(model, table, {"discount": discount}, fitted_on_table=False)
+    gold_only = evaluate_on_logs(model, table[table["tier"] == "gold"].reset_index(drop=True), {"discount": discount},
+                               fitted_on_table=False)
+    gold = both.estimate("discount", "refund_rate@tier=gold")
+    # the same DR estimate as on the gold rows alone (where the term is the plain guardrail)
+    alone = gold_only.estimate("discount", "refund_rate@tier=gold")
+    assert gold.value == pytest.approx(alone.value, rel=1e-9)
+    assert gold.std_error == pytest.approx(alone.std_error, rel=0.05)
+    truth = twin.truth(frame).components["refund"]
+    gold_rows = (frame["tier"] == "gold").to_numpy()
+    true = float((discount(table) * truth).sum(axis=1)[gold_rows].mean())
+    assert gold.ci_low <= true <= gold.ci_high and 0.0 < gold.value < 0.2  # a rate, not a share-weighted difference
