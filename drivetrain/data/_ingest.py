@@ -194,8 +194,6 @@ def _repeats(clean: pd.DataFrame, reason: np.ndarray, key: str, compare: list[st
              fingerprint: np.ndarray | None = None) -> np.ndarray:
     """Which valid rows repeat an earlier valid row of the batch exactly (duplicates); a later row whose
     ``key`` an earlier one has with other values gets a reason in ``reason`` (changed in place)."""
-    if fingerprint is None:
-        fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
     keys = clean[key].to_numpy()
     valid_idx = np.flatnonzero(reason == None)  # noqa: E711
     duplicate = np.zeros(len(clean), dtype=bool)
@@ -204,6 +202,10 @@ def _repeats(clean: pd.DataFrame, reason: np.ndarray, key: str, compare: list[st
         _, first_of_code = np.unique(codes, return_index=True)
         firsts = valid_idx[first_of_code[codes]]
         later = firsts != valid_idx
+        if not later.any():  # no key repeats: nothing to compare
+            return duplicate
+        if fingerprint is None:
+            fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
         same = fingerprint[valid_idx] == fingerprint[firsts]
         duplicate[valid_idx[later & same]] = True
         for i, j in zip(valid_idx[later & ~same], firsts[later & ~same], strict=True):
