@@ -36,15 +36,19 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
     attributed; those no decision claims are appended to ``outcomes_pending``, which is not rewritten
     (a waiting outcome can only be claimed once a decision arrives: decision ingests retry the whole
     table). Without ``arrivals`` the whole ``outcomes_pending`` is retried and rewritten; a waiting row
-    whose event is already in ``outcomes`` (a pass cut short between its writes) leaves it, counted
-    once."""
+    whose event is already in ``outcomes`` (a pass cut short between its writes) leaves it, and a row
+    there twice (a rewrite cut short) is kept once: each outcome is counted once."""
     spec = store.spec
     grace = spec.horizon if grace is None else grace
     horizon_us = int(spec.horizon.total_seconds() * 1_000_000)
+    # the whole table: a row whose event is attributed already, or a second copy of a row (a rewrite cut
+    # short after its new file, before it deleted the old ones), is dropped from it
+    source = ("(SELECT * FROM outcomes_pending QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY ingested_at) = 1)"
+              if arrivals is None else "_arrivals")
     stale = ("EXISTS (SELECT 1 FROM outcomes o WHERE o.event_id = w.event_id)" if arrivals is None else "false")
     table = store.arrow(
         f"""
-        WITH w AS (SELECT *, {stale} AS _stale FROM {"outcomes_pending" if arrivals is None else "_arrivals"} w),
+        WITH w AS (SELECT *, {stale} AS _stale FROM {source} w),
         p AS (SELECT * EXCLUDE (_stale) FROM w WHERE NOT _stale),
         by_request AS (
             SELECT p.event_id, d.request_id AS claim, d.unit_id AS decision_unit, 'request' AS how

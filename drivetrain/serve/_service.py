@@ -12,6 +12,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
@@ -281,7 +282,9 @@ class Service:
                     "reasons": dict(report.reasons)}
         now = self.clock.now()
         arrived = now.isoformat()
-        rows = [row if row.get("received_at") is not None else {**row, "received_at": arrived} for row in rows]
+        # a value JSON cannot carry (NaN, Infinity) is logged as its text, which the checks refuse alike
+        rows = [{**{k: repr(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()},
+                 "received_at": row.get("received_at") or arrived} for row in rows]
         check = check_outcomes(self.config.spec, RawRows(pd.DataFrame(rows), (), "http:/v1/outcomes"), now=now)
         try:
             self.outcome_log.append_many(rows)

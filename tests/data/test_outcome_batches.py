@@ -89,3 +89,18 @@ def test_the_checks_alone_agree_with_the_ingest(spec: Spec, clock: SimulatedCloc
     assert (check.rows_in, check.accepted, check.duplicates, check.quarantined) == (5, 1, 1, 3)
     assert (report.accepted, report.duplicates, report.quarantined) == (check.accepted, check.duplicates, check.quarantined)
     assert check.reasons == report.reasons
+
+
+def test_a_rewrite_of_the_pending_table_cut_short_counts_each_once(spec: Spec, clock: SimulatedClock) -> None:
+    """A rewrite writes the new file before it deletes the old ones: cut short between, the waiting rows
+    are there twice. A decision that claims them attributes each once."""
+    store = MemoryStore(spec)
+    events = [outcome(f"e{i}", "purchase", 1.0, T0 + timedelta(hours=i), request_id=f"r{i}") for i in range(3)]
+    ingest_outcomes(store, rows(events), clock=clock)
+    pending = store.arrow("SELECT * FROM outcomes_pending")
+    store.append("outcomes_pending", pending)  # the old file and the new one, both
+    assert store.count("outcomes_pending") == 6
+    report = ingest_decisions(store, rows([decision(f"r{i}", f"u{i}", T0) for i in range(3)]), clock=clock)
+    assert (report.attributed, report.waiting) == (3, 0)
+    assert sorted(store.query("SELECT event_id FROM outcomes")["event_id"]) == ["e0", "e1", "e2"]
+    assert store.count("outcomes_pending") == 0

@@ -131,3 +131,20 @@ def test_a_fold_cut_short_is_done_once(policies: tuple[Path, Path], contexts: li
     assert store.query("SELECT row_key FROM quarantine")["row_key"].tolist() == ["ev-bad"]
     folds = ingest_history(store)
     assert (folds["source"].str.startswith("outcome-log:")).sum() == 1
+
+
+def test_a_value_json_cannot_carry_is_quarantined(policies: tuple[Path, Path], tmp_path: Path) -> None:
+    """The body parser takes NaN and Infinity; the log writes strict JSON: such a value is logged as its
+    text and quarantined, not a server error."""
+    service = _service(policies[0], tmp_path)
+    at = datetime.now(UTC).isoformat()
+    rows = [{"event_id": f"nf-{i}", "request_id": "r", "unit_id": None, "occurred_at": at, "received_at": None,
+             "component": "purchase", "value": v} for i, v in enumerate((float("nan"), float("inf"), 1.0))]
+    answer = service.outcomes(rows)
+    assert (answer["accepted"], answer["quarantined"]) == (1, 2)
+    service.outcome_log.close()  # type: ignore[union-attr]
+    service.log.close()  # type: ignore[union-attr]
+    store = ParquetStore(tmp_path / "store", service.config.spec)
+    _compact_all(store, tmp_path / "log")
+    assert sorted(store.query("SELECT row_key FROM quarantine")["row_key"]) == ["nf-0", "nf-1"]
+    assert store.query("SELECT event_id FROM outcomes_pending")["event_id"].tolist() == ["nf-2"]
