@@ -22,6 +22,13 @@ whole cents, sum to the original value; ``max`` components are never split.
     python bench/ingest.py                  # 1M decisions, ~3M outcome rows (a few minutes)
     python bench/ingest.py --quick          # 20k decisions, the CI smoke run
     python bench/ingest.py --profile 25     # also print cProfile's top entries of each drivetrain stage
+    python bench/ingest.py --intake         # the service's outcome intake: single posts and 10k rows (below)
+
+``--intake`` measures the decision service's outcome endpoint in process (``Service.outcomes``, the
+endpoint's body without HTTP) on a store of 30k decisions (a tenth of their outcomes waiting for decisions
+not stored yet): 50 posts of one outcome row, one post of 10,000 rows, 100 posts of 100 rows, then the
+compaction that brings the posted rows into the store, and checks that every posted event is in the
+store exactly once. Run it against another checkout (``PYTHONPATH=<checkout>``) for a before/after.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import cProfile
 import gc
 import io
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -45,12 +53,13 @@ import numpy as np
 import pandas as pd
 
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import ParquetStore, ingest_decisions, ingest_outcomes, read_rows, training_table
+from drivetrain.data import ParquetStore, RawRows, ingest_decisions, ingest_outcomes, read_rows, training_table
 from drivetrain.spec import Spec
 from drivetrain.twin import NBOOTwin
 
 DEFAULT_DECISIONS = 1_000_000
 QUICK_DECISIONS = 20_000
+INTAKE_DECISIONS = 30_000
 OUTCOMES_PER_DECISION = 3.0
 SPLIT_COMPONENTS = ("order_value", "gross_profit")
 MAX_LINES = 4
@@ -308,6 +317,76 @@ def render(data: Data, dt_seconds: list[float], base_seconds: list[float]) -> st
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- intake
+def _post_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Outcome rows as a client posts them (JSON values, ISO times)."""
+    out = frame[["event_id", "request_id", "unit_id", "occurred_at", "component", "value"]].copy()
+    out["occurred_at"] = out["occurred_at"].map(lambda t: t.isoformat())
+    out = out.astype(object).where(out.notna(), None)
+    return [dict(r) for r in out.to_dict("records")]
+
+
+def intake(n: int, seed: int) -> int:
+    """The outcome endpoint's intake: latency of single posts, time of 10k rows, the fold, and a check."""
+    from drivetrain.serve import Service, ServiceConfig, compact
+
+    os.environ.setdefault("DRIVETRAIN_PII_KEY", "bench-key-of-the-personal-data-hash-0123456789")  # the twin's postcode is personal
+    twin = NBOOTwin(seed=seed)
+    spec = twin.spec
+    decisions, outcomes = twin.log(twin.population(n))
+    outcomes = outcomes.sort_values(["received_at", "event_id"], ignore_index=True)
+    as_of = twin.start + spec.horizon + spec.settle + timedelta(days=1)
+    clock = SimulatedClock(as_of)
+    known = decisions.iloc[: int(0.9 * len(decisions))]  # the rest are decided later: their outcomes wait
+    half = len(outcomes) // 2
+    posted = outcomes.iloc[half:].reset_index(drop=True)
+    need = 50 + 10_000 + 10_000
+    if len(posted) < need:
+        raise SystemExit(f"--decisions must give at least {need:,} outcome rows to post, got {len(posted):,}")
+    rows = _post_rows(posted.iloc[:need])
+    with tempfile.TemporaryDirectory(prefix="drivetrain-intake-") as tmp:
+        root = Path(tmp)
+        store = ParquetStore(root / "store", spec, create=True)
+        ingest_decisions(store, RawRows(known, (), "bench"), clock=clock)
+        ingest_outcomes(store, RawRows(outcomes.iloc[:half], (), "bench"), clock=clock)
+        before = {t: store.count(t) for t in ("decisions", "outcomes", "outcomes_pending")}
+        service = Service(ServiceConfig(spec=spec, spec_path=root / "spec.yaml", policy_dir=root / "no-policy", store_dir=root / "store",
+                                        log_dir=root / "log", token=None), clock=clock)
+        single = []
+        for i in range(50):
+            t = time.perf_counter()
+            service.outcomes(rows[i:i + 1])
+            single.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        service.outcomes(rows[50:10_050])
+        one_post = time.perf_counter() - t
+        t = time.perf_counter()
+        for start in range(10_050, need, 100):
+            service.outcomes(rows[start:start + 100])
+        small_posts = time.perf_counter() - t
+        assert service.log is not None
+        service.log.close()
+        outcome_log = getattr(service, "outcome_log", None)
+        if outcome_log is not None:
+            outcome_log.close()
+        t = time.perf_counter()
+        while (report := compact(store, root / "log")).segments or getattr(report, "outcome_segments", 0):
+            pass
+        fold = time.perf_counter() - t
+        ids = {str(r["event_id"]) for r in rows}
+        found = pd.concat([store.query(f"SELECT event_id FROM {table}")["event_id"] for table in ("outcomes", "outcomes_pending")])
+        found = found[found.isin(ids)]
+        once = len(found) == len(ids) and found.is_unique
+    ms = 1000 * np.array(single)
+    print(f"outcome intake (Service.outcomes in process): store of {before['decisions']:,} decisions, {before['outcomes']:,} outcomes,"
+          f" {before['outcomes_pending']:,} waiting")
+    print(f"single-row post: p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, max {ms.max():.1f} ms (50 posts)")
+    print(f"10,000 rows in one post: {one_post:.2f} s; 10,000 rows in 100 posts of 100: {small_posts:.2f} s")
+    print(f"compaction that brings the {len(rows):,} posted rows into the store: {fold:.2f} s")
+    print(f"every posted event in the store exactly once: {once}")
+    return 0 if once else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--decisions", type=int, default=None, help=f"decisions to generate (default {DEFAULT_DECISIONS:,})")
@@ -315,7 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", type=int, default=0, metavar="K", help="print cProfile's top K entries of each drivetrain stage")
     parser.add_argument("--json", type=Path, default=None, help="also write counts, timings and checks as JSON here")
+    parser.add_argument("--intake", action="store_true", help="measure the service's outcome intake instead (30k decisions by default)")
     args = parser.parse_args(argv)
+    if args.intake:
+        return intake(args.decisions or INTAKE_DECISIONS, args.seed)
     n = args.decisions if args.decisions is not None else QUICK_DECISIONS if args.quick else DEFAULT_DECISIONS
     if n < 1:
         parser.error(f"--decisions must be >= 1, got {n}")

@@ -968,6 +968,9 @@ def serve(
     segment_records: Annotated[int, typer.Option(min=1, help="Decisions per log segment before it rotates.")] = 10_000,
     segment_age: Annotated[float, typer.Option(min=0.1, help="Seconds before an open segment rotates.")] = 30.0,
     compact_every: Annotated[float, typer.Option(min=0.1, help="Seconds between compactions of closed segments into the store.")] = 30.0,
+    backlog_segments: Annotated[int, typer.Option(min=1, help="More closed segments waiting than this (decision and outcome "
+                                                             "logs) moves the compactor from niceness 19 to normal priority.")] = 20,
+    backlog_age: Annotated[float, typer.Option(min=1, help="A closed segment waiting longer than this (seconds) does too.")] = 120.0,
     policy_root: Annotated[Path | None, typer.Option(help="Reload serves only policy directories inside it; default: the --policy's parent.")] = None,
     request_memory_mb: Annotated[float, typer.Option(min=1, help="Memory for remembered request ids and their answers (MiB).")] = 64,
     shutdown_timeout: Annotated[float, typer.Option(min=1, help="Seconds a graceful shutdown waits for requests in flight.")] = 10,
@@ -988,7 +991,7 @@ def serve(
     config = ServiceConfig(spec=loaded, spec_path=spec.resolve(), policy_dir=policy.resolve(), store_dir=store.resolve(),
                            log_dir=(log_dir or store.parent / f"{store.name}-log").resolve(), token=os.environ.get(TOKEN_ENV) or None,
                            fsync=fsync.value, segment_records=segment_records, segment_age_s=segment_age,
-                           compact_every_s=compact_every, logging=logging, policy_root=policy_root.resolve() if policy_root else None,
+                           compact_every_s=compact_every, backlog_segments=backlog_segments, backlog_age_s=backlog_age, logging=logging, policy_root=policy_root.resolve() if policy_root else None,
                            request_memory_bytes=int(request_memory_mb * 2**20), limits=Limits(shutdown_s=shutdown_timeout, header_timeout_s=header_timeout,
                                                                                      body_timeout_s=body_timeout))
     service = Service(config)
@@ -997,7 +1000,7 @@ def serve(
               + (f" ({health['reason']})" if health["reason"] else ""))
     if service.recovered is not None and service.recovered.segments:
         r = service.recovered
-        err.print(f"recovered {r.segments} decision log segments of stopped workers ({r.records} decisions; {r.torn_bytes} bytes of a torn last record set aside)")
+        err.print(f"recovered {r.segments} log segments of stopped workers ({r.records} decisions and outcome rows; {r.torn_bytes} bytes of a torn last record set aside)")
     application = create_app(service)
     settle_heap()
     run(application, host, port, config.limits)
@@ -1014,8 +1017,11 @@ def compact(
     follow: Annotated[bool, typer.Option(help="Stay up: compact on each line read from standard input and answer with "
                                               "one JSON line ({segments, rows, error}); stop at end of input. "
                                               "The service runs its compactor this way.")] = False,
+    pass_segments: Annotated[int, typer.Option(min=1, help="With --follow: at most this many closed segments of each log "
+                                                           "per request (a bounded pass; the service asks again).")] = 50,
 ) -> None:
-    """Move the closed decision log segments into the store's decisions table (safe to run again)."""
+    """Move the closed decision log segments into the store's decisions table, and the closed outcome log
+    segments into its outcome tables (safe to run again)."""
     if nice and hasattr(os, "nice"):
         os.nice(nice)
     from drivetrain.data import open_store
@@ -1027,18 +1033,23 @@ def compact(
     target = open_store(store, loaded, create=True)
     recovered = recover(log_dir)
 
-    def compact_all() -> tuple[int, int]:
+    def compact_all(limit: int = 200, passes: int | None = None) -> tuple[int, int]:
         segments = rows = 0
-        while (report := compact_log(target, log_dir)).segments:
-            segments, rows = segments + report.segments, rows + report.rows
-            if report.ingest is not None and not follow:
-                console.print(f"{report.segments} segments: {report.ingest.summary()}")
+        while (report := compact_log(target, log_dir, limit=limit)).segments or report.outcome_segments:
+            segments, rows = segments + report.segments + report.outcome_segments, rows + report.rows
+            if not follow:
+                for n, kind, ingest in ((report.segments, "", report.ingest), (report.outcome_segments, "outcome log ", report.outcomes)):
+                    if ingest is not None:
+                        console.print(f"{n} {kind}segments: {ingest.summary()}")
+            passes = None if passes is None else passes - 1
+            if passes == 0:
+                break
         return segments, rows
 
     if follow:
         for _ in sys.stdin:  # one request per line; the service closing the pipe (or dying) ends the loop
             try:
-                segments, rows = compact_all()
+                segments, rows = compact_all(pass_segments, passes=1)
                 answer: dict[str, object] = {"segments": segments, "rows": rows, "error": None}
             except Exception as exc:  # noqa: BLE001 - the segments stay in the log; report it and serve the next request
                 traceback.print_exc(file=sys.stderr)

@@ -313,7 +313,7 @@ def _serve(twin: NBOOTwin, out: Path, console: Console, users: int = 1500) -> No
     finally:
         service.stop(signal.SIGTERM)  # the service never outlives the demo, whatever happened
     store = ParquetStore(service.store, spec)
-    while compact(store, service.log_dir).segments:
+    while (compacted := compact(store, service.log_dir)).segments or compacted.outcome_segments:  # decisions, then outcomes
         pass
     as_of = pd.Timestamp(decided["decided_at"].max()).to_pydatetime() + spec.horizon + spec.settle + timedelta(days=2)
     _, report = training_table(store, as_of)

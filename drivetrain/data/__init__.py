@@ -12,7 +12,7 @@ from drivetrain.data._baselines import (
 )
 from drivetrain.data._context import NULL_TEXT, check_context, check_contexts
 from drivetrain.data._definitions import ParityReport, derived_features, measure_parity, rebuild_features
-from drivetrain.data._ingest import IngestReport, ingest_decisions, ingest_outcomes
+from drivetrain.data._ingest import IngestReport, OutcomeCheck, check_outcomes, ingest_decisions, ingest_outcomes
 from drivetrain.data._ingest_log import UndoReport, ingest_history, new_ingest_id, undo_ingest
 from drivetrain.data._join import JoinReport, training_table
 from drivetrain.data._personal import (
@@ -73,6 +73,8 @@ __all__ = [
     "QUARANTINE_SCHEMA",
     "TABLES",
     "IngestReport",
+    "OutcomeCheck",
+    "check_outcomes",
     "ParityReport",
     "JoinReport",
     "MemoryStore",

@@ -24,19 +24,32 @@ from drivetrain.spec import format_duration
 __all__ = ["attribute_pending"]
 
 
-def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = None) -> tuple[int, int, int]:
+def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = None,
+                      arrivals: pa.Table | None = None) -> tuple[int, int, int]:
     """Attribute waiting outcomes to decisions; quarantine those that have waited in the store (since
     ``ingested_at``) longer than ``grace`` (default: the horizon).
 
     Returns (attributed, still waiting, moved to quarantine). Call it holding ``store.writing()``. An
     outcome keeps the ``ingest_id`` of the ingest that brought it, wherever it goes.
-    """
+
+    ``arrivals``: outcomes just accepted, not in the store yet (an outcome ingest). Only they are
+    attributed; those no decision claims are appended to ``outcomes_pending``, which is not rewritten
+    (a waiting outcome can only be claimed once a decision arrives: decision ingests retry the whole
+    table). Without ``arrivals`` the whole ``outcomes_pending`` is retried and rewritten; a waiting row
+    whose event is already in ``outcomes`` (a pass cut short between its writes) leaves it, and a row
+    there twice (a rewrite cut short) is kept once: each outcome is counted once."""
     spec = store.spec
     grace = spec.horizon if grace is None else grace
     horizon_us = int(spec.horizon.total_seconds() * 1_000_000)
+    # the whole table: a row whose event is attributed already, or a second copy of a row (a rewrite cut
+    # short after its new file, before it deleted the old ones), is dropped from it
+    source = ("(SELECT * FROM outcomes_pending QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY ingested_at) = 1)"
+              if arrivals is None else "_arrivals")
+    stale = ("EXISTS (SELECT 1 FROM outcomes o WHERE o.event_id = w.event_id)" if arrivals is None else "false")
     table = store.arrow(
         f"""
-        WITH p AS (SELECT * FROM outcomes_pending),
+        WITH w AS (SELECT *, {stale} AS _stale FROM {source} w),
+        p AS (SELECT * EXCLUDE (_stale) FROM w WHERE NOT _stale),
         by_request AS (
             SELECT p.event_id, d.request_id AS claim, d.unit_id AS decision_unit, 'request' AS how
             FROM p JOIN decisions d ON p.request_id = d.request_id
@@ -48,13 +61,16 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
             WHERE epoch_us(p.occurred_at) < epoch_us(d.decided_at) + {horizon_us}
         ),
         claims AS (SELECT * FROM by_request UNION ALL SELECT * FROM by_unit)
-        SELECT p.*, c.claim, c.decision_unit, c.how FROM p LEFT JOIN claims c USING (event_id)
-        ORDER BY p.received_at, p.event_id
-        """
+        SELECT w.*, c.claim, c.decision_unit, c.how FROM w LEFT JOIN claims c USING (event_id)
+        ORDER BY w.received_at, w.event_id
+        """,
+        None if arrivals is None else {"_arrivals": arrivals},
     )
+    columns, schema = [*OUTCOME_SCHEMA.names, INGEST_ID], OUTCOME_SCHEMA.append(pa.field(INGEST_ID, pa.string()))
     if table.num_rows == 0:
         return 0, 0, 0
     frame = table.to_pandas()
+    frame = frame[~frame.pop("_stale").to_numpy(dtype=bool)]  # attributed already: leaves the pending table
     claimed = frame["claim"].notna().to_numpy()
     unit_given = frame["unit_id"].notna().to_numpy()
     mismatch = claimed & unit_given & (frame["unit_id"] != frame["decision_unit"]).to_numpy()
@@ -65,7 +81,6 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
     done = frame[ok].copy()
     done["request_id"] = done["claim"]
     done["attribution"] = done["how"]
-    columns, schema = [*OUTCOME_SCHEMA.names, INGEST_ID], OUTCOME_SCHEMA.append(pa.field(INGEST_ID, pa.string()))
     store.append("outcomes", pa.Table.from_pandas(done[columns], schema=schema, preserve_index=False))
     bad = frame[to_quarantine]
     reasons = [
@@ -83,6 +98,9 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
     quarantine(store, "outcomes", "attribution", np.zeros(len(bad), dtype=np.int64), list(bad["event_id"]), reasons,
                 payloads(bad[payload_cols], np.arange(len(bad)), spec, None), now,
                 [None if _isnull(i) else str(i) for i in bad[INGEST_ID]], per_ingest=True)
-    waiting = frame[~ok & ~to_quarantine]
-    store.replace("outcomes_pending", pa.Table.from_pandas(waiting[columns], schema=schema, preserve_index=False))
-    return int(ok.sum()), len(waiting), int(to_quarantine.sum())
+    waiting = pa.Table.from_pandas(frame[~ok & ~to_quarantine][columns], schema=schema, preserve_index=False)
+    if arrivals is None:
+        store.replace("outcomes_pending", waiting)
+    else:
+        store.append("outcomes_pending", waiting)
+    return int(ok.sum()), waiting.num_rows, int(to_quarantine.sum())

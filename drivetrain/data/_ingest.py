@@ -41,7 +41,7 @@ from drivetrain.data._store import Store
 from drivetrain.errors import DataError, UsageError
 from drivetrain.spec import Spec
 
-__all__ = ["IngestReport", "ingest_decisions", "ingest_outcomes"]
+__all__ = ["IngestReport", "OutcomeCheck", "check_outcomes", "ingest_decisions", "ingest_outcomes"]
 
 
 @dataclass(frozen=True)
@@ -147,20 +147,9 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     """Shared tail of both ingests: de-duplicate, quarantine, return the rows to store (with their
     ``ingest_id``), the report, and per row whether it is stored (accepted or a duplicate) or rejected."""
     numbers = raw.numbers()
-    valid = reason == None  # noqa: E711
     fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
     keys = clean[key].to_numpy()
-    valid_idx = np.flatnonzero(valid)
-    duplicate = np.zeros(len(clean), dtype=bool)
-    if valid_idx.size:
-        codes, _ = pd.factorize(keys[valid_idx])
-        _, first_of_code = np.unique(codes, return_index=True)
-        firsts = valid_idx[first_of_code[codes]]
-        later = firsts != valid_idx
-        same = fingerprint[valid_idx] == fingerprint[firsts]
-        duplicate[valid_idx[later & same]] = True
-        for i, j in zip(valid_idx[later & ~same], firsts[later & ~same], strict=True):
-            reason[i] = f"`{key}` repeats an earlier row of this file with different values, got {keys[i]!r} (first in row {numbers[j]})"
+    duplicate = _repeats(clean, reason, key, compare, numbers, fingerprint)
     fresh = np.flatnonzero((reason == None) & ~duplicate)  # noqa: E711
     if fresh.size:
         stored = existing(clean.iloc[fresh][[key]])
@@ -199,6 +188,29 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
         ingest_id=ingest_id,
     )
     return clean.iloc[np.flatnonzero(accept)].assign(**{INGEST_ID: ingest_id}), report, accept | duplicate, reason != None  # noqa: E711
+
+
+def _repeats(clean: pd.DataFrame, reason: np.ndarray, key: str, compare: list[str], numbers: np.ndarray,
+             fingerprint: np.ndarray | None = None) -> np.ndarray:
+    """Which valid rows repeat an earlier valid row of the batch exactly (duplicates); a later row whose
+    ``key`` an earlier one has with other values gets a reason in ``reason`` (changed in place)."""
+    keys = clean[key].to_numpy()
+    valid_idx = np.flatnonzero(reason == None)  # noqa: E711
+    duplicate = np.zeros(len(clean), dtype=bool)
+    if valid_idx.size:
+        codes, _ = pd.factorize(keys[valid_idx])
+        _, first_of_code = np.unique(codes, return_index=True)
+        firsts = valid_idx[first_of_code[codes]]
+        later = firsts != valid_idx
+        if not later.any():  # no key repeats: nothing to compare
+            return duplicate
+        if fingerprint is None:
+            fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
+        same = fingerprint[valid_idx] == fingerprint[firsts]
+        duplicate[valid_idx[later & same]] = True
+        for i, j in zip(valid_idx[later & ~same], firsts[later & ~same], strict=True):
+            reason[i] = f"`{key}` repeats an earlier row of this file with different values, got {keys[i]!r} (first in row {numbers[j]})"
+    return duplicate
 
 
 def _release(store: Store, raw: RawRows, report: IngestReport, stored: np.ndarray, rejected: np.ndarray,
@@ -316,14 +328,8 @@ def ingest_decisions(store: Store, raw: RawRows, *, clock: Clock | None = None, 
     return report
 
 
-def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, grace: timedelta | None = None,
-                    ingest_id: str | None = None) -> IngestReport:
-    """Check, de-duplicate and attribute outcome rows; unclaimed ones wait in ``outcomes_pending``. Every
-    stored row carries ``ingest_id`` (default: a new one), by which the ingest is undone."""
-    spec = store.spec
-    clock = clock or SystemClock()
-    now = clock.now()
-    ingest_id = ingest_id or new_ingest_id(now)
+def _outcome_rows(spec: Spec, raw: RawRows, now: datetime) -> tuple[_Rows, pd.DataFrame]:
+    """The outcome rows as the store keeps them, and the checks' verdict per row (``rows.reason``)."""
     for col in ("event_id", "occurred_at", "component", "value"):
         if col not in raw.frame.columns and len(raw.frame):
             raise DataError(f"outcomes must have a `{col}` column, got columns {list(raw.frame.columns)}")
@@ -365,7 +371,53 @@ def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, g
             "ingested_at": pd.Series(pd.Timestamp(now), index=rows.frame.index).astype("datetime64[us, UTC]"),
         }
     )
-    compare = ["event_id", "request_id", "unit_id", "occurred_at", "component", "value"]
+    return rows, frame
+
+
+#: The outcome columns two rows with one ``event_id`` must agree on to be the same event.
+_OUTCOME_COMPARE = ["event_id", "request_id", "unit_id", "occurred_at", "component", "value"]
+
+
+@dataclass(frozen=True)
+class OutcomeCheck:
+    """What the checks of an outcome ingest say of rows before any store is read: ``accepted`` rows pass
+    every check and repeat no earlier row of the batch, ``duplicates`` repeat one exactly,
+    ``quarantined`` break a check (or reuse an earlier row's ``event_id`` with other values). An ingest
+    of the rows may still find some of the accepted ones stored already (duplicates) or stored with other
+    values (quarantined)."""
+
+    rows_in: int
+    accepted: int
+    duplicates: int
+    quarantined: int
+    reasons: dict[str, int]
+
+
+def check_outcomes(spec: Spec, raw: RawRows, *, now: datetime) -> OutcomeCheck:
+    """The checks of :func:`ingest_outcomes` on ``raw`` alone (no store): what an ingest of it will at
+    most accept. Raises :class:`DataError` as the ingest does for a missing column."""
+    rows, frame = _outcome_rows(spec, raw, now)
+    reason = rows.reason
+    duplicate = _repeats(frame, reason, "event_id", _OUTCOME_COMPARE, raw.numbers())
+    bad = [str(r) for r in reason if r is not None] + [u[2] for u in raw.unreadable]
+    return OutcomeCheck(rows_in=raw.rows_in, accepted=int(((reason == None) & ~duplicate).sum()),  # noqa: E711
+                        duplicates=int(duplicate.sum()), quarantined=len(bad), reasons=reason_counts(bad))
+
+
+def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, grace: timedelta | None = None,
+                    ingest_id: str | None = None) -> IngestReport:
+    """Check, de-duplicate and attribute outcome rows; unclaimed ones wait in ``outcomes_pending``. Every
+    stored row carries ``ingest_id`` (default: a new one), by which the ingest is undone.
+
+    Only the new rows are attributed, and only they are appended: no table is rewritten (the waiting
+    ones are retried when decisions arrive), unless waiting outcomes are due for quarantine (older than
+    the grace period), when ``outcomes_pending`` is retried whole."""
+    spec = store.spec
+    clock = clock or SystemClock()
+    now = clock.now()
+    ingest_id = ingest_id or new_ingest_id(now)
+    rows, frame = _outcome_rows(spec, raw, now)
+    compare = _OUTCOME_COMPARE
     ignored = tuple(c for c in raw.frame.columns if c not in OUTCOME_SCHEMA.names and c not in RELEASE_COLUMNS)
 
     def existing(keys: pd.DataFrame) -> pd.DataFrame:
@@ -374,12 +426,20 @@ def ingest_outcomes(store: Store, raw: RawRows, *, clock: Clock | None = None, g
         found["request_id"] = found["request_id"].where(found["attribution"] == "request", None)
         return pd.concat([found, _existing(store, "outcomes_pending", "event_id", keys)], ignore_index=True)
 
+    grace = spec.horizon if grace is None else grace
     with store.writing():
         accepted, report, stored, rejected = _ingest(store, raw, "outcomes", "event_id", frame, rows.reason, compare, existing,
                                                      now, None, ingest_id)
-        store.append("outcomes_pending", pa.Table.from_pandas(accepted, schema=_with_ingest_id(OUTCOME_SCHEMA), preserve_index=False))
+        arrivals = pa.Table.from_pandas(accepted, schema=_with_ingest_id(OUTCOME_SCHEMA), preserve_index=False)
+        attributed, _, rejects = attribute_pending(store, now=now, grace=grace, arrivals=arrivals)
         report = _release(store, raw, report, stored, rejected, now)
-        attributed, waiting, rejects = attribute_pending(store, now=now, grace=grace)
+        due = pd.Timestamp(now) - pd.Timedelta(grace)
+        pending = store.arrow(f"SELECT count(*) AS n, count(*) FILTER (WHERE ingested_at < TIMESTAMPTZ '{due.isoformat()}') AS due "
+                              "FROM outcomes_pending").to_pylist()[0]
+        waiting = int(pending["n"])
+        if pending["due"]:
+            more, waiting, expired = attribute_pending(store, now=now, grace=grace)
+            attributed, rejects = attributed + more, rejects + expired
         report = replace(report, attributed=attributed, waiting=waiting, attribution_rejects=rejects, ignored_columns=ignored)
         record_ingest(store, report, now)
     return report

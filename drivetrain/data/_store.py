@@ -20,7 +20,7 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -67,7 +67,9 @@ class Store(Protocol):
 
     def query(self, sql: str) -> pd.DataFrame: ...
 
-    def arrow(self, sql: str) -> pa.Table: ...
+    def arrow(self, sql: str, tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
+        """The result of ``sql`` over the store's tables and ``tables`` (Arrow tables under their names)."""
+        ...
 
     def count(self, table: str) -> int: ...
 
@@ -141,8 +143,10 @@ class _SqlStore:
         con.register(f"_{table}_empty", empty)
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
 
-    def arrow(self, sql: str) -> pa.Table:
+    def arrow(self, sql: str, tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
         with self._connection() as con:
+            for name, rows in (tables or {}).items():
+                con.register(name, rows)
             return _fetch(con, sql)
 
     def query(self, sql: str) -> pd.DataFrame:

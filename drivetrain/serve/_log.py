@@ -30,27 +30,32 @@ the store's new files (and their directories) before it deletes the segments the
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+import pyarrow as pa
 
 from drivetrain.clock import Clock, SystemClock
-from drivetrain.data import IngestReport, PersonalKey, RawRows, Store, ingest_decisions
+from drivetrain.data import IngestReport, PersonalKey, RawRows, Store, ingest_decisions, ingest_outcomes
 from drivetrain.errors import UsageError
 
-__all__ = ["CompactionReport", "DecisionLog", "RecoveryReport", "compact", "read_segments", "recover"]
+__all__ = ["OUTCOME_LOG", "CompactionReport", "DecisionLog", "RecoveryReport", "compact", "read_segments", "recover"]
 
 FsyncPolicy = Literal["always", "rotate", "never"]
 OPEN, CLOSED, CREATING = ".open.jsonl", ".closed.jsonl", ".creating"
+#: The subdirectory of the log directory that holds the outcome log: segments of posted outcome rows,
+#: with the decision segments' life cycle, folded into the store by the same compaction.
+OUTCOME_LOG = "outcomes"
 #: Age after which a private file of a segment being created is taken for one whose worker died creating it.
 STALE_CREATING_S = 60.0
 
@@ -105,10 +110,21 @@ class DecisionLog:
         self._count = 0
         self._opened = time.monotonic()
 
+    @property
+    def pending(self) -> bool:
+        """Whether the open segment holds records (a rotation would close a non-empty segment)."""
+        return self._fd is not None and self._count > 0
+
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one decision (a decisions-table row) as one line with one ``write`` call. A failure
         (disk full, a segment gone) raises, and the next append starts a new segment."""
-        line = (json.dumps(record, default=_default, allow_nan=False, separators=(",", ":")) + "\n").encode()
+        self.append_many([record])
+
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Write records as one line each, all with one ``write`` call (a batch of outcomes)."""
+        if not records:
+            return
+        line = b"".join((json.dumps(r, default=_default, allow_nan=False, separators=(",", ":")) + "\n").encode() for r in records)
         with self._lock:
             if self._fd is None:
                 self._open()
@@ -123,7 +139,7 @@ class DecisionLog:
             except OSError:
                 self._abandon()
                 raise
-            self._count += 1
+            self._count += len(records)
             if self._count >= self.max_records or time.monotonic() - self._opened >= self.max_age_s:
                 self._rotate()
 
@@ -251,12 +267,16 @@ def _take(path: Path) -> int | None:
 
 def recover(directory: str | Path) -> RecoveryReport:
     """Close the open segments of workers that are gone (their lock is free), repairing a torn tail; remove
-    the empty private files of workers that died while creating a segment (older than a minute). Safe to run at any moment,
+    the empty private files of workers that died while creating a segment (older than a minute); the
+    same in the outcome log (``<directory>/outcomes``). Safe to run at any moment,
     from any number of processes, beside live workers and compactions."""
     directory = Path(directory)
     segments = records = torn = 0
     if not directory.is_dir():
         return RecoveryReport(0, 0, 0)
+    if directory.name != OUTCOME_LOG and (directory / OUTCOME_LOG).is_dir():
+        outcomes = recover(directory / OUTCOME_LOG)
+        segments, records, torn = outcomes.segments, outcomes.records, outcomes.torn_bytes
     for path in sorted(directory.glob(f"*{OPEN}")):
         fd = _take(path)
         if fd is None:
@@ -283,11 +303,15 @@ def recover(directory: str | Path) -> RecoveryReport:
 
 @dataclass(frozen=True)
 class CompactionReport:
-    """What a compaction moved: segments, the decision rows read, and the ingest's own report."""
+    """What a compaction moved: decision segments, the decision rows read, and their ingest's report; the
+    same for the outcome log's segments."""
 
     segments: int
     rows: int
     ingest: IngestReport | None
+    outcome_segments: int = 0
+    outcome_rows: int = 0
+    outcomes: IngestReport | None = None
 
 
 def read_segments(paths: list[Path]) -> tuple[pd.DataFrame, tuple[tuple[int, str, str], ...]]:
@@ -335,36 +359,80 @@ def _sync_new_files(before: dict[Path, int], after: dict[Path, int]) -> None:
         _fsync_directory(directory)
 
 
+def _closed(directory: Path, limit: int) -> list[Path]:
+    """Up to ``limit`` closed segments, oldest first, their torn tails (a machine crash) cut off."""
+    paths = sorted(directory.glob(f"*{CLOSED}"))[:limit]
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                _repair(path, fd)
+        finally:
+            os.close(fd)
+    return paths
+
+
+def _fold_id(paths: list[Path]) -> str:
+    """The ingest id of a fold of outcome segments, the same each time the same segments are folded: the
+    first segment's creation time (in its name) and a digest of the names."""
+    try:
+        created = datetime.fromtimestamp(int(paths[0].name.rsplit("-", 2)[1]) / 1e9, tz=UTC)
+    except (IndexError, ValueError):
+        created = datetime.fromtimestamp(paths[0].stat().st_mtime, tz=UTC)
+    digest = hashlib.sha256("\n".join(p.name for p in paths).encode()).hexdigest()[:8]
+    return f"{created.strftime('%Y%m%dT%H%M%SZ')}-{digest}"
+
+
+def _delete(paths: list[Path], directory: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+    _fsync_directory(directory)
+
+
 def compact(store: Store, directory: str | Path, *, clock: Clock | None = None, limit: int = 200,
             pii_key: PersonalKey | None = None) -> CompactionReport:
-    """Ingest up to ``limit`` closed segments into the store's decisions table, make the store's new files
-    durable, then delete the segments. ``pii_key``: the key of the personal-data hash (default: the one in
-    the environment)."""
+    """Ingest up to ``limit`` closed segments into the store's decisions table, then up to ``limit``
+    closed segments of the outcome log into its outcome tables (decisions first, so that outcomes find
+    them); make the store's new files durable, then delete the segments. ``pii_key``: the key of the
+    personal-data hash (default: the one in the environment).
+
+    A fold of outcome segments is done once: its ingest id is derived from the segments' names, and
+    segments whose ingest the store has recorded are deleted without a second ingest (a compaction cut
+    short after the store took them); one cut short before that ingests them again, which the store's
+    de-duplication on ``event_id`` makes harmless."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    clock = clock or SystemClock()
     with (directory / ".compact.lock").open("a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one compaction at a time per log, across processes
-        paths = sorted(directory.glob(f"*{CLOSED}"))[:limit]
-        if not paths:
-            return CompactionReport(0, 0, None)
-        for path in paths:  # a machine crash can also tear a closed segment's tail
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    _repair(path, fd)
-            finally:
-                os.close(fd)
-        frame, unreadable = read_segments(paths)
-        frame = frame.drop(columns=["request_digest"], errors="ignore")  # the service's own, for retries
-        raw = RawRows(frame, unreadable, f"decision-log:{paths[0].name}..{paths[-1].name}")
-        before = _store_files(store)
-        report = ingest_decisions(store, raw, clock=clock or SystemClock(), pii_key=pii_key)
-        _sync_new_files(before, _store_files(store))
-        for path in paths:
-            path.unlink(missing_ok=True)
-        _fsync_directory(directory)
-    return CompactionReport(len(paths), len(frame) + len(unreadable), report)
+        paths = _closed(directory, limit)
+        report: IngestReport | None = None
+        rows = 0
+        if paths:
+            frame, unreadable = read_segments(paths)
+            frame = frame.drop(columns=["request_digest"], errors="ignore")  # the service's own, for retries
+            raw = RawRows(frame, unreadable, f"decision-log:{paths[0].name}..{paths[-1].name}")
+            before = _store_files(store)
+            report = ingest_decisions(store, raw, clock=clock, pii_key=pii_key)
+            _sync_new_files(before, _store_files(store))
+            _delete(paths, directory)
+            rows = len(frame) + len(unreadable)
+        outcome_dir = directory / OUTCOME_LOG
+        found = _closed(outcome_dir, limit) if outcome_dir.is_dir() else []
+        folded: IngestReport | None = None
+        outcome_rows = 0
+        if found:
+            fold_id = _fold_id(found)
+            frame, unreadable = read_segments(found)
+            outcome_rows = len(frame) + len(unreadable)
+            if not store.lookup("ingests", "ingest_id", pa.table({"ingest_id": [fold_id]})).num_rows:
+                raw = RawRows(frame, unreadable, f"outcome-log:{found[0].name}..{found[-1].name}")
+                before = _store_files(store)
+                folded = ingest_outcomes(store, raw, clock=clock, ingest_id=fold_id)
+                _sync_new_files(before, _store_files(store))
+            _delete(found, outcome_dir)
+    return CompactionReport(len(paths), rows, report, len(found), outcome_rows, folded)

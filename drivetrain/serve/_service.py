@@ -12,12 +12,13 @@ import contextlib
 import gc
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,11 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from drivetrain.clock import Clock, SystemClock
-from drivetrain.data import RawRows, Store, ingest_outcomes, open_store
+from drivetrain.data import RawRows, Store, check_outcomes, ingest_outcomes, open_store
 from drivetrain.errors import ConflictError
 from drivetrain.serve._decider import Decider, Decision
 from drivetrain.serve._http import Limits
-from drivetrain.serve._log import CLOSED, DecisionLog, FsyncPolicy, read_segments, recover
+from drivetrain.serve._log import CLOSED, OUTCOME_LOG, DecisionLog, FsyncPolicy, read_segments, recover
 from drivetrain.serve._requests import RequestMemory, answer_json, request_digest
 from drivetrain.spec import Spec
 
@@ -44,7 +45,7 @@ _ENTRY_BYTES = 400
 
 
 class LogUnavailable(Exception):
-    """The decision could not be logged, so it is not answered (a 503: the client retries)."""
+    """The decision (or the outcomes) could not be logged, so it is not answered (a 503: the client retries)."""
 
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -67,6 +68,10 @@ class ServiceConfig:
     request_memory_bytes: int = REQUEST_MEMORY_BYTES
     policy_root: Path | None = None  # reload refuses a directory outside it; default: the --policy's parent
     backlog_limit_s: float = 600.0  # not ready when a closed segment waits longer while compactions fail
+    # the compactor runs at niceness 19 until more closed segments than this wait, or one has waited longer:
+    # then at normal priority until the backlog is down to half of it (docs/serving.md, Compaction)
+    backlog_segments: int = 20
+    backlog_age_s: float = 120.0
     limits: Limits = Limits()
 
 
@@ -88,6 +93,13 @@ class Metrics:
                                      registry=self.registry)
         self.oldest_segment = Gauge("drivetrain_log_oldest_closed_segment_age_seconds",
                                     "Age of the oldest closed segment waiting for compaction (0 when none)", registry=self.registry)
+        self.outcome_segments = Gauge("drivetrain_outcome_log_closed_segments",
+                                      "Closed outcome log segments waiting to be folded into the store", registry=self.registry)
+        self.compactor_normal = Gauge("drivetrain_compactor_normal_priority",
+                                      "1 while the compactor runs at normal priority (the backlog is over its bound)",
+                                      registry=self.registry)
+        self.escalations = Counter("drivetrain_compactor_escalations",
+                                   "Times a backlog over its bound moved compaction to normal priority", registry=self.registry)
         self.pending_outcomes = Gauge("drivetrain_outcomes_pending", "Outcome rows waiting for their decision in the store",
                                       registry=self.registry)
         self.remembered = Gauge("drivetrain_request_memory_bytes", "Bytes of remembered request ids and their answers",
@@ -139,6 +151,11 @@ class Service:
         self.recovered = recover(config.log_dir) if config.logging else None
         self.log = DecisionLog(config.log_dir, fsync=config.fsync, max_records=config.segment_records,
                                max_age_s=config.segment_age_s) if config.logging else None
+        # posted outcomes are appended here and folded into the store by the compactor
+        self.outcome_log = DecisionLog(config.log_dir / OUTCOME_LOG, worker=self.log.worker, fsync=config.fsync,
+                                       max_records=config.segment_records, max_age_s=config.segment_age_s) if self.log else None
+        self._compactor_nice = 19  # the niceness of the running compactor
+        self._more = False  # the last compaction moved segments: more may wait beyond its bounded pass
         self._reload_lock = threading.Lock()
         self._store: Store | None = None
         self._compactor: asyncio.subprocess.Process | None = None
@@ -253,16 +270,36 @@ class Service:
         return self._store
 
     def outcomes(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        frame = pd.DataFrame(rows)
-        report = ingest_outcomes(self.store, RawRows(frame, (), "http:/v1/outcomes"), clock=self.clock)
-        self.metrics.outcomes.labels("accepted").inc(report.accepted)
-        self.metrics.outcomes.labels("duplicate").inc(report.duplicates)
-        self.metrics.outcomes.labels("quarantined").inc(report.quarantined)
-        return {
-            "rows": report.rows_in, "accepted": report.accepted, "duplicates": report.duplicates,
-            "quarantined": report.quarantined, "waiting": report.waiting,
-            "attributed": report.attributed, "reasons": dict(report.reasons),
-        }
+        """Check posted outcome rows and append them to the outcome log (one write; no store is read or
+        written): the compactor folds them into the store, where they are de-duplicated on ``event_id``
+        and attributed. Rows that break a check are logged too, and quarantined with their reason when
+        folded. Without a log (``logging`` off) the rows are ingested into the store at once."""
+        if self.outcome_log is None:
+            report = ingest_outcomes(self.store, RawRows(pd.DataFrame(rows), (), "http:/v1/outcomes"), clock=self.clock)
+            self._count_outcomes(report.accepted, report.duplicates, report.quarantined)
+            return {"rows": report.rows_in, "accepted": report.accepted, "duplicates": report.duplicates,
+                    "quarantined": report.quarantined, "waiting": report.waiting, "attributed": report.attributed,
+                    "reasons": dict(report.reasons)}
+        now = self.clock.now()
+        arrived = now.isoformat()
+        # a value JSON cannot carry (NaN, Infinity) is logged as its text, which the checks refuse alike
+        rows = [{**{k: repr(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()},
+                 "received_at": row.get("received_at") or arrived} for row in rows]
+        check = check_outcomes(self.config.spec, RawRows(pd.DataFrame(rows), (), "http:/v1/outcomes"), now=now)
+        try:
+            self.outcome_log.append_many(rows)
+        except OSError as error:
+            self.metrics.errors.labels("/v1/outcomes", "log").inc()
+            print(f"outcomes could not be logged, so they were not acknowledged: {error!r}", file=sys.stderr, flush=True)
+            raise LogUnavailable(f"the outcomes could not be logged ({type(error).__name__}); post them again") from None
+        self._count_outcomes(check.accepted, check.duplicates, check.quarantined)
+        return {"rows": check.rows_in, "accepted": check.accepted, "duplicates": check.duplicates,
+                "quarantined": check.quarantined, "waiting": check.accepted, "attributed": 0, "reasons": dict(check.reasons)}
+
+    def _count_outcomes(self, accepted: int, duplicates: int, quarantined: int) -> None:
+        self.metrics.outcomes.labels("accepted").inc(accepted)
+        self.metrics.outcomes.labels("duplicate").inc(duplicates)
+        self.metrics.outcomes.labels("quarantined").inc(quarantined)
 
     # ------------------------------------------------------------------ admin
     @property
@@ -330,18 +367,18 @@ class Service:
             reasons.append(f"degraded: {self.decider.degraded_reason}")
         if self.log_error is not None:
             reasons.append(f"the decision log cannot be written: {self.log_error}")
-        oldest = self._backlog()[1]
+        oldest = self.backlog()[2]
         if self.compaction_error is not None and oldest is not None and oldest > self.config.backlog_limit_s:
             reasons.append(f"compaction fails ({self.compaction_error}) and a closed segment has waited {oldest:.0f} s "
                            f"(limit {self.config.backlog_limit_s:g} s)")
         return not reasons, reasons
 
-    def _backlog(self) -> tuple[int, float | None]:
-        """(closed segments waiting, age in seconds of the oldest)."""
+    def _backlog(self, directory: Path | None = None) -> tuple[int, float | None]:
+        """(closed segments waiting, age in seconds of the oldest) of the decision log, or of ``directory``."""
         if self.log is None:
             return 0, None
         now, oldest, n = time.time(), None, 0
-        for path in self.config.log_dir.glob(f"*{CLOSED}"):
+        for path in (directory or self.config.log_dir).glob(f"*{CLOSED}"):
             try:
                 age = now - path.stat().st_mtime
             except FileNotFoundError:  # compacted meanwhile
@@ -350,14 +387,28 @@ class Service:
             oldest = age if oldest is None else max(oldest, age)
         return n, oldest
 
+    def backlog(self) -> tuple[int, int, float | None]:
+        """(closed decision segments, closed outcome segments, age in seconds of the oldest of either)."""
+        decisions, oldest = self._backlog()
+        outcomes, oldest_outcome = self._backlog(self.config.log_dir / OUTCOME_LOG)
+        ages = [a for a in (oldest, oldest_outcome) if a is not None]
+        return decisions, outcomes, max(ages) if ages else None
+
+    def over_backlog(self) -> bool:
+        """Whether the backlog is over its bound: more closed segments of both logs than
+        ``backlog_segments``, or one older than ``backlog_age_s``."""
+        decisions, outcomes, oldest = self.backlog()
+        return decisions + outcomes > self.config.backlog_segments or (oldest or 0.0) > self.config.backlog_age_s
+
     def health(self) -> dict[str, Any]:
         d = self.decider
         ready, reasons = self.ready()
-        closed, oldest = self._backlog()
+        closed, outcome_segments, oldest = self.backlog()
         return {"status": "ready" if d.ready else "degraded", "reason": d.degraded_reason,
                 "policy_version": d.version, "logging": self.log is not None, "ready": ready, "live": self.log_error is None,
                 "problems": reasons, "log_error": self.log_error, "compaction_error": self.compaction_error,
-                "closed_segments": closed, "oldest_closed_segment_age_s": oldest}
+                "closed_segments": closed, "closed_outcome_segments": outcome_segments, "oldest_closed_segment_age_s": oldest,
+                "compactor_priority": None if self._compactor is None else "low" if self._compactor_nice else "normal"}
 
     def policy_info(self) -> dict[str, Any]:
         d = self.decider
@@ -380,6 +431,8 @@ class Service:
             if self.log is not None:
                 try:
                     self.log.rotate_if_old()
+                    if self.outcome_log is not None:
+                        self.outcome_log.rotate_if_old()
                 except OSError as failure:
                     self.log_error = f"{type(failure).__name__}: {failure}"
                     self.metrics.live.set(0)
@@ -389,13 +442,14 @@ class Service:
                     self.metrics.errors.labels("decision-log", "fsync").inc()
                     print(f"fsync of a closed decision log segment failed: {error!r}", file=sys.stderr, flush=True)
                 await self._gauge_backlog()
-            if time.monotonic() - last_compact >= self.config.compact_every_s:
+            if time.monotonic() - last_compact >= self.config.compact_every_s or self._more or self.over_backlog():
                 last_compact = time.monotonic()
                 await self.request_compaction()
 
     async def _gauge_backlog(self) -> None:
-        closed, oldest = self._backlog()
+        closed, outcome_segments, oldest = self.backlog()
         self.metrics.closed_segments.set(closed)
+        self.metrics.outcome_segments.set(outcome_segments)
         self.metrics.oldest_segment.set(oldest or 0.0)
         self.metrics.remembered.set(self.requests.bytes)
         try:  # reads the Parquet files' footers: off the event loop
@@ -404,9 +458,20 @@ class Service:
             print(f"counting the pending outcomes failed: {error!r}", file=sys.stderr, flush=True)
 
     async def request_compaction(self) -> bool:
-        """Ask the compactor to run when closed segments wait and it is not busy; start it if it is not up."""
-        if self.log is None or not any(self.config.log_dir.glob("*.closed.jsonl")):
+        """Ask the compactor to run when closed segments wait and it is not busy; start it if it is not up.
+
+        The compactor runs at niceness 19, so that decisions keep the CPU; under sustained load it may then
+        get almost none. When the backlog is over its bound (:meth:`over_backlog`) a niced compactor is
+        stopped (a compaction cut short is safe: it is done again) and one at normal priority takes over,
+        until the backlog is down to half its bound. Returns whether a compaction was asked for."""
+        if self.log is None:
             return False
+        self._more = False
+        if self.outcome_log is not None and self.outcome_log.pending:  # posted outcomes go with this compaction
+            with contextlib.suppress(OSError):  # a failure here is the next append's to report
+                self.outcome_log.rotate()
+        decisions, outcomes, oldest = self.backlog()
+        urgent = self.over_backlog()
         child = self._compactor
         if child is not None and child.returncode is not None:
             if self._reader is not None:
@@ -416,12 +481,28 @@ class Service:
             print(f"the compactor exited with code {child.returncode}; starting another (segments stay in "
                   f"{self.config.log_dir}); its output:\n{self._compact_output()}", file=sys.stderr, flush=True)
             child = self._compactor = None
+        if child is not None and urgent and self._compactor_nice > 0:
+            self.metrics.escalations.inc()
+            print(f"compaction falls behind ({decisions + outcomes} closed segments, the oldest {oldest or 0.0:.0f} s old; "
+                  f"bound {self.config.backlog_segments} segments, {self.config.backlog_age_s:g} s): the compactor "
+                  "runs at normal priority until the backlog is down to half", file=sys.stderr, flush=True)
+            await self._stop_compactor(kill=True)
+            child = None
+        elif (child is not None and self._compactor_nice == 0 and not self._busy and not urgent
+              and decisions + outcomes <= self.config.backlog_segments // 2 and (oldest or 0.0) <= self.config.backlog_age_s / 2):
+            await self._stop_compactor(kill=False)  # caught up: the next one runs niced again
+            child = None
+        if decisions + outcomes == 0:
+            return False
         if child is None:
+            self._compactor_nice = 0 if urgent else 19
             with self._compact_err.open("wb") as err:
                 child = self._compactor = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "drivetrain", "compact", "--spec", str(self.config.spec_path),
-                    "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir), "--nice", "19", "--follow",
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, env=dict(os.environ))
+                    "--store", str(self.config.store_dir), "--log-dir", str(self.config.log_dir),
+                    "--follow", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, env=dict(os.environ),
+                    preexec_fn=_niced(self._compactor_nice))  # niced from its first instruction: its imports too
+            self.metrics.compactor_normal.set(0 if self._compactor_nice else 1)
             self._reader = asyncio.create_task(self._read_answers(child))
             self._busy = False
         if self._busy:
@@ -434,6 +515,24 @@ class Service:
         except (BrokenPipeError, ConnectionResetError):  # it died meanwhile; the next request restarts it
             return False
         return True
+
+    async def _stop_compactor(self, *, kill: bool) -> None:
+        """Stop the compactor: ``kill`` at once (what a compaction cut short leaves is done again), or close
+        its input and let it finish."""
+        child, self._compactor = self._compactor, None
+        if child is None:
+            return
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+        elif child.stdin is not None:
+            child.stdin.close()
+        await child.wait()
+        if self._reader is not None:
+            await self._reader
+            self._reader = None
+        self._busy = False
+        self.metrics.compactor_normal.set(0)
 
     async def _read_answers(self, child: asyncio.subprocess.Process) -> None:
         assert child.stdout is not None
@@ -453,6 +552,7 @@ class Service:
             else:
                 self.compaction_error = None
                 self.metrics.compacted.inc(int(answer.get("rows", 0)))
+            self._more = bool(answer.get("segments"))
         await child.wait()
 
     def _compact_output(self) -> str:
@@ -463,6 +563,8 @@ class Service:
         to finish (one cut short is safe: it runs again at the next start)."""
         if self.log is not None:
             self.log.close()
+        if self.outcome_log is not None:
+            self.outcome_log.close()
         child = self._compactor
         if child is not None and child.returncode is None:
             assert child.stdin is not None
@@ -485,6 +587,16 @@ def _yielding(interval_s: float = 0.0002) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+def _niced(increment: int) -> Callable[[], None] | None:
+    """What a child runs before its program to lower its CPU priority by ``increment`` (None: nothing)."""
+    if not increment:
+        return None
+
+    def lower() -> None:
+        os.nice(increment)
+    return lower
 
 
 def _randomization_change(served: Decider, candidate: Decider) -> str | None:

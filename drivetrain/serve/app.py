@@ -128,11 +128,14 @@ class OutcomesRequest(_Body):
 
 class OutcomesResponse(BaseModel):
     rows: int
-    accepted: int
-    duplicates: int
-    quarantined: int
-    waiting: int
-    attributed: int
+    accepted: Annotated[int, Field(description="Rows that pass every check, logged for the store (the next compaction folds "
+                                               "them in; one whose event_id the store holds already is a duplicate there).")]
+    duplicates: Annotated[int, Field(description="Rows repeating an earlier row of this post exactly.")]
+    quarantined: Annotated[int, Field(description="Rows that break a check; the store's quarantine keeps them with `reasons`.")]
+    waiting: Annotated[int, Field(description="Rows of this post waiting to be attributed to their decision (at the next "
+                                              "compaction).")]
+    attributed: Annotated[int, Field(description="Rows of this post attributed already (0: attribution happens at the "
+                                                 "next compaction).")]
     reasons: dict[str, int]
 
 
@@ -160,7 +163,11 @@ class HealthResponse(BaseModel):
     log_error: str | None
     compaction_error: str | None
     closed_segments: int
+    closed_outcome_segments: Annotated[int, Field(description="Closed outcome log segments waiting to be folded into the store.")] = 0
     oldest_closed_segment_age_s: float | None
+    compactor_priority: Annotated[Literal["low", "normal"] | None, Field(
+        description="The compactor's CPU priority: low (niced), or normal while the backlog is over its bound; null when "
+                    "none runs.")] = None
 
 
 class Detail(BaseModel):
@@ -253,9 +260,12 @@ def create_app(service: Service) -> FastAPI:
         return Response(b'{"decisions":[' + b",".join(decisions) + b"]}", media_type="application/json")
 
     @app.post("/v1/outcomes", response_model=OutcomesResponse, dependencies=[Depends(write_access)],
-              responses={**body_errors, **guarded})
+              responses={**body_errors, **guarded,
+                         503: error("the outcomes could not be logged, so they were not taken; post them again")})
     async def outcomes(body: OutcomesRequest) -> dict[str, Any]:
-        """Outcome events, validated and attributed like `drivetrain ingest`; bad rows are quarantined."""
+        """Outcome events, checked and appended to the outcome log; the compactor folds them into the store,
+        where they are de-duplicated on `event_id` and attributed like `drivetrain ingest` does (posting
+        the same events again stores nothing twice). Rows that break a check are quarantined."""
         rows = [e.model_dump() for e in body.outcomes]
         return await run_in_threadpool(service.outcomes, rows)
 
