@@ -14,7 +14,7 @@ shared machine compare the ratios to the baseline, not the seconds.
 
     python bench/throughput.py                        # fit 100k; decide / optimize 100k and 1M contexts
     python bench/throughput.py --fit-sizes 100000 1000000
-    python bench/throughput.py --quick                # small sizes, for the test suite
+    python bench/throughput.py --quick                # small sizes, every step in one process, for the test suite
 """
 
 from __future__ import annotations
@@ -51,8 +51,15 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: False with --quick: every step runs in this process (a fresh interpreter imports LightGBM, scikit-learn and
+#: SciPy again, about 5 s of CPU each, several times the quick steps themselves); peak memory is then the run's so far.
+FRESH_PROCESSES = True
+
+
 def _in_child(step: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """Run ``step(*args)`` in a fresh process; its result plus that process's peak memory."""
+    if not FRESH_PROCESSES:
+        return _measured(step, *args)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measured, (step, *args))
 
@@ -188,12 +195,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     fit_sizes, context_sizes, trees = (args.fit_sizes, args.contexts, args.trees) if not args.quick else ([3_000], [2_000], 20)
+    global FRESH_PROCESSES  # noqa: PLW0603 - the one switch of the run's mode
+    FRESH_PROCESSES = not args.quick
     try:
         import vowpalwabbit  # noqa: F401
         have_vw = True
     except ImportError:
         have_vw = False
-    print(f"NBOO twin, {args.threads} threads; {_load()}", flush=True)
+    print(f"NBOO twin, {args.threads} threads; {_load()}" + ("" if FRESH_PROCESSES else "; every step in this process (--quick)"),
+          flush=True)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in fit_sizes:

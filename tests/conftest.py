@@ -29,6 +29,16 @@ def nboo_raw() -> dict[str, Any]:
     return yaml.safe_load(NBOO_SPEC.read_text())
 
 
+@pytest.fixture(scope="session")
+def policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two small fitted NBOO policies saved as directories (versions policy-a and policy-b), fitted once a run:
+    the service tests serve them, the soak benchmark's test serves the first."""
+    from tests.serve.service_helpers import fit_policy
+
+    root = tmp_path_factory.mktemp("policies")
+    return fit_policy(root / "a", version="policy-a", seed=3), fit_policy(root / "b", version="policy-b", seed=4)
+
+
 @pytest.fixture
 def raw_spec(nboo_raw: dict[str, Any]) -> dict[str, Any]:
     """A fresh deep copy of the NBOO spec as parsed YAML, to break in a test."""

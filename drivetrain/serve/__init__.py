@@ -1,11 +1,39 @@
-"""The decision service: routes in ``app.py``, logic in the Decider, the durable decision log."""
+"""The decision service: routes in ``app.py``, logic in the Decider, the durable decision log.
 
-from drivetrain.serve._decider import Decider, Decision
-from drivetrain.serve._http import Limits, run
-from drivetrain.serve._log import CompactionReport, DecisionLog, RecoveryReport, compact, read_segments, recover
-from drivetrain.serve._process import ServiceProcess, free_port
-from drivetrain.serve._service import Service, ServiceConfig, settle_heap
-from drivetrain.serve.app import create_app
+Names load on first use: `drivetrain compact` (and the service's own compactor process) needs only the
+decision log and the store, so it does not import the models (LightGBM, scikit-learn, SciPy, numba),
+which took four fifths of its start-up.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from drivetrain.serve._decider import Decider, Decision
+    from drivetrain.serve._http import Limits, run
+    from drivetrain.serve._log import CompactionReport, DecisionLog, RecoveryReport, compact, read_segments, recover
+    from drivetrain.serve._process import ServiceProcess, free_port
+    from drivetrain.serve._service import Service, ServiceConfig, settle_heap
+    from drivetrain.serve.app import create_app
+
+_HOMES = {
+    "Decider": "_decider", "Decision": "_decider",
+    "Limits": "_http", "run": "_http",
+    "CompactionReport": "_log", "DecisionLog": "_log", "RecoveryReport": "_log", "compact": "_log", "read_segments": "_log",
+    "recover": "_log",
+    "ServiceProcess": "_process", "free_port": "_process",
+    "Service": "_service", "ServiceConfig": "_service", "settle_heap": "_service",
+    "create_app": "app",
+}
 
 __all__ = ["CompactionReport", "Decider", "Decision", "DecisionLog", "Limits", "RecoveryReport", "Service", "ServiceConfig",
            "ServiceProcess", "compact", "create_app", "free_port", "read_segments", "recover", "run", "settle_heap"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'drivetrain.serve' has no attribute {name!r}")
+    value = getattr(import_module(f"drivetrain.serve.{home}"), name)
+    globals()[name] = value  # the next use is a plain attribute
+    return value

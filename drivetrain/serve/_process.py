@@ -56,16 +56,17 @@ class ServiceProcess:
             stdout=subprocess.DEVNULL, stderr=stderr.open("wb"), env=env, start_new_session=True)
         service = cls(process, f"http://127.0.0.1:{port}", store, log_dir, stderr)
         end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            if process.poll() is not None:
-                raise UsageError(f"the service exited with code {process.returncode}: {stderr.read_text()[-2000:]}")
-            try:
-                health = httpx.get(f"{service.url}/v1/health", timeout=1.0)
-                if health.status_code == 200 and (not ready or health.json()["status"] == "ready"):
-                    return service
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        with service.client(timeout=1.0) as client:  # one client: each new one loads the CA bundle (tens of ms of CPU)
+            while time.monotonic() < end:
+                if process.poll() is not None:
+                    raise UsageError(f"the service exited with code {process.returncode}: {stderr.read_text()[-2000:]}")
+                try:
+                    health = client.get("/v1/health")
+                    if health.status_code == 200 and (not ready or health.json()["status"] == "ready"):
+                        return service
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
         service.stop(signal.SIGKILL)
         raise UsageError(f"the service must answer /v1/health within {deadline_s:g}s, got no answer: {stderr.read_text()[-2000:]}")
 

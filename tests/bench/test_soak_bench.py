@@ -4,12 +4,13 @@ or changed, nothing stored was left unanswered, no server error."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.conftest import run_bench
 
 
-def test_soak_quick_mode_loses_nothing_under_kills_and_compactions() -> None:
-    out = run_bench("soak.py", "--quick")
+def test_soak_quick_mode_loses_nothing_under_kills_and_compactions(policies: tuple[Path, Path]) -> None:
+    out = run_bench("soak.py", "--quick", "--policy", str(policies[0]))  # the service tests' policy, fitted once a run
     result = json.loads(out.strip().splitlines()[-1])
     assert result["acknowledged"] > 100 and result["stored"] >= result["acknowledged"], out
     for column in ("missing", "stored with another value", "stored but unanswered", "stored twice", "5xx", "segments left"):

@@ -27,6 +27,7 @@ from drivetrain.policy import Policy
 from drivetrain.serve import ServiceProcess
 from drivetrain.spec import parse_spec
 from drivetrain.twin import NBOOTwin
+from tests.conftest import invoke
 from tests.data.personal_helpers import (
     clear_patterns,
     customer,
@@ -176,16 +177,18 @@ def test_no_personal_value_in_clear_in_any_file_or_output(product: tuple[Path, P
     assert by_path["postcode"].nunique() == 1 and by_path["postcode"].iloc[0] == KEY.pseudonym(str(customer(4)["postcode"]))
 
 
-def test_ingest_decide_and_serve_refuse_without_the_key(product: tuple[Path, Path, Any], tmp_path: Path) -> None:
+def test_ingest_decide_and_serve_refuse_without_the_key(product: tuple[Path, Path, Any], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     spec_path, policy, _ = product
-    env = {**{k: v for k, v in os.environ.items() if k != PII_KEY_ENV}, **WIDE}
+    monkeypatch.delenv(PII_KEY_ENV)
     contexts = tmp_path / "contexts.csv"
     _with_customers(NBOOTwin(seed=6).population(3), 0).to_csv(contexts, index=False)
     store = tmp_path / "store"
+    # in this process (the command's exit code and stderr; the process itself is the first test's point)
     for args in (("ingest", "--spec", str(spec_path), "--store", str(store), "--create", str(contexts)),
                  ("decide", "--policy", str(policy), "--input", str(contexts), "--output", str(tmp_path / "out.csv")),
                  ("serve", "--spec", str(spec_path), "--policy", str(policy), "--store", str(store), "--port", "0")):
-        res = _run(*args, env=env)
+        res = invoke(*args)
         assert res.returncode == 2, (args[0], res.stdout, res.stderr)
         assert "`DRIVETRAIN_PII_KEY` must hold the secret key" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert not list(store.rglob("*.parquet")) and not (tmp_path / "out.csv").exists()

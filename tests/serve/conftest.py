@@ -1,4 +1,5 @@
-"""Session fixtures of the service tests: two small fitted policies, contexts, the shared server."""
+"""Session fixtures of the service tests: contexts and the shared server (the two small fitted policies are
+in tests/conftest.py: the soak benchmark's test serves one too)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,7 @@ import numpy as np
 import pytest
 
 from drivetrain.twin import NBOOTwin
-from tests.serve.service_helpers import Server, fit_policy, start_server
-
-
-@pytest.fixture(scope="session")
-def policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("policies")
-    return fit_policy(root / "a", version="policy-a", seed=3), fit_policy(root / "b", version="policy-b", seed=4)
+from tests.serve.service_helpers import Server, start_server
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,13 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +23,7 @@ from tests.serve.service_helpers import TOKEN, Server, read_log, read_store, sta
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "nboo" / "drivetrain.yaml"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LOADED = load_spec(SPEC)  # read once: the fuzz tests check each answer against it
 
 
 def doc_schema(client: Any, path: str) -> str:
@@ -30,7 +33,7 @@ def doc_schema(client: Any, path: str) -> str:
 
 
 def test_decide_contract(server: Server, contexts: list[dict[str, Any]]) -> None:
-    spec = load_spec(SPEC)
+    spec = LOADED
     with server.client() as client:
         ctx = dict(contexts[0])
         unit = ctx.pop("unit_id")
@@ -150,9 +153,16 @@ _feature_value = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=T
                            st.sampled_from(["north", "gold", "mobile", "platinum", "", "NaN", "12", "true"]), st.booleans())
 
 
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    """One client for the fuzz tests' many requests (each new client loads the CA bundle, tens of ms of CPU)."""
+    with server.client() as client:
+        yield client
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(data=st.data())
-def test_fuzzed_contexts_never_5xx_and_fall_back_when_due(server: Server, contexts: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_fuzzed_contexts_never_5xx_and_fall_back_when_due(http: httpx.Client, contexts: list[dict[str, Any]], data: st.DataObject) -> None:
     base = dict(contexts[data.draw(st.integers(0, len(contexts) - 1))])
     unit = base.pop("unit_id")
     names = sorted(base)
@@ -163,14 +173,14 @@ def test_fuzzed_contexts_never_5xx_and_fall_back_when_due(server: Server, contex
         else:
             base[name] = data.draw(_feature_value)
     body = json.dumps({"unit_id": unit, "context": base}, allow_nan=True)  # NaN/Infinity as a careless client sends them
-    r = httpx.post(f"{server.url}/v1/decide", content=body, headers={"content-type": "application/json"}, timeout=10)
+    r = http.post("/v1/decide", content=body, headers={"content-type": "application/json"})
     assert r.status_code < 500, r.text
     if r.status_code == 200:
         from drivetrain.data import check_context
 
-        _, reason = check_context(load_spec(SPEC), {k: v for k, v in base.items()}, typed=True)  # a JSON request is typed
+        spec = LOADED
+        _, reason = check_context(spec, {k: v for k, v in base.items()}, typed=True)  # a JSON request is typed
         out = r.json()
-        spec = load_spec(SPEC)
         held = bool(in_holdout(spec.model.experimentation.salt, [unit], spec.model.experimentation.holdout_share)[0])
         if reason is not None:  # a held-out unit keeps its arm and gets control
             expected = ("holdout", spec.control.id) if held else ("fallback", spec.fallback.id)
@@ -188,8 +198,8 @@ _json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.float
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(body=st.one_of(_json, st.fixed_dictionaries({"unit_id": _json, "context": _json}),
                       st.fixed_dictionaries({"unit_id": st.text(min_size=1, max_size=5), "context": st.dictionaries(st.text(max_size=8), _json, max_size=4)})))
-def test_arbitrary_json_bodies_get_a_4xx_or_a_decision(server: Server, body: Any) -> None:
-    r = httpx.post(f"{server.url}/v1/decide", json=body, timeout=10)
+def test_arbitrary_json_bodies_get_a_4xx_or_a_decision(http: httpx.Client, body: Any) -> None:
+    r = http.post("/v1/decide", json=body)
     assert r.status_code in (200, 422), r.text
     if r.status_code == 422:
         assert all(d["loc"] for d in r.json()["detail"])
@@ -228,7 +238,7 @@ def test_every_decision_is_logged_and_compacted_once(server: Server, contexts: l
     mine = stored[stored["request_id"].isin(ids)]
     assert len(mine) == len(ids) and mine["request_id"].is_unique
     row = mine.iloc[0]
-    spec = load_spec(SPEC)
+    spec = LOADED
     assert row["feature_version"] == spec.feature_version and str(row["postcode"]).startswith("hmac-sha256:")
     preds = mine[[f"pred__{a}" for a in spec.action_space.ids]]
     assert preds.notna().any(axis=1).all()
@@ -271,7 +281,7 @@ def test_kill_9_loses_no_answered_decision(policies: tuple[Path, Path], contexts
         from drivetrain.data import open_store
         from drivetrain.serve import compact
 
-        store = open_store(again.store, load_spec(SPEC), create=True)
+        store = open_store(again.store, LOADED, create=True)
         while compact(store, again.log_dir).segments:
             pass
     finally:
@@ -298,7 +308,7 @@ def test_corrupt_policy_serves_the_fallback_in_degraded_mode(policies: tuple[Pat
             r = client.post("/v1/decide", json={"unit_id": c["unit_id"], "context": {k: v for k, v in c.items() if k != "unit_id"}})
             assert r.status_code == 200
             assert r.json()["assignment"] == "fallback" and r.json()["fallback_reason"].startswith("degraded")
-            assert r.json()["action_id"] == load_spec(SPEC).fallback.id
+            assert r.json()["action_id"] == LOADED.fallback.id
             # a good policy brings it back
             assert client.post("/v1/admin/reload", json={"policy_dir": str(policies[1])}, headers=AUTH).json()["reloaded"]
             assert client.get("/v1/health").json()["status"] == "ready"
@@ -334,7 +344,7 @@ def test_reload_under_load_fails_no_request_and_keeps_the_holdout(policies: tupl
         server.stop(signal.SIGTERM)
     assert len(results) == 450 and all(code == 200 for code, _ in results)
     assert {body["policy_version"] for _, body in results} == {"policy-a", "policy-b"}
-    spec = load_spec(SPEC)
+    spec = LOADED
     share = 0.1
     for _, body in results:
         held = holdout_draw(spec.model.experimentation.salt, [body["unit_id"]])[0] < share
