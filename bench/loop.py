@@ -19,6 +19,7 @@ user that exploration cost, and the true spend per user against the budget.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import timedelta
@@ -37,6 +38,9 @@ from drivetrain.model import OutcomeModel
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin, Scenario
 from drivetrain.twin_loop import LoopDay, run_twin_loop
+
+# the twin's contexts hold a personal field: the bench hashes it with its own key unless one is set
+os.environ.setdefault("DRIVETRAIN_PII_KEY", "bench-loop-key-of-the-personal-data-hash")
 
 START_DAY = 9  # the first log's decisions are all mature by then (7-day horizon, 1 day to settle)
 

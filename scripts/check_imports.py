@@ -34,6 +34,8 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "twin_loop", "report", "demo", "contract"},
 }
 ALLOWED["__main__"] = {"cli"}
+ALLOWED["exploration"] = set()
+ALLOWED["policy"] |= {"exploration"}
 ALLOWED["clock"] = {"errors"}
 ALLOWED["stats"] = {"errors"}
 ALLOWED["errors"] = set()

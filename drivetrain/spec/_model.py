@@ -235,9 +235,17 @@ class Context(_Value):
 
 
 class Experimentation(_Value):
+    """Randomization (docs/architecture.md). ``exploration`` is what an exploring request gets:
+    ``uniform`` (a uniformly random eligible action) or ``directed`` (drawn where the model cannot tell
+    the actions apart, keeping ``exploration_floor`` of it uniform); see :mod:`drivetrain.exploration`."""
+
+    _added: ClassVar[dict[str, Any]] = {"exploration": "uniform", "exploration_floor": 0.25}
+
     salt: Annotated[str, Field(min_length=4)]
     exploration_rate: Annotated[float, Field(ge=0, lt=1)] = 0.05
     holdout_share: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    exploration: Literal["uniform", "directed"] = "uniform"
+    exploration_floor: Annotated[float, Field(gt=0, le=1)] = 0.25
 
 
 class Serving(_Value):
