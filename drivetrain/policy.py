@@ -275,10 +275,11 @@ class Policy:
         ids = np.array(self.spec.action_space.ids, dtype=object)
         return DecisionBatch(action, ids[action], propensity, assignment, chosen, scores, margin)
 
-    def action_distribution(self, contexts: pd.DataFrame) -> np.ndarray:
+    def action_distribution(self, contexts: pd.DataFrame, components: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Probability of each action per context under the whole serving system (holdout and
-        exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates."""
-        return self._distribution(*self.priced(contexts))[0]
+        exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates.
+        ``components`` are the model's predictions for them when the caller already has them."""
+        return self._distribution(*self.priced(contexts, components))[0]
 
     def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_key: PersonalKey | None = None) -> tuple[pd.DataFrame, int]:
         """Decide for a batch of raw contexts and return the rows of the decisions table (docs/data.md)
