@@ -75,8 +75,15 @@ def run_arm(seed: int, spec: Spec, *, first_users: int, daily: int, days: int, d
 
     adapt(store, registry, clock.now(), trainer=trainer, who="bench", population_size=min(10_000, daily))
     # the frozen arm acts on no alert: it is not monitored
+    t0 = time.perf_counter()
+
+    def progress(d: LoopDay) -> None:
+        if (d.day - START_DAY + 1) % 7 == 0:
+            print(f"    week {(d.day - START_DAY + 1) // 7} done at {time.perf_counter() - t0:.0f} s (true share {d.share if d.share is not None else float('nan'):.3f})", flush=True)
+
     return run_twin_loop(twin, store, registry, days=range(START_DAY, START_DAY + days), users=daily, adapt_steps=adaptive,
-                         monitor=adaptive, trainer=trainer, truth_sample=truth_sample, population_size=min(10_000, daily))
+                         monitor=adaptive, trainer=trainer, truth_sample=truth_sample, population_size=min(10_000, daily),
+                         on_day=progress)
 
 
 def weekly(days: list[LoopDay]) -> pd.DataFrame:
