@@ -384,7 +384,7 @@ def adaptation_loop(store: Store, registry: Registry, *, seed: int, days: int, u
 
     first = adapt(store, registry, clock.now(), trainer=trainer, who="demo", population_size=min(5000, 2 * users))
     console.print(f"day 0: {first.actions[0]} on the {first_users}-user randomized log; from day {drift} every offer works worse for"
-                  " mobile users (their purchase effect -1.5 on the logit scale, refunds +2 points)")
+                  " mobile users (their purchase effect -1.5 on the logit scale, refunds +2 points)", markup=False, highlight=False, soft_wrap=True)
     state: dict[str, Any] = {"blocked": None, "promoted": None, "drill": None, "restore": None}
 
     def on_day(d: LoopDay) -> None:
