@@ -4,13 +4,16 @@ A partner's CSV export of support events (refunds, complaints) arrives first, wi
 faulty and repeated rows, before the decisions it refers to; then the decision log and the checkout's
 outcome events arrive, and the decision log is sent twice. The store must reconcile every row, attribute
 every outcome, and the joined outcome means per action must match the twin's ground truth. The fitted
-policy is then served over HTTP, and finally runs the closed loop for simulated days (:func:`closed_loop`):
-it decides in process, outcomes arrive late, and each day ends with the evaluation and the monitoring.
+policy is then served over HTTP; finally the adaptation loop runs for simulated days (:func:`adaptation_loop`):
+it decides in process, outcomes arrive late, each day ends with the monitoring and a step of ``adapt``
+(retrain on its own logs, gates, shadow, canary, promotion), a bad candidate is blocked, a good one
+promoted, a rollback drilled, every line next to the twin's truth.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,11 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from drivetrain.adapt import Registry
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import (
     ParquetStore,
+    RawRows,
     Store,
     attribute_pending,
     ingest_decisions,
@@ -30,12 +35,14 @@ from drivetrain.data import (
     read_rows,
     summarize,
 )
-from drivetrain.loop import closed_loop, loop_spec, start_loop
+from drivetrain.loop import loop_spec
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
+from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin, Scenario, best_single_action, oracle, oracle_under_budget
+from drivetrain.twin_loop import LoopDay
 
-__all__ = ["faulty_export", "run_demo"]
+__all__ = ["AdaptationDemo", "adaptation_loop", "demo_loop_spec", "faulty_export", "run_demo"]
 
 def faulty_export(outcomes: pd.DataFrame, rng: np.random.Generator, share: float = 0.03) -> tuple[pd.DataFrame, int]:
     """A copy of ``outcomes`` as text with ``share`` of rows broken and 1% repeated; returns (frame, broken)."""
@@ -61,7 +68,7 @@ def faulty_export(outcomes: pd.DataFrame, rng: np.random.Generator, share: float
     return pd.concat([frame, repeats], ignore_index=True), int(broken.size)
 
 
-def run_demo(out: Path, *, users: int, seed: int, console: Console, loop_days: int = 21, loop_users: int = 2500) -> None:
+def run_demo(out: Path, *, users: int, seed: int, console: Console, loop_days: int = 26, loop_users: int = 1000) -> None:
     start = time.perf_counter()
     twin = NBOOTwin(seed=seed)
     spec = twin.spec
@@ -142,9 +149,9 @@ def run_demo(out: Path, *, users: int, seed: int, console: Console, loop_days: i
         f" ({spec.action_space.ids[j]}) {single:.3f}, per-user oracle {best.value:.3f}"
         f" (+{best.value - base:.3f} over control, {100 * (best.value - single) / best.value:.1f}% above the best single action)"
     )
-    model = _assembly_line(twin, store, clock.now(), frame, console, out)
+    _assembly_line(twin, store, clock.now(), frame, console, out)
     _serve(twin, out, console)
-    _loop(model, seed=seed, out=out, console=console, days=loop_days, users=loop_users)
+    _loop(seed=seed, out=out, console=console, days=loop_days, users=loop_users)
     console.print(f"demo finished in {time.perf_counter() - start:.1f}s; files and store under {out}/")
 
 
@@ -331,27 +338,134 @@ def _serve(twin: NBOOTwin, out: Path, console: Console, users: int = 1500) -> No
 
 
 
-def _loop(model: OutcomeModel, *, seed: int, out: Path, console: Console, days: int, users: int) -> None:
-    """Step 10: the fitted policy in the closed loop on the 7-day horizon, with a covariate shift in dwell
-    time for the last third of the days; the report at the end."""
-    shift_day = 2 * days // 3
-    spec = loop_spec()
-    scenario = Scenario(shift_feature="dwell_time_s", shift_factor=1.6, shift_day=shift_day)
-    twin = NBOOTwin(horizon_days=7, seed=seed + 3, scenario=scenario)
-    console.rule(f"10. the closed loop: {days} simulated days, the policy decides, outcomes arrive late")
-    console.print(f"the step-7 models, planned again on the {spec.horizon.days}-day horizon (the twin's expectations do not"
-                  f" depend on the horizon); from day {shift_day} the users' dwell time is {scenario.shift_factor:g} times longer")
+@dataclass(frozen=True)
+class AdaptationDemo:
+    """What the demo's adaptation loop did: its days, the candidate blocked (version, gate, reason), the
+    version promoted through shadow and canary, and the rollback drill (from, to, seconds, whether the
+    version serving after it is the one the promotion replaced)."""
+
+    days: tuple[LoopDay, ...]
+    blocked: tuple[str, str, str] | None
+    promoted: str | None
+    drill: tuple[str, str, float, bool] | None
+
+
+def adaptation_loop(store: Store, registry: Registry, *, seed: int, days: int, users: int, first_users: int,
+                    console: Console, trees: int = 60) -> AdaptationDemo:
+    """The adaptation loop on the 7-day twin for ``days`` days of ``users`` users, from a ``first_users``
+    randomized log: from day 3 every offer works worse for mobile users (which offers work changes for a
+    segment); the loop retrains when enough decisions have matured; the first retrain's join is broken on
+    purpose (shuffled outcomes) and its candidate must be blocked; the next goes through shadow and canary;
+    the day after a promotion, a rollback drill returns to ``last-good`` and the promotion is then restored.
+    Every line is printed next to the twin's truth (the champion's share of the budgeted oracle's gain)."""
+    from drivetrain.adapt import adapt, promote, rollback
+    from drivetrain.twin_loop import run_twin_loop
+
+    start_day, drift = 9, 3
+    twin = NBOOTwin(horizon_days=7, seed=seed, scenario=Scenario(effect_segment=("device", "mobile"), effect_delta=-1.5,
+                                                                  effect_refund=0.02, effect_day=start_day + drift))
+    decisions, outcomes = twin.log(twin.population(first_users))
+    clock = SimulatedClock(twin.start + timedelta(days=start_day))
+    ingest_decisions(store, RawRows(decisions, (), "first randomized log"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "first randomized log"), clock=clock)
+    fits = {"n": 0}
+    rng = np.random.default_rng(seed)
+
+    def trainer(table: pd.DataFrame, product: Spec) -> OutcomeModel:
+        fits["n"] += 1
+        if fits["n"] == 2:  # the first retrain: a broken join hands the trainer shuffled purchases (costs intact)
+            order = rng.permutation(len(table))
+            table = table.copy()
+            costs = set().union(*(f.variables for _, f in product.budgets))
+            for name in product.model.outcomes:
+                if name in table and name not in costs:
+                    table[name] = table[name].to_numpy()[order]
+        return OutcomeModel(n_folds=0, n_estimators=trees, num_threads=1, seed=0).fit(table, product)
+
+    first = adapt(store, registry, clock.now(), trainer=trainer, who="demo", population_size=min(5000, 2 * users))
+    console.print(f"day 0: {first.actions[0]} on the {first_users}-user randomized log; from day {drift} every offer works worse for"
+                  " mobile users (their purchase effect -1.5 on the logit scale, refunds +2 points)", markup=False, highlight=False, soft_wrap=True)
+    state: dict[str, Any] = {"blocked": None, "promoted": None, "drill": None, "restore": None}
+
+    def on_day(d: LoopDay) -> None:
+        t = d.day - start_day
+        truth = f"true share {d.share:.2f}" if d.share is not None else "true share -"
+        done = [a for a in (d.step.actions if d.step else ()) if a != "no trigger fired" and "waiting for" not in a]
+        line = f"day {t:>2}: {d.champion} serves ({truth}; spend {d.spend / d.budget:.2f} of budget)"
+        if d.replaced_share is not None:
+            line += f"; it replaced {d.replaced} (true share {d.replaced_share:.2f} on the same users)"
+        console.print(line + ("; " + "; ".join(a[:200] for a in done) if done else ""), markup=False, highlight=False, soft_wrap=True)
+        step = d.step
+        if step is not None and step.candidate and step.gates and not step.gates[-1].passed and state["blocked"] is None:
+            gate = step.gates[-1]
+            state["blocked"] = (step.candidate, gate.gate, gate.reason)
+            registered = any(r.version == step.candidate for r in registry.versions())
+            share = f"{_true_share(twin, registry.load(step.candidate), d.day, users):.2f}" if registered else "- (no plan)"
+            console.print(f"        blocked: {step.candidate} by the {gate.gate} gate; its true share {share} against the champion's "
+                          f"{d.share if d.share is not None else float('nan'):.2f}", markup=False, highlight=False, soft_wrap=True)
+        if d.promoted and state["promoted"] is None and step is not None:
+            state["promoted"] = step.champion
+        if state["restore"] is not None:  # the drill is over: the promotion is restored
+            promote(registry, state["restore"], at=d.as_of, who="demo", why="rollback drill over: the promotion restored")
+            console.print(f"        drill over: {state['restore']} is the champion again", markup=False, highlight=False)
+            state["restore"] = None
+        elif state["promoted"] is not None and state["drill"] is None and not d.promoted:
+            before = registry.alias("champion")
+            t0 = time.perf_counter()
+            back = rollback(registry, at=d.as_of, who="demo", why="rollback drill")
+            served = registry.load(back)
+            elapsed = time.perf_counter() - t0
+            same = back == d.replaced and served.version == back  # the version the promotion replaced serves again
+            state["drill"] = (str(before), back, elapsed, same)
+            state["restore"] = before
+            console.print(f"        rollback drill: {before} -> {back} in {elapsed * 1000:.0f} ms (the artifact loaded is {back}, "
+                          f"checksum {registry.version(back).checksum[:12]}); true share of {back} "
+                          f"{_true_share(twin, served, d.day, users):.2f}", markup=False, highlight=False, soft_wrap=True)
+
+    result = run_twin_loop(twin, store, registry, days=range(start_day, start_day + days), users=users, trainer=trainer,
+                           truth_sample=min(2000, users), population_size=min(5000, 2 * users), on_day=on_day)
+    return AdaptationDemo(tuple(result), state["blocked"], state["promoted"], state["drill"])
+
+
+def _true_share(twin: NBOOTwin, policy: Policy, day: int, users: int) -> float:
+    """``policy``'s greedy share of the budgeted oracle's gain over control on a fresh sample of ``day``'s users."""
+    spec = policy.spec
+    frame = twin.population(min(2000, users), day=day, offset=90_000_000 + day * 10_000)
+    truth = twin.truth(frame, day=day)
+    contexts = twin.observe(frame, day=day)
+    greedy = replace(policy, exploration_rate=0.0, holdout_share=0.0).action_distribution(contexts)
+    base = float(truth.objective[:, spec.control.index].mean())
+    budgets = [(np.broadcast_to(f({**truth.components}), truth.objective.shape), b.max_per_unit) for b, f in spec.budgets]
+    best = oracle_under_budget(truth.objective, truth.eligible, [c for c, _ in budgets], [m for _, m in budgets]).value
+    return (truth.value(greedy) - base) / (best - base)
+
+
+def _loop(*, seed: int, out: Path, console: Console, days: int, users: int) -> None:
+    """Step 10: the adaptation loop on the 7-day twin (:func:`adaptation_loop`), its store and registry on
+    disk, the report at the end."""
+    from drivetrain.adapt import EmbeddedRegistry
+
+    spec = demo_loop_spec(users)
+    console.rule(f"10. the adaptation loop: {days} simulated days; it retrains on its own logs, gates, promotes, rolls back")
     store = ParquetStore(out / "loop" / "store", spec, create=True)
-    reference = twin.population(10_000, day=0, offset=29_000_000)
-    policy = start_loop(store, model, reference, created_at=twin.start, version=f"{spec.name}-loop-v1")
+    registry = EmbeddedRegistry(out / "loop" / "registry", create=True)
     t0 = time.perf_counter()
-    result = closed_loop(policy, twin, store, days=days, users=users, console=console)
-    last = result[-1]
-    drift_days = sorted({d.day for d in result for a in d.alerts if a.kind == "drift"})
-    console.print(f"{days} days in {time.perf_counter() - t0:.0f}s; {store.count('alerts')} alerts stored; drift alerts on days"
-                  f" {drift_days or 'none'} (the shift starts on day {shift_day}); at the end {last.counts.immature} decisions"
-                  f" are still immature and {store.count('decisions')} are in the store")
-    _write_report(store, last.as_of, out, console)
+    run = adaptation_loop(store, registry, seed=seed + 3, days=days, users=users, first_users=20_000, console=console)
+    console.print(f"{days} days in {time.perf_counter() - t0:.0f}s; blocked: {run.blocked[0] + ' (' + run.blocked[1] + ')' if run.blocked else 'none'}; "
+                  f"promoted through shadow and canary: {run.promoted or 'none'}; rollback drill: "
+                  f"{f'{run.drill[2] * 1000:.0f} ms' if run.drill else 'not reached'}; {len(registry.history())} registry events",
+                  markup=False, highlight=False, soft_wrap=True)
+    _write_report(store, run.days[-1].as_of, out, console)
+
+
+def demo_loop_spec(users: int) -> Spec:
+    """The loop's spec with the adaptation settings the demo's days and users call for: a retrain once two
+    days of decisions have matured, a day of shadow, a canary on a fifth of the units."""
+    raw = loop_spec().model.model_dump(mode="json")
+    raw["adaptation"].update({"min_new_decisions": 2 * users, "max_staleness": "14d", "pacing_period": "28d"})
+    raw["adaptation"]["gates"].update({"min_decisions": min(2000, 2 * users), "latency_samples": 50})
+    raw["adaptation"]["canary"].update({"shadow_decisions": users // 2, "share": 0.2, "min_units": max(100, users // 10)})
+    return parse_spec(raw, source=f"nboo loop ({users} users a day)")
 
 
 def _write_report(store: Store, as_of: datetime, out: Path, console: Console) -> None:

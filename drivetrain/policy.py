@@ -10,7 +10,8 @@ batch; then applies exploration and the holdout exactly as docs/architecture.md 
 
 * holdout: ``hash(salt, unit_id) < holdout_share`` gets the control action;
 * exploration: with probability ``eps``, drawn per request from a hash of the request id, a uniformly
-  random eligible action;
+  random eligible action (or, with ``experimentation.exploration: directed``, an action drawn from
+  :func:`drivetrain.exploration.exploration_distribution`; ``1 / K_i`` below is then ``q_ia``);
 * propensity: ``h * [a = control] + (1 - h) * (eps / K_i + (1 - eps) * [a = chosen])``;
 * tie split (a plan's policy whose constraints bind): a request decides at prices slightly below the
   multipliers with probability ``low_share``, slightly above otherwise (drawn from its request id), so that
@@ -43,6 +44,8 @@ import yaml
 
 from drivetrain.data import PersonalKey, check_contexts
 from drivetrain.errors import ArtifactError, UsageError
+from drivetrain.exploration import exploration_distribution
+from drivetrain.exploration import pick as pick_explored
 from drivetrain.model import OutcomeModel
 from drivetrain.spec import (
     MODEL_PARTS,
@@ -303,16 +306,24 @@ class Policy:
         """(action probabilities (n, K) of the whole serving system, the choices at the lower and at the
         higher prices (n,)): docs/architecture.md's ``h [a = control] + (1 - h) (eps / K_i + (1 - eps) pi(a))``, with
         ``pi`` the choice, or the tie split's mix of the two choices."""
-        finite = np.isfinite(scores)
         low, high, share = self._choices(scores, price)
         eps, h = self.exploration_rate, self.holdout_share
-        dist = finite * (eps / finite.sum(axis=1, keepdims=True))
+        if self.spec.model.experimentation.exploration == "uniform":
+            finite = np.isfinite(scores)
+            dist = finite * (eps / finite.sum(axis=1, keepdims=True))
+        else:
+            dist = eps * self._exploring(scores)
         rows = np.arange(len(low))
         dist[rows, low] += (1 - eps) * share
         dist[rows, high] += (1 - eps) * (1 - share)
         dist *= 1 - h
         dist[:, self.spec.control.index] += h
         return dist, low, high
+
+    def _exploring(self, scores: np.ndarray) -> np.ndarray:
+        """What an exploring request gets, (n, K) (:func:`drivetrain.exploration.exploration_distribution`)."""
+        exp = self.spec.model.experimentation
+        return exploration_distribution(scores, rule=exp.exploration, floor=exp.exploration_floor)
 
     def decide(self, contexts: pd.DataFrame, *, request_ids: Sequence[str] | None = None,
                unit_column: str = "unit_id", components: Mapping[str, np.ndarray] | None = None) -> DecisionBatch:
@@ -345,8 +356,11 @@ class Policy:
         margin = np.where(np.isfinite(runner_up), ordered[:, -1] - runner_up, np.inf)
         k_eligible = finite.sum(axis=1)
         explore = _uniform(salt, "explore", requests) < self.exploration_rate
-        pick = np.minimum((_uniform(salt, "pick", requests) * k_eligible).astype(np.int64), k_eligible - 1)
-        nth_eligible = np.argmax(np.cumsum(finite, axis=1) > pick[:, None], axis=1)
+        if self.spec.model.experimentation.exploration == "uniform":
+            pick = np.minimum((_uniform(salt, "pick", requests) * k_eligible).astype(np.int64), k_eligible - 1)
+            nth_eligible = np.argmax(np.cumsum(finite, axis=1) > pick[:, None], axis=1)
+        else:  # the inverse of the directed distribution at the same draw
+            nth_eligible = pick_explored(self._exploring(scores), _uniform(salt, "pick", requests))
         action = np.where(explore, nth_eligible, chosen)
         held = holdout_draw(salt, units) < self.holdout_share
         action = np.where(held, self.spec.control.index, action)
@@ -355,10 +369,11 @@ class Policy:
         ids = np.array(self.spec.action_space.ids, dtype=object)
         return DecisionBatch(action, ids[action], propensity, assignment, chosen, scores, margin)
 
-    def action_distribution(self, contexts: pd.DataFrame) -> np.ndarray:
+    def action_distribution(self, contexts: pd.DataFrame, components: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Probability of each action per context under the whole serving system (holdout and
-        exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates."""
-        return self._distribution(*self.priced(contexts))[0]
+        exploration included, averaged over the hash draws); shape (n, K). What OPE evaluates.
+        ``components`` are the model's predictions for them when the caller already has them."""
+        return self._distribution(*self.priced(contexts, components))[0]
 
     def decisions_table(self, contexts: pd.DataFrame, *, now: datetime, pii_key: PersonalKey | None = None,
                         caps: CapCounter | None = None) -> tuple[pd.DataFrame, int]:

@@ -21,6 +21,7 @@ import pandas as pd
 from drivetrain.adapt import Registry, StepResult, Trainer, adapt, default_trainer, serve
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import RawRows, Store, ingest_decisions, ingest_outcomes
+from drivetrain.pacing import SpendPacer
 from drivetrain.policy import Policy
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class LoopDay:
     spend: float
     budget: float
     step: StepResult | None
+    replaced: str | None = None
+    replaced_share: float | None = None
 
     @property
     def retrained(self) -> bool:
@@ -72,11 +75,14 @@ class _Cache:
 
 def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: range, users: int, offset: int = 40_000_000,
                   adapt_steps: bool = True, monitor: bool = True, trainer: Trainer = default_trainer, batches: int = 4,
-                  truth_sample: int = 2_000, population_size: int = 10_000,
+                  truth_sample: int = 2_000, population_size: int = 10_000, pacing: bool | None = None,
                   on_day: Callable[[LoopDay], None] | None = None) -> list[LoopDay]:
     """Run the loop for ``days`` (day numbers of the twin) with ``users`` new users a day; with
     ``adapt_steps`` False the first champion stays (the frozen baseline). The registry must have a
-    champion. Returns one :class:`LoopDay` per day."""
+    champion. With ``pacing`` (the spec's ``adaptation.pacing_period`` set, when None) the champion serves
+    each day at the budget's price a :class:`~drivetrain.pacing.SpendPacer` sets from the days before:
+    their contexts, the predicted cost of what was served and, once mature, the observed cost (the
+    budget formula's outcome events, when it is one outcome). Returns one :class:`LoopDay` per day."""
     from drivetrain.evaluate import check_alerts, evaluate, measure_drift, store_alerts
     from drivetrain.twin import oracle_under_budget
 
@@ -87,6 +93,16 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
     budget = spec.budgets[0][0].max_per_unit if spec.budgets else float("nan")
     control = spec.control.index
     out: list[LoopDay] = []
+    period = spec.model.adaptation.pacing_period
+    pacer = SpendPacer(spec, period_days=max(1, round((period or timedelta(days=28)) / timedelta(days=1))), origin=days.start) \
+        if (pacing if pacing is not None else period is not None) else None
+    observed_component = next(iter(pacer.formula.variables)) if pacer is not None and len(pacer.formula.variables) == 1 \
+        and pacer.formula.text.strip() in spec.model.outcomes else None
+    unit_day: dict[str, int] = {}
+    observed: dict[int, float] = {}
+    mature_after = spec.horizon + spec.settle
+    recent: pd.DataFrame | None = None
+    previous: str | None = None
     for day in days:
         start = twin.start + timedelta(days=day)
         end = start + timedelta(days=1)
@@ -99,10 +115,13 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         challenger = cache.get(challenger_name) if challenger_name and stage in ("shadow", "canary") else None
         frame = twin.population(users, day=day, offset=offset + day * users)
         contexts = twin.observe(frame, day=day).assign(request_id=[f"d{day:03d}-{i:07d}" for i in range(users)])
+        serving = champion
+        if pacer is not None and recent is not None:  # the price set from the days before, on yesterday's contexts
+            serving = pacer.paced(champion, recent, pacer.target(day, users))
         made, shadows = [], []
         for b, part in enumerate(np.array_split(np.arange(users), batches)):
             if part.size:
-                decided, shadow = serve(champion, contexts.iloc[part], now=start + (b + 0.5) * timedelta(days=1) / batches,
+                decided, shadow = serve(serving, contexts.iloc[part], now=start + (b + 0.5) * timedelta(days=1) / batches,
                                         challenger=challenger, stage=stage if challenger is not None else None)
                 made.append(decided)
                 shadows.append(shadow)
@@ -119,12 +138,21 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         sample = np.arange(min(truth_sample, users))
         sub = contexts.iloc[sample]
         t_obj = truth.objective[sample]
-        greedy = replace(champion, exploration_rate=0.0, holdout_share=0.0).action_distribution(sub)
-        served = replace(champion, holdout_share=0.0).action_distribution(sub)
+        greedy = replace(serving, exploration_rate=0.0, holdout_share=0.0).action_distribution(sub)
+        served = replace(serving, holdout_share=0.0).action_distribution(sub)
         base = float(t_obj[:, control].mean())
         best = oracle_under_budget(t_obj, truth.eligible[sample], [truth.components["promo_cost"][sample]], [budget]).value
         value = float(np.mean(np.sum(t_obj * greedy, axis=1)))
         share = (value - base) / (best - base) if best > base else None
+        replaced = previous if previous not in (None, champion_name) else None
+        replaced_share: float | None = None
+        if replaced is not None and best > base:  # the version it replaced, on the same users and at the same price
+            old = cache.get(replaced)
+            if pacer is not None and pacer.budget is not None:
+                old = replace(old, multipliers={**old.multipliers, pacer.budget: serving.multipliers.get(pacer.budget, 0.0)})
+            old_value = float(np.mean(np.sum(t_obj * replace(old, exploration_rate=0.0, holdout_share=0.0).action_distribution(sub), axis=1)))
+            replaced_share = (old_value - base) / (best - base)
+        previous = champion_name
         exploration_cost = value - float(np.mean(np.sum(t_obj * served, axis=1)))
 
         clock.set(end)
@@ -132,13 +160,26 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         arrived = waiting["received_at"] < end
         ingest_outcomes(store, RawRows(waiting[arrived].reset_index(drop=True), (), f"loop outcomes, day {day}"), clock=clock)
         in_flight = [waiting[~arrived]]
+        if pacer is not None:
+            features = contexts.drop(columns=["request_id"])
+            pacer.record(day, users, float(pacer.cost(champion, features)[np.arange(users), action].sum()))
+            recent = features.iloc[sample]
+            if observed_component is not None:
+                unit_day.update(dict.fromkeys(contexts["unit_id"].astype(str), day))
+                costs = waiting[arrived & (waiting["component"] == observed_component)]
+                by_day = costs.groupby(costs["unit_id"].astype(str).map(unit_day))["value"].sum()
+                for d_served, total in zip(by_day.index.astype(int), by_day.to_numpy(dtype=np.float64), strict=True):
+                    observed[int(d_served)] = observed.get(int(d_served), 0.0) + float(total)
+                for d in sorted(pacer.days):
+                    if pacer.days[d].observed is None and end - (twin.start + timedelta(days=d + 1)) >= mature_after:
+                        pacer.observe(d, observed.get(d, 0.0))
         if monitor:
             evaluation = evaluate(store, end)
             drift = measure_drift(store, champion_name, start=start, end=end, as_of=end)
             alerts = check_alerts(spec, evaluation=evaluation, drift=drift, store=store, as_of=end)
             store_alerts(store, alerts, fired_at=end)
         step = adapt(store, registry, end, trainer=trainer, who="twin loop", population_size=population_size) if adapt_steps else None
-        result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step)
+        result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step, replaced, replaced_share)
         out.append(result)
         if on_day is not None:
             on_day(result)

@@ -29,11 +29,14 @@ ALLOWED: dict[str, set[str]] = {
     "adapt": {*STAGES, "evaluate", "assembly"},
     "explain": {*STAGES, "evaluate", "assembly"},
     "loop": {*STAGES, "evaluate", "assembly", "adapt", "twin"},
-    "twin_loop": {*STAGES, "evaluate", "assembly", "adapt", "twin"},
+    "twin_loop": {*STAGES, "evaluate", "assembly", "adapt", "twin", "pacing"},
     "demo": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "twin_loop", "report"},
     "cli": {*STAGES, "evaluate", "assembly", "adapt", "explain", "twin", "loop", "twin_loop", "report", "demo", "contract"},
 }
 ALLOWED["__main__"] = {"cli"}
+ALLOWED["exploration"] = set()
+ALLOWED["pacing"] = {"spec", "policy"}
+ALLOWED["policy"] |= {"exploration"}
 ALLOWED["clock"] = {"errors"}
 ALLOWED["stats"] = {"errors"}
 ALLOWED["errors"] = set()

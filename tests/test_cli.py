@@ -127,7 +127,9 @@ def test_demo_runs_small(tmp_path: Path) -> None:
     assert "DOES NOT RECONCILE" not in res.stdout
     assert res.stdout.count("[reconciles]") == 4
     assert "per-user oracle" in res.stdout
-    assert "day  8: 300 decisions" in res.stdout and "mature 300, immature 2400; north star " in res.stdout
+    # the adaptation loop: one line a day, each next to the twin's truth
+    assert "as the first champion on the 20000-user randomized log" in res.stdout
+    assert all(f"day {d:>2}: " in res.stdout for d in range(9)) and res.stdout.count("serves (true share ") == 9
     report = tmp_path / "demo" / "report.html"
     assert f"report: {report}" in " ".join(res.stdout.split())  # rich may wrap the long path
     figures = figure_data(report.read_text())

@@ -1,5 +1,6 @@
-"""The closed loop of the demo at a tiny size: daily figures, the drift alert of a shifted feature, and
-every decision in the store."""
+"""The closed loop (the report's sample run) at a tiny size: daily figures, the drift alert of a shifted
+feature, and every decision in the store; and the demo's adaptation loop at a small size: the broken
+candidate blocked, a good one promoted through shadow and canary, the rollback drill."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from rich.console import Console
 
+from drivetrain.adapt import MemoryRegistry
 from drivetrain.assembly import fit_model
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.demo import AdaptationDemo, adaptation_loop, demo_loop_spec
 from drivetrain.loop import LoopDay, closed_loop, loop_spec, start_loop
 from drivetrain.model import OutcomeModel
 from drivetrain.twin import NBOOTwin, Scenario
 
 DAYS, USERS, SHIFT = 10, 600, 8
+ADAPT_DAYS, ADAPT_USERS = 22, 500
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +77,31 @@ def test_every_decision_is_in_the_store_and_outcomes_arrive_on_later_days(loop: 
     alerts = store.arrow("SELECT rule, subject FROM alerts").to_pandas()
     assert len(alerts) == sum(len(d.alerts) for d in days) and set(alerts["rule"]) <= {"drift"}
     np.testing.assert_array_equal(sorted(alerts["subject"].str.split(" ").str[0].unique()), sorted({a.subject.split(" ")[0] for d in days for a in d.alerts}))
+
+
+# ---------------------------------------------------------------------------------------------- the adaptation loop
+@pytest.fixture(scope="module")
+def adaptation() -> tuple[MemoryRegistry, AdaptationDemo]:
+    registry = MemoryRegistry()
+    store = MemoryStore(demo_loop_spec(ADAPT_USERS))
+    run = adaptation_loop(store, registry, seed=3, days=ADAPT_DAYS, users=ADAPT_USERS, first_users=20_000, console=Console(quiet=True))
+    return registry, run
+
+
+def test_the_demo_loop_stops_the_broken_candidate_and_promotes_only_through_shadow_and_canary(
+        adaptation: tuple[MemoryRegistry, AdaptationDemo]) -> None:
+    registry, run = adaptation
+    first, *retrained = [r.version for r in registry.versions()]
+    # the first retrain (fitted on shuffled purchases) is stopped by a gate, with the gate's reason
+    assert run.blocked is not None and retrained and run.blocked[0] == retrained[0]
+    assert run.blocked[1] in ("regression", "off-policy", "constraints", "shadow", "canary") and len(run.blocked[2]) > 20
+    assert registry.status(retrained[0]) == "rejected"
+    # no version but the first serves without having gone through shadow and canary, in that order
+    for version in {d.champion for d in run.days} - {first}:
+        moves = [s for e in registry.history() for v, s in e.statuses.items() if v == version]
+        assert moves[:3] == ["shadow", "canary", "champion"], moves
+    # every day is scored by the twin's truth
+    assert all(d.share is not None for d in run.days)
+    assert [d.day for d in run.days] == list(range(9, 9 + ADAPT_DAYS))
+    if run.promoted is not None:  # the drill served the version the promotion replaced, then the promotion was restored
+        assert run.drill is not None and run.drill[0] == run.promoted and run.drill[1] == first and run.drill[3]

@@ -244,9 +244,17 @@ class Context(_Value):
 
 
 class Experimentation(_Value):
+    """Randomization (docs/architecture.md). ``exploration`` is what an exploring request gets:
+    ``uniform`` (a uniformly random eligible action) or ``directed`` (drawn where the model cannot tell
+    the actions apart, keeping ``exploration_floor`` of it uniform); see :mod:`drivetrain.exploration`."""
+
+    _added: ClassVar[dict[str, Any]] = {"exploration": "uniform", "exploration_floor": 0.25}
+
     salt: Annotated[str, Field(min_length=4)]
     exploration_rate: Annotated[float, Field(ge=0, lt=1)] = 0.05
     holdout_share: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    exploration: Literal["uniform", "directed"] = "uniform"
+    exploration_floor: Annotated[float, Field(gt=0, le=1)] = 0.25
 
 
 class Serving(_Value):
@@ -335,7 +343,11 @@ class Adaptation(_Value):
     (``retrain_on_alert``), or, as a backstop, ``max_staleness`` since the last fit. ``window`` is how far
     back the training table reaches (None: every mature decision); ``evaluation_share`` of units (salted
     hash) never train and give the frozen evaluation set; ``watch_window`` after a promotion, a guardrail
-    alert rolls the promotion back."""
+    alert rolls the promotion back. ``pacing_period`` (None: off) paces the first budget: its shadow price
+    is set before each day from observed and predicted spend so that spend over each period tracks the
+    budget (:mod:`drivetrain.pacing`)."""
+
+    _added: ClassVar[dict[str, Any]] = {"pacing_period": None}
 
     min_new_decisions: Annotated[int, Field(ge=0)] = 10_000
     min_lift: float = 0.0
@@ -347,6 +359,7 @@ class Adaptation(_Value):
     watch_window: PositiveDuration = timedelta(days=7)
     gates: Gates = Gates()
     canary: Canary = Canary()
+    pacing_period: PositiveDuration | None = None
 
 
 class SpecModel(_Value):

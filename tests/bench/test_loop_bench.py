@@ -8,9 +8,9 @@ from tests.conftest import run_bench
 
 def test_quick_loop_benchmark_runs_and_prints_both_arms_by_week() -> None:
     out = run_bench("loop.py", "--quick")
-    for arm in ("adaptive (uniform epsilon 0.05)", "frozen first policy"):
+    for arm in ("adaptive (directed exploration)", "adaptive (uniform epsilon)", "frozen first policy"):
         assert arm in out, arm
     lines = [line.split() for line in out.splitlines()]
     weeks = [cells for cells in lines if cells and cells[0].isdigit() and len(cells) == 8]
-    assert len(weeks) == 2 * 2  # two arms, two weeks
+    assert len(weeks) == 2 * 2 * 3  # three arms, two weeks, printed after the seed and for all seeds
     assert "spend / budget" in out

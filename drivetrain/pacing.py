@@ -1,0 +1,129 @@
+"""Spend pacing: the budget's shadow price adjusted day by day so that spend over a period tracks the budget.
+
+A plan prices the budget once, on the population it was planned on. When the population shifts (more
+users who buy, say) the same price spends more or less than the budget. The pacer keeps the period's
+ledger and sets the price before each day:
+
+* spent so far: each day's served decisions with their predicted cost (the serving model's prediction of
+  the budget formula for the logged action), and, once a day's decisions are mature, its observed cost;
+  the days not yet observed count at their predicted cost times ``r``, the observed-over-predicted ratio
+  of the observed days (1 before any);
+* the target per unit for the next day: the budget plus what the period is behind (or less what it is
+  ahead), spread over the period's remaining days (at least ``CATCH_UP_DAYS``), kept within ``CATCH_UP`` of the budget;
+* the price: the smallest multiplier >= 0 at which the policy's predicted spend as served (exploration
+  and holdout included) on the most recent contexts, times ``r``, is at most the target (bisection; the
+  spend falls as the price rises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from drivetrain.errors import UsageError
+from drivetrain.policy import Policy
+from drivetrain.spec import Spec, formula_on
+
+__all__ = ["CATCH_UP", "CATCH_UP_DAYS", "SpendPacer"]
+
+#: How far from the budget a day's target may go to catch up with the period (a share of the budget).
+CATCH_UP = 0.25
+#: The fewest days a shortfall or excess is spread over (a smooth price near a period's end).
+CATCH_UP_DAYS = 7
+
+
+@dataclass
+class _Day:
+    units: int
+    predicted: float
+    observed: float | None = None
+
+
+@dataclass
+class SpendPacer:
+    """Paces the spec's first budget (or ``budget``, by name) over periods of ``period_days`` days, the
+    first starting on day ``origin``."""
+
+    spec: Spec
+    period_days: int = 28
+    budget: str | None = None
+    origin: int = 0
+    days: dict[int, _Day] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [b.name for b, _ in self.spec.budgets]
+        if not names:
+            raise UsageError("spend pacing needs a budget in the spec's constraints, got none")
+        name = self.budget or names[0]
+        if name not in names:
+            raise UsageError(f"`budget` must name one of the spec's budgets {names}, got {name!r}")
+        self.budget = name
+        limit, formula = next((b, f) for b, f in self.spec.budgets if b.name == name)
+        self.limit = float(limit.max_per_unit)
+        self.formula = formula
+        if self.period_days < 1:
+            raise UsageError(f"`period_days` must be at least 1, got {self.period_days}")
+
+    # ------------------------------------------------------------------ the ledger
+    def cost(self, policy: Policy, contexts: pd.DataFrame, components: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """The serving model's predicted cost of every (unit, action), (n, K)."""
+        comps = policy.model.predict_outcomes(contexts) if components is None else components
+        return np.broadcast_to(np.asarray(formula_on(self.spec, self.formula, comps, contexts), dtype=np.float64),
+                               (len(contexts), len(self.spec.action_space)))
+
+    def record(self, day: int, units: int, predicted: float) -> None:
+        """A served day: its number of units and the predicted cost of the actions they got (a sum)."""
+        self.days[day] = _Day(int(units), float(predicted))
+
+    def observe(self, day: int, observed: float) -> None:
+        """The observed cost (a sum) of a recorded day's decisions, once they are mature."""
+        if day not in self.days:
+            raise UsageError(f"`day` must be a recorded day, got {day} (recorded: {sorted(self.days)[-3:]})")
+        self.days[day].observed = float(observed)
+
+    def ratio(self) -> float:
+        """Observed over predicted cost on the observed days (1 before any), within [0.5, 2]."""
+        seen = [d for d in self.days.values() if d.observed is not None]
+        predicted = sum(d.predicted for d in seen)
+        if not seen or predicted <= 0:
+            return 1.0
+        return float(np.clip(sum(d.observed or 0.0 for d in seen) / predicted, 0.5, 2.0))
+
+    def target(self, day: int, units: int) -> float:
+        """The spend per unit to aim at on ``day`` for ``units`` expected units."""
+        start = self.origin + (day - self.origin) // self.period_days * self.period_days
+        past = [d for k, d in self.days.items() if start <= k < day]
+        r = self.ratio()
+        spent = sum(d.observed if d.observed is not None else r * d.predicted for d in past)
+        behind = self.limit * sum(d.units for d in past) - spent
+        remaining = max(start + self.period_days - day, min(CATCH_UP_DAYS, self.period_days))
+        return float(np.clip(self.limit + behind / (max(units, 1) * remaining), (1 - CATCH_UP) * self.limit, (1 + CATCH_UP) * self.limit))
+
+    # ------------------------------------------------------------------ the price
+    def paced(self, policy: Policy, contexts: pd.DataFrame, target: float) -> Policy:
+        """``policy`` with the budget's multiplier set so that its predicted spend as served on ``contexts``,
+        corrected by :meth:`ratio`, is at most ``target`` per unit."""
+        assert self.budget is not None
+        comps = policy.model.predict_outcomes(contexts)
+        cost = self.cost(policy, contexts, comps)
+        r = self.ratio()
+
+        def spend(lam: float) -> float:
+            trial = replace(policy, multipliers={**policy.multipliers, self.budget or "": lam})
+            return r * float(np.mean(np.sum(trial.action_distribution(contexts, comps) * cost, axis=1)))
+
+        if spend(0.0) <= target:
+            return replace(policy, multipliers={**policy.multipliers, self.budget: 0.0})
+        low, high = 0.0, max(float(policy.multipliers.get(self.budget, 0.0)), 0.05)
+        while spend(high) > target and high < 1e4:
+            low, high = high, 2.0 * high
+        for _ in range(24):
+            mid = 0.5 * (low + high)
+            if spend(mid) > target:
+                low = mid
+            else:
+                high = mid
+        return replace(policy, multipliers={**policy.multipliers, self.budget: high})

@@ -1,0 +1,86 @@
+"""Spend pacing: the ledger's arithmetic by hand, and spend tracking the budget on the twin when the
+population shifts mid-period (and not without pacing: the negative control)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from drivetrain.adapt import MemoryRegistry, adapt
+from drivetrain.clock import SimulatedClock
+from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.demo import loop_spec
+from drivetrain.errors import UsageError
+from drivetrain.model import OutcomeModel
+from drivetrain.pacing import CATCH_UP, SpendPacer
+from drivetrain.spec import Spec, parse_spec
+from drivetrain.twin import NBOOTwin, Scenario
+from drivetrain.twin_loop import LoopDay, run_twin_loop
+
+TOLERANCE = 0.03  # spend over the period within 3% of the budget
+
+
+def paced_spec() -> Spec:
+    raw = loop_spec().model.model_dump(mode="json")
+    raw["adaptation"]["pacing_period"] = "14d"
+    return parse_spec(raw, source="pacing test")
+
+
+def test_the_pacer_target_is_the_budget_plus_the_shortfall_spread_over_the_remaining_days() -> None:
+    spec = paced_spec()
+    pacer = SpendPacer(spec, period_days=14, origin=9)
+    budget = pacer.limit
+    assert pacer.target(9, 100) == budget  # nothing spent yet
+    pacer.record(9, 100, 90.0 * budget)  # predicted 0.9 per unit
+    pacer.record(10, 100, 100.0 * budget)
+    assert pacer.ratio() == 1.0
+    # 200 units, predicted 190 budgets spent: 10 behind over the 12 remaining days of 100 units
+    assert pacer.target(11, 100) == pytest.approx(budget + 10.0 * budget / (100 * 12))
+    pacer.observe(9, 99.0 * budget)  # observed 1.1 x predicted on day 9: day 10 counts 1.1 x its prediction
+    assert pacer.ratio() == pytest.approx(1.1)
+    assert pacer.target(11, 100) == pytest.approx(budget + (200 - 99 - 110) * budget / (100 * 12))
+    # near the period's end a shortfall is spread over at least 7 days, and a target stays within CATCH_UP
+    pacer.record(19, 100, 0.0)
+    assert pacer.target(21, 100) == pytest.approx(budget + (300 - 209) * budget / (100 * 7))
+    pacer.record(20, 100, 0.0)
+    assert pacer.target(21, 100) == pytest.approx((1 + CATCH_UP) * budget)  # 191 behind over 7 days: more than CATCH_UP
+    assert pacer.target(23, 100) == budget  # a new period starts on day 23
+    with pytest.raises(UsageError, match="day"):
+        pacer.observe(30, 1.0)
+
+
+def _run(pacing: bool) -> list[LoopDay]:
+    spec = paced_spec()
+    # from day 13 every user has three times the cart adds: more users buy, so the plan's price overspends
+    twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
+    store = MemoryStore(spec)
+    decisions, outcomes = twin.log(twin.population(20_000))
+    clock = SimulatedClock(twin.start + timedelta(days=9))
+    ingest_decisions(store, RawRows(decisions, (), "randomized log"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "randomized log"), clock=clock)
+    registry = MemoryRegistry()
+
+    def trainer(table, product):  # type: ignore[no-untyped-def]
+        return OutcomeModel(n_folds=0, n_estimators=60, num_threads=1, seed=0).fit(table, product)
+
+    adapt(store, registry, clock.now(), trainer=trainer, population_size=2000)
+    return run_twin_loop(twin, store, registry, days=range(9, 23), users=2000, adapt_steps=False, monitor=False, trainer=trainer,
+                         truth_sample=2000, pacing=pacing)
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[bool, list[LoopDay]]:
+    return {pacing: _run(pacing) for pacing in (False, True)}
+
+
+def test_pacing_keeps_true_spend_on_the_budget_through_a_population_shift(runs) -> None:  # type: ignore[no-untyped-def]
+    ratio = {p: float(np.mean([d.spend for d in days]) / days[0].budget) for p, days in runs.items()}
+    after = {p: float(np.mean([d.spend for d in days if d.day >= 13]) / days[0].budget) for p, days in runs.items()}
+    assert after[False] > 1 + 2 * TOLERANCE  # the shift makes the plan's price overspend (the negative control)
+    assert abs(ratio[False] - 1) > TOLERANCE
+    assert abs(ratio[True] - 1) <= TOLERANCE, ratio  # paced: the period's true spend is on the budget
+    # the same users and the same first champion: only the price differs
+    assert [d.champion for d in runs[True]] == [d.champion for d in runs[False]]
+    assert runs[True][0].spend == runs[False][0].spend  # the first day has no day before to pace from
