@@ -36,6 +36,7 @@ def _blocked_by(gates: list, expected: set[str]) -> str:
     assert failed, f"no gate blocked it: {[(g.gate, g.reason) for g in gates]}"
     assert failed[0] is gates[-1], "the first failure must stop the candidate"
     assert failed[0].gate in expected, f"blocked by {failed[0].gate} ({failed[0].reason}), expected {expected}"
+    print(f"blocked by the {failed[0].gate} gate: {failed[0].reason}")  # shown with -rA: which gate, over many seeds
     return failed[0].reason
 
 
@@ -71,13 +72,11 @@ def test_overspending_the_budget_is_blocked_by_the_constraints_gate(world: World
     assert "budget promotion_budget" in _blocked_by(gates, {"constraints"})
 
 
-@pytest.mark.xfail(strict=True, reason="not blocked at this size: for gold users getting delayed offers the models predict a complaint "
-                   "rate of 0.0134 where the twin's truth is 0.0234 (bound 0.02; seed 0), so the conservative side of the "
-                   "predictions holds; the online guardrail alert by cohort and the watch window's rollback are the backstop")
 def test_breaking_a_guardrail_in_one_segment_is_blocked_by_the_constraints_gate(world: World) -> None:
     _, gates = judge(world, f"segment-{world.seed}", planner=segment_planner)
     reason = _blocked_by(gates, {"constraints"})
-    assert "in tier = gold" in reason and "complaint_rate" in reason
+    assert "complaint_rate in tier = gold" in reason and "adjusted over" in reason
+    assert "budget" not in reason and reason.count("guardrail ") == 1  # only the broken segment, not the whole
 
 
 def test_a_candidate_too_slow_to_serve_is_blocked_by_the_serving_gate(world: World) -> None:
