@@ -299,7 +299,9 @@ def _cohort_guardrails(spec: Spec, population: pd.DataFrame, program: np.ndarray
       breaks a guardrail in a slice where it is worse passes only when that bound is wrongly within, at
       most that often too, however many slices there are.
 
-    With no champion, every slice's bound is judged. Every slice's figures are recorded; returns the
+    With no champion (the first version) a slice stops the candidate when its mean is beyond the limit by
+    more than chance (the same Holm-adjusted level): a first version has nothing to be worse than, and
+    its small cohorts are not asked to prove feasibility. Every slice's figures are recorded; returns the
     failures."""
     gates = spec.model.adaptation.gates
     tol, side = gates.constraint_tolerance, gates.alpha / 2
@@ -324,8 +326,10 @@ def _cohort_guardrails(spec: Spec, population: pd.DataFrame, program: np.ndarray
                 bound = mean + sign * z * se
                 beyond = sign * (bound - limit * (1 + sign * tol)) > 0
                 champ = per_judge[judge][2]
+                over = sign * (mean - limit * (1 + sign * tol))  # without a champion: beyond the limit by more than chance
                 t: dict[str, Any] = {"name": name, "cohort": cohort, "value": value, "units": units, "judge": judge, "conservative": mean,
-                                     "se": se, "bound": bound, "limit": limit, "beyond": beyond, "champion": None, "p": 0.0}
+                                     "se": se, "bound": bound, "limit": limit, "beyond": beyond, "champion": None,
+                                     "p": float(stats.norm.sf(over / se)) if se > 0 else float(over <= 0)}
                 if champ is not None:
                     diff = sign * (mine - champ[name][rows])
                     d_mean, d_se = float(diff.mean()), float(diff.std(ddof=1) / root)
@@ -336,9 +340,11 @@ def _cohort_guardrails(spec: Spec, population: pd.DataFrame, program: np.ndarray
     failures = []
     for t, p_adj in zip(tests, adjusted, strict=True):
         keys = ("conservative", "se", "bound", "judge", "limit", "champion", "units")
-        figures[f"{t['name']}[{t['cohort']}={t['value']}]"] = {k: t[k] for k in keys} | {"p_worse_adjusted": float(p_adj)}
-        if p_adj < side and t["beyond"]:
-            than = "" if t["champion"] is None else f"; worse than the champion's {t['champion']:.4f} (p = {p_adj:.2g} adjusted over {len(tests)} slices)"
+        figures[f"{t['name']}[{t['cohort']}={t['value']}]"] = {k: t[k] for k in keys} | {
+            ("p_worse_adjusted" if t["champion"] is not None else "p_beyond_adjusted"): float(p_adj)}
+        if p_adj < side and (t["beyond"] or t["champion"] is None):
+            than = (f"; beyond it by more than chance (p = {p_adj:.2g} adjusted over {len(tests)} slices)" if t["champion"] is None else
+                    f"; worse than the champion's {t['champion']:.4f} (p = {p_adj:.2g} adjusted over {len(tests)} slices)")
             failures.append(f"guardrail {t['name']} in {t['cohort']} = {t['value']}: {t['conservative']:.4f} per unit, up to {t['bound']:.4f} "
                             f"by the conservative side ({t['units']} units), beyond {t['limit']}{than}")
     return failures
