@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from importlib import resources
@@ -929,6 +931,8 @@ def report(
     until: Annotated[str | None, typer.Option(help="Count only decisions made before this UTC time.")] = None,
     policy_version: Annotated[list[str] | None, typer.Option(help="Count only this version's decisions (repeatable); one version is also "
                                                                   "the baselines drift compares with (default: the version that made most decisions in the window).")] = None,
+    registry: Annotated[Path | None, typer.Option(help="The adaptation registry: adds which version was live when, each candidate's "
+                                                       "gates with their figures, and the north star by version.")] = None,
 ) -> None:
     """Write the HTML report: north star by day, guardrails by cohort, drift, latency, budgets, alert timeline."""
     from drivetrain.data import open_store
@@ -941,7 +945,7 @@ def report(
     with console.status("evaluating and drawing"):
         path = write_report(target, as_of=_parse_time(as_of, "as_of"), out=out, drift_days=drift_days,
                             policy_version=policy_version[0] if policy_version and len(policy_version) == 1 else None,
-                            scope=_scope(since, until, policy_version))
+                            scope=_scope(since, until, policy_version), registry=None if registry is None else _registry(registry))
     console.print(f"wrote the report to {path.resolve()} ({path.stat().st_size / 1e6:.1f} MB, opens offline)")
 
 
@@ -957,8 +961,11 @@ TOKEN_ENV = "DRIVETRAIN_TOKEN"
 @app.command()
 def serve(
     spec: Annotated[Path, typer.Option(help="The spec file (its fallback action serves when the policy cannot).")],
-    policy: Annotated[Path, typer.Option(help="The policy directory to serve.")],
     store: Annotated[Path, typer.Option(help="The store directory (decisions are compacted into it; outcomes go to it).")],
+    policy: Annotated[Path | None, typer.Option(help="The policy directory to serve (or --registry).")] = None,
+    registry: Annotated[Path | None, typer.Option(help="Serve the registry's --alias and follow it: a promotion or rollback "
+                                                       "switches the served policy without a restart.")] = None,
+    alias: Annotated[str, typer.Option(help="The registry alias to follow (with --registry).")] = "champion",
     log_dir: Annotated[Path | None, typer.Option(help="Decision log segments; default: <store>-log next to the store.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
@@ -987,16 +994,34 @@ def serve(
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
+    follow = None
+    if (policy is None) == (registry is None):
+        raise UsageError(f"give one of `--policy` (a policy directory) and `--registry` (follow its --alias), got "
+                         f"{'both' if policy is not None else 'neither'}")
+    if registry is not None:
+        reg = _registry(registry)
+        if reg.alias(alias) is None:
+            raise UsageError(f"`--alias` {alias} of the registry {str(registry)!r} must name a version to serve, got none: "
+                             "promote one first (`drivetrain promote` or `drivetrain adapt`)")
+
+        def follow() -> Path | None:
+            current = reg.alias(alias)
+            return None if current is None else reg.artifact(current)
+
+        policy = follow()
+        policy_root = policy_root or registry / "artifacts"
+    assert policy is not None
     open_store(store, loaded, create=True)
     config = ServiceConfig(spec=loaded, spec_path=spec.resolve(), policy_dir=policy.resolve(), store_dir=store.resolve(),
                            log_dir=(log_dir or store.parent / f"{store.name}-log").resolve(), token=os.environ.get(TOKEN_ENV) or None,
                            fsync=fsync.value, segment_records=segment_records, segment_age_s=segment_age,
                            compact_every_s=compact_every, backlog_segments=backlog_segments, backlog_age_s=backlog_age, logging=logging, policy_root=policy_root.resolve() if policy_root else None,
                            request_memory_bytes=int(request_memory_mb * 2**20), limits=Limits(shutdown_s=shutdown_timeout, header_timeout_s=header_timeout,
-                                                                                     body_timeout_s=body_timeout))
+                                                                                     body_timeout_s=body_timeout), follow=follow)
     service = Service(config)
     health = service.health()
     err.print(f"serving {health['status']} policy {health['policy_version']} on http://{host}:{port}"
+              + (f", following the registry's {alias}" if registry is not None else "")
               + (f" ({health['reason']})" if health["reason"] else ""))
     if service.recovered is not None and service.recovered.segments:
         r = service.recovered
@@ -1180,13 +1205,39 @@ def demo(
     run_demo(out, users=users, seed=seed, console=console, loop_days=loop_days, loop_users=loop_users)
 
 # ---------------------------------------------------------------------------------------------- adaptation
+#: Fault injection of the crash tests: ``trace:PATH`` appends the name of every file-system step of the
+#: registry to PATH; ``kill:K`` makes the process SIGKILL itself just before the K-th step (from 1).
+REGISTRY_FAULT_ENV = "DRIVETRAIN_REGISTRY_FAULT"
+
+
+def _registry_fault() -> Callable[[str], None] | None:
+    setting = os.environ.get(REGISTRY_FAULT_ENV)
+    if not setting:
+        return None
+    mode, _, arg = setting.partition(":")
+    if mode == "trace" and arg:
+        def trace(step: str) -> None:
+            with open(arg, "a", encoding="utf-8") as handle:
+                handle.write(step + "\n")
+        return trace
+    if mode == "kill" and arg.isdigit() and int(arg) >= 1:
+        count = [0]
+
+        def kill(step: str) -> None:
+            count[0] += 1
+            if count[0] == int(arg):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return kill
+    raise UsageError(f"`{REGISTRY_FAULT_ENV}` must be trace:PATH or kill:K (K >= 1), got {setting!r}")
+
+
 def _registry(directory: Path, *, create: bool = False) -> EmbeddedRegistry:
     from drivetrain.adapt import EmbeddedRegistry
 
     if not create and not directory.is_dir():
         raise UsageError(f"`--registry` must be a registry directory (`drivetrain adapt` creates one), got {str(directory)!r}, "
                          f"which {'is a file' if directory.exists() else 'does not exist'}")
-    return EmbeddedRegistry(directory, create=create)
+    return EmbeddedRegistry(directory, create=create, fault=_registry_fault())
 
 
 @app.command()

@@ -35,7 +35,7 @@ import pandas as pd
 
 from drivetrain.errors import UsageError
 
-__all__ = ["cluster_codes", "pseudo_outcomes", "standard_error"]
+__all__ = ["cluster_codes", "holm_adjusted", "pseudo_outcomes", "standard_error"]
 
 
 def pseudo_outcomes(reward: npt.ArrayLike, action: npt.ArrayLike, pscore: npt.ArrayLike, estimated_rewards: npt.ArrayLike) -> np.ndarray:
@@ -76,3 +76,22 @@ def cluster_codes(cluster: npt.ArrayLike, n: int, source: str = "reward") -> npt
         more = f" (and {bad.size - 1} more rows)" if bad.size > 1 else ""
         raise UsageError(f"`cluster` must name a unit for every decision, got a missing value at row {int(bad[0])}{more}")
     return codes.astype(np.int64)
+
+
+def holm_adjusted(p: npt.ArrayLike) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values of a family of tests: rejecting those below alpha keeps the
+    chance of any false rejection at most alpha; NaN stays NaN (not a test).
+
+    >>> holm_adjusted([0.01, 0.03, 0.02, np.nan])
+    array([0.03, 0.04, 0.04,  nan])
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out

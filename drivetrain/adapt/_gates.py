@@ -7,9 +7,10 @@
 3. ``off-policy``: on the evaluation units' recent decisions (exact logged propensities), the lower bound
    of the candidate's lift over the champion is above ``min_lift``, or it is above ``-non_inferiority_margin``
    and the candidate spends less or keeps a guardrail lower.
-4. ``constraints``: every budget, cap and guardrail (overall, and a guardrail in every cohort value) holds
-   on the planning population by the conservative side, the higher of the candidate's and the champion's
-   model predictions of the candidate's use.
+4. ``constraints``: every budget, cap and guardrail holds on the planning population by the conservative
+   side, the higher of the candidate's and the reference model's predictions of the candidate's use; in
+   every cohort value where the candidate is worse than the champion by more than chance (Holm-adjusted
+   over the cohort values and guardrails), each guardrail's upper bound is within its limit.
 5. ``serving``: the p99 of single decisions in process is within the spec's latency budget.
 
 Every gate returns its figures; the first failure stops the candidate with a reason a person can act on.
@@ -33,6 +34,7 @@ from drivetrain.data import Store
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.spec import Formula, Spec, formula_on, mean_constraints
+from drivetrain.stats import holm_adjusted
 
 __all__ = ["GateResult", "Paired", "constraints_gate", "data_gate", "off_policy_gate", "paired_values", "regression_gate", "serving_gate"]
 
@@ -274,32 +276,78 @@ def constraints_gate(spec: Spec, population: pd.DataFrame, candidate: Policy, ju
         figures[cap.name] = {"share": share, "limit": cap.max_share}
         if share > cap.max_share * (1 + tol):
             failures.append(f"cap {cap.name}: {share:.3f} of units > {cap.max_share}")
-    for cohort in spec.model.cohorts:
-        if cohort not in population:
-            continue
-        values = population[cohort].astype(str).to_numpy()
-        for value in np.unique(values):
-            rows = program & (values == value)
-            if rows.sum() < gates.min_cohort_units:
-                continue
-            for g, _f in spec.guardrails:
-                name = next(n for n in terms if n == g.name or n.startswith(f"{g.name}:"))
-                sense, limit = terms[name]
-                use = [float(per_judge[j][1][name][rows].mean()) for j in per_judge]
-                worst = max(use) if sense == "<=" else min(use)
-                champ = [float(u[name][rows].mean()) for _s, _a, u in per_judge.values() if u is not None]
-                before = (max(champ) if sense == "<=" else min(champ)) if champ else None
-                broken = (worst > limit * (1 + tol)) if sense == "<=" else (worst < limit * (1 - tol))
-                # a segment the champion already breaks as much blocks nobody: only a worse candidate is stopped
-                worse = before is None or ((worst > before + tol * abs(limit)) if sense == "<=" else (worst < before - tol * abs(limit)))
-                if broken and worse:
-                    figures[f"{name}[{cohort}={value}]"] = {"conservative": worst, "champion": before, "limit": limit, "units": int(rows.sum())}
-                    failures.append(f"guardrail {name} in {cohort} = {value}: {worst:.4f} per unit > {limit}"
-                                    + (f" (champion {before:.4f})" if before is not None else ""))
+    failures += _cohort_guardrails(spec, population, program, per_judge, terms, figures)
     if failures:
         return GateResult("constraints", False, "not feasible by the conservative side: " + "; ".join(failures)
                           + ": plan again with a tighter limit or pessimism, or keep the champion", figures)
     return GateResult("constraints", True, "every budget, cap and guardrail holds by the conservative side", figures)
+
+
+def _cohort_guardrails(spec: Spec, population: pd.DataFrame, program: np.ndarray,
+                       per_judge: Mapping[str, tuple[Any, Mapping[str, np.ndarray], Mapping[str, np.ndarray] | None]],
+                       terms: Mapping[str, tuple[str, float]], figures: dict[str, Any]) -> list[str]:
+    """Every guardrail in every value of every spec cohort with at least ``min_cohort_units`` units of the
+    program, by the conservative judge there (the model predicting the worst use of the candidate's policy
+    arm). A slice stops the candidate when both hold:
+
+    * the candidate is worse there than the champion by more than chance: the paired difference of their
+      predicted uses over the slice's units, one-sided p-value Holm-adjusted over every slice (as the
+      guardrail alerts are), below the side ``gates.alpha / 2`` of the gates' intervals; a good candidate
+      no worse than the champion anywhere is so stopped by chance in some slice at most that often;
+    * feasibility is not shown by the conservative side: the upper bound of the slice's mean (the same
+      side, standard error over its units) is beyond the limit with its tolerance. A candidate that
+      breaks a guardrail in a slice where it is worse passes only when that bound is wrongly within, at
+      most that often too, however many slices there are.
+
+    With no champion (the first version) a slice stops the candidate when its mean is beyond the limit by
+    more than chance (the same Holm-adjusted level): a first version has nothing to be worse than, and
+    its small cohorts are not asked to prove feasibility. Every slice's figures are recorded; returns the
+    failures."""
+    gates = spec.model.adaptation.gates
+    tol, side = gates.constraint_tolerance, gates.alpha / 2
+    z = float(stats.norm.isf(side))
+    tests: list[dict[str, Any]] = []
+    for cohort in (c for c in spec.model.cohorts if c in population):
+        values = population[cohort].astype(str).to_numpy()
+        for value in np.unique(values):
+            rows = program & (values == value)
+            units = int(rows.sum())
+            if units < max(2, gates.min_cohort_units):
+                continue
+            root = np.sqrt(units)
+            for g, _f in spec.guardrails:
+                name = next(n for n in terms if n == g.name or n.startswith(f"{g.name}:"))
+                sense, limit = terms[name]
+                sign = 1.0 if sense == "<=" else -1.0  # sign * use: higher is worse
+                use = {j: arms[1][name][rows] for j, arms in per_judge.items()}
+                judge = max(use, key=lambda j: sign * float(use[j].mean()))
+                mine = use[judge]
+                mean, se = float(mine.mean()), float(mine.std(ddof=1) / root)
+                bound = mean + sign * z * se
+                beyond = sign * (bound - limit * (1 + sign * tol)) > 0
+                champ = per_judge[judge][2]
+                over = sign * (mean - limit * (1 + sign * tol))  # without a champion: beyond the limit by more than chance
+                t: dict[str, Any] = {"name": name, "cohort": cohort, "value": value, "units": units, "judge": judge, "conservative": mean,
+                                     "se": se, "bound": bound, "limit": limit, "beyond": beyond, "champion": None,
+                                     "p": float(stats.norm.sf(over / se)) if se > 0 else float(over <= 0)}
+                if champ is not None:
+                    diff = sign * (mine - champ[name][rows])
+                    d_mean, d_se = float(diff.mean()), float(diff.std(ddof=1) / root)
+                    t.update(champion=float(champ[name][rows].mean()),
+                             p=float(stats.norm.sf(d_mean / d_se)) if d_se > 0 else float(d_mean <= 0))
+                tests.append(t)
+    adjusted = holm_adjusted(np.array([t["p"] for t in tests]))
+    failures = []
+    for t, p_adj in zip(tests, adjusted, strict=True):
+        keys = ("conservative", "se", "bound", "judge", "limit", "champion", "units")
+        figures[f"{t['name']}[{t['cohort']}={t['value']}]"] = {k: t[k] for k in keys} | {
+            ("p_worse_adjusted" if t["champion"] is not None else "p_beyond_adjusted"): float(p_adj)}
+        if p_adj < side and (t["beyond"] or t["champion"] is None):
+            than = (f"; beyond it by more than chance (p = {p_adj:.2g} adjusted over {len(tests)} slices)" if t["champion"] is None else
+                    f"; worse than the champion's {t['champion']:.4f} (p = {p_adj:.2g} adjusted over {len(tests)} slices)")
+            failures.append(f"guardrail {t['name']} in {t['cohort']} = {t['value']}: {t['conservative']:.4f} per unit, up to {t['bound']:.4f} "
+                            f"by the conservative side ({t['units']} units), beyond {t['limit']}{than}")
+    return failures
 
 
 def serving_gate(policy: Policy, contexts: pd.DataFrame, *, timer: Callable[[], float] = time.perf_counter) -> GateResult:

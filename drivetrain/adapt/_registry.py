@@ -346,6 +346,9 @@ class EmbeddedRegistry(_Replay):
     def __init__(self, root: str | Path, *, create: bool = False, fault: Fault | None = None) -> None:
         self.root = Path(root)
         self._fault = fault or (lambda step: None)
+        # files are written once and never changed (an event is linked into place, a record written once): a
+        # file read before is not read again, so that a service following an alias reads only what is new
+        self._read: dict[Path, Any] = {}
         marker = self.root / "registry.json"
         if create:
             for sub in ("versions", "artifacts", "history"):
@@ -425,15 +428,20 @@ class EmbeddedRegistry(_Replay):
                                 f"got {actual[:12]}...")
         return Policy.load(path)
 
+    def _once(self, path: Path, parse: Callable[[Mapping[str, Any]], Any]) -> Any:
+        if path not in self._read:
+            self._read[path] = parse(json.loads(path.read_text()))
+        return self._read[path]
+
     def _records(self) -> dict[str, VersionRecord]:
         out = {}
         for path in sorted((self.root / "versions").glob("*.json")):
-            record = VersionRecord.from_json(json.loads(path.read_text()))
+            record = self._once(path, VersionRecord.from_json)
             out[record.version] = record
         return out
 
     def _events(self) -> list[Event]:
-        return [Event.from_json(json.loads(p.read_text())) for p in sorted((self.root / "history").glob("[0-9]*.json"))]
+        return [self._once(p, Event.from_json) for p in sorted((self.root / "history").glob("[0-9]*.json"))]
 
     def _append(self, event: Event) -> None:
         self._write_json(self.root / "history" / f"{event.seq:09d}.json", event.to_json(), step=f"event {event.seq}", exclusive=True)

@@ -13,7 +13,8 @@ A step, judged on the store and the registry as of T:
 
 Every firing, gate and move is an event of the registry's history. A step records itself last; running
 it again for the same T answers from that record and changes nothing, and a step interrupted by a crash
-resumes (a candidate registered for T is gated again rather than fitted twice).
+resumes (a candidate registered for T is gated again rather than fitted twice; one with a verdict
+already, rejected or promoted, keeps it).
 """
 
 from __future__ import annotations
@@ -317,6 +318,13 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
         last_fit = max((r.registered_at for r in versions), default=None)
         name = _version_name(spec, as_of)
         resumed = any(r.version == name for r in versions)
+        if resumed and (decided := registry.status(name)) != "registered":
+            # a crash after the candidate's verdict (a failed gate, the promotion) and before the step's record:
+            # the verdict stands; gating it again, now beside itself as the champion, would contradict it
+            actions.append(f"{name}: already {decided} by the interrupted run of this step")
+            step = StepResult(as_of, tuple(actions), None, name, (), champion)
+            registry.record(at=as_of, who=who, why="; ".join(actions), kind="step", details=step.to_json())
+            return step
         report = judge_triggers(store, as_of, None if resumed else last_fit)
         if resumed:
             report = TriggerReport(as_of, last_fit, ("resuming the candidate registered for this as-of",), {})

@@ -35,9 +35,10 @@ import pyarrow as pa
 
 from drivetrain.clock import as_utc
 from drivetrain.data import ALERT_SCHEMA, ParityReport, Store
-from drivetrain.evaluate._drift import DriftReport, _holm
+from drivetrain.evaluate._drift import DriftReport
 from drivetrain.evaluate._figures import Evaluation
 from drivetrain.spec import AlertRule, Spec
+from drivetrain.stats import holm_adjusted
 
 __all__ = ["Alert", "check_alerts", "latency_by_minute", "store_alerts"]
 
@@ -236,7 +237,7 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
                 tests.append((cohort, value, g.name, bound, mean, se, p))
     if not tests:
         return []
-    adjusted = _holm(np.array([t[-1] for t in tests]))
+    adjusted = holm_adjusted(np.array([t[-1] for t in tests]))
     out = []
     for (cohort, value, name, bound, mean, se, _p), p_adj in zip(tests, adjusted, strict=True):
         if p_adj < alpha:

@@ -65,6 +65,7 @@ from drivetrain.clock import as_utc
 from drivetrain.data import Store, psi_cell_bins, training_table
 from drivetrain.errors import DataError, UsageError
 from drivetrain.evaluate._sql import timestamp_sql as _ts
+from drivetrain.stats import holm_adjusted
 
 __all__ = ["DRIFT_COLUMNS", "DriftReport", "baseline_version", "drift_as_of", "drift_queries", "measure_drift"]
 
@@ -221,19 +222,6 @@ def _chi2(live: np.ndarray, reference: np.ndarray, n_ref: int) -> tuple[float, f
         return 1.0, 0.0
     chi2, p, _, _ = stats.chi2_contingency(table, correction=False)
     return float(p), float(np.sqrt(chi2 / table.sum()))
-
-
-def _holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values; NaN stays NaN."""
-    out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    if finite.size == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    m = order.size
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out[order] = adjusted
-    return out
 
 
 def _stats(col: _Column, ref: dict[str, Any] | None, group: pd.DataFrame) -> dict[str, Any]:
@@ -483,7 +471,7 @@ def measure_drift(
     table_out = pd.DataFrame(rows, columns=[c for c in DRIFT_COLUMNS if c not in ("p_adjusted", "flagged")])
     table_out = table_out.sort_values(["role", "column_name", "cohort", "cohort_value"], na_position="first",
                                       kind="stable").reset_index(drop=True)
-    table_out["p_adjusted"] = _holm(table_out["p_value"].to_numpy(dtype=np.float64))
+    table_out["p_adjusted"] = holm_adjusted(table_out["p_value"].to_numpy(dtype=np.float64))
     table_out["flagged"] = (table_out["p_adjusted"] < alpha) & (table_out["psi"] >= psi_threshold)
     table_out = table_out[list(DRIFT_COLUMNS)]
     return DriftReport(version=version, start=start, end=end, as_of=as_of, decisions=decisions,

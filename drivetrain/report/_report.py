@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from drivetrain.adapt import Registry
 from drivetrain.clock import as_utc
 from drivetrain.contract import system_documents
 from drivetrain.data import Store
@@ -263,6 +264,81 @@ def contract_panel(spec: Spec, evaluation: Evaluation, store: Store) -> Panel:
                   " the datasheet.",), text=document)
 
 
+def _figures_text(figures: dict[str, Any], limit: int = 8) -> str:
+    """A gate's top-level figures, compact (numbers to 4 significant digits; nested figures left out)."""
+    plain = [(k, v) for k, v in figures.items() if not isinstance(v, dict | list)]
+    text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in plain[:limit])
+    nested = len(figures) - len(plain[:limit])
+    return text + (f" (+{nested} more in `drivetrain registry --json`)" if nested else "")
+
+
+def adaptation_panels(registry: Registry, store: Store, as_of: datetime, confidence: float) -> list[Panel]:
+    """What the adaptation loop did as of ``as_of``: which version was the champion when (the registry's
+    alias moves), each candidate's gates with their figures, and the north star of each version's own
+    decisions (its policy arm against the holdout it served)."""
+    events = [e for e in registry.history() if e.at <= as_of]
+    periods: list[tuple[str, datetime, datetime | None, str, str]] = []
+    for event in events:
+        if "champion" in event.aliases:
+            if periods:
+                version, start, _, who, why = periods[-1]
+                periods[-1] = (version, start, event.at, who, why)
+            if event.aliases["champion"] is not None:
+                periods.append((str(event.aliases["champion"]), event.at, None, event.who, event.why))
+    live_title = "Adaptation: which version was live when"
+    if not periods:
+        live = Panel("live-versions", live_title, None, (f"No version was the champion as of {as_of.isoformat()}.",))
+    else:
+        fig = go.Figure()
+        for version, start, end, _who, why in periods:
+            fig.add_trace(go.Scatter(x=[start.strftime("%Y-%m-%d %H:%M:%S"), (end or as_of).strftime("%Y-%m-%d %H:%M:%S")], y=[version, version],
+                                     mode="lines+markers", line={"width": 10, "color": POLICY}, name=version, showlegend=False,
+                                     hovertext=[why, why], hovertemplate="%{x}<br>%{hovertext}<extra>%{y}</extra>"))
+        fig.update_layout(xaxis_title="UTC", yaxis={"type": "category"}, xaxis={"type": "date"})
+        table = (("champion", "from", "until", "moved by", "why"),
+                 *((v, _moment(a), "as of the report" if b is None else _moment(b), who, why) for v, a, b, who, why in periods))
+        live = Panel("live-versions", live_title, _finish(fig, 220 + 28 * len({p[0] for p in periods})),
+                     ("Each bar is a period in which the version was the `champion` alias (the registry's history: "
+                      "promotions, rollbacks).",), table)
+    statuses: dict[str, str] = {}
+    rows: list[tuple[str, ...]] = [("version", "at", "gate", "result", "figures", "reason")]
+    for event in events:
+        statuses.update(event.statuses)
+        d = event.details
+        if event.kind in ("gate", "rollback", "promote") and "gate" in d:
+            rows.append((str(d.get("version", "")), _moment(event.at), str(d["gate"]), "passed" if d.get("passed") else "FAILED",
+                         _figures_text(dict(d.get("figures", {}))), str(d.get("reason", ""))))
+    gates_title = "Adaptation: each candidate's gates"
+    if len(rows) == 1:
+        gates = Panel("candidate-gates", gates_title, None, (f"No candidate was gated as of {as_of.isoformat()}.",))
+    else:
+        listing = "; ".join(f"{v}: {s}" for v, s in statuses.items())
+        gates = Panel("candidate-gates", gates_title, None, (f"Status as of the report: {listing}.", "Gates in order, the first "
+                      "failure stopping the candidate."), tuple(rows))
+    versions = list(dict.fromkeys(p[0] for p in periods))
+    found = store.query(f"SELECT DISTINCT policy_version FROM decisions WHERE received_at <= {_ts(as_of)} AND assignment <> 'logged'")
+    versions += sorted(set(found["policy_version"].astype(str)) - set(versions))
+    effects = [(v, evaluate(store, as_of, confidence=confidence, scope=Scope(policy_versions=(v,))).overall) for v in versions]
+    effects = [(v, o) for v, o in effects if o.north_star.difference is not None]
+    ns_title = "Adaptation: north star by version"
+    if not effects:
+        by_version = Panel("north-star-by-version", ns_title, None, ("No version has mature decisions as of the report.",))
+    else:
+        diff = [o.north_star.difference for _, o in effects]
+        fig = go.Figure(go.Scatter(x=[v for v, _ in effects], y=diff, mode="markers", marker={"size": 10, "color": POLICY},
+                                   error_y=_interval(diff, [o.north_star.low for _, o in effects], [o.north_star.high for _, o in effects])))
+        fig.add_hline(y=0, line={"color": "#444", "width": 1})
+        fig.update_layout(xaxis={"type": "category", "title": "policy version (live order)"}, yaxis_title="policy − holdout per unit")
+        level = f"{100 * confidence:.0f}%"
+        figures_table: tuple[tuple[str, ...], ...] = (("version", "north star", f"{level} interval", "policy arm", "holdout", "mature decisions"),
+                 *((v, _num(o.north_star.difference), f"[{_num(o.north_star.low)}, {_num(o.north_star.high)}]", _num(o.north_star.policy),
+                    _num(o.north_star.holdout), str(o.counts.mature)) for v, o in effects))
+        by_version = Panel("north-star-by-version", ns_title, _finish(fig, 360),
+                           ("Each version's own mature decisions: its policy arm against the holdout units of the same"
+                            " decisions (a canary arm counts for the version that decided).",), figures_table)
+    return [live, gates, by_version]
+
+
 # ---------------------------------------------------------------------------------------------- assembly
 def _drift(store: Store, as_of: datetime, days: float, version: str | None) -> tuple[DriftReport | None, str]:
     """Drift as the monitor measures it (:func:`~drivetrain.evaluate.drift_as_of`); a failure becomes the reason."""
@@ -280,7 +356,7 @@ def _script_json(text: str) -> str:
 def _section(panel: Panel) -> str:
     e = html.escape
     parts = [f'<section id="{panel.key}"><h2>{e(panel.title)}</h2>']
-    if panel.figure is None and not panel.text:
+    if panel.figure is None and not panel.text and not panel.table:
         parts.append(f'<p class="empty">{e(panel.notes[0])}</p>')
         notes = panel.notes[1:]
     elif panel.figure is None:
@@ -363,13 +439,16 @@ def _page(spec: Spec, evaluation: Evaluation, versions: list[tuple[str, int, str
 
 
 def write_report(store: Store, *, as_of: datetime, out: str | Path, drift_days: float = 1.0,
-                 policy_version: str | None = None, confidence: float = 0.95, scope: Scope | None = None) -> Path:
+                 policy_version: str | None = None, confidence: float = 0.95, scope: Scope | None = None,
+                 registry: Registry | None = None) -> Path:
     """Write the report of ``store`` as of ``as_of`` to ``out`` (one self-contained HTML file); returns its path.
 
     ``drift_days``: the drift window, the days before the last decision received by ``as_of``;
     ``policy_version``: whose baselines drift compares with (default: the one with baselines that made
     most decisions in the window); ``confidence``: the level of the intervals; ``scope``: the decisions
-    the KPIs count (a window of decision times, policy versions; :class:`~drivetrain.evaluate.Scope`).
+    the KPIs count (a window of decision times, policy versions; :class:`~drivetrain.evaluate.Scope`);
+    ``registry``: the adaptation loop's registry, for which version was live when, each candidate's gates
+    and the north star by version.
     """
     as_of = as_utc(as_of, name="as_of")
     if not drift_days > 0:
@@ -380,6 +459,8 @@ def write_report(store: Store, *, as_of: datetime, out: str | Path, drift_days: 
     panels = [north_star_panel(evaluation, spec), *guardrail_panels(evaluation), drift_panel(drift, reason),
               latency_panel(evaluation, spec), *budget_panels(evaluation), alert_panel(store, as_of),
               contract_panel(spec, evaluation, store)]
+    if registry is not None:
+        panels[1:1] = adaptation_panels(registry, store, as_of, confidence)
     found = store.query(f"SELECT policy_version, COUNT(*) AS n, MIN(decided_at) AS a, MAX(decided_at) AS b FROM decisions"
                         f" WHERE received_at <= {_ts(as_of)} GROUP BY 1 ORDER BY 3, 1")
     versions = [(str(r["policy_version"]), int(r["n"]), f"{r['a']:%Y-%m-%d %H:%M}", f"{r['b']:%Y-%m-%d %H:%M} UTC") for r in found.to_dict("records")]

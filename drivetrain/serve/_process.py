@@ -38,10 +38,11 @@ class ServiceProcess:
     stderr: Path
 
     @classmethod
-    def start(cls, spec: Path, policy: Path, work: Path, *extra: str, token: str | None = None,
+    def start(cls, spec: Path, policy: Path | None, work: Path, *extra: str, token: str | None = None,
               deadline_s: float = 120.0, ready: bool = False) -> ServiceProcess:
         """Start the service with its store and log under ``work``; return once /v1/health answers
-        (``ready``: once it reports ready). The child gets its own process group, killed as a whole."""
+        (``ready``: once it reports ready). The child gets its own process group, killed as a whole. Without
+        ``policy``, ``extra`` says what to serve (``--registry``)."""
         work.mkdir(parents=True, exist_ok=True)
         port = free_port()
         store, log_dir = work / "store", work / "store-log"
@@ -51,7 +52,8 @@ class ServiceProcess:
             env[TOKEN_ENV] = token
         stderr = work / f"service-{port}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "drivetrain", "serve", "--spec", str(spec), "--policy", str(policy), "--store", str(store),
+            [sys.executable, "-m", "drivetrain", "serve", "--spec", str(spec), *(["--policy", str(policy)] if policy is not None else []),
+             "--store", str(store),
              "--log-dir", str(log_dir), "--port", str(port), *extra],
             stdout=subprocess.DEVNULL, stderr=stderr.open("wb"), env=env, start_new_session=True)
         service = cls(process, f"http://127.0.0.1:{port}", store, log_dir, stderr)

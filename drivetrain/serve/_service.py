@@ -73,6 +73,10 @@ class ServiceConfig:
     backlog_segments: int = 20
     backlog_age_s: float = 120.0
     limits: Limits = Limits()
+    #: Following a registry alias: called every ``follow_every_s`` seconds (in a worker thread), it names the
+    #: policy directory the alias points at now (None: no version); the service reloads when it changes.
+    follow: Callable[[], Path | None] | None = None
+    follow_every_s: float = 0.1
 
 
 class Metrics:
@@ -140,10 +144,12 @@ class Service:
         self.metrics = Metrics()
         self.metrics.start(config.spec)
         self.policy_digest: str | None = None
+        self._served_digest: str | None = None
         self.decider = Decider.load(config.spec, config.policy_dir)
         self.policy_dir = config.policy_dir
         if self.decider.ready and (clash := self._bind_version(self.decider, config.policy_dir)) is not None:
             self.decider = Decider(config.spec, None, degraded_reason=clash)
+        self._served_digest = self.policy_digest if self.decider.ready else None
         self.metrics.ready.set(1 if self.decider.ready else 0)
         self.requests = RequestMemory(config.request_memory_bytes)
         self.log_error: str | None = None  # the last failed write, until a write succeeds
@@ -157,6 +163,9 @@ class Service:
         self._compactor_nice = 19  # the niceness of the running compactor
         self._more = False  # the last compaction moved segments: more may wait beyond its bounded pass
         self._reload_lock = threading.Lock()
+        #: the deciders served before, by manifest digest: going back to one (a rollback) is a pointer swap
+        self._previous: dict[str, tuple[Decider, Path]] = {}
+        self.follow_error: str | None = None  # the last reason following the alias failed, until it succeeds
         self._store: Store | None = None
         self._compactor: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -309,25 +318,65 @@ class Service:
     def reload(self, policy_dir: Path) -> dict[str, Any]:
         """Load and compile ``policy_dir`` aside, then swap; a policy that fails to load, lies outside the
         policy root, or would move units between arms (another salt, holdout share or exploration rate
-        than the served one) changes nothing."""
+        than the served one) changes nothing. A policy served before by this process (the same manifest
+        digest) is not loaded again: the swap back is immediate."""
         with self._reload_lock:
             refused = self._refusal(policy_dir)
             candidate = None
             if refused is None:
-                with _yielding():
-                    candidate = Decider.load(self.config.spec, policy_dir.resolve())
+                manifest = policy_dir.resolve() / "manifest.json"
+                digest = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+                kept = self._previous.get(digest) if digest is not None else None
+                if kept is not None and kept[1] == policy_dir.resolve():
+                    candidate = kept[0]
+                else:
+                    with _yielding():
+                        candidate = Decider.load(self.config.spec, policy_dir.resolve())
                 refused = candidate.degraded_reason if not candidate.ready else _randomization_change(self.decider, candidate)
                 if refused is None:
                     refused = self._bind_version(candidate, policy_dir.resolve())
             if refused is not None or candidate is None:
                 self.metrics.reloads.labels("refused").inc()
                 return {"reloaded": False, "reason": refused, "policy_version": self.decider.version}
-            previous = self.decider.version
+            previous, previous_digest = self.decider, self._served_digest
+            if previous.ready and previous_digest is not None:
+                self._previous = {previous_digest: (previous, self.policy_dir)}  # one kept: the last-good of a promotion
             self.decider = candidate
             self.policy_dir = policy_dir.resolve()
+            self._served_digest = self.policy_digest
             self.metrics.ready.set(1)
             self.metrics.reloads.labels("ok").inc()
-            return {"reloaded": True, "policy_version": candidate.version, "previous_version": previous}
+            return {"reloaded": True, "policy_version": candidate.version, "previous_version": previous.version}
+
+    def follow_once(self) -> dict[str, Any] | None:
+        """Read the followed alias once and reload when it names another policy directory than the one
+        served; the reload's answer, or None when nothing changed."""
+        if self.config.follow is None:
+            return None
+        try:
+            target = self.config.follow()
+        except Exception as failure:  # a registry being written or unreadable: serve on, say why, try again
+            reason = f"{type(failure).__name__}: {failure}"
+            if reason != self.follow_error:
+                print(f"following the registry alias failed: {reason}", file=sys.stderr, flush=True)
+            self.follow_error = reason
+            return None
+        self.follow_error = None
+        if target is None or target.resolve() == self.policy_dir:
+            return None
+        answer = self.reload(target)
+        if not answer["reloaded"]:
+            reason = f"refused {target}: {answer['reason']}"
+            if reason != self.follow_error:
+                print(f"following the registry alias: {reason}", file=sys.stderr, flush=True)
+            self.follow_error = reason
+        return answer
+
+    async def follow(self) -> None:
+        """Follow the registry alias (``ServiceConfig.follow``) for the life of the service."""
+        while self.config.follow is not None:
+            await asyncio.sleep(self.config.follow_every_s)
+            await asyncio.to_thread(self.follow_once)
 
     def _bind_version(self, decider: Decider, directory: Path) -> str | None:
         """Bind the policy's version name to its content (the digest of its manifest, which holds every
@@ -408,7 +457,8 @@ class Service:
                 "policy_version": d.version, "logging": self.log is not None, "ready": ready, "live": self.log_error is None,
                 "problems": reasons, "log_error": self.log_error, "compaction_error": self.compaction_error,
                 "closed_segments": closed, "closed_outcome_segments": outcome_segments, "oldest_closed_segment_age_s": oldest,
-                "compactor_priority": None if self._compactor is None else "low" if self._compactor_nice else "normal"}
+                "compactor_priority": None if self._compactor is None else "low" if self._compactor_nice else "normal",
+                **({"follow_error": self.follow_error} if self.config.follow is not None else {})}
 
     def policy_info(self) -> dict[str, Any]:
         d = self.decider

@@ -187,10 +187,12 @@ def create_app(service: Service) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(service.upkeep())
+        following = asyncio.create_task(service.follow())
         try:
             yield
         finally:
             task.cancel()
+            following.cancel()
             await service.aclose(service.config.limits.shutdown_s)
 
     app = FastAPI(title="drivetrain decision service", version="1", lifespan=lifespan,

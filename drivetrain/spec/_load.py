@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from drivetrain.errors import FormulaError, SpecError, UsageError
 from drivetrain.spec._actions import Action, ActionSpace
 from drivetrain.spec._formula import Formula, compile_formula
-from drivetrain.spec._model import Budget, Cap, Guardrail, SpecModel
+from drivetrain.spec._model import Adaptation, Budget, Cap, Guardrail, SpecModel
 
 __all__ = ["Spec", "load_spec", "parse_spec", "with_guardrails_by"]
 
@@ -419,7 +419,7 @@ def _build(model: SpecModel, source: str) -> Spec:
         action_eligibility=tuple(action_elig),
         control=control,
         fallback=fallback,
-        hash=_digest(dumped),
+        hash=_digest(hashed_parts(dumped)),
         feature_version=_digest(dumped["context"]),
         model_hash=_digest(model_parts(dumped)),
         source=source,
@@ -440,6 +440,40 @@ def model_parts(dumped: dict[str, Any]) -> dict[str, Any]:
         for key in part.split("."):
             value = value.get(key) if isinstance(value, dict) else None
         out[part] = value
+    return out
+
+
+#: Settings added to a section of the spec after policies were saved under it (the first format's adaptation
+#: section held ``min_new_decisions`` and ``min_lift`` alone): a spec hashes only those of them that differ
+#: from their defaults, so that a spec which leaves them out (or spells out the defaults) keeps the hash it
+#: had and the policies saved under it still load.
+_ADDED_SETTINGS = {"adaptation": {k: v for k, v in Adaptation().model_dump(mode="json").items() if k not in ("min_new_decisions", "min_lift")}}
+_MISSING = object()
+
+
+def _not_default(value: Any, default: Any) -> Any:
+    """The parts of ``value`` (a JSON dump) that differ from ``default``, recursively in mappings; None when
+    nothing differs."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {k: v for k, v in ((k, _not_default(v, default.get(k, _MISSING))) for k, v in value.items()) if v is not None}
+        return out or None
+    return None if value == default else value
+
+
+def hashed_parts(dumped: dict[str, Any]) -> dict[str, Any]:
+    """What ``Spec.hash`` digests of a spec dumped as JSON: everything, except that a setting of
+    :data:`_ADDED_SETTINGS` counts by its non-default parts alone (and not at all when it has none)."""
+    out = dict(dumped)
+    for section, added in _ADDED_SETTINGS.items():
+        values = out.get(section)
+        if not isinstance(values, dict):
+            continue
+        kept = {k: v for k, v in values.items() if k not in added}
+        for name, default in added.items():
+            changed = _not_default(values.get(name, default), default)
+            if changed is not None:
+                kept[name] = changed
+        out[section] = kept
     return out
 
 

@@ -320,7 +320,7 @@ class Gates(_Value):
     non_inferiority_margin: Annotated[float, Field(ge=0)] = 0.05
     constraint_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.02
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    min_cohort_units: Annotated[int, Field(ge=1)] = 500
+    min_cohort_units: Annotated[int, Field(ge=1)] = 50
     latency_samples: Annotated[int, Field(ge=10)] = 200
 
 

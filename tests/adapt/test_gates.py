@@ -1,5 +1,6 @@
 """Bad candidates are each blocked by the gate that should block them, and a candidate on four times the
-champion's data passes every off-line gate, on the twin over ``DRIVETRAIN_ADAPT_SEEDS`` seeds (default 1:
+champion's data passes every off-line gate, on the twin over ``DRIVETRAIN_ADAPT_SEEDS`` seeds (default 1;
+``A:B`` runs seeds A to B-1;
 one seed's world and its seven candidates take a few minutes on a loaded 2-core machine)."""
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from tests.adapt.harness import (
     truth_share,
 )
 
-SEEDS = range(int(os.environ.get("DRIVETRAIN_ADAPT_SEEDS", "1")))
+_SEEDS = os.environ.get("DRIVETRAIN_ADAPT_SEEDS", "1")  # N: seeds 0 to N-1; A:B: seeds A to B-1
+SEEDS = range(*(int(x) for x in _SEEDS.split(":"))) if ":" in _SEEDS else range(int(_SEEDS))
 
 
 @pytest.fixture(scope="module", params=SEEDS, ids=lambda s: f"seed{s}")
@@ -36,6 +38,7 @@ def _blocked_by(gates: list, expected: set[str]) -> str:
     assert failed, f"no gate blocked it: {[(g.gate, g.reason) for g in gates]}"
     assert failed[0] is gates[-1], "the first failure must stop the candidate"
     assert failed[0].gate in expected, f"blocked by {failed[0].gate} ({failed[0].reason}), expected {expected}"
+    print(f"blocked by the {failed[0].gate} gate: {failed[0].reason}")  # shown with -rA: which gate, over many seeds
     return failed[0].reason
 
 
@@ -71,13 +74,11 @@ def test_overspending_the_budget_is_blocked_by_the_constraints_gate(world: World
     assert "budget promotion_budget" in _blocked_by(gates, {"constraints"})
 
 
-@pytest.mark.xfail(strict=True, reason="not blocked at this size: for gold users getting delayed offers the models predict a complaint "
-                   "rate of 0.0134 where the twin's truth is 0.0234 (bound 0.02; seed 0), so the conservative side of the "
-                   "predictions holds; the online guardrail alert by cohort and the watch window's rollback are the backstop")
 def test_breaking_a_guardrail_in_one_segment_is_blocked_by_the_constraints_gate(world: World) -> None:
     _, gates = judge(world, f"segment-{world.seed}", planner=segment_planner)
     reason = _blocked_by(gates, {"constraints"})
-    assert "in tier = gold" in reason and "complaint_rate" in reason
+    assert "complaint_rate in tier = gold" in reason and "adjusted over" in reason
+    assert "budget" not in reason and reason.count("guardrail ") == 1  # only the broken segment, not the whole
 
 
 def test_a_candidate_too_slow_to_serve_is_blocked_by_the_serving_gate(world: World) -> None:

@@ -115,6 +115,12 @@ def test_a_guardrail_alert_within_the_watch_window_rolls_the_promotion_back(tiny
     assert step.actions[0].startswith("rolled back v2 to v1") and "complaint_rate" in step.actions[0]
     assert registry.alias("champion") == "v1" and registry.status("v2") == "rolled back"
     assert registry.live_at(t0 + timedelta(days=2)) == "v2" and registry.live_at(t0 + timedelta(days=3)) == "v1"
+    # after the watch window (7 days) an alert is the monitor's business, not a reason to undo the promotion
+    promote(registry, "v2", at=t0 + timedelta(days=4), who="t", why="again")
+    late = t0 + timedelta(days=4) + gate_spec().model.adaptation.watch_window + timedelta(hours=1)
+    store_alerts(store, [Alert("guardrails", "guardrail", "refund_rate", 0.04, 0.03, "refund_rate over its bound", late)], fired_at=late)
+    step = adapt(store, registry, late)
+    assert registry.alias("champion") == "v2" and not any(a.startswith("rolled back") for a in step.actions), step.actions
 
 
 def test_a_rollback_serves_the_previous_artifact_with_its_checksum(tmp_path: Path, tiny_policy: Policy) -> None:

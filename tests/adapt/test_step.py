@@ -1,5 +1,6 @@
 """One step of the loop on a small embedded store: the first version, a replay of the same step, the
-commands, triggers with their reasons, the spec's validation, and a crash at every write of a step."""
+commands, triggers with their reasons and the spec's validation (a crash at every write of a step:
+``test_crash.py``)."""
 
 from __future__ import annotations
 
@@ -112,37 +113,6 @@ def test_the_adaptation_section_names_the_field_of_each_mistake(field: str, valu
     raw["adaptation"][field] = {**raw["adaptation"][field], **value} if isinstance(value, dict) else value
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_spec(raw)
-
-
-class Crash(Exception):
-    pass
-
-
-def test_a_crash_at_every_write_of_a_step_leaves_the_registry_consistent_and_the_step_resumes(tmp_path: Path) -> None:
-    twin = NBOOTwin(horizon_days=7, seed=3)
-    store = MemoryStore(small_spec())
-    t = fill(store, twin, 1500)
-    seen: list[str] = []
-    EmbeddedRegistry(tmp_path / "count", create=True)
-    whole = adapt(store, EmbeddedRegistry(tmp_path / "count", fault=seen.append), t, trainer=tiny_trainer, population_size=300)
-    assert whole.champion is not None and len(seen) > 10
-    for k in range(len(seen)):
-        root = tmp_path / f"crash-{k}"
-        EmbeddedRegistry(root, create=True)
-        count = [0]
-
-        def fault(step: str, k: int = k, count: list[int] = count) -> None:
-            count[0] += 1
-            if count[0] == k + 1:
-                raise Crash(step)
-
-        with pytest.raises(Crash):
-            adapt(store, EmbeddedRegistry(root, fault=fault), t, trainer=tiny_trainer, population_size=300)
-        after = EmbeddedRegistry(root)
-        assert after.check() == [], f"crash at {seen[k]}"
-        assert after.alias("champion") in (None, whole.champion)
-        resumed = adapt(store, after, t, trainer=tiny_trainer, population_size=300)
-        assert after.check() == [] and after.alias("champion") == whole.champion, (k, seen[k], resumed.actions)
 
 
 def run(*args: str) -> Ran:

@@ -29,8 +29,9 @@ from drivetrain.data import (
 )
 from drivetrain.errors import DataError, UsageError
 from drivetrain.evaluate import DRIFT_COLUMNS, DriftReport, measure_drift
-from drivetrain.evaluate._drift import PSI_FLOOR, _holm
+from drivetrain.evaluate._drift import PSI_FLOOR
 from drivetrain.spec import Spec
+from drivetrain.stats import holm_adjusted
 from drivetrain.twin import NBOOTwin, Scenario, nboo_spec
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -200,7 +201,7 @@ def test_the_predicted_objective_of_the_served_action(spec: Spec) -> None:
 def test_holm_adjustment() -> None:
     p = np.array([0.01, 0.04, 0.03, np.nan, 0.005])
     # sorted: 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> 0.02, 0.03, 0.06, 0.06 (monotone)
-    assert np.allclose(_holm(p), [0.03, 0.06, 0.06, np.nan, 0.02], equal_nan=True)
+    assert np.allclose(holm_adjusted(p), [0.03, 0.06, 0.06, np.nan, 0.02], equal_nan=True)
 
 
 def test_parquet_and_memory_stores_give_the_same_report(spec: Spec, tmp_path: Path) -> None:

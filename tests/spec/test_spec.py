@@ -42,6 +42,31 @@ def test_hashes_are_stable_and_feature_version_tracks_only_the_context(raw_spec:
     assert parse_spec(raw_spec).hash == c.hash
 
 
+#: Spec.hash of the example specs as computed before the adaptation section grew beyond ``min_new_decisions``
+#: and ``min_lift`` (commit 8bb6dbe): the hash policies saved then record in their manifest.
+HASHES_BEFORE_ADAPTATION = {"nboo": "5b08a5d431273453", "pricing": "d86752a69ca89201"}
+
+
+@pytest.mark.parametrize("example", sorted(HASHES_BEFORE_ADAPTATION))
+def test_a_spec_without_the_new_adaptation_settings_keeps_the_hash_it_had(example: str) -> None:
+    """The NBOO example states the first format's ``adaptation.min_new_decisions``, the pricing one no
+    adaptation section at all."""
+    assert load_spec(NBOO_SPEC.parents[1] / example / "drivetrain.yaml").hash == HASHES_BEFORE_ADAPTATION[example]
+
+
+def test_only_adaptation_settings_away_from_their_defaults_change_the_hash(raw_spec: dict[str, Any]) -> None:
+    before = parse_spec(raw_spec).hash
+    spelled = parse_spec(raw_spec).model.model_dump(mode="json")  # every default written out
+    assert spelled["adaptation"]["gates"] and parse_spec(spelled).hash == before
+    raw_spec["adaptation"] = {"gates": {"alpha": 0.05}}
+    gated = parse_spec(raw_spec).hash
+    raw_spec["adaptation"] = {"watch_window": "3d"}
+    watched = parse_spec(raw_spec).hash
+    raw_spec["adaptation"] = {"min_lift": 0.01}  # a setting of the first format
+    lifted = parse_spec(raw_spec).hash
+    assert len({before, gated, watched, lifted}) == 4
+
+
 def _set(raw: dict[str, Any], path: str, value: Any) -> None:
     keys = path.split(".")
     node: Any = raw
