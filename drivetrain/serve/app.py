@@ -168,6 +168,9 @@ class HealthResponse(BaseModel):
     compactor_priority: Annotated[Literal["low", "normal"] | None, Field(
         description="The compactor's CPU priority: low (niced), or normal while the backlog is over its bound; null when "
                     "none runs.")] = None
+    follow_error: Annotated[str | None, Field(
+        description="Following a registry alias (serve --registry): why the last look at the alias failed, until one "
+                    "succeeds; absent when the service does not follow an alias.")] = None
 
 
 class Detail(BaseModel):
