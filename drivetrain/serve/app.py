@@ -170,7 +170,7 @@ class HealthResponse(BaseModel):
                     "none runs.")] = None
     follow_error: Annotated[str | None, Field(
         description="Following a registry alias (serve --registry): why the last look at the alias failed, until one "
-                    "succeeds; absent when the service does not follow an alias.")] = None
+                    "succeeds; null otherwise and when the service follows no alias.")] = None
 
 
 class Detail(BaseModel):
