@@ -302,8 +302,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small populations and one seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--trees", type=int, default=150, help="boosting rounds of each component model's context stage (the Modeler's rule sets its effect stage)")
-    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument("--trees", type=int, default=OutcomeModel().n_estimators,
+                        help="boosting rounds of each component model's context stage (the Modeler's rule sets its effect stage; peers get twice)")
+    parser.add_argument("--learning-rate", type=float, default=OutcomeModel().learning_rate)
     parser.add_argument("--folds", type=int, default=3, help="cross-fitting folds of the Modeler (its default)")
     parser.add_argument("--subsample", type=float, default=1.0, help="share of the rows each tree of the Modeler learns from")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once (same figures)")
