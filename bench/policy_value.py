@@ -106,7 +106,7 @@ def peer_drpolicyforest(table: pd.DataFrame, spec, evaluation: pd.DataFrame, eli
     x = np.nan_to_num(enc.transform(table), nan=-1.0)
     t0 = time.perf_counter()
     # the log is uniformly randomized: the propensity model is the observed share of each action
-    forest = DRPolicyForest(model_regression=LGBMRegressor(n_estimators=2 * trees, learning_rate=rate, n_jobs=threads, random_state=seed, **LGB),
+    forest = DRPolicyForest(model_regression=LGBMRegressor(n_estimators=2 * trees, learning_rate=rate, n_jobs=1, random_state=seed, **LGB),
                             model_propensity=DummyClassifier(strategy="prior"), n_estimators=100, min_samples_leaf=50,
                             n_jobs=threads, random_state=seed)
     forest.fit(y, action, X=x)
@@ -197,7 +197,7 @@ def run_point(seed: int, n_log: int, n_eval: int, trees: int, rate: float, threa
             row[f"{peer}_budget"] = share_budget(p_budget)
         elif peer == "s_learner":
             t0 = time.perf_counter()
-            scores = objective_s_learner(table, spec, evaluation, 2 * trees, rate, threads)
+            scores = objective_s_learner(table, spec, evaluation, 2 * trees, rate, 1)  # one OpenMP thread: see docs/decisions.md
             fit_s, predict_s, p_free = time.perf_counter() - t0, 0.0, _greedy(scores, truth.eligible)
         else:
             fit_s, predict_s, p_free = (peer_drpolicyforest if peer == "drpolicyforest" else peer_vw)(
