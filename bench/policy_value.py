@@ -1,21 +1,31 @@
-"""How much of the oracle's gain the fitted policy captures, on the NBOO twin's ground truth.
+"""How much of the oracle's gain the fitted policy captures, on the NBOO twin's ground truth: a learning
+curve beside the peers, in one run.
 
-For each seed: log 100k users with the uniform randomized policy, ingest them into a store, build the
-training table, fit the Modeler, plan a policy (unconstrained, and under a budget of half the
-unconstrained oracle's promotion cost), and judge its decisions on a fresh population of 100k users by
-the twin's true expected values. Baselines measured in the same run: random, the best single action for
-everyone, and a plain LightGBM S-learner on the objective itself (twice --trees rounds, as many as a
-continuous component's two stages). Targets: at least 85% of the oracle's gain over control in both
-settings, and above the S-learner by more than the seed spread.
+For each logged size and seed: log users with the uniform randomized policy, ingest them into a store,
+build the training table, fit each learner, and judge its decisions on a fresh population by the twin's
+true expected values, as a share of the oracle's gain over control (unconstrained, and under a budget of
+half the unconstrained oracle's promotion cost for the learners that predict the cost). The learners:
 
-    python bench/policy_value.py            # 3 seeds x 100k logged / 100k evaluated
-    python bench/policy_value.py --quick    # a small run, for the test suite
-    python bench/policy_value.py --jobs 3 --threads 1   # the seeds side by side, one thread each
+* ``drivetrain``: the Modeler's default (cross-fitted two-stage components), planned by the optimizer;
+* ``s_learner``: one plain LightGBM regression of the realized objective on (context, action);
+* ``components``: one plain LightGBM model per component on (context, action), no folds, no second
+  stage, planned by the same optimizer (so it has a budgeted figure too);
+* ``drpolicyforest``: EconML's ``DRPolicyForest`` on the realized objective (the ``bench`` extra);
+* ``vw``: Vowpal Wabbit's ``--cb_explore_adf``, greedy at evaluation (the ``bench`` extra).
+
+Baselines: random and the best single action. Fit and predict seconds are printed per learner, with the
+machine's load. Targets: drivetrain ahead of every peer at every size by more than the seed spread.
+
+    python bench/policy_value.py                                  # 25k, 50k, 100k logged x 3 seeds, all peers
+    python bench/policy_value.py --sizes 100000 200000 400000     # the larger sizes
+    python bench/policy_value.py --sizes 100000 --seeds 1 --peers drivetrain s_learner
+    python bench/policy_value.py --quick                          # a small run, for the test suite
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
@@ -26,9 +36,12 @@ import pandas as pd
 
 from drivetrain.assembly import fit_model, plan_policy
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes, training_table
 from drivetrain.model import FeatureEncoder, OutcomeModel
 from drivetrain.twin import NBOOTwin, best_single_action, oracle, oracle_under_budget
+
+# the twin's contexts carry a personal field (a postcode): ingesting them needs the key of its hash
+os.environ.setdefault("DRIVETRAIN_PII_KEY", "bench-key-of-the-personal-data-hash-of-the-twin")
 
 
 def one_hot(action: np.ndarray, k: int) -> np.ndarray:
@@ -64,6 +77,160 @@ def logged_store(twin: NBOOTwin, n_log: int) -> tuple[MemoryStore, SimulatedCloc
     ingest_decisions(store, RawRows(decisions, (), "decisions"), clock=clock)
     ingest_outcomes(store, RawRows(outcomes, (), "outcomes"), clock=clock)
     return store, clock
+
+
+PEERS = ("drivetrain", "s_learner", "components", "drpolicyforest", "vw")
+LGB = {"num_leaves": 15, "min_child_samples": 200, "colsample_bytree": 0.7, "reg_lambda": 10.0, "verbose": -1}
+
+
+def _reward(table: pd.DataFrame, spec) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Logged action index and realized objective of each training row."""
+    space = spec.action_space
+    action = space.indices(table["action_id"].to_numpy())
+    comps = {c: table[c].to_numpy(dtype=np.float64) for c in spec.outcomes}
+    return action, np.asarray(spec.objective({**comps, **space.lever_columns(action)}), dtype=np.float64)
+
+
+def _greedy(scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    return one_hot(np.where(eligible, scores, -np.inf).argmax(axis=1), scores.shape[1])
+
+
+def peer_drpolicyforest(table: pd.DataFrame, spec, evaluation: pd.DataFrame, eligible: np.ndarray, seed: int,  # type: ignore[no-untyped-def]
+                        threads: int, trees: int, rate: float) -> tuple[float, float, np.ndarray]:
+    from econml.policy import DRPolicyForest
+    from lightgbm import LGBMRegressor
+    from sklearn.dummy import DummyClassifier
+
+    enc = FeatureEncoder.from_spec(spec)
+    action, y = _reward(table, spec)
+    x = np.nan_to_num(enc.transform(table), nan=-1.0)
+    t0 = time.perf_counter()
+    # the log is uniformly randomized: the propensity model is the observed share of each action
+    forest = DRPolicyForest(model_regression=LGBMRegressor(n_estimators=2 * trees, learning_rate=rate, n_jobs=1, random_state=seed, **LGB),
+                            model_propensity=DummyClassifier(strategy="prior"), n_estimators=100, min_samples_leaf=50,
+                            n_jobs=threads, random_state=seed)
+    forest.fit(y, action, X=x)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    xe = np.nan_to_num(enc.transform(evaluation), nan=-1.0)
+    effect = forest.predict_value(xe)  # (n, K - 1): each action's value over the first (the control)
+    scores = np.column_stack([np.zeros(len(xe)), effect])
+    return fit_s, time.perf_counter() - t0, _greedy(scores, eligible)
+
+
+def _vw_shared(x: np.ndarray, categorical: list[int]) -> list[str]:
+    out = []
+    for row in x:
+        parts = [f"c{j}_{int(v)}" if j in categorical else f"f{j}:{v:.6g}" for j, v in enumerate(row) if np.isfinite(v)]
+        out.append("shared |s " + " ".join(parts))
+    return out
+
+
+def peer_vw(table: pd.DataFrame, spec, evaluation: pd.DataFrame, eligible: np.ndarray, seed: int,  # type: ignore[no-untyped-def]
+            threads: int, trees: int, rate: float) -> tuple[float, float, np.ndarray]:
+    import vowpalwabbit
+
+    enc = FeatureEncoder.from_spec(spec)
+    action, y = _reward(table, spec)
+    cost = -y / (np.abs(y).max() or 1.0)
+    propensity = table["propensity"].to_numpy(dtype=np.float64)
+    k = len(spec.action_space)
+    arms = [f"|a a{j}" for j in range(k)]
+    shared = _vw_shared(enc.transform(table), enc.categorical_indices)
+    t0 = time.perf_counter()
+    vw = vowpalwabbit.Workspace(f"--cb_explore_adf --epsilon 0.0 --quiet -q sa --random_seed {seed}")
+    for i in range(len(table)):
+        lines = [shared[i], *arms]
+        lines[1 + action[i]] = f"0:{cost[i]:.6g}:{propensity[i]:.6g} {arms[action[i]]}"
+        vw.learn(lines)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    shared_eval = _vw_shared(enc.transform(evaluation), enc.categorical_indices)
+    choice = np.zeros(len(evaluation), dtype=np.int64)
+    for i in range(len(evaluation)):
+        allowed = np.flatnonzero(eligible[i])
+        pmf = vw.predict([shared_eval[i], *(arms[j] for j in allowed)])
+        choice[i] = allowed[int(np.argmax(pmf))]
+    vw.finish()
+    return fit_s, time.perf_counter() - t0, one_hot(choice, k)
+
+
+def run_point(seed: int, n_log: int, n_eval: int, trees: int, rate: float, threads: int, peers: tuple[str, ...]) -> dict[str, float]:
+    """Every learner of ``peers`` on one logged sample: shares of the oracle's gain, fit and predict seconds."""
+    twin = NBOOTwin(seed=seed)
+    spec = twin.spec
+    store, clock = logged_store(twin, n_log)
+    table = training_table(store, clock.now())[0].to_pandas()
+    evaluation = NBOOTwin(seed=1000 + seed).population(n_eval, offset=50_000_000)
+    truth = twin.truth(evaluation)
+    control = spec.control.index
+    base = float(truth.objective[:, control].mean())
+    free = oracle(truth.objective, truth.eligible)
+    budget = 0.5 * truth.mean("promo_cost", free.probabilities)
+    capped = oracle_under_budget(truth.objective, truth.eligible, [truth.components["promo_cost"]], [budget])
+    relax = {b.name: 1e9 for b, _ in spec.budgets}
+    loose = {g.name: 1e9 for g, _ in spec.guardrails}
+    row: dict[str, float] = {"seed": seed, "n": n_log}
+
+    def share(p: np.ndarray) -> float:
+        return (truth.value(p) - base) / (free.value - base)
+
+    def share_budget(p: np.ndarray) -> float:
+        return (truth.value(p) - base) / (capped.value - base)
+
+    for peer in peers:
+        if peer in ("drivetrain", "components"):
+            model = (OutcomeModel(seed=seed, num_threads=threads) if peer == "drivetrain" else
+                     OutcomeModel(n_folds=0, seed=seed, num_threads=threads,
+                                  regressor=lgb.LGBMRegressor(n_estimators=2 * trees, learning_rate=rate, n_jobs=1, random_state=seed, **LGB),
+                                  classifier=lgb.LGBMClassifier(n_estimators=2 * trees, learning_rate=rate, n_jobs=1, random_state=seed, **LGB)))
+            t0 = time.perf_counter()
+            model.fit(table, spec)
+            fit_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            predictions = (model.predict_outcomes(evaluation), None)
+            predict_s = time.perf_counter() - t0
+            p_free = plan_policy(spec, model, evaluation, budget_overrides=relax, guardrail_overrides=loose, predictions=predictions,
+                                 as_served=False).assignment.probabilities
+            p_budget = plan_policy(spec, model, evaluation, budget_overrides={"promotion_budget": budget}, guardrail_overrides=loose,
+                                   predictions=predictions, as_served=False).assignment.probabilities
+            row[f"{peer}_budget"] = share_budget(p_budget)
+        elif peer == "s_learner":
+            t0 = time.perf_counter()
+            scores = objective_s_learner(table, spec, evaluation, 2 * trees, rate, 1)  # one OpenMP thread: see docs/decisions.md
+            fit_s, predict_s, p_free = time.perf_counter() - t0, 0.0, _greedy(scores, truth.eligible)
+        else:
+            fit_s, predict_s, p_free = (peer_drpolicyforest if peer == "drpolicyforest" else peer_vw)(
+                table, spec, evaluation, truth.eligible, seed, threads, trees, rate)
+        row[peer] = share(p_free)
+        row[f"{peer}_fit_s"] = fit_s
+        row[f"{peer}_predict_s"] = predict_s
+        print(f"  {n_log:>7,} logged, seed {seed}: {peer:15s} share {row[peer]:.3f}"
+              + (f", under budget {row[peer + '_budget']:.3f}" if peer + "_budget" in row else "")
+              + f"; fit {fit_s:6.1f}s, predict {predict_s:5.1f}s; load {os.getloadavg()[0]:.1f}", flush=True)
+    return row
+
+
+def learning_curve(rows: list[dict[str, float]], peers: tuple[str, ...]) -> None:
+    """One line per (size, learner): mean, min and max share over the seeds, and the mean seconds."""
+    frame = pd.DataFrame(rows)
+    print("\nlearning curve: share of the oracle's gain over control (mean [min, max] over seeds); seconds are means")
+    for n, part in frame.groupby("n"):
+        best_peer = max((p for p in peers if p != "drivetrain"), key=lambda p: part[p].mean(), default=None)
+        for peer in peers:
+            col = part[peer]
+            line = f"{int(n):>8,} {peer:15s} {col.mean():.3f} [{col.min():.3f}, {col.max():.3f}]"
+            if f"{peer}_budget" in part:
+                b = part[f"{peer}_budget"]
+                line += f"  budget {b.mean():.3f} [{b.min():.3f}, {b.max():.3f}]"
+            else:
+                line += " " * 31
+            print(line + f"  fit {part[f'{peer}_fit_s'].mean():6.1f}s  predict {part[f'{peer}_predict_s'].mean():5.1f}s")
+        if "drivetrain" in peers and best_peer is not None:
+            lead = part["drivetrain"] - part[best_peer]
+            spread = part["drivetrain"].max() - part["drivetrain"].min()
+            print(f"{int(n):>8,} drivetrain - best peer ({best_peer}): {lead.mean():+.3f} [{lead.min():+.3f}, {lead.max():+.3f}]"
+                  f" vs drivetrain's seed spread {spread:.3f}")
 
 
 def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds: int, threads: int,
@@ -124,17 +291,42 @@ def run_seed(seed: int, n_log: int, n_eval: int, trees: int, rate: float, folds:
     }
 
 
+def _installed(peer: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("econml" if peer == "drpolicyforest" else "vowpalwabbit") is not None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small populations and one seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--trees", type=int, default=150, help="boosting rounds of each component model's context stage (the Modeler's rule sets its effect stage)")
-    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument("--trees", type=int, default=OutcomeModel().n_estimators,
+                        help="boosting rounds of each component model's context stage (the Modeler's rule sets its effect stage; peers get twice)")
+    parser.add_argument("--learning-rate", type=float, default=OutcomeModel().learning_rate)
     parser.add_argument("--folds", type=int, default=3, help="cross-fitting folds of the Modeler (its default)")
     parser.add_argument("--subsample", type=float, default=1.0, help="share of the rows each tree of the Modeler learns from")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once (same figures)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[25_000, 50_000, 100_000], help="logged users of the learning curve")
+    parser.add_argument("--eval", type=int, default=100_000, help="fresh users the decisions are judged on")
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS, help="learners of the learning curve")
+    parser.add_argument("--no-curve", action="store_true", help="only the summary at 100k logged users")
+    parser.add_argument("--summary", action="store_true", help="after the curve, also the summary at 100k logged users")
     args = parser.parse_args()
+    print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} (1 min)", flush=True)
+    if not args.no_curve:
+        sizes, n_eval, curve_seeds = (args.sizes, args.eval, args.seeds) if not args.quick else ([3_000, 6_000], 3_000, 1)
+        peers = tuple(p for p in args.peers if p not in ("drpolicyforest", "vw") or _installed(p))
+        missing = sorted(set(args.peers) - set(peers))
+        if missing:
+            print(f"not installed (pip install .[bench]): {missing}")
+        curve = [run_point(seed, n, n_eval, args.trees if not args.quick else 40, args.learning_rate, args.threads, peers)
+                 for n in sizes for seed in range(curve_seeds)]
+        learning_curve(curve, peers)
+        if not args.quick and not args.summary:
+            return
+    # the summary at 100k logged users, with the Modeler's settings of the command line
     n_log, n_eval, trees, folds, seeds = (100_000, 100_000, args.trees, args.folds, args.seeds) if not args.quick else (6_000, 3_000, 40, 2, 1)
     start = time.perf_counter()
     settings = (n_log, n_eval, trees, args.learning_rate, folds, args.threads, args.subsample)

@@ -49,50 +49,60 @@ def _goes_left(value: float, kind: int, threshold: float, start: int, length: in
     return value <= threshold
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _walk(t: int, context: np.ndarray, out: np.ndarray, stack_node: np.ndarray, stack_mask: np.ndarray,
+          start_mask: np.ndarray, slot: np.ndarray, root: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
+          decision: np.ndarray, left: np.ndarray, right: np.ndarray, cat_start: np.ndarray, cat_len: np.ndarray,
+          cat_bits: np.ndarray, row_left: np.ndarray, leaf_value: np.ndarray) -> None:
+    """Add tree ``t``'s leaf values for one ``context`` (d,) to ``out`` (K, n_slots): the rows of its start
+    mask go down together, split where a node reads a lever column."""
+    n_context = context.shape[0]
+    s = slot[t]
+    stack_node[0] = root[t]
+    stack_mask[0] = start_mask[t]
+    top = 1
+    while top > 0:
+        top -= 1
+        node = stack_node[top]
+        mask = stack_mask[top]
+        while node >= 0:
+            f = feature[node]
+            if f >= n_context:  # a lever column: each row's way is known in advance
+                lm = mask & row_left[node]
+                rm = mask & ~row_left[node]
+                if lm != 0 and rm != 0:
+                    stack_node[top] = right[node]
+                    stack_mask[top] = rm
+                    top += 1
+                    node = left[node]
+                    mask = lm
+                elif lm != 0:
+                    node = left[node]
+                else:
+                    node = right[node]
+            elif _goes_left(context[f], decision[node], threshold[node], cat_start[node], cat_len[node], cat_bits):
+                node = left[node]
+            else:
+                node = right[node]
+        v = leaf_value[-node - 1]
+        r = 0
+        while mask != 0:
+            if mask & np.uint64(1):
+                out[r, s] += v
+            mask >>= np.uint64(1)
+            r += 1
+
+
 @numba.njit(cache=True, nogil=True)
 def _evaluate(context: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, root: np.ndarray,
               feature: np.ndarray, threshold: np.ndarray, decision: np.ndarray, left: np.ndarray, right: np.ndarray,
               cat_start: np.ndarray, cat_len: np.ndarray, cat_bits: np.ndarray, row_left: np.ndarray,
               leaf_value: np.ndarray) -> None:
-    n_context = context.shape[0]
     stack_node = np.empty(128, dtype=np.int64)
     stack_mask = np.empty(128, dtype=np.uint64)
     for t in range(root.shape[0]):
-        s = slot[t]
-        top = 0
-        stack_node[0] = root[t]
-        stack_mask[0] = start_mask[t]
-        top = 1
-        while top > 0:
-            top -= 1
-            node = stack_node[top]
-            mask = stack_mask[top]
-            while node >= 0:
-                f = feature[node]
-                if f >= n_context:  # a lever column: each row's way is known in advance
-                    lm = mask & row_left[node]
-                    rm = mask & ~row_left[node]
-                    if lm != 0 and rm != 0:
-                        stack_node[top] = right[node]
-                        stack_mask[top] = rm
-                        top += 1
-                        node = left[node]
-                        mask = lm
-                    elif lm != 0:
-                        node = left[node]
-                    else:
-                        node = right[node]
-                elif _goes_left(context[f], decision[node], threshold[node], cat_start[node], cat_len[node], cat_bits):
-                    node = left[node]
-                else:
-                    node = right[node]
-            v = leaf_value[-node - 1]
-            r = 0
-            while mask != 0:
-                if mask & np.uint64(1):
-                    out[r, s] += v
-                mask >>= np.uint64(1)
-                r += 1
+        _walk(t, context, out, stack_node, stack_mask, start_mask, slot, root, feature, threshold, decision, left, right,
+              cat_start, cat_len, cat_bits, row_left, leaf_value)
 
 
 #: Contexts that travel through the forest together: each tree's nodes stay in cache while they pass.
@@ -107,7 +117,6 @@ def _evaluate_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarra
     """:func:`_evaluate` for every context, tree by tree over blocks of contexts (each (context, row,
     slot) sum is added in the same tree order, so the results are the same as one context at a time)."""
     n = contexts.shape[0]
-    n_context = contexts.shape[1]
     blocks = (n + BLOCK - 1) // BLOCK
     for b in numba.prange(blocks):
         lo = b * BLOCK
@@ -115,42 +124,9 @@ def _evaluate_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarra
         stack_node = np.empty(128, dtype=np.int64)
         stack_mask = np.empty(128, dtype=np.uint64)
         for t in range(root.shape[0]):
-            s = slot[t]
             for i in range(lo, hi):
-                context = contexts[i]
-                stack_node[0] = root[t]
-                stack_mask[0] = start_mask[t]
-                top = 1
-                while top > 0:
-                    top -= 1
-                    node = stack_node[top]
-                    mask = stack_mask[top]
-                    while node >= 0:
-                        f = feature[node]
-                        if f >= n_context:
-                            lm = mask & row_left[node]
-                            rm = mask & ~row_left[node]
-                            if lm != 0 and rm != 0:
-                                stack_node[top] = right[node]
-                                stack_mask[top] = rm
-                                top += 1
-                                node = left[node]
-                                mask = lm
-                            elif lm != 0:
-                                node = left[node]
-                            else:
-                                node = right[node]
-                        elif _goes_left(context[f], decision[node], threshold[node], cat_start[node], cat_len[node], cat_bits):
-                            node = left[node]
-                        else:
-                            node = right[node]
-                    v = leaf_value[-node - 1]
-                    r = 0
-                    while mask != 0:
-                        if mask & np.uint64(1):
-                            out[i, r, s] += v
-                        mask >>= np.uint64(1)
-                        r += 1
+                _walk(t, contexts[i], out[i], stack_node, stack_mask, start_mask, slot, root, feature, threshold, decision,
+                      left, right, cat_start, cat_len, cat_bits, row_left, leaf_value)
 
 
 @numba.njit(cache=True)
@@ -240,7 +216,7 @@ class ForestBuilder:
         if not 1 <= self.rows.shape[0] <= 64:
             raise ValueError(f"`rows` must have between 1 and 64 rows, got {self.rows.shape[0]}")
         self._n_slots = 0
-        self._trees: list[tuple[int, int, dict[str, list[str]]]] = []
+        self._trees: list[tuple[int, int, dict[str, str]]] = []
 
     def slot(self) -> int:
         """A new output slot."""
@@ -264,74 +240,83 @@ class ForestBuilder:
             raise ArtifactError(f"a model in mode {mode} must use at most {limit} features, got {width}")
         mask = (1 << row) if mode == ROW else (1 << k) - 1
         for tree in trees:
-            if tree.get("is_linear", ["0"])[0] != "0":
+            if tree.get("is_linear", "0").strip() != "0":
                 raise ArtifactError("compiled models must not use linear trees")
             self._trees.append((mask, slot, tree))
 
     def build(self) -> Forest:
-        feature: list[int] = []
-        threshold: list[float] = []
-        decision: list[int] = []
-        left: list[int] = []
-        right: list[int] = []
-        cat_start: list[int] = []
-        cat_len: list[int] = []
-        cat_bits: list[int] = []
-        leaf_value: list[float] = []
+        i64 = np.int64
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("feature", "threshold", "decision", "left", "right",
+                                                               "cat_start", "cat_len", "cat_bits", "leaf_value")}
         start_mask, slot, root = [], [], []
+        n_nodes = n_leaves_total = n_bits = 0
         for mask, s, tree in self._trees:
-            n_leaves = int(tree["num_leaves"][0])
-            node0, leaf0 = len(feature), len(leaf_value)
-            leaf_value.extend(float(v) for v in tree["leaf_value"])
+            n_leaves = int(tree["num_leaves"])
+            node0, leaf0 = n_nodes, n_leaves_total
+            leaf = _numbers(tree["leaf_value"], np.float64)
+            parts["leaf_value"].append(leaf)
+            n_leaves_total += leaf.size
             start_mask.append(mask)
             slot.append(s)
             if n_leaves == 1:
                 root.append(-leaf0 - 1)
                 continue
             root.append(node0)
-            bounds = [int(v) for v in tree.get("cat_boundaries", [])]
-            base = len(cat_bits)
-            cat_bits.extend(int(v) for v in tree.get("cat_threshold", []))
-            for f, t, d, lc, rc in zip(tree["split_feature"], tree["threshold"], tree["decision_type"],
-                                       tree["left_child"], tree["right_child"], strict=True):
-                kind = int(d)
-                feature.append(int(f))
-                decision.append(kind)
-                threshold.append(float(t))
-                if kind & _CATEGORICAL:
-                    k = int(float(t))
-                    cat_start.append(base + bounds[k])
-                    cat_len.append(bounds[k + 1] - bounds[k])
-                else:
-                    cat_start.append(0)
-                    cat_len.append(0)
-                left.append(_child(int(lc), node0, leaf0))
-                right.append(_child(int(rc), node0, leaf0))
-        i64 = np.int64
-        arrays: dict[str, np.ndarray] = {
-            "feature": np.array(feature, dtype=i64), "threshold": np.array(threshold, dtype=np.float64),
-            "decision": np.array(decision, dtype=i64), "cat_start": np.array(cat_start, dtype=i64),
-            "cat_len": np.array(cat_len, dtype=i64), "cat_bits": np.array(cat_bits, dtype=np.uint32),
-        }
+            feature = _numbers(tree["split_feature"], i64)
+            threshold = _numbers(tree["threshold"], np.float64)
+            decision = _numbers(tree["decision_type"], i64)
+            n_nodes += feature.size
+            categorical = (decision & _CATEGORICAL) != 0
+            cat_start = np.zeros(feature.size, dtype=i64)
+            cat_len = np.zeros(feature.size, dtype=i64)
+            if categorical.any():
+                bounds = _numbers(tree["cat_boundaries"], i64)
+                bits = _numbers(tree["cat_threshold"], i64).astype(np.uint32)
+                which = threshold[categorical].astype(i64)
+                cat_start[categorical] = n_bits + bounds[which]
+                cat_len[categorical] = bounds[which + 1] - bounds[which]
+                parts["cat_bits"].append(bits)
+                n_bits += bits.size
+            for key, value in (("feature", feature), ("threshold", threshold), ("decision", decision),
+                               ("cat_start", cat_start), ("cat_len", cat_len),
+                               ("left", _children(_numbers(tree["left_child"], i64), node0, leaf0)),
+                               ("right", _children(_numbers(tree["right_child"], i64), node0, leaf0))):
+                parts[key].append(value)
+        dtypes = {"threshold": np.float64, "leaf_value": np.float64, "cat_bits": np.uint32}
+        arrays = {k: np.concatenate(v).astype(dtypes.get(k, i64)) if v else np.zeros(0, dtype=dtypes.get(k, i64))
+                  for k, v in parts.items()}
         row_left = _row_masks(self.rows, self.n_context, arrays["feature"], arrays["threshold"], arrays["decision"],
                               arrays["cat_start"], arrays["cat_len"], arrays["cat_bits"])
         return Forest(
             n_slots=self._n_slots, n_context=self.n_context, rows=self.rows,
             start_mask=np.array(start_mask, dtype=np.uint64), slot=np.array(slot, dtype=i64), root=np.array(root, dtype=i64),
-            left=np.array(left, dtype=i64), right=np.array(right, dtype=i64), row_left=row_left,
-            leaf_value=np.array(leaf_value, dtype=np.float64), **arrays,
+            row_left=row_left, **arrays,
         )
 
 
-def _child(child: int, node0: int, leaf0: int) -> int:
-    return node0 + child if child >= 0 else -(leaf0 + (-child - 1)) - 1
+def _numbers(text: str, dtype: type) -> np.ndarray:
+    """A space-separated array of the text model (Python's float and int parsing, so values are exact)."""
+    if dtype is np.float64:
+        return np.array([float(v) for v in text.split()], dtype=np.float64)
+    return np.array([int(v) for v in text.split()], dtype=np.int64)
 
 
-def _parse(text: str) -> tuple[dict[str, str], list[dict[str, list[str]]]]:
-    """LightGBM's text model: a ``key=value`` header, then ``Tree=i`` blocks of space-separated arrays."""
+def _children(child: np.ndarray, node0: int, leaf0: int) -> np.ndarray:
+    """A tree's child indices in the forest: nodes offset by ``node0``, leaves (``-leaf - 1``) by ``leaf0``."""
+    return np.where(child >= 0, node0 + child, -(leaf0 + (-child - 1)) - 1)
+
+
+#: The fields of a tree the forest reads; the others (gains, counts, weights) are not parsed.
+_FIELDS = frozenset({"num_leaves", "split_feature", "threshold", "decision_type", "left_child", "right_child",
+                     "leaf_value", "cat_boundaries", "cat_threshold", "is_linear"})
+
+
+def _parse(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """LightGBM's text model: a ``key=value`` header, then ``Tree=i`` blocks of space-separated arrays
+    (kept as text, split when built)."""
     header: dict[str, str] = {}
-    trees: list[dict[str, list[str]]] = []
-    current: dict[str, list[str]] | None = None
+    trees: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
     for line in text.splitlines():
         if line.startswith("Tree="):
             current = {}
@@ -344,8 +329,8 @@ def _parse(text: str) -> tuple[dict[str, str], list[dict[str, list[str]]]]:
             continue
         if current is None:
             header[key] = value
-        else:
-            current[key] = value.split()
+        elif key in _FIELDS:
+            current[key] = value
     if not trees:
         raise ArtifactError("a LightGBM text model must hold at least one tree, got none")
     return header, trees
