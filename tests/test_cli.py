@@ -133,7 +133,9 @@ def test_demo_runs_small(tmp_path: Path) -> None:
     report = tmp_path / "demo" / "report.html"
     assert f"report: {report}" in " ".join(res.stdout.split())  # rich may wrap the long path
     figures = figure_data(report.read_text())
-    assert {"north-star", "drift", "alerts"} <= set(figures)  # the loop's store has mature decisions, baselines, alerts
+    assert {"north-star", "drift"} <= set(figures)  # the loop's store has mature decisions and baselines
+    # an alert timeline exactly when the loop stored alerts (nine small days of a concept drift may raise none)
+    assert ("alerts" in figures) == any((tmp_path / "demo" / "loop" / "store" / "alerts").rglob("*.parquet"))
     assert all(trace.get("x") or trace.get("y") for f in figures.values() for trace in f["data"])
 
 
