@@ -356,18 +356,20 @@ class Policy:
         margin = np.where(np.isfinite(runner_up), ordered[:, -1] - runner_up, np.inf)
         k_eligible = finite.sum(axis=1)
         explore = _uniform(salt, "explore", requests) < self.exploration_rate
-        if self.spec.model.experimentation.exploration == "uniform":
-            pick = np.minimum((_uniform(salt, "pick", requests) * k_eligible).astype(np.int64), k_eligible - 1)
-            nth_eligible = np.argmax(np.cumsum(finite, axis=1) > pick[:, None], axis=1)
-        else:  # the inverse of the directed distribution at the same draw
-            nth_eligible = pick_explored(self._exploring(scores), _uniform(salt, "pick", requests))
-        action = np.where(explore, nth_eligible, chosen)
+        action = chosen.copy()
+        if explore.any():  # the pick is drawn only for exploring requests (a draw is a pure function of the id)
+            draw = _uniform(salt, "pick", requests[explore])
+            if self.spec.model.experimentation.exploration == "uniform":
+                k = k_eligible[explore]
+                pick = np.minimum((draw * k).astype(np.int64), k - 1)
+                action[explore] = np.argmax(np.cumsum(finite[explore], axis=1) > pick[:, None], axis=1)
+            else:  # the inverse of the directed distribution at the same draw
+                action[explore] = pick_explored(self._exploring(scores[explore]), draw)
         held = holdout_draw(salt, units) < self.holdout_share
         action = np.where(held, self.spec.control.index, action)
         propensity = dist[np.arange(n), action]
         assignment = np.where(held, "holdout", np.where(explore, "explore", "policy")).astype(object)
-        ids = np.array(self.spec.action_space.ids, dtype=object)
-        return DecisionBatch(action, ids[action], propensity, assignment, chosen, scores, margin)
+        return DecisionBatch(action, self.spec.action_space.id_array[action], propensity, assignment, chosen, scores, margin)
 
     def action_distribution(self, contexts: pd.DataFrame, components: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Probability of each action per context under the whole serving system (holdout and

@@ -9,6 +9,7 @@ arrived, never the value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -156,7 +157,7 @@ def _allowed(name: str, values: list[str], personal: frozenset[str]) -> str:
 
 
 def _isnull(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
 
 
 def _plain(value: Any) -> Any:
@@ -259,10 +260,10 @@ def check_context(spec: Spec, context: Mapping[str, Any], *, pii_key: PersonalKe
                     fail(f"`{name}` must be a number, got {_got(raw, feat.personal, key)}")
                 else:
                     number = _to_float(raw)
-                    if not np.isfinite(number):
+                    if not math.isfinite(number):
                         fail(f"`{name}` must be a finite number, got {_got(raw, feat.personal, key)}")
-                        number = np.nan if np.isnan(number) else number
-                    elif feat.type == "integer" and np.floor(number) != number:
+                        number = np.nan if math.isnan(number) else number
+                    elif feat.type == "integer" and not number.is_integer():
                         fail(f"`{name}` must be an integer, got {_got(raw, feat.personal, key)}")
                     if feat.min is not None and number < feat.min:
                         fail(f"`{name}` must be >= {feat.min:g}, got {_got(raw, feat.personal, key)}")

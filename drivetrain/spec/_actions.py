@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -74,9 +75,16 @@ class ActionSpace:
     def levers(self) -> tuple[str, ...]:
         return tuple(self.lever_values)
 
-    @property
+    @cached_property
     def ids(self) -> tuple[str, ...]:
         return tuple(a.id for a in self.actions)
+
+    @cached_property
+    def id_array(self) -> np.ndarray:
+        """The ids as a read-only object array (K,), to index by action."""
+        ids = np.array(self.ids, dtype=object)
+        ids.setflags(write=False)
+        return ids
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -100,15 +108,21 @@ class ActionSpace:
         return np.array([lookup.get(str(x), -1) for x in np.asarray(action_ids, dtype=object)], dtype=np.int64)
 
     def lever_columns(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Lever values per action (shape (K,)) or per given action index (shape (n,))."""
+        """Lever values per action (shape (K,), read-only) or per given action index (shape (n,))."""
+        if indices is None:
+            return dict(self._columns)
+        index = np.asarray(indices)
+        return {name: col[index] for name, col in self._columns.items()}
+
+    @cached_property
+    def _columns(self) -> dict[str, np.ndarray]:
+        """The per-action lever columns, built once (every priced request reads them)."""
         out: dict[str, np.ndarray] = {}
         for name in self.levers:
             col = np.array([a.values[name] for a in self.actions])
-            if self.lever_kinds[name] == "numeric":
-                col = col.astype(np.float64)
-            else:
-                col = col.astype(object)
-            out[name] = col if indices is None else col[np.asarray(indices)]
+            col = col.astype(np.float64) if self.lever_kinds[name] == "numeric" else col.astype(object)
+            col.setflags(write=False)
+            out[name] = col
         return out
 
     def select(self, selector: Mapping[str, Sequence[Any]]) -> np.ndarray:

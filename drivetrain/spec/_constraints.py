@@ -57,6 +57,14 @@ def mean_constraints(spec: Spec) -> tuple[MeanTerm, ...]:
     >>> [(t.name, t.sense) for t in mean_constraints(NBOOTwin(seed=1).spec)]
     [('promotion_budget', '<='), ('refund_rate', '<='), ('complaint_rate', '<=')]
     """
+    cached: tuple[MeanTerm, ...] | None = spec.__dict__.get("_mean_constraints")
+    if cached is None:  # a spec is frozen: derived once, kept beside it (every priced request asks)
+        cached = _derive_mean_constraints(spec)
+        object.__setattr__(spec, "_mean_constraints", cached)
+    return cached
+
+
+def _derive_mean_constraints(spec: Spec) -> tuple[MeanTerm, ...]:
     terms = [MeanTerm(b.name, "budget", b.name, f, "<=", float(b.max_per_unit)) for b, f in spec.budgets]
     names = frozenset((*spec.outcomes, *spec.levers, *spec.features))
     for g, f in spec.guardrails:
