@@ -22,12 +22,10 @@ import argparse
 import signal
 import statistics
 import tempfile
-import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -35,7 +33,7 @@ import numpy as np
 from drivetrain.adapt import EmbeddedRegistry, Lineage, promote, rollback
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
-from drivetrain.serve import ServiceProcess
+from drivetrain.serve import DecisionLoad, ServiceProcess
 from drivetrain.twin import NBOOTwin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,56 +44,6 @@ def fit(version: str, seed: int, users: int, trees: int) -> Policy:
     twin = NBOOTwin(seed=seed)
     model = OutcomeModel(n_folds=2, n_estimators=trees, min_child_samples=50).fit(twin.expected_log(twin.population(users)), twin.spec)
     return Policy.from_model(twin.spec, model, {}, version=version)
-
-
-class Load:
-    """Closed-loop clients; every answer kept as (time received, status, version or fallback reason)."""
-
-    def __init__(self, url: str, contexts: list[dict[str, Any]], threads: int) -> None:
-        self.url, self.contexts = url, contexts
-        self.answers: list[tuple[float, int, str]] = []
-        self._lock, self._stop = threading.Lock(), threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-
-    def _run(self, worker: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30.0) as client:
-            i = 0
-            while not self._stop.is_set():
-                ctx = dict(self.contexts[(worker * 7919 + i) % len(self.contexts)])
-                unit = ctx.pop("unit_id")
-                try:
-                    r = client.post("/v1/decide", json={"unit_id": unit, "context": ctx})
-                    body = r.json() if r.status_code == 200 else {}
-                    what = str(body.get("policy_version")) if body.get("fallback_reason") is None else f"fallback: {body['fallback_reason']}"
-                    answer = (time.monotonic(), r.status_code, what)
-                except httpx.HTTPError as exc:
-                    answer = (time.monotonic(), 0, repr(exc))
-                with self._lock:
-                    self.answers.append(answer)
-                i += 1
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=60)
-
-    def switch(self, moved: float, version: str, old: str, deadline_s: float = 30.0) -> tuple[float, float]:
-        """(seconds from ``moved`` to the first answer by ``version``, to the old version's last answer)."""
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            with self._lock:
-                first = next((t for t, s, v in self.answers if t >= moved and s == 200 and v == version), None)
-            if first is not None:
-                time.sleep(0.3)  # answers in flight at the move arrive
-                with self._lock:
-                    last_old = max((t for t, s, v in self.answers if t >= moved and v == old), default=moved)
-                return first - moved, last_old - moved
-            time.sleep(0.005)
-        raise SystemExit(f"no answer by {version} within {deadline_s:g} s of the move")
 
 
 def main() -> None:
@@ -124,8 +72,7 @@ def main() -> None:
             ctx = dict(contexts[0])
             client.post("/v1/decide", json={"unit_id": ctx.pop("unit_id"), "context": ctx})
         restart_s = time.monotonic() - started
-        load = Load(server.url, contexts, args.clients)
-        load.start()
+        load = DecisionLoad(server.url, contexts, args.clients).start()
         time.sleep(2.0)
         promotions, rollbacks = [], []
         try:

@@ -1,4 +1,5 @@
-"""Run `drivetrain serve` as a child process on a free local port (the demo, the benchmarks and the tests)."""
+"""Run `drivetrain serve` as a child process on a free local port, and drive it with closed-loop clients
+(the demo, the benchmarks, the drills and the tests)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from drivetrain.errors import UsageError
 
-__all__ = ["ServiceProcess", "free_port"]
+__all__ = ["DecisionLoad", "ServiceProcess", "free_port"]
 
 TOKEN_ENV = "DRIVETRAIN_TOKEN"
 
@@ -84,3 +90,76 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=timeout)
+
+
+class DecisionLoad:
+    """``threads`` closed-loop clients posting ``/v1/decide`` for ``contexts`` (each a context with its
+    ``unit_id``) until stopped, each request with an id of its own. Every answer is kept in ``answers`` as
+    (monotonic time received, HTTP status or 0 for a transport error, what answered): the policy version,
+    ``fallback: <reason>`` for a fallback, the error's text for a transport error. Use it as a context manager
+    or with ``start`` and ``stop``."""
+
+    def __init__(self, url: str, contexts: Sequence[Mapping[str, Any]], threads: int = 3) -> None:
+        if not contexts:
+            raise UsageError("`contexts` must hold at least one context, got none")
+        self.url, self.contexts = url, list(contexts)
+        self.answers: list[tuple[float, int, str]] = []
+        self._run_id = uuid.uuid4().hex[:12]  # ids unique across loads on one service: a repeated id is a retry
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, worker: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30.0) as client:
+            i = 0
+            while not self._stop.is_set():
+                ctx = dict(self.contexts[(worker * 7919 + i) % len(self.contexts)])
+                body = {"unit_id": ctx.pop("unit_id"), "context": ctx, "request_id": f"load-{self._run_id}-{worker}-{i}"}
+                try:
+                    r = client.post("/v1/decide", json=body)
+                    got = r.json() if r.status_code == 200 else {}
+                    what = str(got.get("policy_version")) if got.get("fallback_reason") is None else f"fallback: {got['fallback_reason']}"
+                    answer = (time.monotonic(), r.status_code, what)
+                except httpx.HTTPError as exc:
+                    answer = (time.monotonic(), 0, repr(exc))
+                with self._lock:
+                    self.answers.append(answer)
+                i += 1
+
+    def start(self) -> DecisionLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def __enter__(self) -> DecisionLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def counts(self) -> Counter[tuple[int, str]]:
+        """How many answers of each (status, what) so far."""
+        with self._lock:
+            return Counter((s, w) for _, s, w in self.answers)
+
+    def served(self, version: str) -> int:
+        """How many decisions ``version`` answered so far."""
+        return self.counts()[(200, version)]
+
+    def switch(self, moved: float, version: str, old: str, deadline_s: float = 30.0) -> tuple[float, float]:
+        """(seconds from ``moved`` (monotonic) to the first answer by ``version``, to ``old``'s last answer)."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            with self._lock:
+                first = next((t for t, s, v in self.answers if t >= moved and s == 200 and v == version), None)
+            if first is not None:
+                time.sleep(0.3)  # answers in flight at the move arrive
+                with self._lock:
+                    last_old = max((t for t, s, v in self.answers if t >= moved and v == old), default=moved)
+                return first - moved, last_old - moved
+            time.sleep(0.005)
+        raise TimeoutError(f"no answer by {version} within {deadline_s:g} s of the move")
