@@ -42,6 +42,8 @@ __all__ = ["LogUnavailable", "Service", "ServiceConfig", "settle_heap"]
 REQUEST_MEMORY_BYTES = 64 * 2**20
 #: A remembered decision's typical cost in bytes, to bound how many the start reads back from the store.
 _ENTRY_BYTES = 400
+#: Seconds after which the pending-outcomes gauge is recounted even without a compaction (another writer).
+PENDING_RECOUNT_S = 60.0
 
 
 class LogUnavailable(Exception):
@@ -170,6 +172,10 @@ class Service:
         self._compactor: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._busy = False  # a compaction was asked for and has not answered yet
+        # the pending-outcomes gauge is recounted when a compaction answered since (the store changes by
+        # compactions) or, for writers outside the service, after PENDING_RECOUNT_S
+        self._compactions_answered = 0
+        self._pending_counted: tuple[int, float] | None = None
         self._compact_err = config.log_dir / "compact.err"
         self._in_flight: set[str] = set()  # request ids of batches being decided
         self.remembered = self._remember_logged() if config.logging else 0
@@ -502,7 +508,11 @@ class Service:
         self.metrics.outcome_segments.set(outcome_segments)
         self.metrics.oldest_segment.set(oldest or 0.0)
         self.metrics.remembered.set(self.requests.bytes)
-        try:  # reads the Parquet files' footers: off the event loop
+        counted = self._pending_counted
+        if counted is not None and counted[0] == self._compactions_answered and time.monotonic() - counted[1] < PENDING_RECOUNT_S:
+            return  # the store has not changed by the service since the last count
+        self._pending_counted = (self._compactions_answered, time.monotonic())
+        try:  # opens the store and reads the Parquet files' footers: off the event loop
             self.metrics.pending_outcomes.set(await asyncio.to_thread(self.store.count, "outcomes_pending"))
         except Exception as error:
             print(f"counting the pending outcomes failed: {error!r}", file=sys.stderr, flush=True)
@@ -588,6 +598,7 @@ class Service:
         assert child.stdout is not None
         async for line in child.stdout:
             self._busy = False
+            self._compactions_answered += 1
             try:
                 answer = json.loads(line)
             except ValueError:

@@ -4,15 +4,17 @@ same events, not after a crash between the append and the fold, not after a fold
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
-from drivetrain.data import ParquetStore, ingest_history, open_store
+from drivetrain.data import ParquetStore, RawRows, ingest_history, ingest_outcomes, open_store
 from drivetrain.serve import Service, ServiceConfig, compact, recover
 from drivetrain.spec import load_spec
 from tests.serve.service_helpers import SPEC
@@ -148,3 +150,20 @@ def test_a_value_json_cannot_carry_is_quarantined(policies: tuple[Path, Path], t
     _compact_all(store, tmp_path / "log")
     assert sorted(store.query("SELECT row_key FROM quarantine")["row_key"]) == ["nf-0", "nf-1"]
     assert store.query("SELECT event_id FROM outcomes_pending")["event_id"].tolist() == ["nf-2"]
+
+
+def test_the_pending_gauge_is_recounted_after_a_compaction_not_at_every_tick(policies: tuple[Path, Path], tmp_path: Path) -> None:
+    service = _service(policies[0], tmp_path)
+    gauge = service.metrics.pending_outcomes
+    asyncio.run(service._gauge_backlog())
+    assert gauge._value.get() == 0
+    waiting = [{**e, "received_at": e["occurred_at"]} for e in _events(["never-decided-1", "never-decided-2"])[:-1]]
+    ingest_outcomes(service.store, RawRows(pd.DataFrame(waiting), (), "test"))  # a writer beside the service
+    assert service.store.count("outcomes_pending") == 4
+    asyncio.run(service._gauge_backlog())
+    assert gauge._value.get() == 0  # no compaction answered since the last count: not recounted
+    service._compactions_answered += 1  # what a compaction's answer does (Service._read_answers)
+    asyncio.run(service._gauge_backlog())
+    assert gauge._value.get() == 4
+    service.log.close()  # type: ignore[union-attr]
+    service.outcome_log.close()  # type: ignore[union-attr]
