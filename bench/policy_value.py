@@ -33,6 +33,7 @@ from datetime import timedelta
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import vw_peer
 
 from drivetrain.assembly import fit_model, plan_policy
 from drivetrain.clock import SimulatedClock
@@ -118,41 +119,19 @@ def peer_drpolicyforest(table: pd.DataFrame, spec, evaluation: pd.DataFrame, eli
     return fit_s, time.perf_counter() - t0, _greedy(scores, eligible)
 
 
-def _vw_shared(x: np.ndarray, categorical: list[int]) -> list[str]:
-    out = []
-    for row in x:
-        parts = [f"c{j}_{int(v)}" if j in categorical else f"f{j}:{v:.6g}" for j, v in enumerate(row) if np.isfinite(v)]
-        out.append("shared |s " + " ".join(parts))
-    return out
-
-
 def peer_vw(table: pd.DataFrame, spec, evaluation: pd.DataFrame, eligible: np.ndarray, seed: int,  # type: ignore[no-untyped-def]
             threads: int, trees: int, rate: float) -> tuple[float, float, np.ndarray]:
-    import vowpalwabbit
-
     enc = FeatureEncoder.from_spec(spec)
     action, y = _reward(table, spec)
-    cost = -y / (np.abs(y).max() or 1.0)
-    propensity = table["propensity"].to_numpy(dtype=np.float64)
-    k = len(spec.action_space)
-    arms = [f"|a a{j}" for j in range(k)]
-    shared = _vw_shared(enc.transform(table), enc.categorical_indices)
+    x = enc.transform(table)
     t0 = time.perf_counter()
-    vw = vowpalwabbit.Workspace(f"--cb_explore_adf --epsilon 0.0 --quiet -q sa --random_seed {seed}")
-    for i in range(len(table)):
-        lines = [shared[i], *arms]
-        lines[1 + action[i]] = f"0:{cost[i]:.6g}:{propensity[i]:.6g} {arms[action[i]]}"
-        vw.learn(lines)
+    features = vw_peer.VWFeatures.fit(x, enc.categorical_indices)
+    vw = vw_peer.train(features.lines(x), action, y, table["propensity"].to_numpy(dtype=np.float64), len(spec.action_space), seed)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    shared_eval = _vw_shared(enc.transform(evaluation), enc.categorical_indices)
-    choice = np.zeros(len(evaluation), dtype=np.int64)
-    for i in range(len(evaluation)):
-        allowed = np.flatnonzero(eligible[i])
-        pmf = vw.predict([shared_eval[i], *(arms[j] for j in allowed)])
-        choice[i] = allowed[int(np.argmax(pmf))]
+    choice = vw_peer.greedy(vw, features.lines(enc.transform(evaluation)), eligible)
     vw.finish()
-    return fit_s, time.perf_counter() - t0, one_hot(choice, k)
+    return fit_s, time.perf_counter() - t0, one_hot(choice, len(spec.action_space))
 
 
 def run_point(seed: int, n_log: int, n_eval: int, trees: int, rate: float, threads: int, peers: tuple[str, ...]) -> dict[str, float]:

@@ -37,6 +37,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import vw_peer  # noqa: E402
+
 from drivetrain.assembly import plan_policy  # noqa: E402
 from drivetrain.data import training_table  # noqa: E402
 from drivetrain.model import FeatureEncoder, OutcomeModel  # noqa: E402
@@ -114,14 +116,7 @@ def fit_plain(directory: str, trees: int, rate: float, threads: int) -> dict[str
     return {"seconds": seconds}
 
 
-def _vw_lines(x: np.ndarray, categorical: list[int]) -> list[str]:
-    return ["shared |s " + " ".join(f"c{j}_{int(v)}" if j in categorical else f"f{j}:{v:.6g}" for j, v in enumerate(row) if np.isfinite(v))
-            for row in x]
-
-
 def fit_vw(directory: str) -> dict[str, Any]:
-    import vowpalwabbit
-
     spec = NBOOTwin(seed=0).spec
     frame = pd.read_parquet(Path(directory) / "train.parquet")
     enc = FeatureEncoder.from_spec(spec)
@@ -130,18 +125,13 @@ def fit_vw(directory: str) -> dict[str, Any]:
     action = space.indices(frame["action_id"].to_numpy())
     comps = {c: frame[c].to_numpy(dtype=np.float64) for c in spec.outcomes}
     reward = np.asarray(spec.objective({**comps, **space.lever_columns(action)}), dtype=np.float64)
-    cost = -reward / (np.abs(reward).max() or 1.0)
-    propensity = frame["propensity"].to_numpy(dtype=np.float64)
-    arms = [f"|a a{k}" for k in range(len(space))]
     started = time.perf_counter()
-    shared = _vw_lines(x, enc.categorical_indices)
-    vw = vowpalwabbit.Workspace(f"--cb_explore_adf --epsilon 0.0 --quiet -q sa -f {Path(directory) / 'vw.model'}")
-    for i in range(len(frame)):
-        lines = [shared[i], *arms]
-        lines[1 + action[i]] = f"0:{cost[i]:.6g}:{propensity[i]:.6g} {arms[action[i]]}"
-        vw.learn(lines)
+    features = vw_peer.VWFeatures.fit(x, enc.categorical_indices)
+    vw = vw_peer.train(features.lines(x), action, reward, frame["propensity"].to_numpy(dtype=np.float64), len(space), 0,
+                       model_path=Path(directory) / "vw.model")
     seconds = time.perf_counter() - started
     vw.finish()
+    features.save(Path(directory) / "vw.features.json")
     return {"seconds": seconds}
 
 
@@ -152,11 +142,11 @@ def decide_vw(directory: str, contexts_path: str) -> dict[str, Any]:
     spec = NBOOTwin(seed=0).spec
     contexts = pd.read_parquet(contexts_path)
     enc = FeatureEncoder.from_spec(spec)
-    arms = [f"|a a{k}" for k in range(len(spec.action_space))]
+    features = vw_peer.VWFeatures.load(Path(directory) / "vw.features.json")
     vw = vowpalwabbit.Workspace(f"--quiet -i {Path(directory) / 'vw.model'}")
     started = time.perf_counter()
-    shared = _vw_lines(enc.transform(contexts), enc.categorical_indices)
-    choice = np.array([int(np.argmax(vw.predict([line, *arms]))) for line in shared])
+    x = enc.transform(contexts)
+    choice = vw_peer.greedy(vw, features.lines(x), np.ones((len(x), len(spec.action_space)), dtype=bool))
     seconds = time.perf_counter() - started
     vw.finish()
     return {"seconds": seconds, "top_share": float(np.bincount(choice).max() / len(choice))}
