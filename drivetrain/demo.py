@@ -404,7 +404,8 @@ def adaptation_loop(store: Store, registry: Registry, *, seed: int, days: int, u
             registered = any(r.version == step.candidate for r in registry.versions())
             share = f"{_true_share(twin, registry.load(step.candidate), d.day, users):.2f}" if registered else "- (no plan)"
             console.print(f"        blocked: {step.candidate} by the {gate.gate} gate; its true share {share} against the champion's "
-                          f"{d.share if d.share is not None else float('nan'):.2f}", markup=False, highlight=False, soft_wrap=True)
+                          f"{d.share if d.share is not None else float('nan'):.2f}; the gate's reason: {gate.reason}",
+                          markup=False, highlight=False, soft_wrap=True)
         if d.promoted and state["promoted"] is None and step is not None:
             state["promoted"] = step.champion
         if state["restore"] is not None:  # the drill is over: the promotion is restored
