@@ -1188,7 +1188,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory of the demo (replaced).")] = Path("demo-out"),
     users: Annotated[int, typer.Option(min=100, help="Users in the twin's logged population.")] = 40_000,
     seed: Annotated[int, typer.Option(help="Seed of the twin.")] = 0,
-    loop_days: Annotated[int, typer.Option(min=1, help="Simulated days of the adaptation loop (the concept drift starts on day 3).")] = 26,
+    loop_days: Annotated[int, typer.Option(min=1, help="Simulated days of the adaptation loop (the concept drift starts on day 0).")] = 26,
     loop_users: Annotated[int, typer.Option(min=10, help="New users a day in the adaptation loop.")] = 1000,
 ) -> None:
     """Run the main job on the embedded default: twin logs -> ingest (with a partner's faulty export) -> summary

@@ -351,17 +351,19 @@ class AdaptationDemo:
 
 
 def adaptation_loop(store: Store, registry: Registry, *, seed: int, days: int, users: int, first_users: int,
-                    console: Console, trees: int = 60) -> AdaptationDemo:
+                    console: Console, trees: int = 60, drift: int = 0) -> AdaptationDemo:
     """The adaptation loop on the 7-day twin for ``days`` days of ``users`` users, from a ``first_users``
-    randomized log: from day 3 every offer works worse for mobile users (which offers work changes for a
-    segment); the loop retrains when enough decisions have matured; the first retrain's join is broken on
-    purpose (shuffled outcomes) and its candidate must be blocked; the next goes through shadow and canary;
-    the day after a promotion, a rollback drill returns to ``last-good`` and the promotion is then restored.
+    randomized log: from day ``drift`` every offer works worse for mobile users (which offers work changes
+    for a segment); the loop retrains when enough decisions have matured; the first retrain's join is
+    broken on purpose (shuffled outcomes) and its candidate must be blocked (by the regression gate: its
+    model predicts the frozen set's outcomes no better than a constant); the next goes through shadow and
+    canary; the day after a promotion, a rollback drill returns to ``last-good`` (the previous version
+    serves that day's users) and the promotion is restored at the end of that day.
     Every line is printed next to the twin's truth (the champion's share of the budgeted oracle's gain)."""
     from drivetrain.adapt import adapt, promote, rollback
     from drivetrain.twin_loop import run_twin_loop
 
-    start_day, drift = 9, 3
+    start_day = 9
     twin = NBOOTwin(horizon_days=7, seed=seed, scenario=Scenario(effect_segment=("device", "mobile"), effect_delta=-1.5,
                                                                   effect_refund=0.02, effect_day=start_day + drift))
     decisions, outcomes = twin.log(twin.population(first_users))
@@ -402,7 +404,8 @@ def adaptation_loop(store: Store, registry: Registry, *, seed: int, days: int, u
             registered = any(r.version == step.candidate for r in registry.versions())
             share = f"{_true_share(twin, registry.load(step.candidate), d.day, users):.2f}" if registered else "- (no plan)"
             console.print(f"        blocked: {step.candidate} by the {gate.gate} gate; its true share {share} against the champion's "
-                          f"{d.share if d.share is not None else float('nan'):.2f}", markup=False, highlight=False, soft_wrap=True)
+                          f"{d.share if d.share is not None else float('nan'):.2f}; the gate's reason: {gate.reason}",
+                          markup=False, highlight=False, soft_wrap=True)
         if d.promoted and state["promoted"] is None and step is not None:
             state["promoted"] = step.champion
         if state["restore"] is not None:  # the drill is over: the promotion is restored
@@ -460,11 +463,13 @@ def _loop(*, seed: int, out: Path, console: Console, days: int, users: int) -> N
 
 def demo_loop_spec(users: int) -> Spec:
     """The loop's spec with the adaptation settings the demo's days and users call for: a retrain once two
-    days of decisions have matured, a day of shadow, a canary on a fifth of the units."""
+    days of decisions have matured, a day of shadow, a canary on half of the units until a day's users
+    are mature in it, and a non-inferiority margin of 0.5 per unit (5% of the objective per user: the
+    default 0.05 is a hundredth of the interval a canary of a few hundred units gives)."""
     raw = loop_spec().model.model_dump(mode="json")
     raw["adaptation"].update({"min_new_decisions": 2 * users, "max_staleness": "14d", "pacing_period": "28d"})
-    raw["adaptation"]["gates"].update({"min_decisions": min(2000, 2 * users), "latency_samples": 50})
-    raw["adaptation"]["canary"].update({"shadow_decisions": users // 2, "share": 0.2, "min_units": max(100, users // 10)})
+    raw["adaptation"]["gates"].update({"min_decisions": min(2000, 2 * users), "latency_samples": 50, "non_inferiority_margin": 0.5})
+    raw["adaptation"]["canary"].update({"shadow_decisions": users // 2, "share": 0.5, "min_units": max(100, users // 2)})
     return parse_spec(raw, source=f"nboo loop ({users} users a day)")
 
 

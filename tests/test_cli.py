@@ -122,19 +122,19 @@ def test_input_mistakes_exit_2_without_traceback(tmp_path: Path, args: list[str]
 
 
 def test_demo_runs_small(tmp_path: Path) -> None:
-    res = run("demo", "--out", str(tmp_path / "demo"), "--users", "3000", "--loop-days", "9", "--loop-users", "300")
+    res = run("demo", "--out", str(tmp_path / "demo"), "--users", "3000", "--loop-days", "3", "--loop-users", "300")
     assert res.returncode == 0, res.stderr
     assert "DOES NOT RECONCILE" not in res.stdout
     assert res.stdout.count("[reconciles]") == 4
     assert "per-user oracle" in res.stdout
-    # the adaptation loop: one line a day, each next to the twin's truth
+    # the adaptation loop's wiring: one line a day, each next to the twin's truth (its story: tests/test_demo.py)
     assert "as the first champion on the 20000-user randomized log" in res.stdout
-    assert all(f"day {d:>2}: " in res.stdout for d in range(9)) and res.stdout.count("serves (true share ") == 9
+    assert all(f"day {d:>2}: " in res.stdout for d in range(3)) and res.stdout.count("serves (true share ") == 3
     report = tmp_path / "demo" / "report.html"
     assert f"report: {report}" in " ".join(res.stdout.split())  # rich may wrap the long path
     figures = figure_data(report.read_text())
     assert {"north-star", "drift"} <= set(figures)  # the loop's store has mature decisions and baselines
-    # an alert timeline exactly when the loop stored alerts (nine small days of a concept drift may raise none)
+    # an alert timeline exactly when the loop stored alerts (three small days of a concept drift may raise none)
     assert ("alerts" in figures) == any((tmp_path / "demo" / "loop" / "store" / "alerts").rglob("*.parquet"))
     assert all(trace.get("x") or trace.get("y") for f in figures.values() for trace in f["data"])
 

@@ -3,7 +3,9 @@
 1. ``data``: enough mature decisions in the window, the quarantine rate within its limit, and no context
    feature that varies in the frozen evaluation set stuck at one value in the window (a broken upstream).
 2. ``regression``: on the frozen evaluation set (randomized decisions of units no version trained on), the
-   candidate's doubly robust value is not below the champion's by more than ``regression_tolerance``.
+   candidate's doubly robust value is not below the champion's by more than ``regression_tolerance``, and
+   its model's root mean squared error on the realized objective of the logged actions is not above the
+   champion's model's by more than that tolerance (by the paired interval's bound).
 3. ``off-policy``: on the evaluation units' recent decisions (exact logged propensities), the lower bound
    of the candidate's lift over the champion is above ``min_lift``, or it is above ``-non_inferiority_margin``
    and the candidate spends less or keeps a guardrail lower.
@@ -168,11 +170,29 @@ def _judged_lift(spec: Spec, rows: pd.DataFrame, candidate: Policy, champion: Po
     return out
 
 
+def _squared_errors(spec: Spec, rows: pd.DataFrame, model: OutcomeModel) -> np.ndarray:
+    """Per row, the squared error of ``model``'s predicted objective of the logged action against the
+    realized objective; shape (n,)."""
+    realized = realized_metrics(spec, rows)["objective"]
+    action = spec.action_space.indices(rows["action_id"].to_numpy())
+    predicted = model.objective_of(model.predict_outcomes(rows), rows)[np.arange(len(rows)), action]
+    return np.asarray((predicted - realized) ** 2, dtype=np.float64)
+
+
 def regression_gate(spec: Spec, frozen: pd.DataFrame, candidate: Policy, champion: Policy, reference: OutcomeModel) -> GateResult:
     """On the frozen evaluation set, the candidate is not worse than the champion beyond the tolerance: by
     the ``reference`` model's judgement (the loop's own trainer on the candidate's window: a candidate
     whose own pipeline went wrong cannot vouch for itself, and the champion's model, fitted on less, would
-    favour the champion), and not significantly by the doubly robust estimate (its upper bound)."""
+    favour the champion), not significantly by the doubly robust estimate (its upper bound), and its
+    model predicts the realized objective of the logged actions no worse than the champion's: the lower
+    bound of the paired difference of their squared errors (clustered by unit) may not put the
+    candidate's root mean squared error above the champion's by more than the tolerance.
+
+    The last test is the one with power on a frozen set of a few thousand rows: the doubly robust
+    difference of two policies weighs each row where they disagree by the inverse propensity (the
+    number of eligible actions), so its interval is several units of the objective wide there, while the
+    prediction error uses every row. A model fitted on a broken join (shuffled outcomes) explains none
+    of the frozen set's variance, and vouches for itself when it is its own reference."""
     gates = spec.model.adaptation.gates
     tol = gates.regression_tolerance
     if len(frozen) < 2:
@@ -182,15 +202,29 @@ def regression_gate(spec: Spec, frozen: pd.DataFrame, candidate: Policy, champio
     p = paired_values(reference, frozen, candidate, champion, alpha=gates.alpha, spec=spec)["objective"]
     sign = _sign(spec)
     low, high = (p.low, p.high) if sign > 0 else (-p.high, -p.low)
-    figures = {"rows": p.rows, "judged_lift": judged, "dr_lift": sign * p.difference, "dr_low": low, "dr_high": high, "tolerance": tol}
-    if judged < -tol or high < -tol:
+    err_c, err_b = _squared_errors(spec, frozen, candidate.model), _squared_errors(spec, frozen, champion.model)
+    diff = err_c - err_b
+    units = frozen["unit_id"].to_numpy()
+    per_unit = pd.Series(diff - diff.mean()).groupby(units).sum().to_numpy()
+    se = float(np.sqrt(np.sum(per_unit**2)) / len(diff))
+    z = float(stats.norm.ppf(1 - gates.alpha / 2))
+    rmse_c, rmse_b = float(np.sqrt(err_c.mean())), float(np.sqrt(err_b.mean()))
+    worse_by = float(np.sqrt(max(err_b.mean() + diff.mean() - z * se, 0.0))) - rmse_b  # the least RMSE increase the rows allow
+    figures = {"rows": p.rows, "judged_lift": judged, "dr_lift": sign * p.difference, "dr_low": low, "dr_high": high, "tolerance": tol,
+               "rmse": rmse_c, "champion_rmse": rmse_b, "rmse_increase_low": worse_by,
+               "realized_sd": float(np.std(realized_metrics(spec, frozen)["objective"]))}
+    if judged < -tol or high < -tol or worse_by > tol:
         by = (f"by the reference model's judgement {judged:+.4f} per unit" if judged < -tol
-              else f"by the doubly robust estimate, at most {high:+.4f} per unit")
+              else f"by the doubly robust estimate, at most {high:+.4f} per unit" if high < -tol
+              else f"in predicting the realized {spec.model.objective.name} of the logged actions: root mean squared error "
+                   f"{rmse_c:.3f} against the champion's {rmse_b:.3f} (at least {worse_by:+.3f} by the paired interval; the "
+                   f"realized values' standard deviation {figures['realized_sd']:.3f})")
         return GateResult("regression", False, f"on the frozen evaluation set ({p.rows} randomized decisions) the candidate is worse than "
                           f"the champion {by} (tolerance {tol}): its training data, model or objective is wrong; compare its "
                           "lineage and training figures with the champion's", figures)
     return GateResult("regression", True, f"lift {judged:+.4f} per unit by the reference model, {sign * p.difference:+.4f} "
-                      f"[{low:+.4f}, {high:+.4f}] doubly robust, on {p.rows} frozen randomized decisions", figures)
+                      f"[{low:+.4f}, {high:+.4f}] doubly robust, root mean squared error {rmse_c:.3f} against the champion's "
+                      f"{rmse_b:.3f}, on {p.rows} frozen randomized decisions", figures)
 
 
 def off_policy_gate(spec: Spec, recent: pd.DataFrame, candidate: Policy, champion: Policy, reference: OutcomeModel) -> GateResult:
