@@ -10,7 +10,10 @@ adds its raw score to an output ``slot`` of every row (``EVERY``), of every row 
 alone (``BROADCAST``: models of the context, evaluated once per unit rather than once per action) or of
 one row (``ROW``: one model per action). The rows travel down a tree together as a bit mask: a split
 on a context column sends them all one way, and a split on an action column splits the mask by a
-pattern computed once at build time; so a tree costs one path per distinct leaf, not one per action. Split semantics follow LightGBM's ``tree.h`` (``NumericalDecision``,
+pattern computed once at build time; so a tree costs one path per distinct leaf, not one per action. A
+tree that every row shares (it reads no lever column: a context model) has one leaf for all rows: its
+values are summed once per context and added to every row at the end, and in a batch a block of contexts
+goes down it level by level side by side. Split semantics follow LightGBM's ``tree.h`` (``NumericalDecision``,
 ``CategoricalDecision``), missing values included; ``tests/model/test_forest.py`` checks the result
 against ``Booster.predict(raw_score=True)``.
 """
@@ -145,10 +148,30 @@ def _evaluate_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarra
         stack_node = np.empty(128, dtype=np.int64)
         stack_mask = np.empty(128, dtype=np.uint64)
         shared_sum = np.zeros((hi - lo, out.shape[2]))
+        node_of = np.empty(hi - lo, dtype=np.int64)
         for t in range(root.shape[0]):
-            for i in range(lo, hi):
-                _walk(t, contexts[i], out[i], shared_sum[i - lo], stack_node, stack_mask, start_mask, slot, shared, root,
-                      feature, threshold, decision, left, right, cat_start, cat_len, cat_bits, row_left, leaf_value)
+            if not shared[t]:
+                for i in range(lo, hi):
+                    _walk(t, contexts[i], out[i], shared_sum[i - lo], stack_node, stack_mask, start_mask, slot, shared, root,
+                          feature, threshold, decision, left, right, cat_start, cat_len, cat_bits, row_left, leaf_value)
+                continue
+            # a shared tree: the block's contexts go down it level by level, side by side (independent
+            # steps the processor overlaps, rather than one context's chain of dependent loads at a time)
+            node_of[:] = root[t]
+            moving = root[t] >= 0
+            while moving:
+                moving = False
+                for i in range(hi - lo):
+                    node = node_of[i]
+                    if node >= 0:
+                        go = _goes_left(contexts[lo + i, feature[node]], decision[node], threshold[node], cat_start[node],
+                                        cat_len[node], cat_bits)
+                        node = left[node] if go else right[node]
+                        node_of[i] = node
+                        moving = moving or node >= 0
+            s = slot[t]
+            for i in range(hi - lo):
+                shared_sum[i, s] += leaf_value[-node_of[i] - 1]
         for i in range(lo, hi):
             _add_shared(out[i], shared_sum[i - lo])
 

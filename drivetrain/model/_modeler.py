@@ -27,8 +27,9 @@ row and predicts new contexts; without it they get the mean of the fold models. 
 the fold models is a per (unit, action) uncertainty that pessimistic planning uses.
 
 Speed (docs/decisions.md): the component models are fitted side by side, ``num_threads`` at a time with
-one LightGBM thread each, on LightGBM Datasets binned once for every fold and stage; predictions of
-batches go through the compiled forest (:mod:`drivetrain.model._compiled`), equal to LightGBM's own to
+one LightGBM thread each (the longest first), on LightGBM Datasets binned once for every fold and stage;
+the effect stage starts from the context stage's score as LightGBM kept it while boosting (no second pass
+through its trees); predictions of batches go through the compiled forest (:mod:`drivetrain.model._compiled`), equal to LightGBM's own to
 1e-12. Each fitted part is a :class:`~drivetrain.model._learners.ComponentLearner`.
 
 >>> from drivetrain.twin import NBOOTwin  # doctest: +SKIP
