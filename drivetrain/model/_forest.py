@@ -10,10 +10,7 @@ adds its raw score to an output ``slot`` of every row (``EVERY``), of every row 
 alone (``BROADCAST``: models of the context, evaluated once per unit rather than once per action) or of
 one row (``ROW``: one model per action). The rows travel down a tree together as a bit mask: a split
 on a context column sends them all one way, and a split on an action column splits the mask by a
-pattern computed once at build time; so a tree costs one path per distinct leaf, not one per action. A
-tree that every row shares (it reads no lever column: a context model) has one leaf for all rows: its
-values are summed once per context and added to every row at the end, and in a batch a block of contexts
-goes down it level by level side by side. Split semantics follow LightGBM's ``tree.h`` (``NumericalDecision``,
+pattern computed once at build time; so a tree costs one path per distinct leaf, not one per action. Split semantics follow LightGBM's ``tree.h`` (``NumericalDecision``,
 ``CategoricalDecision``), missing values included; ``tests/model/test_forest.py`` checks the result
 against ``Booster.predict(raw_score=True)``.
 """
@@ -53,26 +50,14 @@ def _goes_left(value: float, kind: int, threshold: float, start: int, length: in
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _walk(t: int, context: np.ndarray, out: np.ndarray, shared_sum: np.ndarray, stack_node: np.ndarray,
-          stack_mask: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, shared: np.ndarray, root: np.ndarray,
-          feature: np.ndarray, threshold: np.ndarray, decision: np.ndarray, left: np.ndarray, right: np.ndarray,
-          cat_start: np.ndarray, cat_len: np.ndarray, cat_bits: np.ndarray, row_left: np.ndarray,
-          leaf_value: np.ndarray) -> None:
+def _walk(t: int, context: np.ndarray, out: np.ndarray, stack_node: np.ndarray, stack_mask: np.ndarray,
+          start_mask: np.ndarray, slot: np.ndarray, root: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
+          decision: np.ndarray, left: np.ndarray, right: np.ndarray, cat_start: np.ndarray, cat_len: np.ndarray,
+          cat_bits: np.ndarray, row_left: np.ndarray, leaf_value: np.ndarray) -> None:
     """Add tree ``t``'s leaf values for one ``context`` (d,) to ``out`` (K, n_slots): the rows of its start
-    mask go down together, split where a node reads a lever column. A ``shared`` tree (every row, no lever
-    column) has one leaf for all rows: its value goes to ``shared_sum`` (n_slots,), added to every row once
-    the forest is walked."""
+    mask go down together, split where a node reads a lever column."""
     n_context = context.shape[0]
     s = slot[t]
-    if shared[t]:
-        node = root[t]
-        while node >= 0:
-            if _goes_left(context[feature[node]], decision[node], threshold[node], cat_start[node], cat_len[node], cat_bits):
-                node = left[node]
-            else:
-                node = right[node]
-        shared_sum[s] += leaf_value[-node - 1]
-        return
     stack_node[0] = root[t]
     stack_mask[0] = start_mask[t]
     top = 1
@@ -112,21 +97,12 @@ def _walk(t: int, context: np.ndarray, out: np.ndarray, shared_sum: np.ndarray, 
 def _evaluate(context: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, root: np.ndarray,
               feature: np.ndarray, threshold: np.ndarray, decision: np.ndarray, left: np.ndarray, right: np.ndarray,
               cat_start: np.ndarray, cat_len: np.ndarray, cat_bits: np.ndarray, row_left: np.ndarray,
-              leaf_value: np.ndarray, shared: np.ndarray) -> None:
+              leaf_value: np.ndarray) -> None:
     stack_node = np.empty(128, dtype=np.int64)
     stack_mask = np.empty(128, dtype=np.uint64)
-    shared_sum = np.zeros(out.shape[1])
     for t in range(root.shape[0]):
-        _walk(t, context, out, shared_sum, stack_node, stack_mask, start_mask, slot, shared, root, feature, threshold,
-              decision, left, right, cat_start, cat_len, cat_bits, row_left, leaf_value)
-    _add_shared(out, shared_sum)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _add_shared(out: np.ndarray, shared_sum: np.ndarray) -> None:
-    for r in range(out.shape[0]):
-        for s in range(out.shape[1]):
-            out[r, s] += shared_sum[s]
+        _walk(t, context, out, stack_node, stack_mask, start_mask, slot, root, feature, threshold, decision, left, right,
+              cat_start, cat_len, cat_bits, row_left, leaf_value)
 
 
 #: Contexts that travel through the forest together: each tree's nodes stay in cache while they pass.
@@ -137,7 +113,7 @@ BLOCK = 64
 def _evaluate_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, root: np.ndarray,
                     feature: np.ndarray, threshold: np.ndarray, decision: np.ndarray, left: np.ndarray, right: np.ndarray,
                     cat_start: np.ndarray, cat_len: np.ndarray, cat_bits: np.ndarray, row_left: np.ndarray,
-                    leaf_value: np.ndarray, shared: np.ndarray) -> None:
+                    leaf_value: np.ndarray) -> None:
     """:func:`_evaluate` for every context, tree by tree over blocks of contexts (each (context, row,
     slot) sum is added in the same tree order, so the results are the same as one context at a time)."""
     n = contexts.shape[0]
@@ -147,33 +123,10 @@ def _evaluate_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarra
         hi = min(n, lo + BLOCK)
         stack_node = np.empty(128, dtype=np.int64)
         stack_mask = np.empty(128, dtype=np.uint64)
-        shared_sum = np.zeros((hi - lo, out.shape[2]))
-        node_of = np.empty(hi - lo, dtype=np.int64)
         for t in range(root.shape[0]):
-            if not shared[t]:
-                for i in range(lo, hi):
-                    _walk(t, contexts[i], out[i], shared_sum[i - lo], stack_node, stack_mask, start_mask, slot, shared, root,
-                          feature, threshold, decision, left, right, cat_start, cat_len, cat_bits, row_left, leaf_value)
-                continue
-            # a shared tree: the block's contexts go down it level by level, side by side (independent
-            # steps the processor overlaps, rather than one context's chain of dependent loads at a time)
-            node_of[:] = root[t]
-            moving = root[t] >= 0
-            while moving:
-                moving = False
-                for i in range(hi - lo):
-                    node = node_of[i]
-                    if node >= 0:
-                        go = _goes_left(contexts[lo + i, feature[node]], decision[node], threshold[node], cat_start[node],
-                                        cat_len[node], cat_bits)
-                        node = left[node] if go else right[node]
-                        node_of[i] = node
-                        moving = moving or node >= 0
-            s = slot[t]
-            for i in range(hi - lo):
-                shared_sum[i, s] += leaf_value[-node_of[i] - 1]
-        for i in range(lo, hi):
-            _add_shared(out[i], shared_sum[i - lo])
+            for i in range(lo, hi):
+                _walk(t, contexts[i], out[i], stack_node, stack_mask, start_mask, slot, root, feature, threshold, decision,
+                      left, right, cat_start, cat_len, cat_bits, row_left, leaf_value)
 
 
 @numba.njit(cache=True)
@@ -213,7 +166,6 @@ class Forest:
     cat_bits: np.ndarray
     row_left: np.ndarray
     leaf_value: np.ndarray
-    shared: np.ndarray  # (n_trees,) bool: the tree starts with every row and reads no lever column
 
     def raw(self, context: np.ndarray) -> np.ndarray:
         """Raw scores of every slot for every row, for one context (d,)."""
@@ -222,7 +174,7 @@ class Forest:
             raise ValueError(f"`context` must have shape ({self.n_context},), got {context.shape}")
         out = np.zeros((self.rows.shape[0], self.n_slots))
         _evaluate(context, out, self.start_mask, self.slot, self.root, self.feature, self.threshold, self.decision,
-                  self.left, self.right, self.cat_start, self.cat_len, self.cat_bits, self.row_left, self.leaf_value, self.shared)
+                  self.left, self.right, self.cat_start, self.cat_len, self.cat_bits, self.row_left, self.leaf_value)
         return out
 
     def raw_batch(self, contexts: np.ndarray, *, num_threads: int = 1) -> np.ndarray:
@@ -235,7 +187,7 @@ class Forest:
         with _threads(num_threads):
             _evaluate_batch(contexts, out, self.start_mask, self.slot, self.root, self.feature, self.threshold,
                             self.decision, self.left, self.right, self.cat_start, self.cat_len, self.cat_bits,
-                            self.row_left, self.leaf_value, self.shared)
+                            self.row_left, self.leaf_value)
         return out
 
 
@@ -296,9 +248,8 @@ class ForestBuilder:
         i64 = np.int64
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("feature", "threshold", "decision", "left", "right",
                                                                "cat_start", "cat_len", "cat_bits", "leaf_value")}
-        start_mask, slot, root, shared = [], [], [], []
+        start_mask, slot, root = [], [], []
         n_nodes = n_leaves_total = n_bits = 0
-        every = (1 << self.rows.shape[0]) - 1
         for mask, s, tree in self._trees:
             n_leaves = int(tree["num_leaves"])
             node0, leaf0 = n_nodes, n_leaves_total
@@ -309,11 +260,9 @@ class ForestBuilder:
             slot.append(s)
             if n_leaves == 1:
                 root.append(-leaf0 - 1)
-                shared.append(mask == every)
                 continue
             root.append(node0)
             feature = _numbers(tree["split_feature"], i64)
-            shared.append(mask == every and bool(np.all(feature < self.n_context)))
             threshold = _numbers(tree["threshold"], np.float64)
             decision = _numbers(tree["decision_type"], i64)
             n_nodes += feature.size
@@ -341,7 +290,7 @@ class ForestBuilder:
         return Forest(
             n_slots=self._n_slots, n_context=self.n_context, rows=self.rows,
             start_mask=np.array(start_mask, dtype=np.uint64), slot=np.array(slot, dtype=i64), root=np.array(root, dtype=i64),
-            row_left=row_left, shared=np.array(shared, dtype=np.bool_), **arrays,
+            row_left=row_left, **arrays,
         )
 
 
