@@ -27,8 +27,9 @@ row and predicts new contexts; without it they get the mean of the fold models. 
 the fold models is a per (unit, action) uncertainty that pessimistic planning uses.
 
 Speed (docs/decisions.md): the component models are fitted side by side, ``num_threads`` at a time with
-one LightGBM thread each, on LightGBM Datasets binned once for every fold and stage; predictions of
-batches go through the compiled forest (:mod:`drivetrain.model._compiled`), equal to LightGBM's own to
+one LightGBM thread each (the longest first), on LightGBM Datasets binned once for every fold and stage;
+the effect stage starts from the context stage's score as LightGBM kept it while boosting (no second pass
+through its trees); predictions of batches go through the compiled forest (:mod:`drivetrain.model._compiled`), equal to LightGBM's own to
 1e-12. Each fitted part is a :class:`~drivetrain.model._learners.ComponentLearner`.
 
 >>> from drivetrain.twin import NBOOTwin  # doctest: +SKIP
@@ -54,7 +55,16 @@ from sklearn.base import clone
 from drivetrain.errors import ArtifactError, DataError, UsageError
 from drivetrain.model._compiled import CompiledModel
 from drivetrain.model._features import FeatureEncoder
-from drivetrain.model._learners import Boosted, ComponentLearner, Constant, Estimator, PerAction, TwoStage, read_learner
+from drivetrain.model._learners import (
+    LOG_LINK_OBJECTIVES,
+    Boosted,
+    ComponentLearner,
+    Constant,
+    Estimator,
+    PerAction,
+    TwoStage,
+    read_learner,
+)
 from drivetrain.spec import Spec, formula_on
 from drivetrain.stats import cluster_codes, standard_error
 from drivetrain.stats import pseudo_outcomes as dr_pseudo_outcomes
@@ -265,8 +275,15 @@ class OutcomeModel:
 
         workers = min(int(self.num_threads), len(tasks))
         if workers > 1:
+            # the longest models first (rows times rounds), so that no core waits alone for a long one at the end
+            def cost(i: int) -> int:
+                binary = self.binary_[tasks[i].component]
+                return tasks[i].rows.size * (int(self.n_estimators) + self._effect_rounds(binary))
+
+            order = sorted(range(len(tasks)), key=cost, reverse=True)
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                fitted = list(pool.map(run, tasks))
+                done = dict(zip(order, pool.map(run, [tasks[i] for i in order]), strict=True))
+            fitted = [done[i] for i in range(len(tasks))]
         else:
             fitted = [run(t) for t in tasks]
         self.models_: dict[str, list[ComponentLearner]] = {c: [] for c in self.components_}
@@ -601,7 +618,33 @@ class _Fitter:
         params = owner._lgbm_params("cross_entropy" if binary else "gamma" if log else "regression")
         if not two_stage:
             return Boosted(lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators))
-        base = lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators)
-        init = np.asarray(base.predict(self.x[rows], raw_score=True, num_threads=1), dtype=np.float64)
+        base = lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
+                         keep_training_booster=True)
+        init = _training_raw_score(base, str(params["objective"]))
+        if init is None:  # a score at the link's edge: predict the rows again
+            init = np.asarray(base.predict(self.x[rows], raw_score=True, num_threads=1), dtype=np.float64)
+        base.model_from_string(base.model_to_string()).free_dataset()  # what lgb.train does without keep_training_booster
         effect = lgb.train(params, self._data("design", rows, y, weight, init), num_boost_round=owner._effect_rounds(binary))
         return TwoStage(base, effect, self.d, binary)
+
+
+def _training_raw_score(booster: lgb.Booster, objective: str) -> np.ndarray | None:
+    """The raw score of a booster still holding its training rows, as LightGBM kept it while boosting
+    (``eval_train`` hands it through the objective's link, undone here): no second pass through the trees.
+    ``None`` when a value sits where the link cannot be undone (a probability of exactly 0 or 1)."""
+    captured: list[np.ndarray] = []
+
+    def keep(preds: np.ndarray, data: lgb.Dataset) -> tuple[str, float, bool]:
+        captured.append(np.array(preds, dtype=np.float64))
+        return "kept", 0.0, False
+
+    booster.eval_train(keep)
+    value = captured[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if objective in ("cross_entropy", "binary"):
+            raw = np.log(value) - np.log1p(-value)
+        elif objective in LOG_LINK_OBJECTIVES:
+            raw = np.log(value)
+        else:
+            raw = value
+    return raw if bool(np.all(np.isfinite(raw))) else None

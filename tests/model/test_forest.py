@@ -156,3 +156,43 @@ def test_batch_crosses_chunk_boundaries(nboo_model: tuple[OutcomeModel, pd.DataF
     monkeypatch.setattr(compiled_module, "CHUNK", 7)
     for comp, value in model.predict_outcomes(features).items():
         np.testing.assert_array_equal(value, whole[comp], err_msg=comp)
+
+
+def test_batch_equals_lightgbm_in_every_mode_with_shared_and_split_trees() -> None:
+    """A forest mixing trees every row goes through alike (a context model in BROADCAST, a one-leaf tree, an
+    EVERY model that reads no lever column) with trees split by the lever columns (EVERY) and one row's trees
+    (ROW): the batch walk (blocks of contexts, block edges crossed, one and two threads) and the one-context
+    walk both equal LightGBM's raw scores."""
+    with_levers, x = _booster(4, categorical=True, objective="regression")
+    rng = np.random.default_rng(4)
+    params = {"verbosity": -1, "num_threads": 1, "num_leaves": 15, "min_data_in_leaf": 20}
+    context_only = lgb.train({**params, "objective": "cross_entropy"},
+                             lgb.Dataset(x[:, :3], label=(np.nan_to_num(x[:, 0]) + x[:, 2] > 1).astype(float)), num_boost_round=30)
+    stump = lgb.train({**params, "objective": "regression", "min_data_in_leaf": 5000},
+                      lgb.Dataset(x, label=rng.normal(size=len(x))), num_boost_round=2)  # one leaf per tree
+    rows = np.array([[0.0, 0.0], [1.0, 5.0], [1.0, 10.0], [0.0, 10.0]])
+    builder = ForestBuilder(3, rows)
+    s0, s1, s2, s3 = (builder.slot() for _ in range(4))
+    builder.add(context_only.model_to_string(), s0, mode=BROADCAST)
+    builder.add(with_levers.model_to_string(), s0, mode=EVERY)
+    builder.add(stump.model_to_string(), s1, mode=EVERY)
+    builder.add(context_only.model_to_string(), s2, mode=EVERY)
+    builder.add(context_only.model_to_string(), s3, mode=ROW, row=1)
+    forest = builder.build()
+    contexts = x[:203, :3]  # three blocks and a part
+    design = np.column_stack([np.repeat(contexts, len(rows), axis=0), np.tile(rows, (len(contexts), 1))])
+
+    def raw(booster: lgb.Booster, data: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.predict(data, raw_score=True))
+
+    k = len(rows)
+    base = np.repeat(raw(context_only, contexts)[:, None], k, axis=1)
+    expected = np.stack([
+        base + raw(with_levers, design).reshape(-1, k),
+        raw(stump, design).reshape(-1, k),
+        base,
+        np.where(np.arange(k) == 1, base, 0.0),
+    ], axis=2)
+    for threads in (1, 2):
+        np.testing.assert_allclose(forest.raw_batch(contexts, num_threads=threads), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.stack([forest.raw(c) for c in contexts]), expected, rtol=0, atol=1e-12)

@@ -245,3 +245,29 @@ def test_a_fitted_model_keeps_no_training_rows(noise_free) -> None:  # type: ign
     kept |= {name for name, value in vars(model).items() if isinstance(value, dict)
              and any(isinstance(v, np.ndarray) and v.shape[:1] == (len(table),) for v in value.values())}
     assert kept == {"fold_", "oof_"}  # the fold of each row and its out-of-fold predictions, no outcome or context
+
+
+@pytest.mark.parametrize("objective", ["cross_entropy", "gamma", "regression"])
+def test_the_training_score_kept_by_lightgbm_is_the_raw_prediction(objective: str) -> None:
+    """The effect stage starts from the context stage's score of its training rows, read from what
+    LightGBM kept while boosting (a row subset of a binned Dataset, with weights): equal to predicting
+    those rows again with ``raw_score=True``."""
+    import lightgbm as lgb
+
+    from drivetrain.model._modeler import _training_raw_score
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6000, 4))
+    x[rng.random(6000) < 0.1, 2] = np.nan
+    y = {"cross_entropy": (rng.random(6000) < 1 / (1 + np.exp(-2 * x[:, 0]))).astype(float),
+         "gamma": np.exp(x[:, 1]) + 0.1, "regression": x[:, 1] + rng.normal(size=6000)}[objective]
+    reference = lgb.Dataset(x, label=np.zeros(6000), params={"verbosity": -1}, free_raw_data=False).construct()
+    rows = np.flatnonzero(rng.random(6000) < 0.6)
+    data = reference.subset(rows.tolist()).construct()
+    data.set_label(y[rows])
+    data.set_weight(rng.uniform(0.5, 2.0, rows.size))
+    booster = lgb.train({"objective": objective, "verbosity": -1, "num_threads": 1, "num_leaves": 15}, data, 60,
+                        keep_training_booster=True)
+    kept = _training_raw_score(booster, objective)
+    assert kept is not None
+    np.testing.assert_allclose(kept, booster.predict(x[rows], raw_score=True), rtol=0, atol=1e-12)
