@@ -41,10 +41,14 @@ from drivetrain.twin_loop import run_twin_loop
 FIRST_USERS, LIVE_DAYS, DAILY_USERS, START_DAY = 2_500, 16, 1_000, 9
 
 
-def gate_spec(latency_budget_ms: float = 50.0, **adaptation: Any) -> Spec:
-    """The loop spec with the gates sized for these small worlds."""
+def gate_spec(latency_budget_ms: float = 50.0, promotion_budget: float | None = None, **adaptation: Any) -> Spec:
+    """The loop spec with the gates sized for these small worlds (``promotion_budget``: its budget per unit
+    instead of the spec's 1.0)."""
     raw = loop_spec().model.model_dump(mode="json")
     raw["serving"]["latency_budget_ms"] = latency_budget_ms
+    if promotion_budget is not None:
+        (budget,) = (b for b in raw["constraints"]["budgets"] if b["name"] == "promotion_budget")
+        budget["max_per_unit"] = promotion_budget
     raw["adaptation"].update({"min_new_decisions": 3000, "evaluation_share": 0.2, "max_staleness": "60d", **adaptation})
     raw["adaptation"]["gates"].update({"min_decisions": 1000, "regression_tolerance": 0.3, "non_inferiority_margin": 0.75,
                                        "latency_samples": 100})
@@ -117,9 +121,16 @@ def flipped_planner(spec: Spec, model: OutcomeModel, population: pd.DataFrame, v
     return plan_policy(flipped, model, population, version=version).policy
 
 
+def budget_of(spec: Spec, name: str = "promotion_budget") -> float:
+    (limit,) = (b.max_per_unit for b, _ in spec.budgets if b.name == name)
+    return float(limit)
+
+
 def overspending_planner(spec: Spec, model: OutcomeModel, population: pd.DataFrame, version: str) -> Policy:
-    """Planned on three times the promotion budget."""
-    return plan_policy(spec, model, population, version=version, budget_overrides={"promotion_budget": 3.0}).policy
+    """Planned on three times the spec's promotion budget. It overspends only where the budget binds: where
+    the models' best plan spends less than the budget, a higher budget changes nothing (see the test)."""
+    return plan_policy(spec, model, population, version=version,
+                       budget_overrides={"promotion_budget": 3.0 * budget_of(spec)}).policy
 
 
 @dataclass
@@ -135,10 +146,18 @@ class SegmentOffers(Policy):
 
 
 def segment_planner(spec: Spec, model: OutcomeModel, population: pd.DataFrame, version: str) -> Policy:
-    """Planned on a tighter budget, so that the gold users' delayed offers keep the whole within it."""
-    base = plan_policy(spec, model, population, version=version, budget_overrides={"promotion_budget": 0.8}).policy
-    return SegmentOffers(**{f: getattr(base, f) for f in ("spec", "model", "multipliers", "version", "exploration_rate", "holdout_share",
-                                                          "metadata", "pessimism", "tie_split")})
+    """Planned on a tighter budget, so that the gold users' delayed offers keep the whole within it: the
+    first of 0.8, 0.6, 0.4 of the budget under which its own model predicts the whole at most 0.95 of it
+    (at 0.8 alone the delayed offers overspent in some worlds, and the budget, not the segment, blocked it)."""
+    budget = budget_of(spec)
+    cost = model.predict_outcomes(population)["promo_cost"]
+    fields = ("spec", "model", "multipliers", "version", "exploration_rate", "holdout_share", "metadata", "pessimism", "tie_split")
+    for share in (0.8, 0.6, 0.4):
+        base = plan_policy(spec, model, population, version=version, budget_overrides={"promotion_budget": share * budget}).policy
+        policy = SegmentOffers(**{f: getattr(base, f) for f in fields})
+        if float((policy.action_distribution(population) * cost).sum(axis=1).mean()) <= 0.95 * budget:
+            break
+    return policy
 
 
 def slow_planner(spec: Spec, model: OutcomeModel, population: pd.DataFrame, version: str) -> Policy:
@@ -166,8 +185,28 @@ def broken_store(world: World, feature: str) -> MemoryStore:
     return copy
 
 
-def truth_share(world: World, policy: Policy, users: int = 3000) -> float:
-    """The policy's greedy share of the budgeted oracle's gain over control on fresh users (the twin's truth)."""
+def truth_uses(world: World, policy: Policy, population: pd.DataFrame) -> dict[str, float]:
+    """The twin's truth of what the constraints gate judges, on ``population`` (the candidate's planning
+    population): the promotion spend per unit of the served policy, and the complaint rate of its policy
+    arm overall and in each tier (``complaint_rate[tier=gold]``)."""
+    spec = policy.spec
+    truth = world.twin.truth(population, day=START_DAY + LIVE_DAYS)
+    served = policy.action_distribution(population)
+    arm = served.copy()
+    arm[:, spec.control.index] -= policy.holdout_share
+    arm = np.clip(arm / (1 - policy.holdout_share), 0.0, 1.0)
+    complaints = (arm * truth.components["complaint"]).sum(axis=1)
+    out = {"promotion_budget": float((served * truth.components["promo_cost"]).sum(axis=1).mean()),
+           "complaint_rate": float(complaints.mean())}
+    tiers = population["tier"].astype(str).to_numpy()
+    out.update({f"complaint_rate[tier={t}]": float(complaints[tiers == t].mean()) for t in np.unique(tiers)})
+    return out
+
+
+def truth_share(world: World, policy: Policy, users: int = 30_000) -> float:
+    """The policy's greedy share of the budgeted oracle's gain over control on fresh users (the twin's truth).
+    30,000 users: on 3,000 the population drawn moved a share by more than the gap between two policies
+    (seed 9: 0.120 against 0.126 on 3,000 users, 0.123 against 0.092 on 30,000)."""
     from drivetrain.twin import oracle_under_budget
 
     frame = world.twin.population(users, day=START_DAY + LIVE_DAYS, offset=90_000_000)
