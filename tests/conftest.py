@@ -4,12 +4,15 @@ import contextlib
 import copy
 import io
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +32,39 @@ def nboo_raw() -> dict[str, Any]:
     return yaml.safe_load(NBOO_SPEC.read_text())
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The directory ``name`` that ``build`` fills once a run, shared by every xdist worker of the run.
+
+    Session fixtures run once per worker under pytest-xdist (``make test`` runs two): an expensive one
+    builds its files here instead, under a file lock, and every worker reads them with the project's own
+    loaders. The directory is the run's base temporary directory (its parent under xdist, which every
+    worker's base shares); a build that fails leaves no completion mark, so the next worker tries again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    directory, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory
+
+
 @pytest.fixture(scope="session")
 def policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two small fitted NBOO policies saved as directories (versions policy-a and policy-b), fitted once a run:
-    the service tests serve them, the soak benchmark's test serves the first."""
+    """Two small fitted NBOO policies saved as directories (versions policy-a and policy-b), fitted once a run
+    (whatever the number of workers): the service tests serve them, the soak benchmark's test serves the first.
+    Read only: a test that changes a policy copies it first."""
     from tests.serve.service_helpers import fit_policy
 
-    root = tmp_path_factory.mktemp("policies")
-    return fit_policy(root / "a", version="policy-a", seed=3), fit_policy(root / "b", version="policy-b", seed=4)
+    def build(root: Path) -> None:
+        fit_policy(root / "a", version="policy-a", seed=3)
+        fit_policy(root / "b", version="policy-b", seed=4)
+
+    root = built_once(tmp_path_factory, "policies", build)
+    return root / "a", root / "b"
 
 
 @pytest.fixture
