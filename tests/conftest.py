@@ -20,11 +20,31 @@ ROOT = Path(__file__).resolve().parents[1]
 # (child processes inherit it); tests of a missing key remove it for themselves
 os.environ.setdefault("DRIVETRAIN_PII_KEY", "test-key-of-the-personal-data-hash-0123456789")
 NBOO_SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"
+# a pytest-xdist worker starts with COLUMNS=80 in its environment where one process has none: the commands'
+# output (as wide as $COLUMNS says when it is not a terminal) would wrap there and not here
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
 
 settings.register_profile(
     "drivetrain", derandomize=True, max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("drivetrain")
+
+#: The modules that take longest (``pytest --durations``), longest first. Under pytest-xdist they are
+#: collected first and `make test` passes ``--no-loadscope-reorder``, so the workers start with them and
+#: the run does not end on one worker alone in a long module; in one process the order is unchanged.
+LONGEST_FIRST = (
+    "tests/adapt/test_crash.py", "tests/bench/test_loop_bench.py", "tests/test_demo.py", "tests/test_pacing.py",
+    "tests/test_cli.py", "tests/bench/test_soak_bench.py", "tests/serve/test_compactor.py", "tests/evaluate/test_alerts.py",
+    "tests/serve/test_bounds.py", "tests/adapt/test_gates.py", "tests/test_assembly.py", "tests/test_exploration.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: a module keeps its order
 
 
 @pytest.fixture(scope="session")
