@@ -23,12 +23,18 @@ lint: $(STAMP)
 	$(BIN)/python -m mypy
 	$(BIN)/drivetrain contract check --spec examples/nboo/drivetrain.yaml --against HEAD:examples/nboo/drivetrain.yaml
 
+# The suite on TEST_WORKERS pytest-xdist workers (2 by default: the CI machine's cores), one test module per
+# worker at a time so that a module's fixtures are built once, the longest modules first (LONGEST_FIRST in
+# tests/conftest.py); `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 # The edit loop: what is not marked slow (no model fits of real size, no servers, no wheel build).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 # The peers the benches compare against (Vowpal Wabbit, EconML) come with the `bench` extra.
 bench: $(STAMP)

@@ -4,12 +4,15 @@ import contextlib
 import copy
 import io
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,11 +20,31 @@ ROOT = Path(__file__).resolve().parents[1]
 # (child processes inherit it); tests of a missing key remove it for themselves
 os.environ.setdefault("DRIVETRAIN_PII_KEY", "test-key-of-the-personal-data-hash-0123456789")
 NBOO_SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"
+# a pytest-xdist worker starts with COLUMNS=80 in its environment where one process has none: the commands'
+# output (as wide as $COLUMNS says when it is not a terminal) would wrap there and not here
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
 
 settings.register_profile(
     "drivetrain", derandomize=True, max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("drivetrain")
+
+#: The modules that take longest (``pytest --durations``), longest first. Under pytest-xdist they are
+#: collected first and `make test` passes ``--no-loadscope-reorder``, so the workers start with them and
+#: the run does not end on one worker alone in a long module; in one process the order is unchanged.
+LONGEST_FIRST = (
+    "tests/adapt/test_crash.py", "tests/bench/test_loop_bench.py", "tests/test_demo.py", "tests/test_pacing.py",
+    "tests/test_cli.py", "tests/bench/test_soak_bench.py", "tests/serve/test_compactor.py", "tests/evaluate/test_alerts.py",
+    "tests/serve/test_bounds.py", "tests/adapt/test_gates.py", "tests/test_assembly.py", "tests/test_exploration.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: a module keeps its order
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +52,39 @@ def nboo_raw() -> dict[str, Any]:
     return yaml.safe_load(NBOO_SPEC.read_text())
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The directory ``name`` that ``build`` fills once a run, shared by every xdist worker of the run.
+
+    Session fixtures run once per worker under pytest-xdist (``make test`` runs two): an expensive one
+    builds its files here instead, under a file lock, and every worker reads them with the project's own
+    loaders. The directory is the run's base temporary directory (its parent under xdist, which every
+    worker's base shares); a build that fails leaves no completion mark, so the next worker tries again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    directory, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory
+
+
 @pytest.fixture(scope="session")
 def policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two small fitted NBOO policies saved as directories (versions policy-a and policy-b), fitted once a run:
-    the service tests serve them, the soak benchmark's test serves the first."""
+    """Two small fitted NBOO policies saved as directories (versions policy-a and policy-b), fitted once a run
+    (whatever the number of workers): the service tests serve them, the soak benchmark's test serves the first.
+    Read only: a test that changes a policy copies it first."""
     from tests.serve.service_helpers import fit_policy
 
-    root = tmp_path_factory.mktemp("policies")
-    return fit_policy(root / "a", version="policy-a", seed=3), fit_policy(root / "b", version="policy-b", seed=4)
+    def build(root: Path) -> None:
+        fit_policy(root / "a", version="policy-a", seed=3)
+        fit_policy(root / "b", version="policy-b", seed=4)
+
+    root = built_once(tmp_path_factory, "policies", build)
+    return root / "a", root / "b"
 
 
 @pytest.fixture

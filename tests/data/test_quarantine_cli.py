@@ -25,8 +25,9 @@ def test_list_export_correct_reingest_and_undo(tmp_path: Path) -> None:
     records = [decision(f"r{i}", f"u{i}", T0 + timedelta(hours=i)) for i in range(5)]
     records[1]["propensity"] = 1.7
     records[2]["region"] = "atlantis"
-    source = _csv(tmp_path / "crm export.csv", records)
-    first = invoke("ingest", source, "--spec", NBOO_SPEC, "--store", store, "--create")
+    _csv(tmp_path / "crm export.csv", records)
+    # the file named as a user in its directory would (the listing's source column fits, whatever the tmp path)
+    first = invoke("ingest", "crm export.csv", "--spec", NBOO_SPEC, "--store", store, "--create", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     first_id = re.search(r"ingest id (\S+) \(undo: drivetrain ingest --undo \1 ", first.stdout)
     assert first_id, first.stdout
