@@ -121,7 +121,9 @@ def test_latency_runs_from_arrival_and_a_client_deadline_is_kept(server: Server,
         if {"arrival-1", "arrival-2"} <= set(logged["request_id"]):
             break
         time.sleep(0.2)
-    assert (logged.loc[logged["request_id"].isin(["arrival-1", "arrival-2"]), "latency_ms"] >= 300).all()
+    # from the headers' arrival: about the 300 ms the body waited, less however late a busy service read the
+    # headers (297.6 ms was seen on a loaded machine); from the parsed body it would be a few milliseconds
+    assert (logged.loc[logged["request_id"].isin(["arrival-1", "arrival-2"]), "latency_ms"] >= 200).all()
 
 
 def test_a_batch_does_not_hold_up_single_decisions(server: Server, contexts: list[dict[str, Any]]) -> None:
