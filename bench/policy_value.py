@@ -20,6 +20,7 @@ machine's load. Targets: drivetrain ahead of every peer at every size by more th
     python bench/policy_value.py --sizes 100000 200000 400000     # the larger sizes
     python bench/policy_value.py --sizes 100000 --seeds 1 --peers drivetrain s_learner
     python bench/policy_value.py --quick                          # a small run, for the test suite
+    python bench/policy_value.py --sizes 25000 50000 100000 200000 400000 --threads 1 --jobs 2   # the whole curve, two processes
 """
 
 from __future__ import annotations
@@ -286,7 +287,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=OutcomeModel().learning_rate)
     parser.add_argument("--folds", type=int, default=3, help="cross-fitting folds of the Modeler (its default)")
     parser.add_argument("--subsample", type=float, default=1.0, help="share of the rows each tree of the Modeler learns from")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once (same figures)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="points of the curve (and seeds of the summary) run in this many processes at once (same figures)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[25_000, 50_000, 100_000], help="logged users of the learning curve")
     parser.add_argument("--eval", type=int, default=100_000, help="fresh users the decisions are judged on")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS, help="learners of the learning curve")
@@ -300,8 +302,14 @@ def main() -> None:
         missing = sorted(set(args.peers) - set(peers))
         if missing:
             print(f"not installed (pip install .[bench]): {missing}")
-        curve = [run_point(seed, n, n_eval, args.trees if not args.quick else 40, args.learning_rate, args.threads, peers)
-                 for n in sizes for seed in range(curve_seeds)]
+        points = [(seed, n) for n in sizes for seed in range(curve_seeds)]
+        settings = (n_eval, args.trees if not args.quick else 40, args.learning_rate, args.threads, peers)
+        if args.jobs > 1:  # the largest points first, so that the processes finish together; same figures
+            points.sort(key=lambda p: -p[1])
+            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+                curve = list(pool.map(run_point, *zip(*points), *([value] * len(points) for value in settings)))
+        else:
+            curve = [run_point(seed, n, *settings) for seed, n in points]
         learning_curve(curve, peers)
         if not args.quick and not args.summary:
             return

@@ -8,19 +8,31 @@ format) and evaluates them in a single Numba-compiled loop, so that one decision
 The input of row r is one context followed by the r-th of K fixed rows (the encoded actions). Each tree
 adds its raw score to an output ``slot`` of every row (``EVERY``), of every row but reading the context
 alone (``BROADCAST``: models of the context, evaluated once per unit rather than once per action) or of
-one row (``ROW``: one model per action). The rows travel down a tree together as a bit mask: a split
-on a context column sends them all one way, and a split on an action column splits the mask by a
-pattern computed once at build time; so a tree costs one path per distinct leaf, not one per action. Split semantics follow LightGBM's ``tree.h`` (``NumericalDecision``,
-``CategoricalDecision``), missing values included; ``tests/model/test_forest.py`` checks the result
-against ``Booster.predict(raw_score=True)``.
+one row (``ROW``: one model per action).
+
+Two ways find the leaves, with the same sums:
+
+* **leaf masks** (:func:`_score`, the default): every tree's leaves are numbered left to right in one
+  64-bit word, and each false test clears the leaves of its node's left subtree; the exit leaf is the
+  first one left (QuickScorer, Lucchese et al., SIGIR 2015). Numeric nodes are stored per column in
+  threshold order, so a context touches only its false nodes, without a branch per node; a split on a
+  lever column is the same for a row whatever the context, so it is applied once, at build time.
+  Measured 1.6x faster than the walk on a batch and 2.5x on one context (docs/decisions.md).
+* **walk** (:func:`_walk`, for trees of more than 64 leaves): the rows travel down a tree together as a
+  bit mask: a split on a context column sends them all one way, and a split on a lever column splits
+  the mask by a pattern computed at build time; so a tree costs one path per distinct leaf.
+
+Split semantics follow LightGBM's ``tree.h`` (``NumericalDecision``, ``CategoricalDecision``), missing
+values included; ``tests/model/test_forest.py`` checks both ways against ``Booster.predict(raw_score=True)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from drivetrain.errors import ArtifactError
 
@@ -28,6 +40,7 @@ __all__ = ["BROADCAST", "EVERY", "ROW", "Forest", "ForestBuilder"]
 
 EVERY, BROADCAST, ROW = 0, 1, 2
 _CATEGORICAL, _DEFAULT_LEFT = 1, 2
+_EVERY_ROW, _BY_GROUP = 0, 1  # how a tree's leaf reaches the rows (see _score)
 _ZERO_THRESHOLD = 1e-35
 
 
@@ -129,6 +142,89 @@ def _evaluate_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarra
                       left, right, cat_start, cat_len, cat_bits, row_left, leaf_value)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _first(word: np.uint64) -> int:
+    """The index of the lowest set bit of a nonzero word."""
+    return trailing_zeros(word)  # type: ignore[call-arg]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _score(c: np.ndarray, o: np.ndarray, m: np.ndarray, acc: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
+           nodes: tuple) -> None:  # type: ignore[type-arg]
+    """Every tree's leaf for one context ``c`` found by leaf masks (QuickScorer, Lucchese et al. 2015), its
+    value added to ``o`` (K, n_slots) in tree order. ``m`` (T,) starts with every leaf of every tree
+    possible; each node whose test is false clears the leaves of its left subtree, and a tree's exit leaf
+    is then its first leaf left (leaves numbered left to right). Only false tests are touched: numeric
+    nodes are stored column by column in threshold order, so a value's false nodes are a prefix;
+    categorical nodes are listed by category. A lever node's outcome for each row is fixed, so it is
+    folded in when the forest is built: the rows of a tree's group start from the group's leaves. The
+    leaves of the trees that every row reaches alike are summed once per slot and added last. See
+    :class:`LeafMasks`."""
+    (tree_kind, group_offset, group_init, group_rows, leaf_start, leaf_sorted, qs_offset, qs_threshold, qs_tree, qs_mask, qs_nan_left,
+     cat_feature, cat_rows, cat_row_start, ct_offset, ct_tree, ct_mask, sp_node, sp_tree, sp_mask) = masks
+    feature, threshold, decision, cat_start, cat_len, cat_bits = nodes
+    m[:] = ~np.uint64(0)
+    for f in range(qs_offset.shape[0] - 1):
+        v = c[f]
+        lo, hi = qs_offset[f], qs_offset[f + 1]
+        if np.isnan(v):
+            for j in range(lo, hi):
+                if not qs_nan_left[j]:
+                    m[qs_tree[j]] &= qs_mask[j]
+        else:
+            j = lo
+            while j < hi and qs_threshold[j] < v:  # the test is value <= threshold: false from here on
+                m[qs_tree[j]] &= qs_mask[j]
+                j += 1
+    for g in range(cat_feature.shape[0]):
+        v = c[cat_feature[g]]
+        n_rows = cat_rows[g]
+        row = n_rows if (np.isnan(v) or v < 0 or v >= n_rows) else int(v)  # the last row: no node's category
+        at = cat_row_start[g] + row
+        for j in range(ct_offset[at], ct_offset[at + 1]):
+            m[ct_tree[j]] &= ct_mask[j]
+    for q in range(sp_node.shape[0]):
+        node = sp_node[q]
+        if not _goes_left(c[feature[node]], decision[node], threshold[node], cat_start[node], cat_len[node], cat_bits):
+            m[sp_tree[q]] &= sp_mask[q]
+    one = np.uint64(1)
+    acc[:] = 0.0
+    for t in range(slot.shape[0]):
+        s = slot[t]
+        base = leaf_start[t]
+        if tree_kind[t] == _EVERY_ROW:  # the same leaf for every row: summed once, added to the rows at the end
+            acc[s] += leaf_sorted[base + _first(m[t])]
+            continue
+        for g in range(group_offset[t], group_offset[t + 1]):  # rows a tree's lever nodes cannot tell apart
+            v = leaf_sorted[base + _first(group_init[g] & m[t])]
+            rows = group_rows[g]
+            while rows != 0:
+                o[_first(rows), s] += v
+                rows &= rows - one
+    for r in range(o.shape[0]):
+        for s in range(o.shape[1]):
+            o[r, s] += acc[s]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _score_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
+                 nodes: tuple) -> None:  # type: ignore[type-arg]
+    """:func:`_score` for every context (blocks of contexts spread over the threads)."""
+    n = contexts.shape[0]
+    blocks = (n + BLOCK - 1) // BLOCK
+    for b in numba.prange(blocks):
+        m = np.empty(slot.shape[0], dtype=np.uint64)
+        acc = np.empty(out.shape[2])
+        for i in range(b * BLOCK, min(n, b * BLOCK + BLOCK)):
+            _score(contexts[i], out[i], m, acc, start_mask, slot, masks, nodes)
+
+
+@numba.njit(cache=True, nogil=True)
+def _score_one(context: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
+               nodes: tuple) -> None:  # type: ignore[type-arg]
+    _score(context, out, np.empty(slot.shape[0], dtype=np.uint64), np.empty(out.shape[1]), start_mask, slot, masks, nodes)
+
+
 @numba.njit(cache=True)
 def _row_masks(rows: np.ndarray, n_context: int, feature: np.ndarray, threshold: np.ndarray, decision: np.ndarray,
                cat_start: np.ndarray, cat_len: np.ndarray, cat_bits: np.ndarray) -> np.ndarray:
@@ -143,6 +239,127 @@ def _row_masks(rows: np.ndarray, n_context: int, feature: np.ndarray, threshold:
                 m |= np.uint64(1) << np.uint64(r)
         masks[node] = m
     return masks
+
+
+@dataclass(frozen=True)
+class LeafMasks:
+    """The forest arranged for :func:`_score`: leaves numbered left to right within each tree, and for each
+    context node the tree it belongs to and the mask of the leaves its false test rules out (every leaf
+    but those of its left subtree)."""
+
+    tree_kind: np.ndarray      # (T,) _EVERY_ROW: no lever node and every row; else the rows go by groups
+    group_offset: np.ndarray   # (T + 1,) tree t's groups are group_*[group_offset[t]: group_offset[t + 1]]
+    group_init: np.ndarray     # uint64: the leaves the group's rows can reach, by the tree's lever nodes alone
+    group_rows: np.ndarray     # uint64: the group's rows (of the tree's start mask)
+    leaf_start: np.ndarray     # (T,) first leaf of each tree in leaf_sorted
+    leaf_sorted: np.ndarray    # leaf values, tree by tree, left to right
+    qs_offset: np.ndarray      # (d + 1,) the numeric nodes of column f are qs_*[qs_offset[f]: qs_offset[f + 1]]
+    qs_threshold: np.ndarray   # ascending within a column
+    qs_tree: np.ndarray
+    qs_mask: np.ndarray
+    qs_nan_left: np.ndarray    # where a missing value goes
+    cat_feature: np.ndarray    # (G,) the categorical columns
+    cat_rows: np.ndarray       # (G,) categories 0 .. n - 1 have a row each; row n: any other value (none goes left)
+    cat_row_start: np.ndarray  # (G,) the column's first row in ct_offset
+    ct_offset: np.ndarray      # the nodes false for row j are ct_*[ct_offset[j]: ct_offset[j + 1]]
+    ct_tree: np.ndarray
+    ct_mask: np.ndarray
+    sp_node: np.ndarray        # the other context nodes (zero as missing, categories past MAX_CATEGORY): tested one by one
+    sp_tree: np.ndarray
+    sp_mask: np.ndarray
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+#: Categorical columns whose splits name categories up to this are listed by category; larger ones are tested node by node.
+MAX_CATEGORY = 1024
+
+
+def _leaf_masks(n_context: int, k: int, start_mask: np.ndarray, root: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
+                decision: np.ndarray, left: np.ndarray, right: np.ndarray, cat_start: np.ndarray, cat_len: np.ndarray,
+                cat_bits: np.ndarray, row_left: np.ndarray, leaf_value: np.ndarray) -> LeafMasks | None:
+    """:class:`LeafMasks` of a built forest; ``None`` when a tree has more than 64 leaves (one word a tree)."""
+    n_trees = root.shape[0]
+    full = (1 << 64) - 1
+    node_tree = np.zeros(feature.shape[0], dtype=np.int64)
+    node_mask = np.zeros(feature.shape[0], dtype=np.uint64)
+    left_first = np.zeros(feature.shape[0], dtype=np.int64)
+    leaf_start = np.zeros(n_trees, dtype=np.int64)
+    order: list[int] = []
+    for t in range(n_trees):
+        leaf_start[t] = first = len(order)
+        stack = [(int(root[t]), False)]
+        while stack:  # in order: a node's left subtree, then its right subtree
+            node, done = stack.pop()
+            if node < 0:
+                order.append(-node - 1)
+                if len(order) - first > 64:
+                    return None
+            elif not done:
+                left_first[node] = len(order) - first
+                stack.extend([(int(right[node]), False), (node, True), (int(left[node]), False)])
+            else:  # the left subtree's leaves are numbered left_first .. len(order) - first - 1
+                node_tree[node] = t
+                node_mask[node] = full ^ ((1 << (len(order) - first)) - (1 << int(left_first[node])))
+    lever = feature >= n_context
+    tree_init = np.full((n_trees, k), full, dtype=np.uint64)
+    goes_right = ((row_left[lever, None] >> np.arange(k, dtype=np.uint64)) & np.uint64(1)) == 0  # (lever nodes, K)
+    at, row = np.nonzero(goes_right)
+    np.bitwise_and.at(tree_init, (node_tree[lever][at], row), node_mask[lever][at])
+    every_row = (1 << k) - 1
+    tree_kind = np.full(n_trees, _EVERY_ROW, dtype=np.int64)
+    group_count = np.zeros(n_trees, dtype=np.int64)
+    group_init: list[int] = []
+    group_rows: list[int] = []
+    for t in range(n_trees):
+        init = tree_init[t]
+        if int(start_mask[t]) == every_row and (init == init[0]).all() and init[0] == full:
+            continue
+        tree_kind[t] = _BY_GROUP
+        groups: dict[int, int] = {}
+        for r in range(k):
+            if int(start_mask[t]) >> r & 1:
+                groups[int(init[r])] = groups.get(int(init[r]), 0) | (1 << r)
+        group_count[t] = len(groups)
+        group_init.extend(groups)
+        group_rows.extend(groups.values())
+    missing = (decision >> 2) & 3
+    categorical = ~lever & ((decision & _CATEGORICAL) != 0)
+    numeric = np.flatnonzero(~lever & ~categorical & (missing != 1))
+    numeric = numeric[np.lexsort((threshold[numeric], feature[numeric]))]
+    nan_left = np.where(missing == 2, (decision & _DEFAULT_LEFT) != 0, threshold >= 0.0)  # else a missing value is 0
+    cat_feature, cat_rows, ct_count, ct_node = [], [], [], []
+    special = list(np.flatnonzero(~lever & ~categorical & (missing == 1)))
+    for f in np.unique(feature[categorical]):
+        on = np.flatnonzero(categorical & (feature == f))
+        n_rows = 32 * int(cat_len[on].max())
+        if n_rows > MAX_CATEGORY:
+            special.extend(on)
+            continue
+        goes_left = np.zeros((on.size, n_rows + 1), dtype=np.bool_)  # the last row: a category no node names
+        for i, q in enumerate(on):
+            words = cat_bits[cat_start[q]: cat_start[q] + cat_len[q]]
+            goes_left[i, : 32 * words.size] = ((words[:, None] >> np.arange(32, dtype=np.uint32)) & 1).ravel() == 1
+        category, which = np.nonzero(~goes_left.T)  # category by category: the nodes false for it
+        cat_feature.append(int(f))
+        cat_rows.append(n_rows)
+        ct_count.append(np.bincount(category, minlength=n_rows + 1))
+        ct_node.append(on[which])
+    ct = np.concatenate(ct_node) if ct_node else np.zeros(0, dtype=np.int64)
+    special_nodes = np.array(sorted(special), dtype=np.int64)
+    i64 = np.int64
+    return LeafMasks(
+        tree_kind=tree_kind, group_offset=np.concatenate([[0], np.cumsum(group_count)]).astype(i64),
+        group_init=np.array(group_init, dtype=np.uint64), group_rows=np.array(group_rows, dtype=np.uint64), leaf_start=leaf_start,
+        leaf_sorted=np.ascontiguousarray(leaf_value[np.array(order, dtype=i64)]),
+        qs_offset=np.searchsorted(feature[numeric], np.arange(n_context + 1)).astype(i64), qs_threshold=threshold[numeric],
+        qs_tree=node_tree[numeric], qs_mask=node_mask[numeric], qs_nan_left=nan_left[numeric],
+        cat_feature=np.array(cat_feature, dtype=i64), cat_rows=np.array(cat_rows, dtype=i64),
+        cat_row_start=np.cumsum([0] + [r + 1 for r in cat_rows])[:-1].astype(i64),
+        ct_offset=np.concatenate([[0], np.cumsum(np.concatenate(ct_count))]).astype(i64) if ct_count else np.zeros(1, dtype=i64),
+        ct_tree=node_tree[ct], ct_mask=node_mask[ct],
+        sp_node=special_nodes, sp_tree=node_tree[special_nodes], sp_mask=node_mask[special_nodes])
 
 
 @dataclass(frozen=True)
@@ -166,6 +383,10 @@ class Forest:
     cat_bits: np.ndarray
     row_left: np.ndarray
     leaf_value: np.ndarray
+    leaf_masks: LeafMasks | None = None  # None: some tree has more than 64 leaves, so trees are walked
+
+    def _nodes(self) -> tuple[np.ndarray, ...]:
+        return self.feature, self.threshold, self.decision, self.cat_start, self.cat_len, self.cat_bits
 
     def raw(self, context: np.ndarray) -> np.ndarray:
         """Raw scores of every slot for every row, for one context (d,)."""
@@ -173,6 +394,9 @@ class Forest:
         if context.shape != (self.n_context,):
             raise ValueError(f"`context` must have shape ({self.n_context},), got {context.shape}")
         out = np.zeros((self.rows.shape[0], self.n_slots))
+        if self.leaf_masks is not None:
+            _score_one(context, out, self.start_mask, self.slot, self.leaf_masks.arrays(), self._nodes())
+            return out
         _evaluate(context, out, self.start_mask, self.slot, self.root, self.feature, self.threshold, self.decision,
                   self.left, self.right, self.cat_start, self.cat_len, self.cat_bits, self.row_left, self.leaf_value)
         return out
@@ -185,6 +409,9 @@ class Forest:
             raise ValueError(f"`contexts` must have shape (m, {self.n_context}), got {contexts.shape}")
         out = np.zeros((contexts.shape[0], self.rows.shape[0], self.n_slots))
         with _threads(num_threads):
+            if self.leaf_masks is not None:
+                _score_batch(contexts, out, self.start_mask, self.slot, self.leaf_masks.arrays(), self._nodes())
+                return out
             _evaluate_batch(contexts, out, self.start_mask, self.slot, self.root, self.feature, self.threshold,
                             self.decision, self.left, self.right, self.cat_start, self.cat_len, self.cat_bits,
                             self.row_left, self.leaf_value)
@@ -287,10 +514,13 @@ class ForestBuilder:
                   for k, v in parts.items()}
         row_left = _row_masks(self.rows, self.n_context, arrays["feature"], arrays["threshold"], arrays["decision"],
                               arrays["cat_start"], arrays["cat_len"], arrays["cat_bits"])
+        start, roots = np.array(start_mask, dtype=np.uint64), np.array(root, dtype=i64)
+        masks = _leaf_masks(self.n_context, self.rows.shape[0], start, roots, arrays["feature"], arrays["threshold"], arrays["decision"],
+                            arrays["left"], arrays["right"], arrays["cat_start"], arrays["cat_len"], arrays["cat_bits"],
+                            row_left, arrays["leaf_value"])
         return Forest(
             n_slots=self._n_slots, n_context=self.n_context, rows=self.rows,
-            start_mask=np.array(start_mask, dtype=np.uint64), slot=np.array(slot, dtype=i64), root=np.array(root, dtype=i64),
-            row_left=row_left, **arrays,
+            start_mask=start, slot=np.array(slot, dtype=i64), root=roots, row_left=row_left, leaf_masks=masks, **arrays,
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -196,3 +198,25 @@ def test_batch_equals_lightgbm_in_every_mode_with_shared_and_split_trees() -> No
     for threads in (1, 2):
         np.testing.assert_allclose(forest.raw_batch(contexts, num_threads=threads), expected, rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.stack([forest.raw(c) for c in contexts]), expected, rtol=0, atol=1e-12)
+    assert forest.leaf_masks is not None  # the leaf-mask scorer ran above; the tree walk gives the same sums
+    walked = dataclasses.replace(forest, leaf_masks=None)
+    np.testing.assert_allclose(walked.raw_batch(contexts, num_threads=2), expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.stack([forest.raw(c) for c in contexts]), forest.raw_batch(contexts, num_threads=2))
+
+
+def test_trees_of_more_than_64_leaves_are_walked() -> None:
+    """A tree's leaves must fit one 64-bit word for the leaf masks; a forest with a larger tree is walked
+    node by node instead, with the same result as LightGBM."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(6000, 3))
+    x[rng.random(6000) < 0.1, 1] = np.nan
+    y = np.sin(3 * np.nan_to_num(x[:, 0])) + x[:, 2] ** 2 + rng.normal(size=6000) * 0.1
+    big = lgb.train({"objective": "regression", "num_leaves": 100, "min_data_in_leaf": 5, "verbosity": -1, "num_threads": 1},
+                    lgb.Dataset(x, label=y), num_boost_round=5)
+    builder = ForestBuilder(3, np.zeros((2, 0)))
+    builder.add(big.model_to_string(), builder.slot(), mode=EVERY)
+    forest = builder.build()
+    assert forest.leaf_masks is None
+    expected = np.repeat(np.asarray(big.predict(x[:500], raw_score=True))[:, None, None], 2, axis=1)
+    np.testing.assert_allclose(forest.raw_batch(x[:500], num_threads=2), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(forest.raw(x[0]), expected[0], rtol=0, atol=1e-12)
