@@ -8,6 +8,7 @@ set against:
 
     git worktree add /tmp/before 0a17958
     python bench/demo_fit.py --against /tmp/before
+    python bench/demo_fit.py --quick --against .     # a small run, for the test suite
 
 Target: the fit in less than a quarter of the earlier version's time.
 """
@@ -68,8 +69,11 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="a checkout of an earlier version (the folder holding its drivetrain/)")
     parser.add_argument("--users", type=int, default=USERS, help="logged users the demo fits on")
     parser.add_argument("--repeats", type=int, default=2, help="fits per checkout, each timed")
+    parser.add_argument("--quick", action="store_true", help="3,000 users, one fit per checkout (for the test suite)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.users, args.repeats = 3_000, 1
     if args.child:
         child(args.users, args.repeats)
         return
