@@ -35,6 +35,8 @@ def child(users: int, repeats: int) -> None:
     from drivetrain.model import OutcomeModel
     from drivetrain.twin import NBOOTwin
 
+    # the log as policy_value.logged_store builds it, written out: that module imports parts of the
+    # package an earlier checkout may not have, and this process runs with either
     twin = NBOOTwin(seed=7)
     spec = twin.spec
     decisions, outcomes = twin.log(twin.population(users))
