@@ -17,7 +17,7 @@ Two ways find the leaves, with the same sums:
   first one left (QuickScorer, Lucchese et al., SIGIR 2015). Numeric nodes are stored per column in
   threshold order, so a context touches only its false nodes, without a branch per node; a split on a
   lever column is the same for a row whatever the context, so it is applied once, at build time.
-  Measured 1.6x faster than the walk on a batch and 2.5x on one context (docs/decisions.md).
+  Measured 2x faster than the walk on a batch and 2.8x on one context (docs/decisions.md).
 * **walk** (:func:`_walk`, for trees of more than 64 leaves): the rows travel down a tree together as a
   bit mask: a split on a context column sends them all one way, and a split on a lever column splits
   the mask by a pattern computed at build time; so a tree costs one path per distinct leaf.
@@ -149,7 +149,7 @@ def _first(word: np.uint64) -> int:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _score(c: np.ndarray, o: np.ndarray, m: np.ndarray, acc: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
+def _score(c: np.ndarray, o: np.ndarray, m: np.ndarray, acc: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
            nodes: tuple) -> None:  # type: ignore[type-arg]
     """Every tree's leaf for one context ``c`` found by leaf masks (QuickScorer, Lucchese et al. 2015), its
     value added to ``o`` (K, n_slots) in tree order. ``m`` (T,) starts with every leaf of every tree
@@ -207,7 +207,7 @@ def _score(c: np.ndarray, o: np.ndarray, m: np.ndarray, acc: np.ndarray, start_m
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _score_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
+def _score_batch(contexts: np.ndarray, out: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
                  nodes: tuple) -> None:  # type: ignore[type-arg]
     """:func:`_score` for every context (blocks of contexts spread over the threads)."""
     n = contexts.shape[0]
@@ -216,13 +216,13 @@ def _score_batch(contexts: np.ndarray, out: np.ndarray, start_mask: np.ndarray, 
         m = np.empty(slot.shape[0], dtype=np.uint64)
         acc = np.empty(out.shape[2])
         for i in range(b * BLOCK, min(n, b * BLOCK + BLOCK)):
-            _score(contexts[i], out[i], m, acc, start_mask, slot, masks, nodes)
+            _score(contexts[i], out[i], m, acc, slot, masks, nodes)
 
 
 @numba.njit(cache=True, nogil=True)
-def _score_one(context: np.ndarray, out: np.ndarray, start_mask: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
+def _score_one(context: np.ndarray, out: np.ndarray, slot: np.ndarray, masks: tuple,  # type: ignore[type-arg]
                nodes: tuple) -> None:  # type: ignore[type-arg]
-    _score(context, out, np.empty(slot.shape[0], dtype=np.uint64), np.empty(out.shape[1]), start_mask, slot, masks, nodes)
+    _score(context, out, np.empty(slot.shape[0], dtype=np.uint64), np.empty(out.shape[1]), slot, masks, nodes)
 
 
 @numba.njit(cache=True)
@@ -395,7 +395,7 @@ class Forest:
             raise ValueError(f"`context` must have shape ({self.n_context},), got {context.shape}")
         out = np.zeros((self.rows.shape[0], self.n_slots))
         if self.leaf_masks is not None:
-            _score_one(context, out, self.start_mask, self.slot, self.leaf_masks.arrays(), self._nodes())
+            _score_one(context, out, self.slot, self.leaf_masks.arrays(), self._nodes())
             return out
         _evaluate(context, out, self.start_mask, self.slot, self.root, self.feature, self.threshold, self.decision,
                   self.left, self.right, self.cat_start, self.cat_len, self.cat_bits, self.row_left, self.leaf_value)
@@ -410,7 +410,7 @@ class Forest:
         out = np.zeros((contexts.shape[0], self.rows.shape[0], self.n_slots))
         with _threads(num_threads):
             if self.leaf_masks is not None:
-                _score_batch(contexts, out, self.start_mask, self.slot, self.leaf_masks.arrays(), self._nodes())
+                _score_batch(contexts, out, self.slot, self.leaf_masks.arrays(), self._nodes())
                 return out
             _evaluate_batch(contexts, out, self.start_mask, self.slot, self.root, self.feature, self.threshold,
                             self.decision, self.left, self.right, self.cat_start, self.cat_len, self.cat_bits,
