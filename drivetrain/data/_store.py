@@ -19,6 +19,8 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -53,6 +55,14 @@ _PARTITION_COLUMN = {"decisions": "decided_at", "outcomes": "occurred_at", "quar
 _MARKER = "drivetrain-store.json"
 _KEY_FILE = "personal-key.json"  # the fingerprint of the personal-data key, never the key
 _FORMAT = 1
+_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+_DATABASES = threading.Lock()  # guards each store's creation of its database and of a connection to it
+
+
+def _named_tables(sql: str) -> list[str]:
+    """The store's tables whose name appears as a word in ``sql`` (a superset of those it reads)."""
+    words = set(_WORD.findall(sql.lower()))
+    return [t for t in TABLES if t in words]
 
 
 @runtime_checkable
@@ -127,12 +137,24 @@ class _SqlStore:
     def _bind(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         raise NotImplementedError
 
+    def _database(self) -> duckdb.DuckDBPyConnection:
+        """The store's in-memory DuckDB database, opened once per process (opening one costs about 15 ms,
+        a connection to it half a millisecond); a forked child opens its own."""
+        with _DATABASES:
+            opened = getattr(self, "_duckdb", None)
+            if opened is None or opened[0] != os.getpid():
+                opened = (os.getpid(), duckdb.connect(config={"threads": max(1, min(4, os.cpu_count() or 1))}))
+                self._duckdb = opened
+            return opened[1].cursor()
+
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = duckdb.connect(config={"threads": max(1, min(4, os.cpu_count() or 1))})
+    def _connection(self, sql: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection of its own (one thread's, closed after use) where the tables ``sql`` names are
+        temporary views over the store's rows as they are now."""
+        con = self._database()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            for table in TABLES:
+            for table in _named_tables(sql):
                 self._bind(con, table)
             yield con
         finally:
@@ -140,11 +162,10 @@ class _SqlStore:
 
     def _bind_empty(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         empty = self.schema(table).empty_table()
-        con.register(f"_{table}_empty", empty)
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
+        con.register(table, empty)
 
     def arrow(self, sql: str, tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
-        with self._connection() as con:
+        with self._connection(sql) as con:
             for name, rows in (tables or {}).items():
                 con.register(name, rows)
             return _fetch(con, sql)
@@ -155,9 +176,10 @@ class _SqlStore:
     def lookup(self, table: str, key: str, keys: pa.Table) -> pa.Table:
         """Rows of ``table`` whose ``key`` is among ``keys[key]``."""
         self.schema(table)
-        with self._connection() as con:
+        sql = f"SELECT t.* FROM {table} t SEMI JOIN _keys k ON t.{key} = k.{key}"
+        with self._connection(sql) as con:
             con.register("_keys", keys.select([key]))
-            return _fetch(con, f"SELECT t.* FROM {table} t SEMI JOIN _keys k ON t.{key} = k.{key}")
+            return _fetch(con, sql)
 
     def count(self, table: str) -> int:
         self.schema(table)
@@ -226,8 +248,7 @@ class MemoryStore(_SqlStore):
         if not parts:
             self._bind_empty(con, table)
             return
-        con.register(f"_{table}_data", pa.concat_tables(parts, promote_options="default"))
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_data")
+        con.register(table, pa.concat_tables(parts, promote_options="default"))
 
 
 class ParquetStore(_SqlStore):
@@ -345,10 +366,10 @@ class ParquetStore(_SqlStore):
             return
         listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
         source = f"read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM {source}")
+        con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM {source}")
         stored = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
         if table in WITH_INGEST_ID and INGEST_ID not in stored:  # written before ingest ids: no ingest can undo them
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT *, CAST(NULL AS VARCHAR) AS {INGEST_ID} FROM {source}")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, CAST(NULL AS VARCHAR) AS {INGEST_ID} FROM {source}")
             stored.add(INGEST_ID)
         if missing := [name for name in self.schema(table).names if name not in stored]:
             raise StoreError(

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from drivetrain.evaluate._figures import Effect, Ratio, SampleRatio
 from drivetrain.evaluate._kpi_sql import LATENCY_BINS_PER_E
@@ -47,7 +47,7 @@ def _welch(m1: float | None, a: float | None, g1: float, m0: float | None, b: fl
     if se == 0.0:
         return Effect(m1, m0, diff, diff, diff, 0.0, policy_se)
     df = (a + b) ** 2 / ((a * a / (g1 - 1) if a else 0.0) + (b * b / (g0 - 1) if b else 0.0))
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    half = float(special.stdtrit(df, 0.5 + level / 2)) * se  # stats.t.ppf's own function, without its 0.15 ms of checks
     return Effect(m1, m0, diff, diff - half, diff + half, se, policy_se)
 
 
