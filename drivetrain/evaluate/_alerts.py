@@ -214,7 +214,7 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
     With ``sequential_units`` the p-values are always valid (:func:`always_valid_p`, tuned to be
     tightest at that many policy-arm units): the level then holds over every day the rule is checked on
     the growing program, not only for one check, at the price of needing more units to fire."""
-    from scipy import stats
+    from scipy import special, stats
 
     alpha = float(stats.norm.sf(z))
     sequential = None if rule.sequential_units is None else mixture_variance(alpha, rule.sequential_units)
@@ -233,7 +233,7 @@ def _guardrail(rule: AlertRule, evaluation: Evaluation, z: float) -> list[Alert]
                 elif sequential is not None:
                     p = float(always_valid_p(beyond / se, s.policy_units, sequential))
                 else:
-                    p = float(stats.norm.sf(beyond / se))
+                    p = float(special.ndtr(-beyond / se))  # stats.norm.sf's own function, without its checks
                 tests.append((cohort, value, g.name, bound, mean, se, p))
     if not tests:
         return []

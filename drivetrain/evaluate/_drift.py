@@ -225,23 +225,24 @@ def _chi2(live: np.ndarray, reference: np.ndarray, n_ref: int) -> tuple[float, f
 
 
 def _stats(col: _Column, ref: dict[str, Any] | None, group: pd.DataFrame) -> dict[str, Any]:
-    counted = group[group["cell"] != _NOT_COUNTED]
-    n = int(counted["n"].sum())
+    cell = group["cell"].to_numpy(dtype=np.int64)
+    weight = group["n"].to_numpy(dtype=np.int64)
+    counted = cell != _NOT_COUNTED
+    n = int(weight[counted].sum())
     out: dict[str, Any] = {"n": n, "n_reference": int(ref["n"]) if ref else 0, "psi": np.nan, "ks_statistic": np.nan,
                            "ks_upper": np.nan, "p_value": np.nan, "effect_size": np.nan,
                            "effect_measure": "glass_delta" if col.kind == "numeric" else "cramers_v"}
     if ref is None or n == 0 or int(ref["n"]) == 0:
         return out
     null_share = float(ref["null_share"])
-    nulls = int(counted.loc[counted["cell"] == _NULL, "n"].sum())
-    values = counted[counted["cell"] != _NULL]
+    nulls = int(weight[counted & (cell == _NULL)].sum())
+    values = counted & (cell != _NULL)  # the rows of values (not null) counted
     n_ref_values = int(round(int(ref["n"]) * (1.0 - null_share)))
     shares = np.asarray(ref["bin_shares"], dtype=np.float64)
     if col.kind == "numeric":
         lo, hi, cells = float(ref["grid_lo"]), float(ref["grid_hi"]), int(ref["grid_cells"])
         edges = np.asarray(ref["bin_edges"], dtype=np.float64)
-        live_cells = np.bincount(values["cell"].to_numpy(dtype=np.int64), weights=values["n"].to_numpy(dtype=np.float64),
-                                 minlength=cells + 2)
+        live_cells = np.bincount(cell[values], weights=weight[values].astype(np.float64), minlength=cells + 2)
         live_bins = np.bincount(psi_cell_bins(edges, lo, hi, cells), weights=live_cells, minlength=edges.size + 1)
         if shares.size == 0:
             shares = np.zeros(edges.size + 1)
@@ -252,12 +253,12 @@ def _stats(col: _Column, ref: dict[str, Any] | None, group: pd.DataFrame) -> dic
         mean, std = ref["mean"], ref["std"]
         n_values = live_cells.sum()
         if n_values and mean is not None and std is not None and std > 0:
-            out["effect_size"] = float((math.fsum(values["s"]) / n_values - mean) / std)
+            out["effect_size"] = float((math.fsum(group["s"].to_numpy(dtype=np.float64)[values]) / n_values - mean) / std)
     else:
         categories = [str(c) for c in ref["categories"]]
         index = {c: j for j, c in enumerate(categories)}
         live = np.zeros(len(categories) + 2)
-        for label, count in zip(values["category"], values["n"], strict=True):
+        for label, count in zip(group["category"].to_numpy()[values], weight[values], strict=True):
             label = str(label)
             if label not in index and label in ("true", "false") and label.capitalize() in index:
                 label = label.capitalize()  # SQL spells booleans in lower case, the baseline as Python does

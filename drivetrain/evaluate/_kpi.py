@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -55,32 +55,40 @@ from drivetrain.spec import Spec
 __all__ = ["evaluate", "evaluation_from_results"]
 
 
-def _rollup(frame: pd.DataFrame, keys: list[str], by: str, columns: list[str]) -> Iterator[tuple[tuple[Any, ...], pd.DataFrame]]:
+class _Group(NamedTuple):
+    """One slice's summed rows: the ``by`` value of each row and its sums of ``columns``."""
+
+    by: np.ndarray
+    values: np.ndarray
+    columns: list[str]
+
+
+def _rollup(frame: pd.DataFrame, keys: list[str], by: str, columns: list[str]) -> Iterator[tuple[tuple[Any, ...], _Group]]:
     """``frame``'s ``columns`` summed per ``keys`` + ``by`` in one grouping, then split per ``keys`` value
-    (sorted, as the slices are listed): one pass per slice level instead of one per slice."""
+    (sorted, as the slices are listed): one pass per slice level instead of one per slice, and arrays
+    rather than frames per slice."""
     if frame.empty:
         return
     summed = frame.groupby([*keys, by], dropna=False, sort=True)[columns].sum()
+    values = summed.to_numpy(dtype=np.float64)
+    index = summed.index
+    by_values = np.asarray(index.get_level_values(-1))
     if not keys:
-        yield (), summed
+        yield (), _Group(by_values, values, columns)
         return
-    index = summed.index  # keys, then by
     assert isinstance(index, pd.MultiIndex)
     codes = np.vstack([np.asarray(c) for c in index.codes[:-1]])
     starts = np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
     for start, stop in zip(starts, [*starts[1:], len(summed)], strict=True):
-        yield tuple(index[int(start)])[:-1], summed.iloc[start:stop]
+        yield tuple(index[int(start)])[:-1], _Group(by_values[start:stop], values[start:stop], columns)
 
 
-def _arm_sums(part: pd.DataFrame) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+def _arm_sums(part: _Group) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """(policy, holdout, both) moments of one slice from its rows per ``holdout`` (an arm without rows
     sums to zeros)."""
-    values = part.to_numpy(dtype=np.float64)
-    arms = part.index.get_level_values(-1)
-    policy, holdout = values[arms == 0].sum(axis=0), values[arms == 1].sum(axis=0)
-    names = list(part.columns)
-    return (dict(zip(names, policy.tolist(), strict=True)), dict(zip(names, holdout.tolist(), strict=True)),
-            dict(zip(names, (policy + holdout).tolist(), strict=True)))
+    policy, holdout = part.values[part.by == 0].sum(axis=0), part.values[part.by == 1].sum(axis=0)
+    return (dict(zip(part.columns, policy.tolist(), strict=True)), dict(zip(part.columns, holdout.tolist(), strict=True)),
+            dict(zip(part.columns, (policy + holdout).tolist(), strict=True)))
 
 
 def _slice_keys(cohorts: Sequence[str]) -> list[tuple[str | None, str | None]]:
@@ -229,7 +237,7 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
 
             h = hist.get(key)
             if h is not None:
-                bins, counts = h.index.get_level_values("bin").to_numpy(), h["count"].to_numpy()
+                bins, counts = h.by.astype(np.int64), h.values[:, 0].astype(np.int64)  # whole counts, summed exactly
             else:
                 bins, counts = np.array([], dtype=np.int64), np.array([], dtype=np.int64)
             latency_n = int(both["latency_n"])
