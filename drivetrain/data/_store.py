@@ -137,21 +137,18 @@ class _SqlStore:
     def _bind(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
         raise NotImplementedError
 
-    def _database(self) -> duckdb.DuckDBPyConnection:
-        """The store's in-memory DuckDB database, opened once per process (opening one costs about 15 ms,
-        a connection to it half a millisecond); a forked child opens its own."""
+    @contextlib.contextmanager
+    def _connection(self, sql: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection of its own (one thread's, closed after use) to the store's in-memory DuckDB database,
+        where the tables ``sql`` names are temporary views over the store's rows as they are now. The
+        database is opened once per process (opening one costs about 15 ms, a connection to it half a
+        millisecond); a forked child opens its own."""
         with _DATABASES:
             opened = getattr(self, "_duckdb", None)
             if opened is None or opened[0] != os.getpid():
                 opened = (os.getpid(), duckdb.connect(config={"threads": max(1, min(4, os.cpu_count() or 1))}))
                 self._duckdb = opened
-            return opened[1].cursor()
-
-    @contextlib.contextmanager
-    def _connection(self, sql: str) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection of its own (one thread's, closed after use) where the tables ``sql`` names are
-        temporary views over the store's rows as they are now."""
-        con = self._database()
+            con = opened[1].cursor()
         try:
             con.execute("SET TimeZone = 'UTC'")
             for table in _named_tables(sql):

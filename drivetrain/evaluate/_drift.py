@@ -50,12 +50,11 @@ Outcomes count only mature decisions (docs/architecture.md, Maturity).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -316,18 +315,6 @@ def _window(start: datetime, end: datetime, as_of: datetime) -> str:
     return f"decided_at >= {_ts(start)} AND decided_at < {_ts(end)} AND received_at <= {_ts(as_of)}"
 
 
-def _local(table: pa.Table) -> Callable[[str], pd.DataFrame]:
-    def run(sql: str) -> pd.DataFrame:
-        con = duckdb.connect(config={"threads": 2})
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            con.register("mature", table)
-            return con.sql(sql).df()
-        finally:
-            con.close()
-    return run
-
-
 @dataclass(frozen=True)
 class _Plan:
     """What a drift measurement counts: the baselines' latest rows, their columns, the baseline's values of
@@ -451,7 +438,7 @@ def measure_drift(
         missing = sorted(needed - set(table.column_names))
         if missing:
             raise DataError(f"`outcomes` must have columns {sorted(needed)}, got {table.column_names} (missing {missing})")
-        frames.append((late, _local(table)(queries["outcomes"])))
+        frames.append((late, store.arrow(queries["outcomes"], tables={"mature": table}).to_pandas()))
 
     rows = []
     records: list[dict[str, Any]] = baselines.to_dict("records")  # type: ignore[assignment]
