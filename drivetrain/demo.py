@@ -465,11 +465,14 @@ def demo_loop_spec(users: int) -> Spec:
     """The loop's spec with the adaptation settings the demo's days and users call for: a retrain once two
     days of decisions have matured, a day of shadow, a canary on half of the units until a day's users
     are mature in it, and a non-inferiority margin of 0.5 per unit (5% of the objective per user: the
-    default 0.05 is a hundredth of the interval a canary of a few hundred units gives)."""
+    default 0.05 is a hundredth of the interval a canary of a few hundred units gives). The canary is
+    judged on that day of units (``max_units``) even though a test powered for an equal candidate would
+    ask for more: the demo's candidate is better than its champion, not equal to it."""
     raw = loop_spec().model.model_dump(mode="json")
     raw["adaptation"].update({"min_new_decisions": 2 * users, "max_staleness": "14d", "pacing_period": "28d"})
     raw["adaptation"]["gates"].update({"min_decisions": min(2000, 2 * users), "latency_samples": 50, "non_inferiority_margin": 0.5})
-    raw["adaptation"]["canary"].update({"shadow_decisions": users // 2, "share": 0.5, "min_units": max(100, users // 2)})
+    raw["adaptation"]["canary"].update({"shadow_decisions": users // 2, "share": 0.5, "min_units": max(100, users // 2),
+                                        "max_units": max(100, users // 2)})
     return parse_spec(raw, source=f"nboo loop ({users} users a day)")
 
 

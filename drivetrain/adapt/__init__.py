@@ -21,9 +21,11 @@ from drivetrain.adapt._gates import (
     serving_gate,
 )
 from drivetrain.adapt._live import (
+    adjusted_difference,
     always_valid_p,
     canary_check,
     canary_units,
+    planned_decisions,
     serve,
     shadow_check,
 )
@@ -75,6 +77,7 @@ __all__ = [
     "VersionRecord",
     "Window",
     "adapt",
+    "adjusted_difference",
     "always_valid_p",
     "canary_check",
     "canary_units",
@@ -88,6 +91,7 @@ __all__ = [
     "off_policy_gate",
     "offline_gates",
     "paired_values",
+    "planned_decisions",
     "promote",
     "recent_population",
     "regression_gate",

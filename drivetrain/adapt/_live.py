@@ -9,8 +9,11 @@
 
 :func:`canary_check` judges the canary on the store as of T: a sample ratio check of the arms, a
 sequential test per guardrail (the always-valid normal-mixture SPRT of Johari et al. 2017, so that looking
-every day does not inflate its error), and the north star's non-inferiority once enough canary units are
-mature.
+every day does not inflate its error), and the north star's non-inferiority once enough canary decisions
+are mature. The north star's difference is regression-adjusted (:func:`adjusted_difference`, with the
+champion's predictions for each context as covariates), and the canary is sized from it
+(:func:`planned_decisions`): it waits until an equal candidate would be shown non-inferior with
+``canary.power``, so a canary too small to decide is not mistaken for an inferior candidate.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from scipy import stats
 from drivetrain.adapt._gates import GateResult
 from drivetrain.assembly import realized_metrics
 from drivetrain.data import Store, training_table
+from drivetrain.errors import UsageError
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec, holdout_draw
 
-__all__ = ["always_valid_p", "canary_check", "canary_units", "serve", "shadow_check"]
+__all__ = ["adjusted_difference", "always_valid_p", "canary_check", "canary_units", "planned_decisions", "serve", "shadow_check"]
 
 
 def canary_units(spec: Spec, unit_ids: Any) -> np.ndarray:
@@ -106,9 +110,17 @@ def always_valid_p(difference: float, variance: float, tau2: float) -> float:
     return float(min(1.0, math.exp(-log_ratio)))
 
 
-def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str, since: datetime) -> GateResult | None:
+def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str, since: datetime,
+                 baseline: Policy | None = None) -> GateResult | None:
     """Judge the canary on the mature decisions made since ``since``: a failure (sample ratio, a guardrail
-    the canary breaks, an inferior north star), a pass (non-inferior with enough units), or None (wait)."""
+    the canary breaks, a north star worse than the margin), a pass (non-inferior with the planned
+    decisions), or None (wait). ``baseline`` is the champion's policy: its predictions for each context
+    adjust the north star's difference (None: the plain difference of means).
+
+    The north star waits for ``canary.min_units`` mature canary units, then for the decisions that
+    :func:`planned_decisions` asks of the observed variances (at most ``canary.max_units`` units), and is
+    judged once there: the verdict is one look at level ``gates.alpha``; earlier looks can only stop a
+    candidate that is already worse than the margin."""
     spec = store.spec
     settings = spec.model.adaptation
     canary = settings.canary
@@ -146,14 +158,71 @@ def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str
     if units_c < canary.min_units:
         figures["min_units"] = canary.min_units
         return None
-    oc, ob = rc["objective"], rb["objective"]
     sign = 1.0 if spec.model.objective.direction == "maximize" else -1.0
-    diff = sign * float(oc.mean() - ob.mean())
-    se = float(np.sqrt(oc.var(ddof=1) / len(oc) + ob.var(ddof=1) / len(ob)))
-    z = float(stats.norm.ppf(1 - settings.gates.alpha / 2))
+    xc, xb = (_covariates(baseline, c), _covariates(baseline, b)) if baseline is not None else (None, None)
+    diff, se, reduction, (var_c, var_b) = adjusted_difference(sign * rc["objective"], sign * rb["objective"], xc, xb)
+    margin, alpha = settings.gates.non_inferiority_margin, settings.gates.alpha
+    z = float(stats.norm.ppf(1 - alpha / 2))
     low, high = diff - z * se, diff + z * se
-    figures.update(lift=diff, low=low, high=high, margin=settings.gates.non_inferiority_margin)
-    if low < -settings.gates.non_inferiority_margin:
+    planned = planned_decisions(var_c, var_b, len(b) / len(c), margin=margin, alpha=alpha, power=canary.power)
+    figures.update(lift=diff, low=low, high=high, margin=margin, variance_reduction=reduction, canary_decisions=len(c),
+                   planned_decisions=planned, max_units=canary.max_units)
+    if high < -margin:  # inferior beyond the margin already: stopping early for harm cannot pass a bad candidate
         return GateResult("canary", False, f"north star in the canary {diff:+.4f} per decision against the champion [{low:+.4f}, "
-                          f"{high:+.4f}], below the margin -{settings.gates.non_inferiority_margin}: keep the champion", figures)
-    return GateResult("canary", True, f"north star {diff:+.4f} [{low:+.4f}, {high:+.4f}] on {units_c} canary units: non-inferior", figures)
+                          f"{high:+.4f}], worse than the margin -{margin}: keep the champion", figures)
+    capped = canary.max_units is not None and units_c >= canary.max_units
+    if len(c) < planned and not capped:
+        return None
+    if low < -margin:
+        short = f" ({len(c)} canary decisions of the {planned} planned: max_units reached)" if len(c) < planned else ""
+        return GateResult("canary", False, f"north star in the canary {diff:+.4f} per decision against the champion [{low:+.4f}, "
+                          f"{high:+.4f}], not shown within the margin -{margin}{short}: keep the champion", figures)
+    return GateResult("canary", True, f"north star {diff:+.4f} [{low:+.4f}, {high:+.4f}] on {units_c} canary units "
+                      f"(variance {reduction:.0%} lower by the champion's predictions): non-inferior", figures)
+
+
+def _covariates(policy: Policy, table: pd.DataFrame) -> np.ndarray:
+    """The champion's predicted objective of each decision's context under control and under its best
+    action: functions of the context alone, the same whichever arm decided; shape (n, 2)."""
+    predicted = policy.model.objective_of(policy.model.predict_outcomes(table), table)
+    return np.column_stack([predicted[:, policy.spec.control.index], predicted.max(axis=1)])
+
+
+def adjusted_difference(y_c: np.ndarray, y_b: np.ndarray, x_c: np.ndarray | None = None, x_b: np.ndarray | None = None
+                        ) -> tuple[float, float, float, tuple[float, float]]:
+    """The difference of means of ``y_c`` and ``y_b``, regression-adjusted by the covariates ``x`` (n, k)
+    of each row when given: each arm's outcome is regressed on the covariates centred at their pooled mean,
+    and the difference of the two intercepts is the estimate (Lin 2013: with randomized arms it is
+    consistent, and asymptotically never less precise than the plain difference, whatever the covariates).
+
+    Returns (difference, standard error, share of the plain difference's variance removed, (residual
+    variance of each arm)); with too few rows to fit the covariates it falls back to the plain difference."""
+    y_c, y_b = np.asarray(y_c, dtype=np.float64), np.asarray(y_b, dtype=np.float64)
+    var_c, var_b = float(y_c.var(ddof=1)), float(y_b.var(ddof=1))
+    plain = math.sqrt(var_c / len(y_c) + var_b / len(y_b))
+    if x_c is None or x_b is None:
+        return float(y_c.mean() - y_b.mean()), plain, 0.0, (var_c, var_b)
+    x_c, x_b = np.asarray(x_c, dtype=np.float64), np.asarray(x_b, dtype=np.float64)
+    k = x_c.shape[1]
+    if min(len(y_c), len(y_b)) <= 2 * (k + 1) or not (np.isfinite(x_c).all() and np.isfinite(x_b).all()):
+        return float(y_c.mean() - y_b.mean()), plain, 0.0, (var_c, var_b)
+    centre = np.concatenate([x_c, x_b]).mean(axis=0)
+    fits = []
+    for y, x in ((y_c, x_c), (y_b, x_b)):
+        design = np.column_stack([np.ones(len(y)), x - centre])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        residual = y - design @ coef
+        fits.append((float(coef[0]), float(residual @ residual) / (len(y) - k - 1)))
+    (a_c, r_c), (a_b, r_b) = fits
+    se = math.sqrt(r_c / len(y_c) + r_b / len(y_b))
+    return a_c - a_b, se, (1 - se**2 / plain**2) if plain > 0 else 0.0, (r_c, r_b)
+
+
+def planned_decisions(var_c: float, var_b: float, ratio: float, *, margin: float, alpha: float, power: float) -> int:
+    """Canary decisions at which a candidate equal to the champion is shown non-inferior at ``margin`` with
+    probability ``power`` (two-sided level ``alpha`` interval, as the verdict uses): per-decision variances
+    ``var_c`` and ``var_b`` of the arms, ``ratio`` champion decisions per canary decision."""
+    if margin <= 0:
+        raise UsageError(f"a canary sized by its margin needs `adaptation.gates.non_inferiority_margin` > 0, got {margin}")
+    z = float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))
+    return int(math.ceil((var_c + var_b / max(ratio, 1e-12)) * z**2 / margin**2))

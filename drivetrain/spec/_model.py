@@ -20,6 +20,7 @@ from pydantic import (
     PlainSerializer,
     SerializationInfo,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
 )
@@ -326,11 +327,25 @@ class Gates(_Value):
 
 class Canary(_Value):
     """The live stages of a candidate: ``shadow_decisions`` it decides beside the champion first, then
-    ``share`` of units (by a salted hash of the unit id) get it until ``min_units`` of them are mature."""
+    ``share`` of units (by a salted hash of the unit id) get it until at least ``min_units`` of them are
+    mature and as many decisions as an equal candidate needs to be shown non-inferior with ``power`` (at
+    most ``max_units`` units; None: no cap)."""
+
+    _added: ClassVar[dict[str, Any]] = {"power": 0.8, "max_units": 20_000}
 
     shadow_decisions: Annotated[int, Field(ge=0)] = 2_000
     share: Annotated[float, Field(gt=0, lt=1)] = 0.1
     min_units: Annotated[int, Field(ge=1)] = 2_000
+    power: Annotated[float, Field(ge=0.5, lt=1)] = 0.8
+    max_units: Annotated[int, Field(ge=1)] | None = 20_000
+
+    @field_validator("max_units")
+    @classmethod
+    def _cap_above_min(cls, value: int | None, info: ValidationInfo) -> int | None:
+        low = info.data.get("min_units")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"must be at least min_units ({low}) or null, got {value}")
+        return value
     salt: Annotated[str, Field(min_length=4)] | None = None
     srm_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.001
     guardrail_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05

@@ -16,9 +16,11 @@ from drivetrain.adapt import (
     Lineage,
     MemoryRegistry,
     adapt,
+    adjusted_difference,
     always_valid_p,
     canary_check,
     canary_units,
+    planned_decisions,
     promote,
     serve,
 )
@@ -141,3 +143,48 @@ def test_a_rollback_serves_the_previous_artifact_with_its_checksum(tmp_path: Pat
     assert hashlib.sha256((registry.artifact("v1") / "manifest.json").read_bytes()).hexdigest() == before
     with pytest.raises(Exception, match="last-good"):
         rollback(registry, at=t0 + timedelta(hours=3), who="t", why="again")
+
+
+def test_the_adjusted_difference_is_the_interacted_regressions_treatment_coefficient_and_removes_explained_variance() -> None:
+    rng = np.random.default_rng(7)
+    n_c, n_b = 3_000, 27_000
+    x_c, x_b = rng.normal(size=(n_c, 2)), rng.normal(0.1, 1.0, size=(n_b, 2))
+    y_c = 0.2 + x_c @ [3.0, -1.0] + rng.normal(size=n_c)  # candidate: 0.2 better, a different slope in arm b
+    y_b = x_b @ [2.5, -1.0] + rng.normal(size=n_b)
+    diff, se, reduction, (r_c, r_b) = adjusted_difference(y_c, y_b, x_c, x_b)
+    # closed form: OLS of y on [1, arm, x - mean, arm * (x - mean)] over both arms; the arm's coefficient
+    x = np.vstack([x_c, x_b])
+    centred = x - x.mean(axis=0)
+    arm = np.r_[np.ones(n_c), np.zeros(n_b)]
+    design = np.column_stack([np.ones(n_c + n_b), arm, centred, arm[:, None] * centred])
+    coef = np.linalg.lstsq(design, np.r_[y_c, y_b], rcond=None)[0]
+    assert diff == pytest.approx(coef[1], abs=1e-10)
+    assert abs(diff - (0.2 + 0.5 * x.mean(axis=0)[0])) < 4 * se  # the true difference at the pooled mean of the covariates
+    assert r_c == pytest.approx(1.0, abs=0.06) and r_b == pytest.approx(1.0, abs=0.03)  # the noise left: its variance is 1
+    # the plain difference's variance is about 1 + 10 (arm c) and 1 + 7.25 (arm b) per row: the covariates explain the rest
+    expected = 1 - (1 / n_c + 1 / n_b) / (11.0 / n_c + 8.25 / n_b)
+    assert reduction == pytest.approx(expected, abs=0.02)
+    plain, plain_se, none, _ = adjusted_difference(y_c, y_b)
+    assert plain == pytest.approx(y_c.mean() - y_b.mean()) and none == 0.0 and plain_se > 3 * se
+
+
+def test_a_canary_of_the_planned_size_shows_an_equal_candidate_non_inferior_with_the_power_asked_and_a_bad_one_rarely() -> None:
+    """By simulation against the closed-form sizing: at the planned decisions an equal candidate passes with
+    about the power, a candidate worse by exactly the margin with at most alpha / 2."""
+    margin, alpha, power, sd = 0.5, 0.1, 0.8, 3.0
+    planned = planned_decisions(sd**2, sd**2, 4.0, margin=margin, alpha=alpha, power=power)
+    assert planned == int(np.ceil(sd**2 * 1.25 * (1.6448536 + 0.8416212) ** 2 / margin**2))
+    rng = np.random.default_rng(11)
+    z = 1.6448536269514722
+    passed = {0.0: 0, -margin: 0}
+    runs = 2_000
+    for truth in passed:
+        for _ in range(runs):
+            y_c = rng.normal(truth, sd, planned)
+            y_b = rng.normal(0.0, sd, 4 * planned)
+            diff, se, _, _ = adjusted_difference(y_c, y_b)
+            passed[truth] += diff - z * se >= -margin
+    assert abs(passed[0.0] / runs - power) < 0.03, passed  # binomial sd 0.009
+    assert passed[-margin] / runs < alpha / 2 + 0.015, passed
+    with pytest.raises(Exception, match="non_inferiority_margin"):
+        planned_decisions(1.0, 1.0, 1.0, margin=0.0, alpha=alpha, power=power)
