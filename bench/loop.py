@@ -48,14 +48,14 @@ os.environ.setdefault("DRIVETRAIN_PII_KEY", "bench-loop-key-of-the-personal-data
 START_DAY = 9  # the first log's decisions are all mature by then (7-day horizon, 1 day to settle)
 
 
-def bench_spec(daily: int, trees: int, *, window_days: int, exploration: str, pacing: bool) -> Spec:
+def bench_spec(daily: int, trees: int, *, window_days: int, exploration: str, pacing: bool, canary_share: float = 0.1) -> Spec:
     raw = loop_spec().model.model_dump(mode="json")
     raw["experimentation"]["exploration"] = exploration
     raw["adaptation"].update({"min_new_decisions": 5 * daily, "max_staleness": "14d", "window": f"{window_days}d", "evaluation_share": 0.1,
                               "pacing_period": "28d" if pacing else None})
     raw["adaptation"]["gates"].update({"min_decisions": min(5000, 2 * daily), "regression_tolerance": 0.3,
                                        "non_inferiority_margin": 0.5, "latency_samples": 50})
-    raw["adaptation"]["canary"].update({"shadow_decisions": daily // 2, "share": 0.1, "min_units": max(300, daily // 5)})
+    raw["adaptation"]["canary"].update({"shadow_decisions": daily // 2, "share": canary_share, "min_units": max(300, daily // 5)})
     return parse_spec(raw, source=f"bench loop ({daily} users a day, {trees} trees, {exploration} exploration)")
 
 
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--window-days", type=int, default=None, help="the training window (adaptation.window) in days")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"which arms, comma-separated, of {list(ARMS)}")
     parser.add_argument("--no-pacing", action="store_true", help="serve every arm at its plan's price (no spend pacing)")
+    parser.add_argument("--canary-share", type=float, default=0.1, help="adaptation.canary.share: the units a candidate serves in its canary")
     args = parser.parse_args()
     quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": 28}
     full = {"seeds": 3, "users": 10_000, "weeks": 8, "first_users": 20_000, "drift_week": 5, "trees": 100, "window_days": 28}
@@ -148,12 +149,14 @@ def main() -> None:
     drift_day = START_DAY + 7 * (cfg["drift_week"] - 1)
     print(f"loop bench: {cfg['seeds']} seeds, {cfg['users']} users a day for {cfg['weeks']} weeks from a {cfg['first_users']}-user "
           f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model; "
-          f"training window {cfg['window_days']} days; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}", flush=True)
+          f"training window {cfg['window_days']} days; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}; canary on "
+          f"{args.canary_share:.0%} of units", flush=True)
     tables: dict[str, list[pd.DataFrame]] = {label: [] for label in arms}
     for seed in range(cfg["seeds"]):
         for label in arms:
             adaptive, exploration = ARMS[label]
-            spec = bench_spec(cfg["users"], cfg["trees"], window_days=cfg["window_days"], exploration=exploration, pacing=not args.no_pacing)
+            spec = bench_spec(cfg["users"], cfg["trees"], window_days=cfg["window_days"], exploration=exploration, pacing=not args.no_pacing,
+                              canary_share=args.canary_share)
             t0 = time.perf_counter()
             result = run_arm(seed, spec, first_users=cfg["first_users"], daily=cfg["users"], days=days, drift_day=drift_day,
                              adaptive=adaptive, trees=cfg["trees"], truth_sample=min(2000, cfg["users"]))
