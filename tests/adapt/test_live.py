@@ -28,6 +28,7 @@ from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.evaluate import Alert, store_alerts
 from drivetrain.policy import Policy
+from drivetrain.spec import Spec
 from drivetrain.twin import NBOOTwin
 from tests.adapt.harness import gate_spec, named
 
@@ -63,8 +64,8 @@ def test_the_always_valid_p_value_shrinks_with_the_evidence() -> None:
     assert ps[0] > ps[1] > ps[2] and ps[2] < 1e-3
 
 
-def _canary_store(complaints_in_canary: float, canary_share: float) -> tuple[MemoryStore, object]:
-    spec = gate_spec()
+def _canary_store(complaints_in_canary: float, canary_share: float, spec: Spec | None = None) -> tuple[MemoryStore, object]:
+    spec = spec or gate_spec()
     store = MemoryStore(spec)
     twin = NBOOTwin(horizon_days=7, seed=12)
     frame = twin.population(6000)
@@ -188,3 +189,23 @@ def test_a_canary_of_the_planned_size_shows_an_equal_candidate_non_inferior_with
     assert passed[-margin] / runs < alpha / 2 + 0.015, passed
     with pytest.raises(Exception, match="non_inferiority_margin"):
         planned_decisions(1.0, 1.0, 1.0, margin=0.0, alpha=alpha, power=power)
+
+
+def test_the_canary_waits_for_its_planned_decisions_and_is_judged_at_max_units(tiny_policy: Policy) -> None:
+    """The same world in both arms: about 1,200 mature canary decisions, fewer than the test needs to show
+    an equal candidate non-inferior at the margin 0.75 with 80% power, so the canary waits; with
+    ``max_units`` below what it has, it is judged now, on an interval the champion's predictions narrow."""
+    since_days = timedelta(days=30)
+    store, t = _canary_store(0.0, 0.1)
+    assert canary_check(store, t, candidate="cand", champion="champ", since=t - since_days, baseline=tiny_policy) is None
+    capped = gate_spec(canary={"max_units": 1000})
+    store, t = _canary_store(0.0, 0.1, capped)
+    verdict = canary_check(store, t, candidate="cand", champion="champ", since=t - since_days, baseline=tiny_policy)
+    assert verdict is not None, "max_units reached: the canary must be judged"
+    figures = verdict.figures
+    assert figures["canary_units"] >= 1000 and figures["planned_decisions"] > figures["canary_decisions"], figures
+    assert figures["variance_reduction"] > 0.0, figures  # the champion's predictions explain part of each decision's value
+    plain = canary_check(store, t, candidate="cand", champion="champ", since=t - since_days)
+    assert plain is not None and plain.figures["variance_reduction"] == 0.0
+    assert plain.figures["high"] - plain.figures["low"] > figures["high"] - figures["low"]
+    assert verdict.passed or "max_units reached" in verdict.reason, verdict.reason
