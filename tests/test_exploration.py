@@ -85,7 +85,7 @@ def test_logged_propensities_are_the_frequencies_of_the_hash_draws(fitted) -> No
     assert (np.ptp(dist, axis=0) > 0.01).any()  # the rows explore differently (the test is not of one distribution)
     n = 60_000
     for i in range(len(rows)):
-        many = pd.concat([rows.iloc[[i]]] * n, ignore_index=True).assign(unit_id=[f"u{i}-{j}" for j in range(n)])
+        many = rows.iloc[np.repeat(i, n)].reset_index(drop=True).assign(unit_id=[f"u{i}-{j}" for j in range(n)])  # row i, n times
         batch = policy.decide(many, request_ids=[f"q{i}-{j}" for j in range(n)])
         # every logged propensity is the row's probability of the logged action
         np.testing.assert_allclose(batch.propensity, dist[i, batch.action], rtol=1e-12)
