@@ -9,7 +9,8 @@ it. Then every simulated day brings new users, served in process by whatever the
 Three arms are measured in the same run on the same users: the adaptive loop with directed exploration
 (drivetrain.exploration), the adaptive loop with uniform epsilon exploration (both at the spec's rate) and
 the frozen first policy (the same first champion, never retrained). Every arm serves with spend pacing
-(adaptation.pacing_period 28 days) unless --no-pacing. Per week:
+(adaptation.pacing_period 28 days) unless --no-pacing; the adaptive arms guard a cohort value whose guardrail their
+champion breaks (adaptation.guard_on_alert) unless --no-guard. Per week:
 the champion's true share of the budgeted oracle's gain over control (greedy, on the week's users), the
 retrains, promotions and rollbacks (a canary stopped by a guardrail counts as one), the true value per
 user that exploration cost, and the true spend per user against the budget.
@@ -48,11 +49,12 @@ os.environ.setdefault("DRIVETRAIN_PII_KEY", "bench-loop-key-of-the-personal-data
 START_DAY = 9  # the first log's decisions are all mature by then (7-day horizon, 1 day to settle)
 
 
-def bench_spec(daily: int, trees: int, *, window_days: int, exploration: str, pacing: bool, canary_share: float = 0.1) -> Spec:
+def bench_spec(daily: int, trees: int, *, window_days: int, exploration: str, pacing: bool, canary_share: float = 0.1,
+               guard: bool = True) -> Spec:
     raw = loop_spec().model.model_dump(mode="json")
     raw["experimentation"]["exploration"] = exploration
     raw["adaptation"].update({"min_new_decisions": 5 * daily, "max_staleness": "14d", "window": f"{window_days}d", "evaluation_share": 0.1,
-                              "pacing_period": "28d" if pacing else None})
+                              "pacing_period": "28d" if pacing else None, "guard_on_alert": guard})
     raw["adaptation"]["gates"].update({"min_decisions": min(5000, 2 * daily), "regression_tolerance": 0.3,
                                        "non_inferiority_margin": 0.5, "latency_samples": 50})
     raw["adaptation"]["canary"].update({"shadow_decisions": daily // 2, "share": canary_share, "min_units": max(300, daily // 5)})
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--window-days", type=int, default=None, help="the training window (adaptation.window) in days")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"which arms, comma-separated, of {list(ARMS)}")
     parser.add_argument("--no-pacing", action="store_true", help="serve every arm at its plan's price (no spend pacing)")
+    parser.add_argument("--no-guard", action="store_true", help="adaptation.guard_on_alert off: no cohort value is guarded")
     parser.add_argument("--canary-share", type=float, default=0.1, help="adaptation.canary.share: the units a candidate serves in its canary")
     args = parser.parse_args()
     quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": 28}
@@ -150,13 +153,13 @@ def main() -> None:
     print(f"loop bench: {cfg['seeds']} seeds, {cfg['users']} users a day for {cfg['weeks']} weeks from a {cfg['first_users']}-user "
           f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model; "
           f"training window {cfg['window_days']} days; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}; canary on "
-          f"{args.canary_share:.0%} of units", flush=True)
+          f"{args.canary_share:.0%} of units; cohort guards {'off' if args.no_guard else 'on'}", flush=True)
     tables: dict[str, list[pd.DataFrame]] = {label: [] for label in arms}
     for seed in range(cfg["seeds"]):
         for label in arms:
             adaptive, exploration = ARMS[label]
             spec = bench_spec(cfg["users"], cfg["trees"], window_days=cfg["window_days"], exploration=exploration, pacing=not args.no_pacing,
-                              canary_share=args.canary_share)
+                              canary_share=args.canary_share, guard=not args.no_guard)
             t0 = time.perf_counter()
             result = run_arm(seed, spec, first_users=cfg["first_users"], daily=cfg["users"], days=days, drift_day=drift_day,
                              adaptive=adaptive, trees=cfg["trees"], truth_sample=min(2000, cfg["users"]))

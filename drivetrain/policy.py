@@ -218,9 +218,15 @@ class Policy:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     pessimism: float = 0.0
     tie_split: TieSplit | None = None
+    #: Cohort values that get control alone (feature -> values): a guardrail broken there by this policy's
+    #: model is not served while a candidate that respects it is on its way (``adaptation.guard_on_alert``).
+    guards: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_constraint_names(self.spec, self.multipliers, "multipliers")
+        unknown = sorted(set(self.guards) - set(self.spec.features))
+        if unknown:
+            raise UsageError(f"`guards` must name context features of the spec {sorted(self.spec.features)}, got {unknown}")
 
     @classmethod
     def from_model(cls, spec: Spec, model: OutcomeModel, multipliers: Mapping[str, float], *, version: str | None = None,
@@ -291,7 +297,19 @@ class Policy:
             if mu:
                 price = price + mu * mask[None, :]
         eligible = self.spec.eligible_actions({n: np.asarray(contexts[n]) for n in self.spec.features if n in contexts})
+        if self.guards:
+            guarded = self.guarded(contexts)
+            eligible[guarded] = False
+            eligible[guarded, self.spec.control.index] = True
         return Pricing(objective, np.where(eligible, value - price, -np.inf), np.where(eligible, price, 0.0))
+
+    def guarded(self, contexts: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
+        """Whether each context is in a guarded cohort value (it gets control alone); shape (n,) bool."""
+        columns = [np.asarray(contexts[f]).astype(str) for f in self.guards]
+        hit = np.zeros(len(columns[0]) if columns else 0, dtype=bool)
+        for column, values in zip(columns, self.guards.values(), strict=True):
+            hit |= np.isin(column, list(values))
+        return hit
 
     def _choices(self, scores: np.ndarray, price: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
         """(choice at the lower prices, choice at the higher, the lower's share): the argmax twice, share 1,
@@ -450,6 +468,7 @@ class Policy:
             "holdout_share": self.holdout_share,
             "pessimism": self.pessimism,
             "tie_split": None if self.tie_split is None else {"band": self.tie_split.band, "low_share": self.tie_split.low_share},
+            **({"guards": {k: list(v) for k, v in sorted(self.guards.items())}} if self.guards else {}),
         }
         (directory / "policy.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         (directory / "spec.yaml").write_text(yaml.safe_dump(self.spec.model.model_dump(mode="json"), sort_keys=False))
@@ -501,7 +520,8 @@ class Policy:
         model = OutcomeModel.from_files(directory, body, spec)
         return cls(spec, model, {k: float(v) for k, v in body["multipliers"].items()}, str(manifest["policy_version"]),
                    float(body["exploration_rate"]), float(body["holdout_share"]), dict(manifest.get("metadata", {})),
-                   float(body.get("pessimism", 0.0)), _tie_split(body.get("tie_split")))
+                   float(body.get("pessimism", 0.0)), _tie_split(body.get("tie_split")),
+                   {str(k): tuple(str(v) for v in values) for k, values in dict(body.get("guards") or {}).items()})
 
 
 def _tie_split(entry: Any) -> TieSplit | None:

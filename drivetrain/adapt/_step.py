@@ -4,6 +4,9 @@ A step, judged on the store and the registry as of T:
 
 1. the watch: within ``adaptation.watch_window`` of a promotion, a guardrail alert stored since the
    promotion rolls it back to ``last-good``;
+   With ``adaptation.guard_on_alert``, a guardrail the champion's own latest mature decisions break in
+   one cohort value (Holm-adjusted over every slice, as the guardrail alerts are) gives that value
+   control alone: a new version of the champion with the guard becomes the champion (event ``guard``);
 2. a candidate in flight (the ``challenger``) moves on: from shadow to canary when its shadow decisions
    pass, from canary to champion when the canary is non-inferior; a failure rejects it with the reason;
 3. otherwise the triggers are judged; when one fires, a candidate is fitted on the window's mature
@@ -19,9 +22,10 @@ already, rejected or promoted, keeps it).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from importlib import metadata
 from typing import Any
@@ -49,9 +53,10 @@ from drivetrain.assembly import plan_policy, write_policy_baselines
 from drivetrain.clock import as_utc
 from drivetrain.data import Store
 from drivetrain.errors import DrivetrainError, UsageError
+from drivetrain.evaluate import Scope, check_alerts, evaluate
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
-from drivetrain.spec import Spec
+from drivetrain.spec import Spec, parse_spec
 
 __all__ = ["Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "offline_gates", "promote", "recent_population", "rollback"]
 
@@ -201,6 +206,52 @@ def offline_gates(store: Store, candidate: Candidate, champion: Policy | None, f
     return results
 
 
+#: The trigger of a guarded version's lineage: a champion with cohort values guarded, not a fit.
+GUARD = "guard:"
+_COHORT_SUBJECT = re.compile(r"^(?P<name>.+) \[(?P<cohort>[^=\]]+)=(?P<value>[^\]]*)\]$")
+
+
+def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, who: str) -> tuple[str, str] | None:
+    """(the guarded version, why) when the champion's decisions of the latest mature week (``watch_window``
+    of decision days, by this version alone) break a guardrail in a cohort value it does not guard yet;
+    None otherwise. One value is guarded at a time, the one furthest beyond its bound (relative to the
+    bound): a segment's harm raises every cohort value its units belong to (the gold tier holds mobile
+    users too), and the guarded version's own decisions show a week later whether another value still
+    breaks it. The guarded version is the champion's artifact with that value guarded (it gets control
+    alone), registered with the champion as its parent, and made champion in one event."""
+    spec = store.spec
+    since = as_of - spec.horizon - spec.settle - spec.model.adaptation.watch_window
+    try:
+        evaluation = evaluate(store, as_of, scope=Scope(since=since, policy_versions=(champion,)))
+    except DrivetrainError:  # none of the champion's decisions in the window yet
+        return None
+    raw = spec.model.model_dump(mode="json")
+    raw["monitoring"]["alerts"] = [{"name": "guard", "kind": "guardrail", "cohort": "any"}]
+    policy = registry.load(champion)
+    broken = []
+    for alert in check_alerts(parse_spec(raw, source=f"{spec.name} guardrails by cohort"), evaluation=evaluation):
+        match = _COHORT_SUBJECT.match(alert.subject)
+        if (match is None or match["cohort"] not in spec.features or match["value"] in policy.guards.get(match["cohort"], ())
+                or alert.value is None or alert.threshold is None):
+            continue
+        beyond = abs(alert.value - alert.threshold) / max(abs(alert.threshold), 1e-12)
+        broken.append((beyond, match["cohort"], match["value"], alert.message))
+    if not broken:
+        return None
+    _, cohort, value, message = max(broken)
+    guards = {c: tuple(sorted({*policy.guards.get(c, ()), *([value] if c == cohort else [])})) for c in sorted({*policy.guards, cohort})}
+    base = champion.split(".guard")[0]
+    name = f"{base}.guard{sum(r.version.startswith(f'{base}.guard') for r in registry.versions()) + 1}"
+    why = f"guarded {champion} as {name}: control alone for {cohort}={value} until a retrained candidate is promoted ({message})"
+    record = registry.version(champion)
+    if not any(r.version == name for r in registry.versions()):  # a crash after the registration: the version stands
+        registry.register(replace(policy, guards=guards, version=name),
+                          replace(record.lineage, parent=champion, trigger=f"{GUARD} {cohort}={value}"), at=as_of, who=who)
+    registry.record(at=as_of, who=who, why=why, kind="guard", aliases={"champion": name, "last-good": champion},
+                    statuses={name: "champion", champion: "retired"}, details={"version": name, "guards": guards})
+    return name, why
+
+
 def _version_name(spec: Spec, as_of: datetime) -> str:
     return f"{spec.name}-{as_of.strftime('%Y%m%dT%H%M%SZ')}"
 
@@ -269,6 +320,13 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
             actions.append(f"rolled back {champion} to {back}: {why}")
             champion = back
 
+    # 1b. a guardrail the champion breaks in one cohort value: control alone there
+    if settings.guard_on_alert and champion is not None and not actions:
+        guarded = _guard(store, registry, as_of, champion, who=who)
+        if guarded is not None:
+            champion, why = guarded
+            actions.append(why)
+
     # 2. a candidate in flight
     challenger = registry.alias("challenger")
     if challenger is not None and not actions:
@@ -316,7 +374,7 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
     # 3. triggers, retrain, off-line gates
     elif not actions:
         versions = registry.versions()
-        last_fit = max((r.registered_at for r in versions), default=None)
+        last_fit = max((r.registered_at for r in versions if not r.lineage.trigger.startswith(GUARD)), default=None)
         name = _version_name(spec, as_of)
         resumed = any(r.version == name for r in versions)
         if resumed and (decided := registry.status(name)) != "registered":

@@ -360,9 +360,11 @@ class Adaptation(_Value):
     hash) never train and give the frozen evaluation set; ``watch_window`` after a promotion, a guardrail
     alert rolls the promotion back. ``pacing_period`` (None: off) paces the first budget: its shadow price
     is set before each day from observed and predicted spend so that spend over each period tracks the
-    budget (:mod:`drivetrain.pacing`)."""
+    budget (:mod:`drivetrain.pacing`). With ``guard_on_alert``, a guardrail alert in one cohort value (say
+    ``refund_rate [device=mobile]``) while a champion serves gives that value control alone, in a new
+    version of the champion, until a retrained candidate is promoted."""
 
-    _added: ClassVar[dict[str, Any]] = {"pacing_period": None}
+    _added: ClassVar[dict[str, Any]] = {"pacing_period": None, "guard_on_alert": False}
 
     min_new_decisions: Annotated[int, Field(ge=0)] = 10_000
     min_lift: float = 0.0
@@ -375,6 +377,7 @@ class Adaptation(_Value):
     gates: Gates = Gates()
     canary: Canary = Canary()
     pacing_period: PositiveDuration | None = None
+    guard_on_alert: bool = False
 
 
 class SpecModel(_Value):

@@ -209,3 +209,52 @@ def test_the_canary_waits_for_its_planned_decisions_and_is_judged_at_max_units(t
     assert plain is not None and plain.figures["variance_reduction"] == 0.0
     assert plain.figures["high"] - plain.figures["low"] > figures["high"] - figures["low"]
     assert verdict.passed or "max_units reached" in verdict.reason, verdict.reason
+
+
+def test_a_guardrail_the_champion_breaks_in_one_cohort_value_gives_that_value_control_alone(tiny_policy: Policy) -> None:
+    """Complaints raised for mobile users only: the mobile rate breaks the bound, and so may every cohort
+    value mobile users belong to; the value furthest beyond the bound (device=mobile) is guarded, in a new
+    version that gives it control alone with propensity 1, serves every other unit as before, is the
+    champion after one event, survives its artifact's round trip, and is not guarded twice."""
+    spec = gate_spec(guard_on_alert=True)
+    store = MemoryStore(spec)
+    twin = NBOOTwin(horizon_days=7, seed=14)
+    frame = twin.population(6000)
+    decisions, outcomes = twin.log(frame, policy_version="v1")
+    mobile = decisions[decisions["device"] == "mobile"].sample(frac=0.3, random_state=1)
+    extra = pd.DataFrame({"event_id": mobile["request_id"] + ":extra-complaint", "request_id": mobile["request_id"],
+                          "unit_id": mobile["unit_id"], "occurred_at": mobile["decided_at"] + pd.Timedelta(hours=1),
+                          "received_at": mobile["decided_at"] + pd.Timedelta(hours=2), "component": "complaint", "value": 1.0})
+    clock = SimulatedClock(twin.start + timedelta(days=9))
+    ingest_decisions(store, RawRows(decisions, (), "v1 log"), clock=clock)
+    ingest_outcomes(store, RawRows(pd.concat([outcomes, extra], ignore_index=True), (), "v1 log"), clock=clock)
+    registry = MemoryRegistry()
+    registry.register(named(tiny_policy, "v1"), LINEAGE, at=twin.start, who="t")
+    promote(registry, "v1", at=twin.start, who="t", why="first")
+    t = clock.now()
+
+    step = adapt(store, registry, t)
+    assert step.actions[0].startswith("guarded v1 as v1.guard1: control alone for device=mobile"), step.actions
+    assert registry.alias("champion") == "v1.guard1" and registry.alias("last-good") == "v1"
+    assert registry.history()[-2].kind == "guard" and registry.version("v1.guard1").lineage.parent == "v1"
+    guarded = registry.load("v1.guard1")
+    assert dict(guarded.guards) == {"device": ("mobile",)}
+    contexts = twin.population(400, offset=9_000_000)
+    is_mobile = (contexts["device"] == "mobile").to_numpy()
+    batch = guarded.decide(contexts)
+    assert np.all(batch.action[is_mobile] == spec.control.index) and np.all(batch.propensity[is_mobile] == 1.0)
+    before = named(tiny_policy, "v1").decide(contexts)
+    np.testing.assert_array_equal(batch.action[~is_mobile], before.action[~is_mobile])
+    np.testing.assert_array_equal(batch.propensity[~is_mobile], before.propensity[~is_mobile])
+    assert adapt(store, registry, t).replayed and registry.alias("champion") == "v1.guard1"
+    later = adapt(store, registry, t + timedelta(days=1))  # the guarded version has no decisions of its own yet
+    assert not any(a.startswith("guarded") for a in later.actions) and registry.alias("champion") == "v1.guard1"
+
+
+def test_a_guarded_policy_keeps_its_guards_through_save_and_load(tmp_path: Path, tiny_policy: Policy) -> None:
+    guarded = replace(tiny_policy, guards={"device": ("mobile",)})
+    loaded = Policy.load(guarded.save(tmp_path / "p"))
+    assert dict(loaded.guards) == {"device": ("mobile",)}
+    assert Policy.load(tiny_policy.save(tmp_path / "q")).guards == {}
+    with pytest.raises(Exception, match="`guards` must name context features"):
+        replace(tiny_policy, guards={"no_such_feature": ("x",)})
