@@ -234,3 +234,24 @@ def test_context_keys_the_contract_does_not_name_are_said_in_the_answer(policy: 
     assert answer["ignored_context_keys"] == ["campaign", "tenure_dayz"]
     assert answer["assignment"] != "fallback"  # the contract's own keys are all there: the decision stands
     assert "ignored_context_keys" not in _patient(policy).decide(unit, row, request_id="r-plain", now=NOW).response
+
+
+def test_a_guarded_cohort_value_gets_control_alone_from_the_service_as_from_the_batch_path(policy: Policy) -> None:
+    guarded = dataclasses.replace(policy, guards={"device": ("mobile",)})
+    decider = _patient(guarded)
+    rows = _rows(300)
+    frame = pd.DataFrame(rows)
+    batch = guarded.decide(frame, request_ids=[f"g{i}" for i in range(len(rows))])
+    mobile = 0
+    for i, row in enumerate(rows):
+        unit = row.pop("unit_id")
+        out = decider.decide(unit, row, request_id=f"g{i}", now=NOW)
+        assert out.response["action_id"] == policy.spec.action_space.ids[batch.action[i]], i
+        assert out.response["propensity"] == pytest.approx(batch.propensity[i], rel=1e-12), i
+        if row["device"] == "mobile":
+            mobile += 1
+            assert out.response["action_id"] == policy.spec.control.id and out.response["propensity"] == 1.0, (i, out.response)
+    assert mobile > 50
+    # without the guard some mobile units get an offer: the guard is what gave them control
+    free = policy.decide(frame, request_ids=[f"g{i}" for i in range(len(rows))])
+    assert (free.action[(frame["device"] == "mobile").to_numpy()] != policy.spec.control.index).any()
