@@ -9,8 +9,8 @@ it. Then every simulated day brings new users, served in process by whatever the
 Three arms are measured in the same run on the same users: the adaptive loop with directed exploration
 (drivetrain.exploration), the adaptive loop with uniform epsilon exploration (both at the spec's rate) and
 the frozen first policy (the same first champion, never retrained). Every arm serves with spend pacing
-(adaptation.pacing_period 28 days) unless --no-pacing; the adaptive arms guard a cohort value whose guardrail their
-champion breaks (adaptation.guard_on_alert) unless --no-guard. Per week:
+(adaptation.pacing_period 28 days) unless --no-pacing; the adaptive arms give control alone to a cohort value their
+champion harms (adaptation.guard_on_alert) unless --no-guard. Per week:
 the champion's true share of the budgeted oracle's gain over control (greedy, on the week's users), the
 retrains, promotions and rollbacks (a canary stopped by a guardrail counts as one), the true value per
 user that exploration cost, and the true spend per user against the budget.
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--window-days", type=int, default=None, help="the training window (adaptation.window) in days")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"which arms, comma-separated, of {list(ARMS)}")
     parser.add_argument("--no-pacing", action="store_true", help="serve every arm at its plan's price (no spend pacing)")
-    parser.add_argument("--no-guard", action="store_true", help="adaptation.guard_on_alert off: no cohort value is guarded")
+    parser.add_argument("--no-guard", action="store_true", help="adaptation.guard_on_alert off: no harmed cohort value is guarded")
     parser.add_argument("--canary-share", type=float, default=0.1, help="adaptation.canary.share: the units a candidate serves in its canary")
     args = parser.parse_args()
     quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": 28}

@@ -31,6 +31,7 @@ from importlib import metadata
 from typing import Any
 
 import pandas as pd
+from scipy import special
 
 from drivetrain.adapt._gates import (
     GateResult,
@@ -57,6 +58,7 @@ from drivetrain.evaluate import Scope, check_alerts, evaluate
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec, parse_spec
+from drivetrain.stats import holm_adjusted
 
 __all__ = ["Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "offline_gates", "promote", "recent_population", "rollback"]
 
@@ -208,37 +210,59 @@ def offline_gates(store: Store, candidate: Candidate, champion: Policy | None, f
 
 #: The trigger of a guarded version's lineage: a champion with cohort values guarded, not a fit.
 GUARD = "guard:"
+#: The one-sided level of a guard's tests (the monitoring's: the guardrail alerts' default 99% two-sided).
+GUARD_ALPHA = 0.005
 _COHORT_SUBJECT = re.compile(r"^(?P<name>.+) \[(?P<cohort>[^=\]]+)=(?P<value>[^\]]*)\]$")
 
 
 def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, who: str) -> tuple[str, str] | None:
     """(the guarded version, why) when the champion's decisions of the latest mature week (``watch_window``
-    of decision days, by this version alone) break a guardrail in a cohort value it does not guard yet;
-    None otherwise. One value is guarded at a time, the one furthest beyond its bound (relative to the
-    bound): a segment's harm raises every cohort value its units belong to (the gold tier holds mobile
-    users too), and the guarded version's own decisions show a week later whether another value still
-    breaks it. The guarded version is the champion's artifact with that value guarded (it gets control
-    alone), registered with the champion as its parent, and made champion in one event."""
+    of decision days, by this version alone) show it harming a cohort value it does not guard yet; None
+    otherwise. Harm is a north star below the holdout's (control does better there) or a guardrail beyond
+    its bound, each family tested one-sided at the monitoring level (0.005) and Holm-adjusted over every
+    cohort value; a north-star harm is guarded first, the strongest one.
+
+    One value is guarded at a time: a segment's harm shows in every cohort value its units belong to (the
+    gold tier holds mobile users too), and the guarded version's own decisions show a week later whether
+    another value is still harmed. The guarded version is the champion's artifact with that value guarded
+    (it gets control alone), registered with the champion as its parent, and made champion in one event."""
     spec = store.spec
     since = as_of - spec.horizon - spec.settle - spec.model.adaptation.watch_window
     try:
         evaluation = evaluate(store, as_of, scope=Scope(since=since, policy_versions=(champion,)))
     except DrivetrainError:  # none of the champion's decisions in the window yet
         return None
-    raw = spec.model.model_dump(mode="json")
-    raw["monitoring"]["alerts"] = [{"name": "guard", "kind": "guardrail", "cohort": "any"}]
     policy = registry.load(champion)
-    broken = []
-    for alert in check_alerts(parse_spec(raw, source=f"{spec.name} guardrails by cohort"), evaluation=evaluation):
-        match = _COHORT_SUBJECT.match(alert.subject)
-        if (match is None or match["cohort"] not in spec.features or match["value"] in policy.guards.get(match["cohort"], ())
-                or alert.value is None or alert.threshold is None):
-            continue
-        beyond = abs(alert.value - alert.threshold) / max(abs(alert.threshold), 1e-12)
-        broken.append((beyond, match["cohort"], match["value"], alert.message))
-    if not broken:
+    new = [(c, s) for c in evaluation.cohorts if c in spec.features for s in evaluation.by_cohort(c)
+           if str(s.value) not in policy.guards.get(c, ())]
+    sign = 1.0 if spec.model.objective.direction == "maximize" else -1.0
+    harm = [(float(special.ndtr(sign * s.north_star.difference / s.north_star.se)), c, s) for c, s in new
+            if s.north_star.difference is not None and s.north_star.se]
+    found: tuple[str, str, str] | None = None
+    if harm:
+        adjusted = holm_adjusted([h[0] for h in harm])
+        p, cohort, worst = min(((float(a), c, s) for a, (_, c, s) in zip(adjusted, harm, strict=True)), key=lambda t: t[0])
+        if p < GUARD_ALPHA:
+            ns = worst.north_star
+            found = (cohort, str(worst.value), f"north star in {cohort}={worst.value}: {ns.difference:+.4g} per unit against the "
+                     f"holdout (interval {ns.low:.4g} to {ns.high:.4g}), p = {p:.2g} adjusted over {len(harm)} cohort values")
+    if found is None:
+        raw = spec.model.model_dump(mode="json")
+        raw["monitoring"]["alerts"] = [{"name": "guard", "kind": "guardrail", "cohort": "any"}]
+        broken = []
+        for alert in check_alerts(parse_spec(raw, source=f"{spec.name} guardrails by cohort"), evaluation=evaluation):
+            match = _COHORT_SUBJECT.match(alert.subject)
+            if (match is None or match["cohort"] not in spec.features or match["value"] in policy.guards.get(match["cohort"], ())
+                    or alert.value is None or alert.threshold is None):
+                continue
+            broken.append((abs(alert.value - alert.threshold) / max(abs(alert.threshold), 1e-12), match["cohort"], match["value"],
+                           alert.message))
+        if broken:
+            _, cohort, value, message = max(broken)
+            found = (cohort, value, message)
+    if found is None:
         return None
-    _, cohort, value, message = max(broken)
+    cohort, value, message = found
     guards = {c: tuple(sorted({*policy.guards.get(c, ()), *([value] if c == cohort else [])})) for c in sorted({*policy.guards, cohort})}
     base = champion.split(".guard")[0]
     name = f"{base}.guard{sum(r.version.startswith(f'{base}.guard') for r in registry.versions()) + 1}"

@@ -360,9 +360,9 @@ class Adaptation(_Value):
     hash) never train and give the frozen evaluation set; ``watch_window`` after a promotion, a guardrail
     alert rolls the promotion back. ``pacing_period`` (None: off) paces the first budget: its shadow price
     is set before each day from observed and predicted spend so that spend over each period tracks the
-    budget (:mod:`drivetrain.pacing`). With ``guard_on_alert``, a guardrail alert in one cohort value (say
-    ``refund_rate [device=mobile]``) while a champion serves gives that value control alone, in a new
-    version of the champion, until a retrained candidate is promoted."""
+    budget (:mod:`drivetrain.pacing`). With ``guard_on_alert``, a cohort value the champion's own decisions
+    harm (its north star below the holdout's, or a guardrail beyond its bound) gets control alone, in a
+    new version of the champion, until a retrained candidate is promoted."""
 
     _added: ClassVar[dict[str, Any]] = {"pacing_period": None, "guard_on_alert": False}
 

@@ -258,3 +258,29 @@ def test_a_guarded_policy_keeps_its_guards_through_save_and_load(tmp_path: Path,
     assert Policy.load(tiny_policy.save(tmp_path / "q")).guards == {}
     with pytest.raises(Exception, match="`guards` must name context features"):
         replace(tiny_policy, guards={"no_such_feature": ("x",)})
+
+
+@pytest.mark.parametrize("harmed", [True, False])
+def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_there(tiny_policy: Policy, harmed: bool) -> None:
+    """The twin with every offer far worse for mobile users (a logit drop of 3): the champion's randomized
+    offers do worse than the holdout's control for mobile users, and that value is guarded, by the north
+    star. The same world without the drift (the negative control): nothing is guarded."""
+    from drivetrain.twin import Scenario
+
+    scenario = Scenario(effect_segment=("device", "mobile"), effect_delta=-3.0, effect_day=0) if harmed else Scenario()
+    store = MemoryStore(gate_spec(guard_on_alert=True))
+    twin = NBOOTwin(horizon_days=7, seed=15, scenario=scenario)
+    decisions, outcomes = twin.log(twin.population(8000), policy_version="v1")
+    clock = SimulatedClock(twin.start + timedelta(days=9))
+    ingest_decisions(store, RawRows(decisions, (), "v1 log"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "v1 log"), clock=clock)
+    registry = MemoryRegistry()
+    registry.register(named(tiny_policy, "v1"), LINEAGE, at=twin.start, who="t")
+    promote(registry, "v1", at=twin.start, who="t", why="first")
+    step = adapt(store, registry, clock.now())
+    guarded = [a for a in step.actions if a.startswith("guarded")]
+    if harmed:
+        assert guarded and "control alone for device=mobile" in guarded[0] and "north star in device=mobile" in guarded[0], step.actions
+        assert dict(registry.load(registry.alias("champion") or "").guards) == {"device": ("mobile",)}
+    else:
+        assert not guarded and registry.alias("champion") == "v1", step.actions
