@@ -31,6 +31,7 @@ from importlib import metadata
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from scipy import special
 
 from drivetrain.adapt._gates import (
@@ -268,12 +269,28 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     name = f"{base}.guard{sum(r.version.startswith(f'{base}.guard') for r in registry.versions()) + 1}"
     why = f"guarded {champion} as {name}: control alone for {cohort}={value} until a retrained candidate is promoted ({message})"
     record = registry.version(champion)
+    _copy_baselines(store, champion, name, at=as_of)
     if not any(r.version == name for r in registry.versions()):  # a crash after the registration: the version stands
         registry.register(replace(policy, guards=guards, version=name),
                           replace(record.lineage, parent=champion, trigger=f"{GUARD} {cohort}={value}"), at=as_of, who=who)
     registry.record(at=as_of, who=who, why=why, kind="guard", aliases={"champion": name, "last-good": champion},
                     statuses={name: "champion", champion: "retired"}, details={"version": name, "guards": guards})
     return name, why
+
+
+def _copy_baselines(store: Store, parent: str, version: str, *, at: datetime) -> None:
+    """The parent's fit-time baselines, keyed by ``version`` as of ``at`` (a guarded version has the same
+    model and population; monitoring compares each version with its own), unless ``version`` has some."""
+    if store.arrow(f"SELECT COUNT(*) AS n FROM baselines WHERE policy_version = '{version}'").column("n")[0].as_py():
+        return
+    rows = store.arrow(f"SELECT * FROM baselines WHERE policy_version = '{parent}'")
+    if rows.num_rows == 0:
+        return
+    for column, values in (("policy_version", pa.array([version] * rows.num_rows, pa.string())),
+                           ("created_at", pa.array([at] * rows.num_rows, rows.schema.field("created_at").type))):
+        rows = rows.set_column(rows.schema.get_field_index(column), column, values)
+    with store.writing():
+        store.append("baselines", rows)
 
 
 def _version_name(spec: Spec, as_of: datetime) -> str:

@@ -25,8 +25,8 @@ from drivetrain.adapt import (
     serve,
 )
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
-from drivetrain.evaluate import Alert, store_alerts
+from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes, write_baselines
+from drivetrain.evaluate import Alert, measure_drift, store_alerts
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec
 from drivetrain.twin import NBOOTwin
@@ -277,10 +277,15 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
     registry = MemoryRegistry()
     registry.register(named(tiny_policy, "v1"), LINEAGE, at=twin.start, who="t")
     promote(registry, "v1", at=twin.start, who="t", why="first")
+    reference = twin.population(2000, offset=5_000_000)
+    write_baselines(store, {"dwell_time_s": ("feature", reference["dwell_time_s"].to_numpy())}, version="v1", created_at=twin.start)
     step = adapt(store, registry, clock.now())
     guarded = [a for a in step.actions if a.startswith("guarded")]
     if harmed:
         assert guarded and "control alone for device=mobile" in guarded[0] and "north star in device=mobile" in guarded[0], step.actions
         assert dict(registry.load(registry.alias("champion") or "").guards) == {"device": ("mobile",)}
+        # monitoring compares the guarded version with its parent's baselines
+        drift = measure_drift(store, "v1.guard1", start=twin.start, end=clock.now(), cohorts=[])
+        assert drift.row("dwell_time_s")["n_reference"] == 2000
     else:
         assert not guarded and registry.alias("champion") == "v1", step.actions
