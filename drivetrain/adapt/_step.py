@@ -266,7 +266,10 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     cohort, value, message = found
     guards = {c: tuple(sorted({*policy.guards.get(c, ()), *([value] if c == cohort else [])})) for c in sorted({*policy.guards, cohort})}
     base = champion.split(".guard")[0]
-    name = f"{base}.guard{sum(r.version.startswith(f'{base}.guard') for r in registry.versions()) + 1}"
+    # numbered by the guard events (not the versions): a rerun after a crash between the registration and the
+    # event finds the same name registered and records the event
+    done = sum(e.kind == "guard" and str(e.details.get("version", "")).startswith(f"{base}.guard") for e in registry.history())
+    name = f"{base}.guard{done + 1}"
     why = f"guarded {champion} as {name}: control alone for {cohort}={value} until a retrained candidate is promoted ({message})"
     record = registry.version(champion)
     _copy_baselines(store, champion, name, at=as_of)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -261,10 +262,12 @@ def test_a_guarded_policy_keeps_its_guards_through_save_and_load(tmp_path: Path,
 
 
 @pytest.mark.parametrize("harmed", [True, False])
-def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_there(tiny_policy: Policy, harmed: bool) -> None:
+def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_there(
+        tiny_policy: Policy, harmed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The twin with every offer far worse for mobile users (a logit drop of 3): the champion's randomized
     offers do worse than the holdout's control for mobile users, and that value is guarded, by the north
-    star. The same world without the drift (the negative control): nothing is guarded."""
+    star; a crash between the guarded version's registration and its event is resumed by the next run.
+    The same world without the drift (the negative control): nothing is guarded."""
     from drivetrain.twin import Scenario
 
     scenario = Scenario(effect_segment=("device", "mobile"), effect_delta=-3.0, effect_day=0) if harmed else Scenario()
@@ -279,6 +282,19 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
     promote(registry, "v1", at=twin.start, who="t", why="first")
     reference = twin.population(2000, offset=5_000_000)
     write_baselines(store, {"dwell_time_s": ("feature", reference["dwell_time_s"].to_numpy())}, version="v1", created_at=twin.start)
+    if harmed:  # the first run dies after registering the guarded version, before its event
+        record = registry.record
+
+        def crash(**event: Any) -> None:
+            if event["kind"] == "guard":
+                raise KeyboardInterrupt("killed")
+            record(**event)
+
+        monkeypatch.setattr(registry, "record", crash)
+        with pytest.raises(KeyboardInterrupt):
+            adapt(store, registry, clock.now())
+        monkeypatch.undo()
+        assert registry.alias("champion") == "v1" and registry.status("v1.guard1") == "registered"
     step = adapt(store, registry, clock.now())
     guarded = [a for a in step.actions if a.startswith("guarded")]
     if harmed:
@@ -287,5 +303,8 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
         # monitoring compares the guarded version with its parent's baselines
         drift = measure_drift(store, "v1.guard1", start=twin.start, end=clock.now(), cohorts=[])
         assert drift.row("dwell_time_s")["n_reference"] == 2000
+        assert [r.version for r in registry.versions()] == ["v1", "v1.guard1"] and registry.alias("champion") == "v1.guard1"
+        assert len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1.guard1'")) == \
+            len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1'"))
     else:
         assert not guarded and registry.alias("champion") == "v1", step.actions
