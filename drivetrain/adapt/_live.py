@@ -19,6 +19,7 @@ champion's predictions for each context as covariates), and the canary is sized 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -110,12 +111,13 @@ def always_valid_p(difference: float, variance: float, tau2: float) -> float:
     return float(min(1.0, math.exp(-log_ratio)))
 
 
-def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str, since: datetime,
+def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str | Sequence[str], since: datetime,
                  baseline: Policy | None = None) -> GateResult | None:
     """Judge the canary on the mature decisions made since ``since``: a failure (sample ratio, a guardrail
     the canary breaks, a north star worse than the margin), a pass (non-inferior with the planned
-    decisions), or None (wait). ``baseline`` is the champion's policy: its predictions for each context
-    adjust the north star's difference (None: the plain difference of means).
+    decisions), or None (wait). ``champion`` is the version, or every version, that served as champion
+    since ``since`` (a guard replaces the champion mid-canary); ``baseline`` is the champion's policy: its
+    predictions for each context adjust the north star's difference (None: the plain difference of means).
 
     The north star waits for ``canary.min_units`` mature canary units, then for the decisions that
     :func:`planned_decisions` asks of the observed variances (at most ``canary.max_units`` units), and is
@@ -127,7 +129,7 @@ def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str
     table = training_table(store, as_of)[0].to_pandas()
     table = table[(pd.to_datetime(table["decided_at"], utc=True) >= pd.Timestamp(since)) & (table["assignment"] != "holdout")]
     arm_c = table["policy_version"] == candidate
-    arm_b = table["policy_version"] == champion
+    arm_b = table["policy_version"].isin([champion] if isinstance(champion, str) else list(champion))
     c, b = table[arm_c], table[arm_b]
     units_c, units_b = c["unit_id"].nunique(), b["unit_id"].nunique()
     figures: dict[str, Any] = {"canary_units": units_c, "champion_units": units_b}

@@ -396,8 +396,9 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
             since = datetime.fromisoformat(started.details["canary_since"]) if started and "canary_since" in started.details else as_of
             if champion is None:
                 raise UsageError("a canary needs a champion to compare with; promote one first")
-            verdict: GateResult | None = canary_check(store, as_of, candidate=challenger, champion=champion, since=since,
-                                                      baseline=registry.load(champion))
+            served = {registry.live_at(since), *(e.aliases["champion"] for e in registry.history() if e.at > since and e.aliases.get("champion"))}
+            verdict: GateResult | None = canary_check(store, as_of, candidate=challenger, champion=sorted(v for v in served if v),
+                                                      since=since, baseline=registry.load(champion))
             if verdict is None:
                 actions.append(f"{challenger} in canary since {since.isoformat()}: waiting for mature canary units")  # or for the planned decisions
             else:

@@ -308,3 +308,23 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
             len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1'"))
     else:
         assert not guarded and registry.alias("champion") == "v1", step.actions
+
+
+def test_a_canary_compares_with_every_version_that_served_as_champion_since_it_began(tiny_policy: Policy) -> None:
+    """A guard replaces the champion mid-canary: the champion arm is the decisions of both versions, not of
+    the new one alone (which has none mature yet and would read as a sample ratio mismatch)."""
+    store, t = _canary_store(0.0, 0.1)
+    registry = MemoryRegistry()
+    start = t - timedelta(days=9)
+    for v in ("champ", "cand", "champ.guard1"):
+        registry.register(named(tiny_policy, v), LINEAGE, at=start, who="t")
+    promote(registry, "champ", at=start, who="t", why="first")
+    registry.record(at=start, who="t", why="shadow passed", kind="gate", aliases={"challenger": "cand"}, statuses={"cand": "canary"},
+                    details={"version": "cand", "canary_since": start.isoformat()})
+    registry.record(at=t - timedelta(hours=1), who="t", why="guard", kind="guard", aliases={"champion": "champ.guard1", "last-good": "champ"},
+                    statuses={"champ.guard1": "champion", "champ": "retired"}, details={"version": "champ.guard1"})
+    alone = canary_check(store, t, candidate="cand", champion="champ.guard1", since=start)
+    assert alone is not None and "sample ratio mismatch" in alone.reason  # what counting the new version alone would say
+    step = adapt(store, registry, t)
+    assert not any("sample ratio" in a for a in step.actions), step.actions
+    assert registry.alias("challenger") == "cand" and registry.status("cand") == "canary", step.actions
