@@ -226,7 +226,8 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     One value is guarded at a time: a segment's harm shows in every cohort value its units belong to (the
     gold tier holds mobile users too), and the guarded version's own decisions show a week later whether
     another value is still harmed. The guarded version is the champion's artifact with that value guarded
-    (it gets control alone), registered with the champion as its parent, and made champion in one event."""
+    (it gets control alone), registered with the champion as its parent, and made champion in one event,
+    which also stops a candidate in flight (its shadow and canary compared it with the unguarded one)."""
     spec = store.spec
     since = as_of - spec.horizon - spec.settle - spec.model.adaptation.watch_window
     try:
@@ -276,8 +277,15 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     if not any(r.version == name for r in registry.versions()):  # a crash after the registration: the version stands
         registry.register(replace(policy, guards=guards, version=name),
                           replace(record.lineage, parent=champion, trigger=f"{GUARD} {cohort}={value}"), at=as_of, who=who)
-    registry.record(at=as_of, who=who, why=why, kind="guard", aliases={"champion": name, "last-good": champion},
-                    statuses={name: "champion", champion: "retired"}, details={"version": name, "guards": guards})
+    # a candidate in flight was judged against the champion it replaces: its shadow and canary no longer say
+    # anything about the guarded one, so it stops (the triggers fit the next one)
+    challenger = registry.alias("challenger")
+    if challenger is not None:
+        why += f"; {challenger} stopped: its shadow and canary were against the unguarded champion"
+    registry.record(at=as_of, who=who, why=why, kind="guard",
+                    aliases={"champion": name, "last-good": champion, **({"challenger": None} if challenger else {})},
+                    statuses={name: "champion", champion: "retired", **({challenger: "rejected"} if challenger else {})},
+                    details={"version": name, "guards": guards})
     return name, why
 
 

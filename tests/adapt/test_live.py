@@ -282,7 +282,10 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
     promote(registry, "v1", at=twin.start, who="t", why="first")
     reference = twin.population(2000, offset=5_000_000)
     write_baselines(store, {"dwell_time_s": ("feature", reference["dwell_time_s"].to_numpy())}, version="v1", created_at=twin.start)
-    if harmed:  # the first run dies after registering the guarded version, before its event
+    if harmed:  # a candidate in canary; the first run dies after registering the guarded version, before its event
+        registry.register(named(tiny_policy, "cand"), LINEAGE, at=twin.start, who="t")
+        registry.record(at=twin.start, who="t", why="shadow passed", kind="gate", aliases={"challenger": "cand"},
+                        statuses={"cand": "canary"}, details={"version": "cand", "canary_since": twin.start.isoformat()})
         record = registry.record
 
         def crash(**event: Any) -> None:
@@ -303,7 +306,9 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
         # monitoring compares the guarded version with its parent's baselines
         drift = measure_drift(store, "v1.guard1", start=twin.start, end=clock.now(), cohorts=[])
         assert drift.row("dwell_time_s")["n_reference"] == 2000
-        assert [r.version for r in registry.versions()] == ["v1", "v1.guard1"] and registry.alias("champion") == "v1.guard1"
+        assert sorted(r.version for r in registry.versions()) == ["cand", "v1", "v1.guard1"] and registry.alias("champion") == "v1.guard1"
+        # the candidate in canary was compared with the unguarded champion: it stops with the guard, in the same event
+        assert registry.alias("challenger") is None and registry.status("cand") == "rejected" and "cand stopped" in guarded[0]
         assert len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1.guard1'")) == \
             len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1'"))
     else:
