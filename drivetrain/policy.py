@@ -218,8 +218,8 @@ class Policy:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     pessimism: float = 0.0
     tie_split: TieSplit | None = None
-    #: Cohort values that get control alone (feature -> values): a guardrail broken there by this policy's
-    #: model is not served while a candidate that respects it is on its way (``adaptation.guard_on_alert``).
+    #: Cohort values that get control alone (feature -> values): where this policy's model did harm (a north
+    #: star below control's, or a guardrail broken), until a retrained candidate replaces it (``adaptation.guard_on_alert``).
     guards: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

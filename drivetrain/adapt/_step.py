@@ -4,9 +4,9 @@ A step, judged on the store and the registry as of T:
 
 1. the watch: within ``adaptation.watch_window`` of a promotion, a guardrail alert stored since the
    promotion rolls it back to ``last-good``;
-   With ``adaptation.guard_on_alert``, a guardrail the champion's own latest mature decisions break in
-   one cohort value (Holm-adjusted over every slice, as the guardrail alerts are) gives that value
-   control alone: a new version of the champion with the guard becomes the champion (event ``guard``);
+   With ``adaptation.guard_on_alert``, a cohort value the champion's own latest mature decisions harm (a
+   north star below the holdout's, or a guardrail beyond its bound; Holm-adjusted over the cohort values)
+   gets control alone: a new version of the champion with the guard becomes the champion (event ``guard``);
 2. a candidate in flight (the ``challenger``) moves on: from shadow to canary when its shadow decisions
    pass, from canary to champion when the canary is non-inferior; a failure rejects it with the reason;
 3. otherwise the triggers are judged; when one fires, a candidate is fitted on the window's mature
@@ -372,7 +372,7 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
             actions.append(f"rolled back {champion} to {back}: {why}")
             champion = back
 
-    # 1b. a guardrail the champion breaks in one cohort value: control alone there
+    # 1b. a cohort value the champion harms: control alone there
     if settings.guard_on_alert and champion is not None and not actions:
         guarded = _guard(store, registry, as_of, champion, who=who)
         if guarded is not None:
@@ -408,7 +408,7 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
             verdict: GateResult | None = canary_check(store, as_of, candidate=challenger, champion=sorted(v for v in served if v),
                                                       since=since, baseline=registry.load(champion))
             if verdict is None:
-                actions.append(f"{challenger} in canary since {since.isoformat()}: waiting for mature canary units")  # or for the planned decisions
+                actions.append(f"{challenger} in canary since {since.isoformat()}: waiting for mature canary units and its planned decisions")
             else:
                 gates.append(verdict)
                 if verdict.passed:
