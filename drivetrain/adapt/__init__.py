@@ -51,6 +51,7 @@ from drivetrain.adapt._step import (
     StepResult,
     Trainer,
     adapt,
+    change_point,
     default_trainer,
     fit_candidate,
     frozen_set,
@@ -58,6 +59,7 @@ from drivetrain.adapt._step import (
     promote,
     recent_population,
     rollback,
+    training_since,
 )
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "always_valid_p",
     "canary_check",
     "canary_units",
+    "change_point",
     "constraints_gate",
     "data_gate",
     "default_trainer",
@@ -99,5 +102,6 @@ __all__ = [
     "serve",
     "serving_gate",
     "shadow_check",
+    "training_since",
     "training_window",
 ]

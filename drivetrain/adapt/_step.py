@@ -61,7 +61,8 @@ from drivetrain.policy import Policy
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.stats import holm_adjusted
 
-__all__ = ["Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "offline_gates", "promote", "recent_population", "rollback"]
+__all__ = ["Candidate", "StepResult", "adapt", "change_point", "default_trainer", "fit_candidate", "frozen_set", "offline_gates", "promote",
+           "recent_population", "rollback", "training_since"]
 
 #: Fits an outcome model on a training table: (table, spec) -> fitted model.
 Trainer = Callable[[pd.DataFrame, Spec], OutcomeModel]
@@ -117,14 +118,44 @@ def recent_population(store: Store, as_of: datetime, *, days: int = 7, size: int
     return frame
 
 
-def frozen_set(store: Store, registry: Registry) -> pd.DataFrame:
+def change_point(registry: Registry) -> datetime | None:
+    """When the world the logs describe last changed: the first decision day of the week whose decisions
+    showed the latest guard's harm (``harm_since`` of the last ``guard`` event); None before any guard.
+    The decisions before it answer for effects that no longer hold, so candidates learn, and the frozen set
+    judges them, from it on (``training_since``)."""
+    for event in reversed(registry.history()):
+        if event.kind == "guard" and event.details.get("harm_since"):
+            return datetime.fromisoformat(event.details["harm_since"])
+    return None
+
+
+def training_since(spec: Spec, registry: Registry, as_of: datetime) -> datetime | None:
+    """The start of a candidate's training window as of ``as_of``: the spec's ``adaptation.window`` before
+    it, or the last change point when that is later (None: the whole log)."""
+    span = spec.model.adaptation.window
+    start = as_of - span if span is not None else None
+    change = change_point(registry)
+    if change is not None and change <= as_of and (start is None or change > start):
+        return change
+    return start
+
+
+def frozen_set(store: Store, registry: Registry, as_of: datetime | None = None) -> pd.DataFrame:
     """The frozen evaluation set: randomized decisions (assignment ``explore``) of the evaluation units made
-    before the first version was registered, with their outcomes; the same rows for every candidate."""
+    before the first version was registered, with their outcomes; the same rows for every candidate.
+
+    After a change point (a guard: the effects the first rows measured no longer hold) it is the
+    evaluation units' randomized decisions made since the change and mature by ``as_of``: a set that
+    grows until the window passes the change, the same rows for the candidate and the champion."""
     versions = registry.versions()
     if not versions:
         return pd.DataFrame()
     first = versions[0].registered_at
-    window = training_window(store, first, since=datetime(1970, 1, 1, tzinfo=first.tzinfo))
+    change = change_point(registry)
+    if change is not None and as_of is not None:
+        window = training_window(store, as_of, since=change)
+    else:
+        window = training_window(store, first, since=datetime(1970, 1, 1, tzinfo=first.tzinfo))
     rows = window.evaluation
     rows = rows[(rows["assignment"] == "explore") & evaluation_units(store.spec, rows["unit_id"].to_numpy())]
     return _conditional_on_exploration(store.spec, rows.reset_index(drop=True))
@@ -147,10 +178,11 @@ def _code_version() -> str:
 
 
 def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Trainer, parent: str | None, trigger: str,
-                  population_size: int = 10_000, planner: Planner | None = None) -> Candidate:
-    """Fit and plan a candidate on the window's mature decisions as of ``as_of``."""
+                  population_size: int = 10_000, planner: Planner | None = None, since: datetime | None = None) -> Candidate:
+    """Fit and plan a candidate on the window's mature decisions as of ``as_of`` (made from ``since`` on;
+    the spec's ``adaptation.window`` when None)."""
     spec = store.spec
-    window = training_window(store, as_of)
+    window = training_window(store, as_of, since=since)
     population = _population(store, window, as_of, population_size)
     start = time.perf_counter()
     train = window.train
@@ -285,7 +317,7 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     registry.record(at=as_of, who=who, why=why, kind="guard",
                     aliases={"champion": name, "last-good": champion, **({"challenger": None} if challenger else {})},
                     statuses={name: "champion", champion: "retired", **({challenger: "rejected"} if challenger else {})},
-                    details={"version": name, "guards": guards})
+                    details={"version": name, "guards": guards, "harm_since": since.isoformat()})
     return name, why
 
 
@@ -457,7 +489,7 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
                 registry.record(at=as_of, who=who, why="; ".join(actions), kind="step", details=step.to_json())
                 return step
             champ_policy = registry.load(champion) if champion is not None else None
-            frozen = frozen_set(store, registry)
+            frozen = frozen_set(store, registry, as_of)
             first = registry.versions()[0].registered_at
             parent_end = registry.version(champion).lineage.data_end if champion is not None else None
             gates = offline_gates(store, candidate, champ_policy, frozen, as_of=as_of, since=first,
@@ -485,13 +517,14 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
 
 def _candidate(store: Store, registry: Registry, as_of: datetime, name: str, resumed: bool, *, trainer: Trainer, parent: str | None,
                trigger: str, population_size: int, planner: Planner | None) -> Candidate:
+    since = training_since(store.spec, registry, as_of)
     if not resumed:
         candidate = fit_candidate(store, as_of, version=name, trainer=trainer, parent=parent, trigger=trigger,
-                                  population_size=population_size, planner=planner)
+                                  population_size=population_size, planner=planner, since=since)
         registry.register(candidate.policy, candidate.lineage, at=as_of, who="drivetrain adapt")
         return candidate
     record = registry.version(name)
-    window = training_window(store, as_of)
+    window = training_window(store, as_of, since=since)
     return Candidate(registry.load(name), record.lineage, window.train, window.evaluation,
                      _population(store, window, as_of, population_size))
 

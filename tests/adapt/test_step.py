@@ -4,9 +4,11 @@ commands, triggers with their reasons and the spec's validation (a crash at ever
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -15,7 +17,11 @@ from drivetrain.adapt import (
     EmbeddedRegistry,
     MemoryRegistry,
     adapt,
+    change_point,
+    fit_candidate,
+    frozen_set,
     judge_triggers,
+    training_since,
     training_window,
 )
 from drivetrain.clock import SimulatedClock
@@ -30,8 +36,8 @@ from drivetrain.data import (
 from drivetrain.errors import SpecError
 from drivetrain.model import OutcomeModel
 from drivetrain.spec import Spec, parse_spec
-from drivetrain.twin import NBOOTwin
-from tests.adapt.harness import gate_spec
+from drivetrain.twin import NBOOTwin, Scenario
+from tests.adapt.harness import gate_spec, trainer
 from tests.conftest import Ran, invoke
 
 
@@ -99,6 +105,56 @@ def test_the_training_window_counts_every_mature_decision_once_whichever_version
     assert set(window.train["policy_version"]) == {"uniform-logger", "v2"}
     assert sum(window.rows_by_version.values()) == len(window.train)
     assert (window.train["propensity"] > 0).all()
+
+
+def test_after_a_guard_candidates_learn_and_are_judged_on_the_decisions_since_the_change() -> None:
+    """The twin where every offer works worse for mobile users from day 10 (a logit drop of 1.5), 20 days of
+    uniformly randomized decisions, and a guard whose harmed week began on day 10: the next step's candidate
+    learns from the decisions made since then, and its frozen set is the evaluation units' randomized
+    decisions since then. By the twin's truth on the users of day 25, that candidate offers mobile users
+    nothing (it does no worse than control there), where one fitted on the whole window offers some of
+    them an offer that costs more than it brings (the negative control)."""
+    spec = gate_spec(guard_on_alert=True, window="60d")
+    change_day = 10
+    twin = NBOOTwin(horizon_days=7, seed=15, scenario=Scenario(effect_segment=("device", "mobile"), effect_delta=-1.5, effect_day=change_day))
+    store = MemoryStore(spec)
+    logs = [twin.log(twin.population(1500, day=day, offset=100_000 * day), day=day) for day in range(20)]
+    clock = SimulatedClock(twin.start + timedelta(days=29))
+    ingest_decisions(store, RawRows(pd.concat([d for d, _ in logs], ignore_index=True), (), "20 days"), clock=clock)
+    ingest_outcomes(store, RawRows(pd.concat([o for _, o in logs], ignore_index=True), (), "20 days"), clock=clock)
+    registry = MemoryRegistry()
+    first = adapt(store, registry, twin.start + timedelta(days=9), trainer=tiny_trainer, population_size=500)
+    assert first.champion is not None, first.actions
+    as_of, change = clock.now(), twin.start + timedelta(days=change_day)
+    assert change_point(registry) is None and training_since(spec, registry, as_of) == as_of - timedelta(days=60)
+    before = frozen_set(store, registry, as_of)
+    registry.record(at=as_of - timedelta(hours=1), who="t", why="guarded", kind="guard", details={"version": first.champion,
+                    "harm_since": change.isoformat()})
+    assert change_point(registry) == change and training_since(spec, registry, as_of) == change
+    # a change older than the window no longer narrows it
+    assert training_since(spec, registry, change + timedelta(days=61)) == change + timedelta(days=1)
+    frozen = frozen_set(store, registry, as_of)
+    decided = pd.to_datetime(frozen["decided_at"], utc=True)
+    assert len(frozen) > 1000 and decided.min() >= pd.Timestamp(change) and (frozen["assignment"] == "explore").all()
+    assert not frozen["request_id"].isin(before["request_id"]).any()
+    step = adapt(store, registry, as_of, trainer=trainer, population_size=2000)
+    assert step.candidate is not None, step.actions
+    lineage = registry.version(step.candidate).lineage
+    assert lineage.data_start is not None and pd.Timestamp(lineage.data_start) >= pd.Timestamp(change)
+    regression = next(g for g in step.gates if g.gate == "regression")
+    assert regression.figures["rows"] == len(frozen)
+    # by the truth: the candidate since the change does not harm mobile users; one on the whole window does
+    users = twin.population(4000, day=25, offset=9_000_000)
+    truth, mobile = twin.truth(users, day=25), (users["device"] == "mobile").to_numpy()
+    control = np.zeros((len(users), len(spec.action_space.ids)))
+    control[:, spec.control.index] = 1.0
+    gain = {}
+    for label, since in (("since the change", change), ("whole window", None)):
+        candidate = fit_candidate(store, as_of, version=label, trainer=trainer, parent=None, trigger="t", population_size=2000, since=since)
+        greedy = replace(candidate.policy, exploration_rate=0.0, holdout_share=0.0).action_distribution(twin.observe(users, day=25))
+        on_mobile = np.where(mobile[:, None], greedy, control)
+        gain[label] = truth.value(on_mobile) - truth.value(control)
+    assert gain["since the change"] >= -1e-3 and gain["whole window"] < gain["since the change"] - 0.01, gain
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
