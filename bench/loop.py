@@ -90,13 +90,14 @@ def run_arm(seed: int, spec: Spec, *, first_users: int, daily: int, days: int, d
 
 def weekly(days: list[LoopDay]) -> pd.DataFrame:
     frame = pd.DataFrame([{"week": (d.day - START_DAY) // 7 + 1, "share": d.share, "exploration_cost": d.exploration_cost,
-                           "spend": d.spend, "budget": d.budget, "retrains": int(d.retrained), "promotions": int(d.promoted),
+                           "spend": d.spend, "budget": d.budget, "price": np.nan if d.price is None else d.price, "retrains": int(d.retrained), "promotions": int(d.promoted),
                            "rollbacks": int(d.rolled_back),
                            "promoted_loss": (d.replaced_share - d.share) if d.replaced_share is not None and d.share is not None
                            else np.nan} for d in days])
     return frame.groupby("week").agg(share=("share", "mean"), retrains=("retrains", "sum"), promotions=("promotions", "sum"),
                                      rollbacks=("rollbacks", "sum"), exploration_cost=("exploration_cost", "mean"),
-                                     spend=("spend", "mean"), budget=("budget", "mean"), promoted_loss=("promoted_loss", "max"))
+                                     spend=("spend", "mean"), budget=("budget", "mean"), price=("price", "mean"),
+                                     promoted_loss=("promoted_loss", "max"))
 
 
 ARMS = {"adaptive (directed exploration)": (True, "directed"), "adaptive (uniform epsilon)": (True, "uniform"),
@@ -109,10 +110,10 @@ def print_arm(label: str, parts: list[pd.DataFrame], weeks: int, drift_week: int
     spread = frame.groupby(level=0)["share"].agg(lambda s: s.max() - s.min())
     print(f"\n{label} (mean of {len(parts)} seeds)")
     print(f"{'week':>4} {'share of oracle gain':>21} {'seed spread':>11} {'retrains':>8} {'promotions':>10} {'rollbacks':>9} "
-          f"{'exploration cost':>16} {'spend / budget':>14}")
+          f"{'exploration cost':>16} {'spend / budget':>14} {'budget price':>12}")
     for week, row in mean.iterrows():
         print(f"{week:>4} {row['share']:>21.3f} {spread[week]:>11.3f} {row['retrains']:>8.1f} {row['promotions']:>10.1f} "
-              f"{row['rollbacks']:>9.1f} {row['exploration_cost']:>16.4f} {row['spend'] / row['budget']:>14.3f}")
+              f"{row['rollbacks']:>9.1f} {row['exploration_cost']:>16.4f} {row['spend'] / row['budget']:>14.3f} {row['price']:>12.3f}")
     for start in range(1, weeks + 1, 4):
         block = mean.loc[start:start + 3]
         print(f"weeks {start}-{min(start + 3, weeks)}: spend / budget {block['spend'].mean() / block['budget'].mean():.3f}")

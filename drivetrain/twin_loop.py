@@ -35,7 +35,8 @@ class LoopDay:
     """One simulated day: the champion that served it, the twin's truth of what was served (``share``: the
     champion's greedy share of the budgeted oracle's gain over control on the day's users;
     ``exploration_cost``: true value per unit lost to exploration; ``spend``: true expected promotion
-    cost per unit of the decisions made, against ``budget``), and what the step at the day's end did."""
+    cost per unit of the decisions made, against ``budget``; ``price``: the budget's shadow price the day
+    was served at when paced), and what the step at the day's end did."""
 
     day: int
     as_of: datetime
@@ -48,6 +49,7 @@ class LoopDay:
     step: StepResult | None
     replaced: str | None = None
     replaced_share: float | None = None
+    price: float | None = None
 
     @property
     def retrained(self) -> bool:
@@ -179,7 +181,8 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
             alerts = check_alerts(spec, evaluation=evaluation, drift=drift, store=store, as_of=end)
             store_alerts(store, alerts, fired_at=end)
         step = adapt(store, registry, end, trainer=trainer, who="twin loop", population_size=population_size) if adapt_steps else None
-        result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step, replaced, replaced_share)
+        price = serving.multipliers.get(pacer.budget) if pacer is not None and pacer.budget is not None else None
+        result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step, replaced, replaced_share, price)
         out.append(result)
         if on_day is not None:
             on_day(result)
