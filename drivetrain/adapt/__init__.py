@@ -40,6 +40,7 @@ from drivetrain.adapt._registry import (
     VersionRecord,
 )
 from drivetrain.adapt._retrain import (
+    Change,
     TriggerReport,
     Window,
     evaluation_units,
@@ -51,21 +52,21 @@ from drivetrain.adapt._step import (
     StepResult,
     Trainer,
     adapt,
-    change_point,
     default_trainer,
     fit_candidate,
     frozen_set,
+    known_changes,
     offline_gates,
     promote,
     recent_population,
     rollback,
-    training_since,
 )
 
 __all__ = [
     "ALIASES",
     "STATUSES",
     "Candidate",
+    "Change",
     "EmbeddedRegistry",
     "Event",
     "GateResult",
@@ -83,7 +84,6 @@ __all__ = [
     "always_valid_p",
     "canary_check",
     "canary_units",
-    "change_point",
     "constraints_gate",
     "data_gate",
     "default_trainer",
@@ -91,6 +91,7 @@ __all__ = [
     "fit_candidate",
     "frozen_set",
     "judge_triggers",
+    "known_changes",
     "off_policy_gate",
     "offline_gates",
     "paired_values",
@@ -102,6 +103,5 @@ __all__ = [
     "serve",
     "serving_gate",
     "shadow_check",
-    "training_since",
     "training_window",
 ]

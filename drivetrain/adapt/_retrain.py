@@ -10,7 +10,7 @@ evaluation set, and their recent decisions the off-policy comparison's, on which
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,7 @@ from drivetrain.clock import as_utc
 from drivetrain.data import Store, training_table
 from drivetrain.spec import Spec, holdout_draw
 
-__all__ = ["TriggerReport", "Window", "evaluation_units", "judge_triggers", "training_window"]
+__all__ = ["Change", "TriggerReport", "Window", "evaluation_units", "judge_triggers", "training_window"]
 
 #: The parts of the spec a fitted model and its plan depend on (monitoring, serving, adaptation do not).
 def evaluation_units(spec: Spec, unit_ids: Any) -> np.ndarray:
@@ -31,6 +31,23 @@ def evaluation_units(spec: Spec, unit_ids: Any) -> np.ndarray:
     if share <= 0:
         return np.zeros(len(unit_ids), dtype=bool)
     return holdout_draw(f"{spec.model.experimentation.salt}\x1fevaluation", unit_ids) < share
+
+
+@dataclass(frozen=True)
+class Change:
+    """A cohort value whose effects changed: its decisions made before ``since`` answer for effects that no
+    longer hold, so no candidate learns from them and no gate judges by them (a guard's finding)."""
+
+    cohort: str
+    value: str
+    since: datetime
+
+    def stale(self, frame: pd.DataFrame) -> np.ndarray:
+        """Which rows of ``frame`` (with ``decided_at`` and the cohort's column) are stale; shape (n,) bool."""
+        if self.cohort not in frame.columns or frame.empty:
+            return np.zeros(len(frame), dtype=bool)
+        decided = pd.to_datetime(frame["decided_at"], utc=True)
+        return ((frame[self.cohort].astype(str) == self.value) & (decided < pd.Timestamp(self.since))).to_numpy()
 
 
 @dataclass(frozen=True)
@@ -44,11 +61,13 @@ class Window:
     evaluation: pd.DataFrame
     immature: int
     rows_by_version: Mapping[str, int] = field(default_factory=dict)
+    stale: int = 0
 
 
-def training_window(store: Store, as_of: datetime, *, since: datetime | None = None) -> Window:
+def training_window(store: Store, as_of: datetime, *, since: datetime | None = None, changes: Sequence[Change] = ()) -> Window:
     """The outcome join as of ``as_of`` restricted to decisions made at or after ``since`` (the spec's
-    ``adaptation.window`` before ``as_of`` when None), split into training and evaluation units."""
+    ``adaptation.window`` before ``as_of`` when None), less the rows each of ``changes`` makes stale (their
+    count is ``stale``), split into training and evaluation units."""
     spec = store.spec
     as_of = as_utc(as_of, name="as_of")
     span = spec.model.adaptation.window
@@ -57,11 +76,15 @@ def training_window(store: Store, as_of: datetime, *, since: datetime | None = N
     frame = table.to_pandas()
     if start is not None and len(frame):
         frame = frame[pd.to_datetime(frame["decided_at"], utc=True) >= pd.Timestamp(start)].reset_index(drop=True)
+    stale = np.zeros(len(frame), dtype=bool)
+    for change in changes:
+        stale |= change.stale(frame)
+    frame = frame[~stale].reset_index(drop=True)
     held = evaluation_units(spec, frame["unit_id"].to_numpy()) if len(frame) else np.zeros(0, dtype=bool)
     train = frame[~held].reset_index(drop=True)
     counts = train["policy_version"].value_counts().sort_index() if len(train) else pd.Series(dtype=np.int64)
     return Window(as_of, start, train, frame[held].reset_index(drop=True), report.immature,
-                  {str(k): int(v) for k, v in counts.items()})
+                  {str(k): int(v) for k, v in counts.items()}, int(stale.sum()))
 
 
 @dataclass(frozen=True)

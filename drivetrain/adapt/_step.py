@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from importlib import metadata
@@ -45,6 +45,7 @@ from drivetrain.adapt._gates import (
 from drivetrain.adapt._live import canary_check, shadow_check
 from drivetrain.adapt._registry import Lineage, Registry
 from drivetrain.adapt._retrain import (
+    Change,
     TriggerReport,
     Window,
     evaluation_units,
@@ -61,8 +62,8 @@ from drivetrain.policy import Policy
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.stats import holm_adjusted
 
-__all__ = ["Candidate", "StepResult", "adapt", "change_point", "default_trainer", "fit_candidate", "frozen_set", "offline_gates", "promote",
-           "recent_population", "rollback", "training_since"]
+__all__ = ["Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "known_changes", "offline_gates", "promote",
+           "recent_population", "rollback"]
 
 #: Fits an outcome model on a training table: (table, spec) -> fitted model.
 Trainer = Callable[[pd.DataFrame, Spec], OutcomeModel]
@@ -118,45 +119,39 @@ def recent_population(store: Store, as_of: datetime, *, days: int = 7, size: int
     return frame
 
 
-def change_point(registry: Registry) -> datetime | None:
-    """When the world the logs describe last changed: the first decision day of the week whose decisions
-    showed the latest guard's harm (``harm_since`` of the last ``guard`` event); None before any guard.
-    The decisions before it answer for effects that no longer hold, so candidates learn, and the frozen set
-    judges them, from it on (``training_since``)."""
-    for event in reversed(registry.history()):
-        if event.kind == "guard" and event.details.get("harm_since"):
-            return datetime.fromisoformat(event.details["harm_since"])
-    return None
-
-
-def training_since(spec: Spec, registry: Registry, as_of: datetime) -> datetime | None:
-    """The start of a candidate's training window as of ``as_of``: the spec's ``adaptation.window`` before
-    it, or the last change point when that is later (None: the whole log)."""
-    span = spec.model.adaptation.window
-    start = as_of - span if span is not None else None
-    change = change_point(registry)
-    if change is not None and change <= as_of and (start is None or change > start):
-        return change
-    return start
+def known_changes(registry: Registry) -> tuple[Change, ...]:
+    """Every cohort value a guard found harmed, since the first decision day of the week whose decisions
+    showed it (the ``guarded`` value and ``harm_since`` of each ``guard`` event): that value's earlier
+    decisions answer for effects that no longer hold. Candidates neither learn from them nor are judged by
+    them; every other value's decisions stay (nothing says their effects changed)."""
+    found = []
+    for event in registry.history():
+        details = event.details
+        if event.kind == "guard" and details.get("harm_since") and details.get("guarded"):
+            cohort, value = details["guarded"]
+            found.append(Change(str(cohort), str(value), datetime.fromisoformat(details["harm_since"])))
+    return tuple(found)
 
 
 def frozen_set(store: Store, registry: Registry, as_of: datetime | None = None) -> pd.DataFrame:
     """The frozen evaluation set: randomized decisions (assignment ``explore``) of the evaluation units made
     before the first version was registered, with their outcomes; the same rows for every candidate.
 
-    After a change point (a guard: the effects the first rows measured no longer hold) it is the
-    evaluation units' randomized decisions made since the change and mature by ``as_of``: a set that
-    grows until the window passes the change, the same rows for the candidate and the champion."""
+    After a guard (:func:`known_changes`) the harmed value's rows from before its change leave the set,
+    and the evaluation units' randomized decisions made since the first change and mature by ``as_of``
+    join it: a set that keeps judging in the world the candidate will serve, the same rows for the
+    candidate and the champion."""
     versions = registry.versions()
     if not versions:
         return pd.DataFrame()
     first = versions[0].registered_at
-    change = change_point(registry)
-    if change is not None and as_of is not None:
-        window = training_window(store, as_of, since=change)
-    else:
-        window = training_window(store, first, since=datetime(1970, 1, 1, tzinfo=first.tzinfo))
-    rows = window.evaluation
+    epoch = datetime(1970, 1, 1, tzinfo=first.tzinfo)
+    changes = known_changes(registry)
+    rows = training_window(store, first, since=epoch, changes=changes).evaluation
+    if changes and as_of is not None:
+        since = min(c.since for c in changes)
+        rows = pd.concat([rows, training_window(store, as_of, since=since, changes=changes).evaluation], ignore_index=True)
+        rows = rows.drop_duplicates("request_id").reset_index(drop=True)
     rows = rows[(rows["assignment"] == "explore") & evaluation_units(store.spec, rows["unit_id"].to_numpy())]
     return _conditional_on_exploration(store.spec, rows.reset_index(drop=True))
 
@@ -178,11 +173,11 @@ def _code_version() -> str:
 
 
 def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Trainer, parent: str | None, trigger: str,
-                  population_size: int = 10_000, planner: Planner | None = None, since: datetime | None = None) -> Candidate:
-    """Fit and plan a candidate on the window's mature decisions as of ``as_of`` (made from ``since`` on;
-    the spec's ``adaptation.window`` when None)."""
+                  population_size: int = 10_000, planner: Planner | None = None, changes: Sequence[Change] = ()) -> Candidate:
+    """Fit and plan a candidate on the window's mature decisions as of ``as_of``, less those ``changes``
+    make stale."""
     spec = store.spec
-    window = training_window(store, as_of, since=since)
+    window = training_window(store, as_of, changes=changes)
     population = _population(store, window, as_of, population_size)
     start = time.perf_counter()
     train = window.train
@@ -202,6 +197,7 @@ def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Train
                       data_end=decided.max().isoformat() if len(train) else None, rows=len(train),
                       rows_by_version=dict(window.rows_by_version), code_version=_code_version(),
                       figures={"fit_seconds": round(fit_seconds, 3), "evaluation_rows": float(len(window.evaluation)),
+                               "stale_rows": float(window.stale),
                                "population": float(len(population)), "immature": float(window.immature)},
                       parent=parent, trigger=trigger)
     return Candidate(policy, lineage, train, window.evaluation, population)
@@ -317,7 +313,7 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     registry.record(at=as_of, who=who, why=why, kind="guard",
                     aliases={"champion": name, "last-good": champion, **({"challenger": None} if challenger else {})},
                     statuses={name: "champion", champion: "retired", **({challenger: "rejected"} if challenger else {})},
-                    details={"version": name, "guards": guards, "harm_since": since.isoformat()})
+                    details={"version": name, "guards": guards, "guarded": [cohort, value], "harm_since": since.isoformat()})
     return name, why
 
 
@@ -517,14 +513,14 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
 
 def _candidate(store: Store, registry: Registry, as_of: datetime, name: str, resumed: bool, *, trainer: Trainer, parent: str | None,
                trigger: str, population_size: int, planner: Planner | None) -> Candidate:
-    since = training_since(store.spec, registry, as_of)
+    changes = known_changes(registry)
     if not resumed:
         candidate = fit_candidate(store, as_of, version=name, trainer=trainer, parent=parent, trigger=trigger,
-                                  population_size=population_size, planner=planner, since=since)
+                                  population_size=population_size, planner=planner, changes=changes)
         registry.register(candidate.policy, candidate.lineage, at=as_of, who="drivetrain adapt")
         return candidate
     record = registry.version(name)
-    window = training_window(store, as_of, since=since)
+    window = training_window(store, as_of, changes=changes)
     return Candidate(registry.load(name), record.lineage, window.train, window.evaluation,
                      _population(store, window, as_of, population_size))
 

@@ -14,14 +14,14 @@ import pytest
 import yaml
 
 from drivetrain.adapt import (
+    Change,
     EmbeddedRegistry,
     MemoryRegistry,
     adapt,
-    change_point,
     fit_candidate,
     frozen_set,
     judge_triggers,
-    training_since,
+    known_changes,
     training_window,
 )
 from drivetrain.clock import SimulatedClock
@@ -107,13 +107,14 @@ def test_the_training_window_counts_every_mature_decision_once_whichever_version
     assert (window.train["propensity"] > 0).all()
 
 
-def test_after_a_guard_candidates_learn_and_are_judged_on_the_decisions_since_the_change() -> None:
+def test_after_a_guard_candidates_neither_learn_from_nor_are_judged_by_the_harmed_values_earlier_decisions() -> None:
     """The twin where every offer works worse for mobile users from day 10 (a logit drop of 1.5), 20 days of
-    uniformly randomized decisions, and a guard whose harmed week began on day 10: the next step's candidate
-    learns from the decisions made since then, and its frozen set is the evaluation units' randomized
-    decisions since then. By the twin's truth on the users of day 25, that candidate offers mobile users
-    nothing (it does no worse than control there), where one fitted on the whole window offers some of
-    them an offer that costs more than it brings (the negative control)."""
+    uniformly randomized decisions, and a guard of device=mobile whose harmed week began on day 10: the next
+    step's candidate learns from every decision but mobile users' before day 10, and its frozen set loses
+    those rows and gains the evaluation units' randomized decisions since day 10. By the twin's truth on the
+    users of day 25, that candidate offers mobile users nothing that does worse than control, where one
+    fitted on every decision (the negative control) offers some of them an offer that costs more than it
+    brings."""
     spec = gate_spec(guard_on_alert=True, window="60d")
     change_day = 10
     twin = NBOOTwin(horizon_days=7, seed=15, scenario=Scenario(effect_segment=("device", "mobile"), effect_delta=-1.5, effect_day=change_day))
@@ -125,36 +126,41 @@ def test_after_a_guard_candidates_learn_and_are_judged_on_the_decisions_since_th
     registry = MemoryRegistry()
     first = adapt(store, registry, twin.start + timedelta(days=9), trainer=tiny_trainer, population_size=500)
     assert first.champion is not None, first.actions
-    as_of, change = clock.now(), twin.start + timedelta(days=change_day)
-    assert change_point(registry) is None and training_since(spec, registry, as_of) == as_of - timedelta(days=60)
+    as_of, change = clock.now(), Change("device", "mobile", twin.start + timedelta(days=change_day))
+    assert known_changes(registry) == ()
     before = frozen_set(store, registry, as_of)
-    registry.record(at=as_of - timedelta(hours=1), who="t", why="guarded", kind="guard", details={"version": first.champion,
-                    "harm_since": change.isoformat()})
-    assert change_point(registry) == change and training_since(spec, registry, as_of) == change
-    # a change older than the window no longer narrows it
-    assert training_since(spec, registry, change + timedelta(days=61)) == change + timedelta(days=1)
+    registry.record(at=as_of - timedelta(hours=1), who="t", why="guarded", kind="guard",
+                    details={"version": first.champion, "guarded": ["device", "mobile"], "harm_since": change.since.isoformat()})
+    assert known_changes(registry) == (change,)
+
+    def early(rows: pd.DataFrame) -> pd.Series:
+        return pd.to_datetime(rows["decided_at"], utc=True) < pd.Timestamp(change.since)
+
+    whole, window = training_window(store, as_of), training_window(store, as_of, changes=[change])
+    mobile_early = (whole.train["device"] == "mobile") & early(whole.train)
+    assert mobile_early.sum() > 1000 and window.stale == mobile_early.sum() + ((whole.evaluation["device"] == "mobile") & early(whole.evaluation)).sum()
+    assert len(window.train) == len(whole.train) - mobile_early.sum()
+    assert not ((window.train["device"] == "mobile") & early(window.train)).any() and early(window.train).sum() > 1000  # others stay
     frozen = frozen_set(store, registry, as_of)
-    decided = pd.to_datetime(frozen["decided_at"], utc=True)
-    assert len(frozen) > 1000 and decided.min() >= pd.Timestamp(change) and (frozen["assignment"] == "explore").all()
-    assert not frozen["request_id"].isin(before["request_id"]).any()
+    assert (frozen["assignment"] == "explore").all() and not ((frozen["device"] == "mobile") & early(frozen)).any()
+    assert set(before["request_id"]) - set(frozen["request_id"]) == set(before.loc[before["device"] == "mobile", "request_id"])
+    assert (~early(frozen)).sum() > 1000  # the randomized decisions since the change joined
     step = adapt(store, registry, as_of, trainer=trainer, population_size=2000)
     assert step.candidate is not None, step.actions
     lineage = registry.version(step.candidate).lineage
-    assert lineage.data_start is not None and pd.Timestamp(lineage.data_start) >= pd.Timestamp(change)
-    regression = next(g for g in step.gates if g.gate == "regression")
-    assert regression.figures["rows"] == len(frozen)
-    # by the truth: the candidate since the change does not harm mobile users; one on the whole window does
+    assert lineage.figures["stale_rows"] == window.stale and lineage.rows == len(window.train)
+    assert next(g for g in step.gates if g.gate == "regression").figures["rows"] == len(frozen)
+    # by the truth: the candidate without the stale rows does not harm mobile users; one with them does
     users = twin.population(4000, day=25, offset=9_000_000)
     truth, mobile = twin.truth(users, day=25), (users["device"] == "mobile").to_numpy()
     control = np.zeros((len(users), len(spec.action_space.ids)))
     control[:, spec.control.index] = 1.0
     gain = {}
-    for label, since in (("since the change", change), ("whole window", None)):
-        candidate = fit_candidate(store, as_of, version=label, trainer=trainer, parent=None, trigger="t", population_size=2000, since=since)
+    for label, changes in (("without the stale rows", [change]), ("every row", [])):
+        candidate = fit_candidate(store, as_of, version=label, trainer=trainer, parent=None, trigger="t", population_size=2000, changes=changes)
         greedy = replace(candidate.policy, exploration_rate=0.0, holdout_share=0.0).action_distribution(twin.observe(users, day=25))
-        on_mobile = np.where(mobile[:, None], greedy, control)
-        gain[label] = truth.value(on_mobile) - truth.value(control)
-    assert gain["since the change"] >= -1e-3 and gain["whole window"] < gain["since the change"] - 0.01, gain
+        gain[label] = truth.value(np.where(mobile[:, None], greedy, control)) - truth.value(control)
+    assert gain["without the stale rows"] >= -1e-3 and gain["every row"] < gain["without the stale rows"] - 0.01, gain
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
