@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from drivetrain.evaluate._figures import Effect, Ratio, SampleRatio
 from drivetrain.evaluate._kpi_sql import LATENCY_BINS_PER_E
@@ -117,7 +117,7 @@ def _ratio(arms: tuple[Arm, Arm], i: int, level: float) -> Ratio:
         cov += scale * (a[f"c{i}"] - mb * a["nb0"] - my * a[f"nb{i}"] + mb * my * nn)
     var_r = max(var_b - 2 * r * cov + r * r * var_y, 0.0) / (dy * dy)
     se = math.sqrt(var_r)
-    z = float(stats.norm.ppf(0.5 + level / 2))
+    z = float(special.ndtri(0.5 + level / 2))  # stats.norm.ppf without its checks (once per slice)
     return Ratio(float(r), float(r - z * se), float(r + z * se), se)
 
 
@@ -154,5 +154,5 @@ def _sample_ratio(holdout_units: int, policy_units: int, share: float, alpha: fl
     expected = np.array([share, 1.0 - share]) * total
     observed = np.array([holdout_units, policy_units], dtype=np.float64)
     chi2 = float(np.sum((observed - expected) ** 2 / expected))
-    p = float(stats.chi2.sf(chi2, df=1))
+    p = float(special.chdtrc(1, chi2))  # stats.chi2.sf(chi2, df=1)
     return SampleRatio(holdout_units, policy_units, share, holdout_units / total, chi2, p, p < alpha)
