@@ -10,8 +10,8 @@ spend against the budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,8 @@ class LoopDay:
     champion's greedy share of the budgeted oracle's gain over control on the day's users;
     ``exploration_cost``: true value per unit lost to exploration; ``spend``: true expected promotion
     cost per unit of the decisions made, against ``budget``; ``price``: the budget's shadow price the day
-    was served at when paced), and what the step at the day's end did."""
+    was served at when paced; ``spend_by_version``: ``spend`` by the version that decided), and what the step
+    at the day's end did."""
 
     day: int
     as_of: datetime
@@ -50,6 +51,7 @@ class LoopDay:
     replaced: str | None = None
     replaced_share: float | None = None
     price: float | None = None
+    spend_by_version: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def retrained(self) -> bool:
@@ -81,8 +83,9 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
                   on_day: Callable[[LoopDay], None] | None = None) -> list[LoopDay]:
     """Run the loop for ``days`` (day numbers of the twin) with ``users`` new users a day; with
     ``adapt_steps`` False the first champion stays (the frozen baseline). The registry must have a
-    champion. With ``pacing`` (the spec's ``adaptation.pacing_period`` set, when None) the champion serves
-    each day at the budget's price a :class:`~drivetrain.pacing.SpendPacer` sets from the days before:
+    champion. With ``pacing`` (the spec's ``adaptation.pacing_period`` set, when None) the champion, and a
+    challenger in shadow or canary, serve each day at the budget's price a
+    :class:`~drivetrain.pacing.SpendPacer` sets for each toward the same target from the days before:
     their contexts, the predicted cost of what was served and, once mature, the observed cost (the
     budget formula's outcome events, when it is one outcome). Returns one :class:`LoopDay` per day."""
     from drivetrain.evaluate import check_alerts, evaluate, measure_drift, store_alerts
@@ -119,7 +122,10 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         contexts = twin.observe(frame, day=day).assign(request_id=[f"d{day:03d}-{i:07d}" for i in range(users)])
         serving = champion
         if pacer is not None and recent is not None:  # the price set from the days before, on yesterday's contexts
-            serving = pacer.paced(champion, recent, pacer.target(day, users))
+            target = pacer.target(day, users)
+            serving = pacer.paced(champion, recent, target)
+            if challenger is not None:  # a canary at its plan's price would be judged against a paced champion
+                challenger = pacer.paced(challenger, recent, target)
         made, shadows = [], []
         for b, part in enumerate(np.array_split(np.arange(users), batches)):
             if part.size:
@@ -136,7 +142,10 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         # the truth of what was served
         truth = twin.truth(frame, day=day)
         action = spec.action_space.indices(decisions["action_id"].to_numpy())
-        spend = float(truth.components["promo_cost"][np.arange(users), action].mean())
+        cost = truth.components["promo_cost"][np.arange(users), action]
+        spend = float(cost.mean())
+        by_version = pd.Series(cost).groupby(decisions["policy_version"].to_numpy()).mean()
+        spend_by_version = {str(k): float(v) for k, v in by_version.items()}
         sample = np.arange(min(truth_sample, users))
         sub = contexts.iloc[sample]
         t_obj = truth.objective[sample]
@@ -182,7 +191,8 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
             store_alerts(store, alerts, fired_at=end)
         step = adapt(store, registry, end, trainer=trainer, who="twin loop", population_size=population_size) if adapt_steps else None
         price = serving.multipliers.get(pacer.budget) if pacer is not None and pacer.budget is not None else None
-        result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step, replaced, replaced_share, price)
+        result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step, replaced, replaced_share, price,
+                         spend_by_version)
         out.append(result)
         if on_day is not None:
             on_day(result)

@@ -3,6 +3,7 @@ population shifts mid-period (and not without pacing: the negative control)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -84,3 +85,35 @@ def test_pacing_keeps_true_spend_on_the_budget_through_a_population_shift(runs) 
     # the same users and the same first champion: only the price differs
     assert [d.champion for d in runs[True]] == [d.champion for d in runs[False]]
     assert runs[True][0].spend == runs[False][0].spend  # the first day has no day before to pace from
+
+
+def test_a_candidate_in_canary_is_paced_toward_the_same_target_as_the_champion() -> None:
+    """The candidate in canary is the champion's model with a budget price of 1 (planned on another
+    population; the champion's plan prices it below 0.2): on the first day, before any day to pace from, its canary units get fewer
+    offers and spend far less than the champion's units (the negative control); from the second day the
+    pacer prices it toward the same target, and the two arms' true spend per unit agree."""
+    raw = paced_spec().model.model_dump(mode="json")
+    raw["adaptation"]["canary"]["share"] = 0.3
+    spec = parse_spec(raw, source="pacing test, canary on 30%")
+    twin = NBOOTwin(horizon_days=7, seed=2)
+    store = MemoryStore(spec)
+    decisions, outcomes = twin.log(twin.population(20_000))
+    clock = SimulatedClock(twin.start + timedelta(days=9))
+    ingest_decisions(store, RawRows(decisions, (), "randomized log"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "randomized log"), clock=clock)
+    registry = MemoryRegistry()
+    first = adapt(store, registry, clock.now(), trainer=lambda table, product: OutcomeModel(
+        n_folds=0, n_estimators=40, num_threads=1, seed=0).fit(table, product), population_size=2000)
+    assert first.champion is not None, first.actions
+    champion = registry.load(first.champion)
+    (name,) = [b.name for b, _ in spec.budgets][:1]
+    assert champion.multipliers[name] < 0.2
+    candidate = replace(champion, version="cand", multipliers={**champion.multipliers, name: 1.0})
+    registry.register(candidate, registry.version(first.champion).lineage, at=clock.now(), who="t")
+    registry.record(at=clock.now(), who="t", why="shadow passed", kind="gate", aliases={"challenger": "cand"},
+                    statuses={"cand": "canary"}, details={"version": "cand", "canary_since": clock.now().isoformat()})
+    days = run_twin_loop(twin, store, registry, days=range(9, 16), users=3000, adapt_steps=False, monitor=False, truth_sample=200,
+                         pacing=True)
+    gap = [(d.spend_by_version["cand"] - d.spend_by_version[first.champion]) / d.budget for d in days]
+    assert gap[0] < -0.2, gap  # at the plans' prices: the candidate's higher price spends far less
+    assert abs(float(np.mean(gap[1:]))) < 0.05 and max(abs(g) for g in gap[1:]) < 0.15, gap
