@@ -87,6 +87,7 @@ def test_pacing_keeps_true_spend_on_the_budget_through_a_population_shift(runs) 
     assert runs[True][0].spend == runs[False][0].spend  # the first day has no day before to pace from
 
 
+@pytest.mark.slow
 def test_a_candidate_in_canary_is_paced_toward_the_same_target_as_the_champion() -> None:
     """The candidate in canary is the champion's model with a budget price of 1 (planned on another
     population; the champion's plan prices it below 0.2): on the first day, before any day to pace from, its canary units get fewer

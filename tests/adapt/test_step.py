@@ -107,6 +107,7 @@ def test_the_training_window_counts_every_mature_decision_once_whichever_version
     assert (window.train["propensity"] > 0).all()
 
 
+@pytest.mark.slow
 def test_after_a_guard_candidates_neither_learn_from_nor_are_judged_by_the_harmed_values_earlier_decisions() -> None:
     """The twin where every offer works worse for mobile users from day 10 (a logit drop of 1.5), 20 days of
     uniformly randomized decisions, and a guard of device=mobile whose harmed week began on day 10: the next
