@@ -52,21 +52,28 @@ def test_the_pacer_target_is_the_budget_plus_the_shortfall_spread_over_the_remai
         pacer.observe(30, 1.0)
 
 
-def _run(pacing: bool) -> list[LoopDay]:
-    spec = paced_spec()
-    # from day 13 every user has three times the cart adds: more users buy, so the plan's price overspends
-    twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
+def _first_champion(spec: Spec, twin: NBOOTwin, trees: int) -> tuple[MemoryStore, MemoryRegistry, str]:
+    """A store with a 20,000-user randomized log as of day 9, and the first champion fitted on it."""
     store = MemoryStore(spec)
     decisions, outcomes = twin.log(twin.population(20_000))
     clock = SimulatedClock(twin.start + timedelta(days=9))
     ingest_decisions(store, RawRows(decisions, (), "randomized log"), clock=clock)
     ingest_outcomes(store, RawRows(outcomes, (), "randomized log"), clock=clock)
     registry = MemoryRegistry()
+    first = adapt(store, registry, clock.now(), trainer=lambda table, product: OutcomeModel(
+        n_folds=0, n_estimators=trees, num_threads=1, seed=0).fit(table, product), population_size=2000)
+    assert first.champion is not None, first.actions
+    return store, registry, first.champion
+
+
+def _run(pacing: bool) -> list[LoopDay]:
+    # from day 13 every user has three times the cart adds: more users buy, so the plan's price overspends
+    twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
+    store, registry, _ = _first_champion(paced_spec(), twin, 60)
 
     def trainer(table, product):  # type: ignore[no-untyped-def]
         return OutcomeModel(n_folds=0, n_estimators=60, num_threads=1, seed=0).fit(table, product)
 
-    adapt(store, registry, clock.now(), trainer=trainer, population_size=2000)
     return run_twin_loop(twin, store, registry, days=range(9, 23), users=2000, adapt_steps=False, monitor=False, trainer=trainer,
                          truth_sample=2000, pacing=pacing)
 
@@ -90,31 +97,24 @@ def test_pacing_keeps_true_spend_on_the_budget_through_a_population_shift(runs) 
 @pytest.mark.slow
 def test_a_candidate_in_canary_is_paced_toward_the_same_target_as_the_champion() -> None:
     """The candidate in canary is the champion's model with a budget price of 1 (planned on another
-    population; the champion's plan prices it below 0.2): on the first day, before any day to pace from, its canary units get fewer
-    offers and spend far less than the champion's units (the negative control); from the second day the
+    population; the champion's plan prices it below 0.2): on the first day, before any day to pace from,
+    its canary units get fewer offers and spend far less than the champion's units (the negative control); from the second day the
     pacer prices it toward the same target, and the two arms' true spend per unit agree."""
     raw = paced_spec().model.model_dump(mode="json")
     raw["adaptation"]["canary"]["share"] = 0.3
     spec = parse_spec(raw, source="pacing test, canary on 30%")
     twin = NBOOTwin(horizon_days=7, seed=2)
-    store = MemoryStore(spec)
-    decisions, outcomes = twin.log(twin.population(20_000))
-    clock = SimulatedClock(twin.start + timedelta(days=9))
-    ingest_decisions(store, RawRows(decisions, (), "randomized log"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "randomized log"), clock=clock)
-    registry = MemoryRegistry()
-    first = adapt(store, registry, clock.now(), trainer=lambda table, product: OutcomeModel(
-        n_folds=0, n_estimators=40, num_threads=1, seed=0).fit(table, product), population_size=2000)
-    assert first.champion is not None, first.actions
-    champion = registry.load(first.champion)
+    store, registry, first = _first_champion(spec, twin, 40)
+    champion = registry.load(first)
     (name,) = [b.name for b, _ in spec.budgets][:1]
     assert champion.multipliers[name] < 0.2
     candidate = replace(champion, version="cand", multipliers={**champion.multipliers, name: 1.0})
-    registry.register(candidate, registry.version(first.champion).lineage, at=clock.now(), who="t")
-    registry.record(at=clock.now(), who="t", why="shadow passed", kind="gate", aliases={"challenger": "cand"},
-                    statuses={"cand": "canary"}, details={"version": "cand", "canary_since": clock.now().isoformat()})
+    now = twin.start + timedelta(days=9)
+    registry.register(candidate, registry.version(first).lineage, at=now, who="t")
+    registry.record(at=now, who="t", why="shadow passed", kind="gate", aliases={"challenger": "cand"},
+                    statuses={"cand": "canary"}, details={"version": "cand", "canary_since": now.isoformat()})
     days = run_twin_loop(twin, store, registry, days=range(9, 16), users=3000, adapt_steps=False, monitor=False, truth_sample=200,
                          pacing=True)
-    gap = [(d.spend_by_version["cand"] - d.spend_by_version[first.champion]) / d.budget for d in days]
+    gap = [(d.spend_by_version["cand"] - d.spend_by_version[first]) / d.budget for d in days]
     assert gap[0] < -0.2, gap  # at the plans' prices: the candidate's higher price spends far less
     assert abs(float(np.mean(gap[1:]))) < 0.05 and max(abs(g) for g in gap[1:]) < 0.15, gap
