@@ -247,3 +247,26 @@ def test_seven_day_configuration() -> None:
 def test_a_million_users_generate() -> None:
     users = NBOOTwin(seed=0).population(1_000_000)
     assert len(users) == 1_000_000 and users["unit_id"].is_unique
+
+
+@pytest.mark.parametrize("share", [2.0, 0.9, 0.5, 0.1, 0.01])
+def test_the_one_budget_oracle_meets_highs_on_the_twin_and_with_ties(share: float) -> None:
+    """The one-budget LP by its multiplier against HiGHS (given the same LP with a second, slack row, which
+    takes the solver's path): the same optimum to 1e-12 per unit, within the limit, one eligible action's
+    worth of probability per unit. On the twin's values, and on small integers where many units tie (so
+    several units are mixed at the multiplier)."""
+    twin = NBOOTwin(seed=5)
+    truth = twin.truth(twin.population(3000))
+    rng = np.random.default_rng(7)
+    tied_obj, tied_cost = rng.integers(0, 4, (3000, 6)).astype(float), rng.integers(0, 3, (3000, 6)).astype(float)
+    tied_elig = rng.random((3000, 6)) < 0.8
+    tied_elig[:, 0], tied_cost[:, 0] = True, 0.0  # a free control for every unit
+    for objective, eligible, cost in ((truth.objective, truth.eligible, truth.components["promo_cost"]), (tied_obj, tied_elig, tied_cost)):
+        free = oracle(objective, eligible)
+        limit = share * float(np.mean(np.sum(cost * free.probabilities, axis=1)))
+        fast = oracle_under_budget(objective, eligible, [cost], [limit])
+        highs = oracle_under_budget(objective, eligible, [cost, np.zeros_like(cost)], [limit, 1.0])
+        assert fast.value == pytest.approx(highs.value, abs=1e-12 * max(1.0, abs(highs.value)) + 1e-12)
+        assert fast.usage[0] <= limit + 1e-9 and (share >= 1 or fast.usage[0] == pytest.approx(limit, rel=1e-9))
+        assert np.allclose(fast.probabilities.sum(axis=1), 1.0) and not fast.probabilities[~eligible].any()
+        assert float(np.mean(np.sum(objective * fast.probabilities, axis=1))) == pytest.approx(fast.value, rel=1e-12)
