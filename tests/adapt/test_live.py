@@ -317,10 +317,6 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
         assert measure_drift(store, "cand.guard1", start=twin.start, end=clock.now(), cohorts=[]).row("dwell_time_s")["n_reference"] == 2000
         event = next(e for e in reversed(registry.history()) if e.kind == "guard")
         assert event.details["canary_since"] == twin.start.isoformat() and event.details["challenger"] == "cand.guard1"
-        # the next step judges the guarded candidate's canary (in this world "cand" never served: no canary units)
-        after = adapt(store, registry, clock.now() + timedelta(hours=1))
-        assert after.candidate == "cand.guard1" and [g.gate for g in after.gates] == ["canary"], after.actions
-        assert after.gates[0].figures["canary_units"] == 0 and after.gates[0].figures["champion_units"] > 0
         assert len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1.guard1'")) == \
             len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1'"))
     else:
