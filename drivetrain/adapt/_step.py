@@ -317,7 +317,6 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
         c_base = challenger.split(".guard")[0]
         c_done = sum(e.kind == "guard" and str(e.details.get("challenger", "")).startswith(f"{c_base}.guard") for e in registry.history())
         c_name = f"{c_base}.guard{c_done + 1}"
-        _copy_baselines(store, challenger, c_name, at=as_of)
         if not any(r.version == c_name for r in registry.versions()):
             registry.register(replace(theirs, guards=c_guards, version=c_name),
                               replace(registry.version(challenger).lineage, parent=challenger, trigger=f"{GUARD} {cohort}={value}"),

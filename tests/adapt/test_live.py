@@ -281,8 +281,7 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
     registry.register(named(tiny_policy, "v1"), LINEAGE, at=twin.start, who="t")
     promote(registry, "v1", at=twin.start, who="t", why="first")
     reference = twin.population(2000, offset=5_000_000)
-    for version in ("v1", "cand"):
-        write_baselines(store, {"dwell_time_s": ("feature", reference["dwell_time_s"].to_numpy())}, version=version, created_at=twin.start)
+    write_baselines(store, {"dwell_time_s": ("feature", reference["dwell_time_s"].to_numpy())}, version="v1", created_at=twin.start)
     if harmed:  # a candidate in canary; the first run dies after registering the guarded version, before its event
         registry.register(named(tiny_policy, "cand"), LINEAGE, at=twin.start, who="t")
         registry.record(at=twin.start, who="t", why="shadow passed", kind="gate", aliases={"challenger": "cand"},
@@ -314,7 +313,6 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
         assert registry.alias("challenger") == "cand.guard1" and registry.status("cand.guard1") == "canary"
         assert registry.status("cand") == "retired" and "cand goes on in canary as cand.guard1" in guarded[0], guarded
         assert dict(registry.load("cand.guard1").guards) == {"device": ("mobile",)}
-        assert measure_drift(store, "cand.guard1", start=twin.start, end=clock.now(), cohorts=[]).row("dwell_time_s")["n_reference"] == 2000
         event = next(e for e in reversed(registry.history()) if e.kind == "guard")
         assert event.details["canary_since"] == twin.start.isoformat() and event.details["challenger"] == "cand.guard1"
         assert len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1.guard1'")) == \
