@@ -52,6 +52,10 @@ def test_the_pacer_target_is_the_budget_plus_the_shortfall_spread_over_the_remai
         pacer.observe(30, 1.0)
 
 
+def _trainer(trees: int):  # type: ignore[no-untyped-def]
+    return lambda table, product: OutcomeModel(n_folds=0, n_estimators=trees, num_threads=1, seed=0).fit(table, product)
+
+
 def _first_champion(spec: Spec, twin: NBOOTwin, trees: int) -> tuple[MemoryStore, MemoryRegistry, str]:
     """A store with a 20,000-user randomized log as of day 9, and the first champion fitted on it."""
     store = MemoryStore(spec)
@@ -60,8 +64,7 @@ def _first_champion(spec: Spec, twin: NBOOTwin, trees: int) -> tuple[MemoryStore
     ingest_decisions(store, RawRows(decisions, (), "randomized log"), clock=clock)
     ingest_outcomes(store, RawRows(outcomes, (), "randomized log"), clock=clock)
     registry = MemoryRegistry()
-    first = adapt(store, registry, clock.now(), trainer=lambda table, product: OutcomeModel(
-        n_folds=0, n_estimators=trees, num_threads=1, seed=0).fit(table, product), population_size=2000)
+    first = adapt(store, registry, clock.now(), trainer=_trainer(trees), population_size=2000)
     assert first.champion is not None, first.actions
     return store, registry, first.champion
 
@@ -70,11 +73,7 @@ def _run(pacing: bool) -> list[LoopDay]:
     # from day 13 every user has three times the cart adds: more users buy, so the plan's price overspends
     twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
     store, registry, _ = _first_champion(paced_spec(), twin, 60)
-
-    def trainer(table, product):  # type: ignore[no-untyped-def]
-        return OutcomeModel(n_folds=0, n_estimators=60, num_threads=1, seed=0).fit(table, product)
-
-    return run_twin_loop(twin, store, registry, days=range(9, 23), users=2000, adapt_steps=False, monitor=False, trainer=trainer,
+    return run_twin_loop(twin, store, registry, days=range(9, 23), users=2000, adapt_steps=False, monitor=False, trainer=_trainer(60),
                          truth_sample=2000, pacing=pacing)
 
 

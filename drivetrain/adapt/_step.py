@@ -320,10 +320,11 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
 def _copy_baselines(store: Store, parent: str, version: str, *, at: datetime) -> None:
     """The parent's fit-time baselines, keyed by ``version`` as of ``at`` (a guarded version has the same
     model and population; monitoring compares each version with its own), unless ``version`` has some."""
-    if store.arrow(f"SELECT COUNT(*) AS n FROM baselines WHERE policy_version = '{version}'").column("n")[0].as_py():
-        return
-    rows = store.arrow(f"SELECT * FROM baselines WHERE policy_version = '{parent}'")
-    if rows.num_rows == 0:
+    def rows_of(name: str) -> pa.Table:
+        return store.lookup("baselines", "policy_version", pa.table({"policy_version": [name]}))
+
+    rows = rows_of(parent)
+    if rows.num_rows == 0 or rows_of(version).num_rows:
         return
     for column, values in (("policy_version", pa.array([version] * rows.num_rows, pa.string())),
                            ("created_at", pa.array([at] * rows.num_rows, rows.schema.field("created_at").type))):

@@ -102,16 +102,16 @@ def _one_budget(objective: np.ndarray, eligible: np.ndarray, cost: np.ndarray, l
     n, k = objective.shape
     rows = np.arange(n)
     value = np.where(eligible, objective, -np.inf)
-    price = np.where(eligible, cost, np.inf)
+    spent = np.where(eligible, cost, 0.0)
     # lexicographic picks (cheapest, then best): the least spend any assignment reaches
-    cheapest = price.min(axis=1)
+    cheapest = np.where(eligible, cost, np.inf).min(axis=1)
     floor = float(cheapest.mean())
     tol = 1e-9 * max(1.0, abs(limit))
     if not np.isfinite(floor) or floor > limit + tol:
         raise UsageError(f"budget oracle: the limits {[limit]} cannot all hold (the cheapest eligible actions spend {floor:.6g})")
 
     def picks(lam: float) -> np.ndarray:
-        return np.argmax(value - lam * np.where(eligible, cost, 0.0), axis=1)
+        return np.argmax(value - lam * spent, axis=1)
 
     def spend(choice: np.ndarray) -> float:
         return float(cost[rows, choice].mean())
@@ -123,7 +123,7 @@ def _one_budget(objective: np.ndarray, eligible: np.ndarray, cost: np.ndarray, l
     while spend(picks(high)) > limit and high < 1e15:
         low, high = high, 2.0 * high
     if spend(picks(high)) > limit:  # only the lexicographic cheapest picks reach the limit
-        best = np.argmax(np.where(price == cheapest[:, None], value, -np.inf), axis=1)
+        best = np.argmax(np.where(eligible & (cost == cheapest[:, None]), value, -np.inf), axis=1)
         return _solution(objective, cost, [(best, 1.0)])
     for _ in range(200):
         mid = 0.5 * (low + high)
