@@ -7,6 +7,7 @@ what arrived, and exit code 2; no traceback reaches the user for it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -1466,9 +1467,18 @@ def contract_system(
         console.print(f"wrote {path}")
 
 
+@functools.cache
+def _command() -> Callable[..., object]:
+    """The command line as Click runs it, built once a process: building it from the functions' signatures
+    takes about 0.1 s, which a process that runs several commands (a test, a notebook) would pay each time.
+    ``app(...)`` would build it again and only add a traceback hook that ``pretty_exceptions_enable=False``
+    turns off."""
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv)
+        _command()(args=argv, prog_name="drivetrain")
     except DrivetrainError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

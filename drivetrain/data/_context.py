@@ -24,6 +24,8 @@ __all__ = ["NULL_TEXT", "check_context", "check_contexts"]
 
 #: Text that exports write for a missing value; read as null after stripping and lowercasing.
 NULL_TEXT = ("", "null", "nan")
+#: What `infer_dtype` says of an object column that holds no true/false value.
+_WITHOUT_BOOLEANS = frozenset({"empty", "integer", "floating", "mixed-integer-float", "decimal", "string"})
 
 
 class _Rows:
@@ -51,7 +53,10 @@ class _Rows:
         """Missing values, including the text forms that exports write for them ("", null, NaN)."""
         null = col.isna().to_numpy()
         if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
-            null = null | col.astype(str).str.strip().str.lower().isin(NULL_TEXT).to_numpy()
+            # judged once per distinct value (a context column holds few): the text of each, then by its code
+            codes, distinct = pd.factorize(col)
+            text_null = pd.Index(distinct).astype(str).str.strip().str.lower().isin(NULL_TEXT)
+            null = null | ((codes >= 0) & np.append(text_null, False)[codes])
         return null
 
     def fail(self, mask: np.ndarray, template: str, raw: pd.Series | Callable[[np.ndarray], list[Any]] | None = None) -> None:
@@ -86,7 +91,12 @@ class _Rows:
         null = self.is_null(col)
         if required:
             self.fail(null, f"`{name}` is required, got {{got}}", col)
-        return col.astype(str).str.strip().astype(object).where(~null, None)
+        if not (pd.api.types.is_string_dtype(col.dtype) and pd.api.types.infer_dtype(col, skipna=True) == "string"):
+            return col.astype(str).str.strip().astype(object).where(~null, None)
+        # text alone (where equal values print alike): stripped once per distinct value
+        codes, distinct = pd.factorize(col)
+        stripped = np.append(pd.Index(distinct).astype(str).str.strip().to_numpy(dtype=object), [None])[codes]
+        return pd.Series(stripped, index=col.index, dtype=object, name=col.name).where(~null, None)
 
     def timestamp(self, name: str, *, required: bool, default: datetime | None = None) -> pd.Series:
         col = self.raw(name)
@@ -111,7 +121,9 @@ class _Rows:
             parsed = pd.Series(np.full(self.n, np.nan), index=col.index)
             self.fail(~null, f"`{name}` must be a number, got {{got}}", col)
         else:
-            flags = col.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool) if col.dtype == object else np.zeros(self.n, bool)
+            # a true/false among numbers is refused; a column of numbers or of text alone has none to look for
+            mixed = col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) not in _WITHOUT_BOOLEANS
+            flags = col.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool) if mixed else np.zeros(self.n, bool)
             self.fail(flags, f"`{name}` must be a number, got {{got}}", col)
             parsed = pd.to_numeric(col.where(~null & ~flags, None), errors="coerce").astype(np.float64)
         if required:

@@ -104,7 +104,11 @@ def _length(contexts: Mapping[str, Any]) -> int:
     raise SpecError("contexts must have at least one column, got none")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+#: YAML's safe loader, on libyaml's parser where PyYAML was built with it (about ten times faster to parse).
+SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader) if yaml.__with_libyaml__ else yaml.SafeLoader
+
+
+class _UniqueKeyLoader(SAFE_LOADER):  # type: ignore[valid-type,misc]
     """YAML's safe loader, except that a key repeated in one mapping is an error: PyYAML would keep the
     last value silently, so a spec could say one thing where the reader sees another."""
 
