@@ -39,6 +39,7 @@ from drivetrain.adapt._gates import (
     constraints_gate,
     data_gate,
     off_policy_gate,
+    paired_values,
     regression_gate,
     serving_gate,
 )
@@ -138,22 +139,27 @@ def frozen_set(store: Store, registry: Registry, as_of: datetime | None = None) 
     before the first version was registered, with their outcomes; the same rows for every candidate.
 
     After a guard (:func:`known_changes`) the harmed value's rows from before its change leave the set,
-    and the evaluation units' randomized decisions made since the first change and mature by ``as_of``
-    join it: a set that keeps judging in the world the candidate will serve, the same rows for the
-    candidate and the champion."""
+    and the evaluation units' decisions made since the first change and mature by ``as_of`` join it, of
+    every arm and with their logged propensities: a set that keeps judging in the world the candidate will
+    serve, the same rows for the candidate and the champion. (Those later decisions were drawn by versions
+    that explore by their own scores, and a guarded value's by control alone, so that only the logged
+    propensity is their probability: the uniform one of the first log's exploration would not be.)"""
     versions = registry.versions()
     if not versions:
         return pd.DataFrame()
+    spec = store.spec
     first = versions[0].registered_at
     epoch = datetime(1970, 1, 1, tzinfo=first.tzinfo)
     changes = known_changes(registry)
     rows = training_window(store, first, since=epoch, changes=changes).evaluation
+    rows = rows[(rows["assignment"] == "explore") & evaluation_units(spec, rows["unit_id"].to_numpy())]
+    frozen = _conditional_on_exploration(spec, rows.reset_index(drop=True))
     if changes and as_of is not None:
         since = min(c.since for c in changes)
-        rows = pd.concat([rows, training_window(store, as_of, since=since, changes=changes).evaluation], ignore_index=True)
-        rows = rows.drop_duplicates("request_id").reset_index(drop=True)
-    rows = rows[(rows["assignment"] == "explore") & evaluation_units(store.spec, rows["unit_id"].to_numpy())]
-    return _conditional_on_exploration(store.spec, rows.reset_index(drop=True))
+        later = training_window(store, as_of, since=since, changes=changes).evaluation
+        later = later[evaluation_units(spec, later["unit_id"].to_numpy()) & ~later["request_id"].isin(frozen["request_id"])]
+        frozen = pd.concat([frozen, later], ignore_index=True)
+    return frozen.reset_index(drop=True)
 
 
 def _conditional_on_exploration(spec: Spec, rows: pd.DataFrame) -> pd.DataFrame:
@@ -172,10 +178,47 @@ def _code_version() -> str:
         return "unknown"
 
 
+def carried_guards(spec: Spec, policy: Policy, guards: Mapping[str, Sequence[str]], rows: pd.DataFrame,
+                   changes: Sequence[Change]) -> tuple[dict[str, tuple[str, ...]], dict[str, float]]:
+    """The champion's ``guards`` that the candidate ``policy`` keeps, and the figures of each release test.
+
+    A guarded value stays guarded unless, on ``rows`` (the evaluation units' mature decisions, which no
+    candidate learnt from, with their logged propensities) of that value decided since its change, the
+    candidate without the guard beats the candidate with it: the doubly robust lift's lower bound above
+    zero, at the gates' level (the guard's own harm test, the other way round). A retrained candidate thus
+    does not serve a harmed segment again on its model's word alone."""
+    since = {(c.cohort, c.value): c.since for c in changes}
+    kept: dict[str, tuple[str, ...]] = {}
+    figures: dict[str, float] = {}
+    sign = -1.0 if spec.model.objective.direction == "minimize" else 1.0
+    for cohort, values in guards.items():
+        keep = []
+        for value in values:
+            start = since.get((cohort, value))
+            sub = rows[(rows[cohort].astype(str) == value)] if cohort in rows else rows.iloc[:0]
+            if start is not None and len(sub):
+                sub = sub[pd.to_datetime(sub["decided_at"], utc=True) >= pd.Timestamp(start)]
+            sub = sub.reset_index(drop=True)
+            low = float("-inf")
+            if start is not None and sub["unit_id"].nunique() >= 2:
+                paired = paired_values(policy.model, sub, replace(policy, guards={}), replace(policy, guards={cohort: (value,)}),
+                                       alpha=spec.model.adaptation.gates.alpha, spec=spec)["objective"]
+                low = paired.low if sign > 0 else -paired.high
+                figures[f"release:{cohort}={value}:lift"] = sign * paired.difference
+                figures[f"release:{cohort}={value}:low"] = low
+            figures[f"release:{cohort}={value}:rows"] = float(len(sub))
+            if not low > 0:
+                keep.append(value)
+        if keep:
+            kept[cohort] = tuple(keep)
+    return kept, figures
+
+
 def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Trainer, parent: str | None, trigger: str,
-                  population_size: int = 10_000, planner: Planner | None = None, changes: Sequence[Change] = ()) -> Candidate:
+                  population_size: int = 10_000, planner: Planner | None = None, changes: Sequence[Change] = (),
+                  guards: Mapping[str, Sequence[str]] | None = None) -> Candidate:
     """Fit and plan a candidate on the window's mature decisions as of ``as_of``, less those ``changes``
-    make stale."""
+    make stale. The candidate keeps the champion's ``guards`` that :func:`carried_guards` does not release."""
     spec = store.spec
     window = training_window(store, as_of, changes=changes)
     population = _population(store, window, as_of, population_size)
@@ -191,6 +234,10 @@ def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Train
         plan = plan_policy(spec, model, population, version=version)
         policy = plan.policy
         write_policy_baselines(store, plan, population, created_at=as_of)
+    released: dict[str, float] = {}
+    if guards:
+        kept, released = carried_guards(spec, policy, guards, window.evaluation, changes)
+        policy = replace(policy, guards=kept)
     decided = pd.to_datetime(train["decided_at"], utc=True)
     lineage = Lineage(spec_hash=spec.hash, model_spec_hash=spec.model_hash,
                       data_start=decided.min().isoformat() if len(train) else None,
@@ -198,7 +245,7 @@ def fit_candidate(store: Store, as_of: datetime, *, version: str, trainer: Train
                       rows_by_version=dict(window.rows_by_version), code_version=_code_version(),
                       figures={"fit_seconds": round(fit_seconds, 3), "evaluation_rows": float(len(window.evaluation)),
                                "stale_rows": float(window.stale),
-                               "population": float(len(population)), "immature": float(window.immature)},
+                               "population": float(len(population)), "immature": float(window.immature), **released},
                       parent=parent, trigger=trigger)
     return Candidate(policy, lineage, train, window.evaluation, population)
 
@@ -516,8 +563,9 @@ def _candidate(store: Store, registry: Registry, as_of: datetime, name: str, res
                trigger: str, population_size: int, planner: Planner | None) -> Candidate:
     changes = known_changes(registry)
     if not resumed:
+        guards = registry.load(parent).guards if parent is not None else None
         candidate = fit_candidate(store, as_of, version=name, trainer=trainer, parent=parent, trigger=trigger,
-                                  population_size=population_size, planner=planner, changes=changes)
+                                  population_size=population_size, planner=planner, changes=changes, guards=guards)
         registry.register(candidate.policy, candidate.lineage, at=as_of, who="drivetrain adapt")
         return candidate
     record = registry.version(name)

@@ -143,9 +143,13 @@ def test_after_a_guard_candidates_neither_learn_from_nor_are_judged_by_the_harme
     assert len(window.train) == len(whole.train) - mobile_early.sum()
     assert not ((window.train["device"] == "mobile") & early(window.train)).any() and early(window.train).sum() > 1000  # others stay
     frozen = frozen_set(store, registry, as_of)
-    assert (frozen["assignment"] == "explore").all() and not ((frozen["device"] == "mobile") & early(frozen)).any()
+    assert (frozen.loc[early(frozen), "assignment"] == "explore").all() and not ((frozen["device"] == "mobile") & early(frozen)).any()
     assert set(before["request_id"]) - set(frozen["request_id"]) == set(before.loc[before["device"] == "mobile", "request_id"])
-    assert (~early(frozen)).sum() > 1000  # the randomized decisions since the change joined
+    assert (~early(frozen)).sum() > 1000  # the evaluation units' decisions since the change joined
+    # ... with the propensities they were logged with (the first log's uniform exploration holds for it alone)
+    logged = whole.evaluation.set_index("request_id")["propensity"]
+    later = frozen[~early(frozen)]
+    np.testing.assert_array_equal(later["propensity"].to_numpy(), logged.loc[later["request_id"]].to_numpy())
     step = adapt(store, registry, as_of, trainer=trainer, population_size=2000)
     assert step.candidate is not None, step.actions
     lineage = registry.version(step.candidate).lineage
@@ -162,6 +166,39 @@ def test_after_a_guard_candidates_neither_learn_from_nor_are_judged_by_the_harme
         greedy = replace(candidate.policy, exploration_rate=0.0, holdout_share=0.0).action_distribution(twin.observe(users, day=25))
         gain[label] = truth.value(np.where(mobile[:, None], greedy, control)) - truth.value(control)
     assert gain["without the stale rows"] >= -1e-3 and gain["every row"] < gain["without the stale rows"] - 0.01, gain
+    # a candidate of a guarded champion keeps the guard: on the evaluation units' decisions since the change,
+    # serving mobile users by its model does not beat control for them
+    kept = fit_candidate(store, as_of, version="kept", trainer=trainer, parent=None, trigger="t", population_size=2000,
+                         changes=[change], guards={"device": ("mobile",)})
+    assert kept.policy.guards == {"device": ("mobile",)}
+    assert kept.lineage.figures["release:device=mobile:low"] <= 0 < kept.lineage.figures["release:device=mobile:rows"]
+
+
+@pytest.mark.slow
+def test_a_guard_is_released_where_the_candidate_beats_control_since_the_change() -> None:
+    """The twin where every offer works better for mobile users from day 10 (a logit rise of 2), with mobile
+    users guarded: the candidate releases them, as the doubly robust lift over control on the evaluation
+    units' decisions since the change is above zero, and by the twin's truth its offers to them pay. (The
+    test above is the other way round: offers that got worse keep their guard.)"""
+    spec = gate_spec(guard_on_alert=True, window="60d")
+    twin = NBOOTwin(horizon_days=7, seed=16, scenario=Scenario(effect_segment=("device", "mobile"), effect_delta=2.0, effect_day=10))
+    store = MemoryStore(spec)
+    logs = [twin.log(twin.population(1500, day=day, offset=100_000 * day), day=day) for day in range(20)]
+    clock = SimulatedClock(twin.start + timedelta(days=29))
+    ingest_decisions(store, RawRows(pd.concat([d for d, _ in logs], ignore_index=True), (), "20 days"), clock=clock)
+    ingest_outcomes(store, RawRows(pd.concat([o for _, o in logs], ignore_index=True), (), "20 days"), clock=clock)
+    changes = [Change("device", "mobile", twin.start + timedelta(days=10))]
+    candidate = fit_candidate(store, clock.now(), version="c", trainer=trainer, parent=None, trigger="t", population_size=2000,
+                              changes=changes, guards={"device": ("mobile",)})
+    figures = candidate.lineage.figures
+    assert candidate.policy.guards == {} and figures["release:device=mobile:low"] > 0, figures
+    # by the truth on day-25 users: the released mobile users gain over control, as the test said
+    users = twin.population(4000, day=25, offset=9_000_000)
+    truth, mobile = twin.truth(users, day=25), (users["device"] == "mobile").to_numpy()
+    control = np.zeros((len(users), len(spec.action_space.ids)))
+    control[:, spec.control.index] = 1.0
+    greedy = replace(candidate.policy, exploration_rate=0.0, holdout_share=0.0).action_distribution(twin.observe(users, day=25))
+    assert truth.value(np.where(mobile[:, None], greedy, control)) - truth.value(control) > 0.05
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
