@@ -219,7 +219,7 @@ class Policy:
     pessimism: float = 0.0
     tie_split: TieSplit | None = None
     #: Cohort values that get control alone (feature -> values): where this policy's model did harm (a north
-    #: star below control's, or a guardrail broken), until a retrained candidate replaces it (``adaptation.guard_on_alert``).
+    #: star below control's, or a guardrail broken), kept by retrained candidates until one beats control there (``adaptation.guard_on_alert``).
     guards: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,8 @@ A step, judged on the store and the registry as of T:
    promotion rolls it back to ``last-good``;
    With ``adaptation.guard_on_alert``, a cohort value the champion's own latest mature decisions harm (a
    north star below the holdout's, or a guardrail beyond its bound; Holm-adjusted over the cohort values)
-   gets control alone: a new version of the champion with the guard becomes the champion (event ``guard``);
+   gets control alone: a new version of the champion with the guard becomes the champion (event ``guard``),
+   and a retrained candidate keeps the guard unless it beats control there (:func:`carried_guards`);
 2. a candidate in flight (the ``challenger``) moves on: from shadow to canary when its shadow decisions
    pass, from canary to champion when the canary is non-inferior; a failure rejects it with the reason;
 3. otherwise the triggers are judged; when one fires, a candidate is fitted on the window's mature
@@ -346,7 +347,7 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     # event finds the same name registered and records the event
     done = sum(e.kind == "guard" and str(e.details.get("version", "")).startswith(f"{base}.guard") for e in registry.history())
     name = f"{base}.guard{done + 1}"
-    why = f"guarded {champion} as {name}: control alone for {cohort}={value} until a retrained candidate is promoted ({message})"
+    why = f"guarded {champion} as {name}: control alone for {cohort}={value}, kept by retrained candidates until one beats control there ({message})"
     record = registry.version(champion)
     _copy_baselines(store, champion, name, at=as_of)
     if not any(r.version == name for r in registry.versions()):  # a crash after the registration: the version stands

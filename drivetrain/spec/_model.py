@@ -362,7 +362,8 @@ class Adaptation(_Value):
     is set before each day from observed and predicted spend so that spend over each period tracks the
     budget (:mod:`drivetrain.pacing`). With ``guard_on_alert``, a cohort value the champion's own decisions
     harm (its north star below the holdout's, or a guardrail beyond its bound) gets control alone, in a
-    new version of the champion, until a retrained candidate is promoted."""
+    new version of the champion; a retrained candidate keeps the guard unless it beats control there on
+    the decisions since the change (:func:`drivetrain.adapt.carried_guards`)."""
 
     _added: ClassVar[dict[str, Any]] = {"pacing_period": None, "guard_on_alert": False}
 
