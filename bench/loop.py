@@ -13,7 +13,8 @@ the frozen first policy (the same first champion, never retrained). Every arm se
 champion harms (adaptation.guard_on_alert) unless --no-guard. Per week:
 the champion's true share of the budgeted oracle's gain over control (greedy, on the week's users), the
 retrains, promotions and rollbacks (a canary stopped by a guardrail counts as one), the true value per
-user that exploration cost, and the true spend per user against the budget.
+user that exploration cost, and the true spend per user against the budget, beside the spend of the budgeted
+oracle on the same users (the budget is a ceiling: where fewer offers pay, the oracle spends less).
 
     python bench/loop.py            # 10,000 users a day, 8 weeks, 20,000 first users, 3 seeds (long)
     python bench/loop.py --quick    # a small run, what the test suite runs
@@ -90,13 +91,13 @@ def run_arm(seed: int, spec: Spec, *, first_users: int, daily: int, days: int, d
 
 def weekly(days: list[LoopDay]) -> pd.DataFrame:
     frame = pd.DataFrame([{"week": (d.day - START_DAY) // 7 + 1, "share": d.share, "exploration_cost": d.exploration_cost,
-                           "spend": d.spend, "budget": d.budget, "price": np.nan if d.price is None else d.price, "retrains": int(d.retrained), "promotions": int(d.promoted),
+                           "spend": d.spend, "oracle_spend": d.oracle_spend, "budget": d.budget, "price": np.nan if d.price is None else d.price, "retrains": int(d.retrained), "promotions": int(d.promoted),
                            "rollbacks": int(d.rolled_back),
                            "promoted_loss": (d.replaced_share - d.share) if d.replaced_share is not None and d.share is not None
                            else np.nan} for d in days])
     return frame.groupby("week").agg(share=("share", "mean"), retrains=("retrains", "sum"), promotions=("promotions", "sum"),
                                      rollbacks=("rollbacks", "sum"), exploration_cost=("exploration_cost", "mean"),
-                                     spend=("spend", "mean"), budget=("budget", "mean"), price=("price", "mean"),
+                                     spend=("spend", "mean"), oracle_spend=("oracle_spend", "mean"), budget=("budget", "mean"), price=("price", "mean"),
                                      promoted_loss=("promoted_loss", "max"))
 
 
@@ -110,13 +111,15 @@ def print_arm(label: str, parts: list[pd.DataFrame], weeks: int, drift_week: int
     spread = frame.groupby(level=0)["share"].agg(lambda s: s.max() - s.min())
     print(f"\n{label} (mean of {len(parts)} seeds)")
     print(f"{'week':>4} {'share of oracle gain':>21} {'seed spread':>11} {'retrains':>8} {'promotions':>10} {'rollbacks':>9} "
-          f"{'exploration cost':>16} {'spend / budget':>14} {'budget price':>12}")
+          f"{'exploration cost':>16} {'spend / budget':>14} {'oracle spend':>12} {'budget price':>12}")
     for week, row in mean.iterrows():
         print(f"{week:>4} {row['share']:>21.3f} {spread[week]:>11.3f} {row['retrains']:>8.1f} {row['promotions']:>10.1f} "
-              f"{row['rollbacks']:>9.1f} {row['exploration_cost']:>16.4f} {row['spend'] / row['budget']:>14.3f} {row['price']:>12.3f}")
+              f"{row['rollbacks']:>9.1f} {row['exploration_cost']:>16.4f} {row['spend'] / row['budget']:>14.3f} "
+              f"{row['oracle_spend'] / row['budget']:>12.3f} {row['price']:>12.3f}")
     for start in range(1, weeks + 1, 4):
         block = mean.loc[start:start + 3]
-        print(f"weeks {start}-{min(start + 3, weeks)}: spend / budget {block['spend'].mean() / block['budget'].mean():.3f}")
+        print(f"weeks {start}-{min(start + 3, weeks)}: spend / budget {block['spend'].mean() / block['budget'].mean():.3f} "
+              f"(the budgeted oracle's on the same users: {block['oracle_spend'].mean() / block['budget'].mean():.3f})")
     losses = frame["promoted_loss"].dropna()
     tolerance = float(spread.max()) if len(parts) > 1 else float("nan")
     print(f"promotions judged by the twin: {len(losses)}; the worst new champion against the one it replaced (same users): "

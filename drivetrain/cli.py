@@ -1468,7 +1468,7 @@ def contract_system(
 
 
 @functools.cache
-def _command() -> Callable[..., object]:
+def command() -> Callable[..., object]:
     """The command line as Click runs it, built once a process: building it from the functions' signatures
     takes about 0.1 s, which a process that runs several commands (a test, a notebook) would pay each time.
     ``app(...)`` would build it again and only add a traceback hook that ``pretty_exceptions_enable=False``
@@ -1478,7 +1478,7 @@ def _command() -> Callable[..., object]:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        _command()(args=argv, prog_name="drivetrain")
+        command()(args=argv, prog_name="drivetrain")
     except DrivetrainError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

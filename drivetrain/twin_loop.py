@@ -36,8 +36,9 @@ class LoopDay:
     champion's greedy share of the budgeted oracle's gain over control on the day's users;
     ``exploration_cost``: true value per unit lost to exploration; ``spend``: true expected promotion
     cost per unit of the decisions made, against ``budget``; ``price``: the budget's shadow price the day
-    was served at when paced; ``spend_by_version``: ``spend`` by the version that decided), and what the step
-    at the day's end did."""
+    was served at when paced; ``spend_by_version``: ``spend`` by the version that decided; ``oracle_spend``:
+    what the budgeted oracle spends per unit on the same users, the spend the budget allows to pay), and what
+    the step at the day's end did."""
 
     day: int
     as_of: datetime
@@ -52,6 +53,7 @@ class LoopDay:
     replaced_share: float | None = None
     price: float | None = None
     spend_by_version: Mapping[str, float] = field(default_factory=dict)
+    oracle_spend: float | None = None
 
     @property
     def retrained(self) -> bool:
@@ -152,7 +154,8 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         greedy = replace(serving, exploration_rate=0.0, holdout_share=0.0).action_distribution(sub)
         served = replace(serving, holdout_share=0.0).action_distribution(sub)
         base = float(t_obj[:, control].mean())
-        best = oracle_under_budget(t_obj, truth.eligible[sample], [truth.components["promo_cost"][sample]], [budget]).value
+        solution = oracle_under_budget(t_obj, truth.eligible[sample], [truth.components["promo_cost"][sample]], [budget])
+        best, oracle_spend = solution.value, solution.usage[0]
         value = float(np.mean(np.sum(t_obj * greedy, axis=1)))
         share = (value - base) / (best - base) if best > base else None
         replaced = previous if previous not in (None, champion_name) else None
@@ -192,7 +195,7 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         step = adapt(store, registry, end, trainer=trainer, who="twin loop", population_size=population_size) if adapt_steps else None
         price = serving.multipliers.get(pacer.budget) if pacer is not None and pacer.budget is not None else None
         result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step, replaced, replaced_share, price,
-                         spend_by_version)
+                         spend_by_version, oracle_spend)
         out.append(result)
         if on_day is not None:
             on_day(result)

@@ -91,6 +91,8 @@ def test_pacing_keeps_true_spend_on_the_budget_through_a_population_shift(runs) 
     # the same users and the same first champion: only the price differs
     assert [d.champion for d in runs[True]] == [d.champion for d in runs[False]]
     assert runs[True][0].spend == runs[False][0].spend  # the first day has no day before to pace from
+    # the yardstick beside the spend: the budgeted oracle on the same users spends at most the budget
+    assert all(d.oracle_spend is not None and 0 < d.oracle_spend <= d.budget + 1e-9 for days in runs.values() for d in days)
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ DRIVER = textwrap.dedent("""
     import json, os, signal, sys
     from drivetrain import cli
 
+    cli.command()  # the command line built once, before the forks, as the imports are
     for job in json.loads(sys.argv[1]):
         pid = os.fork()
         if pid == 0:

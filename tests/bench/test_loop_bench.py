@@ -11,6 +11,6 @@ def test_quick_loop_benchmark_runs_and_prints_both_arms_by_week() -> None:
     for arm in ("adaptive (directed exploration)", "adaptive (uniform epsilon)", "frozen first policy"):
         assert arm in out, arm
     lines = [line.split() for line in out.splitlines()]
-    weeks = [cells for cells in lines if cells and cells[0].isdigit() and len(cells) == 9]
+    weeks = [cells for cells in lines if cells and cells[0].isdigit() and len(cells) == 10]
     assert len(weeks) == 2 * 2 * 3  # three arms, two weeks, printed after the seed and for all seeds
-    assert "spend / budget" in out
+    assert "spend / budget" in out and "the budgeted oracle's on the same users" in out
