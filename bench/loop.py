@@ -172,7 +172,9 @@ def main() -> None:
             for d in result:  # what the loop did, day by day (quiet days left out)
                 done = [a for a in (d.step.actions if d.step else ()) if a != "no trigger fired" and "waiting for" not in a]
                 if done:
-                    print(f"  day {d.day - START_DAY + 1}: " + "; ".join(a[:220] for a in done), flush=True)
+                    truth = "" if d.challenger_share is None or d.share is None else \
+                        f" [truth that day: challenger {d.challenger_share:.3f}, champion {d.share:.3f} share]"
+                    print(f"  day {d.day - START_DAY + 1}: " + "; ".join(a[:220] for a in done) + truth, flush=True)
             print_arm(f"{label}, seeds so far", tables[label], cfg["weeks"], cfg["drift_week"])
     print("\n=== all seeds ===")
     for label, parts in tables.items():

@@ -37,8 +37,9 @@ class LoopDay:
     ``exploration_cost``: true value per unit lost to exploration; ``spend``: true expected promotion
     cost per unit of the decisions made, against ``budget``; ``price``: the budget's shadow price the day
     was served at when paced; ``spend_by_version``: ``spend`` by the version that decided; ``oracle_spend``:
-    what the budgeted oracle spends per unit on the same users, the spend the budget allows to pay), and what
-    the step at the day's end did."""
+    what the budgeted oracle spends per unit on the same users, the spend the budget allows to pay;
+    ``challenger_share``: the challenger's greedy share on the same users at the same price, while one is in
+    shadow or canary, the truth its verdict can be read against), and what the step at the day's end did."""
 
     day: int
     as_of: datetime
@@ -54,6 +55,7 @@ class LoopDay:
     price: float | None = None
     spend_by_version: Mapping[str, float] = field(default_factory=dict)
     oracle_spend: float | None = None
+    challenger_share: float | None = None
 
     @property
     def retrained(self) -> bool:
@@ -168,6 +170,10 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
             replaced_share = (old_value - base) / (best - base)
         previous = champion_name
         exploration_cost = value - float(np.mean(np.sum(t_obj * served, axis=1)))
+        challenger_share = None
+        if challenger is not None and best > base:
+            tried = replace(challenger, exploration_rate=0.0, holdout_share=0.0).action_distribution(sub)
+            challenger_share = (float(np.mean(np.sum(t_obj * tried, axis=1))) - base) / (best - base)
 
         clock.set(end)
         ingest_decisions(store, RawRows(decisions, (), f"loop decisions, day {day}"), clock=clock)
@@ -195,7 +201,7 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         step = adapt(store, registry, end, trainer=trainer, who="twin loop", population_size=population_size) if adapt_steps else None
         price = serving.multipliers.get(pacer.budget) if pacer is not None and pacer.budget is not None else None
         result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step, replaced, replaced_share, price,
-                         spend_by_version, oracle_spend)
+                         spend_by_version, oracle_spend, challenger_share)
         out.append(result)
         if on_day is not None:
             on_day(result)

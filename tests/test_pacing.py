@@ -119,3 +119,7 @@ def test_a_candidate_in_canary_is_paced_toward_the_same_target_as_the_champion()
     gap = [(d.spend_by_version["cand"] - d.spend_by_version[first]) / d.budget for d in days]
     assert gap[0] < -0.2, gap  # at the plans' prices: the candidate's higher price spends far less
     assert abs(float(np.mean(gap[1:]))) < 0.05 and max(abs(g) for g in gap[1:]) < 0.15, gap
+    # the truth beside the canary: the same model paced to the same price is the same policy as the champion
+    shares = [(d.challenger_share, d.share) for d in days]
+    assert all(c is not None and s is not None for c, s in shares), shares
+    assert all(c == s for c, s in shares[1:]) and shares[0][0] != shares[0][1], shares
