@@ -14,7 +14,9 @@ champion harms (adaptation.guard_on_alert) unless --no-guard. Per week:
 the champion's true share of the budgeted oracle's gain over control (greedy, on the week's users), the
 retrains, promotions and rollbacks (a canary stopped by a guardrail counts as one), the true value per
 user that exploration cost, and the true spend per user against the budget, beside the spend of the budgeted
-oracle on the same users (the budget is a ceiling: where fewer offers pay, the oracle spends less).
+oracle on the same users (the budget is a ceiling: where fewer offers pay, the oracle spends less). Every day
+the loop acts on is printed with what it did and, while a challenger is in shadow or canary, the challenger's
+and the champion's true shares that day: the truth each verdict can be read against.
 
     python bench/loop.py            # 10,000 users a day, 8 weeks, 20,000 first users, 3 seeds (long)
     python bench/loop.py --quick    # a small run, what the test suite runs
