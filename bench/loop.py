@@ -52,11 +52,11 @@ os.environ.setdefault("DRIVETRAIN_PII_KEY", "bench-loop-key-of-the-personal-data
 START_DAY = 9  # the first log's decisions are all mature by then (7-day horizon, 1 day to settle)
 
 
-def bench_spec(daily: int, trees: int, *, window_days: int, exploration: str, pacing: bool, canary_share: float = 0.1,
+def bench_spec(daily: int, trees: int, *, window_days: int | None, exploration: str, pacing: bool, canary_share: float = 0.1,
                guard: bool = True) -> Spec:
     raw = loop_spec().model.model_dump(mode="json")
     raw["experimentation"]["exploration"] = exploration
-    raw["adaptation"].update({"min_new_decisions": 5 * daily, "max_staleness": "14d", "window": f"{window_days}d", "evaluation_share": 0.1,
+    raw["adaptation"].update({"min_new_decisions": 5 * daily, "max_staleness": "14d", "window": f"{window_days}d" if window_days else None, "evaluation_share": 0.1,
                               "pacing_period": "28d" if pacing else None, "guard_on_alert": guard})
     raw["adaptation"]["gates"].update({"min_decisions": min(5000, 2 * daily), "regression_tolerance": 0.3,
                                        "non_inferiority_margin": 0.5, "latency_samples": 50})
@@ -141,14 +141,16 @@ def main() -> None:
     parser.add_argument("--first-users", type=int, default=None, help="users of the first randomized log")
     parser.add_argument("--drift-week", type=int, default=None, help="the week (from 1) the concept drift starts")
     parser.add_argument("--trees", type=int, default=None, help="boosting rounds per model of each candidate")
-    parser.add_argument("--window-days", type=int, default=None, help="the training window (adaptation.window) in days")
+    parser.add_argument("--window-days", type=int, default=None,
+                        help="the training window (adaptation.window) in days (default: every mature decision, the product's default)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"which arms, comma-separated, of {list(ARMS)}")
     parser.add_argument("--no-pacing", action="store_true", help="serve every arm at its plan's price (no spend pacing)")
     parser.add_argument("--no-guard", action="store_true", help="adaptation.guard_on_alert off: no harmed cohort value is guarded")
     parser.add_argument("--canary-share", type=float, default=0.1, help="adaptation.canary.share: the units a candidate serves in its canary")
     args = parser.parse_args()
-    quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": 28}
-    full = {"seeds": 3, "users": 10_000, "weeks": 8, "first_users": 20_000, "drift_week": 5, "trees": 100, "window_days": 28}
+    # the product's default window: every mature decision (a guard's change drops what a drift made stale)
+    quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": None}
+    full = {"seeds": 3, "users": 10_000, "weeks": 8, "first_users": 20_000, "drift_week": 5, "trees": 100, "window_days": None}
     cfg = {k: (getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k]) for k in full}
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -158,7 +160,7 @@ def main() -> None:
     drift_day = START_DAY + 7 * (cfg["drift_week"] - 1)
     print(f"loop bench: {cfg['seeds']} seeds, {cfg['users']} users a day for {cfg['weeks']} weeks from a {cfg['first_users']}-user "
           f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model; "
-          f"training window {cfg['window_days']} days; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}; canary on "
+          f"training window {str(cfg['window_days']) + ' days' if cfg['window_days'] else 'every mature decision'}; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}; canary on "
           f"{args.canary_share:.0%} of units; cohort guards {'off' if args.no_guard else 'on'}", flush=True)
     tables: dict[str, list[pd.DataFrame]] = {label: [] for label in arms}
     for seed in range(cfg["seeds"]):
