@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from drivetrain.adapt._gates import GateResult
+from drivetrain.adapt._retrain import Change
 from drivetrain.assembly import realized_metrics
 from drivetrain.data import Store, training_table
 from drivetrain.errors import UsageError
@@ -111,13 +112,15 @@ def always_valid_p(difference: float, variance: float, tau2: float) -> float:
     return float(min(1.0, math.exp(-log_ratio)))
 
 
-def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str | Sequence[str], since: datetime,
-                 baseline: Policy | None = None) -> GateResult | None:
+def canary_check(store: Store, as_of: datetime, *, candidate: str | Sequence[str], champion: str | Sequence[str], since: datetime,
+                 baseline: Policy | None = None, excluded: Sequence[Change] = ()) -> GateResult | None:
     """Judge the canary on the mature decisions made since ``since``: a failure (sample ratio, a guardrail
     the canary breaks, a north star worse than the margin), a pass (non-inferior with the planned
     decisions), or None (wait). ``champion`` is the version, or every version, that served as champion
-    since ``since`` (a guard replaces the champion mid-canary); ``baseline`` is the champion's policy: its
-    predictions for each context adjust the north star's difference (None: the plain difference of means).
+    since ``since`` (a guard replaces the champion mid-canary), and ``candidate`` likewise (a guard gives
+    the candidate in canary the same guard under a new name); the rows each of ``excluded`` makes stale
+    leave both arms (a value guarded mid-canary, before its guard). ``baseline`` is the champion's policy:
+    its predictions for each context adjust the north star's difference (None: the plain difference of means).
 
     The north star waits for ``canary.min_units`` mature canary units, then for the decisions that
     :func:`planned_decisions` asks of the observed variances (at most ``canary.max_units`` units), and is
@@ -128,7 +131,9 @@ def canary_check(store: Store, as_of: datetime, *, candidate: str, champion: str
     canary = settings.canary
     table = training_table(store, as_of)[0].to_pandas()
     table = table[(pd.to_datetime(table["decided_at"], utc=True) >= pd.Timestamp(since)) & (table["assignment"] != "holdout")]
-    arm_c = table["policy_version"] == candidate
+    for change in excluded:
+        table = table[~change.stale(table)]
+    arm_c = table["policy_version"].isin([candidate] if isinstance(candidate, str) else list(candidate))
     arm_b = table["policy_version"].isin([champion] if isinstance(champion, str) else list(champion))
     c, b = table[arm_c], table[arm_b]
     units_c, units_b = c["unit_id"].nunique(), b["unit_id"].nunique()

@@ -303,7 +303,8 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     gold tier holds mobile users too), and the guarded version's own decisions show a week later whether
     another value is still harmed. The guarded version is the champion's artifact with that value guarded
     (it gets control alone), registered with the champion as its parent, and made champion in one event,
-    which also stops a candidate in flight (its shadow and canary compared it with the unguarded one)."""
+    which gives a candidate in flight the same guard the same way (a new version, the challenger in the
+    same stage; its canary goes on from where it began, without the guarded value's earlier decisions)."""
     spec = store.spec
     since = as_of - spec.horizon - spec.settle - spec.model.adaptation.watch_window
     try:
@@ -353,16 +354,61 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     if not any(r.version == name for r in registry.versions()):  # a crash after the registration: the version stands
         registry.register(replace(policy, guards=guards, version=name),
                           replace(record.lineage, parent=champion, trigger=f"{GUARD} {cohort}={value}"), at=as_of, who=who)
-    # a candidate in flight was judged against the champion it replaces: its shadow and canary no longer say
-    # anything about the guarded one, so it stops (the triggers fit the next one)
+    # a candidate in flight gets the same guard in the same event: it goes on beside the guarded champion
+    # (its canary drops the guarded value's decisions made before the guard, when the arms differed there)
     challenger = registry.alias("challenger")
-    if challenger is not None:
-        why += f"; {challenger} stopped: its shadow and canary were against the unguarded champion"
+    moved: dict[str, Any] = {}
+    if challenger is not None and (stage := registry.status(challenger)) in ("shadow", "canary"):
+        theirs = registry.load(challenger)
+        c_guards = {c: tuple(sorted({*theirs.guards.get(c, ()), *([value] if c == cohort else [])}))
+                    for c in sorted({*theirs.guards, cohort})}
+        c_base = challenger.split(".guard")[0]
+        c_done = sum(e.kind == "guard" and str(e.details.get("challenger", "")).startswith(f"{c_base}.guard") for e in registry.history())
+        c_name = f"{c_base}.guard{c_done + 1}"
+        _copy_baselines(store, challenger, c_name, at=as_of)
+        if not any(r.version == c_name for r in registry.versions()):
+            registry.register(replace(theirs, guards=c_guards, version=c_name),
+                              replace(registry.version(challenger).lineage, parent=challenger, trigger=f"{GUARD} {cohort}={value}"),
+                              at=as_of, who=who)
+        since_canary = _canary_since(registry, challenger)
+        moved = {"aliases": {"challenger": c_name}, "statuses": {c_name: stage, challenger: "retired"},
+                 "details": {"challenger": c_name, **({"canary_since": since_canary.isoformat()} if since_canary else {})}}
+        why += f"; {challenger} goes on in {stage} as {c_name}, with the same guard"
+    elif challenger is not None:
+        moved = {"aliases": {"challenger": None}, "statuses": {}, "details": {}}
     registry.record(at=as_of, who=who, why=why, kind="guard",
-                    aliases={"champion": name, "last-good": champion, **({"challenger": None} if challenger else {})},
-                    statuses={name: "champion", champion: "retired", **({challenger: "rejected"} if challenger else {})},
-                    details={"version": name, "guards": guards, "guarded": [cohort, value], "harm_since": since.isoformat()})
+                    aliases={"champion": name, "last-good": champion, **moved.get("aliases", {})},
+                    statuses={name: "champion", champion: "retired", **moved.get("statuses", {})},
+                    details={"version": name, "guards": guards, "guarded": [cohort, value], "harm_since": since.isoformat(),
+                             **moved.get("details", {})})
     return name, why
+
+
+def _canary_since(registry: Registry, version: str) -> datetime | None:
+    """When ``version``'s canary began: the gate event that put it there, or the guard event that gave it
+    a guard and carried its parent's start over."""
+    for event in reversed(registry.history()):
+        named = (event.kind == "gate" and event.details.get("version") == version) or \
+                (event.kind == "guard" and event.details.get("challenger") == version)
+        if named and "canary_since" in event.details:
+            return datetime.fromisoformat(event.details["canary_since"])
+    return None
+
+
+def _guarded_chain(registry: Registry, version: str) -> list[str]:
+    """``version`` and the versions it guards, by lineage (a guarded version's parent, while the trigger
+    is a guard): the one candidate under its successive names."""
+    chain = [version]
+    while (record := registry.version(chain[-1])).lineage.trigger.startswith(GUARD) and record.lineage.parent:
+        chain.append(record.lineage.parent)
+    return chain
+
+
+def _guards_since(registry: Registry, since: datetime) -> list[Change]:
+    """The cohort values guarded after ``since``, each from the moment of its guard: before it, a canary's
+    arms may have served them differently; after it, both give them control."""
+    return [Change(str(e.details["guarded"][0]), str(e.details["guarded"][1]), e.at) for e in registry.history()
+            if e.kind == "guard" and e.at > since and e.details.get("guarded")]
 
 
 def _copy_baselines(store: Store, parent: str, version: str, *, at: datetime) -> None:
@@ -477,13 +523,13 @@ def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer
             else:
                 actions.append(f"{challenger} in shadow: {len(log)} of {settings.canary.shadow_decisions} shadow decisions")
         elif stage == "canary":
-            started = _last(registry, "gate", challenger)
-            since = datetime.fromisoformat(started.details["canary_since"]) if started and "canary_since" in started.details else as_of
+            since = _canary_since(registry, challenger) or as_of
             if champion is None:
                 raise UsageError("a canary needs a champion to compare with; promote one first")
             served = {registry.live_at(since), *(e.aliases["champion"] for e in registry.history() if e.at > since and e.aliases.get("champion"))}
-            verdict: GateResult | None = canary_check(store, as_of, candidate=challenger, champion=sorted(v for v in served if v),
-                                                      since=since, baseline=registry.load(champion))
+            verdict: GateResult | None = canary_check(store, as_of, candidate=_guarded_chain(registry, challenger),
+                                                      champion=sorted(v for v in served if v), since=since,
+                                                      baseline=registry.load(champion), excluded=_guards_since(registry, since))
             if verdict is None:
                 actions.append(f"{challenger} in canary since {since.isoformat()}: waiting for mature canary units and its planned decisions")
             else:

@@ -281,7 +281,8 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
     registry.register(named(tiny_policy, "v1"), LINEAGE, at=twin.start, who="t")
     promote(registry, "v1", at=twin.start, who="t", why="first")
     reference = twin.population(2000, offset=5_000_000)
-    write_baselines(store, {"dwell_time_s": ("feature", reference["dwell_time_s"].to_numpy())}, version="v1", created_at=twin.start)
+    for version in ("v1", "cand"):
+        write_baselines(store, {"dwell_time_s": ("feature", reference["dwell_time_s"].to_numpy())}, version=version, created_at=twin.start)
     if harmed:  # a candidate in canary; the first run dies after registering the guarded version, before its event
         registry.register(named(tiny_policy, "cand"), LINEAGE, at=twin.start, who="t")
         registry.record(at=twin.start, who="t", why="shadow passed", kind="gate", aliases={"challenger": "cand"},
@@ -298,6 +299,7 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
             adapt(store, registry, clock.now())
         monkeypatch.undo()
         assert registry.alias("champion") == "v1" and registry.status("v1.guard1") == "registered"
+        assert registry.status("cand.guard1") == "registered" and registry.alias("challenger") == "cand"
     step = adapt(store, registry, clock.now())
     guarded = [a for a in step.actions if a.startswith("guarded")]
     if harmed:
@@ -306,9 +308,19 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
         # monitoring compares the guarded version with its parent's baselines
         drift = measure_drift(store, "v1.guard1", start=twin.start, end=clock.now(), cohorts=[])
         assert drift.row("dwell_time_s")["n_reference"] == 2000
-        assert sorted(r.version for r in registry.versions()) == ["cand", "v1", "v1.guard1"] and registry.alias("champion") == "v1.guard1"
-        # the candidate in canary was compared with the unguarded champion: it stops with the guard, in the same event
-        assert registry.alias("challenger") is None and registry.status("cand") == "rejected" and "cand stopped" in guarded[0]
+        assert sorted(r.version for r in registry.versions()) == ["cand", "cand.guard1", "v1", "v1.guard1"]
+        assert registry.alias("champion") == "v1.guard1"
+        # the candidate in canary gets the same guard in the same event, and its canary goes on from where it began
+        assert registry.alias("challenger") == "cand.guard1" and registry.status("cand.guard1") == "canary"
+        assert registry.status("cand") == "retired" and "cand goes on in canary as cand.guard1" in guarded[0], guarded
+        assert dict(registry.load("cand.guard1").guards) == {"device": ("mobile",)}
+        assert measure_drift(store, "cand.guard1", start=twin.start, end=clock.now(), cohorts=[]).row("dwell_time_s")["n_reference"] == 2000
+        event = next(e for e in reversed(registry.history()) if e.kind == "guard")
+        assert event.details["canary_since"] == twin.start.isoformat() and event.details["challenger"] == "cand.guard1"
+        # the next step judges the guarded candidate's canary (in this world "cand" never served: no canary units)
+        after = adapt(store, registry, clock.now() + timedelta(hours=1))
+        assert after.candidate == "cand.guard1" and [g.gate for g in after.gates] == ["canary"], after.actions
+        assert after.gates[0].figures["canary_units"] == 0 and after.gates[0].figures["champion_units"] > 0
         assert len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1.guard1'")) == \
             len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1'"))
     else:
@@ -333,3 +345,34 @@ def test_a_canary_compares_with_every_version_that_served_as_champion_since_it_b
     step = adapt(store, registry, t)
     assert not any("sample ratio" in a for a in step.actions), step.actions
     assert registry.alias("challenger") == "cand" and registry.status("cand") == "canary", step.actions
+
+
+def test_a_canary_guarded_mid_way_counts_both_names_of_the_candidate_and_drops_the_guarded_values_earlier_decisions() -> None:
+    """Complaints raised for the canary's mobile users only: the canary breaks the guardrail. When
+    device=mobile was guarded after those decisions (both arms give mobile users control from then on),
+    the canary drops them and the guardrail no longer fires; the candidate's decisions under its first
+    name and under its guarded name are one arm."""
+    from drivetrain.adapt import Change
+    from drivetrain.spec import parse_spec
+
+    raw = gate_spec().model.model_dump(mode="json")
+    raw["adaptation"]["canary"].update(min_units=50, max_units=50)  # judged on what there is: a verdict with its figures
+    store, t = _canary_store(0.0, 0.1, parse_spec(raw, source="canary judged at 50 units"))
+    since = t - timedelta(days=30)
+    canary = store.query("SELECT request_id, unit_id, decided_at, device FROM decisions WHERE policy_version = 'cand'")
+    mobile = canary[canary["device"] == "mobile"].sample(frac=0.5, random_state=3)
+    complaints = pd.DataFrame({"event_id": mobile["request_id"] + ":extra-complaint", "request_id": mobile["request_id"],
+                               "unit_id": mobile["unit_id"], "occurred_at": mobile["decided_at"] + pd.Timedelta(hours=1),
+                               "received_at": mobile["decided_at"] + pd.Timedelta(hours=2), "component": "complaint", "value": 1.0})
+    ingest_outcomes(store, RawRows(complaints, (), "complaints"), clock=SimulatedClock(t))
+    broken = canary_check(store, t, candidate=["cand.guard1", "cand"], champion="champ", since=since)
+    assert broken is not None and not broken.passed and "guardrail complaint_rate in the canary" in broken.reason, broken
+    guarded = canary_check(store, t, candidate=["cand.guard1", "cand"], champion="champ", since=since,
+                           excluded=[Change("device", "mobile", t)])
+    assert guarded is not None and "guardrail" not in guarded.reason, guarded
+    units = store.query("SELECT DISTINCT unit_id, policy_version, device FROM decisions WHERE assignment <> 'holdout'")
+    kept = units[units["device"] != "mobile"]
+    assert guarded.figures["canary_units"] == (kept["policy_version"] == "cand").sum() > 0
+    assert guarded.figures["champion_units"] == (kept["policy_version"] == "champ").sum() > 0
+    alone = canary_check(store, t, candidate="cand.guard1", champion="champ", since=since)
+    assert alone is not None and "sample ratio mismatch" in alone.reason  # the new name alone has no decision yet
