@@ -37,6 +37,7 @@ from scipy import special
 
 from drivetrain.adapt._gates import (
     GateResult,
+    _sign,
     constraints_gate,
     data_gate,
     off_policy_gate,
@@ -188,20 +189,21 @@ def carried_guards(spec: Spec, policy: Policy, guards: Mapping[str, Sequence[str
     candidate without the guard beats the candidate with it: the doubly robust lift's lower bound above
     zero, at the gates' level (the guard's own harm test, the other way round). A retrained candidate thus
     does not serve a harmed segment again on its model's word alone."""
-    since = {(c.cohort, c.value): c.since for c in changes}
+    by_value = {(c.cohort, c.value): c for c in changes}
     kept: dict[str, tuple[str, ...]] = {}
     figures: dict[str, float] = {}
-    sign = -1.0 if spec.model.objective.direction == "minimize" else 1.0
+    sign = _sign(spec)
     for cohort, values in guards.items():
         keep = []
         for value in values:
-            start = since.get((cohort, value))
-            sub = rows[(rows[cohort].astype(str) == value)] if cohort in rows else rows.iloc[:0]
-            if start is not None and len(sub):
-                sub = sub[pd.to_datetime(sub["decided_at"], utc=True) >= pd.Timestamp(start)]
-            sub = sub.reset_index(drop=True)
+            change = by_value.get((cohort, value))
+            if change is None or cohort not in rows:  # no change on record to test since: the guard holds
+                keep.append(value)
+                continue
+            # the value's rows less its stale ones: those decided since the change
+            sub = rows[(rows[cohort].astype(str) == value).to_numpy() & ~change.stale(rows)].reset_index(drop=True)
             low = float("-inf")
-            if start is not None and sub["unit_id"].nunique() >= 2:
+            if sub["unit_id"].nunique() >= 2:
                 paired = paired_values(policy.model, sub, replace(policy, guards={}), replace(policy, guards={cohort: (value,)}),
                                        alpha=spec.model.adaptation.gates.alpha, spec=spec)["objective"]
                 low = paired.low if sign > 0 else -paired.high
@@ -314,7 +316,7 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     policy = registry.load(champion)
     new = [(c, s) for c in evaluation.cohorts if c in spec.features for s in evaluation.by_cohort(c)
            if str(s.value) not in policy.guards.get(c, ())]
-    sign = 1.0 if spec.model.objective.direction == "maximize" else -1.0
+    sign = _sign(spec)
     harm = [(float(special.ndtr(sign * s.north_star.difference / s.north_star.se)), c, s) for c, s in new
             if s.north_star.difference is not None and s.north_star.se]
     found: tuple[str, str, str] | None = None
@@ -342,34 +344,15 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     if found is None:
         return None
     cohort, value, message = found
-    guards = {c: tuple(sorted({*policy.guards.get(c, ()), *([value] if c == cohort else [])})) for c in sorted({*policy.guards, cohort})}
-    base = champion.split(".guard")[0]
-    # numbered by the guard events (not the versions): a rerun after a crash between the registration and the
-    # event finds the same name registered and records the event
-    done = sum(e.kind == "guard" and str(e.details.get("version", "")).startswith(f"{base}.guard") for e in registry.history())
-    name = f"{base}.guard{done + 1}"
+    name, guards = _register_guarded(store, registry, champion, policy, cohort, value, role="version", as_of=as_of, who=who)
     why = f"guarded {champion} as {name}: control alone for {cohort}={value}, kept by retrained candidates until one beats control there ({message})"
-    record = registry.version(champion)
-    _copy_baselines(store, champion, name, at=as_of)
-    if not any(r.version == name for r in registry.versions()):  # a crash after the registration: the version stands
-        registry.register(replace(policy, guards=guards, version=name),
-                          replace(record.lineage, parent=champion, trigger=f"{GUARD} {cohort}={value}"), at=as_of, who=who)
     # a candidate in flight gets the same guard in the same event: it goes on beside the guarded champion
     # (its canary drops the guarded value's decisions made before the guard, when the arms differed there)
     challenger = registry.alias("challenger")
     moved: dict[str, Any] = {}
     if challenger is not None and (stage := registry.status(challenger)) in ("shadow", "canary"):
-        theirs = registry.load(challenger)
-        c_guards = {c: tuple(sorted({*theirs.guards.get(c, ()), *([value] if c == cohort else [])}))
-                    for c in sorted({*theirs.guards, cohort})}
-        c_base = challenger.split(".guard")[0]
-        c_done = sum(e.kind == "guard" and str(e.details.get("challenger", "")).startswith(f"{c_base}.guard") for e in registry.history())
-        c_name = f"{c_base}.guard{c_done + 1}"
-        _copy_baselines(store, challenger, c_name, at=as_of)
-        if not any(r.version == c_name for r in registry.versions()):
-            registry.register(replace(theirs, guards=c_guards, version=c_name),
-                              replace(registry.version(challenger).lineage, parent=challenger, trigger=f"{GUARD} {cohort}={value}"),
-                              at=as_of, who=who)
+        c_name, _ = _register_guarded(store, registry, challenger, registry.load(challenger), cohort, value, role="challenger",
+                                      as_of=as_of, who=who)
         since_canary = _canary_since(registry, challenger)
         moved = {"aliases": {"challenger": c_name}, "statuses": {c_name: stage, challenger: "retired"},
                  "details": {"challenger": c_name, **({"canary_since": since_canary.isoformat()} if since_canary else {})}}
@@ -382,6 +365,24 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
                     details={"version": name, "guards": guards, "guarded": [cohort, value], "harm_since": since.isoformat(),
                              **moved.get("details", {})})
     return name, why
+
+
+def _register_guarded(store: Store, registry: Registry, version: str, policy: Policy, cohort: str, value: str, *, role: str,
+                      as_of: datetime, who: str) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """(name, guards) of ``version`` (whose artifact is ``policy``) with ``cohort=value`` guarded too: its
+    artifact with the guards, registered with ``version`` as parent and its fit-time baselines. Numbered by
+    the guard events that name its line under ``role`` (``version`` for a champion, ``challenger`` for a
+    candidate in flight), not by the versions: a rerun after a crash between the registration and the
+    event finds the same name registered and records the event."""
+    guards = {c: tuple(sorted({*policy.guards.get(c, ()), *([value] if c == cohort else [])})) for c in sorted({*policy.guards, cohort})}
+    base = version.split(".guard")[0]
+    done = sum(e.kind == "guard" and str(e.details.get(role, "")).startswith(f"{base}.guard") for e in registry.history())
+    name = f"{base}.guard{done + 1}"
+    _copy_baselines(store, version, name, at=as_of)
+    if not any(r.version == name for r in registry.versions()):  # a crash after the registration: the version stands
+        registry.register(replace(policy, guards=guards, version=name),
+                          replace(registry.version(version).lineage, parent=version, trigger=f"{GUARD} {cohort}={value}"), at=as_of, who=who)
+    return name, guards
 
 
 def _canary_since(registry: Registry, version: str) -> datetime | None:
