@@ -3,6 +3,7 @@ days served by it; then candidates built to fail one gate each, and a good one o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -165,8 +166,22 @@ def slow_planner(spec: Spec, model: OutcomeModel, population: pd.DataFrame, vers
     return plan_policy(spec, model, population, version=version, pessimism=1.0).policy
 
 
+SLOW_PREDICT_S = 0.01  # what a decision of the slow candidate costs at least, on any machine (sleep never returns early)
+
+
 def slow_trainer(table: pd.DataFrame, spec: Spec) -> OutcomeModel:
-    return OutcomeModel(n_folds=3, refit=False, n_estimators=60, num_threads=1, min_child_samples=50, seed=0).fit(table, spec)
+    """A fold model whose predictions take at least :data:`SLOW_PREDICT_S` more: with pessimism every decision
+    predicts with the fold models, so the candidate is twice a 5 ms budget however fast the machine is.
+    (Pessimism alone costs 5-10 ms a decision on this twin: on a fast machine that is within a 5 ms budget.)"""
+    model = OutcomeModel(n_folds=3, refit=False, n_estimators=60, num_threads=1, min_child_samples=50, seed=0).fit(table, spec)
+    predict_folds = model.predict_folds
+
+    def slowed(contexts: Any) -> Any:
+        time.sleep(SLOW_PREDICT_S)
+        return predict_folds(contexts)
+
+    model.predict_folds = slowed  # type: ignore[method-assign]
+    return model
 
 
 def broken_store(world: World, feature: str) -> MemoryStore:

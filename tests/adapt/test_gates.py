@@ -107,8 +107,9 @@ def test_breaking_a_guardrail_in_one_segment_is_blocked_by_the_constraints_gate(
 
 
 def test_a_candidate_too_slow_to_serve_is_blocked_by_the_serving_gate(world: World) -> None:
-    """Pessimistic planning predicts with every fold model off the compiled path: tens of ms a decision
-    against the compiled models' fraction of one, judged against a 5 ms budget."""
+    """Pessimistic planning predicts with every fold model off the compiled path, here a model at least
+    10 ms slower to predict (:func:`slow_trainer`), against the compiled models' fraction of a ms, judged
+    against a 5 ms budget: over it on any machine (a sleep never returns early), and 10 times under it on the fast side."""
     tight = gate_spec(latency_budget_ms=5.0)
     world.store.spec = tight
     try:
