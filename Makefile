@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint bench browser-check schemathesis soak clean
+.PHONY: demo test test-fast lint rules bench browser-check schemathesis soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/drivetrain demo
 
-# The import rules, ruff (errors, import order, upgrades), mypy --strict over the package, and the feature
-# check of the flagship spec against HEAD (the check a product runs in its CI).
-lint: $(STAMP)
+# The import rules, ruff (errors, import order, upgrades), the feature check of the flagship spec against
+# HEAD (the check a product runs in its CI), and mypy --strict over the package.
+lint: rules
+	$(BIN)/python -m mypy
+
+rules: $(STAMP)
 	$(BIN)/python scripts/check_imports.py
 	$(BIN)/python -m ruff check drivetrain tests bench scripts examples
-	$(BIN)/python -m mypy
 	$(BIN)/drivetrain contract check --spec examples/nboo/drivetrain.yaml --against HEAD:examples/nboo/drivetrain.yaml
 
 # The suite on TEST_WORKERS pytest-xdist workers (2 by default: the CI machine's cores), one test module per
@@ -33,7 +35,8 @@ lint: $(STAMP)
 TEST_WORKERS ?= 2
 XDIST = -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
-test: lint
+# mypy runs inside the suite (tests/test_typing.py), on a worker beside the other tests.
+test: rules
 	$(BIN)/python -m pytest -q $(XDIST)
 
 # The edit loop: what is not marked slow (no model fits of real size, no servers, no wheel build).

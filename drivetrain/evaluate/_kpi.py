@@ -63,24 +63,42 @@ class _Group(NamedTuple):
     columns: list[str]
 
 
-def _rollup(frame: pd.DataFrame, keys: list[str], by: str, columns: list[str]) -> Iterator[tuple[tuple[Any, ...], _Group]]:
-    """``frame``'s ``columns`` summed per ``keys`` + ``by`` in one grouping, then split per ``keys`` value
-    (sorted, as the slices are listed): one pass per slice level instead of one per slice, and arrays
-    rather than frames per slice."""
+class _Keyed:
+    """A frame whose key columns are each factorized once (sorted, a missing value as its own last group, as
+    ``groupby(sort=True, dropna=False)`` orders them): every slice level sums from the same codes."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self._codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def codes(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        if column not in self._codes:
+            codes, uniques = pd.factorize(self.frame[column], sort=True, use_na_sentinel=False)
+            self._codes[column] = (np.asarray(codes, dtype=np.int64), np.asarray(uniques))
+        return self._codes[column]
+
+
+def _rollup(keyed: _Keyed, keys: list[str], by: str, columns: list[str]) -> Iterator[tuple[tuple[Any, ...], _Group]]:
+    """The frame's ``columns`` summed per ``keys`` + ``by`` in one pass over its rows, then split per ``keys``
+    value (sorted, as the slices are listed): arrays rather than frames per slice."""
+    frame = keyed.frame
     if frame.empty:
         return
-    summed = frame.groupby([*keys, by], dropna=False, sort=True)[columns].sum()
-    values = summed.to_numpy(dtype=np.float64)
-    index = summed.index
-    by_values = np.asarray(index.get_level_values(-1))
+    codes, uniques = zip(*(keyed.codes(c) for c in (*keys, by)), strict=True)
+    shape = tuple(len(u) for u in uniques)
+    groups, inverse = np.unique(np.ravel_multi_index(codes, shape), return_inverse=True)
+    data = frame[columns].to_numpy(dtype=np.float64)
+    values = np.column_stack([np.bincount(inverse, weights=data[:, j], minlength=len(groups)) for j in range(len(columns))])
+    levels = np.unravel_index(groups, shape)
+    by_values = uniques[-1][levels[-1]]
     if not keys:
         yield (), _Group(by_values, values, columns)
         return
-    assert isinstance(index, pd.MultiIndex)
-    codes = np.vstack([np.asarray(c) for c in index.codes[:-1]])
-    starts = np.flatnonzero(np.r_[True, (codes[:, 1:] != codes[:, :-1]).any(axis=0)])
-    for start, stop in zip(starts, [*starts[1:], len(summed)], strict=True):
-        yield tuple(index[int(start)])[:-1], _Group(by_values[start:stop], values[start:stop], columns)
+    key_codes = np.vstack(levels[:-1])
+    starts = np.flatnonzero(np.r_[True, (key_codes[:, 1:] != key_codes[:, :-1]).any(axis=0)])
+    for start, stop in zip(starts, [*starts[1:], len(groups)], strict=True):
+        yield tuple(u[level[start]] for u, level in zip(uniques[:-1], levels[:-1], strict=True)), \
+            _Group(by_values[start:stop], values[start:stop], columns)
 
 
 def _arm_sums(part: _Group) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
@@ -192,8 +210,9 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
     moments[value_cols] = moments[value_cols].astype(np.float64).fillna(0.0)
     # a slice by day takes the cluster products of (unit, day) cells, any other slice those of units
     linear = [c for c in value_cols if c[:2] not in ("d_", "u_")]
-    clustered = {prefix: moments[["day", *chosen, "holdout", *linear, *(c for c in value_cols if c.startswith(prefix))]]
-                 .rename(columns=lambda c: c.removeprefix(prefix)) for prefix in ("d_", "u_")}  # noqa: B023 (called within the iteration)
+    clustered = {prefix: _Keyed(moments[["day", *chosen, "holdout", *linear, *(c for c in value_cols if c.startswith(prefix))]]
+                                .rename(columns=lambda c: c.removeprefix(prefix))) for prefix in ("d_", "u_")}  # noqa: B023 (called within the iteration)
+    latency_keyed, units_keyed = _Keyed(latency), _Keyed(units)
 
     exp = spec.model.experimentation
     monitoring = spec.model.monitoring
@@ -203,10 +222,10 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
     declared = {c: tuple(features[c].values or ()) for c in chosen if features[c].type == "categorical" and features[c].values}
     for day_key, cohort in _slice_keys(chosen):
         keys = [k for k in (day_key, cohort) if k is not None]
-        hist = dict(_rollup(latency, keys, "bin", ["count"]))
-        unit_groups = dict(_rollup(units, keys, "holdout", ["units"]))
-        frame = clustered["d_" if day_key else "u_"]
-        for key, part in _rollup(frame, keys, "holdout", [c for c in frame.columns if c not in ("day", *chosen, "holdout")]):
+        hist = dict(_rollup(latency_keyed, keys, "bin", ["count"]))
+        unit_groups = dict(_rollup(units_keyed, keys, "holdout", ["units"]))
+        keyed = clustered["d_" if day_key else "u_"]
+        for key, part in _rollup(keyed, keys, "holdout", [c for c in keyed.frame.columns if c not in ("day", *chosen, "holdout")]):
             policy, holdout, both = _arm_sums(part)
             arms = (policy, holdout)
             named = dict(zip(keys, key, strict=True))
