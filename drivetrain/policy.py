@@ -58,6 +58,7 @@ from drivetrain.spec import (
     in_holdout,
     mean_constraints,
     parse_spec,
+    read_yaml,
 )
 
 __all__ = ["CapCounter", "DecisionBatch", "Policy", "Pricing", "TieSplit"]
@@ -512,7 +513,7 @@ class Policy:
                 raise ArtifactError(f"checksum of {name} must be {digest[:12]}... as in the manifest, got {actual[:12]}...: the artifact was modified")
         try:
             body = json.loads((directory / "policy.json").read_text())
-            spec = parse_spec(yaml.safe_load((directory / "spec.yaml").read_text()), source=str(directory / "spec.yaml"))
+            spec = parse_spec(read_yaml((directory / "spec.yaml").read_text()), source=str(directory / "spec.yaml"))
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
             raise ArtifactError(f"policy.json and spec.yaml must parse, got {exc}") from None
         if spec.hash != manifest.get("spec_hash"):

@@ -11,7 +11,7 @@ from drivetrain.spec._constraints import (
 )
 from drivetrain.spec._definition import SOURCE_TABLES, definition_sql, point_in_time_sql
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
-from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec, with_guardrails_by
+from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec, read_yaml, with_guardrails_by
 from drivetrain.spec._model import AlertRule, Feature, SpecModel, format_duration, parse_duration
 from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
 
@@ -43,6 +43,7 @@ __all__ = [
     "model_parts",
     "parse_duration",
     "parse_spec",
+    "read_yaml",
     "point_in_time_sql",
     "serving_propensity",
     "with_guardrails_by",

@@ -22,7 +22,7 @@ from drivetrain.spec._actions import Action, ActionSpace
 from drivetrain.spec._formula import Formula, compile_formula
 from drivetrain.spec._model import Adaptation, Budget, Cap, Guardrail, SpecModel
 
-__all__ = ["Spec", "load_spec", "parse_spec", "with_guardrails_by"]
+__all__ = ["Spec", "load_spec", "parse_spec", "read_yaml", "with_guardrails_by"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,11 @@ def _length(contexts: Mapping[str, Any]) -> int:
 
 #: YAML's safe loader, on libyaml's parser where PyYAML was built with it (about ten times faster to parse).
 SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader) if yaml.__with_libyaml__ else yaml.SafeLoader
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML document parsed by :data:`SAFE_LOADER` (``yaml.safe_load`` on libyaml's parser)."""
+    return yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader
 
 
 class _UniqueKeyLoader(SAFE_LOADER):  # type: ignore[valid-type,misc]

@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from drivetrain.errors import UsageError
-from drivetrain.spec import Spec, in_holdout, parse_spec, serving_propensity
+from drivetrain.spec import Spec, in_holdout, parse_spec, read_yaml, serving_propensity
 
 __all__ = ["COMPONENTS", "NBOOTwin", "Scenario", "Truth", "nboo_spec"]
 
@@ -61,7 +61,7 @@ def nboo_spec_yaml(horizon_days: int = 30) -> str:
     text = SPEC_PATH.read_text(encoding="utf-8")
     if horizon_days == 30:
         return text
-    raw = yaml.safe_load(text)
+    raw = read_yaml(text)
     raw["objective"]["horizon"] = f"{horizon_days}d"
     raw["objective"]["settle"] = "1d"
     return str(yaml.safe_dump(raw, sort_keys=False))
@@ -69,7 +69,7 @@ def nboo_spec_yaml(horizon_days: int = 30) -> str:
 
 def nboo_spec(horizon_days: int = 30) -> Spec:
     """The NBOO spec (``examples/nboo/drivetrain.yaml``), with the horizon set to ``horizon_days``."""
-    return parse_spec(yaml.safe_load(nboo_spec_yaml(horizon_days)), source=f"nboo ({horizon_days}d horizon)")
+    return parse_spec(read_yaml(nboo_spec_yaml(horizon_days)), source=f"nboo ({horizon_days}d horizon)")
 
 
 @dataclass(frozen=True)

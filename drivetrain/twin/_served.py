@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from drivetrain.errors import UsageError
-from drivetrain.spec import Spec, parse_spec
+from drivetrain.spec import Spec, parse_spec, read_yaml
 from drivetrain.twin._nboo import NBOOTwin, nboo_spec_yaml
 
 __all__ = ["OFFERS_FEATURE", "log_served_days", "nboo_served_spec", "nboo_served_spec_yaml", "offers_definition"]
@@ -33,7 +33,7 @@ def offers_definition(window_days: int = 30) -> str:
 
 def nboo_served_spec_yaml(horizon_days: int = 30) -> str:
     """The NBOO spec with the derived feature ``offers_30d`` (owner ``offers-platform``) in its context."""
-    raw = yaml.safe_load(nboo_spec_yaml(horizon_days))
+    raw = read_yaml(nboo_spec_yaml(horizon_days))
     raw["context"]["features"][OFFERS_FEATURE] = {
         "type": "integer", "min": 0, "max": 10000, "owner": "offers-platform", "version": "1",
         "description": "offers (any action but none) the user got in the 30 days before the decision",
@@ -43,7 +43,7 @@ def nboo_served_spec_yaml(horizon_days: int = 30) -> str:
 
 
 def nboo_served_spec(horizon_days: int = 30) -> Spec:
-    return parse_spec(yaml.safe_load(nboo_served_spec_yaml(horizon_days)), source=f"nboo with {OFFERS_FEATURE}")
+    return parse_spec(read_yaml(nboo_served_spec_yaml(horizon_days)), source=f"nboo with {OFFERS_FEATURE}")
 
 
 def _served_offers(decisions: pd.DataFrame, history: pd.DataFrame, window: timedelta) -> np.ndarray:

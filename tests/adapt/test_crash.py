@@ -35,7 +35,7 @@ from tests.conftest import invoke
 
 DRIVER = textwrap.dedent("""
     import json, os, signal, sys
-    from drivetrain import cli
+    from drivetrain import adapt, cli, data, model, spec  # what the command imports when it runs
 
     cli.command()  # the command line built once, before the forks, as the imports are
     for job in json.loads(sys.argv[1]):
