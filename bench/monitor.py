@@ -30,7 +30,7 @@ relative, latency percentiles to the histogram's 1%.
 
     python bench/monitor.py                    # both halves (targets: drift < 3 s, evaluation < 20 s)
     python bench/monitor.py --only evaluate    # 10M decisions, ~30M outcome rows, three timed runs
-    python bench/monitor.py --quick            # 20k drift rows and 200k decisions, the CI smoke run
+    python bench/monitor.py --quick            # 20k drift rows and 50k decisions, the CI smoke run
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ T0 = datetime(2026, 3, 2, tzinfo=UTC)
 PSI_FLOOR = 1e-4
 # evaluation
 DECISIONS = 10_000_000
-QUICK_DECISIONS = 200_000
+QUICK_DECISIONS = 50_000
 EVALUATE_TARGET_S = 20.0
 DAYS = 28
 UNITS_PER_DECISION = 0.25

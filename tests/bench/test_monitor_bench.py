@@ -26,7 +26,7 @@ def test_quick_benchmark_runs_both_halves_and_agrees_with_the_plain_baselines(tm
     assert drift["psi_max_diff"] <= 1e-9 and drift["ks_max_gap"] <= 2e-3
 
     evaluation = result["evaluate"]
-    assert evaluation["decisions"] == 200_000
+    assert evaluation["decisions"] == 50_000
     assert 2.7 * evaluation["decisions"] <= evaluation["outcomes"] <= 3.3 * evaluation["decisions"]
     assert evaluation["checks"] == {"figures_agree": True, "repeats_identical": True}
     assert evaluation["failures"] == []
