@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import os
 import shutil
@@ -38,6 +39,42 @@ LONGEST_FIRST = (
     "tests/test_cli.py", "tests/bench/test_soak_bench.py", "tests/serve/test_compactor.py", "tests/evaluate/test_alerts.py",
     "tests/serve/test_bounds.py", "tests/adapt/test_gates.py", "tests/test_assembly.py", "tests/test_exploration.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, or the one process, before any test
+        compile_kernels()
+
+
+def compile_kernels() -> None:
+    """Compile the compiled models' numba kernels once, before the workers start: numba keeps them in the
+    package's ``__pycache__``, which a clean clone lacks, and otherwise every worker and every command
+    the tests start compiles them at the same time (about 10 s of CPU each). A tiny model predicts on the
+    batch and the single-row paths, with leaf masks (trees of at most 64 leaves) and by walking its trees."""
+    from datetime import timedelta
+
+    from drivetrain.assembly import fit_model
+    from drivetrain.clock import SimulatedClock
+    from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+    from drivetrain.model import CompiledModel, OutcomeModel
+    from drivetrain.twin import NBOOTwin
+
+    twin = NBOOTwin(horizon_days=7, seed=0)
+    store = MemoryStore(twin.spec)
+    decisions, outcomes = twin.log(twin.population(600))
+    clock = SimulatedClock(twin.start + timedelta(days=9))
+    ingest_decisions(store, RawRows(decisions, (), "kernels"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "kernels"), clock=clock)
+    model = fit_model(store, clock.now(), OutcomeModel(n_folds=2, n_estimators=3, num_threads=1, seed=0))[0]
+    compiled = CompiledModel.of(model)
+    assert compiled is not None and compiled.forest.leaf_masks is not None
+    features = model.encoder_.transform(twin.population(4))
+    compiled.predict(features)
+    compiled.predict_folds(features)
+    compiled.predict_row(features[0])
+    walked = dataclasses.replace(compiled.forest, leaf_masks=None)  # how trees of more than 64 leaves are scored
+    walked.raw(features[0])
+    walked.raw_batch(features)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

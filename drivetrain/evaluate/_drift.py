@@ -430,7 +430,9 @@ def measure_drift(
         raise DataError(f"the window must hold decisions: decided_at in [{start.isoformat()}, {end.isoformat()})"
                         f" received by {as_of.isoformat()}, got 0")
     frames = [(live, counts)]
-    if late:
+    # outcome columns count the window's mature decisions: none is mature when the window starts less than a
+    # horizon and its settling time before as_of (a day's drift at its end), so the join is not built for them
+    if late and (outcomes is not None or start + spec.horizon + spec.settle <= as_of):
         table = training_table(store, as_of)[0] if outcomes is None else outcomes
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table, preserve_index=False)

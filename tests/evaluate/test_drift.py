@@ -320,3 +320,26 @@ def test_twin_covariate_shift_flags_the_shifted_feature_only() -> None:
     assert north["psi"] > 1.0 and north["effect_size"] > 0.5
     for other in ("south", "east", "west"):
         assert report.row("page_views_30d", "region", other)["psi"] < 0.05
+
+
+def test_a_window_with_no_mature_decision_has_no_outcome_rows_and_needs_no_join() -> None:
+    """A day's drift at its end (the loops' daily check): none of its decisions is mature, so the outcome
+    columns count nothing, exactly as with the join given, which is not built for them."""
+    twin = NBOOTwin(horizon_days=7, seed=12)
+    spec = twin.spec
+    store = MemoryStore(spec)
+    end = twin.start + timedelta(days=1)
+    decisions_, outcomes = twin.log(twin.population(3000))
+    ingest_decisions(store, RawRows(decisions_, (), "d"), clock=SimulatedClock(end))
+    ingest_outcomes(store, RawRows(outcomes[outcomes["received_at"] <= end], (), "o"), clock=SimulatedClock(end))
+    rng = np.random.default_rng(0)
+    columns = {n: ("feature", decisions_[n].to_numpy()) for n in spec.features if n not in spec.personal_features}
+    columns.update({c: ("outcome", rng.exponential(1.0, 3000)) for c in spec.outcomes})
+    write_baselines(store, columns, version="v1", created_at=twin.start)
+    window = {"start": twin.start, "end": end}
+    report = measure_drift(store, "v1", as_of=end, cohorts=[], **window)
+    assert report.decisions > 2900 and set(report.table["role"]) == {"feature"}
+    given = measure_drift(store, "v1", as_of=end, cohorts=[], outcomes=training_table(store, end)[0].to_pandas(), **window)
+    pd.testing.assert_frame_equal(given.table, report.table)
+    later = end + spec.horizon + spec.settle  # once they are mature, the outcome columns are counted
+    assert set(measure_drift(store, "v1", as_of=later, cohorts=[], **window).table["role"]) == {"feature", "outcome"}
