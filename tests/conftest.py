@@ -35,11 +35,9 @@ settings.load_profile("drivetrain")
 #: collected first and `make test` passes ``--no-loadscope-reorder``, so the workers start with them and
 #: the run does not end on one worker alone in a long module; in one process the order is unchanged.
 LONGEST_FIRST = (
-    "tests/test_demo.py", "tests/bench/test_loop_bench.py", "tests/adapt/test_crash.py", "tests/test_typing.py",
-    "tests/test_pacing.py", "tests/bench/test_soak_bench.py", "tests/evaluate/test_spark.py", "tests/test_cli.py",
-    "tests/bench/test_policy_value_bench.py", "tests/test_assembly.py", "tests/serve/test_fuzz_api.py",
-    "tests/simulate/test_accuracy.py", "tests/adapt/test_gates.py", "tests/serve/test_compactor.py",
-    "tests/evaluate/test_alerts.py", "tests/serve/test_bounds.py", "tests/test_exploration.py",
+    "tests/adapt/test_crash.py", "tests/bench/test_loop_bench.py", "tests/test_demo.py", "tests/test_typing.py", "tests/test_pacing.py",
+    "tests/test_cli.py", "tests/bench/test_soak_bench.py", "tests/serve/test_compactor.py", "tests/evaluate/test_alerts.py",
+    "tests/serve/test_bounds.py", "tests/adapt/test_gates.py", "tests/test_assembly.py", "tests/test_exploration.py",
 )
 
 
