@@ -51,21 +51,13 @@ def compile_kernels() -> None:
     package's ``__pycache__``, which a clean clone lacks, and otherwise every worker and every command
     the tests start compiles them at the same time (about 10 s of CPU each). A tiny model predicts on the
     batch and the single-row paths, with leaf masks (trees of at most 64 leaves) and by walking its trees."""
-    from datetime import timedelta
-
     from drivetrain.assembly import fit_model
-    from drivetrain.clock import SimulatedClock
-    from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
     from drivetrain.model import CompiledModel, OutcomeModel
     from drivetrain.twin import NBOOTwin
 
     twin = NBOOTwin(horizon_days=7, seed=0)
-    store = MemoryStore(twin.spec)
-    decisions, outcomes = twin.log(twin.population(600))
-    clock = SimulatedClock(twin.start + timedelta(days=9))
-    ingest_decisions(store, RawRows(decisions, (), "kernels"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "kernels"), clock=clock)
-    model = fit_model(store, clock.now(), OutcomeModel(n_folds=2, n_estimators=3, num_threads=1, seed=0))[0]
+    store, now = logged_store(twin, 600, days=9)
+    model = fit_model(store, now, OutcomeModel(n_folds=2, n_estimators=3, num_threads=1, seed=0))[0]
     compiled = CompiledModel.of(model)
     assert compiled is not None and compiled.forest.leaf_masks is not None
     features = model.encoder_.transform(twin.population(4))
@@ -75,6 +67,22 @@ def compile_kernels() -> None:
     walked = dataclasses.replace(compiled.forest, leaf_masks=None)  # how trees of more than 64 leaves are scored
     walked.raw(features[0])
     walked.raw_batch(features)
+
+
+def logged_store(twin: Any, users: int, *, days: int) -> tuple[Any, Any]:
+    """(a memory store holding the twin's randomized log of ``users`` users, received ``days`` days after
+    the twin's start, and that time)."""
+    from datetime import timedelta
+
+    from drivetrain.clock import SimulatedClock
+    from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+
+    store = MemoryStore(twin.spec)
+    decisions, outcomes = twin.log(twin.population(users))
+    clock = SimulatedClock(twin.start + timedelta(days=days))
+    ingest_decisions(store, RawRows(decisions, (), "randomized log"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "randomized log"), clock=clock)
+    return store, clock.now()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,20 +4,18 @@ candidate blocked, a good one promoted through shadow and canary, the rollback d
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import numpy as np
 import pytest
 from rich.console import Console
 
 from drivetrain.adapt import MemoryRegistry
 from drivetrain.assembly import fit_model
-from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.data import MemoryStore
 from drivetrain.demo import AdaptationDemo, adaptation_loop, demo_loop_spec
 from drivetrain.loop import LoopDay, closed_loop, loop_spec, start_loop
 from drivetrain.model import OutcomeModel
 from drivetrain.twin import NBOOTwin, Scenario
+from tests.conftest import logged_store
 
 DAYS, USERS, SHIFT = 10, 600, 8
 ADAPT_DAYS, ADAPT_USERS = 25, 500
@@ -25,13 +23,8 @@ ADAPT_DAYS, ADAPT_USERS = 25, 500
 
 @pytest.fixture(scope="module")
 def loop() -> tuple[MemoryStore, tuple[LoopDay, ...]]:
-    logged = NBOOTwin(horizon_days=7, seed=31)
-    training = MemoryStore(logged.spec)
-    decisions, outcomes = logged.log(logged.population(3000))
-    clock = SimulatedClock(logged.start + timedelta(days=12))
-    ingest_decisions(training, RawRows(decisions, (), "log"), clock=clock)
-    ingest_outcomes(training, RawRows(outcomes, (), "log"), clock=clock)
-    model, _, _ = fit_model(training, clock.now(), OutcomeModel(n_folds=2, n_estimators=20, num_threads=1, seed=0))
+    training, now = logged_store(NBOOTwin(horizon_days=7, seed=31), 3000, days=12)
+    model, _, _ = fit_model(training, now, OutcomeModel(n_folds=2, n_estimators=20, num_threads=1, seed=0))
     twin = NBOOTwin(horizon_days=7, seed=32, scenario=Scenario(shift_feature="dwell_time_s", shift_factor=2.5, shift_day=SHIFT))
     store = MemoryStore(loop_spec())
     policy = start_loop(store, model, twin.population(3000, offset=5_000_000), created_at=twin.start, version="loop-test")
