@@ -8,13 +8,18 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 from filelock import FileLock
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from drivetrain.data import Store
+    from drivetrain.twin import NBOOTwin
 
 ROOT = Path(__file__).resolve().parents[1]
 # the key of the personal-data hash, which ingest, decide and serve require for the twin's personal postcode
@@ -42,7 +47,8 @@ LONGEST_FIRST = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, or the one process, before any test
+    # the xdist controller, before its workers start (one process compiles a kernel once anyway)
+    if not os.environ.get("PYTEST_XDIST_WORKER") and (config.getoption("numprocesses", default=None) or 0):
         compile_kernels()
 
 
@@ -52,11 +58,13 @@ def compile_kernels() -> None:
     the tests start compiles them at the same time (about 10 s of CPU each). A tiny model predicts on the
     batch and the single-row paths, with leaf masks (trees of at most 64 leaves) and by walking its trees."""
     from drivetrain.assembly import fit_model
+    from drivetrain.data import MemoryStore
     from drivetrain.model import CompiledModel, OutcomeModel
     from drivetrain.twin import NBOOTwin
 
     twin = NBOOTwin(horizon_days=7, seed=0)
-    store, now = logged_store(twin, 600, days=9)
+    store = MemoryStore(twin.spec)
+    now = fill(store, twin, 600)
     model = fit_model(store, now, OutcomeModel(n_folds=2, n_estimators=3, num_threads=1, seed=0))[0]
     compiled = CompiledModel.of(model)
     assert compiled is not None and compiled.forest.leaf_masks is not None
@@ -69,20 +77,17 @@ def compile_kernels() -> None:
     walked.raw_batch(features)
 
 
-def logged_store(twin: Any, users: int, *, days: int) -> tuple[Any, Any]:
-    """(a memory store holding the twin's randomized log of ``users`` users, received ``days`` days after
-    the twin's start, and that time)."""
-    from datetime import timedelta
-
+def fill(store: Store, twin: NBOOTwin, users: int, *, day: int = 0, offset: int = 0, received: int = 9) -> datetime:
+    """Log the twin's day ``day`` for ``users`` users (ids from ``offset``), randomized, into ``store``,
+    decisions and outcomes received ``received`` days after that day; returns that time."""
     from drivetrain.clock import SimulatedClock
-    from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+    from drivetrain.data import RawRows, ingest_decisions, ingest_outcomes
 
-    store = MemoryStore(twin.spec)
-    decisions, outcomes = twin.log(twin.population(users))
-    clock = SimulatedClock(twin.start + timedelta(days=days))
-    ingest_decisions(store, RawRows(decisions, (), "randomized log"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "randomized log"), clock=clock)
-    return store, clock.now()
+    decisions, outcomes = twin.log(twin.population(users, day=day, offset=offset), day=day)
+    clock = SimulatedClock(twin.start + timedelta(days=day + received))
+    ingest_decisions(store, RawRows(decisions, (), "log"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "log"), clock=clock)
+    return clock.now()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

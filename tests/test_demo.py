@@ -15,7 +15,7 @@ from drivetrain.demo import AdaptationDemo, adaptation_loop, demo_loop_spec
 from drivetrain.loop import LoopDay, closed_loop, loop_spec, start_loop
 from drivetrain.model import OutcomeModel
 from drivetrain.twin import NBOOTwin, Scenario
-from tests.conftest import logged_store
+from tests.conftest import fill
 
 DAYS, USERS, SHIFT = 10, 600, 8
 ADAPT_DAYS, ADAPT_USERS = 25, 500
@@ -23,7 +23,9 @@ ADAPT_DAYS, ADAPT_USERS = 25, 500
 
 @pytest.fixture(scope="module")
 def loop() -> tuple[MemoryStore, tuple[LoopDay, ...]]:
-    training, now = logged_store(NBOOTwin(horizon_days=7, seed=31), 3000, days=12)
+    logged = NBOOTwin(horizon_days=7, seed=31)
+    training = MemoryStore(logged.spec)
+    now = fill(training, logged, 3000, received=12)
     model, _, _ = fit_model(training, now, OutcomeModel(n_folds=2, n_estimators=20, num_threads=1, seed=0))
     twin = NBOOTwin(horizon_days=7, seed=32, scenario=Scenario(shift_feature="dwell_time_s", shift_factor=2.5, shift_day=SHIFT))
     store = MemoryStore(loop_spec())

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from drivetrain.adapt import MemoryRegistry, adapt
-from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.data import MemoryStore
 from drivetrain.demo import loop_spec
 from drivetrain.errors import UsageError
 from drivetrain.model import OutcomeModel
@@ -19,6 +18,7 @@ from drivetrain.pacing import CATCH_UP, SpendPacer
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin, Scenario
 from drivetrain.twin_loop import LoopDay, run_twin_loop
+from tests.conftest import fill
 
 TOLERANCE = 0.03  # spend over the period within 3% of the budget
 
@@ -59,12 +59,9 @@ def _trainer(trees: int):  # type: ignore[no-untyped-def]
 def _first_champion(spec: Spec, twin: NBOOTwin, trees: int) -> tuple[MemoryStore, MemoryRegistry, str]:
     """A store with a 20,000-user randomized log as of day 9, and the first champion fitted on it."""
     store = MemoryStore(spec)
-    decisions, outcomes = twin.log(twin.population(20_000))
-    clock = SimulatedClock(twin.start + timedelta(days=9))
-    ingest_decisions(store, RawRows(decisions, (), "randomized log"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "randomized log"), clock=clock)
+    now = fill(store, twin, 20_000)
     registry = MemoryRegistry()
-    first = adapt(store, registry, clock.now(), trainer=_trainer(trees), population_size=2000)
+    first = adapt(store, registry, now, trainer=_trainer(trees), population_size=2000)
     assert first.champion is not None, first.actions
     return store, registry, first.champion
 

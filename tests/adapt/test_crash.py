@@ -30,8 +30,8 @@ from drivetrain.adapt import EmbeddedRegistry
 from drivetrain.cli import REGISTRY_FAULT_ENV
 from drivetrain.data import ParquetStore
 from drivetrain.twin import NBOOTwin
-from tests.adapt.test_step import fill, small_spec
-from tests.conftest import invoke
+from tests.adapt.test_step import small_spec
+from tests.conftest import fill, invoke
 
 DRIVER = textwrap.dedent("""
     import json, os, signal, sys

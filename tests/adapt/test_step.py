@@ -5,7 +5,7 @@ commands, triggers with their reasons and the spec's validation (a crash at ever
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,6 @@ from drivetrain.data import (
     MemoryStore,
     ParquetStore,
     RawRows,
-    Store,
     ingest_decisions,
     ingest_outcomes,
 )
@@ -38,7 +37,7 @@ from drivetrain.model import OutcomeModel
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.twin import NBOOTwin, Scenario
 from tests.adapt.harness import gate_spec, trainer
-from tests.conftest import Ran, invoke
+from tests.conftest import Ran, fill, invoke
 
 
 def tiny_trainer(table: pd.DataFrame, spec: Spec) -> OutcomeModel:
@@ -49,14 +48,6 @@ def small_spec() -> Spec:
     raw = gate_spec().model.model_dump(mode="json")
     raw["adaptation"]["gates"].update(min_decisions=500, latency_samples=10)
     return parse_spec(raw, source="step tests")
-
-
-def fill(store: Store, twin: NBOOTwin, users: int, *, day: int = 0, offset: int = 0) -> datetime:
-    decisions, outcomes = twin.log(twin.population(users, day=day, offset=offset), day=day)
-    clock = SimulatedClock(twin.start + timedelta(days=day + 9))
-    ingest_decisions(store, RawRows(decisions, (), "log"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "log"), clock=clock)
-    return clock.now()
 
 
 def test_the_first_step_promotes_a_first_version_and_running_it_again_changes_nothing() -> None:
