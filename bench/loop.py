@@ -65,7 +65,7 @@ def bench_spec(daily: int, trees: int, *, window_days: int | None, exploration: 
 
 
 def run_arm(seed: int, spec: Spec, *, first_users: int, daily: int, days: int, drift_day: int, adaptive: bool, trees: int,
-            truth_sample: int) -> list[LoopDay]:
+            truth_sample: int, folds: int = 0) -> list[LoopDay]:
     scenario = Scenario(effect_segment=("device", "mobile"), effect_delta=-1.5, effect_refund=0.02, effect_day=drift_day)
     twin = NBOOTwin(horizon_days=7, seed=seed, scenario=scenario)
     store = MemoryStore(spec)
@@ -76,7 +76,7 @@ def run_arm(seed: int, spec: Spec, *, first_users: int, daily: int, days: int, d
     registry = MemoryRegistry()
 
     def trainer(table: pd.DataFrame, product: Spec) -> OutcomeModel:
-        return OutcomeModel(n_folds=0, n_estimators=trees, num_threads=1, seed=0).fit(table, product)
+        return OutcomeModel(n_folds=folds, refit=False, n_estimators=trees, num_threads=1, seed=0).fit(table, product)
 
     adapt(store, registry, clock.now(), trainer=trainer, who="bench", population_size=min(10_000, daily))
     # the frozen arm acts on no alert: it is not monitored
@@ -135,12 +135,15 @@ def print_arm(label: str, parts: list[pd.DataFrame], weeks: int, drift_week: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run (what the test suite runs)")
-    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=None, help="how many seeds (3 in the full run)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (a run of seeds 1 and 2: --first-seed 1 --seeds 2)")
     parser.add_argument("--users", "--users-per-day", dest="users", type=int, default=None, help="new users a day")
     parser.add_argument("--weeks", type=int, default=None)
     parser.add_argument("--first-users", type=int, default=None, help="users of the first randomized log")
     parser.add_argument("--drift-week", type=int, default=None, help="the week (from 1) the concept drift starts")
     parser.add_argument("--trees", type=int, default=None, help="boosting rounds per model of each candidate")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="each candidate's model is the mean of this many fold models (0: one model on every row)")
     parser.add_argument("--window-days", type=int, default=None,
                         help="the training window (adaptation.window) in days (default: every mature decision, the product's default)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"which arms, comma-separated, of {list(ARMS)}")
@@ -159,18 +162,18 @@ def main() -> None:
     days = 7 * cfg["weeks"]
     drift_day = START_DAY + 7 * (cfg["drift_week"] - 1)
     print(f"loop bench: {cfg['seeds']} seeds, {cfg['users']} users a day for {cfg['weeks']} weeks from a {cfg['first_users']}-user "
-          f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model; "
+          f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model{f' (mean of {args.folds} fold models)' if args.folds > 1 else ''}; "
           f"training window {str(cfg['window_days']) + ' days' if cfg['window_days'] else 'every mature decision'}; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}; canary on "
           f"{args.canary_share:.0%} of units; cohort guards {'off' if args.no_guard else 'on'}", flush=True)
     tables: dict[str, list[pd.DataFrame]] = {label: [] for label in arms}
-    for seed in range(cfg["seeds"]):
+    for seed in range(args.first_seed, args.first_seed + cfg["seeds"]):
         for label in arms:
             adaptive, exploration = ARMS[label]
             spec = bench_spec(cfg["users"], cfg["trees"], window_days=cfg["window_days"], exploration=exploration, pacing=not args.no_pacing,
                               canary_share=args.canary_share, guard=not args.no_guard)
             t0 = time.perf_counter()
             result = run_arm(seed, spec, first_users=cfg["first_users"], daily=cfg["users"], days=days, drift_day=drift_day,
-                             adaptive=adaptive, trees=cfg["trees"], truth_sample=min(2000, cfg["users"]))
+                             adaptive=adaptive, trees=cfg["trees"], truth_sample=min(2000, cfg["users"]), folds=args.folds)
             tables[label].append(weekly(result).assign(seed=seed))
             print(f"seed {seed}, {label}: {days} days in {time.perf_counter() - t0:.0f} s", flush=True)
             for d in result:  # what the loop did, day by day (quiet days left out)
