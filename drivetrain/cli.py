@@ -965,7 +965,8 @@ def serve(
     store: Annotated[Path, typer.Option(help="The store directory (decisions are compacted into it; outcomes go to it).")],
     policy: Annotated[Path | None, typer.Option(help="The policy directory to serve (or --registry).")] = None,
     registry: Annotated[Path | None, typer.Option(help="Serve the registry's --alias and follow it: a promotion or rollback "
-                                                       "switches the served policy without a restart.")] = None,
+                                                       "switches the served policy without a restart; following the champion, the challenger "
+                                                       "in shadow or canary is served beside it.")] = None,
     alias: Annotated[str, typer.Option(help="The registry alias to follow (with --registry).")] = "champion",
     log_dir: Annotated[Path | None, typer.Option(help="Decision log segments; default: <store>-log next to the store.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -995,7 +996,7 @@ def serve(
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
-    follow = None
+    follow = challenger = shadow_sink = None
     if (policy is None) == (registry is None):
         raise UsageError(f"give one of `--policy` (a policy directory) and `--registry` (follow its --alias), got "
                          f"{'both' if policy is not None else 'neither'}")
@@ -1009,6 +1010,14 @@ def serve(
             current = reg.alias(alias)
             return None if current is None else reg.artifact(current)
 
+        def live_challenger() -> tuple[Path, str] | None:
+            name = reg.alias("challenger")
+            stage = reg.status(name) if name is not None else None
+            return (reg.artifact(name), stage) if name is not None and stage in ("shadow", "canary") else None
+
+        if alias == "champion":  # the champion's service also serves the challenger's shadow and canary
+            challenger, shadow_sink = live_challenger, reg.log_shadow
+
         policy = follow()
         policy_root = policy_root or registry / "artifacts"
     assert policy is not None
@@ -1018,7 +1027,8 @@ def serve(
                            fsync=fsync.value, segment_records=segment_records, segment_age_s=segment_age,
                            compact_every_s=compact_every, backlog_segments=backlog_segments, backlog_age_s=backlog_age, logging=logging, policy_root=policy_root.resolve() if policy_root else None,
                            request_memory_bytes=int(request_memory_mb * 2**20), limits=Limits(shutdown_s=shutdown_timeout, header_timeout_s=header_timeout,
-                                                                                     body_timeout_s=body_timeout), follow=follow)
+                                                                                     body_timeout_s=body_timeout), follow=follow,
+                           challenger=challenger, shadow_sink=shadow_sink)
     service = Service(config)
     health = service.health()
     err.print(f"serving {health['status']} policy {health['policy_version']} on http://{host}:{port}"

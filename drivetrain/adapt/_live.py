@@ -33,16 +33,9 @@ from drivetrain.assembly import realized_metrics
 from drivetrain.data import Store, training_table
 from drivetrain.errors import UsageError
 from drivetrain.policy import Policy
-from drivetrain.spec import Spec, holdout_draw
+from drivetrain.spec import canary_units
 
 __all__ = ["adjusted_difference", "always_valid_p", "canary_check", "canary_units", "planned_decisions", "serve", "shadow_check"]
-
-
-def canary_units(spec: Spec, unit_ids: Any) -> np.ndarray:
-    """Whether each unit is in the canary: a salted hash below the canary share; shape (n,) bool."""
-    canary = spec.model.adaptation.canary
-    salt = canary.salt or f"{spec.model.experimentation.salt}\x1fcanary"
-    return holdout_draw(salt, unit_ids) < canary.share
 
 
 def serve(champion: Policy, contexts: pd.DataFrame, *, now: datetime, challenger: Policy | None = None,

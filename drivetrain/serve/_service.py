@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from drivetrain.serve._decider import Decider, Decision
 from drivetrain.serve._http import Limits
 from drivetrain.serve._log import CLOSED, OUTCOME_LOG, DecisionLog, FsyncPolicy, read_segments, recover
 from drivetrain.serve._requests import RequestMemory, answer_json, request_digest
-from drivetrain.spec import Spec
+from drivetrain.spec import Spec, canary_units
 
 __all__ = ["LogUnavailable", "Service", "ServiceConfig", "settle_heap"]
 
@@ -79,6 +79,12 @@ class ServiceConfig:
     #: policy directory the alias points at now (None: no version); the service reloads when it changes.
     follow: Callable[[], Path | None] | None = None
     follow_every_s: float = 0.1
+    #: The registry's challenger, read on the same ticks: its policy directory and its stage (``shadow``:
+    #: it decides beside the champion without being acted on; ``canary``: it decides for the units of
+    #: :func:`~drivetrain.spec.canary_units`, logged as the ``canary`` arm), or None (no candidate on live traffic).
+    challenger: Callable[[], tuple[Path, str] | None] | None = None
+    #: Where the challenger's shadow decisions go (the registry's ``log_shadow``), in batches on the follow ticks.
+    shadow_sink: Callable[[str, pd.DataFrame], None] | None = None
 
 
 class Metrics:
@@ -118,7 +124,7 @@ class Metrics:
         for stage in ("features", "policy", "record", "log", "total"):
             self.stage(stage)
         for action in spec.action_space.ids:
-            for assignment in ("policy", "explore", "holdout", "fallback"):
+            for assignment in ("policy", "explore", "holdout", "fallback", "canary"):
                 self.decisions.labels(action, assignment)
         for cause in ("context", "degraded", "model_error", "latency"):
             self.fallbacks.labels(cause)
@@ -168,6 +174,9 @@ class Service:
         #: the deciders served before, by manifest digest: going back to one (a rollback) is a pointer swap
         self._previous: dict[str, tuple[Decider, Path]] = {}
         self.follow_error: str | None = None  # the last reason following the alias failed, until it succeeds
+        #: the challenger on live traffic: (its Decider, its stage, its policy directory), or None
+        self.candidate: tuple[Decider, str, Path] | None = None
+        self._shadow: list[dict[str, Any]] = []  # shadow decisions not yet handed to ``shadow_sink``
         self._store: Store | None = None
         self._compactor: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -214,10 +223,16 @@ class Service:
             prior = self.requests.prior(request_id, digest)
             if prior is not None:
                 return prior
-        decider = self.decider  # one Decider per request, even if a reload swaps it meanwhile
+        decider, candidate = self.decider, self.candidate  # one of each per request, even if a reload swaps them meanwhile
         rid = request_id or uuid.uuid4().hex
-        decision = decider.decide(unit_id, context, request_id=rid, now=self.clock.now(), started=started, arrived=arrived,
-                                  budget_s=budget_s)
+        now = self.clock.now()
+        canary = candidate is not None and candidate[1] == "canary" and decider.ready \
+            and bool(canary_units(self.config.spec, [unit_id])[0])
+        decision = (candidate[0] if canary and candidate is not None else decider).decide(
+            unit_id, context, request_id=rid, now=now, started=started, arrived=arrived, budget_s=budget_s)
+        if canary and decision.record["assignment"] == "policy":  # the canary arm; exploration and holdout keep theirs
+            decision = Decision({**decision.response, "assignment": "canary"}, {**decision.record, "assignment": "canary"},
+                                decision.timings)
         t = time.perf_counter()
         if self.log is not None:
             try:
@@ -232,6 +247,8 @@ class Service:
                 self.log_error = None
                 self.metrics.live.set(1)
         self._count(decision, time.perf_counter() - t, time.perf_counter() - arrived)
+        if candidate is not None and candidate[1] == "shadow" and decider.ready:
+            self._shadow.append(_shadow_row(candidate[0].decide(unit_id, context, request_id=rid, now=now).record, decision.record))
         answer = answer_json(decision.response)
         self.requests.remember(rid, digest, answer)
         return answer
@@ -378,11 +395,62 @@ class Service:
             self.follow_error = reason
         return answer
 
+    def follow_challenger(self) -> str | None:
+        """Read the registry's challenger once: load it aside when it changed, drop it when it left live
+        traffic, and hand the shadow decisions logged so far to ``shadow_sink``. What changed, or None."""
+        if self.config.challenger is None:
+            return None
+        try:
+            target = self.config.challenger()
+            self.flush_shadow()
+        except Exception as failure:  # a registry being written or unreadable: serve on, say why, try again
+            reason = f"{type(failure).__name__}: {failure}"
+            if reason != self.follow_error:
+                print(f"following the registry's challenger failed: {reason}", file=sys.stderr, flush=True)
+            self.follow_error = reason
+            return None
+        current = self.candidate
+        if target is None or target[1] not in ("shadow", "canary"):
+            self.candidate = None
+            return None if current is None else f"{current[0].version} left live traffic"
+        path, stage = target[0].resolve(), target[1]
+        if current is not None and current[2] == path:
+            if current[1] != stage:
+                self.candidate = (current[0], stage, path)
+                return f"{current[0].version} in {stage}"
+            return None
+        with _yielding():
+            loaded = Decider.load(self.config.spec, path)
+        refused = loaded.degraded_reason if not loaded.ready else _randomization_change(self.decider, loaded)
+        if refused is None and loaded.version == self.decider.version:
+            refused = f"the challenger must be another version than the champion {loaded.version!r}"
+        if refused is not None:
+            self.candidate = None
+            reason = f"refused the challenger {path}: {refused}"
+            if reason != self.follow_error:
+                print(f"following the registry's challenger: {reason}", file=sys.stderr, flush=True)
+            self.follow_error = reason
+            return None
+        self.candidate = (loaded, stage, path)
+        return f"{loaded.version} in {stage}"
+
+    def flush_shadow(self) -> int:
+        """Hand the shadow decisions logged since the last call to ``shadow_sink`` (one batch per version);
+        how many. Shadow decisions are never acted on, and those of a crash since the last tick are lost."""
+        rows, self._shadow = self._shadow, []
+        if not rows or self.config.shadow_sink is None:
+            return 0
+        frame = pd.DataFrame(rows)
+        for version, part in frame.groupby("policy_version", sort=False):
+            self.config.shadow_sink(str(version), part.reset_index(drop=True))
+        return len(rows)
+
     async def follow(self) -> None:
         """Follow the registry alias (``ServiceConfig.follow``) for the life of the service."""
         while self.config.follow is not None:
             await asyncio.sleep(self.config.follow_every_s)
             await asyncio.to_thread(self.follow_once)
+            await asyncio.to_thread(self.follow_challenger)
 
     def _bind_version(self, decider: Decider, directory: Path) -> str | None:
         """Bind the policy's version name to its content (the digest of its manifest, which holds every
@@ -464,7 +532,9 @@ class Service:
                 "problems": reasons, "log_error": self.log_error, "compaction_error": self.compaction_error,
                 "closed_segments": closed, "closed_outcome_segments": outcome_segments, "oldest_closed_segment_age_s": oldest,
                 "compactor_priority": None if self._compactor is None else "low" if self._compactor_nice else "normal",
-                **({"follow_error": self.follow_error} if self.config.follow is not None else {})}
+                **({"follow_error": self.follow_error} if self.config.follow is not None else {}),
+                **({"challenger": None if (c := self.candidate) is None else {"policy_version": c[0].version, "stage": c[1]}}
+                   if self.config.challenger is not None else {})}
 
     def policy_info(self) -> dict[str, Any]:
         d = self.decider
@@ -658,6 +728,17 @@ def _niced(increment: int) -> Callable[[], None] | None:
     def lower() -> None:
         os.nice(increment)
     return lower
+
+
+def _shadow_row(shadow: Mapping[str, Any], served: Mapping[str, Any]) -> dict[str, Any]:
+    """One shadow decision: what the challenger would have done (``shadow``, a decisions-table record
+    never logged there) beside what the champion did (``served``), with each one's predicted objective of
+    its own action (the registry's shadow log, as :func:`drivetrain.adapt.shadow_check` reads it)."""
+    return {"request_id": served["request_id"], "unit_id": served["unit_id"], "decided_at": served["decided_at"],
+            "policy_version": shadow["policy_version"], "assignment": "shadow", "action_id": shadow["action_id"],
+            "predicted": shadow[f"pred__{shadow['action_id']}"], "fallback": shadow["assignment"] == "fallback",
+            "champion_version": served["policy_version"], "champion_action_id": served["action_id"],
+            "champion_assignment": served["assignment"], "champion_predicted": served[f"pred__{served['action_id']}"]}
 
 
 def _randomization_change(served: Decider, candidate: Decider) -> str | None:

@@ -101,7 +101,7 @@ class DecideResponse(BaseModel):
     levers: dict[str, str | float]
     propensity: Annotated[float, Field(description="Probability that the serving system picks this action for this context.")]
     policy_version: str
-    assignment: Literal["policy", "explore", "holdout", "fallback"]
+    assignment: Literal["policy", "explore", "holdout", "fallback", "canary"]
     fallback_reason: str | None = None
     ignored_context_keys: Annotated[list[str] | None, Field(description="Context keys the spec's contract does not name: not "
                                                                         "used, not stored (a misspelt feature shows up here); absent "
@@ -152,6 +152,11 @@ class ReloadResponse(BaseModel):
     reason: str | None = None
 
 
+class ChallengerState(BaseModel):
+    policy_version: str
+    stage: Literal["shadow", "canary"]
+
+
 class HealthResponse(BaseModel):
     status: Literal["ready", "degraded"]
     reason: str | None
@@ -171,6 +176,9 @@ class HealthResponse(BaseModel):
     follow_error: Annotated[str | None, Field(
         description="Following a registry alias (serve --registry): why the last look at the alias failed, until one "
                     "succeeds; null otherwise and when the service follows no alias.")] = None
+    challenger: Annotated[ChallengerState | None, Field(
+        description="Following a registry (serve --registry): the challenger on live traffic (in shadow it decides beside "
+                    "the champion without being acted on; in canary it decides for its share of units), or null.")] = None
 
 
 class Detail(BaseModel):

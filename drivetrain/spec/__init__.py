@@ -13,7 +13,7 @@ from drivetrain.spec._definition import SOURCE_TABLES, definition_sql, point_in_
 from drivetrain.spec._formula import FUNCTIONS, Formula, compile_formula
 from drivetrain.spec._load import MODEL_PARTS, Spec, load_spec, model_parts, parse_spec, read_yaml, with_guardrails_by
 from drivetrain.spec._model import AlertRule, Feature, SpecModel, format_duration, parse_duration
-from drivetrain.spec._randomization import failed_propensity, holdout_draw, in_holdout, serving_propensity
+from drivetrain.spec._randomization import canary_units, failed_propensity, holdout_draw, in_holdout, serving_propensity
 
 __all__ = [
     "MODEL_PARTS",
@@ -37,6 +37,7 @@ __all__ = [
     "formula_spread",
     "failed_propensity",
     "holdout_draw",
+    "canary_units",
     "in_holdout",
     "load_spec",
     "mean_constraints",

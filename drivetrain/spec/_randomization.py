@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 
-__all__ = ["failed_propensity", "holdout_draw", "in_holdout", "serving_propensity"]
+if TYPE_CHECKING:
+    from drivetrain.spec._load import Spec
+
+__all__ = ["canary_units", "failed_propensity", "holdout_draw", "in_holdout", "serving_propensity"]
 
 _SCALE = float(2**64)
 #: Units from which a batch is hashed by the compiled implementation rather than one by one by hashlib.
@@ -145,6 +149,15 @@ def holdout_draw(salt: str, unit_ids: Iterable[object]) -> np.ndarray:
 def in_holdout(salt: str, unit_ids: Iterable[object], share: float) -> np.ndarray:
     """Holdout membership per unit; shape (n,) bool."""
     return holdout_draw(salt, unit_ids) < share
+
+
+def canary_units(spec: Spec, unit_ids: Iterable[object]) -> np.ndarray:
+    """Whether each unit is in a candidate's canary (``adaptation.canary``): a draw of its own salt below
+    the canary share, so the same units whichever version is the candidate, in the service and in the
+    twin's loop; shape (n,) bool."""
+    canary = spec.model.adaptation.canary
+    salt = canary.salt or f"{spec.model.experimentation.salt}\x1fcanary"
+    return holdout_draw(salt, unit_ids) < canary.share
 
 
 def serving_propensity(policy_probability: np.ndarray, is_control: np.ndarray, holdout_share: float) -> np.ndarray:

@@ -1,0 +1,149 @@
+"""The service that follows the registry's champion also serves its challenger, as `drivetrain adapt` moves it:
+in shadow the challenger decides beside the champion for every request without being acted on, and its
+decisions reach the registry's shadow log; in canary it decides for the canary's units (the salted hash of
+`canary_units`, stable across requests), logged as the `canary` arm with the propensity of its own policy;
+when it leaves live traffic, the champion decides for everyone again."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from drivetrain.adapt import EmbeddedRegistry, Lineage, promote, shadow_check
+from drivetrain.policy import Policy
+from drivetrain.spec import canary_units, load_spec
+from tests.serve.service_helpers import SPEC, read_store, start_server
+
+LINEAGE = Lineage(spec_hash="s", model_spec_hash="m", data_start=None, data_end=None, rows=0)
+
+
+def _until(check: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
+    """Wait for ``check`` (a deadline against a hang, nothing timed)."""
+    end = time.monotonic() + deadline_s
+    while not check():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _decide(client: httpx.Client, contexts: list[dict[str, Any]], prefix: str) -> pd.DataFrame:
+    answers = []
+    for i, row in enumerate(contexts):
+        context = {k: v for k, v in row.items() if k != "unit_id"}
+        r = client.post("/v1/decide", json={"unit_id": row["unit_id"], "context": context, "request_id": f"{prefix}-{i}"})
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    return pd.DataFrame(answers)
+
+
+def _offline(policy: Policy, contexts: list[dict[str, Any]], prefix: str) -> pd.DataFrame:
+    """What ``policy`` decides for the same requests off-line (the same hash draws on the same request ids)."""
+    frame = pd.DataFrame(contexts).assign(request_id=[f"{prefix}-{i}" for i in range(len(contexts))])
+    table, fallbacks = policy.decisions_table(frame, now=datetime.now(UTC))
+    assert fallbacks == 0
+    return table
+
+
+def test_the_champions_service_serves_the_challenger_in_shadow_then_in_canary(
+        policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
+    spec = load_spec(SPEC)
+    registry = EmbeddedRegistry(tmp_path / "registry", create=True)
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    a, b = Policy.load(policies[0]), Policy.load(policies[1])
+    for policy in (a, b):
+        registry.register(policy, LINEAGE, at=t0, who="test")
+    promote(registry, a.version, at=t0, who="test", why="first")
+    registry.record(at=t0, who="test", why="off-line gates passed", kind="gate", aliases={"challenger": b.version},
+                    statuses={b.version: "shadow"})
+    server = start_server(None, tmp_path / "served", "--registry", str(registry.root), "--segment-age", "1", "--compact-every", "1")
+    try:
+        with server.client() as client:
+            def challenger() -> Any:
+                return client.get("/v1/health").json()["challenger"]
+
+            # shadow: every answer is the champion's; the challenger's decision of each request reaches the registry
+            _until(lambda: challenger() == {"policy_version": b.version, "stage": "shadow"}, "the challenger in shadow")
+            shadowed = contexts[:120]
+            served = _decide(client, shadowed, "shadow")
+            assert set(served["policy_version"]) == {a.version} and "canary" not in set(served["assignment"])
+            _until(lambda: len(registry.shadow(b.version)) >= len(shadowed), "the shadow decisions in the registry")
+            log = registry.shadow(b.version).set_index("request_id").loc[[f"shadow-{i}" for i in range(len(shadowed))]]
+            assert len(registry.shadow(b.version)) == len(shadowed)  # one shadow row per decision, none twice
+            offline_b, offline_a = _offline(b, shadowed, "shadow"), _offline(a, shadowed, "shadow")
+            assert (log["action_id"].to_numpy() == offline_b["action_id"].to_numpy()).all()
+            assert (log["champion_action_id"].to_numpy() == served["action_id"].to_numpy()).all()
+            assert (served["action_id"].to_numpy() == offline_a["action_id"].to_numpy()).all()
+            chosen = [f"pred__{x}" for x in offline_b["action_id"]]
+            predicted = offline_b[chosen].to_numpy()[np.arange(len(shadowed)), np.arange(len(shadowed))]
+            assert np.allclose(log["predicted"].to_numpy(dtype=float), predicted, rtol=1e-9)
+            gate = shadow_check(registry.shadow(b.version), b.version)
+            assert gate.passed and gate.figures["decisions"] == len(shadowed), gate
+
+            # canary: the canary's units get the challenger, logged as the canary arm, with its own propensities
+            registry.record(at=t0 + timedelta(minutes=1), who="test", why="shadow passed", kind="gate", statuses={b.version: "canary"})
+            _until(lambda: challenger() == {"policy_version": b.version, "stage": "canary"}, "the challenger in canary")
+            canaried = contexts[120:]
+            answers = _decide(client, canaried, "canary")
+            again = _decide(client, canaried[:60], "canary-again")  # the same units again: the same arm
+            units = np.array([row["unit_id"] for row in canaried], dtype=object)
+            inside = canary_units(spec, units)
+            assert 0 < inside.sum() < len(units)
+            assert (answers["policy_version"].to_numpy() == np.where(inside, b.version, a.version)).all()
+            assert (again["policy_version"].to_numpy() == answers["policy_version"].to_numpy()[:60]).all()
+            offline_b, offline_a = _offline(b, canaried, "canary"), _offline(a, canaried, "canary")
+            expected = offline_b["assignment"].where(~pd.Series(inside) | (offline_b["assignment"] != "policy"), "canary")
+            assert (answers["assignment"].to_numpy() == np.where(inside, expected, offline_a["assignment"])).all()
+            for column in ("action_id", "propensity"):
+                want = np.where(inside, offline_b[column].to_numpy(), offline_a[column].to_numpy())
+                assert (answers[column].to_numpy() == want).all(), column
+            assert len(registry.shadow(b.version)) == len(shadowed)  # a canary logs no shadow decisions
+
+            # off live traffic: the champion decides for everyone
+            registry.record(at=t0 + timedelta(minutes=2), who="test", why="canary stopped", kind="gate",
+                            aliases={"challenger": None}, statuses={b.version: "rejected"})
+            _until(lambda: challenger() is None, "the challenger off live traffic")
+            after = _decide(client, canaried, "after")
+            assert set(after["policy_version"]) == {a.version}
+
+            # the canary arm is in the store with its version, as the canary's verdict reads it
+            ids = {f"canary-{i}" for i in np.flatnonzero(inside)}
+            _until(lambda: ids <= set(read_store(server)["request_id"]), "the canary decisions in the store")
+            stored = read_store(server).set_index("request_id").loc[sorted(ids)]
+            assert set(stored["policy_version"]) == {b.version}
+            assert (stored["assignment"] == answers.set_index("request_id").loc[sorted(ids), "assignment"]).all()
+            assert "canary" in set(stored["assignment"])
+    finally:
+        server.stop(signal.SIGTERM)
+    assert "Traceback" not in server.stderr.read_text()
+
+
+def test_a_challenger_that_would_move_units_between_arms_is_refused_and_the_champion_serves_on(
+        policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    registry = EmbeddedRegistry(tmp_path / "registry", create=True)
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    a = Policy.load(policies[0])
+    other = replace(Policy.load(policies[1]), exploration_rate=a.exploration_rate + 0.05)
+    for policy in (a, other):
+        registry.register(policy, LINEAGE, at=t0, who="test")
+    promote(registry, a.version, at=t0, who="test", why="first")
+    registry.record(at=t0, who="test", why="test", kind="gate", aliases={"challenger": other.version}, statuses={other.version: "canary"})
+    server = start_server(None, tmp_path / "served", "--registry", str(registry.root))
+    try:
+        with server.client() as client:
+            _until(lambda: "refused the challenger" in (client.get("/v1/health").json().get("follow_error") or ""), "the refusal")
+            health = client.get("/v1/health").json()
+            assert health["challenger"] is None and "exploration rate" in health["follow_error"]
+            answers = _decide(client, contexts[:80], "refused")
+            assert set(answers["policy_version"]) == {a.version}
+    finally:
+        server.stop(signal.SIGTERM)
+    assert "Traceback" not in server.stderr.read_text()
