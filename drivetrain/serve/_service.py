@@ -176,6 +176,8 @@ class Service:
         self.follow_error: str | None = None  # the last reason following the alias failed, until it succeeds
         #: the challenger on live traffic: (its Decider, its stage, its policy directory), or None
         self.candidate: tuple[Decider, str, Path] | None = None
+        self.challenger_error: str | None = None  # why the challenger is not served (refused, unreadable), until it is
+        self._refused: Path | None = None  # the challenger's directory refused last: not loaded again each tick
         self._shadow: list[dict[str, Any]] = []  # shadow decisions not yet handed to ``shadow_sink``
         self._store: Store | None = None
         self._compactor: asyncio.subprocess.Process | None = None
@@ -379,39 +381,32 @@ class Service:
         try:
             target = self.config.follow()
         except Exception as failure:  # a registry being written or unreadable: serve on, say why, try again
-            reason = f"{type(failure).__name__}: {failure}"
-            if reason != self.follow_error:
-                print(f"following the registry alias failed: {reason}", file=sys.stderr, flush=True)
-            self.follow_error = reason
+            self.follow_error = _say(f"{type(failure).__name__}: {failure}", self.follow_error, "following the registry alias failed")
             return None
         self.follow_error = None
         if target is None or target.resolve() == self.policy_dir:
             return None
         answer = self.reload(target)
         if not answer["reloaded"]:
-            reason = f"refused {target}: {answer['reason']}"
-            if reason != self.follow_error:
-                print(f"following the registry alias: {reason}", file=sys.stderr, flush=True)
-            self.follow_error = reason
+            self.follow_error = _say(f"refused {target}: {answer['reason']}", self.follow_error, "following the registry alias")
         return answer
 
     def follow_challenger(self) -> str | None:
         """Read the registry's challenger once: load it aside when it changed, drop it when it left live
-        traffic, and hand the shadow decisions logged so far to ``shadow_sink``. What changed, or None."""
+        traffic, and hand the shadow decisions logged so far to ``shadow_sink``. What changed, or None. A
+        challenger refused once (``challenger_error`` says why) is not loaded again until the alias moves."""
         if self.config.challenger is None:
             return None
         try:
             target = self.config.challenger()
             self.flush_shadow()
         except Exception as failure:  # a registry being written or unreadable: serve on, say why, try again
-            reason = f"{type(failure).__name__}: {failure}"
-            if reason != self.follow_error:
-                print(f"following the registry's challenger failed: {reason}", file=sys.stderr, flush=True)
-            self.follow_error = reason
+            self.challenger_error = _say(f"{type(failure).__name__}: {failure}", self.challenger_error,
+                                         "following the registry's challenger failed")
             return None
         current = self.candidate
         if target is None or target[1] not in ("shadow", "canary"):
-            self.candidate = None
+            self.candidate, self.challenger_error, self._refused = None, None, None
             return None if current is None else f"{current[0].version} left live traffic"
         path, stage = target[0].resolve(), target[1]
         if current is not None and current[2] == path:
@@ -419,19 +414,19 @@ class Service:
                 self.candidate = (current[0], stage, path)
                 return f"{current[0].version} in {stage}"
             return None
+        if path == self._refused:
+            return None
         with _yielding():
             loaded = Decider.load(self.config.spec, path)
         refused = loaded.degraded_reason if not loaded.ready else _randomization_change(self.decider, loaded)
         if refused is None and loaded.version == self.decider.version:
             refused = f"the challenger must be another version than the champion {loaded.version!r}"
         if refused is not None:
-            self.candidate = None
-            reason = f"refused the challenger {path}: {refused}"
-            if reason != self.follow_error:
-                print(f"following the registry's challenger: {reason}", file=sys.stderr, flush=True)
-            self.follow_error = reason
+            self.candidate, self._refused = None, path
+            self.challenger_error = _say(f"refused the challenger {path}: {refused}", self.challenger_error,
+                                         "following the registry's challenger")
             return None
-        self.candidate = (loaded, stage, path)
+        self.candidate, self.challenger_error, self._refused = (loaded, stage, path), None, None
         return f"{loaded.version} in {stage}"
 
     def flush_shadow(self) -> int:
@@ -533,8 +528,8 @@ class Service:
                 "closed_segments": closed, "closed_outcome_segments": outcome_segments, "oldest_closed_segment_age_s": oldest,
                 "compactor_priority": None if self._compactor is None else "low" if self._compactor_nice else "normal",
                 **({"follow_error": self.follow_error} if self.config.follow is not None else {}),
-                **({"challenger": None if (c := self.candidate) is None else {"policy_version": c[0].version, "stage": c[1]}}
-                   if self.config.challenger is not None else {})}
+                **({"challenger": None if (c := self.candidate) is None else {"policy_version": c[0].version, "stage": c[1]},
+                    "challenger_error": self.challenger_error} if self.config.challenger is not None else {})}
 
     def policy_info(self) -> dict[str, Any]:
         d = self.decider
@@ -728,6 +723,13 @@ def _niced(increment: int) -> Callable[[], None] | None:
     def lower() -> None:
         os.nice(increment)
     return lower
+
+
+def _say(reason: str, last: str | None, what: str) -> str:
+    """Print ``what: reason`` on stderr unless it is the ``last`` reason already said; the reason."""
+    if reason != last:
+        print(f"{what}: {reason}", file=sys.stderr, flush=True)
+    return reason
 
 
 def _shadow_row(shadow: Mapping[str, Any], served: Mapping[str, Any]) -> dict[str, Any]:

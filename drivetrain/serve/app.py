@@ -179,6 +179,9 @@ class HealthResponse(BaseModel):
     challenger: Annotated[ChallengerState | None, Field(
         description="Following a registry (serve --registry): the challenger on live traffic (in shadow it decides beside "
                     "the champion without being acted on; in canary it decides for its share of units), or null.")] = None
+    challenger_error: Annotated[str | None, Field(
+        description="Why the registry's challenger is not served (refused by the reload's checks, or the registry "
+                    "unreadable), until it is; null otherwise.")] = None
 
 
 class Detail(BaseModel):

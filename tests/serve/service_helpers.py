@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -10,6 +12,9 @@ from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
 from drivetrain.serve import ServiceProcess
 from drivetrain.twin import NBOOTwin
+
+if TYPE_CHECKING:
+    from drivetrain.adapt import EmbeddedRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "examples" / "nboo" / "drivetrain.yaml"
@@ -25,6 +30,20 @@ def fit_policy(directory: Path, *, version: str, seed: int = 3) -> Path:
 
 
 Server = ServiceProcess
+
+
+def champion_registry(root: Path, *policy_dirs: Path) -> tuple[EmbeddedRegistry, datetime, list[Policy]]:
+    """A registry at ``root`` with the policies registered an hour ago and the first one promoted to champion:
+    (the registry, that time, the policies)."""
+    from drivetrain.adapt import EmbeddedRegistry, Lineage, promote
+
+    registry = EmbeddedRegistry(root, create=True)
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    policies = [Policy.load(d) for d in policy_dirs]
+    for policy in policies:
+        registry.register(policy, Lineage(spec_hash="s", model_spec_hash="m", data_start=None, data_end=None, rows=0), at=t0, who="test")
+    promote(registry, policies[0].version, at=t0, who="test", why="first")
+    return registry, t0, policies
 
 
 def start_server(policy: Path, work: Path, *extra: str, token: str | None = TOKEN) -> ServiceProcess:

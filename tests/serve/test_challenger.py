@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,10 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from drivetrain.adapt import EmbeddedRegistry, Lineage, promote, shadow_check
+from drivetrain.adapt import Lineage, shadow_check
 from drivetrain.policy import Policy
 from drivetrain.spec import canary_units, load_spec
-from tests.serve.service_helpers import SPEC, read_store, start_server
+from tests.serve.service_helpers import SPEC, champion_registry, read_store, start_server
 
 LINEAGE = Lineage(spec_hash="s", model_spec_hash="m", data_start=None, data_end=None, rows=0)
 
@@ -54,12 +55,7 @@ def _offline(policy: Policy, contexts: list[dict[str, Any]], prefix: str) -> pd.
 def test_the_champions_service_serves_the_challenger_in_shadow_then_in_canary(
         policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
     spec = load_spec(SPEC)
-    registry = EmbeddedRegistry(tmp_path / "registry", create=True)
-    t0 = datetime.now(UTC) - timedelta(hours=1)
-    a, b = Policy.load(policies[0]), Policy.load(policies[1])
-    for policy in (a, b):
-        registry.register(policy, LINEAGE, at=t0, who="test")
-    promote(registry, a.version, at=t0, who="test", why="first")
+    registry, t0, (a, b) = champion_registry(tmp_path / "registry", *policies)
     registry.record(at=t0, who="test", why="off-line gates passed", kind="gate", aliases={"challenger": b.version},
                     statuses={b.version: "shadow"})
     server = start_server(None, tmp_path / "served", "--registry", str(registry.root), "--segment-age", "1", "--compact-every", "1")
@@ -126,24 +122,20 @@ def test_the_champions_service_serves_the_challenger_in_shadow_then_in_canary(
 
 def test_a_challenger_that_would_move_units_between_arms_is_refused_and_the_champion_serves_on(
         policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
-    from dataclasses import replace
-
-    registry = EmbeddedRegistry(tmp_path / "registry", create=True)
-    t0 = datetime.now(UTC) - timedelta(hours=1)
-    a = Policy.load(policies[0])
+    registry, t0, (a,) = champion_registry(tmp_path / "registry", policies[0])
     other = replace(Policy.load(policies[1]), exploration_rate=a.exploration_rate + 0.05)
-    for policy in (a, other):
-        registry.register(policy, LINEAGE, at=t0, who="test")
-    promote(registry, a.version, at=t0, who="test", why="first")
+    registry.register(other, LINEAGE, at=t0, who="test")
     registry.record(at=t0, who="test", why="test", kind="gate", aliases={"challenger": other.version}, statuses={other.version: "canary"})
     server = start_server(None, tmp_path / "served", "--registry", str(registry.root))
     try:
         with server.client() as client:
-            _until(lambda: "refused the challenger" in (client.get("/v1/health").json().get("follow_error") or ""), "the refusal")
+            _until(lambda: "refused the challenger" in (client.get("/v1/health").json()["challenger_error"] or ""), "the refusal")
             health = client.get("/v1/health").json()
-            assert health["challenger"] is None and "exploration rate" in health["follow_error"]
+            assert health["challenger"] is None and "exploration rate" in health["challenger_error"]
             answers = _decide(client, contexts[:80], "refused")
             assert set(answers["policy_version"]) == {a.version}
+        # said once on stderr, not on every tick of the alias
+        assert server.stderr.read_text().count("refused the challenger") == 1
     finally:
         server.stop(signal.SIGTERM)
     assert "Traceback" not in server.stderr.read_text()

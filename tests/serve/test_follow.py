@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import signal
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from drivetrain.adapt import EmbeddedRegistry, Lineage, promote, rollback
-from drivetrain.policy import Policy
+from drivetrain.adapt import EmbeddedRegistry, promote, rollback
 from drivetrain.serve import DecisionLoad
-from tests.serve.service_helpers import start_server
-
-LINEAGE = Lineage(spec_hash="s", model_spec_hash="m", data_start=None, data_end=None, rows=0)
+from tests.serve.service_helpers import champion_registry, start_server
 
 
 def _wait_for(load: DecisionLoad, version: str, client: httpx.Client, deadline_s: float = 60.0) -> None:
@@ -34,12 +31,7 @@ def _wait_for(load: DecisionLoad, version: str, client: httpx.Client, deadline_s
 
 def test_promote_then_rollback_under_load_switches_without_restart_or_failed_request(
         policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
-    registry = EmbeddedRegistry(tmp_path / "registry", create=True)
-    t0 = datetime.now(UTC) - timedelta(hours=1)
-    a, b = Policy.load(policies[0]), Policy.load(policies[1])
-    for policy in (a, b):
-        registry.register(policy, LINEAGE, at=t0, who="test")
-    promote(registry, a.version, at=t0, who="test", why="first")
+    registry, t0, (a, b) = champion_registry(tmp_path / "registry", *policies)
     server = start_server(None, tmp_path / "served", "--registry", str(registry.root), "--segment-age", "1", "--compact-every", "1")
     pid = server.process.pid
     try:
