@@ -1028,7 +1028,7 @@ def serve(
                            compact_every_s=compact_every, backlog_segments=backlog_segments, backlog_age_s=backlog_age, logging=logging, policy_root=policy_root.resolve() if policy_root else None,
                            request_memory_bytes=int(request_memory_mb * 2**20), limits=Limits(shutdown_s=shutdown_timeout, header_timeout_s=header_timeout,
                                                                                      body_timeout_s=body_timeout), follow=follow,
-                           challenger=challenger, shadow_sink=shadow_sink)
+                           challenger=challenger, shadow_sink=shadow_sink, price=None if registry is None else reg.price)
     service = Service(config)
     health = service.health()
     err.print(f"serving {health['status']} policy {health['policy_version']} on http://{host}:{port}"
@@ -1287,6 +1287,10 @@ def adapt(
     for action in step.actions:
         console.print(action)
     console.print(f"champion: {step.champion}")
+    if step.price is not None:
+        prices = ", ".join(f"{v} at {p:.4g}" for v, p in step.price["prices"].items())
+        console.print(f"pacing {step.price['budget']}: target {step.price['target']:.4g} per unit for the next day "
+                      f"(budget {step.price['limit']:g}, observed/predicted {step.price['ratio']:.3f}); {prices}")
 
 
 @app.command("registry")

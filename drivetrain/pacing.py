@@ -17,17 +17,23 @@ ledger and sets the price before each day:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
+from drivetrain.clock import as_utc
+from drivetrain.data import Store, training_table
 from drivetrain.errors import UsageError
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec, formula_on
 
-__all__ = ["CATCH_UP", "CATCH_UP_DAYS", "SpendPacer"]
+__all__ = ["CATCH_UP", "CATCH_UP_DAYS", "RECENT_CONTEXTS", "SpendPacer"]
+
+#: The most recent contexts the price is set on (the last served day's, at most this many).
+RECENT_CONTEXTS = 2_000
 
 #: How far from the budget a day's target may go to catch up with the period (a share of the budget).
 CATCH_UP = 0.25
@@ -94,13 +100,66 @@ class SpendPacer:
 
     def target(self, day: int, units: int) -> float:
         """The spend per unit to aim at on ``day`` for ``units`` expected units."""
-        start = self.origin + (day - self.origin) // self.period_days * self.period_days
+        start = self.period_start(day)
         past = [d for k, d in self.days.items() if start <= k < day]
         r = self.ratio()
         spent = sum(d.observed if d.observed is not None else r * d.predicted for d in past)
         behind = self.limit * sum(d.units for d in past) - spent
         remaining = max(start + self.period_days - day, min(CATCH_UP_DAYS, self.period_days))
         return float(np.clip(self.limit + behind / (max(units, 1) * remaining), (1 - CATCH_UP) * self.limit, (1 + CATCH_UP) * self.limit))
+
+    def period_start(self, day: int) -> int:
+        """The first day of the period ``day`` falls in."""
+        return self.origin + (day - self.origin) // self.period_days * self.period_days
+
+    # ------------------------------------------------------------------ the ledger from a store
+    def fill_from_store(self, store: Store, as_of: datetime, *, start: datetime, policy_of: Callable[[str], Policy]) -> pd.DataFrame:
+        """Record the ledger of the days before ``as_of`` as the store holds it: day ``k`` (counted from
+        ``origin``) is the UTC day that begins ``k - origin`` days after ``start``. Each day from the period
+        before the current one on is recorded with its decisions (those received by ``as_of``) and the
+        predicted cost of their logged actions by the model of the version that decided
+        (``policy_of(version)``); a day whose decisions are all mature is observed, when the budget's formula
+        reads outcomes only, at the realized formula of its mature decisions. Returns the last served day's
+        decisions (at most :data:`RECENT_CONTEXTS`), the contexts a price is set on."""
+        as_of = as_utc(as_of, name="as_of")
+        start = as_utc(start, name="start")
+        spec = self.spec
+        today = self.origin + int((as_of - start) // timedelta(days=1))
+        first = max(self.origin, self.period_start(today) - self.period_days)
+        t = [int((start + timedelta(days=k - self.origin)).timestamp() * 1_000_000) for k in (first, today)]
+        features = ", ".join(f'"{c}"' for c in spec.features)
+        decided = store.query(
+            f"SELECT request_id, unit_id, policy_version, action_id, epoch_us(decided_at) AS t, {features} FROM decisions "
+            f"WHERE epoch_us(decided_at) >= {t[0]} AND epoch_us(decided_at) < {t[1]} "
+            f"AND epoch_us(received_at) <= {int(as_of.timestamp() * 1_000_000)} ORDER BY decided_at, request_id")
+        if decided.empty:
+            return decided
+        day = self.origin + (decided["t"].to_numpy() - int(start.timestamp() * 1_000_000)) // 86_400_000_000
+        action = spec.action_space.indices(decided["action_id"].to_numpy())
+        predicted = np.zeros(len(decided))
+        for version, rows in decided.groupby("policy_version", sort=False).indices.items():
+            cost = self.cost(policy_of(str(version)), decided.iloc[rows].reset_index(drop=True))
+            predicted[rows] = cost[np.arange(len(rows)), action[rows]]
+        observed: dict[int, float] = {}
+        outcomes = set(spec.model.outcomes)
+        if self.formula.variables <= outcomes:
+            mature = training_table(store, as_of)[0].to_pandas()
+            mature = mature[mature["request_id"].isin(set(decided["request_id"]))].reset_index(drop=True)
+            if len(mature):
+                realized = np.asarray(formula_on(spec, self.formula, {c: mature[c].to_numpy(dtype=np.float64)[:, None] for c in outcomes},
+                                                 mature, lever_index=spec.action_space.indices(mature["action_id"].to_numpy())),
+                                      dtype=np.float64).reshape(-1)
+                by_request = pd.Series(realized, index=mature["request_id"].to_numpy())
+                value = by_request.reindex(decided["request_id"].to_numpy()).fillna(0.0).to_numpy()
+                wait = spec.horizon + spec.settle
+                for k in np.unique(day):
+                    if start + timedelta(days=int(k) - self.origin + 1) + wait <= as_of:
+                        observed[int(k)] = float(value[day == k].sum())
+        for k in np.unique(day):
+            self.record(int(k), int((day == k).sum()), float(predicted[day == k].sum()))
+            if int(k) in observed:
+                self.observe(int(k), observed[int(k)])
+        return decided[day == day.max()].head(RECENT_CONTEXTS).drop(columns=["t"]).reset_index(drop=True)
 
     # ------------------------------------------------------------------ the price
     def paced(self, policy: Policy, contexts: pd.DataFrame, target: float) -> Policy:

@@ -198,7 +198,8 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
             drift = measure_drift(store, champion_name, start=start, end=end, as_of=end)
             alerts = check_alerts(spec, evaluation=evaluation, drift=drift, store=store, as_of=end)
             store_alerts(store, alerts, fired_at=end)
-        step = adapt(store, registry, end, trainer=trainer, who="twin loop", population_size=population_size) if adapt_steps else None
+        step = adapt(store, registry, end, trainer=trainer, who="twin loop", population_size=population_size,
+                     pacing=False) if adapt_steps else None  # the loop paces in memory, above
         price = serving.multipliers.get(pacer.budget) if pacer is not None and pacer.budget is not None else None
         result = LoopDay(day, end, champion_name, stage, share, exploration_cost, spend, budget, step, replaced, replaced_share, price,
                          spend_by_version, oracle_spend, challenger_share)

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"spec", "data", "evaluate", "adapt", "contract"},
     "contract": {"spec", "data", "evaluate", "policy"},
     "assembly": {*STAGES, "evaluate"},
-    "adapt": {*STAGES, "evaluate", "assembly"},
+    "adapt": {*STAGES, "evaluate", "assembly", "pacing"},
     "explain": {*STAGES, "evaluate", "assembly"},
     "loop": {*STAGES, "evaluate", "assembly", "adapt", "twin"},
     "twin_loop": {*STAGES, "evaluate", "assembly", "adapt", "twin", "pacing"},
@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 ALLOWED["__main__"] = {"cli"}
 ALLOWED["exploration"] = set()
-ALLOWED["pacing"] = {"spec", "policy"}
+ALLOWED["pacing"] = {"spec", "data", "policy"}
 ALLOWED["policy"] |= {"exploration"}
 ALLOWED["clock"] = {"errors"}
 ALLOWED["stats"] = {"errors"}

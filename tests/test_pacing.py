@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
-from drivetrain.adapt import MemoryRegistry, adapt
+from drivetrain.adapt import MemoryRegistry, adapt, pace, prices_for
 from drivetrain.data import MemoryStore
 from drivetrain.demo import loop_spec
 from drivetrain.errors import UsageError
@@ -66,17 +67,65 @@ def _first_champion(spec: Spec, twin: NBOOTwin, trees: int) -> tuple[MemoryStore
     return store, registry, first.champion
 
 
-def _run(pacing: bool) -> list[LoopDay]:
+class Run(NamedTuple):
+    days: list[LoopDay]
+    store: MemoryStore
+    registry: MemoryRegistry
+    twin: NBOOTwin
+
+
+def _run(pacing: bool) -> Run:
     # from day 13 every user has three times the cart adds: more users buy, so the plan's price overspends
     twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
     store, registry, _ = _first_champion(paced_spec(), twin, 60)
-    return run_twin_loop(twin, store, registry, days=range(9, 23), users=2000, adapt_steps=False, monitor=False, trainer=_trainer(60),
+    days = run_twin_loop(twin, store, registry, days=range(9, 23), users=2000, adapt_steps=False, monitor=False, trainer=_trainer(60),
                          truth_sample=2000, pacing=pacing)
+    return Run(days, store, registry, twin)
 
 
 @pytest.fixture(scope="module")
-def runs() -> dict[bool, list[LoopDay]]:
+def loops() -> dict[bool, Run]:
     return {pacing: _run(pacing) for pacing in (False, True)}
+
+
+@pytest.fixture(scope="module")
+def runs(loops: dict[bool, Run]) -> dict[bool, list[LoopDay]]:
+    return {pacing: run.days for pacing, run in loops.items()}
+
+
+def test_the_ledger_rebuilt_from_the_store_prices_every_day_as_the_loop_did(loops: dict[bool, Run]) -> None:
+    """`drivetrain adapt` prices the next day from the store alone (``prices_for``); the twin's loop keeps its
+    ledger in memory as it serves. On the same store, the two give the same price every day, through the shift
+    and once the first days' outcomes are observed."""
+    run = loops[True]
+    champion = run.registry.alias("champion")
+    assert champion is not None
+    compared = []
+    for day in run.days[1:]:
+        details = prices_for(run.store, run.registry, run.twin.start + timedelta(days=day.day))
+        assert details is not None and day.price is not None
+        assert details["prices"][champion] == pytest.approx(day.price, rel=1e-6, abs=1e-9), (day.day, details)
+        compared.append((day.price, details["observed_days"]))
+    prices = [p for p, _ in compared]
+    assert max(prices) > 1.5 * min(prices) > 0  # the prices moved with the shift: the comparison is not of constants
+    assert compared[-1][1] >= 4  # the ledgers matched with observed days too (7-day horizon + 1 day to settle)
+
+
+def test_a_step_records_the_days_price_once_in_the_registry(loops: dict[bool, Run]) -> None:
+    run = loops[True]
+    champion = run.registry.alias("champion")
+    assert champion is not None
+    end = run.twin.start + timedelta(days=run.days[-1].day + 1)
+    expected = prices_for(run.store, run.registry, end)
+    first = pace(run.store, run.registry, end)
+    assert first is not None and first.kind == "price" and first.details == expected
+    budget = first.details["budget"]
+    assert run.registry.price(champion) == {budget: first.details["prices"][champion]}
+    assert run.registry.price("never-priced") == {}
+    # the step of the same day (here it fits a candidate and puts it in shadow) answers the recorded price: safe to run again
+    step = adapt(run.store, run.registry, end, trainer=_trainer(60), population_size=2000)
+    assert step.price == dict(first.details)
+    assert [e.seq for e in run.registry.history() if e.kind == "price"] == [first.seq]
 
 
 def test_pacing_keeps_true_spend_on_the_budget_through_a_population_shift(runs) -> None:  # type: ignore[no-untyped-def]

@@ -153,6 +153,8 @@ class Registry(Protocol):
 
     def live_at(self, moment: datetime) -> str | None: ...
 
+    def price(self, name: str) -> dict[str, float]: ...
+
     def log_shadow(self, name: str, rows: pd.DataFrame) -> None: ...
 
     def shadow(self, name: str) -> pd.DataFrame: ...
@@ -209,6 +211,14 @@ class _Replay:
         for event in self._events():
             out.update(event.statuses)
         return out
+
+    def price(self, name: str) -> dict[str, float]:
+        """The budget price the last pacing event set for version ``name`` ({budget: price}; empty when none)."""
+        for event in reversed(self._events()):
+            prices = event.details.get("prices") if event.kind == "price" else None
+            if prices and name in prices:
+                return {str(event.details["budget"]): float(prices[name])}
+        return {}
 
     def live_at(self, moment: datetime) -> str | None:
         """The champion at ``moment`` (the last move of the alias at or before it; None before any)."""

@@ -46,7 +46,7 @@ from drivetrain.adapt._gates import (
     serving_gate,
 )
 from drivetrain.adapt._live import canary_check, shadow_check
-from drivetrain.adapt._registry import Lineage, Registry
+from drivetrain.adapt._registry import Event, Lineage, Registry
 from drivetrain.adapt._retrain import (
     Change,
     TriggerReport,
@@ -61,12 +61,13 @@ from drivetrain.data import Store
 from drivetrain.errors import DrivetrainError, UsageError
 from drivetrain.evaluate import Scope, check_alerts, evaluate
 from drivetrain.model import OutcomeModel
+from drivetrain.pacing import SpendPacer
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.stats import holm_adjusted
 
-__all__ = ["Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "known_changes", "offline_gates", "promote",
-           "recent_population", "rollback"]
+__all__ = ["Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "known_changes", "offline_gates", "pace",
+           "prices_for", "promote", "recent_population", "rollback"]
 
 #: Fits an outcome model on a training table: (table, spec) -> fitted model.
 Trainer = Callable[[pd.DataFrame, Spec], OutcomeModel]
@@ -90,6 +91,8 @@ class StepResult:
     gates: tuple[GateResult, ...]
     champion: str | None
     replayed: bool = False
+    #: the pacing event's details (``adaptation.pacing_period``): the budget, each live version's price for the next day, the target
+    price: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"as_of": self.as_of.isoformat(), "actions": list(self.actions), "trigger": self.trigger, "candidate": self.candidate,
@@ -465,8 +468,76 @@ def _last(registry: Registry, kind: str, version: str | None = None) -> Any:
 
 def adapt(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer = default_trainer, who: str = "drivetrain adapt",
           population_size: int = 10_000, planner: Planner | None = None,
-          timer: Callable[[], float] = time.perf_counter) -> StepResult:
-    """Run one step of the loop as of ``as_of`` (see the module docstring); safe to run again."""
+          timer: Callable[[], float] = time.perf_counter, pacing: bool = True) -> StepResult:
+    """Run one step of the loop as of ``as_of`` (see the module docstring); safe to run again. With the
+    spec's ``adaptation.pacing_period`` (and ``pacing``), the step ends by pricing the budget for the next
+    day (:func:`pace`); a caller that paces in memory (the twin's loop) passes ``pacing=False``."""
+    step = _step(store, registry, as_of, trainer=trainer, who=who, population_size=population_size, planner=planner, timer=timer)
+    if pacing and store.spec.model.adaptation.pacing_period is not None:
+        event = pace(store, registry, step.as_of, who=who)
+        if event is not None:
+            step = replace(step, price=dict(event.details))
+    return step
+
+
+def pace(store: Store, registry: Registry, as_of: datetime, *, who: str = "drivetrain adapt") -> Event | None:
+    """Price the spec's first budget for the day that starts at ``as_of`` (:func:`prices_for`) and record
+    the prices in the registry, an event of kind ``price`` that a service following the registry applies.
+    Safe to run again: the event of the same ``as_of`` is answered. None when nothing is paced."""
+    as_of = as_utc(as_of, name="as_of")
+    done = next((e for e in reversed(registry.history()) if e.kind == "price" and e.details.get("as_of") == as_of.isoformat()), None)
+    if done is not None:
+        return done
+    details = prices_for(store, registry, as_of)
+    if details is None:
+        return None
+    why = (f"pacing {details['budget']}: target {details['target']:.4g} per unit for the day (budget {details['limit']:g}); "
+           + ", ".join(f"{v} at price {p:.4g}" for v, p in details["prices"].items()))
+    return registry.record(at=as_of, who=who, why=why, kind="price", details=details)
+
+
+def prices_for(store: Store, registry: Registry, as_of: datetime) -> dict[str, Any] | None:
+    """The pacing of the day that starts at ``as_of``: the pacer's ledger rebuilt from the store
+    (:meth:`SpendPacer.fill_from_store`; periods of ``adaptation.pacing_period`` days from the UTC day of
+    the registry's first promotion), the target per unit for the day, and the price at which the champion,
+    and a challenger in shadow or canary, each meet it on the last served day's contexts. None when
+    nothing is paced (no pacing period or budget, no champion yet, no decision since the first promotion)."""
+    spec = store.spec
+    period = spec.model.adaptation.pacing_period
+    as_of = as_utc(as_of, name="as_of")
+    first = next((e for e in registry.history() if e.kind == "promote"), None)
+    champion = registry.alias("champion")
+    if period is None or not spec.budgets or first is None or champion is None:
+        return None
+    start = first.at.replace(hour=0, minute=0, second=0, microsecond=0)
+    pacer = SpendPacer(spec, period_days=max(1, round(period / timedelta(days=1))))
+    loaded: dict[str, Policy] = {}
+
+    def policy_of(version: str) -> Policy:  # a decision of a version the registry does not hold: the champion's model
+        if version not in loaded:
+            known = {r.version for r in registry.versions()}
+            loaded[version] = registry.load(version if version in known else champion)
+        return loaded[version]
+
+    recent = pacer.fill_from_store(store, as_of, start=start, policy_of=policy_of)
+    if recent.empty:
+        return None
+    today = int((as_of - start) // timedelta(days=1))
+    last = pacer.days[max(pacer.days)]
+    target = pacer.target(today, last.units)
+    challenger = registry.alias("challenger")
+    live = [champion, *([challenger] if challenger is not None and registry.status(challenger) in ("shadow", "canary") else [])]
+    budget = pacer.budget or ""
+    prices = {v: float(pacer.paced(policy_of(v), recent, target).multipliers[budget]) for v in live}
+    period_start = pacer.period_start(today)
+    return {"as_of": as_of.isoformat(), "budget": budget, "prices": prices, "target": target, "limit": pacer.limit,
+            "ratio": pacer.ratio(), "day": today, "period_start": (start + timedelta(days=period_start)).isoformat(),
+            "units_so_far": sum(d.units for k, d in pacer.days.items() if k >= period_start),
+            "observed_days": sum(1 for d in pacer.days.values() if d.observed is not None)}
+
+
+def _step(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer, who: str, population_size: int,
+          planner: Planner | None, timer: Callable[[], float]) -> StepResult:
     as_of = as_utc(as_of, name="as_of")
     spec = store.spec
     settings = spec.model.adaptation

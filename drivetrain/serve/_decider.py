@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,14 @@ class Decider:
     @property
     def ready(self) -> bool:
         return self.policy is not None
+
+    def repriced(self, prices: Mapping[str, float]) -> Decider:
+        """This Decider with the policy's constraint prices set to ``prices`` (a pacing price), or itself
+        when they are already those (or it serves no policy). The model and its compiled code are shared."""
+        policy = self.policy
+        if policy is None or all(policy.multipliers.get(k) == v for k, v in prices.items()):
+            return self
+        return Decider(self.spec, replace(policy, multipliers={**policy.multipliers, **prices}), pii_key=self.pii_key)
 
     def decide(self, unit_id: str, context: Mapping[str, Any], *, request_id: str, now: datetime,
                started: float | None = None, arrived: float | None = None, budget_s: float | None = None) -> Decision:

@@ -85,6 +85,9 @@ class ServiceConfig:
     challenger: Callable[[], tuple[Path, str] | None] | None = None
     #: Where the challenger's shadow decisions go (the registry's ``log_shadow``), in batches on the follow ticks.
     shadow_sink: Callable[[str, pd.DataFrame], None] | None = None
+    #: The constraint prices a version is served at ({budget: price}, the registry's last pacing event for it;
+    #: empty: its plan's), read on the same ticks for the champion and the challenger.
+    price: Callable[[str], Mapping[str, float]] | None = None
 
 
 class Metrics:
@@ -178,7 +181,9 @@ class Service:
         self.candidate: tuple[Decider, str, Path] | None = None
         self.challenger_error: str | None = None  # why the challenger is not served (refused, unreadable), until it is
         self._refused: Path | None = None  # the challenger's directory refused last: not loaded again each tick
+        self._price_error: str | None = None  # the last failure to read the prices (said once)
         self._shadow: list[dict[str, Any]] = []  # shadow decisions not yet handed to ``shadow_sink``
+        self._shadow_lock = threading.Lock()
         self._store: Store | None = None
         self._compactor: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -250,7 +255,9 @@ class Service:
                 self.metrics.live.set(1)
         self._count(decision, time.perf_counter() - t, time.perf_counter() - arrived)
         if candidate is not None and candidate[1] == "shadow" and decider.ready:
-            self._shadow.append(_shadow_row(candidate[0].decide(unit_id, context, request_id=rid, now=now).record, decision.record))
+            row = _shadow_row(candidate[0].decide(unit_id, context, request_id=rid, now=now).record, decision.record)
+            with self._shadow_lock:  # never appended to a batch the follow thread has taken
+                self._shadow.append(row)
         answer = answer_json(decision.response)
         self.requests.remember(rid, digest, answer)
         return answer
@@ -429,10 +436,34 @@ class Service:
         self.candidate, self.challenger_error, self._refused = (loaded, stage, path), None, None
         return f"{loaded.version} in {stage}"
 
+    def follow_prices(self) -> list[str]:
+        """Serve the champion and the challenger at the prices the registry's pacing set for them (a new
+        Decider sharing the compiled model, swapped in one assignment); what changed."""
+        if self.config.price is None:
+            return []
+        changed = []
+        with self._reload_lock:  # not between a reload's load and its swap
+            try:
+                served, candidate = self.decider, self.candidate
+                repriced = served.repriced(self.config.price(served.version)) if served.ready else served
+                if candidate is not None:
+                    moved = candidate[0].repriced(self.config.price(candidate[0].version))
+                    if moved is not candidate[0]:
+                        self.candidate = (moved, candidate[1], candidate[2])
+                        changed.append(f"{moved.version} at {dict(moved.policy.multipliers) if moved.policy else {}}")
+            except Exception as failure:  # a registry being written or unreadable: serve on at the last price
+                self._price_error = _say(f"{type(failure).__name__}: {failure}", self._price_error, "reading the registry's prices failed")
+                return changed
+            if repriced is not served:
+                self.decider = repriced
+                changed.append(f"{repriced.version} at {dict(repriced.policy.multipliers) if repriced.policy else {}}")
+        return changed
+
     def flush_shadow(self) -> int:
         """Hand the shadow decisions logged since the last call to ``shadow_sink`` (one batch per version);
         how many. Shadow decisions are never acted on, and those of a crash since the last tick are lost."""
-        rows, self._shadow = self._shadow, []
+        with self._shadow_lock:
+            rows, self._shadow = self._shadow, []
         if not rows or self.config.shadow_sink is None:
             return 0
         frame = pd.DataFrame(rows)
@@ -446,6 +477,7 @@ class Service:
             await asyncio.sleep(self.config.follow_every_s)
             await asyncio.to_thread(self.follow_once)
             await asyncio.to_thread(self.follow_challenger)
+            await asyncio.to_thread(self.follow_prices)
 
     def _bind_version(self, decider: Decider, directory: Path) -> str | None:
         """Bind the policy's version name to its content (the digest of its manifest, which holds every
@@ -528,7 +560,8 @@ class Service:
                 "closed_segments": closed, "closed_outcome_segments": outcome_segments, "oldest_closed_segment_age_s": oldest,
                 "compactor_priority": None if self._compactor is None else "low" if self._compactor_nice else "normal",
                 **({"follow_error": self.follow_error} if self.config.follow is not None else {}),
-                **({"challenger": None if (c := self.candidate) is None else {"policy_version": c[0].version, "stage": c[1]},
+                **({"challenger": None if (c := self.candidate) is None else {"policy_version": c[0].version, "stage": c[1],
+                                                                        "multipliers": dict(c[0].policy.multipliers) if c[0].policy else {}},
                     "challenger_error": self.challenger_error} if self.config.challenger is not None else {})}
 
     def policy_info(self) -> dict[str, Any]:
@@ -538,7 +571,9 @@ class Service:
         if d.ready and path.is_file():
             manifest = json.loads(path.read_text())
         return {"policy_version": d.version, "ready": d.ready, "policy_dir": str(self.policy_dir), "manifest": manifest,
-                "manifest_sha256": self.policy_digest if d.ready else None}
+                "manifest_sha256": self.policy_digest if d.ready else None,
+                # the constraint prices served: the plan's, or the registry's pacing price when following a registry
+                "multipliers": dict(d.policy.multipliers) if d.policy is not None else None}
 
     # ------------------------------------------------------------------ background upkeep
     async def upkeep(self) -> None:

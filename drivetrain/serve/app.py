@@ -155,6 +155,8 @@ class ReloadResponse(BaseModel):
 class ChallengerState(BaseModel):
     policy_version: str
     stage: Literal["shadow", "canary"]
+    multipliers: Annotated[dict[str, float], Field(description="The constraint prices it is served at (its plan's, or the "
+                                                               "registry's pacing price).")]
 
 
 class HealthResponse(BaseModel):

@@ -17,11 +17,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import yaml
 
 from drivetrain.adapt import Lineage, shadow_check
 from drivetrain.policy import Policy
+from drivetrain.serve import ServiceProcess
 from drivetrain.spec import canary_units, load_spec
-from tests.serve.service_helpers import SPEC, champion_registry, read_store, start_server
+from tests.serve.service_helpers import SPEC, TOKEN, champion_registry, read_store
 
 LINEAGE = Lineage(spec_hash="s", model_spec_hash="m", data_start=None, data_end=None, rows=0)
 
@@ -32,6 +34,16 @@ def _until(check: Callable[[], bool], what: str, deadline_s: float = 60.0) -> No
     while not check():
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def _server(tmp_path: Path, registry: Path, *extra: str) -> ServiceProcess:
+    """`drivetrain serve --registry` on the example spec with a latency budget no machine misses: these tests
+    compare every answer with the policy's decision, and a decision over the budget falls back by design."""
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["serving"]["latency_budget_ms"] = 60_000
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return ServiceProcess.start(spec, None, tmp_path / "served", "--registry", str(registry), *extra, token=TOKEN, deadline_s=60.0)
 
 
 def _decide(client: httpx.Client, contexts: list[dict[str, Any]], prefix: str) -> pd.DataFrame:
@@ -58,14 +70,15 @@ def test_the_champions_service_serves_the_challenger_in_shadow_then_in_canary(
     registry, t0, (a, b) = champion_registry(tmp_path / "registry", *policies)
     registry.record(at=t0, who="test", why="off-line gates passed", kind="gate", aliases={"challenger": b.version},
                     statuses={b.version: "shadow"})
-    server = start_server(None, tmp_path / "served", "--registry", str(registry.root), "--segment-age", "1", "--compact-every", "1")
+    server = _server(tmp_path, registry.root, "--segment-age", "1", "--compact-every", "1")
     try:
         with server.client() as client:
             def challenger() -> Any:
                 return client.get("/v1/health").json()["challenger"]
 
             # shadow: every answer is the champion's; the challenger's decision of each request reaches the registry
-            _until(lambda: challenger() == {"policy_version": b.version, "stage": "shadow"}, "the challenger in shadow")
+            _until(lambda: challenger() == {"policy_version": b.version, "stage": "shadow", "multipliers": dict(b.multipliers)},
+                   "the challenger in shadow")
             shadowed = contexts[:120]
             served = _decide(client, shadowed, "shadow")
             assert set(served["policy_version"]) == {a.version} and "canary" not in set(served["assignment"])
@@ -84,7 +97,7 @@ def test_the_champions_service_serves_the_challenger_in_shadow_then_in_canary(
 
             # canary: the canary's units get the challenger, logged as the canary arm, with its own propensities
             registry.record(at=t0 + timedelta(minutes=1), who="test", why="shadow passed", kind="gate", statuses={b.version: "canary"})
-            _until(lambda: challenger() == {"policy_version": b.version, "stage": "canary"}, "the challenger in canary")
+            _until(lambda: (challenger() or {}).get("stage") == "canary", "the challenger in canary")
             canaried = contexts[120:]
             answers = _decide(client, canaried, "canary")
             again = _decide(client, canaried[:60], "canary-again")  # the same units again: the same arm
@@ -126,7 +139,7 @@ def test_a_challenger_that_would_move_units_between_arms_is_refused_and_the_cham
     other = replace(Policy.load(policies[1]), exploration_rate=a.exploration_rate + 0.05)
     registry.register(other, LINEAGE, at=t0, who="test")
     registry.record(at=t0, who="test", why="test", kind="gate", aliases={"challenger": other.version}, statuses={other.version: "canary"})
-    server = start_server(None, tmp_path / "served", "--registry", str(registry.root))
+    server = _server(tmp_path, registry.root)
     try:
         with server.client() as client:
             _until(lambda: "refused the challenger" in (client.get("/v1/health").json()["challenger_error"] or ""), "the refusal")
@@ -136,6 +149,50 @@ def test_a_challenger_that_would_move_units_between_arms_is_refused_and_the_cham
             assert set(answers["policy_version"]) == {a.version}
         # said once on stderr, not on every tick of the alias
         assert server.stderr.read_text().count("refused the challenger") == 1
+    finally:
+        server.stop(signal.SIGTERM)
+    assert "Traceback" not in server.stderr.read_text()
+
+
+def test_the_service_serves_each_version_at_the_price_the_registrys_pacing_set(
+        policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
+    """`drivetrain adapt` records each live version's budget price for the day (an event of kind `price`);
+    the service following the registry serves the champion, and the challenger in canary, at those prices
+    from the next tick on, without a reload of the artifact: the decisions are the policy's at that price."""
+    spec = load_spec(SPEC)
+    budget = spec.budgets[0][0].name
+    registry, t0, (a, b) = champion_registry(tmp_path / "registry", *policies)
+    server = _server(tmp_path, registry.root)
+    try:
+        with server.client() as client:
+            plan = dict(a.multipliers)
+            assert client.get("/v1/policy").json()["multipliers"] == plan  # no pacing yet: the plan's prices
+            before = _decide(client, contexts[:150], "plan")
+            price = plan.get(budget, 0.0) + 2.0  # dear enough to change what some units get
+            registry.record(at=t0, who="test", why="pacing", kind="price",
+                            details={"as_of": t0.isoformat(), "budget": budget, "prices": {a.version: price}})
+            _until(lambda: client.get("/v1/policy").json()["multipliers"].get(budget) == price, "the champion at the paced price")
+            paced = _decide(client, contexts[:150], "paced")
+            priced = replace(a, multipliers={**a.multipliers, budget: price})
+            assert (paced["action_id"].to_numpy() == _offline(priced, contexts[:150], "paced")["action_id"].to_numpy()).all()
+            assert (before["action_id"].to_numpy() == _offline(a, contexts[:150], "plan")["action_id"].to_numpy()).all()
+            offers = {name: int((frame["action_id"] != spec.control.id).sum()) for name, frame in (("plan", before), ("paced", paced))}
+            assert offers["paced"] < offers["plan"], offers  # the dearer budget buys fewer offers
+            assert client.get("/v1/policy").json()["policy_version"] == a.version  # the same version, repriced
+
+            # a challenger in canary gets its own price from the next pacing event
+            registry.record(at=t0 + timedelta(minutes=1), who="test", why="to canary", kind="gate", aliases={"challenger": b.version},
+                            statuses={b.version: "canary"})
+            registry.record(at=t0 + timedelta(minutes=2), who="test", why="pacing", kind="price",
+                            details={"as_of": (t0 + timedelta(minutes=2)).isoformat(), "budget": budget,
+                                     "prices": {a.version: price, b.version: price + 1.0}})
+            _until(lambda: ((client.get("/v1/health").json()["challenger"] or {}).get("multipliers") or {}).get(budget) == price + 1.0,
+                   "the challenger at its paced price")
+            answers = _decide(client, contexts[150:], "canary-paced")
+            inside = canary_units(spec, np.array([row["unit_id"] for row in contexts[150:]], dtype=object))
+            want = np.where(inside, _offline(replace(b, multipliers={**b.multipliers, budget: price + 1.0}), contexts[150:], "canary-paced")["action_id"],
+                            _offline(priced, contexts[150:], "canary-paced")["action_id"])
+            assert inside.any() and (answers["action_id"].to_numpy() == want).all()
     finally:
         server.stop(signal.SIGTERM)
     assert "Traceback" not in server.stderr.read_text()
