@@ -37,7 +37,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivetrain.adapt import MemoryRegistry, adapt
+from drivetrain.adapt import FOLDS, MemoryRegistry, adapt
 from drivetrain.clock import SimulatedClock
 from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
 from drivetrain.demo import loop_spec
@@ -142,8 +142,9 @@ def main() -> None:
     parser.add_argument("--first-users", type=int, default=None, help="users of the first randomized log")
     parser.add_argument("--drift-week", type=int, default=None, help="the week (from 1) the concept drift starts")
     parser.add_argument("--trees", type=int, default=None, help="boosting rounds per model of each candidate")
-    parser.add_argument("--folds", type=int, default=0,
-                        help="each candidate's model is the mean of this many fold models (0: one model on every row)")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="each candidate's model is the mean of this many fold models (0: one model on every row; "
+                             "default: the adaptation's default trainer's 5, 0 with --quick)")
     parser.add_argument("--window-days", type=int, default=None,
                         help="the training window (adaptation.window) in days (default: every mature decision, the product's default)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"which arms, comma-separated, of {list(ARMS)}")
@@ -152,8 +153,9 @@ def main() -> None:
     parser.add_argument("--canary-share", type=float, default=0.1, help="adaptation.canary.share: the units a candidate serves in its canary")
     args = parser.parse_args()
     # the product's default window: every mature decision (a guard's change drops what a drift made stale)
-    quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": None}
-    full = {"seeds": 3, "users": 10_000, "weeks": 8, "first_users": 20_000, "drift_week": 5, "trees": 100, "window_days": None}
+    quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": None, "folds": 0}
+    full = {"seeds": 3, "users": 10_000, "weeks": 8, "first_users": 20_000, "drift_week": 5, "trees": 100, "window_days": None,
+            "folds": FOLDS}
     cfg = {k: (getattr(args, k) if getattr(args, k) is not None else (quick if args.quick else full)[k]) for k in full}
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -161,8 +163,9 @@ def main() -> None:
         raise SystemExit(f"--arms must name arms of {list(ARMS)}, got {unknown}")
     days = 7 * cfg["weeks"]
     drift_day = START_DAY + 7 * (cfg["drift_week"] - 1)
+    mean_of = f" (mean of {cfg['folds']} fold models)" if cfg["folds"] > 1 else ""
     print(f"loop bench: {cfg['seeds']} seeds, {cfg['users']} users a day for {cfg['weeks']} weeks from a {cfg['first_users']}-user "
-          f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model{f' (mean of {args.folds} fold models)' if args.folds > 1 else ''}; "
+          f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model{mean_of}; "
           f"training window {str(cfg['window_days']) + ' days' if cfg['window_days'] else 'every mature decision'}; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}; canary on "
           f"{args.canary_share:.0%} of units; cohort guards {'off' if args.no_guard else 'on'}", flush=True)
     tables: dict[str, list[pd.DataFrame]] = {label: [] for label in arms}
@@ -173,7 +176,7 @@ def main() -> None:
                               canary_share=args.canary_share, guard=not args.no_guard)
             t0 = time.perf_counter()
             result = run_arm(seed, spec, first_users=cfg["first_users"], daily=cfg["users"], days=days, drift_day=drift_day,
-                             adaptive=adaptive, trees=cfg["trees"], truth_sample=min(2000, cfg["users"]), folds=args.folds)
+                             adaptive=adaptive, trees=cfg["trees"], truth_sample=min(2000, cfg["users"]), folds=cfg["folds"])
             tables[label].append(weekly(result).assign(seed=seed))
             print(f"seed {seed}, {label}: {days} days in {time.perf_counter() - t0:.0f} s", flush=True)
             for d in result:  # what the loop did, day by day (quiet days left out)

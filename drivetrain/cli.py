@@ -1258,7 +1258,8 @@ def adapt(
     registry: Annotated[Path, typer.Option(help="The registry directory (created on first use).")],
     as_of: Annotated[str | None, typer.Option(help="Run the step as of this UTC time (default: now).")] = None,
     trees: Annotated[int, typer.Option(min=1, help="Boosting rounds per model of a candidate.")] = 100,
-    folds: Annotated[int, typer.Option(help="Cross-fitting folds of a candidate's models (0: none).")] = 0,
+    folds: Annotated[int, typer.Option(min=0, help="A candidate's model is the mean of this many fold models, each fitted on "
+                                                   "the other folds' rows (0 or 1: one model on every row).")] = 5,
     threads: Annotated[int, typer.Option(min=1, help="LightGBM threads.")] = 1,
     who: Annotated[str, typer.Option(help="Who runs the step, for the registry's history.")] = "drivetrain adapt",
 ) -> None:
@@ -1274,7 +1275,7 @@ def adapt(
     reg = _registry(registry, create=True)
 
     def trainer(table: pd.DataFrame, product: Spec) -> OutcomeModel:
-        return OutcomeModel(n_folds=folds, n_estimators=trees, num_threads=threads, seed=0).fit(table, product)
+        return OutcomeModel(n_folds=folds, refit=False, n_estimators=trees, num_threads=threads, seed=0).fit(table, product)
 
     with console.status("adaptation step"):
         step = adapt_step(target, reg, _parse_time(as_of, "as_of"), trainer=trainer, who=who)

@@ -48,6 +48,7 @@ from drivetrain.adapt._retrain import (
     training_window,
 )
 from drivetrain.adapt._step import (
+    FOLDS,
     Candidate,
     StepResult,
     Trainer,
@@ -67,6 +68,7 @@ from drivetrain.adapt._step import (
 
 __all__ = [
     "ALIASES",
+    "FOLDS",
     "STATUSES",
     "Candidate",
     "Change",

@@ -66,7 +66,7 @@ from drivetrain.policy import Policy
 from drivetrain.spec import Spec, parse_spec
 from drivetrain.stats import holm_adjusted
 
-__all__ = ["Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "known_changes", "offline_gates", "pace",
+__all__ = ["FOLDS", "Candidate", "StepResult", "adapt", "default_trainer", "fit_candidate", "frozen_set", "known_changes", "offline_gates", "pace",
            "prices_for", "promote", "recent_population", "rollback"]
 
 #: Fits an outcome model on a training table: (table, spec) -> fitted model.
@@ -75,8 +75,16 @@ Trainer = Callable[[pd.DataFrame, Spec], OutcomeModel]
 Planner = Callable[[Spec, OutcomeModel, pd.DataFrame, str], Policy]
 
 
+#: The folds of the default trainer: a candidate's model is the mean of this many fold models.
+FOLDS = 5
+
+
 def default_trainer(table: pd.DataFrame, spec: Spec) -> OutcomeModel:
-    return OutcomeModel(n_folds=0, n_estimators=100, num_threads=1, seed=0).fit(table, spec)
+    """A candidate's model: the mean of :data:`FOLDS` fold models of 100 rounds, each fitted on the other
+    folds' rows. On the loop bench this averaging raised the champion's share of the oracle's gain by
+    0.03-0.04 over one model on every row (docs/decisions.md), for about 2.6 times the fitting time and five
+    times the trees to serve."""
+    return OutcomeModel(n_folds=FOLDS, refit=False, n_estimators=100, num_threads=1, seed=0).fit(table, spec)
 
 
 @dataclass(frozen=True)

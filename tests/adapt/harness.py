@@ -73,6 +73,11 @@ class World:
     reference: OutcomeModel
 
 
+def single_trainer(table: pd.DataFrame, spec: Spec) -> OutcomeModel:
+    """One model of 100 rounds on every row: what a step trained before the default became a mean of fold models."""
+    return OutcomeModel(n_folds=0, n_estimators=100, num_threads=1, seed=0).fit(table, spec)
+
+
 def build_world(seed: int, spec: Spec | None = None) -> World:
     """A first champion fitted on the randomized log of ``FIRST_USERS`` users, then ``LIVE_DAYS`` days it serves."""
     spec = spec or gate_spec()

@@ -58,7 +58,7 @@ DRIVER = textwrap.dedent("""
 
 def _args(state: Path, as_of: datetime) -> list[str]:
     return ["adapt", "--spec", str(state / "spec.yaml"), "--store", str(state / "store"), "--registry", str(state / "registry"),
-            "--as-of", as_of.isoformat(), "--trees", "5"]
+            "--as-of", as_of.isoformat(), "--trees", "5", "--folds", "0"]
 
 
 def _moves(registry: EmbeddedRegistry) -> list[tuple[int, str, dict[str, str | None], dict[str, str]]]:

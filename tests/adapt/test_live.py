@@ -31,7 +31,7 @@ from drivetrain.evaluate import Alert, measure_drift, store_alerts
 from drivetrain.policy import Policy
 from drivetrain.spec import Spec
 from drivetrain.twin import NBOOTwin
-from tests.adapt.harness import gate_spec, named
+from tests.adapt.harness import gate_spec, named, single_trainer
 
 LINEAGE = Lineage(spec_hash="s", model_spec_hash="m", data_start=None, data_end=None, rows=0)
 
@@ -111,11 +111,11 @@ def test_a_guardrail_alert_within_the_watch_window_rolls_the_promotion_back(tiny
         registry.register(named(tiny_policy, v), LINEAGE, at=t0, who="t")
     promote(registry, "v1", at=t0, who="t", why="first")
     promote(registry, "v2", at=t0 + timedelta(days=1), who="t", why="canary passed")
-    quiet = adapt(store, registry, t0 + timedelta(days=2))
+    quiet = adapt(store, registry, t0 + timedelta(days=2), trainer=single_trainer)
     assert registry.alias("champion") == "v2" and not any(a.startswith("rolled back") for a in quiet.actions)
     alert = Alert("guardrails", "guardrail", "complaint_rate", 0.03, 0.02, "complaint_rate over its bound", t0 + timedelta(days=3))
     store_alerts(store, [alert], fired_at=t0 + timedelta(days=3))
-    step = adapt(store, registry, t0 + timedelta(days=3))
+    step = adapt(store, registry, t0 + timedelta(days=3), trainer=single_trainer)
     assert step.actions[0].startswith("rolled back v2 to v1") and "complaint_rate" in step.actions[0]
     assert registry.alias("champion") == "v1" and registry.status("v2") == "rolled back"
     assert registry.live_at(t0 + timedelta(days=2)) == "v2" and registry.live_at(t0 + timedelta(days=3)) == "v1"
@@ -123,7 +123,7 @@ def test_a_guardrail_alert_within_the_watch_window_rolls_the_promotion_back(tiny
     promote(registry, "v2", at=t0 + timedelta(days=4), who="t", why="again")
     late = t0 + timedelta(days=4) + gate_spec().model.adaptation.watch_window + timedelta(hours=1)
     store_alerts(store, [Alert("guardrails", "guardrail", "refund_rate", 0.04, 0.03, "refund_rate over its bound", late)], fired_at=late)
-    step = adapt(store, registry, late)
+    step = adapt(store, registry, late, trainer=single_trainer)
     assert registry.alias("champion") == "v2" and not any(a.startswith("rolled back") for a in step.actions), step.actions
 
 
@@ -234,7 +234,7 @@ def test_a_guardrail_the_champion_breaks_in_one_cohort_value_gives_that_value_co
     promote(registry, "v1", at=twin.start, who="t", why="first")
     t = clock.now()
 
-    step = adapt(store, registry, t)
+    step = adapt(store, registry, t, trainer=single_trainer)
     assert step.actions[0].startswith("guarded v1 as v1.guard1: control alone for device=mobile"), step.actions
     assert registry.alias("champion") == "v1.guard1" and registry.alias("last-good") == "v1"
     assert registry.history()[-2].kind == "guard" and registry.version("v1.guard1").lineage.parent == "v1"
@@ -247,8 +247,8 @@ def test_a_guardrail_the_champion_breaks_in_one_cohort_value_gives_that_value_co
     before = named(tiny_policy, "v1").decide(contexts)
     np.testing.assert_array_equal(batch.action[~is_mobile], before.action[~is_mobile])
     np.testing.assert_array_equal(batch.propensity[~is_mobile], before.propensity[~is_mobile])
-    assert adapt(store, registry, t).replayed and registry.alias("champion") == "v1.guard1"
-    later = adapt(store, registry, t + timedelta(days=1))  # the guarded version has no decisions of its own yet
+    assert adapt(store, registry, t, trainer=single_trainer).replayed and registry.alias("champion") == "v1.guard1"
+    later = adapt(store, registry, t + timedelta(days=1), trainer=single_trainer)  # the guarded version has no decisions of its own yet
     assert not any(a.startswith("guarded") for a in later.actions) and registry.alias("champion") == "v1.guard1"
 
 
@@ -296,11 +296,11 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
 
         monkeypatch.setattr(registry, "record", crash)
         with pytest.raises(KeyboardInterrupt):
-            adapt(store, registry, clock.now())
+            adapt(store, registry, clock.now(), trainer=single_trainer)
         monkeypatch.undo()
         assert registry.alias("champion") == "v1" and registry.status("v1.guard1") == "registered"
         assert registry.status("cand.guard1") == "registered" and registry.alias("challenger") == "cand"
-    step = adapt(store, registry, clock.now())
+    step = adapt(store, registry, clock.now(), trainer=single_trainer)
     guarded = [a for a in step.actions if a.startswith("guarded")]
     if harmed:
         assert guarded and "control alone for device=mobile" in guarded[0] and "north star in device=mobile" in guarded[0], step.actions
@@ -318,7 +318,7 @@ def test_a_champion_that_does_worse_than_control_in_one_cohort_value_is_guarded_
         event = next(e for e in reversed(registry.history()) if e.kind == "guard")
         assert event.details["canary_since"] == twin.start.isoformat() and event.details["challenger"] == "cand.guard1"
         # the next step judges the guarded candidate's canary (in this world "cand" never served: no canary units)
-        after = adapt(store, registry, clock.now() + timedelta(hours=1))
+        after = adapt(store, registry, clock.now() + timedelta(hours=1), trainer=single_trainer)
         assert after.candidate == "cand.guard1" and [g.gate for g in after.gates] == ["canary"], after.actions
         assert after.gates[0].figures["canary_units"] == 0 and after.gates[0].figures["champion_units"] > 0
         assert len(store.query("SELECT * FROM baselines WHERE policy_version = 'v1.guard1'")) == \
@@ -342,7 +342,7 @@ def test_a_canary_compares_with_every_version_that_served_as_champion_since_it_b
                     statuses={"champ.guard1": "champion", "champ": "retired"}, details={"version": "champ.guard1"})
     alone = canary_check(store, t, candidate="cand", champion="champ.guard1", since=start)
     assert alone is not None and "sample ratio mismatch" in alone.reason  # what counting the new version alone would say
-    step = adapt(store, registry, t)
+    step = adapt(store, registry, t, trainer=single_trainer)
     assert not any("sample ratio" in a for a in step.actions), step.actions
     assert registry.alias("challenger") == "cand" and registry.status("cand") == "canary", step.actions
 

@@ -218,7 +218,7 @@ def test_the_commands_adapt_registry_promote_and_rollback(tmp_path: Path) -> Non
     store = ParquetStore(tmp_path / "store", spec, create=True)
     t = fill(store, twin, 1500)
     reg = tmp_path / "registry"
-    common = ["--spec", str(spec_path), "--store", str(tmp_path / "store"), "--registry", str(reg), "--trees", "5"]
+    common = ["--spec", str(spec_path), "--store", str(tmp_path / "store"), "--registry", str(reg), "--trees", "5", "--folds", "0"]
     first = run("adapt", *common, "--as-of", t.isoformat())
     assert first.returncode == 0, first.stderr
     assert "promoted" in first.stdout and "gate serving: passed" in first.stdout
