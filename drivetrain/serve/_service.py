@@ -467,8 +467,15 @@ class Service:
         if not rows or self.config.shadow_sink is None:
             return 0
         frame = pd.DataFrame(rows)
-        for version, part in frame.groupby("policy_version", sort=False):
-            self.config.shadow_sink(str(version), part.reset_index(drop=True))
+        handed: set[str] = set()
+        try:
+            for version, part in frame.groupby("policy_version", sort=False):
+                self.config.shadow_sink(str(version), part.reset_index(drop=True))
+                handed.add(str(version))
+        except Exception:  # the registry refused the batch: keep what it did not take for the next tick
+            with self._shadow_lock:
+                self._shadow[:0] = [r for r in rows if str(r["policy_version"]) not in handed]
+            raise
         return len(rows)
 
     async def follow(self) -> None:

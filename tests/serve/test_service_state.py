@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from prometheus_client import generate_latest
 
@@ -145,3 +146,26 @@ def test_a_version_name_always_means_the_same_content(policies: tuple[Path, Path
     assert not again.decider.ready and "served before with other content" in str(again.decider.degraded_reason)
     again.log.close()  # type: ignore[union-attr]
     assert _service(policies[0], tmp_path / "w").decider.ready
+
+
+def test_shadow_decisions_the_registry_refused_are_handed_again_on_the_next_tick(policies: tuple[Path, Path], contexts: list[dict[str, Any]],
+                                                                               tmp_path: Path) -> None:
+    taken: list[pd.DataFrame] = []
+    fail = {"next": True}
+
+    def sink(version: str, rows: pd.DataFrame) -> None:
+        if fail["next"]:
+            fail["next"] = False
+            raise OSError("registry full")
+        taken.append(rows.assign(version=version))
+
+    service = _service(policies[0], tmp_path / "w", challenger=lambda: (policies[1], "shadow"), shadow_sink=sink)
+    assert service.follow_challenger() == "policy-b in shadow"
+    for i in range(12):
+        service.decide(*_ctx(contexts, i), f"s-{i}", time.perf_counter())
+    assert service.follow_challenger() is None  # the sink failed: said, and the rows kept
+    assert "registry full" in (service.challenger_error or "") and taken == []
+    service.follow_challenger()
+    (batch,) = taken
+    assert list(batch["request_id"]) == [f"s-{i}" for i in range(12)] and set(batch["version"]) == {"policy-b"}
+    assert (batch["champion_version"] == "policy-a").all() and service.flush_shadow() == 0
