@@ -996,7 +996,7 @@ def serve(
     from drivetrain.spec import load_spec
 
     loaded = load_spec(spec)
-    follow = challenger = shadow_sink = None
+    follow = challenger = shadow_sink = price = None
     if (policy is None) == (registry is None):
         raise UsageError(f"give one of `--policy` (a policy directory) and `--registry` (follow its --alias), got "
                          f"{'both' if policy is not None else 'neither'}")
@@ -1017,6 +1017,7 @@ def serve(
 
         if alias == "champion":  # the champion's service also serves the challenger's shadow and canary
             challenger, shadow_sink = live_challenger, reg.log_shadow
+        price = reg.price
 
         policy = follow()
         policy_root = policy_root or registry / "artifacts"
@@ -1028,7 +1029,7 @@ def serve(
                            compact_every_s=compact_every, backlog_segments=backlog_segments, backlog_age_s=backlog_age, logging=logging, policy_root=policy_root.resolve() if policy_root else None,
                            request_memory_bytes=int(request_memory_mb * 2**20), limits=Limits(shutdown_s=shutdown_timeout, header_timeout_s=header_timeout,
                                                                                      body_timeout_s=body_timeout), follow=follow,
-                           challenger=challenger, shadow_sink=shadow_sink, price=None if registry is None else reg.price)
+                           challenger=challenger, shadow_sink=shadow_sink, price=price)
     service = Service(config)
     health = service.health()
     err.print(f"serving {health['status']} policy {health['policy_version']} on http://{host}:{port}"

@@ -140,25 +140,20 @@ class SpendPacer:
         for version, rows in decided.groupby("policy_version", sort=False).indices.items():
             cost = self.cost(policy_of(str(version)), decided.iloc[rows].reset_index(drop=True))
             predicted[rows] = cost[np.arange(len(rows)), action[rows]]
-        observed: dict[int, float] = {}
         outcomes = set(spec.model.outcomes)
+        value = None  # the realized cost of each decision, when the budget's formula reads outcomes only
         if self.formula.variables <= outcomes:
             mature = training_table(store, as_of)[0].to_pandas()
             mature = mature[mature["request_id"].isin(set(decided["request_id"]))].reset_index(drop=True)
-            if len(mature):
-                realized = np.asarray(formula_on(spec, self.formula, {c: mature[c].to_numpy(dtype=np.float64)[:, None] for c in outcomes},
-                                                 mature, lever_index=spec.action_space.indices(mature["action_id"].to_numpy())),
-                                      dtype=np.float64).reshape(-1)
-                by_request = pd.Series(realized, index=mature["request_id"].to_numpy())
-                value = by_request.reindex(decided["request_id"].to_numpy()).fillna(0.0).to_numpy()
-                wait = spec.horizon + spec.settle
-                for k in np.unique(day):
-                    if start + timedelta(days=int(k) - self.origin + 1) + wait <= as_of:
-                        observed[int(k)] = float(value[day == k].sum())
-        for k in np.unique(day):
-            self.record(int(k), int((day == k).sum()), float(predicted[day == k].sum()))
-            if int(k) in observed:
-                self.observe(int(k), observed[int(k)])
+            realized = np.asarray(formula_on(spec, self.formula, {c: mature[c].to_numpy(dtype=np.float64)[:, None] for c in outcomes},
+                                             mature, lever_index=spec.action_space.indices(mature["action_id"].to_numpy())),
+                                  dtype=np.float64).reshape(-1)
+            value = pd.Series(realized, index=mature["request_id"].to_numpy()).reindex(decided["request_id"].to_numpy()).fillna(0.0).to_numpy()
+        for k in np.unique(day).tolist():
+            on = day == k
+            self.record(k, int(on.sum()), float(predicted[on].sum()))
+            if value is not None and start + timedelta(days=k - self.origin + 1) + spec.horizon + spec.settle <= as_of:
+                self.observe(k, float(value[on].sum()))
         return decided[day == day.max()].head(RECENT_CONTEXTS).drop(columns=["t"]).reset_index(drop=True)
 
     # ------------------------------------------------------------------ the price

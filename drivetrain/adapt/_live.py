@@ -33,6 +33,7 @@ from drivetrain.assembly import realized_metrics
 from drivetrain.data import Store, training_table
 from drivetrain.errors import UsageError
 from drivetrain.policy import Policy
+from drivetrain.serve import shadow_row
 from drivetrain.spec import canary_units
 
 __all__ = ["adjusted_difference", "always_valid_p", "canary_check", "canary_units", "planned_decisions", "serve", "shadow_check"]
@@ -48,19 +49,8 @@ def serve(champion: Policy, contexts: pd.DataFrame, *, now: datetime, challenger
         return decisions, empty
     if stage == "shadow":
         shadow, _ = challenger.decisions_table(contexts, now=now)
-        preds = [c for c in shadow.columns if c.startswith("pred__")]
-        action = challenger.spec.action_space.indices(shadow["action_id"].to_numpy())
-        predicted = shadow[preds].to_numpy()[np.arange(len(shadow)), action]
-        champ_action = champion.spec.action_space.indices(decisions["action_id"].to_numpy())
-        log = pd.DataFrame({
-            "request_id": decisions["request_id"], "unit_id": decisions["unit_id"], "decided_at": decisions["decided_at"],
-            "policy_version": challenger.version, "assignment": "shadow", "action_id": shadow["action_id"],
-            "predicted": predicted, "fallback": shadow["assignment"] == "fallback",
-            "champion_version": champion.version, "champion_action_id": decisions["action_id"],
-            "champion_assignment": decisions["assignment"],
-            "champion_predicted": decisions[preds].to_numpy()[np.arange(len(decisions)), champ_action],
-        })
-        return decisions, log
+        rows = [shadow_row(s, c) for s, c in zip(shadow.to_dict("records"), decisions.to_dict("records"), strict=True)]
+        return decisions, pd.DataFrame(rows)
     if stage != "canary":
         raise ValueError(f"`stage` must be None, 'shadow' or 'canary', got {stage!r}")
     chosen = canary_units(champion.spec, decisions["unit_id"].to_numpy())

@@ -81,9 +81,9 @@ FOLDS = 5
 
 def default_trainer(table: pd.DataFrame, spec: Spec) -> OutcomeModel:
     """A candidate's model: the mean of :data:`FOLDS` fold models of 100 rounds, each fitted on the other
-    folds' rows. On the loop bench this averaging raised the champion's share of the oracle's gain by
-    0.03-0.04 over one model on every row (docs/decisions.md), for about 2.6 times the fitting time and five
-    times the trees to serve."""
+    folds' rows. On the loop bench this averaging raised the champion's share of the oracle's gain in
+    weeks 7-8 by 0.04 and 0.03 over one model on every row (docs/decisions.md), for 2.6 to 2.9 times the
+    fitting time and five times the trees to serve."""
     return OutcomeModel(n_folds=FOLDS, refit=False, n_estimators=100, num_threads=1, seed=0).fit(table, spec)
 
 

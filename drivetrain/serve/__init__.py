@@ -9,7 +9,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from drivetrain.serve._decider import Decider, Decision
+    from drivetrain.serve._decider import Decider, Decision, shadow_row
     from drivetrain.serve._http import Limits, run
     from drivetrain.serve._log import CompactionReport, DecisionLog, RecoveryReport, compact, read_segments, recover
     from drivetrain.serve._process import DecisionLoad, ServiceProcess, free_port
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from drivetrain.serve.app import create_app
 
 _HOMES = {
-    "Decider": "_decider", "Decision": "_decider",
+    "Decider": "_decider", "Decision": "_decider", "shadow_row": "_decider",
     "Limits": "_http", "run": "_http",
     "CompactionReport": "_log", "DecisionLog": "_log", "RecoveryReport": "_log", "compact": "_log", "read_segments": "_log",
     "recover": "_log",
@@ -27,7 +27,8 @@ _HOMES = {
 }
 
 __all__ = ["CompactionReport", "Decider", "Decision", "DecisionLoad", "DecisionLog", "Limits", "RecoveryReport", "Service", "ServiceConfig",
-           "ServiceProcess", "compact", "create_app", "free_port", "read_segments", "recover", "run", "settle_heap"]
+           "ServiceProcess", "compact", "create_app", "free_port", "read_segments", "recover", "run", "settle_heap",
+           "shadow_row"]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ from drivetrain.model import CompiledModel
 from drivetrain.policy import CapCounter, Policy
 from drivetrain.spec import Spec, failed_propensity, in_holdout
 
-__all__ = ["Decider", "Decision"]
+__all__ = ["Decider", "Decision", "shadow_row"]
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,17 @@ class Decider:
             components = policy.model.predict_outcomes(contexts)
         pricing = policy.pricing(contexts, components)
         return pricing.objective[0].copy(), pricing.scores, pricing.price
+
+
+def shadow_row(shadow: Mapping[Any, Any], served: Mapping[Any, Any]) -> dict[str, Any]:
+    """One row of a challenger's shadow log: what it would have done (``shadow``, a decisions-table record
+    never logged there) beside what the champion did (``served``, the record logged), each with the
+    predicted objective of its own action (what :func:`drivetrain.adapt.shadow_check` reads)."""
+    return {"request_id": served["request_id"], "unit_id": served["unit_id"], "decided_at": served["decided_at"],
+            "policy_version": shadow["policy_version"], "assignment": "shadow", "action_id": shadow["action_id"],
+            "predicted": shadow[f"pred__{shadow['action_id']}"], "fallback": shadow["assignment"] == "fallback",
+            "champion_version": served["policy_version"], "champion_action_id": served["action_id"],
+            "champion_assignment": served["assignment"], "champion_predicted": served[f"pred__{served['action_id']}"]}
 
 
 def _json_value(value: Any) -> Any:

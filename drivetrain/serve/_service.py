@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from drivetrain.clock import Clock, SystemClock
 from drivetrain.data import RawRows, Store, check_outcomes, ingest_outcomes, open_store
 from drivetrain.errors import ConflictError
-from drivetrain.serve._decider import Decider, Decision
+from drivetrain.serve._decider import Decider, Decision, shadow_row
 from drivetrain.serve._http import Limits
 from drivetrain.serve._log import CLOSED, OUTCOME_LOG, DecisionLog, FsyncPolicy, read_segments, recover
 from drivetrain.serve._requests import RequestMemory, answer_json, request_digest
@@ -182,7 +183,7 @@ class Service:
         self.challenger_error: str | None = None  # why the challenger is not served (refused, unreadable), until it is
         self._refused: Path | None = None  # the challenger's directory refused last: not loaded again each tick
         self._price_error: str | None = None  # the last failure to read the prices (said once)
-        self._shadow: list[dict[str, Any]] = []  # shadow decisions not yet handed to ``shadow_sink``
+        self._shadow: list[_Shadowed] = []  # requests served in shadow, not yet decided by the challenger and handed on
         self._shadow_lock = threading.Lock()
         self._store: Store | None = None
         self._compactor: asyncio.subprocess.Process | None = None
@@ -255,9 +256,9 @@ class Service:
                 self.metrics.live.set(1)
         self._count(decision, time.perf_counter() - t, time.perf_counter() - arrived)
         if candidate is not None and candidate[1] == "shadow" and decider.ready:
-            row = _shadow_row(candidate[0].decide(unit_id, context, request_id=rid, now=now).record, decision.record)
+            # decided on the follow thread's next tick (flush_shadow), not while this request waits
             with self._shadow_lock:  # never appended to a batch the follow thread has taken
-                self._shadow.append(row)
+                self._shadow.append(_Shadowed(candidate[0], unit_id, context, rid, now, decision.record))
         answer = answer_json(decision.response)
         self.requests.remember(rid, digest, answer)
         return answer
@@ -460,23 +461,28 @@ class Service:
         return changed
 
     def flush_shadow(self) -> int:
-        """Hand the shadow decisions logged since the last call to ``shadow_sink`` (one batch per version);
-        how many. Shadow decisions are never acted on, and those of a crash since the last tick are lost."""
+        """Have the challenger decide for the requests served in shadow since the last call (off the requests'
+        path) and hand its decisions to ``shadow_sink``, one batch per version; how many. Shadow decisions are
+        never acted on; those of a crash since the last tick are lost, those the sink refuses wait for the next."""
         with self._shadow_lock:
-            rows, self._shadow = self._shadow, []
-        if not rows or self.config.shadow_sink is None:
+            pending, self._shadow = self._shadow, []
+        if not pending or self.config.shadow_sink is None:
             return 0
-        frame = pd.DataFrame(rows)
+        by_version: dict[str, list[_Shadowed]] = {}
+        for item in pending:
+            by_version.setdefault(item.decider.version, []).append(item)
         handed: set[str] = set()
         try:
-            for version, part in frame.groupby("policy_version", sort=False):
-                self.config.shadow_sink(str(version), part.reset_index(drop=True))
-                handed.add(str(version))
+            for version, items in by_version.items():
+                rows = [shadow_row(i.decider.decide(i.unit_id, i.context, request_id=i.request_id, now=i.now).record, i.served)
+                        for i in items]
+                self.config.shadow_sink(version, pd.DataFrame(rows))
+                handed.add(version)
         except Exception:  # the registry refused the batch: keep what it did not take for the next tick
             with self._shadow_lock:
-                self._shadow[:0] = [r for r in rows if str(r["policy_version"]) not in handed]
+                self._shadow[:0] = [i for i in pending if i.decider.version not in handed]
             raise
-        return len(rows)
+        return len(pending)
 
     async def follow(self) -> None:
         """Follow the registry alias (``ServiceConfig.follow``) for the life of the service."""
@@ -774,15 +780,16 @@ def _say(reason: str, last: str | None, what: str) -> str:
     return reason
 
 
-def _shadow_row(shadow: Mapping[str, Any], served: Mapping[str, Any]) -> dict[str, Any]:
-    """One shadow decision: what the challenger would have done (``shadow``, a decisions-table record
-    never logged there) beside what the champion did (``served``), with each one's predicted objective of
-    its own action (the registry's shadow log, as :func:`drivetrain.adapt.shadow_check` reads it)."""
-    return {"request_id": served["request_id"], "unit_id": served["unit_id"], "decided_at": served["decided_at"],
-            "policy_version": shadow["policy_version"], "assignment": "shadow", "action_id": shadow["action_id"],
-            "predicted": shadow[f"pred__{shadow['action_id']}"], "fallback": shadow["assignment"] == "fallback",
-            "champion_version": served["policy_version"], "champion_action_id": served["action_id"],
-            "champion_assignment": served["assignment"], "champion_predicted": served[f"pred__{served['action_id']}"]}
+@dataclass(frozen=True)
+class _Shadowed:
+    """A request the champion answered while a challenger was in shadow: what the challenger decides for later."""
+
+    decider: Decider
+    unit_id: str
+    context: Mapping[str, Any]
+    request_id: str
+    now: datetime
+    served: Mapping[str, Any]
 
 
 def _randomization_change(served: Decider, candidate: Decider) -> str | None:
