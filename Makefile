@@ -10,10 +10,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-fast lint rules bench browser-check schemathesis soak clean
 
+# --no-compile: pip would compile every module of every dependency (half the install's time, most of it
+# never imported); Python compiles what is imported, once, on first import.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,spark]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test,spark]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -46,7 +48,7 @@ test-fast: $(STAMP)
 
 # The peers the benches compare against (Vowpal Wabbit, EconML) come with the `bench` extra.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,spark,bench]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test,spark,bench]'
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/optimize.py
 	$(BIN)/python bench/ope_accuracy.py

@@ -56,10 +56,12 @@ def compile_kernels() -> None:
     """Compile the compiled models' numba kernels once, before the workers start: numba keeps them in the
     package's ``__pycache__``, which a clean clone lacks, and otherwise every worker and every command
     the tests start compiles them at the same time (about 10 s of CPU each). A tiny model predicts on the
-    batch and the single-row paths, with leaf masks (trees of at most 64 leaves) and by walking its trees."""
+    batch and the single-row paths, with leaf masks (trees of at most 64 leaves) and by walking its trees;
+    the units' hash runs on a batch (the compiled path, from 2,048 units)."""
     from drivetrain.assembly import fit_model
     from drivetrain.data import MemoryStore
     from drivetrain.model import CompiledModel, OutcomeModel
+    from drivetrain.spec import holdout_draw
     from drivetrain.twin import NBOOTwin
 
     twin = NBOOTwin(horizon_days=7, seed=0)
@@ -75,6 +77,7 @@ def compile_kernels() -> None:
     walked = dataclasses.replace(compiled.forest, leaf_masks=None)  # how trees of more than 64 leaves are scored
     walked.raw(features[0])
     walked.raw_batch(features)
+    holdout_draw("compile", range(4096))
 
 
 def fill(store: Store, twin: NBOOTwin, users: int, *, day: int = 0, offset: int = 0, received: int = 9) -> datetime:

@@ -28,6 +28,7 @@ values included; ``tests/model/test_forest.py`` checks both ways against ``Boost
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import numba
@@ -541,9 +542,11 @@ _FIELDS = frozenset({"num_leaves", "split_feature", "threshold", "decision_type"
                      "leaf_value", "cat_boundaries", "cat_threshold", "is_linear"})
 
 
+@functools.lru_cache(maxsize=64)
 def _parse(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
     """LightGBM's text model: a ``key=value`` header, then ``Tree=i`` blocks of space-separated arrays
-    (kept as text, split when built)."""
+    (kept as text, split when built). Read-only: the last models parsed are kept, since one model is
+    compiled several times (its fold's out-of-fold predictions, then with the other folds)."""
     header: dict[str, str] = {}
     trees: list[dict[str, str]] = []
     current: dict[str, str] | None = None

@@ -14,6 +14,7 @@ never pickle), and, when it is made of LightGBM trees, adds them to a compiled f
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,11 +59,23 @@ def _design(x: np.ndarray, actions: np.ndarray) -> np.ndarray:
     return np.column_stack([np.repeat(x, k, axis=0), np.tile(actions, (n, 1))])
 
 
+#: Each booster's text model, dumped once: a fitted booster never changes, and compiling, saving and reading
+#: its objective each need the text.
+_TEXTS: weakref.WeakKeyDictionary[lgb.Booster, str] = weakref.WeakKeyDictionary()
+
+
+def _text(booster: lgb.Booster) -> str:
+    text = _TEXTS.get(booster)
+    if text is None:
+        text = _TEXTS[booster] = booster.model_to_string()
+    return text
+
+
 def _objective(booster: lgb.Booster) -> str:
     objective = str(booster.params.get("objective", ""))
     if objective:
         return objective
-    for line in booster.model_to_string().splitlines()[:20]:
+    for line in _text(booster).splitlines()[:20]:
         if line.startswith("objective="):
             return line.split("=", 1)[1].split()[0]
     return ""
@@ -70,15 +83,18 @@ def _objective(booster: lgb.Booster) -> str:
 
 def _write_booster(directory: Path, stem: str, booster: lgb.Booster) -> str:
     name = f"{stem}.txt"
-    (directory / name).write_text(booster.model_to_string())
+    (directory / name).write_text(_text(booster))
     return name
 
 
 def _read_booster(path: Path) -> lgb.Booster:
     try:
-        return lgb.Booster(model_str=path.read_text())
+        text = path.read_text()
+        booster = lgb.Booster(model_str=text)
     except lgb.basic.LightGBMError as exc:
         raise ArtifactError(f"{path.name} must be a LightGBM text model, got: {exc}") from None
+    _TEXTS[booster] = text
+    return booster
 
 
 class Constant:
@@ -118,7 +134,7 @@ class Boosted:
         objective = _objective(self.booster)
         if objective not in _LINKS:
             return None
-        builder.add(self.booster.model_to_string(), slot, mode=ROW if row >= 0 else EVERY, row=row)
+        builder.add(_text(self.booster), slot, mode=ROW if row >= 0 else EVERY, row=row)
         return _LINKS[objective], 0.0
 
 
@@ -162,8 +178,8 @@ class TwoStage:
                 "context_columns": self.context_columns, "binary": self.binary}
 
     def compile_into(self, builder: ForestBuilder, slot: int) -> tuple[int, float] | None:
-        builder.add(self.base.model_to_string(), slot, mode=BROADCAST)
-        builder.add(self.effect.model_to_string(), slot, mode=EVERY)
+        builder.add(_text(self.base), slot, mode=BROADCAST)
+        builder.add(_text(self.effect), slot, mode=EVERY)
         return LOGISTIC if self.binary else EXP if self.log_link else IDENTITY, 0.0
 
 
