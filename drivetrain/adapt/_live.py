@@ -32,11 +32,14 @@ from drivetrain.adapt._retrain import Change
 from drivetrain.assembly import realized_metrics
 from drivetrain.data import Store, training_table
 from drivetrain.errors import UsageError
+from drivetrain.evaluate import always_valid_p as one_sided_always_valid_p
+from drivetrain.evaluate import mixture_variance
 from drivetrain.policy import Policy
 from drivetrain.serve import shadow_row
 from drivetrain.spec import canary_units
 
-__all__ = ["adjusted_difference", "always_valid_p", "canary_check", "canary_units", "planned_decisions", "serve", "shadow_check"]
+__all__ = ["adjusted_difference", "always_valid_p", "canary_check", "canary_units", "early_non_inferiority_p", "planned_decisions", "serve",
+           "shadow_check"]
 
 
 def serve(champion: Policy, contexts: pd.DataFrame, *, now: datetime, challenger: Policy | None = None,
@@ -107,8 +110,10 @@ def canary_check(store: Store, as_of: datetime, *, candidate: str | Sequence[str
 
     The north star waits for ``canary.min_units`` mature canary units, then for the decisions that
     :func:`planned_decisions` asks of the observed variances (at most ``canary.max_units`` units), and is
-    judged once there: the verdict is one look at level ``gates.alpha``; earlier looks can only stop a
-    candidate that is already worse than the margin."""
+    judged once there: that verdict is one look at level ``gates.alpha``. Earlier looks stop a candidate
+    that is already worse than the margin, and pass one that a one-sided always-valid test (level
+    ``canary.early_alpha``, valid however often it looks) already shows non-inferior; so a candidate at the
+    margin passes with probability at most ``gates.alpha / 2 + canary.early_alpha``."""
     spec = store.spec
     settings = spec.model.adaptation
     canary = settings.canary
@@ -162,6 +167,16 @@ def canary_check(store: Store, as_of: datetime, *, candidate: str | Sequence[str
                           f"{high:+.4f}], worse than the margin -{margin}: keep the champion", figures)
     capped = canary.max_units is not None and units_c >= canary.max_units
     if len(c) < planned and not capped:
+        # an early pass: "worse than the margin" rejected by a one-sided always-valid test, valid at every look
+        # (its mixture tightest at the planned decisions), so a clearly better candidate need not wait for them
+        if canary.early_alpha > 0 and se > 0:
+            p_early = float(early_non_inferiority_p(diff, se, len(c), planned, margin=margin, level=canary.early_alpha))
+            figures["early_p"] = p_early
+            if p_early < canary.early_alpha:
+                return GateResult("canary", True, f"north star {diff:+.4f} [{low:+.4f}, {high:+.4f}] on {units_c} canary units "
+                                  f"(variance {reduction:.0%} lower by the champion's predictions): non-inferior already at "
+                                  f"{len(c)} of the {planned} planned decisions (always-valid p = {p_early:.2g} < {canary.early_alpha})",
+                                  figures)
         return None
     if low < -margin:
         short = f" ({len(c)} canary decisions of the {planned} planned: max_units reached)" if len(c) < planned else ""
@@ -169,6 +184,16 @@ def canary_check(store: Store, as_of: datetime, *, candidate: str | Sequence[str
                           f"{high:+.4f}], not shown within the margin -{margin}{short}: keep the champion", figures)
     return GateResult("canary", True, f"north star {diff:+.4f} [{low:+.4f}, {high:+.4f}] on {units_c} canary units "
                       f"(variance {reduction:.0%} lower by the champion's predictions): non-inferior", figures)
+
+
+def early_non_inferiority_p(diff: Any, se: Any, decisions: Any, planned: int, *, margin: float, level: float) -> Any:
+    """One-sided always-valid p-value of "the candidate is worse than the margin" from the north star's
+    difference ``diff`` (standard error ``se``) on ``decisions`` canary decisions: the normal mixture of
+    :func:`drivetrain.evaluate.always_valid_p` on the standardized distance to ``-margin``, its mixing
+    variance tightest at the ``planned`` decisions for ``level``. Below ``level`` at any look, however
+    many, with probability at most ``level`` when the candidate is worse by the margin (asymptotically)."""
+    z = (np.asarray(diff, dtype=np.float64) + margin) / np.asarray(se, dtype=np.float64)
+    return one_sided_always_valid_p(z, decisions, mixture_variance(level, planned))
 
 
 def _covariates(policy: Policy, table: pd.DataFrame) -> np.ndarray:

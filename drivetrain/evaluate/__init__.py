@@ -1,7 +1,14 @@
 """Evaluation of what the serving system did: the KPI hierarchy by day and cohort, drift against the
 fit-time baselines, and the spec's alert rules; their SQL in Spark's dialect."""
 
-from drivetrain.evaluate._alerts import Alert, check_alerts, latency_by_minute, store_alerts
+from drivetrain.evaluate._alerts import (
+    Alert,
+    always_valid_p,
+    check_alerts,
+    latency_by_minute,
+    mixture_variance,
+    store_alerts,
+)
 from drivetrain.evaluate._drift import (
     DRIFT_COLUMNS,
     DriftReport,
@@ -41,6 +48,7 @@ __all__ = [
     "ServiceLevels",
     "SliceEvaluation",
     "baseline_version",
+    "always_valid_p",
     "check_alerts",
     "drift_as_of",
     "drift_queries",
@@ -49,6 +57,7 @@ __all__ = [
     "evaluation_queries",
     "latency_by_minute",
     "measure_drift",
+    "mixture_variance",
     "store_alerts",
     "timestamp_sql",
     "to_spark_sql",

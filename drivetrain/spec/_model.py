@@ -329,15 +329,17 @@ class Canary(_Value):
     """The live stages of a candidate: ``shadow_decisions`` it decides beside the champion first, then
     ``share`` of units (by a salted hash of the unit id) get it until at least ``min_units`` of them are
     mature and as many decisions as an equal candidate needs to be shown non-inferior with ``power`` (at
-    most ``max_units`` units; None: no cap)."""
+    most ``max_units`` units; None: no cap). Before those decisions, each look may pass a candidate that
+    an always-valid test already shows non-inferior at level ``early_alpha`` (0: no early pass)."""
 
-    _added: ClassVar[dict[str, Any]] = {"power": 0.8, "max_units": 20_000}
+    _added: ClassVar[dict[str, Any]] = {"power": 0.8, "max_units": 20_000, "early_alpha": 0.01}
 
     shadow_decisions: Annotated[int, Field(ge=0)] = 2_000
     share: Annotated[float, Field(gt=0, lt=1)] = 0.1
     min_units: Annotated[int, Field(ge=1)] = 2_000
     power: Annotated[float, Field(ge=0.5, lt=1)] = 0.8
     max_units: Annotated[int, Field(ge=1)] | None = 20_000
+    early_alpha: Annotated[float, Field(ge=0, lt=0.5)] = 0.01
 
     @field_validator("max_units")
     @classmethod

@@ -20,6 +20,7 @@ from drivetrain.adapt import (
     adjusted_difference,
     always_valid_p,
     canary_check,
+    early_non_inferiority_p,
     canary_units,
     planned_decisions,
     promote,
@@ -65,7 +66,8 @@ def test_the_always_valid_p_value_shrinks_with_the_evidence() -> None:
     assert ps[0] > ps[1] > ps[2] and ps[2] < 1e-3
 
 
-def _canary_store(complaints_in_canary: float, canary_share: float, spec: Spec | None = None) -> tuple[MemoryStore, object]:
+def _canary_store(complaints_in_canary: float, canary_share: float, spec: Spec | None = None, *,
+                  profit_in_canary: float = 0.0) -> tuple[MemoryStore, object]:
     spec = spec or gate_spec()
     store = MemoryStore(spec)
     twin = NBOOTwin(horizon_days=7, seed=12)
@@ -84,6 +86,11 @@ def _canary_store(complaints_in_canary: float, canary_share: float, spec: Spec |
     o3 = pd.DataFrame({"event_id": extra["request_id"] + ":extra-complaint", "request_id": extra["request_id"], "unit_id": extra["unit_id"],
                        "occurred_at": extra["decided_at"] + pd.Timedelta(hours=1), "received_at": extra["decided_at"] + pd.Timedelta(hours=2),
                        "component": "complaint", "value": 1.0})
+    if profit_in_canary:  # every canary decision's gross profit raised by the same amount
+        o3 = pd.concat([o3, pd.DataFrame({"event_id": d1["request_id"] + ":extra-profit", "request_id": d1["request_id"], "unit_id": d1["unit_id"],
+                                          "occurred_at": d1["decided_at"] + pd.Timedelta(hours=1),
+                                          "received_at": d1["decided_at"] + pd.Timedelta(hours=2),
+                                          "component": "gross_profit", "value": profit_in_canary})], ignore_index=True)
     clock = SimulatedClock(twin.start + timedelta(days=9))
     ingest_decisions(store, RawRows(pd.concat([d1, d2], ignore_index=True), (), "arms"), clock=clock)
     ingest_outcomes(store, RawRows(pd.concat([o1, o2, o3], ignore_index=True), (), "arms"), clock=clock)
@@ -190,6 +197,50 @@ def test_a_canary_of_the_planned_size_shows_an_equal_candidate_non_inferior_with
     assert passed[-margin] / runs < alpha / 2 + 0.015, passed
     with pytest.raises(Exception, match="non_inferiority_margin"):
         planned_decisions(1.0, 1.0, 1.0, margin=0.0, alpha=alpha, power=power)
+
+
+def test_an_early_look_passes_a_candidate_worse_by_the_margin_at_most_at_its_level_however_often_it_looks() -> None:
+    """By simulation: ten looks before the planned decisions (every tenth of them), the always-valid early
+    pass of a candidate worse by exactly the margin, over 4,000 canaries, at most at its level (the negative
+    control: one fixed-level interval at each look passes it far more often), and a clearly better
+    candidate passes early in most canaries."""
+    margin, alpha, power, sd, level = 0.5, 0.1, 0.8, 3.0, 0.05
+    planned = planned_decisions(sd**2, sd**2, 4.0, margin=margin, alpha=alpha, power=power)
+    rng = np.random.default_rng(5)
+    runs, looks = 4_000, np.arange(1, 11) * planned // 10
+    z = 1.6448536269514722
+
+    def looked(truth: float) -> tuple[np.ndarray, np.ndarray]:
+        y_c = rng.normal(truth, sd, (runs, planned)).cumsum(axis=1)[:, looks - 1]
+        y_b = rng.normal(0.0, sd, (runs, 4 * planned)).cumsum(axis=1)[:, 4 * looks - 1]
+        diff = y_c / looks - y_b / (4 * looks)
+        se = np.sqrt(sd**2 / looks + sd**2 / (4 * looks))  # the variance known: the test is of the boundary, not of its estimate
+        early = (early_non_inferiority_p(diff, se, looks, planned, margin=margin, level=level) < level).any(axis=1)
+        naive = (diff - z * se >= -margin).any(axis=1)
+        return early, naive
+
+    early, naive = looked(-margin)
+    assert early.mean() < level, early.mean()  # binomial sd 0.0034 at the level
+    assert naive.mean() > 3 * level, naive.mean()  # why the early looks need the always-valid test
+    better, _ = looked(+margin)
+    assert better.mean() > 0.5, better.mean()
+
+
+def test_a_clearly_better_canary_passes_before_its_planned_decisions_and_waits_without_early_looks(tiny_policy: Policy) -> None:
+    """The canary store's arms (an equal candidate waits: fewer decisions than planned), then the candidate's
+    gross profit raised by 4 a decision (the margin is 0.75): the early look passes it before the planned
+    decisions, with the always-valid p below its level; with ``early_alpha: 0`` the same canary waits."""
+    since = timedelta(days=30)
+    store, t = _canary_store(0.0, 0.1)
+    assert canary_check(store, t, candidate="cand", champion="champ", since=t - since, baseline=tiny_policy) is None
+    store, t = _canary_store(0.0, 0.1, profit_in_canary=4.0)
+    verdict = canary_check(store, t, candidate="cand", champion="champ", since=t - since, baseline=tiny_policy)
+    assert verdict is not None and verdict.passed and "non-inferior already" in verdict.reason, verdict
+    figures = verdict.figures
+    assert figures["canary_decisions"] < figures["planned_decisions"] and figures["early_p"] < 0.01, figures
+    assert figures["lift"] == pytest.approx(4.0, abs=4 * (figures["high"] - figures["low"]) / (2 * 1.645)), figures
+    store, t = _canary_store(0.0, 0.1, gate_spec(canary={"early_alpha": 0.0}), profit_in_canary=4.0)
+    assert canary_check(store, t, candidate="cand", champion="champ", since=t - since, baseline=tiny_policy) is None
 
 
 def test_the_canary_waits_for_its_planned_decisions_and_is_judged_at_max_units(tiny_policy: Policy) -> None:
