@@ -38,8 +38,9 @@ rules: $(STAMP)
 TEST_WORKERS ?= 3
 XDIST = -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
-# mypy runs inside the suite (tests/test_typing.py), on a worker beside the other tests.
-test: rules
+# The rules and mypy run inside the suite (tests/test_layers.py, tests/test_typing.py), on workers beside the
+# other tests rather than on one core before them.
+test: $(STAMP)
 	$(BIN)/python -m pytest -q $(XDIST)
 
 # The edit loop: what is not marked slow (no model fits of real size, no servers, no wheel build).

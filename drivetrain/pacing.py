@@ -157,11 +157,12 @@ class SpendPacer:
         return decided[day == day.max()].head(RECENT_CONTEXTS).drop(columns=["t"]).reset_index(drop=True)
 
     # ------------------------------------------------------------------ the price
-    def paced(self, policy: Policy, contexts: pd.DataFrame, target: float) -> Policy:
+    def paced(self, policy: Policy, contexts: pd.DataFrame, target: float, components: Mapping[str, np.ndarray] | None = None) -> Policy:
         """``policy`` with the budget's multiplier set so that its predicted spend as served on ``contexts``,
-        corrected by :meth:`ratio`, is at most ``target`` per unit."""
+        corrected by :meth:`ratio`, is at most ``target`` per unit; ``components`` are its model's predictions
+        for them when the caller already has them."""
         assert self.budget is not None
-        comps = policy.model.predict_outcomes(contexts)
+        comps = policy.model.predict_outcomes(contexts) if components is None else components
         cost = self.cost(policy, contexts, comps)
         r = self.ratio()
 

@@ -111,6 +111,7 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
     observed: dict[int, float] = {}
     mature_after = spec.horizon + spec.settle
     recent: pd.DataFrame | None = None
+    recent_components: tuple[str, dict[str, np.ndarray]] | None = None  # the version that predicted them, its predictions
     previous: str | None = None
     for day in days:
         start = twin.start + timedelta(days=day)
@@ -127,7 +128,8 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         serving = champion
         if pacer is not None and recent is not None:  # the price set from the days before, on yesterday's contexts
             target = pacer.target(day, users)
-            serving = pacer.paced(champion, recent, target)
+            known = recent_components[1] if recent_components is not None and recent_components[0] == champion_name else None
+            serving = pacer.paced(champion, recent, target, known)
             if challenger is not None:  # a canary at its plan's price would be judged against a paced champion
                 challenger = pacer.paced(challenger, recent, target)
         made, shadows = [], []
@@ -153,8 +155,12 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         sample = np.arange(min(truth_sample, users))
         sub = contexts.iloc[sample]
         t_obj = truth.objective[sample]
-        greedy = replace(serving, exploration_rate=0.0, holdout_share=0.0).action_distribution(sub)
-        served = replace(serving, holdout_share=0.0).action_distribution(sub)
+        # the champion's predictions, once a day: every user's for the pacer's ledger (or the truth sample's alone),
+        # the truth sample's for the greedy and served distributions and for tomorrow's price
+        everyone = champion.model.predict_outcomes(contexts) if pacer is not None else None
+        components = {k: v[sample] for k, v in everyone.items()} if everyone is not None else champion.model.predict_outcomes(sub)
+        greedy = replace(serving, exploration_rate=0.0, holdout_share=0.0).action_distribution(sub, components)
+        served = replace(serving, holdout_share=0.0).action_distribution(sub, components)
         base = float(t_obj[:, control].mean())
         solution = oracle_under_budget(t_obj, truth.eligible[sample], [truth.components["promo_cost"][sample]], [budget])
         best, oracle_spend = solution.value, solution.usage[0]
@@ -182,8 +188,9 @@ def run_twin_loop(twin: NBOOTwin, store: Store, registry: Registry, *, days: ran
         in_flight = [waiting[~arrived]]
         if pacer is not None:
             features = contexts.drop(columns=["request_id"])
-            pacer.record(day, users, float(pacer.cost(champion, features)[np.arange(users), action].sum()))
+            pacer.record(day, users, float(pacer.cost(champion, features, everyone)[np.arange(users), action].sum()))
             recent = features.iloc[sample]
+            recent_components = (champion_name, components)
             if observed_component is not None:
                 unit_day.update(dict.fromkeys(contexts["unit_id"].astype(str), day))
                 costs = waiting[arrived & (waiting["component"] == observed_component)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -37,3 +38,20 @@ def test_the_checker_finds_a_private_import_and_an_upward_import(tmp_path: Path)
         "drivetrain/spec/__init__.py:2: drivetrain.spec imports drivetrain.serve, against the layers (it may import"
         " no other part)",
     ]
+
+
+def test_ruff_finds_nothing_in_the_code_the_project_ships() -> None:
+    """ruff (the ``[tool.ruff]`` settings of pyproject.toml: errors, import order, upgrades, line length), run in
+    the suite so that `make test` lints on a worker beside the other tests; `make lint` runs it on its own."""
+    ran = subprocess.run([sys.executable, "-m", "ruff", "check", "drivetrain", "tests", "bench", "scripts", "examples"],
+                         cwd=ROOT, capture_output=True, text=True, check=False)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+def test_the_flagship_spec_keeps_the_contract_of_the_committed_one() -> None:
+    """The feature check a product runs in its CI: the working tree's flagship spec against HEAD's."""
+    from tests.conftest import invoke
+
+    spec = "examples/nboo/drivetrain.yaml"
+    ran = invoke("contract", "check", "--spec", spec, "--against", f"HEAD:{spec}", cwd=ROOT)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
