@@ -6,10 +6,6 @@ import dataclasses
 import io
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,47 +46,10 @@ LONGEST_FIRST = (
 )
 
 
-#: The environment variable through which the xdist controller tells its workers where the kernels' compile
-#: will say it is done (see :func:`pytest_configure`).
-KERNELS_DONE = "DRIVETRAIN_TEST_KERNELS_DONE"
-_COMPILER = pytest.StashKey["subprocess.Popen[bytes]"]()
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    # the xdist controller, before its workers start: the kernels compile in a child process while the workers
-    # import and collect (about 14 s of one core against 5 s of each worker), and a worker waits for it before
-    # its first test (pytest_runtestloop); one process compiles a kernel once anyway
+    # the xdist controller, before its workers start (one process compiles a kernel once anyway)
     if not os.environ.get("PYTEST_XDIST_WORKER") and (config.getoption("numprocesses", default=None) or 0):
-        done = Path(tempfile.mkdtemp(prefix="drivetrain-kernels-")) / "done"
-        os.environ[KERNELS_DONE] = str(done)
-        script = ("import traceback, tests.conftest as c\ntry:\n    c.compile_kernels(); status = 'ok'\n"
-                  "except BaseException:\n    status = traceback.format_exc()\n"
-                  f"open({str(done)!r} + '.tmp', 'w').write(status)\nimport os; os.replace({str(done)!r} + '.tmp', {str(done)!r})\n")
-        config.stash[_COMPILER] = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtestloop(session: pytest.Session) -> None:
-    """A worker's first test waits for the controller's compile of the kernels (at most 10 minutes); a compile
-    that failed is reported on the worker's stderr, and the tests compile what they need themselves."""
-    done = os.environ.get(KERNELS_DONE)
-    if not done or not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    deadline = time.monotonic() + 600
-    while not os.path.exists(done) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    status = Path(done).read_text() if os.path.exists(done) else "not done within 10 minutes"
-    if status != "ok":
-        print(f"the kernels' compile before the tests failed: {status}", file=sys.stderr)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    compiler = config.stash.get(_COMPILER, None)
-    if compiler is not None and compiler.poll() is None:
-        compiler.kill()
-    if compiler is not None:
-        compiler.wait()
-        shutil.rmtree(Path(os.environ[KERNELS_DONE]).parent, ignore_errors=True)
+        compile_kernels()
 
 
 def compile_kernels() -> None:

@@ -22,7 +22,6 @@ from drivetrain.adapt._gates import (
 )
 from drivetrain.adapt._live import (
     adjusted_difference,
-    always_valid_p,
     canary_check,
     canary_units,
     early_non_inferiority_p,
@@ -87,7 +86,6 @@ __all__ = [
     "Window",
     "adapt",
     "adjusted_difference",
-    "always_valid_p",
     "canary_check",
     "canary_units",
     "carried_guards",

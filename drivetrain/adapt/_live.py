@@ -8,7 +8,7 @@
   so the logged propensity stays the exact probability of the logged action for that unit.
 
 :func:`canary_check` judges the canary on the store as of T: a sample ratio check of the arms, a
-sequential test per guardrail (the always-valid normal-mixture SPRT of Johari et al. 2017, so that looking
+sequential test per guardrail (the guardrail alerts' one-sided always-valid normal mixture, so that looking
 every day does not inflate its error), and the north star's non-inferiority once enough canary decisions
 are mature. The north star's difference is regression-adjusted (:func:`adjusted_difference`, with the
 champion's predictions for each context as covariates), and the canary is sized from it
@@ -32,13 +32,13 @@ from drivetrain.adapt._retrain import Change
 from drivetrain.assembly import realized_metrics
 from drivetrain.data import Store, training_table
 from drivetrain.errors import UsageError
-from drivetrain.evaluate import always_valid_p as one_sided_always_valid_p
+from drivetrain.evaluate import always_valid_p
 from drivetrain.evaluate import mixture_variance
 from drivetrain.policy import Policy
 from drivetrain.serve import shadow_row
 from drivetrain.spec import canary_units
 
-__all__ = ["adjusted_difference", "always_valid_p", "canary_check", "canary_units", "early_non_inferiority_p", "planned_decisions", "serve",
+__all__ = ["adjusted_difference", "canary_check", "canary_units", "early_non_inferiority_p", "planned_decisions", "serve",
            "shadow_check"]
 
 
@@ -89,15 +89,6 @@ def shadow_check(log: pd.DataFrame, candidate: str) -> GateResult:
                       f"{figures['predicted']:.3f} vs {figures['champion_predicted']:.3f}", figures)
 
 
-def always_valid_p(difference: float, variance: float, tau2: float) -> float:
-    """The always-valid p-value of a mean difference with ``variance`` under a normal mixture of width
-    ``tau2`` (Johari et al. 2017): 1 / the mixture likelihood ratio, capped at 1."""
-    if variance <= 0 or not math.isfinite(variance):
-        return 1.0
-    log_ratio = 0.5 * math.log(variance / (variance + tau2)) + tau2 * difference**2 / (2 * variance * (variance + tau2))
-    return float(min(1.0, math.exp(-log_ratio)))
-
-
 def canary_check(store: Store, as_of: datetime, *, candidate: str | Sequence[str], champion: str | Sequence[str], since: datetime,
                  baseline: Policy | None = None, excluded: Sequence[Change] = ()) -> GateResult | None:
     """Judge the canary on the mature decisions made since ``since``: a failure (sample ratio, a guardrail
@@ -141,12 +132,13 @@ def canary_check(store: Store, as_of: datetime, *, candidate: str | Sequence[str
     for g, _f in spec.guardrails:
         name = next(k for k in rc if k == g.name or k.startswith(f"{g.name}:"))
         mc, mb = float(rc[name].mean()), float(rb[name].mean())
-        variance = float(rc[name].var(ddof=1) / len(c) + rb[name].var(ddof=1) / len(b))
-        diff = mc - mb
-        tau2 = max(float(rb[name].var(ddof=1)) / 100.0, 1e-12)
-        p = always_valid_p(diff, variance, tau2)
+        se = math.sqrt(float(rc[name].var(ddof=1) / len(c) + rb[name].var(ddof=1) / len(b)))
+        harm = mc - mb if g.max is not None else mb - mc  # the canary's difference in the direction its bound forbids
+        # one-sided and always valid (the guardrail alerts' test), tightest at the canary's min_units decisions
+        p = float(always_valid_p(harm / se, len(c), mixture_variance(canary.guardrail_alpha, canary.min_units))) \
+            if se > 0 and math.isfinite(se) else 1.0
         figures[f"guardrail:{name}"] = {"canary": mc, "champion": mb, "p": p}
-        over = (g.max is not None and mc > g.max and diff > 0) or (g.min is not None and mc < g.min and diff < 0)
+        over = (g.max is not None and mc > g.max) or (g.min is not None and mc < g.min)
         if over and p < canary.guardrail_alpha:
             return GateResult("canary", False, f"guardrail {g.name} in the canary: {mc:.4f} against the champion's {mb:.4f} "
                               f"(always-valid p = {p:.3g}), beyond its bound: the candidate is rolled back", figures)
@@ -193,7 +185,7 @@ def early_non_inferiority_p(diff: Any, se: Any, decisions: Any, planned: int, *,
     variance tightest at the ``planned`` decisions for ``level``. Below ``level`` at any look, however
     many, with probability at most ``level`` when the candidate is worse by the margin (asymptotically)."""
     z = (np.asarray(diff, dtype=np.float64) + margin) / np.asarray(se, dtype=np.float64)
-    return one_sided_always_valid_p(z, decisions, mixture_variance(level, planned))
+    return always_valid_p(z, decisions, mixture_variance(level, planned))
 
 
 def _covariates(policy: Policy, table: pd.DataFrame) -> np.ndarray:

@@ -18,7 +18,6 @@ from drivetrain.adapt import (
     MemoryRegistry,
     adapt,
     adjusted_difference,
-    always_valid_p,
     canary_check,
     canary_units,
     early_non_inferiority_p,
@@ -58,12 +57,6 @@ def test_canary_units_get_the_candidate_with_exact_propensities_and_shadow_is_ne
     assert (acted["policy_version"] == "champ").all() and len(shadow) == len(contexts)
     assert (shadow["assignment"] == "shadow").all() and (shadow["request_id"] == acted["request_id"]).all()
     assert np.isfinite(shadow["predicted"]).all()
-
-
-def test_the_always_valid_p_value_shrinks_with_the_evidence() -> None:
-    assert always_valid_p(0.0, 1e-4, 1e-4) == 1.0
-    ps = [always_valid_p(0.01, v, 1e-4) for v in (1e-4, 1e-5, 1e-6)]
-    assert ps[0] > ps[1] > ps[2] and ps[2] < 1e-3
 
 
 def _canary_store(complaints_in_canary: float, canary_share: float, spec: Spec | None = None, *,
