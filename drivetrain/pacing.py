@@ -143,7 +143,7 @@ class SpendPacer:
         outcomes = set(spec.model.outcomes)
         value = None  # the realized cost of each decision, when the budget's formula reads outcomes only
         if self.formula.variables <= outcomes:
-            mature = training_table(store, as_of)[0].to_pandas()
+            mature = training_table(store, as_of, since=start + timedelta(days=first - self.origin))[0].to_pandas()
             mature = mature[mature["request_id"].isin(set(decided["request_id"]))].reset_index(drop=True)
             realized = np.asarray(formula_on(spec, self.formula, {c: mature[c].to_numpy(dtype=np.float64)[:, None] for c in outcomes},
                                              mature, lever_index=spec.action_space.indices(mature["action_id"].to_numpy())),

@@ -32,8 +32,7 @@ from drivetrain.adapt._retrain import Change
 from drivetrain.assembly import realized_metrics
 from drivetrain.data import Store, training_table
 from drivetrain.errors import UsageError
-from drivetrain.evaluate import always_valid_p
-from drivetrain.evaluate import mixture_variance
+from drivetrain.evaluate import always_valid_p, mixture_variance
 from drivetrain.policy import Policy
 from drivetrain.serve import shadow_row
 from drivetrain.spec import canary_units
@@ -108,8 +107,8 @@ def canary_check(store: Store, as_of: datetime, *, candidate: str | Sequence[str
     spec = store.spec
     settings = spec.model.adaptation
     canary = settings.canary
-    table = training_table(store, as_of)[0].to_pandas()
-    table = table[(pd.to_datetime(table["decided_at"], utc=True) >= pd.Timestamp(since)) & (table["assignment"] != "holdout")]
+    table = training_table(store, as_of, since=since)[0].to_pandas()
+    table = table[table["assignment"] != "holdout"]
     for change in excluded:
         table = table[~change.stale(table)]
     arm_c = table["policy_version"].isin([candidate] if isinstance(candidate, str) else list(candidate))

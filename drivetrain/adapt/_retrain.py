@@ -72,10 +72,8 @@ def training_window(store: Store, as_of: datetime, *, since: datetime | None = N
     as_of = as_utc(as_of, name="as_of")
     span = spec.model.adaptation.window
     start = since if since is not None else (as_of - span if span is not None else None)
-    table, report = training_table(store, as_of)
+    table, report = training_table(store, as_of, since=start)
     frame = table.to_pandas()
-    if start is not None and len(frame):
-        frame = frame[pd.to_datetime(frame["decided_at"], utc=True) >= pd.Timestamp(start)].reset_index(drop=True)
     stale = np.zeros(len(frame), dtype=bool)
     for change in changes:
         stale |= change.stale(frame)

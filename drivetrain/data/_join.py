@@ -50,10 +50,13 @@ class JoinReport:
 _AGG = {"sum": "SUM({v})", "max": "MAX({v})", "count": "COUNT({v})", "last": "MAX_BY({v}, o.occurred_at)"}
 
 
-def training_table(store: Store, as_of: datetime) -> tuple[pa.Table, JoinReport]:
-    """Mature decisions as of ``as_of`` with one column per outcome component (0 when none occurred)."""
+def training_table(store: Store, as_of: datetime, *, since: datetime | None = None) -> tuple[pa.Table, JoinReport]:
+    """Mature decisions as of ``as_of`` with one column per outcome component (0 when none occurred);
+    with ``since``, only the decisions made at or after it (the report's counts of decisions and of their
+    outcomes then refer to those alone)."""
     spec = store.spec
     as_of = as_utc(as_of, name="as_of")
+    window = f" AND epoch_us(decided_at) >= {int(as_utc(since, name='since').timestamp() * 1_000_000)}" if since is not None else ""
     horizon_us = int(spec.horizon.total_seconds() * 1_000_000)
     wait_us = int((spec.horizon + spec.settle).total_seconds() * 1_000_000)
     t_us = int(as_of.timestamp() * 1_000_000)
@@ -67,7 +70,7 @@ def training_table(store: Store, as_of: datetime) -> tuple[pa.Table, JoinReport]
         WITH d AS (
             SELECT *, epoch_us(decided_at) AS t0,
                    CASE WHEN epoch_us(decided_at) + {wait_us} <= {t_us} THEN 1 ELSE 0 END AS mature
-            FROM decisions WHERE epoch_us(received_at) <= {t_us}
+            FROM decisions WHERE epoch_us(received_at) <= {t_us}{window}
         ),
         o AS (
             SELECT o.*, d.t0, d.mature,
@@ -99,7 +102,7 @@ def training_table(store: Store, as_of: datetime) -> tuple[pa.Table, JoinReport]
             (SELECT COUNT(*) FROM o WHERE mature = 1 AND in_window = 0) AS out_of_window,
             (SELECT COUNT(*) FROM o WHERE mature = 0) AS of_immature,
             (SELECT COUNT(*) FROM outcomes_pending WHERE epoch_us(received_at) <= {t_us}) AS waiting,
-            (SELECT COUNT(*) FROM decisions WHERE epoch_us(received_at) > {t_us}) AS later
+            (SELECT COUNT(*) FROM decisions WHERE epoch_us(received_at) > {t_us}{window}) AS later
         """
     ).to_pylist()[0]
     report = JoinReport(

@@ -398,7 +398,7 @@ def measure_drift(
     against the baselines of policy ``version``, overall and per cohort (default: the spec's cohorts).
 
     ``outcomes``: the mature join to take outcome columns from (rows with ``decided_at``,
-    ``received_at``, the cohorts and the outcome columns); default ``training_table(store, as_of)``.
+    ``received_at``, the cohorts and the outcome columns); default ``training_table(store, as_of, since=start)``.
     ``psi_threshold`` and ``alpha`` default to the spec's ``monitoring`` settings.
 
     >>> from datetime import datetime, timedelta, timezone
@@ -433,7 +433,7 @@ def measure_drift(
     # outcome columns count the window's mature decisions: none is mature when the window starts less than a
     # horizon and its settling time before as_of (a day's drift at its end), so the join is not built for them
     if late and (outcomes is not None or start + spec.horizon + spec.settle <= as_of):
-        table = training_table(store, as_of)[0] if outcomes is None else outcomes
+        table = training_table(store, as_of, since=start)[0] if outcomes is None else outcomes
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table, preserve_index=False)
         needed = {"decided_at", "received_at", *cohorts, *(c.name for c in late)}

@@ -84,6 +84,20 @@ def test_replay_at_the_same_time_gives_the_same_table(store: Store, clock: Simul
     assert _row(training_table(store, t + timedelta(hours=2))[0], "r1")["order_value"] == 24.0
 
 
+def test_since_keeps_exactly_the_decisions_made_from_then_with_the_same_outcomes(store: Store, clock: SimulatedClock) -> None:
+    _load(store, clock)
+    t = T0 + timedelta(days=41)
+    full, report = training_table(store, t)
+    assert full.column("request_id").to_pylist() == ["r1", "r2"]
+    since = T0 + timedelta(days=1)  # r2's decision time: at or after it counts
+    window, counted = training_table(store, t, since=since)
+    assert window.to_pylist() == [_row(full, "r2")]
+    assert counted.decisions == counted.mature == 1 and counted.outcomes_joined == 1 and counted.outcomes_out_of_window == 0
+    assert report.outcomes_joined > counted.outcomes_joined  # r1's outcomes were in the full join
+    assert training_table(store, t, since=since + US)[0].num_rows == 0
+    assert training_table(store, t, since=T0)[0].equals(full)
+
+
 def test_naive_as_of_is_refused(store: Store) -> None:
     from datetime import datetime
 
