@@ -17,7 +17,7 @@ ledger and sets the price before each day:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -58,6 +58,9 @@ class SpendPacer:
     budget: str | None = None
     origin: int = 0
     days: dict[int, _Day] = field(default_factory=dict)
+    #: After :meth:`fill_from_store`: per day (as text) and version, the count of its decisions and their
+    #: predicted cost (a sum), the ``known`` a later fill may reuse.
+    predicted_by_version: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [b.name for b, _ in self.spec.budgets]
@@ -113,48 +116,73 @@ class SpendPacer:
         return self.origin + (day - self.origin) // self.period_days * self.period_days
 
     # ------------------------------------------------------------------ the ledger from a store
-    def fill_from_store(self, store: Store, as_of: datetime, *, start: datetime, policy_of: Callable[[str], Policy]) -> pd.DataFrame:
+    def fill_from_store(self, store: Store, as_of: datetime, *, start: datetime, policy_of: Callable[[str], Policy],
+                        known: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> pd.DataFrame:
         """Record the ledger of the days before ``as_of`` as the store holds it: day ``k`` (counted from
         ``origin``) is the UTC day that begins ``k - origin`` days after ``start``. Each day from the period
         before the current one on is recorded with its decisions (those received by ``as_of``) and the
         predicted cost of their logged actions by the model of the version that decided
         (``policy_of(version)``); a day whose decisions are all mature is observed, when the budget's formula
         reads outcomes only, at the realized formula of its mature decisions. Returns the last served day's
-        decisions (at most :data:`RECENT_CONTEXTS`), the contexts a price is set on."""
+        decisions (at most :data:`RECENT_CONTEXTS`), the contexts a price is set on.
+
+        ``known`` is an earlier ledger (:attr:`predicted_by_version` of a pacer filled before, for versions
+        whose model has not changed since): a day's decisions by a version whose count is the same there
+        are the same decisions, since a store only adds decisions, so their predicted cost is taken from it
+        instead of predicted again. With it a daily step predicts the new day's decisions alone rather than
+        two periods of them."""
         as_of = as_utc(as_of, name="as_of")
         start = as_utc(start, name="start")
         spec = self.spec
         today = self.origin + int((as_of - start) // timedelta(days=1))
         first = max(self.origin, self.period_start(today) - self.period_days)
         t = [int((start + timedelta(days=k - self.origin)).timestamp() * 1_000_000) for k in (first, today)]
+        day_of = f"{self.origin} + (epoch_us(decided_at) - {int(start.timestamp() * 1_000_000)}) // 86400000000"
+        window = (f"epoch_us(decided_at) >= {t[0]} AND epoch_us(decided_at) < {t[1]} "
+                  f"AND epoch_us(received_at) <= {int(as_of.timestamp() * 1_000_000)}")
+        counts = store.query(f"SELECT {day_of} AS day, policy_version, COUNT(*) AS n FROM decisions WHERE {window} GROUP BY 1, 2")
+        if counts.empty:
+            return pd.DataFrame()
+        predicted: dict[tuple[int, str], float] = {}
+        for k, version, n in zip(counts["day"].astype(int), counts["policy_version"].astype(str), counts["n"].astype(int), strict=True):
+            entry = (known or {}).get(str(k), {}).get(version)
+            if entry is not None and int(entry[0]) == n:
+                predicted[(k, version)] = float(entry[1])
+        last = int(counts["day"].max())
+        fetch = sorted({int(k) for k, v in zip(counts["day"], counts["policy_version"], strict=True) if (int(k), str(v)) not in predicted}
+                       | {last})
         features = ", ".join(f'"{c}"' for c in spec.features)
         decided = store.query(
-            f"SELECT request_id, unit_id, policy_version, action_id, epoch_us(decided_at) AS t, {features} FROM decisions "
-            f"WHERE epoch_us(decided_at) >= {t[0]} AND epoch_us(decided_at) < {t[1]} "
-            f"AND epoch_us(received_at) <= {int(as_of.timestamp() * 1_000_000)} ORDER BY decided_at, request_id")
-        if decided.empty:
-            return decided
-        day = self.origin + (decided["t"].to_numpy() - int(start.timestamp() * 1_000_000)) // 86_400_000_000
+            f"SELECT request_id, unit_id, policy_version, action_id, {day_of} AS day, {features} FROM decisions "
+            f"WHERE {window} AND {day_of} IN ({', '.join(map(str, fetch))}) ORDER BY decided_at, request_id")
         action = spec.action_space.indices(decided["action_id"].to_numpy())
-        predicted = np.zeros(len(decided))
-        for version, rows in decided.groupby("policy_version", sort=False).indices.items():
-            cost = self.cost(policy_of(str(version)), decided.iloc[rows].reset_index(drop=True))
-            predicted[rows] = cost[np.arange(len(rows)), action[rows]]
+        keys = decided["day"].astype(str) + "|" + decided["policy_version"].astype(str)
+        for key, rows in keys.groupby(keys.to_numpy(), sort=False).indices.items():
+            day_text, version = str(key).split("|", 1)
+            if (int(day_text), version) in predicted:
+                continue
+            cost = self.cost(policy_of(version), decided.iloc[rows].reset_index(drop=True))
+            predicted[(int(day_text), version)] = float(cost[np.arange(len(rows)), action[rows]].sum())
+        self.predicted_by_version = {}
+        for k, version, n in zip(counts["day"].astype(int), counts["policy_version"].astype(str), counts["n"].astype(int), strict=True):
+            self.predicted_by_version.setdefault(str(k), {})[version] = (int(n), predicted[(k, version)])
         outcomes = set(spec.model.outcomes)
-        value = None  # the realized cost of each decision, when the budget's formula reads outcomes only
+        observed: dict[int, float] = {}  # the realized cost of each mature day, when the budget's formula reads outcomes only
         if self.formula.variables <= outcomes:
             mature = training_table(store, as_of, since=start + timedelta(days=first - self.origin))[0].to_pandas()
-            mature = mature[mature["request_id"].isin(set(decided["request_id"]))].reset_index(drop=True)
+            mature = mature[pd.to_datetime(mature["decided_at"], utc=True) < pd.Timestamp(start + timedelta(days=today - self.origin))]
+            mature = mature.reset_index(drop=True)
             realized = np.asarray(formula_on(spec, self.formula, {c: mature[c].to_numpy(dtype=np.float64)[:, None] for c in outcomes},
                                              mature, lever_index=spec.action_space.indices(mature["action_id"].to_numpy())),
                                   dtype=np.float64).reshape(-1)
-            value = pd.Series(realized, index=mature["request_id"].to_numpy()).reindex(decided["request_id"].to_numpy()).fillna(0.0).to_numpy()
-        for k in np.unique(day).tolist():
-            on = day == k
-            self.record(k, int(on.sum()), float(predicted[on].sum()))
-            if value is not None and start + timedelta(days=k - self.origin + 1) + spec.horizon + spec.settle <= as_of:
-                self.observe(k, float(value[on].sum()))
-        return decided[day == day.max()].head(RECENT_CONTEXTS).drop(columns=["t"]).reset_index(drop=True)
+            mature_day = self.origin + (pd.to_datetime(mature["decided_at"], utc=True) - pd.Timestamp(start)) // pd.Timedelta(days=1)
+            by_day = pd.Series(realized).groupby(mature_day.to_numpy()).sum()
+            observed = dict(zip(by_day.index.astype(int).tolist(), by_day.to_numpy(dtype=np.float64).tolist(), strict=True))
+        for k in sorted(counts["day"].astype(int).unique().tolist()):
+            self.record(k, int(counts.loc[counts["day"] == k, "n"].sum()), sum(x for (d, _), x in predicted.items() if d == k))
+            if self.formula.variables <= outcomes and start + timedelta(days=k - self.origin + 1) + spec.horizon + spec.settle <= as_of:
+                self.observe(k, observed.get(k, 0.0))
+        return decided[decided["day"] == last].head(RECENT_CONTEXTS).drop(columns=["day"]).reset_index(drop=True)
 
     # ------------------------------------------------------------------ the price
     def paced(self, policy: Policy, contexts: pd.DataFrame, target: float, components: Mapping[str, np.ndarray] | None = None) -> Policy:

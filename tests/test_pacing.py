@@ -3,6 +3,7 @@ population shifts mid-period (and not without pacing: the negative control)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from datetime import timedelta
 from typing import NamedTuple
@@ -53,6 +54,9 @@ def test_the_pacer_target_is_the_budget_plus_the_shortfall_spread_over_the_remai
         pacer.observe(30, 1.0)
 
 
+LOOP_USERS = 2000  # the paced loops' users a day
+
+
 def _trainer(trees: int):  # type: ignore[no-untyped-def]
     return lambda table, product: OutcomeModel(n_folds=0, n_estimators=trees, num_threads=1, seed=0).fit(table, product)
 
@@ -78,7 +82,7 @@ def _run(pacing: bool) -> Run:
     # from day 13 every user has three times the cart adds: more users buy, so the plan's price overspends
     twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
     store, registry, _ = _first_champion(paced_spec(), twin, 60)
-    days = run_twin_loop(twin, store, registry, days=range(9, 23), users=2000, adapt_steps=False, monitor=False, trainer=_trainer(60),
+    days = run_twin_loop(twin, store, registry, days=range(9, 23), users=LOOP_USERS, adapt_steps=False, monitor=False, trainer=_trainer(60),
                          truth_sample=2000, pacing=pacing)
     return Run(days, store, registry, twin)
 
@@ -109,6 +113,38 @@ def test_the_ledger_rebuilt_from_the_store_prices_every_day_as_the_loop_did(loop
     prices = [p for p, _ in compared]
     assert max(prices) > 1.5 * min(prices) > 0  # the prices moved with the shift: the comparison is not of constants
     assert compared[-1][1] >= 4  # the ledgers matched with observed days too (7-day horizon + 1 day to settle)
+
+
+def test_daily_steps_reuse_the_ledger_they_recorded_and_price_as_the_loop_did(loops: dict[bool, Run],
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step records its ledger with its price; the next step predicts only the decisions served since
+    (a store only adds decisions), and still prices each day as the loop's in-memory ledger did."""
+    run = loops[True]
+    registry = copy.copy(run.registry)
+    registry._history = list(run.registry._history)  # the module's registry stays without price events
+    champion = registry.alias("champion")
+    assert champion is not None
+    predicted: list[int] = []
+    cost = SpendPacer.cost
+
+    def counting(self: SpendPacer, policy, contexts, components=None):  # type: ignore[no-untyped-def]
+        if components is None:  # a prediction, not a cost of components at hand
+            predicted.append(len(contexts))
+        return cost(self, policy, contexts, components)
+
+    monkeypatch.setattr(SpendPacer, "cost", counting)
+    rows = []
+    for day in run.days[1:]:
+        predicted.clear()
+        event = pace(run.store, registry, run.twin.start + timedelta(days=day.day))
+        assert event is not None and day.price is not None
+        assert event.details["prices"][champion] == pytest.approx(day.price, rel=1e-6, abs=1e-9), day.day
+        rows.append(sum(predicted))
+    assert rows == [LOOP_USERS] * len(rows)  # every served day's decisions predicted once over all the steps, not once per step
+    # the negative control: without the recorded ledgers every step predicts the whole ledger again
+    predicted.clear()
+    prices_for(run.store, run.registry, run.twin.start + timedelta(days=run.days[-1].day))
+    assert sum(predicted) == LOOP_USERS * (len(run.days) - 1)
 
 
 def test_a_step_records_the_days_price_once_in_the_registry(loops: dict[bool, Run]) -> None:

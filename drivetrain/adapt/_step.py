@@ -509,7 +509,10 @@ def prices_for(store: Store, registry: Registry, as_of: datetime) -> dict[str, A
     (:meth:`SpendPacer.fill_from_store`; periods of ``adaptation.pacing_period`` days from the UTC day of
     the registry's first promotion), the target per unit for the day, and the price at which the champion,
     and a challenger in shadow or canary, each meet it on the last served day's contexts. None when
-    nothing is paced (no pacing period or budget, no champion yet, no decision since the first promotion)."""
+    nothing is paced (no pacing period or budget, no champion yet, no decision since the first promotion).
+    The details carry the ledger's predicted cost per day and version (``ledger``): the next step reuses it
+    for every day and registered version whose count of decisions is unchanged, so that a daily step
+    predicts the day served since rather than two periods of decisions."""
     spec = store.spec
     period = spec.model.adaptation.pacing_period
     as_of = as_utc(as_of, name="as_of")
@@ -527,7 +530,11 @@ def prices_for(store: Store, registry: Registry, as_of: datetime) -> dict[str, A
             loaded[version] = registry.load(version if version in known else champion)
         return loaded[version]
 
-    recent = pacer.fill_from_store(store, as_of, start=start, policy_of=policy_of)
+    # the last recorded ledger: its per-day predicted costs of registered versions (immutable models) are reused
+    registered = {r.version for r in registry.versions()}
+    earlier = next((e.details.get("ledger") for e in reversed(registry.history()) if e.kind == "price" and e.details.get("ledger")), None)
+    known = {day: {v: entry for v, entry in by_version.items() if v in registered} for day, by_version in (earlier or {}).items()}
+    recent = pacer.fill_from_store(store, as_of, start=start, policy_of=policy_of, known=known)
     if recent.empty:
         return None
     today = int((as_of - start) // timedelta(days=1))
@@ -541,7 +548,8 @@ def prices_for(store: Store, registry: Registry, as_of: datetime) -> dict[str, A
     return {"as_of": as_of.isoformat(), "budget": budget, "prices": prices, "target": target, "limit": pacer.limit,
             "ratio": pacer.ratio(), "day": today, "period_start": (start + timedelta(days=period_start)).isoformat(),
             "units_so_far": sum(d.units for k, d in pacer.days.items() if k >= period_start),
-            "observed_days": sum(1 for d in pacer.days.values() if d.observed is not None)}
+            "observed_days": sum(1 for d in pacer.days.values() if d.observed is not None),
+            "ledger": {day: {v: list(entry) for v, entry in by_version.items()} for day, by_version in pacer.predicted_by_version.items()}}
 
 
 def _step(store: Store, registry: Registry, as_of: datetime, *, trainer: Trainer, who: str, population_size: int,
