@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ope_accuracy.py
 	$(BIN)/python bench/policy_value.py
 	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/pacing.py
 	$(BIN)/python bench/throughput.py
 
 # The twin's postcode is a personal field: runs on generated data take a fresh key of the personal-data
