@@ -143,29 +143,26 @@ class SpendPacer:
         counts = store.query(f"SELECT {day_of} AS day, policy_version, COUNT(*) AS n FROM decisions WHERE {window} GROUP BY 1, 2")
         if counts.empty:
             return pd.DataFrame()
-        predicted: dict[tuple[int, str], float] = {}
-        for k, version, n in zip(counts["day"].astype(int), counts["policy_version"].astype(str), counts["n"].astype(int), strict=True):
+        groups = {(int(k), str(v)): int(n) for k, v, n in zip(counts["day"], counts["policy_version"], counts["n"], strict=True)}
+        predicted: dict[tuple[int, str], float] = {}  # the predicted cost (a sum) of each day's decisions by each version
+        for (k, version), n in groups.items():
             entry = (known or {}).get(str(k), {}).get(version)
             if entry is not None and int(entry[0]) == n:
                 predicted[(k, version)] = float(entry[1])
-        last = int(counts["day"].max())
-        fetch = sorted({int(k) for k, v in zip(counts["day"], counts["policy_version"], strict=True) if (int(k), str(v)) not in predicted}
-                       | {last})
+        last = max(k for k, _ in groups)
+        fetch = sorted({k for k, v in groups if (k, v) not in predicted} | {last})
         features = ", ".join(f'"{c}"' for c in spec.features)
         decided = store.query(
             f"SELECT request_id, unit_id, policy_version, action_id, {day_of} AS day, {features} FROM decisions "
             f"WHERE {window} AND {day_of} IN ({', '.join(map(str, fetch))}) ORDER BY decided_at, request_id")
         action = spec.action_space.indices(decided["action_id"].to_numpy())
-        keys = decided["day"].astype(str) + "|" + decided["policy_version"].astype(str)
-        for key, rows in keys.groupby(keys.to_numpy(), sort=False).indices.items():
-            day_text, version = str(key).split("|", 1)
-            if (int(day_text), version) in predicted:
-                continue
-            cost = self.cost(policy_of(version), decided.iloc[rows].reset_index(drop=True))
-            predicted[(int(day_text), version)] = float(cost[np.arange(len(rows)), action[rows]].sum())
+        for (k, version), rows in decided.groupby(["day", "policy_version"], sort=False).indices.items():  # type: ignore[misc]
+            if (int(k), str(version)) not in predicted:
+                cost = self.cost(policy_of(str(version)), decided.iloc[rows].reset_index(drop=True))
+                predicted[(int(k), str(version))] = float(cost[np.arange(len(rows)), action[rows]].sum())
         self.predicted_by_version = {}
-        for k, version, n in zip(counts["day"].astype(int), counts["policy_version"].astype(str), counts["n"].astype(int), strict=True):
-            self.predicted_by_version.setdefault(str(k), {})[version] = (int(n), predicted[(k, version)])
+        for (k, version), n in groups.items():
+            self.predicted_by_version.setdefault(str(k), {})[version] = (n, predicted[(k, version)])
         outcomes = set(spec.model.outcomes)
         observed: dict[int, float] = {}  # the realized cost of each mature day, when the budget's formula reads outcomes only
         if self.formula.variables <= outcomes:
@@ -178,8 +175,8 @@ class SpendPacer:
             mature_day = self.origin + (pd.to_datetime(mature["decided_at"], utc=True) - pd.Timestamp(start)) // pd.Timedelta(days=1)
             by_day = pd.Series(realized).groupby(mature_day.to_numpy()).sum()
             observed = dict(zip(by_day.index.astype(int).tolist(), by_day.to_numpy(dtype=np.float64).tolist(), strict=True))
-        for k in sorted(counts["day"].astype(int).unique().tolist()):
-            self.record(k, int(counts.loc[counts["day"] == k, "n"].sum()), sum(x for (d, _), x in predicted.items() if d == k))
+        for k in sorted({k for k, _ in groups}):
+            self.record(k, sum(n for (d, _), n in groups.items() if d == k), sum(x for (d, _), x in predicted.items() if d == k))
             if self.formula.variables <= outcomes and start + timedelta(days=k - self.origin + 1) + spec.horizon + spec.settle <= as_of:
                 self.observe(k, observed.get(k, 0.0))
         return decided[decided["day"] == last].head(RECENT_CONTEXTS).drop(columns=["day"]).reset_index(drop=True)

@@ -120,8 +120,7 @@ def test_daily_steps_reuse_the_ledger_they_recorded_and_price_as_the_loop_did(lo
     """Each step records its ledger with its price; the next step predicts only the decisions served since
     (a store only adds decisions), and still prices each day as the loop's in-memory ledger did."""
     run = loops[True]
-    registry = copy.copy(run.registry)
-    registry._history = list(run.registry._history)  # the module's registry stays without price events
+    registry = copy.deepcopy(run.registry)  # the module's registry stays without price events
     champion = registry.alias("champion")
     assert champion is not None
     predicted: list[int] = []

@@ -523,15 +523,14 @@ def prices_for(store: Store, registry: Registry, as_of: datetime) -> dict[str, A
     start = first.at.replace(hour=0, minute=0, second=0, microsecond=0)
     pacer = SpendPacer(spec, period_days=max(1, round(period / timedelta(days=1))))
     loaded: dict[str, Policy] = {}
+    registered = {r.version for r in registry.versions()}
 
     def policy_of(version: str) -> Policy:  # a decision of a version the registry does not hold: the champion's model
         if version not in loaded:
-            known = {r.version for r in registry.versions()}
-            loaded[version] = registry.load(version if version in known else champion)
+            loaded[version] = registry.load(version if version in registered else champion)
         return loaded[version]
 
     # the last recorded ledger: its per-day predicted costs of registered versions (immutable models) are reused
-    registered = {r.version for r in registry.versions()}
     earlier = next((e.details.get("ledger") for e in reversed(registry.history()) if e.kind == "price" and e.details.get("ledger")), None)
     known = {day: {v: entry for v, entry in by_version.items() if v in registered} for day, by_version in (earlier or {}).items()}
     recent = pacer.fill_from_store(store, as_of, start=start, policy_of=policy_of, known=known)
