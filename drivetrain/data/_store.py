@@ -96,6 +96,27 @@ class Store(Protocol):
         ...
 
 
+#: The environment variable that sets how many threads a store's DuckDB database runs a query on.
+THREADS_ENV = "DRIVETRAIN_DUCKDB_THREADS"
+
+
+def duckdb_threads() -> int:
+    """The threads a store's queries run on: ``$DRIVETRAIN_DUCKDB_THREADS`` when set, else the machine's
+    cores up to 4. Set it to 1 where several processes share the cores (a parallel test run, workers of a
+    service): on a store of days rather than years a query's threads wait on each other more than they help
+    (docs/decisions.md)."""
+    raw = os.environ.get(THREADS_ENV)
+    if raw is None or raw.strip() == "":
+        return max(1, min(4, os.cpu_count() or 1))
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise StoreError(f"${THREADS_ENV} must be a whole number of threads, at least 1, got {raw!r}")
+    return threads
+
+
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     """The whole result of ``sql`` as an Arrow table (the method's name differs across DuckDB releases)."""
     relation = con.sql(sql)
@@ -146,7 +167,7 @@ class _SqlStore:
         with _DATABASES:
             opened = getattr(self, "_duckdb", None)
             if opened is None or opened[0] != os.getpid():
-                opened = (os.getpid(), duckdb.connect(config={"threads": max(1, min(4, os.cpu_count() or 1))}))
+                opened = (os.getpid(), duckdb.connect(config={"threads": duckdb_threads()}))
                 self._duckdb = opened
             con = opened[1].cursor()
         try:

@@ -14,7 +14,7 @@ from tests.conftest import run_bench
 
 def test_quick_benchmark_runs_and_prints_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    stdout = run_bench("throughput.py", "--quick", "--threads", "1", "--json", str(out))
+    stdout = run_bench("throughput.py", "--quick", "--threads", "1", "--json", str(out), fresh=True)  # its pool spawns
     for figure in ("fit     3,000 logged: drivetrain", "plain LightGBM, one model", "2,000 contexts x 11 actions: decide",
                    "compiled batch vs Booster.predict", "checks: ok"):
         assert figure in stdout, stdout

@@ -172,3 +172,23 @@ def test_the_first_personal_key_fingerprint_is_kept(store: Store) -> None:
         again = ParquetStore(store.root, store.spec)
         assert again.claim_key("fingerprint-c") == "fingerprint-a"
         assert "fingerprint-a" in (store.root / "personal-key.json").read_text()
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "two", "1.5"])
+def test_a_thread_count_that_is_not_a_positive_whole_number_is_a_named_error(spec: Spec, threads: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from drivetrain.data import MemoryStore
+
+    monkeypatch.setenv("DRIVETRAIN_DUCKDB_THREADS", threads)
+    with pytest.raises(StoreError, match=rf"DRIVETRAIN_DUCKDB_THREADS must be a whole number of threads, at least 1, got '{threads}'"):
+        MemoryStore(spec).count("decisions")
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_a_store_runs_its_queries_on_the_threads_the_environment_sets(spec: Spec, threads: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from drivetrain.data import MemoryStore
+
+    monkeypatch.setenv("DRIVETRAIN_DUCKDB_THREADS", threads)
+    got = MemoryStore(spec).arrow("SELECT current_setting('threads') AS t").column("t")[0].as_py()
+    assert int(got) == int(threads)
