@@ -55,8 +55,8 @@ class _Rows:
         if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
             # judged once per distinct value (a context column holds few): the text of each, then by its code
             codes, distinct = pd.factorize(col)
-            text_null = pd.Index(distinct).astype(str).str.strip().str.lower().isin(NULL_TEXT)
-            null = null | ((codes >= 0) & np.append(text_null, False)[codes])
+            text_null = np.array([str(v).strip().lower() in NULL_TEXT for v in distinct] + [False], dtype=bool)
+            null = null | ((codes >= 0) & text_null[codes])
         return null
 
     def fail(self, mask: np.ndarray, template: str, raw: pd.Series | Callable[[np.ndarray], list[Any]] | None = None) -> None:
@@ -95,7 +95,7 @@ class _Rows:
             return col.astype(str).str.strip().astype(object).where(~null, None)
         # text alone (where equal values print alike): stripped once per distinct value
         codes, distinct = pd.factorize(col)
-        stripped = np.append(pd.Index(distinct).astype(str).str.strip().to_numpy(dtype=object), [None])[codes]
+        stripped = np.array([str(v).strip() for v in distinct] + [None], dtype=object)[codes]
         return pd.Series(stripped, index=col.index, dtype=object, name=col.name).where(~null, None)
 
     def timestamp(self, name: str, *, required: bool, default: datetime | None = None) -> pd.Series:
@@ -120,6 +120,8 @@ class _Rows:
         if col.dtype == bool:
             parsed = pd.Series(np.full(self.n, np.nan), index=col.index)
             self.fail(~null, f"`{name}` must be a number, got {{got}}", col)
+        elif isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf":  # numbers already: nothing to parse
+            parsed = col.astype(np.float64)
         else:
             # a true/false among numbers is refused; a column of numbers or of text alone has none to look for
             mixed = col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) not in _WITHOUT_BOOLEANS

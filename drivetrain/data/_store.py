@@ -56,7 +56,8 @@ _MARKER = "drivetrain-store.json"
 _KEY_FILE = "personal-key.json"  # the fingerprint of the personal-data key, never the key
 _FORMAT = 1
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
-_DATABASES = threading.Lock()  # guards each store's creation of its database and of a connection to it
+_DATABASES = threading.Lock()  # guards the creation of a database and of a connection to it
+_OPENED: dict[int, tuple[int, duckdb.DuckDBPyConnection]] = {}  # by thread count: the opening process, its database
 
 
 def _named_tables(sql: str) -> list[str]:
@@ -160,15 +161,16 @@ class _SqlStore:
 
     @contextlib.contextmanager
     def _connection(self, sql: str) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection of its own (one thread's, closed after use) to the store's in-memory DuckDB database,
-        where the tables ``sql`` names are temporary views over the store's rows as they are now. The
-        database is opened once per process (opening one costs about 15 ms, a connection to it half a
-        millisecond); a forked child opens its own."""
+        """A connection of its own (one thread's, closed after use) to the process's in-memory DuckDB
+        database, where the tables ``sql`` names are temporary views over the store's rows as they are now
+        (a view belongs to its connection: stores and threads never see each other's). The database is opened
+        once per process and thread count, whatever the number of stores (opening one costs about 20 ms, a
+        connection to it a fraction of a millisecond); a forked child opens its own."""
+        threads = duckdb_threads()
         with _DATABASES:
-            opened = getattr(self, "_duckdb", None)
+            opened = _OPENED.get(threads)
             if opened is None or opened[0] != os.getpid():
-                opened = (os.getpid(), duckdb.connect(config={"threads": duckdb_threads()}))
-                self._duckdb = opened
+                opened = _OPENED[threads] = (os.getpid(), duckdb.connect(config={"threads": threads}))
             con = opened[1].cursor()
         try:
             con.execute("SET TimeZone = 'UTC'")

@@ -277,32 +277,68 @@ class LeafMasks:
 MAX_CATEGORY = 1024
 
 
+@numba.njit(cache=True)
+def _low_bits(n: int) -> np.uint64:
+    """The mask of bits 0 .. n - 1 (n <= 64)."""
+    return np.uint64(0xFFFFFFFFFFFFFFFF) if n >= 64 else (np.uint64(1) << np.uint64(n)) - np.uint64(1)
+
+
+@numba.njit(cache=True)
+def _number_leaves(root: np.ndarray, left: np.ndarray, right: np.ndarray, n_leaves: int) -> tuple:  # type: ignore[type-arg]
+    """Each tree's leaves numbered left to right (a tree's subtree, then the next): for each node its tree
+    and the mask of every leaf of its tree but those of its left subtree, each tree's first leaf in
+    ``order``, and ``order`` (the leaves, tree by tree, left to right); ``ok`` False when a tree has more
+    than 64 leaves."""
+    n_nodes = left.shape[0]
+    node_tree = np.zeros(n_nodes, dtype=np.int64)
+    node_mask = np.zeros(n_nodes, dtype=np.uint64)
+    left_first = np.zeros(n_nodes, dtype=np.int64)
+    leaf_start = np.zeros(root.shape[0], dtype=np.int64)
+    order = np.zeros(n_leaves, dtype=np.int64)
+    stack = np.zeros(2 * n_nodes + 2, dtype=np.int64)  # node * 2 + done, node >= -n_leaves
+    count = 0
+    for t in range(root.shape[0]):
+        leaf_start[t] = first = count
+        top = 0
+        stack[top] = (root[t] + n_leaves) * 2
+        top += 1
+        while top > 0:  # in order: a node's left subtree, then its right subtree
+            top -= 1
+            node, done = stack[top] // 2 - n_leaves, stack[top] % 2
+            if node < 0:
+                order[count] = -node - 1
+                count += 1
+                if count - first > 64:
+                    return False, node_tree, node_mask, leaf_start, order
+            elif done == 0:
+                left_first[node] = count - first
+                stack[top] = (right[node] + n_leaves) * 2
+                stack[top + 1] = (node + n_leaves) * 2 + 1
+                stack[top + 2] = (left[node] + n_leaves) * 2
+                top += 3
+            else:  # the left subtree's leaves are numbered left_first .. count - first - 1
+                node_tree[node] = t
+                node_mask[node] = ~(_low_bits(count - first) ^ _low_bits(left_first[node]))
+    return True, node_tree, node_mask, leaf_start, order[:count]
+
+
+def _in_order(root: np.ndarray, left: np.ndarray, right: np.ndarray, n_leaves: int) -> tuple[np.ndarray, ...] | None:
+    """(node_tree, node_mask, leaf_start, order) of :func:`_number_leaves`; None past 64 leaves a tree."""
+    ok, *numbered = _number_leaves(np.ascontiguousarray(root, dtype=np.int64), np.ascontiguousarray(left, dtype=np.int64),
+                                   np.ascontiguousarray(right, dtype=np.int64), int(n_leaves))
+    return tuple(numbered) if ok else None
+
+
 def _leaf_masks(n_context: int, k: int, start_mask: np.ndarray, root: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
                 decision: np.ndarray, left: np.ndarray, right: np.ndarray, cat_start: np.ndarray, cat_len: np.ndarray,
                 cat_bits: np.ndarray, row_left: np.ndarray, leaf_value: np.ndarray) -> LeafMasks | None:
     """:class:`LeafMasks` of a built forest; ``None`` when a tree has more than 64 leaves (one word a tree)."""
     n_trees = root.shape[0]
     full = (1 << 64) - 1
-    node_tree = np.zeros(feature.shape[0], dtype=np.int64)
-    node_mask = np.zeros(feature.shape[0], dtype=np.uint64)
-    left_first = np.zeros(feature.shape[0], dtype=np.int64)
-    leaf_start = np.zeros(n_trees, dtype=np.int64)
-    order: list[int] = []
-    for t in range(n_trees):
-        leaf_start[t] = first = len(order)
-        stack = [(int(root[t]), False)]
-        while stack:  # in order: a node's left subtree, then its right subtree
-            node, done = stack.pop()
-            if node < 0:
-                order.append(-node - 1)
-                if len(order) - first > 64:
-                    return None
-            elif not done:
-                left_first[node] = len(order) - first
-                stack.extend([(int(right[node]), False), (node, True), (int(left[node]), False)])
-            else:  # the left subtree's leaves are numbered left_first .. len(order) - first - 1
-                node_tree[node] = t
-                node_mask[node] = full ^ ((1 << (len(order) - first)) - (1 << int(left_first[node])))
+    numbered = _in_order(root, left, right, leaf_value.shape[0])
+    if numbered is None:
+        return None
+    node_tree, node_mask, leaf_start, order = numbered
     lever = feature >= n_context
     tree_init = np.full((n_trees, k), full, dtype=np.uint64)
     goes_right = ((row_left[lever, None] >> np.arange(k, dtype=np.uint64)) & np.uint64(1)) == 0  # (lever nodes, K)
@@ -474,54 +510,62 @@ class ForestBuilder:
 
     def build(self) -> Forest:
         i64 = np.int64
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("feature", "threshold", "decision", "left", "right",
-                                                               "cat_start", "cat_len", "cat_bits", "leaf_value")}
-        start_mask, slot, root = [], [], []
-        n_nodes = n_leaves_total = n_bits = 0
-        for mask, s, tree in self._trees:
-            n_leaves = int(tree["num_leaves"])
-            node0, leaf0 = n_nodes, n_leaves_total
-            leaf = _numbers(tree["leaf_value"], np.float64)
-            parts["leaf_value"].append(leaf)
-            n_leaves_total += leaf.size
-            start_mask.append(mask)
-            slot.append(s)
-            if n_leaves == 1:
-                root.append(-leaf0 - 1)
-                continue
-            root.append(node0)
-            feature = _numbers(tree["split_feature"], i64)
-            threshold = _numbers(tree["threshold"], np.float64)
-            decision = _numbers(tree["decision_type"], i64)
-            n_nodes += feature.size
-            categorical = (decision & _CATEGORICAL) != 0
-            cat_start = np.zeros(feature.size, dtype=i64)
-            cat_len = np.zeros(feature.size, dtype=i64)
-            if categorical.any():
-                bounds = _numbers(tree["cat_boundaries"], i64)
-                bits = _numbers(tree["cat_threshold"], i64).astype(np.uint32)
-                which = threshold[categorical].astype(i64)
-                cat_start[categorical] = n_bits + bounds[which]
-                cat_len[categorical] = bounds[which + 1] - bounds[which]
-                parts["cat_bits"].append(bits)
-                n_bits += bits.size
-            for key, value in (("feature", feature), ("threshold", threshold), ("decision", decision),
-                               ("cat_start", cat_start), ("cat_len", cat_len),
-                               ("left", _children(_numbers(tree["left_child"], i64), node0, leaf0)),
-                               ("right", _children(_numbers(tree["right_child"], i64), node0, leaf0))):
-                parts[key].append(value)
-        dtypes = {"threshold": np.float64, "leaf_value": np.float64, "cat_bits": np.uint32}
-        arrays = {k: np.concatenate(v).astype(dtypes.get(k, i64)) if v else np.zeros(0, dtype=dtypes.get(k, i64))
-                  for k, v in parts.items()}
+        trees = [tree for _, _, tree in self._trees]
+        start = np.array([m for m, _, _ in self._trees], dtype=np.uint64)
+        slots = np.array([s for _, s, _ in self._trees], dtype=i64)
+        # each field of every tree parsed at once (one tree's arrays are short: parsing them one by one costs
+        # more in calls than in numbers), then cut back into trees by their sizes
+        n_leaves = np.array([int(t["num_leaves"]) for t in trees], dtype=i64)
+        split = [t for t in trees if int(t["num_leaves"]) > 1]
+        leaf_value = _numbers(" ".join(t["leaf_value"] for t in trees), np.float64)
+        if leaf_value.size != n_leaves.sum():
+            raise ArtifactError(f"a compiled model's trees must have num_leaves leaf values, got {leaf_value.size} for {int(n_leaves.sum())}")
+        leaf0 = np.cumsum(n_leaves) - n_leaves  # each tree's first leaf, and first node
+        node0 = np.cumsum(np.maximum(n_leaves - 1, 0)) - np.maximum(n_leaves - 1, 0)
+        roots = np.where(n_leaves > 1, node0, -leaf0 - 1).astype(i64)
+        fields = {key: _numbers(" ".join(t[key] for t in split), dtype) for key, dtype in (
+            ("split_feature", i64), ("threshold", np.float64), ("decision_type", i64), ("left_child", i64), ("right_child", i64))}
+        nodes = n_leaves[n_leaves > 1] - 1
+        if any(v.size != nodes.sum() for v in fields.values()):
+            raise ArtifactError(f"a compiled model's trees must have num_leaves - 1 nodes, got {[v.size for v in fields.values()]}"
+                                f" for {int(nodes.sum())}")
+        feature, threshold, decision = fields["split_feature"], fields["threshold"], fields["decision_type"]
+        node_base, leaf_base = np.repeat(node0[n_leaves > 1], nodes), np.repeat(leaf0[n_leaves > 1], nodes)
+        left, right = (np.where(child >= 0, node_base + child, -(leaf_base + (-child - 1)) - 1).astype(i64)
+                       for child in (fields["left_child"], fields["right_child"]))
+        cat_start = np.zeros(feature.size, dtype=i64)
+        cat_len = np.zeros(feature.size, dtype=i64)
+        bits = np.zeros(0, dtype=np.uint32)
+        categorical = (decision & _CATEGORICAL) != 0
+        if categorical.any():  # a node's categories: its tree's boundaries into its tree's words
+            tree_of_node = np.repeat(np.arange(len(split)), nodes)
+            has = np.unique(tree_of_node[categorical])
+            with_categories = [split[i] for i in has]
+            counts = np.array([len(t["cat_boundaries"].split()) for t in with_categories], dtype=i64)
+            bounds = _numbers(" ".join(t["cat_boundaries"] for t in with_categories), i64)
+            first_bound = np.cumsum(counts) - counts
+            words = bounds[first_bound + counts - 1]  # a tree's last boundary: its number of words
+            bits = _numbers(" ".join(t["cat_threshold"] for t in with_categories), i64).astype(np.uint32)
+            if bits.size != words.sum():
+                raise ArtifactError(f"a compiled model's categorical splits must have the words their boundaries say, got {bits.size}"
+                                    f" for {int(words.sum())}")
+            at = np.searchsorted(has, tree_of_node[categorical])
+            which = first_bound[at] + threshold[categorical].astype(i64)
+            cat_start[categorical] = (np.cumsum(words) - words)[at] + bounds[which]
+            cat_len[categorical] = bounds[which + 1] - bounds[which]
+        arrays = {"feature": feature, "threshold": threshold.astype(np.float64), "decision": decision, "left": left, "right": right,
+                  "cat_start": cat_start, "cat_len": cat_len,
+                  "cat_bits": bits,
+                  "leaf_value": leaf_value}
+        start_mask, slot = start, slots
         row_left = _row_masks(self.rows, self.n_context, arrays["feature"], arrays["threshold"], arrays["decision"],
                               arrays["cat_start"], arrays["cat_len"], arrays["cat_bits"])
-        start, roots = np.array(start_mask, dtype=np.uint64), np.array(root, dtype=i64)
         masks = _leaf_masks(self.n_context, self.rows.shape[0], start, roots, arrays["feature"], arrays["threshold"], arrays["decision"],
                             arrays["left"], arrays["right"], arrays["cat_start"], arrays["cat_len"], arrays["cat_bits"],
                             row_left, arrays["leaf_value"])
         return Forest(
             n_slots=self._n_slots, n_context=self.n_context, rows=self.rows,
-            start_mask=start, slot=np.array(slot, dtype=i64), root=roots, row_left=row_left, leaf_masks=masks, **arrays,
+            start_mask=start_mask, slot=slot, root=roots, row_left=row_left, leaf_masks=masks, **arrays,
         )
 
 
@@ -530,11 +574,6 @@ def _numbers(text: str, dtype: type) -> np.ndarray:
     if dtype is np.float64:
         return np.array([float(v) for v in text.split()], dtype=np.float64)
     return np.array([int(v) for v in text.split()], dtype=np.int64)
-
-
-def _children(child: np.ndarray, node0: int, leaf0: int) -> np.ndarray:
-    """A tree's child indices in the forest: nodes offset by ``node0``, leaves (``-leaf - 1``) by ``leaf0``."""
-    return np.where(child >= 0, node0 + child, -(leaf0 + (-child - 1)) - 1)
 
 
 #: The fields of a tree the forest reads; the others (gains, counts, weights) are not parsed.
