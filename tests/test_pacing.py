@@ -78,10 +78,10 @@ class Run(NamedTuple):
     twin: NBOOTwin
 
 
-def _run(pacing: bool) -> Run:
+def _run(pacing: bool, start: tuple[MemoryStore, MemoryRegistry, str] | None = None) -> Run:
     # from day 13 every user has three times the cart adds: more users buy, so the plan's price overspends
     twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
-    store, registry, _ = _first_champion(paced_spec(), twin, 60)
+    store, registry, _ = copy.deepcopy(start) if start is not None else _first_champion(paced_spec(), twin, 60)
     days = run_twin_loop(twin, store, registry, days=range(9, 23), users=LOOP_USERS, adapt_steps=False, monitor=False, trainer=_trainer(60),
                          truth_sample=2000, pacing=pacing)
     return Run(days, store, registry, twin)
@@ -89,7 +89,10 @@ def _run(pacing: bool) -> Run:
 
 @pytest.fixture(scope="module")
 def loops() -> dict[bool, Run]:
-    return {pacing: _run(pacing) for pacing in (False, True)}
+    """Both loops from one first champion (the same log and fit: built once, each loop runs on a copy)."""
+    twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
+    start = _first_champion(paced_spec(), twin, 60)
+    return {pacing: _run(pacing, start) for pacing in (False, True)}
 
 
 @pytest.fixture(scope="module")
