@@ -179,7 +179,7 @@ def run_bench(script: str, *args: str, fresh: bool = False) -> str:
     non-zero exit.
 
     It runs in this process (``runpy``, as ``__main__``, from the repository's root) rather than a fresh
-    interpreter, which would spend about 2 s of CPU importing what this one has imported; ``fresh`` runs it
+    interpreter, which would spend about 1.7 s of CPU importing what this one has imported; ``fresh`` runs it
     as a subprocess, for a script whose workers import its ``__main__`` (a spawned pool)."""
     import runpy
     import subprocess

@@ -78,10 +78,15 @@ class Run(NamedTuple):
     twin: NBOOTwin
 
 
-def _run(pacing: bool, start: tuple[MemoryStore, MemoryRegistry, str] | None = None) -> Run:
+def _shifting_twin() -> NBOOTwin:
     # from day 13 every user has three times the cart adds: more users buy, so the plan's price overspends
-    twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
-    store, registry, _ = copy.deepcopy(start) if start is not None else _first_champion(paced_spec(), twin, 60)
+    return NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
+
+
+def _run(pacing: bool, start: tuple[MemoryStore, MemoryRegistry, str]) -> Run:
+    """The loop from a copy of ``start`` (the first champion's store and registry), paced or not."""
+    twin = _shifting_twin()
+    store, registry, _ = copy.deepcopy(start)
     days = run_twin_loop(twin, store, registry, days=range(9, 23), users=LOOP_USERS, adapt_steps=False, monitor=False, trainer=_trainer(60),
                          truth_sample=2000, pacing=pacing)
     return Run(days, store, registry, twin)
@@ -90,8 +95,7 @@ def _run(pacing: bool, start: tuple[MemoryStore, MemoryRegistry, str] | None = N
 @pytest.fixture(scope="module")
 def loops() -> dict[bool, Run]:
     """Both loops from one first champion (the same log and fit: built once, each loop runs on a copy)."""
-    twin = NBOOTwin(horizon_days=7, seed=1, scenario=Scenario(shift_feature="cart_adds_30d", shift_factor=3.0, shift_day=13))
-    start = _first_champion(paced_spec(), twin, 60)
+    start = _first_champion(paced_spec(), _shifting_twin(), 60)
     return {pacing: _run(pacing, start) for pacing in (False, True)}
 
 

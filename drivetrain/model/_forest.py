@@ -295,7 +295,7 @@ def _number_leaves(root: np.ndarray, left: np.ndarray, right: np.ndarray, n_leav
     left_first = np.zeros(n_nodes, dtype=np.int64)
     leaf_start = np.zeros(root.shape[0], dtype=np.int64)
     order = np.zeros(n_leaves, dtype=np.int64)
-    stack = np.zeros(2 * n_nodes + 2, dtype=np.int64)  # node * 2 + done, node >= -n_leaves
+    stack = np.zeros(2 * n_nodes + 2, dtype=np.int64)  # (node + n_leaves) * 2 + done: a leaf's node is negative
     count = 0
     for t in range(root.shape[0]):
         leaf_start[t] = first = count
@@ -322,23 +322,15 @@ def _number_leaves(root: np.ndarray, left: np.ndarray, right: np.ndarray, n_leav
     return True, node_tree, node_mask, leaf_start, order[:count]
 
 
-def _in_order(root: np.ndarray, left: np.ndarray, right: np.ndarray, n_leaves: int) -> tuple[np.ndarray, ...] | None:
-    """(node_tree, node_mask, leaf_start, order) of :func:`_number_leaves`; None past 64 leaves a tree."""
-    ok, *numbered = _number_leaves(np.ascontiguousarray(root, dtype=np.int64), np.ascontiguousarray(left, dtype=np.int64),
-                                   np.ascontiguousarray(right, dtype=np.int64), int(n_leaves))
-    return tuple(numbered) if ok else None
-
-
 def _leaf_masks(n_context: int, k: int, start_mask: np.ndarray, root: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
                 decision: np.ndarray, left: np.ndarray, right: np.ndarray, cat_start: np.ndarray, cat_len: np.ndarray,
                 cat_bits: np.ndarray, row_left: np.ndarray, leaf_value: np.ndarray) -> LeafMasks | None:
     """:class:`LeafMasks` of a built forest; ``None`` when a tree has more than 64 leaves (one word a tree)."""
     n_trees = root.shape[0]
     full = (1 << 64) - 1
-    numbered = _in_order(root, left, right, leaf_value.shape[0])
-    if numbered is None:
+    ok, node_tree, node_mask, leaf_start, order = _number_leaves(root, left, right, leaf_value.shape[0])
+    if not ok:
         return None
-    node_tree, node_mask, leaf_start, order = numbered
     lever = feature >= n_context
     tree_init = np.full((n_trees, k), full, dtype=np.uint64)
     goes_right = ((row_left[lever, None] >> np.arange(k, dtype=np.uint64)) & np.uint64(1)) == 0  # (lever nodes, K)
@@ -516,21 +508,22 @@ class ForestBuilder:
         # each field of every tree parsed at once (one tree's arrays are short: parsing them one by one costs
         # more in calls than in numbers), then cut back into trees by their sizes
         n_leaves = np.array([int(t["num_leaves"]) for t in trees], dtype=i64)
-        split = [t for t in trees if int(t["num_leaves"]) > 1]
+        splits = n_leaves > 1  # a tree of one leaf has no node
+        split = [t for t, has_nodes in zip(trees, splits, strict=True) if has_nodes]
         leaf_value = _numbers(" ".join(t["leaf_value"] for t in trees), np.float64)
         if leaf_value.size != n_leaves.sum():
             raise ArtifactError(f"a compiled model's trees must have num_leaves leaf values, got {leaf_value.size} for {int(n_leaves.sum())}")
-        leaf0 = np.cumsum(n_leaves) - n_leaves  # each tree's first leaf, and first node
-        node0 = np.cumsum(np.maximum(n_leaves - 1, 0)) - np.maximum(n_leaves - 1, 0)
-        roots = np.where(n_leaves > 1, node0, -leaf0 - 1).astype(i64)
+        nodes_of = n_leaves - 1
+        leaf0, node0 = np.cumsum(n_leaves) - n_leaves, np.cumsum(nodes_of) - nodes_of  # each tree's first leaf and node
+        roots = np.where(splits, node0, -leaf0 - 1).astype(i64)
         fields = {key: _numbers(" ".join(t[key] for t in split), dtype) for key, dtype in (
             ("split_feature", i64), ("threshold", np.float64), ("decision_type", i64), ("left_child", i64), ("right_child", i64))}
-        nodes = n_leaves[n_leaves > 1] - 1
+        nodes = nodes_of[splits]
         if any(v.size != nodes.sum() for v in fields.values()):
             raise ArtifactError(f"a compiled model's trees must have num_leaves - 1 nodes, got {[v.size for v in fields.values()]}"
                                 f" for {int(nodes.sum())}")
         feature, threshold, decision = fields["split_feature"], fields["threshold"], fields["decision_type"]
-        node_base, leaf_base = np.repeat(node0[n_leaves > 1], nodes), np.repeat(leaf0[n_leaves > 1], nodes)
+        node_base, leaf_base = np.repeat(node0[splits], nodes), np.repeat(leaf0[splits], nodes)
         left, right = (np.where(child >= 0, node_base + child, -(leaf_base + (-child - 1)) - 1).astype(i64)
                        for child in (fields["left_child"], fields["right_child"]))
         cat_start = np.zeros(feature.size, dtype=i64)
@@ -553,11 +546,8 @@ class ForestBuilder:
             which = first_bound[at] + threshold[categorical].astype(i64)
             cat_start[categorical] = (np.cumsum(words) - words)[at] + bounds[which]
             cat_len[categorical] = bounds[which + 1] - bounds[which]
-        arrays = {"feature": feature, "threshold": threshold.astype(np.float64), "decision": decision, "left": left, "right": right,
-                  "cat_start": cat_start, "cat_len": cat_len,
-                  "cat_bits": bits,
-                  "leaf_value": leaf_value}
-        start_mask, slot = start, slots
+        arrays = {"feature": feature, "threshold": threshold, "decision": decision, "left": left, "right": right,
+                  "cat_start": cat_start, "cat_len": cat_len, "cat_bits": bits, "leaf_value": leaf_value}
         row_left = _row_masks(self.rows, self.n_context, arrays["feature"], arrays["threshold"], arrays["decision"],
                               arrays["cat_start"], arrays["cat_len"], arrays["cat_bits"])
         masks = _leaf_masks(self.n_context, self.rows.shape[0], start, roots, arrays["feature"], arrays["threshold"], arrays["decision"],
@@ -565,7 +555,7 @@ class ForestBuilder:
                             row_left, arrays["leaf_value"])
         return Forest(
             n_slots=self._n_slots, n_context=self.n_context, rows=self.rows,
-            start_mask=start_mask, slot=slot, root=roots, row_left=row_left, leaf_masks=masks, **arrays,
+            start_mask=start, slot=slots, root=roots, row_left=row_left, leaf_masks=masks, **arrays,
         )
 
 
