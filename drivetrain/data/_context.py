@@ -10,12 +10,15 @@ arrived, never the value.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from drivetrain.data._personal import PersonalKey, canonical_text, is_pseudonym, personal_key, pseudonymize, shown
 from drivetrain.spec import Spec
@@ -53,6 +56,11 @@ class _Rows:
         """Missing values, including the text forms that exports write for them ("", null, NaN)."""
         null = col.isna().to_numpy()
         if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
+            ragged = _ragged(col)
+            if ragged is not None:  # Arrow text: only the values that may be such a form are read in Python
+                null, judged = null.copy(), np.flatnonzero(ragged & ~null)
+                null[judged] = [str(v).strip().lower() in NULL_TEXT for v in col.iloc[judged]]
+                return null
             # judged once per distinct value (a context column holds few): the text of each, then by its code
             codes, distinct = pd.factorize(col)
             text_null = np.array([str(v).strip().lower() in NULL_TEXT for v in distinct] + [False], dtype=bool)
@@ -93,6 +101,12 @@ class _Rows:
             self.fail(null, f"`{name}` is required, got {{got}}", col)
         if not (pd.api.types.is_string_dtype(col.dtype) and pd.api.types.infer_dtype(col, skipna=True) == "string"):
             return col.astype(str).str.strip().astype(object).where(~null, None)
+        ragged = _ragged(col)
+        if ragged is not None:  # Arrow text: only the values that may have spaces at an end are stripped
+            values = col.to_numpy(dtype=object)
+            stripped_at = np.flatnonzero(ragged & ~null)
+            values[stripped_at] = [str(v).strip() for v in values[stripped_at]]
+            return pd.Series(values, index=col.index, dtype=object, name=col.name).where(~null, None)
         # text alone (where equal values print alike): stripped once per distinct value
         codes, distinct = pd.factorize(col)
         stripped = np.array([str(v).strip() for v in distinct] + [None], dtype=object)[codes]
@@ -159,6 +173,25 @@ class _Rows:
         return parsed
 
 
+#: Text that ``str.strip`` leaves as it is: at least two characters, the first and the last an ASCII letter or
+#: digit (no whitespace is one).
+_PLAIN = r"(?s)^[A-Za-z0-9].*[A-Za-z0-9]$"
+#: The words of :data:`NULL_TEXT` in any case (no character but an ASCII one lowercases to an ASCII letter).
+_NULL_WORD = "^(?i:" + "|".join(re.escape(word) for word in NULL_TEXT if word) + ")$"
+
+
+def _ragged(col: pd.Series) -> np.ndarray | None:
+    """For a column of Arrow text, which values are not plain text (:data:`_PLAIN`) or are a null word: only
+    those may strip to something else or read as null, and a column of identifiers, codes or category names
+    has none. ``None`` for a column of Python objects (judged value by value)."""
+    arrow = isinstance(col.dtype, pd.ArrowDtype) or (isinstance(col.dtype, pd.StringDtype) and col.dtype.storage != "python")
+    text = pa.array(col.array) if arrow else None
+    if text is None or not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        return None
+    plain = pc.and_not(pc.match_substring_regex(text, _PLAIN), pc.match_substring_regex(text, _NULL_WORD))
+    return ~plain.fill_null(False).to_numpy(zero_copy_only=False)
+
+
 def _got(raw: Any, personal: bool, key: PersonalKey | None) -> str:
     """What arrived, as a message quotes it (called only for a failure)."""
     return shown(raw, key) if personal else repr(_plain(raw))
@@ -171,7 +204,7 @@ def _allowed(name: str, values: list[str], personal: frozenset[str]) -> str:
 
 
 def _isnull(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT or value is pd.NA
 
 
 def _plain(value: Any) -> Any:
