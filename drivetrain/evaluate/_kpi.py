@@ -70,6 +70,15 @@ class _Keyed:
     def __init__(self, frame: pd.DataFrame) -> None:
         self.frame = frame
         self._codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._matrices: dict[tuple[str, ...], np.ndarray] = {}
+
+    def matrix(self, columns: list[str]) -> np.ndarray:
+        """The ``columns`` as one float64 array (rows x columns, column by column in memory), made once for every
+        slice level."""
+        key = tuple(columns)
+        if key not in self._matrices:
+            self._matrices[key] = np.asfortranarray(self.frame[columns].to_numpy(dtype=np.float64))  # a column a bincount
+        return self._matrices[key]
 
     def codes(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         if column not in self._codes:
@@ -87,7 +96,9 @@ def _rollup(keyed: _Keyed, keys: list[str], by: str, columns: list[str]) -> Iter
     codes, uniques = zip(*(keyed.codes(c) for c in (*keys, by)), strict=True)
     shape = tuple(len(u) for u in uniques)
     groups, inverse = np.unique(np.ravel_multi_index(codes, shape), return_inverse=True)
-    data = frame[columns].to_numpy(dtype=np.float64)
+    # each column summed row after row (a bincount): the rows that add zero (immature decisions) leave the sums
+    # exactly as they were, which a pairwise sum would not
+    data = keyed.matrix(columns)
     values = np.column_stack([np.bincount(inverse, weights=data[:, j], minlength=len(groups)) for j in range(len(columns))])
     levels = np.unravel_index(groups, shape)
     by_values = uniques[-1][levels[-1]]
