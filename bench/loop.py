@@ -53,9 +53,11 @@ START_DAY = 9  # the first log's decisions are all mature by then (7-day horizon
 
 
 def bench_spec(daily: int, trees: int, *, window_days: int | None, exploration: str, pacing: bool, canary_share: float = 0.1,
-               guard: bool = True) -> Spec:
+               guard: bool = True, exploration_rate: float | None = None) -> Spec:
     raw = loop_spec().model.model_dump(mode="json")
     raw["experimentation"]["exploration"] = exploration
+    if exploration_rate is not None:
+        raw["experimentation"]["exploration_rate"] = exploration_rate
     raw["adaptation"].update({"min_new_decisions": 5 * daily, "max_staleness": "14d", "window": f"{window_days}d" if window_days else None, "evaluation_share": 0.1,
                               "pacing_period": "28d" if pacing else None, "guard_on_alert": guard})
     raw["adaptation"]["gates"].update({"min_decisions": min(5000, 2 * daily), "regression_tolerance": 0.3,
@@ -151,6 +153,8 @@ def main() -> None:
     parser.add_argument("--no-pacing", action="store_true", help="serve every arm at its plan's price (no spend pacing)")
     parser.add_argument("--no-guard", action="store_true", help="adaptation.guard_on_alert off: no harmed cohort value is guarded")
     parser.add_argument("--canary-share", type=float, default=0.1, help="adaptation.canary.share: the units a candidate serves in its canary")
+    parser.add_argument("--exploration-rate", type=float, default=None,
+                        help="experimentation.exploration_rate of every arm (default: the spec's, 0.05)")
     args = parser.parse_args()
     # the product's default window: every mature decision (a guard's change drops what a drift made stale)
     quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": None, "folds": 0}
@@ -167,13 +171,14 @@ def main() -> None:
     print(f"loop bench: {cfg['seeds']} seeds, {cfg['users']} users a day for {cfg['weeks']} weeks from a {cfg['first_users']}-user "
           f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model{mean_of}; "
           f"training window {str(cfg['window_days']) + ' days' if cfg['window_days'] else 'every mature decision'}; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}; canary on "
-          f"{args.canary_share:.0%} of units; cohort guards {'off' if args.no_guard else 'on'}", flush=True)
+          f"{args.canary_share:.0%} of units; cohort guards {'off' if args.no_guard else 'on'}; exploration rate "
+          f"{args.exploration_rate if args.exploration_rate is not None else 'as the spec'}", flush=True)
     tables: dict[str, list[pd.DataFrame]] = {label: [] for label in arms}
     for seed in range(args.first_seed, args.first_seed + cfg["seeds"]):
         for label in arms:
             adaptive, exploration = ARMS[label]
             spec = bench_spec(cfg["users"], cfg["trees"], window_days=cfg["window_days"], exploration=exploration, pacing=not args.no_pacing,
-                              canary_share=args.canary_share, guard=not args.no_guard)
+                              canary_share=args.canary_share, guard=not args.no_guard, exploration_rate=args.exploration_rate)
             t0 = time.perf_counter()
             result = run_arm(seed, spec, first_users=cfg["first_users"], daily=cfg["users"], days=days, drift_day=drift_day,
                              adaptive=adaptive, trees=cfg["trees"], truth_sample=min(2000, cfg["users"]), folds=cfg["folds"])
