@@ -179,12 +179,13 @@ def _counts_sql(source: str, where: str, columns: Sequence[_Column], cohorts: Ma
     code_sql = f"CASE {code} ELSE 0 END" if keys else "0"
     group_keys = "".join(f"{k}, " for k in keys)
     parts = [_cell_sql(col) for col in columns]
-
-    def pick(which_part: int) -> str:
-        return f"CASE x.{number} " + " ".join(f"WHEN {i} THEN {part[which_part]}" for i, part in enumerate(parts)) + " END"
-
     numbers = ", ".join(f"({i})" for i in range(len(columns)))
     number = _name("column-number")  # no feature's name: a feature may be called col
+
+    def pick(which_part: int) -> str:
+        """The cell (0), category (1) or value (2) expression of the row's column."""
+        return f"CASE x.{number} " + " ".join(f"WHEN {i} THEN {part[which_part]}" for i, part in enumerate(parts)) + " END"
+
     return (
         f"SELECT col, {cohort_sql} AS cohort, {code_sql} AS code, cell, category,"
         f" CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(s) AS DOUBLE) AS s\n"
