@@ -57,10 +57,8 @@ class _Rows:
         null = col.isna().to_numpy()
         if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
             ragged = _ragged(col)
-            if ragged is not None:  # Arrow text: only the values that may be such a form are read in Python
-                null, judged = null.copy(), np.flatnonzero(ragged & ~null)
-                null[judged] = [str(v).strip().lower() in NULL_TEXT for v in col.iloc[judged]]
-                return null
+            if ragged is not None:
+                return _arrow_null(col, ragged)
             # judged once per distinct value (a context column holds few): the text of each, then by its code
             codes, distinct = pd.factorize(col)
             text_null = np.array([str(v).strip().lower() in NULL_TEXT for v in distinct] + [False], dtype=bool)
@@ -96,17 +94,17 @@ class _Rows:
 
     def text(self, name: str, *, required: bool) -> pd.Series:
         col = self.raw(name)
-        null = self.is_null(col)
+        ragged = _ragged(col)
+        null = self.is_null(col) if ragged is None else _arrow_null(col, ragged)
         if required:
             self.fail(null, f"`{name}` is required, got {{got}}", col)
-        if not (pd.api.types.is_string_dtype(col.dtype) and pd.api.types.infer_dtype(col, skipna=True) == "string"):
-            return col.astype(str).str.strip().astype(object).where(~null, None)
-        ragged = _ragged(col)
         if ragged is not None:  # Arrow text: only the values that may have spaces at an end are stripped
             values = col.to_numpy(dtype=object)
             stripped_at = np.flatnonzero(ragged & ~null)
             values[stripped_at] = [str(v).strip() for v in values[stripped_at]]
             return pd.Series(values, index=col.index, dtype=object, name=col.name).where(~null, None)
+        if not (pd.api.types.is_string_dtype(col.dtype) and pd.api.types.infer_dtype(col, skipna=True) == "string"):
+            return col.astype(str).str.strip().astype(object).where(~null, None)
         # text alone (where equal values print alike): stripped once per distinct value
         codes, distinct = pd.factorize(col)
         stripped = np.array([str(v).strip() for v in distinct] + [None], dtype=object)[codes]
@@ -190,6 +188,15 @@ def _ragged(col: pd.Series) -> np.ndarray | None:
         return None
     plain = pc.and_not(pc.match_substring_regex(text, _PLAIN), pc.match_substring_regex(text, _NULL_WORD))
     return ~plain.fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def _arrow_null(col: pd.Series, ragged: np.ndarray) -> np.ndarray:
+    """:meth:`_Rows.is_null` of Arrow text whose :func:`_ragged` values are ``ragged``: only those are read in
+    Python."""
+    null = col.isna().to_numpy().copy()
+    judged = np.flatnonzero(ragged & ~null)
+    null[judged] = [str(v).strip().lower() in NULL_TEXT for v in col.iloc[judged]]
+    return null
 
 
 def _got(raw: Any, personal: bool, key: PersonalKey | None) -> str:

@@ -163,9 +163,9 @@ def _counts_sql(source: str, where: str, columns: Sequence[_Column], cohorts: Ma
     One scan of ``source``: each row is counted once per column (joined with the columns' numbers, the
     column's cell, category and value picked by its number), then grouped per column and cell with every
     cohort, and rolled up per cohort (GROUPING SETS). A query of one branch per column planned as long as it
-    ran on a store of days (about ten times the single scan's planning). A cohort value is coded as its
-    1-based position among the baseline's values of that cohort (0: a value the baseline never saw, or
-    missing), so that the per-row grouping hashes integers only."""
+    ran on a store of days (22 KB of SQL for ten columns, about 70 ms to plan; this one 8 KB, about 15 ms).
+    A cohort value is coded as its 1-based position among the baseline's values of that cohort (0: a value
+    the baseline never saw, or missing), so that the per-row grouping hashes integers only."""
     names = list(cohorts)
     keys = [f"k{j}" for j in range(len(names))]
     key_cols = "".join(
