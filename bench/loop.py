@@ -21,6 +21,12 @@ and the champion's true shares that day: the truth each verdict can be read agai
     python bench/loop.py            # 10,000 users a day, 8 weeks, 20,000 first users, 3 seeds (long)
     python bench/loop.py --quick    # a small run, what the test suite runs
     python bench/loop.py --seeds 1 --window-days 14 --arms "frozen first policy"   # any part of the full run
+    python bench/loop.py --uniform-reference 190000 400000   # the reference: a uniform log of the drifted world
+
+The reference (``--uniform-reference N ...``, instead of the arms): for each seed and size, the loop's trainer
+fitted on a uniformly randomized log of N users of the world after the drift, its greedy plan judged on 50,000
+fresh users of that world by the twin's truth (the budget binds neither plan there): what week 8's champion could
+reach had every one of its rows been randomized.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,12 +45,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivetrain.adapt import FOLDS, MemoryRegistry, adapt
+from drivetrain.assembly import plan_policy
 from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
+from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes, training_table
 from drivetrain.demo import loop_spec
 from drivetrain.model import OutcomeModel
 from drivetrain.spec import Spec, parse_spec
-from drivetrain.twin import NBOOTwin, Scenario
+from drivetrain.twin import NBOOTwin, Scenario, oracle
 from drivetrain.twin_loop import LoopDay, run_twin_loop
 
 # the twin's contexts hold a personal field: the bench hashes it with its own key unless one is set
@@ -66,20 +74,51 @@ def bench_spec(daily: int, trees: int, *, window_days: int | None, exploration: 
     return parse_spec(raw, source=f"bench loop ({daily} users a day, {trees} trees, {exploration} exploration)")
 
 
+def drifted_twin(seed: int, drift_day: int) -> NBOOTwin:
+    """The twin of the bench: from ``drift_day`` on, every offer works worse for mobile users."""
+    scenario = Scenario(effect_segment=("device", "mobile"), effect_delta=-1.5, effect_refund=0.02, effect_day=drift_day)
+    return NBOOTwin(horizon_days=7, seed=seed, scenario=scenario)
+
+
+def trainer_of(trees: int, folds: int) -> Callable[[pd.DataFrame, Spec], OutcomeModel]:
+    """The candidates' trainer: the mean of ``folds`` fold models (one model on every row at 0), one thread."""
+    def trainer(table: pd.DataFrame, product: Spec) -> OutcomeModel:
+        return OutcomeModel(n_folds=folds, refit=False, n_estimators=trees, num_threads=1, seed=0).fit(table, product)
+    return trainer
+
+
+def uniform_reference(seed: int, users: int, *, drift_day: int, trees: int, folds: int, evaluated: int = 50_000) -> float:
+    """The share of the oracle's gain over control that the trainer reaches from a uniformly randomized log of
+    ``users`` users of the world after the drift, greedy and unconstrained, on ``evaluated`` fresh users."""
+    twin = drifted_twin(seed, drift_day)
+    day = drift_day + 1
+    decisions, outcomes = twin.log(twin.population(users, day=day), day=day)
+    store = MemoryStore(twin.spec)
+    clock = SimulatedClock(twin.start + timedelta(days=day + START_DAY))
+    ingest_decisions(store, RawRows(decisions, (), "uniform log after the drift"), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), "uniform log after the drift"), clock=clock)
+    table = training_table(store, clock.now())[0].to_pandas()
+    model = trainer_of(trees, folds)(table, twin.spec)
+    fresh = twin.population(evaluated, day=day + 1, offset=50_000_000)
+    truth = twin.truth(fresh, day=day + 1)
+    spec = twin.spec
+    base = float(truth.objective[:, spec.control.index].mean())
+    best = oracle(truth.objective, truth.eligible)
+    plan = plan_policy(spec, model, fresh, budget_overrides={b.name: 1e9 for b, _ in spec.budgets},
+                       guardrail_overrides={g.name: 1e9 for g, _ in spec.guardrails}, as_served=False)
+    return (truth.value(plan.assignment.probabilities) - base) / (best.value - base)
+
+
 def run_arm(seed: int, spec: Spec, *, first_users: int, daily: int, days: int, drift_day: int, adaptive: bool, trees: int,
             truth_sample: int, folds: int = 0) -> list[LoopDay]:
-    scenario = Scenario(effect_segment=("device", "mobile"), effect_delta=-1.5, effect_refund=0.02, effect_day=drift_day)
-    twin = NBOOTwin(horizon_days=7, seed=seed, scenario=scenario)
+    twin = drifted_twin(seed, drift_day)
     store = MemoryStore(spec)
     decisions, outcomes = twin.log(twin.population(first_users))
     clock = SimulatedClock(twin.start + timedelta(days=START_DAY))
     ingest_decisions(store, RawRows(decisions, (), "first randomized log"), clock=clock)
     ingest_outcomes(store, RawRows(outcomes, (), "first randomized log"), clock=clock)
     registry = MemoryRegistry()
-
-    def trainer(table: pd.DataFrame, product: Spec) -> OutcomeModel:
-        return OutcomeModel(n_folds=folds, refit=False, n_estimators=trees, num_threads=1, seed=0).fit(table, product)
-
+    trainer = trainer_of(trees, folds)
     adapt(store, registry, clock.now(), trainer=trainer, who="bench", population_size=min(10_000, daily))
     # the frozen arm acts on no alert: it is not monitored
     t0 = time.perf_counter()
@@ -155,6 +194,8 @@ def main() -> None:
     parser.add_argument("--canary-share", type=float, default=0.1, help="adaptation.canary.share: the units a candidate serves in its canary")
     parser.add_argument("--exploration-rate", type=float, default=None,
                         help="experimentation.exploration_rate of every arm (default: the spec's, 0.05)")
+    parser.add_argument("--uniform-reference", type=int, nargs="+", default=None, metavar="USERS",
+                        help="instead of the arms: the trainer on a uniform log of this many users of the drifted world, per seed")
     args = parser.parse_args()
     # the product's default window: every mature decision (a guard's change drops what a drift made stale)
     quick = {"seeds": 1, "users": 400, "weeks": 2, "first_users": 2000, "drift_week": 2, "trees": 10, "window_days": None, "folds": 0}
@@ -168,6 +209,19 @@ def main() -> None:
     days = 7 * cfg["weeks"]
     drift_day = START_DAY + 7 * (cfg["drift_week"] - 1)
     mean_of = f" (mean of {cfg['folds']} fold models)" if cfg["folds"] > 1 else ""
+    if args.uniform_reference:
+        evaluated = 2_000 if args.quick else 50_000
+        print(f"the reference: {cfg['trees']} trees per model{mean_of or ' (one model)'}; uniform logs of the world after "
+              f"the drift; shares of the oracle's gain over control on {evaluated:,} fresh users", flush=True)
+        for users in args.uniform_reference:
+            shares = []
+            for seed in range(args.first_seed, args.first_seed + cfg["seeds"]):
+                t0 = time.perf_counter()
+                shares.append(uniform_reference(seed, users, drift_day=drift_day, trees=cfg["trees"], folds=cfg["folds"],
+                                                evaluated=evaluated))
+                print(f"  {users:,} uniform users, seed {seed}: share {shares[-1]:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(f"{users:,} uniform users: mean share {np.mean(shares):.3f} over {len(shares)} seeds (spread {max(shares) - min(shares):.3f})")
+        return
     print(f"loop bench: {cfg['seeds']} seeds, {cfg['users']} users a day for {cfg['weeks']} weeks from a {cfg['first_users']}-user "
           f"randomized log; every offer works worse for mobile users from week {cfg['drift_week']}; {cfg['trees']} trees per model{mean_of}; "
           f"training window {str(cfg['window_days']) + ' days' if cfg['window_days'] else 'every mature decision'}; spend pacing {'off' if args.no_pacing else 'on (28-day periods)'}; canary on "
