@@ -233,17 +233,21 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
         pairs += [(f"x{j}", f"x{k}", f"xx{j}_{k}") for k in range(j, len(covariates))]
     clusters = {"g": "CAST(COUNT(*) AS BIGINT)"} | {name: product(a, b) for a, b, name in pairs}
 
-    # Three small aggregates per day x cohort values x arm, stacked and summed: the linear sums over
+    # Three small aggregates per day x cohort values x arm, joined on their keys: the linear sums over
     # decisions; the cluster products of the cells (a unit's decisions on one day); those of the units,
     # each put on the day of its first measured decision (summed over days, they are a non-day slice's).
-    outputs = {name: "BIGINT" for name in counts} | {"latency_sum": "DOUBLE"} | {s: "DOUBLE" for s in sums}
-    outputs |= {f"d_{name}": "BIGINT" if name == "g" else "DOUBLE" for name in clusters}
-    outputs |= {f"u_{name}": "BIGINT" if name == "g" else "DOUBLE" for name in clusters}
+    # Every key of the two cluster aggregates is a key of the linear sums (a cell, and a unit's first day, is
+    # a group of decisions), so both join to it; a key without measured decisions has cluster sums of 0.
+    key_names = ["day", *cohorts, "holdout"]
 
-    def part(table: str, columns: Sequence[str]) -> str:
-        provided = set(columns)
-        return f"SELECT {keys}, " + ", ".join(
-            name if name in provided else f"CAST(0 AS {kind}) AS {name}" for name, kind in outputs.items()) + f" FROM {table}"
+    def joined(table: str, columns: Sequence[str]) -> tuple[str, list[str]]:
+        on = " AND ".join(f"lin.{k} IS NOT DISTINCT FROM {table}.{k}" for k in key_names)
+        zero = {c: "BIGINT" if c.endswith("_g") else "DOUBLE" for c in columns}
+        return f"LEFT JOIN {table} ON {on}", [f"COALESCE({table}.{c}, CAST(0 AS {zero[c]})) AS {c}" for c in columns]
+
+    join_dc, from_dc = joined("dc", [f"d_{name}" for name in clusters])
+    join_uc, from_uc = joined("uc", [f"u_{name}" for name in clusters])
+    linear_names = [*counts, "latency_sum", *sums]
 
     return f"""
         WITH {_decisions_cte(spec, as_of, cohorts, covariates, scope).strip()},
@@ -291,18 +295,10 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
             GROUP BY {unit_keys}
         ),
         dc AS (SELECT {keys}, {", ".join(f"{e} AS d_{name}" for name, e in clusters.items())} FROM c GROUP BY {keys}),
-        uc AS (SELECT {keys}, {", ".join(f"{e} AS u_{name}" for name, e in clusters.items())} FROM u GROUP BY {keys}),
-        stacked AS (
-            {part("lin", [*counts, "latency_sum", *sums])}
-            UNION ALL
-            {part("dc", [f"d_{name}" for name in clusters])}
-            UNION ALL
-            {part("uc", [f"u_{name}" for name in clusters])}
-        )
-        SELECT {keys},
-               {", ".join(f"SUM({name}) AS {name}" for name in outputs)}
-        FROM stacked
-        GROUP BY {keys}
+        uc AS (SELECT {keys}, {", ".join(f"{e} AS u_{name}" for name, e in clusters.items())} FROM u GROUP BY {keys})
+        SELECT {", ".join(f"lin.{k} AS {k}" for k in key_names)}, {", ".join(f"lin.{c} AS {c}" for c in linear_names)},
+               {", ".join([*from_dc, *from_uc])}
+        FROM lin {join_dc} {join_uc}
         ORDER BY {keys}
         """
 
