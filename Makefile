@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/pacing.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/registry.py
 
 # The twin's postcode is a personal field: runs on generated data take a fresh key of the personal-data
 # hash for the run unless DRIVETRAIN_PII_KEY is set.

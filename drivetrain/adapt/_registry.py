@@ -13,7 +13,7 @@ none of it, and the state read back is always one that existed.
   pickle: only JSON and the artifact's own files.
 
 ``live_at(T)`` answers which version was the champion at time T (the evaluation splits figures by it).
-A service follows an alias by calling :meth:`Registry.alias` (a directory listing and one small JSON read).
+A service follows an alias by calling :meth:`Registry.alias` (a directory listing, and a read of each new event).
 """
 
 from __future__ import annotations
@@ -160,6 +160,31 @@ class Registry(Protocol):
     def shadow(self, name: str) -> pd.DataFrame: ...
 
 
+@dataclass(frozen=True)
+class _Replayed:
+    """What a history of ``events`` events (the last numbered ``last``) sets: each alias, each version's
+    status, each version's last pacing price."""
+
+    events: int
+    last: int
+    aliases: dict[str, str | None]
+    statuses: dict[str, str]
+    prices: dict[str, dict[str, float]]
+
+    @classmethod
+    def of(cls, events: list[Event]) -> _Replayed:
+        aliases: dict[str, str | None] = {a: None for a in ALIASES}
+        statuses: dict[str, str] = {}
+        prices: dict[str, dict[str, float]] = {}
+        for event in events:
+            aliases.update(event.aliases)
+            statuses.update(event.statuses)
+            set_prices = event.details.get("prices") if event.kind == "price" else None
+            for version, price in (set_prices or {}).items():
+                prices[version] = {str(event.details["budget"]): float(price)}
+        return cls(len(events), events[-1].seq if events else 0, aliases, statuses, prices)
+
+
 class _Replay:
     """The registry's reads, as the replay of its versions and history; subclasses store them."""
 
@@ -171,6 +196,10 @@ class _Replay:
 
     def _append(self, event: Event) -> None:
         raise NotImplementedError
+
+    def _stored_events(self) -> list[Event]:
+        """Every event as stored, whatever its number (what ``check`` reads)."""
+        return self._events()
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -188,37 +217,34 @@ class _Replay:
     def history(self) -> tuple[Event, ...]:
         return tuple(self._events())
 
+    def _replay(self) -> _Replayed:
+        """The aliases, statuses and prices the history sets, replayed once per history: a service asks for
+        them several times a second, and a year of daily pacing events is hundreds of events."""
+        events = self._events()
+        memo: _Replayed | None = getattr(self, "_replayed", None)
+        if memo is None or memo.events != len(events) or (events and memo.last != events[-1].seq):
+            memo = _Replayed.of(events)
+            self._replayed = memo
+        return memo
+
     def aliases(self) -> dict[str, str | None]:
-        state: dict[str, str | None] = {a: None for a in ALIASES}
-        for event in self._events():
-            state.update(event.aliases)
-        return state
+        return dict(self._replay().aliases)
 
     def alias(self, name: str) -> str | None:
         if name not in ALIASES:
             raise UsageError(f"`alias` must be one of {list(ALIASES)}, got {name!r}")
-        return self.aliases()[name]
+        return self._replay().aliases[name]
 
     def status(self, name: str) -> str:
         self.version(name)
-        status = "registered"
-        for event in self._events():
-            status = event.statuses.get(name, status)
-        return status
+        return self._replay().statuses.get(name, "registered")
 
     def statuses(self) -> dict[str, str]:
-        out = {r: "registered" for r in self._records()}
-        for event in self._events():
-            out.update(event.statuses)
-        return out
+        return {r: "registered" for r in self._records()} | self._replay().statuses
 
     def price(self, name: str) -> dict[str, float]:
         """The budget price the last pacing event set for version ``name`` ({budget: price}; empty when none)."""
-        for event in reversed(self._events()):
-            prices = event.details.get("prices") if event.kind == "price" else None
-            if prices and name in prices:
-                return {str(event.details["budget"]): float(prices[name])}
-        return {}
+        return dict(self._replay().prices.get(name, {}))
 
     def live_at(self, moment: datetime) -> str | None:
         """The champion at ``moment`` (the last move of the alias at or before it; None before any)."""
@@ -261,7 +287,7 @@ class _Replay:
         problems = []
         records = self._records()
         previous: Event | None = None
-        for i, event in enumerate(self._events(), start=1):
+        for i, event in enumerate(self._stored_events(), start=1):
             if event.seq != i:
                 problems.append(f"event {event.seq} is number {i} of the history")
             if previous is not None and event.at < previous.at:
@@ -356,9 +382,10 @@ class EmbeddedRegistry(_Replay):
     def __init__(self, root: str | Path, *, create: bool = False, fault: Fault | None = None) -> None:
         self.root = Path(root)
         self._fault = fault or (lambda step: None)
-        # files are written once and never changed (an event is linked into place, a record written once): a
-        # file read before is not read again, so that a service following an alias reads only what is new
-        self._read: dict[Path, Any] = {}
+        # files are written once and never changed or removed (an event is linked into place, a record written
+        # once): a file read before is not read again, so that a service following an alias reads only what is new
+        self._read: dict[str, dict[str, Any]] = {"versions": {}, "history": {}}
+        self._history: list[Event] = []
         marker = self.root / "registry.json"
         if create:
             for sub in ("versions", "artifacts", "history"):
@@ -438,20 +465,30 @@ class EmbeddedRegistry(_Replay):
                                 f"got {actual[:12]}...")
         return Policy.load(path)
 
-    def _once(self, path: Path, parse: Callable[[Mapping[str, Any]], Any]) -> Any:
-        if path not in self._read:
-            self._read[path] = parse(json.loads(path.read_text()))
-        return self._read[path]
+    def _listed(self, sub: str, parse: Callable[[Mapping[str, Any]], Any]) -> list[Any]:
+        """The parsed files of ``sub`` in name order: one directory listing, and a read of each file not read
+        before (temporary files start with a dot and are never listed)."""
+        seen = self._read[sub]
+        names = sorted(n for n in os.listdir(self.root / sub) if n.endswith(".json") and not n.startswith("."))
+        for name in names:
+            if name not in seen:
+                seen[name] = parse(json.loads((self.root / sub / name).read_text()))
+        return [seen[name] for name in names]
 
     def _records(self) -> dict[str, VersionRecord]:
-        out = {}
-        for path in sorted((self.root / "versions").glob("*.json")):
-            record = self._once(path, VersionRecord.from_json)
-            out[record.version] = record
-        return out
+        return {record.version: record for record in self._listed("versions", VersionRecord.from_json)}
 
     def _events(self) -> list[Event]:
-        return [self._once(p, Event.from_json) for p in sorted((self.root / "history").glob("[0-9]*.json"))]
+        # events are numbered from 1 without gaps and linked into place under the lock: the events read so far
+        # are still the history's first ones, and only the files numbered after them can be new (one stat when
+        # nothing is, however long the history; `check` lists the directory instead, to find any gap)
+        events = self._history
+        while (path := self.root / "history" / f"{len(events) + 1:09d}.json").is_file():
+            events.append(Event.from_json(json.loads(path.read_text())))
+        return list(events)
+
+    def _stored_events(self) -> list[Event]:
+        return self._listed("history", Event.from_json)
 
     def _append(self, event: Event) -> None:
         self._write_json(self.root / "history" / f"{event.seq:09d}.json", event.to_json(), step=f"event {event.seq}", exclusive=True)

@@ -83,6 +83,27 @@ def test_the_embedded_registry_reads_back_what_another_process_wrote(tmp_path: P
         EmbeddedRegistry(tmp_path / "elsewhere")
 
 
+def test_a_reader_that_read_before_sees_every_later_event_and_check_finds_a_gap(tmp_path: Path, tiny_policy: Policy) -> None:
+    writer = EmbeddedRegistry(tmp_path / "r", create=True)
+    for v in ("v1", "v2"):
+        writer.register(named(tiny_policy, v), LINEAGE, at=T0, who="test")
+    writer.record(at=T0, who="ops", why="first", kind="promote", aliases={"champion": "v1"}, statuses={"v1": "champion"})
+    reader = EmbeddedRegistry(tmp_path / "r")  # a service following the champion: it keeps what it read
+    assert reader.alias("champion") == "v1" and reader.price("v1") == {}
+    for day, price in enumerate((0.2, 0.3), start=1):
+        writer.record(at=T0 + timedelta(days=day), who="pacer", why="pacing", kind="price",
+                      details={"budget": "promotion_budget", "prices": {"v1": price}})
+    writer.record(at=T0 + timedelta(days=3), who="loop", why="better", kind="promote", aliases={"champion": "v2", "last-good": "v1"},
+                  statuses={"v2": "champion", "v1": "retired"})
+    assert reader.price("v1") == {"promotion_budget": 0.3} and reader.alias("champion") == "v2"
+    assert reader.status("v1") == "retired" and reader.aliases() == writer.aliases() and reader.history() == writer.history()
+    assert reader.check() == []
+    # an event file out of sequence (written by hand) is a gap that check reports
+    last = tmp_path / "r" / "history" / "000000004.json"
+    (last.parent / "000000006.json").write_text(last.read_text().replace('"seq": 4', '"seq": 6'))
+    assert any("is number 5 of the history" in problem for problem in reader.check()), reader.check()
+
+
 def test_a_modified_artifact_is_refused(tmp_path: Path, tiny_policy: Policy) -> None:
     reg = EmbeddedRegistry(tmp_path / "r", create=True)
     reg.register(named(tiny_policy, "v1"), LINEAGE, at=T0, who="test")
