@@ -20,7 +20,6 @@ a core is the tick's time at ten ticks a second.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -32,17 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivetrain.adapt import EmbeddedRegistry, Lineage
-from drivetrain.assembly import fit_model, plan_policy
-from drivetrain.clock import SimulatedClock
-from drivetrain.data import MemoryStore, RawRows, ingest_decisions, ingest_outcomes
-from drivetrain.loop import loop_spec
-from drivetrain.model import OutcomeModel
-from drivetrain.policy import Policy
-from drivetrain.twin import NBOOTwin
+from rollback import fit  # the rollback bench's small policy of the twin
 
-# the twin's contexts hold a personal field: the bench hashes it with its own key unless one is set
-os.environ.setdefault("DRIVETRAIN_PII_KEY", "bench-registry-key-of-the-personal-data-hash")
+from drivetrain.adapt import EmbeddedRegistry, Lineage
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -72,7 +63,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, nargs="+", default=None, help="history lengths (pacing events)")
     args = parser.parse_args()
     lengths = args.events or ([0, 50] if args.quick else [0, 365, 1460, 3650])
-    policy = tiny_policy()
+    policy = fit("v1", seed=5, users=1500, trees=5)  # what it decides does not matter here
     with tempfile.TemporaryDirectory() as tmp:
         registry = EmbeddedRegistry(Path(tmp) / "registry", create=True)
         lineage = Lineage(spec_hash=policy.spec.hash, model_spec_hash=policy.spec.hash, data_start=None, data_end=None, rows=1500,
@@ -98,18 +89,6 @@ def main() -> None:
                 raise SystemExit(f"the follower read {followed}, a fresh reader {fresh}: they must agree")
             print(f"{length:>7,} {follow_ms:>16.3f} {fresh_ms:>20.3f} {follow_ms / 100:>19.2%} {fresh_ms / 100:>23.2%}")
     print("the follower and a fresh reader read the same aliases, stages and prices at every length")
-
-
-def tiny_policy() -> Policy:
-    """A policy of 5 trees per model on 1,500 logged users of the twin (what it decides does not matter here)."""
-    twin = NBOOTwin(horizon_days=7, seed=5)
-    store = MemoryStore(loop_spec())
-    decisions, outcomes = twin.log(twin.population(1500))
-    clock = SimulatedClock(twin.start + timedelta(days=10))
-    ingest_decisions(store, RawRows(decisions, (), "log"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "log"), clock=clock)
-    model, frame, _ = fit_model(store, clock.now(), OutcomeModel(n_folds=0, n_estimators=5, num_threads=1, min_child_samples=50))
-    return plan_policy(store.spec, model, frame, version="v1").policy
 
 
 if __name__ == "__main__":
