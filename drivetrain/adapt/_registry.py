@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -386,6 +387,7 @@ class EmbeddedRegistry(_Replay):
         # once): a file read before is not read again, so that a service following an alias reads only what is new
         self._read: dict[str, dict[str, Any]] = {"versions": {}, "history": {}}
         self._history: list[Event] = []
+        self._reading = threading.Lock()  # a service's threads may read at once: each new event is kept once
         marker = self.root / "registry.json"
         if create:
             for sub in ("versions", "artifacts", "history"):
@@ -465,11 +467,12 @@ class EmbeddedRegistry(_Replay):
                                 f"got {actual[:12]}...")
         return Policy.load(path)
 
-    def _listed(self, sub: str, parse: Callable[[Mapping[str, Any]], Any]) -> list[Any]:
-        """The parsed files of ``sub`` in name order: one directory listing, and a read of each file not read
-        before (temporary files start with a dot and are never listed)."""
-        seen = self._read[sub]
-        names = sorted(n for n in os.listdir(self.root / sub) if n.endswith(".json") and not n.startswith("."))
+    def _listed(self, sub: str, parse: Callable[[Mapping[str, Any]], Any], *, numbered: bool = False) -> list[Any]:
+        """The parsed JSON files of ``sub`` (``numbered``: those whose name starts with a digit) in name order:
+        one directory listing, and a read of each file not read before (temporary files start with a dot)."""
+        seen = self._read[sub]  # threads reading at once may parse a file twice, never keep it twice
+        names = sorted(n for n in os.listdir(self.root / sub)
+                       if n.endswith(".json") and not n.startswith(".") and (not numbered or n[:1].isdigit()))
         for name in names:
             if name not in seen:
                 seen[name] = parse(json.loads((self.root / sub / name).read_text()))
@@ -482,13 +485,14 @@ class EmbeddedRegistry(_Replay):
         # events are numbered from 1 without gaps and linked into place under the lock: the events read so far
         # are still the history's first ones, and only the files numbered after them can be new (one stat when
         # nothing is, however long the history; `check` lists the directory instead, to find any gap)
-        events = self._history
-        while (path := self.root / "history" / f"{len(events) + 1:09d}.json").is_file():
-            events.append(Event.from_json(json.loads(path.read_text())))
-        return list(events)
+        with self._reading:
+            events = self._history
+            while (path := self.root / "history" / f"{len(events) + 1:09d}.json").is_file():
+                events.append(Event.from_json(json.loads(path.read_text())))
+            return list(events)
 
     def _stored_events(self) -> list[Event]:
-        return self._listed("history", Event.from_json)
+        return self._listed("history", Event.from_json, numbered=True)
 
     def _append(self, event: Event) -> None:
         self._write_json(self.root / "history" / f"{event.seq:09d}.json", event.to_json(), step=f"event {event.seq}", exclusive=True)

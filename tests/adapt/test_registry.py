@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -102,6 +103,36 @@ def test_a_reader_that_read_before_sees_every_later_event_and_check_finds_a_gap(
     last = tmp_path / "r" / "history" / "000000004.json"
     (last.parent / "000000006.json").write_text(last.read_text().replace('"seq": 4', '"seq": 6'))
     assert any("is number 5 of the history" in problem for problem in reader.check()), reader.check()
+
+
+def test_threads_reading_while_events_are_written_see_each_event_once(tmp_path: Path, tiny_policy: Policy) -> None:
+    writer = EmbeddedRegistry(tmp_path / "r", create=True)
+    writer.register(named(tiny_policy, "v1"), LINEAGE, at=T0, who="test")
+    reader = EmbeddedRegistry(tmp_path / "r")  # one object, read by a service's threads at once
+    seen: list[list[int]] = []
+    written = threading.Event()
+
+    def read() -> None:
+        while not written.is_set():
+            seen.append([e.seq for e in reader.history()])
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can, so that their reads interleave
+    try:
+        for t in threads:
+            t.start()
+        for day in range(1, 41):
+            writer.record(at=T0 + timedelta(days=day), who="pacer", why="pacing", kind="price",
+                          details={"budget": "promotion_budget", "prices": {"v1": 0.01 * day}})
+        written.set()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    # every snapshot is a prefix of the history, each event once and in order
+    assert all(snapshot == list(range(1, len(snapshot) + 1)) for snapshot in seen)
+    assert [e.seq for e in reader.history()] == list(range(1, 41)) and reader.price("v1") == {"promotion_budget": 0.4}
 
 
 def test_a_modified_artifact_is_refused(tmp_path: Path, tiny_policy: Policy) -> None:
