@@ -13,7 +13,7 @@ none of it, and the state read back is always one that existed.
   pickle: only JSON and the artifact's own files.
 
 ``live_at(T)`` answers which version was the champion at time T (the evaluation splits figures by it).
-A service follows an alias by calling :meth:`Registry.alias` (a directory listing, and a read of each new event).
+A service follows an alias by calling :meth:`Registry.alias` (a look for the next event's file, a read of each new one).
 """
 
 from __future__ import annotations
@@ -163,11 +163,10 @@ class Registry(Protocol):
 
 @dataclass(frozen=True)
 class _Replayed:
-    """What a history of ``events`` events (the last numbered ``last``) sets: each alias, each version's
-    status, each version's last pacing price."""
+    """What a history of ``events`` events sets: each alias, each version's status, each version's last
+    pacing price. A history only grows, so its length says whether a replay is still its state."""
 
     events: int
-    last: int
     aliases: dict[str, str | None]
     statuses: dict[str, str]
     prices: dict[str, dict[str, float]]
@@ -183,11 +182,13 @@ class _Replayed:
             set_prices = event.details.get("prices") if event.kind == "price" else None
             for version, price in (set_prices or {}).items():
                 prices[version] = {str(event.details["budget"]): float(price)}
-        return cls(len(events), events[-1].seq if events else 0, aliases, statuses, prices)
+        return cls(len(events), aliases, statuses, prices)
 
 
 class _Replay:
     """The registry's reads, as the replay of its versions and history; subclasses store them."""
+
+    _replayed: _Replayed | None = None
 
     def _records(self) -> dict[str, VersionRecord]:
         raise NotImplementedError
@@ -222,11 +223,9 @@ class _Replay:
         """The aliases, statuses and prices the history sets, replayed once per history: a service asks for
         them several times a second, and a year of daily pacing events is hundreds of events."""
         events = self._events()
-        memo: _Replayed | None = getattr(self, "_replayed", None)
-        if memo is None or memo.events != len(events) or (events and memo.last != events[-1].seq):
-            memo = _Replayed.of(events)
-            self._replayed = memo
-        return memo
+        if self._replayed is None or self._replayed.events != len(events):
+            self._replayed = _Replayed.of(events)
+        return self._replayed
 
     def aliases(self) -> dict[str, str | None]:
         return dict(self._replay().aliases)
