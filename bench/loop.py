@@ -87,16 +87,23 @@ def trainer_of(trees: int, folds: int) -> Callable[[pd.DataFrame, Spec], Outcome
     return trainer
 
 
+def logged_store(twin: NBOOTwin, spec: Spec, users: int, *, day: int, at_day: int, why: str) -> tuple[MemoryStore, SimulatedClock]:
+    """A store of ``spec`` holding the twin's uniformly randomized log of ``users`` users of ``day``, decisions and
+    outcomes ingested on ``at_day``; and the clock standing then."""
+    decisions, outcomes = twin.log(twin.population(users, day=day), day=day)
+    store = MemoryStore(spec)
+    clock = SimulatedClock(twin.start + timedelta(days=at_day))
+    ingest_decisions(store, RawRows(decisions, (), why), clock=clock)
+    ingest_outcomes(store, RawRows(outcomes, (), why), clock=clock)
+    return store, clock
+
+
 def uniform_reference(seed: int, users: int, *, drift_day: int, trees: int, folds: int, evaluated: int = 50_000) -> float:
     """The share of the oracle's gain over control that the trainer reaches from a uniformly randomized log of
     ``users`` users of the world after the drift, greedy and unconstrained, on ``evaluated`` fresh users."""
     twin = drifted_twin(seed, drift_day)
     day = drift_day + 1
-    decisions, outcomes = twin.log(twin.population(users, day=day), day=day)
-    store = MemoryStore(twin.spec)
-    clock = SimulatedClock(twin.start + timedelta(days=day + START_DAY))
-    ingest_decisions(store, RawRows(decisions, (), "uniform log after the drift"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "uniform log after the drift"), clock=clock)
+    store, clock = logged_store(twin, twin.spec, users, day=day, at_day=day + START_DAY, why="uniform log after the drift")
     table = training_table(store, clock.now())[0].to_pandas()
     model = trainer_of(trees, folds)(table, twin.spec)
     fresh = twin.population(evaluated, day=day + 1, offset=50_000_000)
@@ -112,11 +119,7 @@ def uniform_reference(seed: int, users: int, *, drift_day: int, trees: int, fold
 def run_arm(seed: int, spec: Spec, *, first_users: int, daily: int, days: int, drift_day: int, adaptive: bool, trees: int,
             truth_sample: int, folds: int = 0) -> list[LoopDay]:
     twin = drifted_twin(seed, drift_day)
-    store = MemoryStore(spec)
-    decisions, outcomes = twin.log(twin.population(first_users))
-    clock = SimulatedClock(twin.start + timedelta(days=START_DAY))
-    ingest_decisions(store, RawRows(decisions, (), "first randomized log"), clock=clock)
-    ingest_outcomes(store, RawRows(outcomes, (), "first randomized log"), clock=clock)
+    store, clock = logged_store(twin, spec, first_users, day=0, at_day=START_DAY, why="first randomized log")
     registry = MemoryRegistry()
     trainer = trainer_of(trees, folds)
     adapt(store, registry, clock.now(), trainer=trainer, who="bench", population_size=min(10_000, daily))

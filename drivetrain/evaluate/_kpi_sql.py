@@ -191,7 +191,8 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
     horizon, wait = _interval(spec.horizon), _interval(spec.horizon + spec.settle)
     comps = ",\n                   ".join(_component(name, o.aggregate) for name, o in spec.model.outcomes.items())
     coalesced = ", ".join(f"COALESCE(a.{name}, 0.0) AS {name}" for name in spec.outcomes)
-    keys = ", ".join(["day", *cohorts, "holdout"])
+    key_names = ["day", *cohorts, "holdout"]
+    keys = ", ".join(key_names)
     unit_keys = ", ".join(["unit_id", *cohorts, "holdout"])
     me = "mature = 1 AND eligible = 1"
     distinct = {m.column: m for m in metrics}
@@ -238,11 +239,9 @@ def _moments_sql(spec: Spec, as_of: datetime, cohorts: Sequence[str], covariates
     # each put on the day of its first measured decision (summed over days, they are a non-day slice's).
     # Every key of the two cluster aggregates is a key of the linear sums (a cell, and a unit's first day, is
     # a group of decisions), so both join to it; a key without measured decisions has cluster sums of 0.
-    key_names = ["day", *cohorts, "holdout"]
-
     def joined(table: str, columns: Sequence[str]) -> tuple[str, list[str]]:
         on = " AND ".join(f"lin.{k} IS NOT DISTINCT FROM {table}.{k}" for k in key_names)
-        zero = {c: "BIGINT" if c.endswith("_g") else "DOUBLE" for c in columns}
+        zero = {c: "BIGINT" if c.endswith("_g") else "DOUBLE" for c in columns}  # d_g and u_g count clusters
         return f"LEFT JOIN {table} ON {on}", [f"COALESCE({table}.{c}, CAST(0 AS {zero[c]})) AS {c}" for c in columns]
 
     join_dc, from_dc = joined("dc", [f"d_{name}" for name in clusters])
