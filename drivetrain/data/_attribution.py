@@ -39,6 +39,8 @@ def attribute_pending(store: Store, *, now: datetime, grace: timedelta | None = 
     whose event is already in ``outcomes`` (a pass cut short between its writes) leaves it, and a row
     there twice (a rewrite cut short) is kept once: each outcome is counted once."""
     spec = store.spec
+    if arrivals is None and store.count("outcomes_pending") == 0:
+        return 0, 0, 0  # nothing waits: a decision ingest (most of them) has nothing to retry
     grace = spec.horizon if grace is None else grace
     horizon_us = int(spec.horizon.total_seconds() * 1_000_000)
     # the whole table: a row whose event is attributed already, or a second copy of a row (a rewrite cut

@@ -147,8 +147,8 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     """Shared tail of both ingests: de-duplicate, quarantine, return the rows to store (with their
     ``ingest_id``), the report, and per row whether it is stored (accepted or a duplicate) or rejected."""
     numbers = raw.numbers()
-    fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
     keys = clean[key].to_numpy()
+    fingerprint = _Fingerprints(clean, compare)  # hashed only when a key repeats or is stored already
     duplicate = _repeats(clean, reason, key, compare, numbers, fingerprint)
     fresh = np.flatnonzero((reason == None) & ~duplicate)  # noqa: E711
     if fresh.size:
@@ -161,7 +161,7 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
                 fp = stored_fp.get(keys[i])
                 if fp is None:
                     continue
-                if fp == fingerprint[i]:
+                if fp == fingerprint()[i]:
                     duplicate[i] = True
                 else:
                     mine = _canonical(clean.iloc[[int(i)]][compare]).iloc[0]
@@ -190,8 +190,22 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     return clean.iloc[np.flatnonzero(accept)].assign(**{INGEST_ID: ingest_id}), report, accept | duplicate, reason != None  # noqa: E711
 
 
+class _Fingerprints:
+    """The hash of each row's ``compare`` values in their canonical form, computed on the first call: most
+    batches repeat no key, within themselves or with the store, and need none."""
+
+    def __init__(self, frame: pd.DataFrame, compare: list[str]) -> None:
+        self.frame, self.compare = frame, compare
+        self._values: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray:
+        if self._values is None:
+            self._values = pd.util.hash_pandas_object(_canonical(self.frame[self.compare]), index=False).to_numpy()
+        return self._values
+
+
 def _repeats(clean: pd.DataFrame, reason: np.ndarray, key: str, compare: list[str], numbers: np.ndarray,
-             fingerprint: np.ndarray | None = None) -> np.ndarray:
+             fingerprint: _Fingerprints | None = None) -> np.ndarray:
     """Which valid rows repeat an earlier valid row of the batch exactly (duplicates); a later row whose
     ``key`` an earlier one has with other values gets a reason in ``reason`` (changed in place)."""
     keys = clean[key].to_numpy()
@@ -204,9 +218,8 @@ def _repeats(clean: pd.DataFrame, reason: np.ndarray, key: str, compare: list[st
         later = firsts != valid_idx
         if not later.any():  # no key repeats: nothing to compare
             return duplicate
-        if fingerprint is None:
-            fingerprint = pd.util.hash_pandas_object(_canonical(clean[compare]), index=False).to_numpy()
-        same = fingerprint[valid_idx] == fingerprint[firsts]
+        hashed = (fingerprint or _Fingerprints(clean, compare))()
+        same = hashed[valid_idx] == hashed[firsts]
         duplicate[valid_idx[later & same]] = True
         for i, j in zip(valid_idx[later & ~same], firsts[later & ~same], strict=True):
             reason[i] = f"`{key}` repeats an earlier row of this file with different values, got {keys[i]!r} (first in row {numbers[j]})"
