@@ -321,7 +321,7 @@ def _guard(store: Store, registry: Registry, as_of: datetime, champion: str, *, 
     spec = store.spec
     since = as_of - spec.horizon - spec.settle - spec.model.adaptation.watch_window
     try:
-        evaluation = evaluate(store, as_of, scope=Scope(since=since, policy_versions=(champion,)))
+        evaluation = evaluate(store, as_of, scope=Scope(since=since, policy_versions=(champion,)), daily=False)
     except DrivetrainError:  # none of the champion's decisions in the window yet
         return None
     policy = registry.load(champion)

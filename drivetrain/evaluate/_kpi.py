@@ -120,8 +120,11 @@ def _arm_sums(part: _Group) -> tuple[dict[str, float], dict[str, float], dict[st
             dict(zip(part.columns, (policy + holdout).tolist(), strict=True)))
 
 
-def _slice_keys(cohorts: Sequence[str]) -> list[tuple[str | None, str | None]]:
-    """(day or None, cohort or None) pairs: overall, by day, by cohort, by day and cohort."""
+def _slice_keys(cohorts: Sequence[str], daily: bool = True) -> list[tuple[str | None, str | None]]:
+    """(day or None, cohort or None) pairs: overall, by day, by cohort, by day and cohort (without the days
+    unless ``daily``)."""
+    if not daily:
+        return [(None, None), *((None, c) for c in cohorts)]
     return [(None, None), ("day", None), *((None, c) for c in cohorts), *(("day", c) for c in cohorts)]
 
 
@@ -134,12 +137,14 @@ def _plain(value: Any) -> Any:
 
 
 def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = None, confidence: float = 0.95,
-             scope: Scope | None = None) -> Evaluation:
+             scope: Scope | None = None, daily: bool = True) -> Evaluation:
     """Evaluate what the serving system did, as of ``as_of``: the KPI hierarchy of the store's spec,
     overall, by decision day, by each cohort value and by both (see the module docstring).
 
     ``cohorts`` restricts the breakdown to some of the spec's cohorts (default: all of them); ``scope``
-    to a window of decision times and to policy versions (:class:`Scope`).
+    to a window of decision times and to policy versions (:class:`Scope`); ``daily`` False leaves out the
+    slices by day (overall and by cohort value over the whole period only: the same figures, for a caller
+    that reads no day).
     """
     spec = store.spec
     as_of = as_utc(as_of, name="as_of")
@@ -149,7 +154,7 @@ def evaluate(store: Store, as_of: datetime, *, cohorts: Sequence[str] | None = N
     extent = store.arrow(queries.pop("extent"))
     _check_extent(_extent_row(extent), as_of)
     results: dict[str, Any] = {name: store.arrow(sql) for name, sql in queries.items()}
-    return evaluation_from_results(spec, as_of, {**results, "extent": extent}, cohorts=cohorts, confidence=confidence)
+    return evaluation_from_results(spec, as_of, {**results, "extent": extent}, cohorts=cohorts, confidence=confidence, daily=daily)
 
 
 #: The columns each result of :func:`evaluation_queries` must have besides the moments' sums.
@@ -181,7 +186,7 @@ def _check_extent(extent: Mapping[str, Any], as_of: datetime) -> None:
 
 
 def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, Any], *, cohorts: Sequence[str] | None = None,
-                            confidence: float = 0.95) -> Evaluation:
+                            confidence: float = 0.95, daily: bool = True) -> Evaluation:
     """The :class:`Evaluation` from the rows of :func:`evaluation_queries` run on any engine: DuckDB
     (what :func:`evaluate` does), or Spark after :func:`drivetrain.evaluate.to_spark_sql`.
 
@@ -231,7 +236,7 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
     slices: list[SliceEvaluation] = []
     features = spec.model.context.features
     declared = {c: tuple(features[c].values or ()) for c in chosen if features[c].type == "categorical" and features[c].values}
-    for day_key, cohort in _slice_keys(chosen):
+    for day_key, cohort in _slice_keys(chosen, daily):
         keys = [k for k in (day_key, cohort) if k is not None]
         hist = dict(_rollup(latency_keyed, keys, "bin", ["count"]))
         unit_groups = dict(_rollup(units_keyed, keys, "holdout", ["units"]))

@@ -366,6 +366,18 @@ def test_the_queries_transpile_to_spark_sql(raw_spec: dict[str, Any]) -> None:
             assert duckdb_only not in upper, (name, duckdb_only)
 
 
+def test_an_evaluation_without_days_has_the_whole_periods_slices_figure_for_figure(loop_store: LoopStore) -> None:
+    """``daily=False`` (what the adaptation's guard reads) leaves out the slices by day and nothing else: the
+    slices over the whole period, overall and by each cohort value, are those of the full evaluation."""
+    full = evaluate(loop_store.store, loop_store.as_of)
+    period = evaluate(loop_store.store, loop_store.as_of, daily=False)
+    kept = tuple(s for s in full.slices if s.day is None)
+    assert len(full.slices) > len(kept) > len(full.cohorts) > 0 and full.days  # the full one has days to leave out
+    assert repr(period.slices) == repr(kept) and period.by_day() == () and period.days == ()
+    assert (period.cohorts, period.outcomes_waiting, period.outcomes_unattributed) == \
+        (full.cohorts, full.outcomes_waiting, full.outcomes_unattributed)
+
+
 # ---------------------------------------------------------------------------------------------- the join, twice
 def test_the_evaluation_joins_outcomes_as_the_training_table_does(loop_store: LoopStore) -> None:
     """The evaluation's SQL re-implements the outcome join of :func:`training_table` (attribution,
