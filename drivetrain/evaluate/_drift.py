@@ -50,10 +50,10 @@ Outcomes count only mature decisions (docs/architecture.md, Maturity).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -205,7 +205,8 @@ def _psi(live: np.ndarray, reference: np.ndarray) -> float:
 
 
 def _ks(live_cells: np.ndarray, ref_shares: np.ndarray, n_ref: int) -> tuple[float, float, float]:
-    """(lower bound, upper bound, p-value) of the two-sample KS statistic from cell counts and shares."""
+    """(lower bound, upper bound, effective sample size) of the two-sample KS statistic from cell counts and
+    shares; the p-value is :func:`_ks_p` of the lower bound and that size (one call for every column)."""
     n = int(live_cells.sum())
     if n == 0 or n_ref == 0 or ref_shares.size != live_cells.size:
         return np.nan, np.nan, np.nan
@@ -214,9 +215,16 @@ def _ks(live_cells: np.ndarray, ref_shares: np.ndarray, n_ref: int) -> tuple[flo
     f = np.concatenate([[0.0], np.cumsum(live_cells)]) / n
     lower = float(np.max(np.abs(r - f)))
     upper = max(lower, float(np.max(r[1:] - f[:-1])), float(np.max(f[1:] - r[:-1])))
-    en = round(n * n_ref / (n + n_ref))
-    p = float(stats.kstwo.sf(lower, en)) if en >= 1 else np.nan
-    return lower, upper, p
+    return lower, upper, float(round(n * n_ref / (n + n_ref)))
+
+
+def _ks_p(statistic: np.ndarray, en: np.ndarray) -> np.ndarray:
+    """``kstwo.sf(statistic, en)`` where ``en >= 1``, else NaN: one vectorized call for every row."""
+    p = np.full(statistic.shape, np.nan)
+    ok = en >= 1
+    if ok.any():
+        p[ok] = stats.kstwo.sf(statistic[ok], en[ok])
+    return p
 
 
 def _chi2(live: np.ndarray, reference: np.ndarray, n_ref: int) -> tuple[float, float]:
@@ -232,13 +240,37 @@ def _chi2(live: np.ndarray, reference: np.ndarray, n_ref: int) -> tuple[float, f
     return float(p), float(np.sqrt(chi2 / table.sum()))
 
 
-def _stats(col: _Column, ref: dict[str, Any] | None, group: pd.DataFrame) -> dict[str, Any]:
-    cell = group["cell"].to_numpy(dtype=np.int64)
-    weight = group["n"].to_numpy(dtype=np.int64)
+class _Group(NamedTuple):
+    """One (column, cohort, cohort value)'s rows of the counts query, as arrays."""
+
+    cell: np.ndarray
+    n: np.ndarray
+    s: np.ndarray
+    category: np.ndarray
+
+
+def _groups(frame: pd.DataFrame) -> Iterator[tuple[tuple[int, int, int], _Group]]:
+    """The counts query's rows per (col, cohort, code), in that order (as a sorted groupby gives them), each
+    group's rows in their order."""
+    keys = frame[["col", "cohort", "code"]].to_numpy(dtype=np.int64)
+    order = np.lexsort(keys.T[::-1])  # stable: a group's rows keep their order
+    keys = keys[order]
+    cell, n = frame["cell"].to_numpy(dtype=np.int64)[order], frame["n"].to_numpy(dtype=np.int64)[order]
+    s, category = frame["s"].to_numpy(dtype=np.float64)[order], frame["category"].to_numpy()[order]
+    starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)])
+    for start, stop in zip(starts, [*starts[1:], len(keys)], strict=True):
+        i, j, code = (int(k) for k in keys[start])
+        yield (i, j, code), _Group(cell[start:stop], n[start:stop], s[start:stop], category[start:stop])
+
+
+def _stats(col: _Column, ref: dict[str, Any] | None, group: _Group) -> dict[str, Any]:
+    """The drift figures of one group against its baseline; ``ks_en`` is the KS test's effective sample
+    size (its p-value is set for every group at once, :func:`_ks_p`)."""
+    cell, weight = group.cell, group.n
     counted = cell != _NOT_COUNTED
     n = int(weight[counted].sum())
     out: dict[str, Any] = {"n": n, "n_reference": int(ref["n"]) if ref else 0, "psi": np.nan, "ks_statistic": np.nan,
-                           "ks_upper": np.nan, "p_value": np.nan, "effect_size": np.nan,
+                           "ks_upper": np.nan, "ks_en": np.nan, "p_value": np.nan, "effect_size": np.nan,
                            "effect_measure": "glass_delta" if col.kind == "numeric" else "cramers_v"}
     if ref is None or n == 0 or int(ref["n"]) == 0:
         return out
@@ -257,16 +289,16 @@ def _stats(col: _Column, ref: dict[str, Any] | None, group: pd.DataFrame) -> dic
         out["psi"] = _psi(np.append(live_bins, nulls) / n, np.append((1 - null_share) * shares, null_share))
         ref_cells = np.asarray(ref["grid_shares"], dtype=np.float64)
         if ref_cells.size:
-            out["ks_statistic"], out["ks_upper"], out["p_value"] = _ks(live_cells, ref_cells, n_ref_values)
+            out["ks_statistic"], out["ks_upper"], out["ks_en"] = _ks(live_cells, ref_cells, n_ref_values)
         mean, std = ref["mean"], ref["std"]
         n_values = live_cells.sum()
         if n_values and mean is not None and std is not None and std > 0:
-            out["effect_size"] = float((math.fsum(group["s"].to_numpy(dtype=np.float64)[values]) / n_values - mean) / std)
+            out["effect_size"] = float((math.fsum(group.s[values]) / n_values - mean) / std)
     else:
         categories = [str(c) for c in ref["categories"]]
         index = {c: j for j, c in enumerate(categories)}
         live = np.zeros(len(categories) + 2)
-        for label, count in zip(group["category"].to_numpy()[values], weight[values], strict=True):
+        for label, count in zip(group.category[values], weight[values], strict=True):
             label = str(label)
             if label not in index and label in ("true", "false") and label.capitalize() in index:
                 label = label.capitalize()  # SQL spells booleans in lower case, the baseline as Python does
@@ -458,16 +490,19 @@ def measure_drift(
     for cols, frame in frames:
         if frame.empty:
             continue
-        for (i, j, code), group in frame.groupby(["col", "cohort", "code"], sort=True):
-            col = cols[int(i)]  # type: ignore[call-overload]
-            cohort = None if j < 0 else cohorts[int(j)]  # type: ignore[operator, call-overload]
-            value = None if cohort is None or code == 0 else cohort_values[cohort][int(code) - 1]  # type: ignore[call-overload]
+        for (i, j, code), group in _groups(frame):
+            col = cols[i]
+            cohort = None if j < 0 else cohorts[j]
+            value = None if cohort is None or code == 0 else cohort_values[cohort][code - 1]
             if cohort == col.name or (cohort is not None and value is None):
                 continue  # a cohort within itself; decisions whose cohort value the baseline never saw
             result = _stats(col, refs.get((col.name, cohort, value)), group)
             rows.append({"column_name": col.name, "role": col.role, "kind": col.kind, "cohort": cohort,
                          "cohort_value": value, **result})
-    table_out = pd.DataFrame(rows, columns=[c for c in DRIFT_COLUMNS if c not in ("p_adjusted", "flagged")])
+    table_out = pd.DataFrame(rows, columns=[*(c for c in DRIFT_COLUMNS if c not in ("p_adjusted", "flagged")), "ks_en"])
+    ks = table_out["kind"] == "numeric"
+    table_out.loc[ks, "p_value"] = _ks_p(table_out.loc[ks, "ks_statistic"].to_numpy(dtype=np.float64),
+                                         table_out.loc[ks, "ks_en"].to_numpy(dtype=np.float64))
     table_out = table_out.sort_values(["role", "column_name", "cohort", "cohort_value"], na_position="first",
                                       kind="stable").reset_index(drop=True)
     table_out["p_adjusted"] = holm_adjusted(table_out["p_value"].to_numpy(dtype=np.float64))
