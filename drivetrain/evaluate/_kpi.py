@@ -194,7 +194,7 @@ def evaluation_from_results(spec: Spec, as_of: datetime, results: Mapping[str, A
     pyarrow Table or a pandas DataFrame (Spark's ``toArrow()`` or ``toPandas()``); ``spec``, ``as_of`` and
     ``cohorts`` must be those the queries were made with. Naive timestamps are read as UTC, as the
     queries require a UTC session. The arithmetic is this function's, so both engines give the same
-    figures from the same sums."""
+    figures from the same sums. ``daily`` is :func:`evaluate`'s (False: no slice by day)."""
     as_of = as_utc(as_of, name="as_of")
     if not 0 < confidence < 1:
         raise UsageError(f"`confidence` must be in (0, 1), got {confidence}")
