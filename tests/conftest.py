@@ -55,53 +55,68 @@ def pytest_configure(config: pytest.Config) -> None:
         compile_kernels()
 
 
-#: The numba kernels in two halves of about equal compile time (11 and 13 s from a clean clone, 13 s side by side
-#: against 20 s in one process): the compiled model's batch and single-row paths and a walked tree's single row;
-#: a batch of walked trees (trees of more than 64 leaves) and the units' hash. Each half fits a tiny model, so
-#: both compile the forest build's two kernels.
-KERNEL_HALVES = ("masks", "walk-and-hash")
+#: The numba kernels in two parts compiled side by side, each kernel in one of them: a tiny model is fitted
+#: (which compiles the batch scorer, the fold values and the forest build's kernels) and predicts one row;
+#: a forest built from a LightGBM model directly scores one row by leaf masks, and one row and a batch by
+#: walking its trees (how trees of more than 64 leaves are scored), then the units' hash runs on a batch.
+#: Only the forest build's three small kernels are compiled by both (about 1 s). From a clean clone the two
+#: take 10.9 s side by side, where two halves that each fitted a model took 14.7 s (docs/experiments.md).
+KERNEL_PARTS = ("fit", "forest-and-hash")
 
 
 def compile_kernels() -> None:
     """Compile the numba kernels once, before the workers start: numba keeps them in the package's
     ``__pycache__``, which a clean clone lacks, and otherwise every worker and every command the tests start
-    compiles them at the same time (about 10 s of CPU each). The two halves compile in two processes side
-    by side (numba writes each kernel's cache file whole), so the workers wait for the longer half."""
+    compiles them at the same time (about 10 s of CPU each). The two parts compile in two processes side by
+    side (numba writes each kernel's cache file whole), so the workers wait for the longer part."""
     import subprocess
     import sys
 
-    halves = [subprocess.Popen([sys.executable, "-c", f"from tests.conftest import compile_half; compile_half({half!r})"], cwd=ROOT)
-              for half in KERNEL_HALVES]
-    failed = [half for half, process in zip(KERNEL_HALVES, halves, strict=True) if process.wait() != 0]
+    parts = [subprocess.Popen([sys.executable, "-c", f"from tests.conftest import compile_part; compile_part({part!r})"], cwd=ROOT)
+             for part in KERNEL_PARTS]
+    failed = [part for part, process in zip(KERNEL_PARTS, parts, strict=True) if process.wait() != 0]
     assert not failed, f"compiling the numba kernels failed in {failed}"
 
 
-def compile_half(half: str) -> None:
-    """Compile one of :data:`KERNEL_HALVES`: a tiny model predicts on the batch and the single-row paths with
-    leaf masks (trees of at most 64 leaves), or by walking its trees, and the units' hash runs on a batch
-    (the compiled path, from 2,048 units)."""
-    from drivetrain.assembly import fit_model
-    from drivetrain.data import MemoryStore
-    from drivetrain.model import CompiledModel, OutcomeModel
-    from drivetrain.spec import holdout_draw
-    from drivetrain.twin import NBOOTwin
+def compile_part(part: str) -> None:
+    """Compile one of :data:`KERNEL_PARTS` with the argument types of production: every forest comes from
+    :class:`ForestBuilder`, every context is a C-contiguous float64 array."""
+    import lightgbm as lgb
+    import numpy as np
 
-    twin = NBOOTwin(horizon_days=7, seed=0)
-    store = MemoryStore(twin.spec)
-    now = fill(store, twin, 600)
-    model = fit_model(store, now, OutcomeModel(n_folds=2, n_estimators=3, num_threads=1, seed=0))[0]
-    compiled = CompiledModel.of(model)
-    assert compiled is not None and compiled.forest.leaf_masks is not None
-    features = model.encoder_.transform(twin.population(4))
-    walked = dataclasses.replace(compiled.forest, leaf_masks=None)  # how trees of more than 64 leaves are scored
-    if half == "masks":
+    from drivetrain.model._forest import ForestBuilder
+    from drivetrain.spec import holdout_draw
+
+    if part == "fit":
+        from drivetrain.assembly import fit_model
+        from drivetrain.data import MemoryStore
+        from drivetrain.model import CompiledModel, OutcomeModel
+        from drivetrain.twin import NBOOTwin
+
+        twin = NBOOTwin(horizon_days=7, seed=0)
+        store = MemoryStore(twin.spec)
+        now = fill(store, twin, 600)
+        model = fit_model(store, now, OutcomeModel(n_folds=2, n_estimators=3, num_threads=1, seed=0))[0]
+        compiled = CompiledModel.of(model)
+        assert compiled is not None and compiled.forest.leaf_masks is not None
+        features = model.encoder_.transform(twin.population(4))
         compiled.predict(features)
         compiled.predict_folds(features)
         compiled.predict_row(features[0])
-        walked.raw(features[0])
-    else:
-        walked.raw_batch(features)
-        holdout_draw("compile", range(4096))
+        return
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    booster = lgb.train({"objective": "regression", "num_leaves": 4, "min_data_in_leaf": 5, "num_threads": 1, "verbose": -1},
+                        lgb.Dataset(x, x[:, 0] + rng.normal(size=200)), num_boost_round=2)
+    builder = ForestBuilder(3, np.array([[0.0], [1.0]]))
+    builder.add(booster.model_to_string(), builder.slot())
+    forest = builder.build()
+    assert forest.leaf_masks is not None
+    forest.raw(np.zeros(3))
+    walked = dataclasses.replace(forest, leaf_masks=None)
+    walked.raw(np.zeros(3))
+    walked.raw_batch(np.zeros((4, 3)))
+    holdout_draw("compile", range(4096))
 
 
 def fill(store: Store, twin: NBOOTwin, users: int, *, day: int = 0, offset: int = 0, received: int = 9) -> datetime:
