@@ -78,9 +78,12 @@ class SpendPacer:
 
     # ------------------------------------------------------------------ the ledger
     def cost(self, policy: Policy, contexts: pd.DataFrame, components: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-        """The serving model's predicted cost of every (unit, action), (n, K)."""
-        comps = policy.model.predict_outcomes(contexts) if components is None else components
-        return np.broadcast_to(np.asarray(formula_on(self.spec, self.formula, comps, contexts), dtype=np.float64),
+        """The serving model's predicted cost of every (unit, action), (n, K); without ``components`` (the
+        model's predictions for ``contexts``) only the components the budget's formula reads are predicted."""
+        if components is None:
+            read = [c for c in self.spec.outcomes if c in self.formula.variables]
+            components = policy.model.predict_outcomes(contexts, components=read)
+        return np.broadcast_to(np.asarray(formula_on(self.spec, self.formula, components, contexts), dtype=np.float64),
                                (len(contexts), len(self.spec.action_space)))
 
     def record(self, day: int, units: int, predicted: float) -> None:

@@ -341,57 +341,85 @@ class OutcomeModel:
         return self._compile("folds", self.models_)
 
     def predict_outcomes(self, contexts: pd.DataFrame | Mapping[str, Any], *, return_std: bool = False,
-                         engine: Literal["compiled", "parts"] = "compiled") -> Any:
+                         engine: Literal["compiled", "parts"] = "compiled", components: Sequence[str] | None = None) -> Any:
         """Expected value of each component for every (unit, action): dict of (n, K) arrays.
 
         The expectation comes from the models refitted on every row when there are any (``final_``),
         else from the mean of the fold models. With ``return_std``, also the spread of the cross-fitted
         models per (unit, action) (zeros without cross-fitting), as a second dict. ``engine`` "compiled"
         evaluates the trees in compiled parallel code when every part is LightGBM or a constant (the
-        same figures to 1e-12), "parts" with each part's own ``predict``.
+        same figures to 1e-12), "parts" with each part's own ``predict``. ``components`` predicts those
+        alone (default: all), with the same figures: only their models and those of the components they
+        are ``given`` are evaluated (a budget's cost needs a third of the trees of the NBOO spec).
         """
         self._check_fitted()
         if engine not in ("compiled", "parts"):
             raise UsageError(f"`engine` must be 'compiled' or 'parts', got {engine!r}")
+        needed = self._needed(components)
+        asked = self.components_ if components is None else tuple(c for c in needed if c in set(components))
+        if not needed:
+            return ({}, {}) if return_std else {}
         x = self.encoder_.transform(contexts)
         refitted = None
         if self.final_:
-            compiled = self.compiled() if engine == "compiled" else None
+            compiled = self._compile(self._key("final", needed), {c: [self.final_[c]] for c in needed}) if engine == "compiled" else None
             refitted = (compiled.predict(x, num_threads=self.num_threads) if compiled is not None
-                        else self._predict_with(self.final_, x, engine=engine))
+                        else self._predict_with({c: self.final_[c] for c in needed}, x, engine=engine))
         if refitted is not None and not return_std:
-            return refitted
-        per_fold = self._per_fold(x, engine)
+            return {c: refitted[c] for c in asked}
+        per_fold = self._per_fold(x, engine, needed)
         means = refitted if refitted is not None else _mean(per_fold)
         if not return_std:
-            return means
+            return {c: means[c] for c in asked}
         stds = {c: np.std([p[c] for p in per_fold], axis=0, ddof=1) if len(per_fold) > 1 else np.zeros_like(means[c])
-                for c in self.components_}
-        return means, stds
+                for c in asked}
+        return {c: means[c] for c in asked}, stds
+
+    def _needed(self, components: Sequence[str] | None) -> tuple[str, ...]:
+        """``components`` and the components they are given by, in the model's order (all by default)."""
+        if components is None:
+            return self.components_
+        if isinstance(components, str):
+            raise UsageError(f"`components` must be a sequence of component names, got the string {components!r}")
+        unknown = sorted(set(components) - set(self.components_))
+        if unknown:
+            raise UsageError(f"`components` must be among the model's {list(self.components_)}, got {unknown}")
+        needed: set[str] = set()
+        for comp in components:
+            current: str | None = comp
+            while current is not None and current not in needed:
+                needed.add(current)
+                current = self.spec_.model.outcomes[current].given
+        return tuple(c for c in self.components_ if c in needed)
+
+    def _key(self, kind: str, needed: tuple[str, ...]) -> str:
+        """The compiled cache's key of ``kind`` ("final" or "folds") restricted to ``needed``."""
+        return kind if needed == self.components_ else f"{kind}:{','.join(needed)}"
 
     def predict_folds(self, contexts: pd.DataFrame | Mapping[str, Any], *,
                       engine: Literal["compiled", "parts"] = "compiled") -> list[dict[str, np.ndarray]]:
         """Each cross-fitted model's components for every (unit, action): one dict of (n, K) arrays per
         fold. The spread of any formula of the components across them is that formula's uncertainty."""
         self._check_fitted()
-        return self._per_fold(self.encoder_.transform(contexts), engine)
+        return self._per_fold(self.encoder_.transform(contexts), engine, self.components_)
 
-    def _per_fold(self, x: np.ndarray, engine: str) -> list[dict[str, np.ndarray]]:
-        compiled = self._compile("folds", self.models_) if engine == "compiled" else None
+    def _per_fold(self, x: np.ndarray, engine: str, needed: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+        compiled = self._compile(self._key("folds", needed), {c: self.models_[c] for c in needed}) if engine == "compiled" else None
         if compiled is not None:
             return compiled.predict_folds(x, num_threads=self.num_threads)
         folds = len(next(iter(self.models_.values())))
-        return [self._predict_with({c: self.models_[c][f] for c in self.components_}, x, engine="parts") for f in range(folds)]
+        return [self._predict_with({c: self.models_[c][f] for c in needed}, x, engine="parts") for f in range(folds)]
 
     def _predict_with(self, models: Mapping[str, ComponentLearner], x: np.ndarray, *, engine: str = "compiled") -> dict[str, np.ndarray]:
-        """The composed components of encoded contexts ``x`` predicted by one model per component."""
+        """The composed components of encoded contexts ``x`` predicted by one model per component (each
+        component's gate among them)."""
         if engine == "compiled":
-            compiled = CompiledModel.compile(self.spec_, {c: [models[c]] for c in self.components_}, n_context=x.shape[1],
+            compiled = CompiledModel.compile(self.spec_, {c: [models[c]] for c in models}, n_context=x.shape[1],
                                              with_actions=self.learner == "s", zero_actions=self.zero_actions_)
             if compiled is not None:
                 return compiled.predict(x, num_threads=self.num_threads)
         actions = self._actions()
-        raw = {c: models[c].predict_actions(x, actions, self.num_threads) for c in self.components_}
+        raw = {c: models[c].predict_actions(x, actions, self.num_threads) for c in models}
         return self._compose({c: self._finish(v, c) for c, v in raw.items()})
 
     def _finish(self, out: np.ndarray, comp: str) -> np.ndarray:
@@ -413,7 +441,7 @@ class OutcomeModel:
                 out[comp] = value
             return out[comp]
 
-        for comp in self.components_:
+        for comp in raw:
             full(comp)
         return out
 

@@ -194,6 +194,38 @@ def test_refit_predicts_with_the_model_on_every_row_and_keeps_the_fold_spread(no
     assert not np.allclose(oof, whole.training_predictions()["purchase"])
 
 
+def test_a_subset_of_components_is_predicted_figure_for_figure(noise_free, fresh) -> None:  # type: ignore[no-untyped-def]
+    """``components`` evaluates the asked components' models and those of their gates alone (promo_cost is
+    given redeemed, given purchase): the same figures, bit for bit, as predicting every component."""
+    twin, table = noise_free
+    users = fresh[0].head(500)
+    params = {"n_estimators": 10, "min_child_samples": 50}
+    table = table.head(3000)
+    models = {"refitted": OutcomeModel(n_folds=2, **params).fit(table, twin.spec),
+              "folds": OutcomeModel(n_folds=2, refit=False, **params).fit(table, twin.spec)}
+    for name, model in models.items():
+        for engine in ("compiled", "parts"):
+            means, stds = model.predict_outcomes(users, return_std=True, engine=engine)
+            for asked in (["promo_cost"], ["complaint", "order_value"], list(twin.spec.outcomes)):
+                where = f"{name}, {engine}, {asked}"
+                alone = model.predict_outcomes(users, engine=engine, components=asked)
+                assert list(alone) == [c for c in twin.spec.outcomes if c in asked], where
+                some_means, some_stds = model.predict_outcomes(users, return_std=True, engine=engine, components=asked)
+                assert list(some_stds) == list(alone), where
+                for c in asked:
+                    np.testing.assert_array_equal(alone[c], means[c], err_msg=where)
+                    np.testing.assert_array_equal(some_means[c], means[c], err_msg=where)
+                    np.testing.assert_array_equal(some_stds[c], stds[c], err_msg=where)
+    model = models["refitted"]
+    assert set(model._compiled) >= {"final", "final:purchase,promo_cost,redeemed"}  # the cost's forest: its own three parts
+    assert model._compiled["final:purchase,promo_cost,redeemed"].components == ("purchase", "promo_cost", "redeemed")
+    assert model.predict_outcomes(users, components=[]) == {}
+    with pytest.raises(UsageError, match=r"`components` must be among the model's \[.*\], got \['promo'\]"):
+        model.predict_outcomes(users, components=["promo"])
+    with pytest.raises(UsageError, match="`components` must be a sequence of component names, got the string 'promo_cost'"):
+        model.predict_outcomes(users, components="promo_cost")
+
+
 def test_cross_fitting_folds_are_drawn_per_unit(noisy) -> None:  # type: ignore[no-untyped-def]
     """A unit decided three times keeps all three rows in one fold, so its out-of-fold predictions
     never come from a model that learned its own outcomes; without `unit_id` folds are drawn per row."""
