@@ -27,7 +27,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from drivetrain.adapt import EmbeddedRegistry, Lineage, promote, rollback
@@ -68,7 +67,7 @@ def main() -> None:
 
         started = time.monotonic()
         server = ServiceProcess.start(SPEC, None, work / "served", "--registry", str(registry.root), deadline_s=120.0)
-        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+        with server.client(timeout=30.0) as client:
             ctx = dict(contexts[0])
             client.post("/v1/decide", json={"unit_id": ctx.pop("unit_id"), "context": ctx})
         restart_s = time.monotonic() - started
@@ -88,7 +87,7 @@ def main() -> None:
                 rollback(registry, at=at, who="bench", why="drill")
                 rollbacks.append(load.switch(moved, first.version, second.version))
                 time.sleep(1.0)
-            with httpx.Client(base_url=server.url, timeout=30.0) as client:
+            with server.client(timeout=30.0) as client:
                 info = client.get("/v1/policy").json()
         finally:
             load.stop()

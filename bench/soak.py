@@ -41,7 +41,7 @@ import pandas as pd
 
 from drivetrain.model import OutcomeModel
 from drivetrain.policy import Policy
-from drivetrain.serve import ServiceProcess
+from drivetrain.serve import ServiceProcess, http_client
 from drivetrain.twin import NBOOTwin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ class Soak:
         threads = [threading.Thread(target=self.operator), threading.Thread(target=self.killer, args=(began,))]
         for t in threads:
             t.start()
-        clients = [httpx.Client(timeout=10.0) for _ in range(16)]
+        clients = [http_client(timeout=10.0) for _ in range(16)]
         with ThreadPoolExecutor(max_workers=16) as pool:
             futures = []
             i = 0

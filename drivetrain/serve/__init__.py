@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from drivetrain.serve._decider import Decider, Decision, shadow_row
     from drivetrain.serve._http import Limits, run
     from drivetrain.serve._log import CompactionReport, DecisionLog, RecoveryReport, compact, read_segments, recover
-    from drivetrain.serve._process import DecisionLoad, ServiceProcess, free_port
+    from drivetrain.serve._process import DecisionLoad, ServiceProcess, free_port, http_client
     from drivetrain.serve._service import Service, ServiceConfig, settle_heap
     from drivetrain.serve.app import create_app
 
@@ -21,14 +21,14 @@ _HOMES = {
     "Limits": "_http", "run": "_http",
     "CompactionReport": "_log", "DecisionLog": "_log", "RecoveryReport": "_log", "compact": "_log", "read_segments": "_log",
     "recover": "_log",
-    "DecisionLoad": "_process", "ServiceProcess": "_process", "free_port": "_process",
+    "DecisionLoad": "_process", "ServiceProcess": "_process", "free_port": "_process", "http_client": "_process",
     "Service": "_service", "ServiceConfig": "_service", "settle_heap": "_service",
     "create_app": "app",
 }
 
 __all__ = ["CompactionReport", "Decider", "Decision", "DecisionLoad", "DecisionLog", "Limits", "RecoveryReport", "Service", "ServiceConfig",
-           "ServiceProcess", "compact", "create_app", "free_port", "read_segments", "recover", "run", "settle_heap",
-           "shadow_row"]
+           "ServiceProcess", "compact", "create_app", "free_port", "http_client", "read_segments", "recover", "run",
+           "settle_heap", "shadow_row"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.serve.service_helpers import Server, read_log, start_server
 
 
@@ -92,7 +90,8 @@ def test_idle_and_half_sent_connections_are_closed(policies: tuple[Path, Path], 
                                          b"Content-Length: 100\r\n\r\n{\"unit_id\"", 0.0)])
         assert answer.startswith(b"HTTP/1.1 408"), answer
         # a half-sent body does not hold up a graceful shutdown, which closes the log's open segment
-        assert httpx.post(f"{server.url}/v1/decide", json=_body(contexts[0]), timeout=30).status_code == 200
+        with server.client(timeout=30) as client:
+            assert client.post("/v1/decide", json=_body(contexts[0])).status_code == 200
         host, port = server.url.removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=30) as conn:
             conn.sendall(b"POST /v1/decide HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
@@ -134,7 +133,8 @@ def test_a_batch_does_not_hold_up_single_decisions(server: Server, contexts: lis
 
     def send_batch() -> None:
         try:
-            assert httpx.post(f"{server.url}/v1/decide/batch", json=batch, timeout=120).status_code == 200
+            with server.client(timeout=120) as client:
+                assert client.post("/v1/decide/batch", json=batch).status_code == 200
         finally:
             done.set()
 

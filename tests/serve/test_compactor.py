@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from drivetrain.data import ParquetStore
 from drivetrain.twin import nboo_spec
 from tests.serve.service_helpers import Server, read_store, start_server
@@ -43,7 +41,8 @@ def stored(server: Server, ids: list[str]) -> bool:
 
 
 def metric(server: Server, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
+    with server.client() as client:
+        text = client.get("/metrics").text
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = rf"^{re.escape(name)}" + (rf"\{{{re.escape(want)}\}}" if labels else "") + r" (\S+)$"
     match = re.search(pattern, text, re.MULTILINE)

@@ -252,7 +252,7 @@ def test_kill_9_loses_no_answered_decision(policies: tuple[Path, Path], contexts
     stop = threading.Event()
 
     def client_loop(k: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=5.0) as client:
+        with server.client(timeout=5.0) as client:
             for i in range(2000):
                 if stop.is_set():
                     return
@@ -323,7 +323,7 @@ def test_reload_under_load_fails_no_request_and_keeps_the_holdout(policies: tupl
     done = threading.Event()
 
     def client_loop(k: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=10.0) as client:
+        with server.client(timeout=10.0) as client:
             i = 0
             while i < 150 or not done.is_set():  # until every reload has served at least 30 more requests
                 i += 1
@@ -359,3 +359,18 @@ def test_reload_under_load_fails_no_request_and_keeps_the_holdout(policies: tupl
         # a decision the loaded machine made late falls back (the budget runs from its arrival); nothing else does
         assert body["assignment"] != "fallback" or body["fallback_reason"].startswith("over the latency budget"), body
     assert not any(math.isnan(b["propensity"]) for _, b in results) and np.all([b["propensity"] > 0 for _, b in results])
+
+
+def test_clients_share_one_tls_context_that_verifies() -> None:
+    """Every client of a process is built on one TLS context (httpx's default: its CA bundle, certificates
+    and host names checked) instead of loading the bundle again for each client."""
+    import ssl
+
+    from drivetrain.serve import http_client
+    from drivetrain.serve._process import _tls
+
+    assert _tls() is _tls()
+    assert _tls().verify_mode == ssl.CERT_REQUIRED and _tls().check_hostname
+    assert _tls().cert_store_stats()["x509_ca"] > 0
+    with http_client("http://127.0.0.1:1", timeout=2.0) as client:
+        assert str(client.base_url) == "http://127.0.0.1:1" and client.timeout.connect == 2.0
