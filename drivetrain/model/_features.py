@@ -51,11 +51,9 @@ class FeatureEncoder:
         columns = []
         for name, kind in zip(self.names, self.kinds, strict=True):
             raw = contexts[name]
-            if kind == "categorical":
-                values = np.array(raw, dtype=object)
-                known = pd.Series(values).isin(self.categories[name]).to_numpy()
-                values[~known] = None
-                codes = pd.Categorical(values, categories=list(self.categories[name])).codes
+            if kind == "categorical":  # a hash lookup of each value among the categories: -1 when unknown or missing
+                values = raw if isinstance(raw, pd.Series) else pd.Index(np.asarray(raw, dtype=object).ravel())
+                codes = pd.Index(list(self.categories[name]), dtype=object).get_indexer(values)
                 columns.append(np.where(codes >= 0, codes, np.nan).astype(np.float64))
             else:
                 columns.append(pd.to_numeric(pd.Series(np.asarray(raw)), errors="coerce").to_numpy(dtype=np.float64))

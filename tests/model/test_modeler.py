@@ -164,6 +164,16 @@ def test_feature_encoder_round_trips_and_handles_unknowns(noise_free) -> None:  
     assert np.isnan(row["region"]) and row["tier"] == 2.0 and row["page_views_30d"] == 3.0
     with pytest.raises(DataError, match="must have the feature columns"):
         enc.transform({"region": ["north"]})
+    # categories given as Arrow text, objects or a list: each value coded as the service codes one context
+    odd = ["north", None, "North", "atlantis", float("nan"), 1, "south", " west", "west"]
+    n = len(odd)
+    frames = [pd.DataFrame({**{c: np.arange(n, dtype=np.float64) for c in enc.names}, "region": pd.Series(odd, dtype=object),
+                            "device": pd.Series(["mobile", "desktop", None, "tablet", "x", "mobile", "Desktop", "", "desktop"], dtype="str"),
+                            "tier": ["gold", "silver", "bronze", None, "platinum", "gold", 2, "silver", "gold"]})]
+    frames.append({c: list(frames[0][c]) for c in enc.names})
+    for contexts in frames:
+        rows = [{c: contexts[c][i] for c in enc.names} for i in range(n)]
+        np.testing.assert_array_equal(enc.transform(contexts), np.vstack([enc.transform_row(r) for r in rows]))
 
 
 def test_refit_predicts_with_the_model_on_every_row_and_keeps_the_fold_spread(noise_free, fresh) -> None:  # type: ignore[no-untyped-def]
