@@ -52,7 +52,7 @@ class FeatureEncoder:
         for name, kind in zip(self.names, self.kinds, strict=True):
             raw = contexts[name]
             if kind == "categorical":  # a hash lookup of each value among the categories: -1 when unknown or missing
-                values = raw if isinstance(raw, pd.Series) else pd.Index(np.asarray(raw, dtype=object).ravel())
+                values = pd.Index(raw) if isinstance(raw, pd.Series) else pd.Index(np.asarray(raw, dtype=object).ravel())
                 codes = pd.Index(list(self.categories[name]), dtype=object).get_indexer(values)
                 columns.append(np.where(codes >= 0, codes, np.nan).astype(np.float64))
             else:
