@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -277,6 +277,8 @@ class ParquetStore(_SqlStore):
     def __init__(self, root: str | Path, spec: Spec, *, create: bool = False) -> None:
         self.root = Path(root)
         self.spec = spec
+        #: Per table: the files (path, inode, modification time, size) last described and the columns they hold.
+        self._described: dict[str, tuple[tuple[tuple[str, int, int, int], ...], frozenset[str]]] = {}
         marker = self.root / _MARKER
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -386,15 +388,35 @@ class ParquetStore(_SqlStore):
             return
         listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
         source = f"read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
-        con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM {source}")
-        stored = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+        key = _stats(files)
+        described = self._described.get(table)
+        if key is None or described is None or described[0] != key:
+            con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM {source}")
+            stored = frozenset(row[0] for row in con.execute(f"DESCRIBE {table}").fetchall())
+            if key is not None:
+                self._described[table] = (key, stored)
+            made = True
+        else:  # the files described last time: their columns are known
+            stored, made = described[1], False
         if table in WITH_INGEST_ID and INGEST_ID not in stored:  # written before ingest ids: no ingest can undo them
             con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, CAST(NULL AS VARCHAR) AS {INGEST_ID} FROM {source}")
-            stored.add(INGEST_ID)
+            stored |= {INGEST_ID}
+        elif not made:
+            con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM {source}")
         if missing := [name for name in self.schema(table).names if name not in stored]:
             raise StoreError(
                 f"the stored `{table}` must have the columns of this spec {missing}, got files without them in {str(self.root)!r}: "
                 "the spec changed after they were stored; use the spec they were stored with, or a new store for the new contract")
+
+
+def _stats(files: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...] | None:
+    """Each file's path, inode, modification time and size, or None when one is gone (a compaction removed
+    it): what says that a table's files are the ones described before (a file rewritten in its place is a new
+    inode)."""
+    try:
+        return tuple((str(p), (st := p.stat()).st_ino, st.st_mtime_ns, st.st_size) for p in files)
+    except OSError:
+        return None
 
 
 def open_store(path: str | Path | None, spec: Spec, *, create: bool = False) -> Store:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pyarrow as pa
@@ -162,6 +163,11 @@ def test_rows_stored_before_ingest_ids_read_a_null_ingest_id(spec: Spec, tmp_pat
     assert got == [{"event_id": "new", "ingest_id": "i9"}, {"event_id": "old", "ingest_id": None}]
     assert store.remove("outcomes", "ingest_id", pa.table({"ingest_id": ["i9"]})) == 1
     assert store.count("outcomes") == 1
+    # the columns a table's files hold are read again when a file is replaced in its place
+    path = tmp_path / "s" / "outcomes" / "part-old.parquet"
+    pq.write_table(_outcomes(["old"]).append_column("ingest_id", pa.array(["i8"])), path.with_name(".tmp"))
+    os.replace(path.with_name(".tmp"), path)
+    assert store.arrow("SELECT event_id, ingest_id FROM outcomes").to_pylist() == [{"event_id": "old", "ingest_id": "i8"}]
 
 
 def test_the_first_personal_key_fingerprint_is_kept(store: Store) -> None:
