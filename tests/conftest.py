@@ -132,6 +132,15 @@ def fill(store: Store, twin: NBOOTwin, users: int, *, day: int = 0, offset: int 
     return clock.now()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection left (modules, libraries, the test items) lives for the whole run: moved out of the
+    garbage collector's generations, no full collection walks it again (tests/test_demo.py and
+    tests/test_pacing.py in one process: 0.74 s in full collections against 2.04 s)."""
+    import gc
+
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
