@@ -71,6 +71,18 @@ def _text(booster: lgb.Booster) -> str:
     return text
 
 
+def frozen(booster: lgb.Booster) -> lgb.Booster:
+    """What ``lgb.train`` does to a booster without ``keep_training_booster`` (the model read back from its
+    text, its training rows freed), the text kept: compiling and saving the model need it, and a second
+    dump of the same trees costs what the first did. The booster is read from that text, so the text is
+    what it holds (dumping it again can differ in a field LightGBM drops on reading: a one-leaf tree's
+    leaf weight)."""
+    text = booster.model_to_string()
+    booster.model_from_string(text).free_dataset()
+    _TEXTS[booster] = text
+    return booster
+
+
 def _objective(booster: lgb.Booster) -> str:
     objective = str(booster.params.get("objective", ""))
     if objective:

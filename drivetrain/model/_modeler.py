@@ -63,6 +63,7 @@ from drivetrain.model._learners import (
     Estimator,
     PerAction,
     TwoStage,
+    frozen,
     read_learner,
 )
 from drivetrain.spec import Spec, formula_on
@@ -645,15 +646,17 @@ class _Fitter:
         log = not binary and owner.log_link and bool(np.all(y > 0))
         params = owner._lgbm_params("cross_entropy" if binary else "gamma" if log else "regression")
         if not two_stage:
-            return Boosted(lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators))
+            return Boosted(frozen(lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
+                                            keep_training_booster=True)))
         base = lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
                          keep_training_booster=True)
         init = _training_raw_score(base, str(params["objective"]))
         if init is None:  # a score at the link's edge: predict the rows again
             init = np.asarray(base.predict(self.x[rows], raw_score=True, num_threads=1), dtype=np.float64)
-        base.model_from_string(base.model_to_string()).free_dataset()  # what lgb.train does without keep_training_booster
-        effect = lgb.train(params, self._data("design", rows, y, weight, init), num_boost_round=owner._effect_rounds(binary))
-        return TwoStage(base, effect, self.d, binary)
+        base = frozen(base)
+        effect = lgb.train(params, self._data("design", rows, y, weight, init), num_boost_round=owner._effect_rounds(binary),
+                           keep_training_booster=True)
+        return TwoStage(base, frozen(effect), self.d, binary)
 
 
 def _training_raw_score(booster: lgb.Booster, objective: str) -> np.ndarray | None:

@@ -236,6 +236,27 @@ def test_a_subset_of_components_is_predicted_figure_for_figure(noise_free, fresh
         model.predict_outcomes(users, components="promo_cost")
 
 
+def test_each_fitted_booster_keeps_the_text_it_was_read_from(noise_free) -> None:  # type: ignore[no-untyped-def]
+    """A fitted booster's text is kept from the fit (compiling and saving read it): the booster is the one
+    that text reads into, and it holds no training rows, as after a plain ``lgb.train``."""
+    import lightgbm as lgb
+
+    from drivetrain.model._learners import _TEXTS, Boosted, PerAction, TwoStage
+
+    twin, table = noise_free
+    boosters = []
+    for learner in ("s", "t"):
+        model = OutcomeModel(n_folds=2, n_estimators=5, learner=learner).fit(table.head(2000), twin.spec)
+        for part in [p for parts in model.models_.values() for p in parts] + list(model.final_.values()):
+            members = part.members if isinstance(part, PerAction) else [part]
+            for m in members:
+                boosters += [m.base, m.effect] if isinstance(m, TwoStage) else [m.booster] if isinstance(m, Boosted) else []
+    assert len(boosters) > 20
+    for booster in boosters:
+        assert lgb.Booster(model_str=_TEXTS[booster]).model_to_string() == booster.model_to_string()
+        assert not hasattr(booster, "train_set")  # freed, as lgb.train leaves it
+
+
 def test_cross_fitting_folds_are_drawn_per_unit(noisy) -> None:  # type: ignore[no-untyped-def]
     """A unit decided three times keeps all three rows in one fold, so its out-of-fold predictions
     never come from a model that learned its own outcomes; without `unit_id` folds are drawn per row."""
