@@ -357,7 +357,8 @@ class OutcomeModel:
         if engine not in ("compiled", "parts"):
             raise UsageError(f"`engine` must be 'compiled' or 'parts', got {engine!r}")
         needed = self._needed(components)
-        asked = self.components_ if components is None else tuple(c for c in needed if c in set(components))
+        wanted = frozenset(needed if components is None else components)
+        asked = tuple(c for c in needed if c in wanted)
         if not needed:
             return ({}, {}) if return_std else {}
         x = self.encoder_.transform(contexts)
