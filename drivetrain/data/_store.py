@@ -388,20 +388,18 @@ class ParquetStore(_SqlStore):
             return
         listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
         source = f"read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
-        key = _stats(files)
+        key = _file_stats(files)
         described = self._described.get(table)
         if key is None or described is None or described[0] != key:
-            con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM {source}")
-            stored = frozenset(row[0] for row in con.execute(f"DESCRIBE {table}").fetchall())
+            stored = frozenset(row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall())
             if key is not None:
                 self._described[table] = (key, stored)
-            made = True
         else:  # the files described last time: their columns are known
-            stored, made = described[1], False
+            stored = described[1]
         if table in WITH_INGEST_ID and INGEST_ID not in stored:  # written before ingest ids: no ingest can undo them
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT *, CAST(NULL AS VARCHAR) AS {INGEST_ID} FROM {source}")
+            con.execute(f"CREATE TEMP VIEW {table} AS SELECT *, CAST(NULL AS VARCHAR) AS {INGEST_ID} FROM {source}")
             stored |= {INGEST_ID}
-        elif not made:
+        else:
             con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM {source}")
         if missing := [name for name in self.schema(table).names if name not in stored]:
             raise StoreError(
@@ -409,7 +407,7 @@ class ParquetStore(_SqlStore):
                 "the spec changed after they were stored; use the spec they were stored with, or a new store for the new contract")
 
 
-def _stats(files: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...] | None:
+def _file_stats(files: Sequence[Path]) -> tuple[tuple[str, int, int, int], ...] | None:
     """Each file's path, inode, modification time and size, or None when one is gone (a compaction removed
     it): what says that a table's files are the ones described before (a file rewritten in its place is a new
     inode)."""
