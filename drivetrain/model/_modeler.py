@@ -326,9 +326,13 @@ class OutcomeModel:
         k = self.n_actions_
         return self.spec_.action_space.encode(np.arange(k)) if self.learner == "s" else np.zeros((k, 0))
 
-    def _compile(self, key: str, parts: Mapping[str, Sequence[ComponentLearner]]) -> CompiledModel | None:
+    def _compile(self, kind: Literal["final", "folds"], needed: tuple[str, ...]) -> CompiledModel | None:
+        """The compiled models refitted on every row (``final``) or of the folds, of the ``needed``
+        components alone, compiled once per model and subset."""
         cache: dict[str, CompiledModel | None] = self.__dict__.setdefault("_compiled", {})
+        key = kind if needed == self.components_ else f"{kind}:{','.join(needed)}"
         if key not in cache:
+            parts = {c: [self.final_[c]] for c in needed} if kind == "final" else {c: self.models_[c] for c in needed}
             cache[key] = CompiledModel.compile(self.spec_, parts, n_context=len(self.encoder_.names),
                                                with_actions=self.learner == "s", zero_actions=self.zero_actions_)
         return cache[key]
@@ -337,9 +341,7 @@ class OutcomeModel:
         """The compiled form of what :meth:`predict_outcomes` predicts with (the models refitted on every
         row when there are any, else the fold models); ``None`` when a part cannot be compiled."""
         self._check_fitted()
-        if self.final_:
-            return self._compile("final", {c: [self.final_[c]] for c in self.components_})
-        return self._compile("folds", self.models_)
+        return self._compile("final" if self.final_ else "folds", self.components_)
 
     def predict_outcomes(self, contexts: pd.DataFrame | Mapping[str, Any], *, return_std: bool = False,
                          engine: Literal["compiled", "parts"] = "compiled", components: Sequence[str] | None = None) -> Any:
@@ -364,7 +366,7 @@ class OutcomeModel:
         x = self.encoder_.transform(contexts)
         refitted = None
         if self.final_:
-            compiled = self._compile(self._key("final", needed), {c: [self.final_[c]] for c in needed}) if engine == "compiled" else None
+            compiled = self._compile("final", needed) if engine == "compiled" else None
             refitted = (compiled.predict(x, num_threads=self.num_threads) if compiled is not None
                         else self._predict_with({c: self.final_[c] for c in needed}, x, engine=engine))
         if refitted is not None and not return_std:
@@ -394,10 +396,6 @@ class OutcomeModel:
                 current = self.spec_.model.outcomes[current].given
         return tuple(c for c in self.components_ if c in needed)
 
-    def _key(self, kind: str, needed: tuple[str, ...]) -> str:
-        """The compiled cache's key of ``kind`` ("final" or "folds") restricted to ``needed``."""
-        return kind if needed == self.components_ else f"{kind}:{','.join(needed)}"
-
     def predict_folds(self, contexts: pd.DataFrame | Mapping[str, Any], *,
                       engine: Literal["compiled", "parts"] = "compiled") -> list[dict[str, np.ndarray]]:
         """Each cross-fitted model's components for every (unit, action): one dict of (n, K) arrays per
@@ -406,7 +404,7 @@ class OutcomeModel:
         return self._per_fold(self.encoder_.transform(contexts), engine, self.components_)
 
     def _per_fold(self, x: np.ndarray, engine: str, needed: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
-        compiled = self._compile(self._key("folds", needed), {c: self.models_[c] for c in needed}) if engine == "compiled" else None
+        compiled = self._compile("folds", needed) if engine == "compiled" else None
         if compiled is not None:
             return compiled.predict_folds(x, num_threads=self.num_threads)
         folds = len(next(iter(self.models_.values())))
