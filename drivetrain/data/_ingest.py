@@ -13,6 +13,7 @@ quarantine row keeps the raw payload, personal values as their pseudonyms, and i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -148,14 +149,14 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     ``ingest_id``), the report, and per row whether it is stored (accepted or a duplicate) or rejected."""
     numbers = raw.numbers()
     keys = clean[key].to_numpy()
-    fingerprint = _Fingerprints(clean, compare)  # hashed only when a key repeats or is stored already
+    fingerprint = functools.cache(lambda: _row_hashes(_canonical(clean[compare])))  # hashed only when a key repeats or is stored already
     duplicate = _repeats(clean, reason, key, compare, numbers, fingerprint)
     fresh = np.flatnonzero((reason == None) & ~duplicate)  # noqa: E711
     if fresh.size:
         stored = existing(clean.iloc[fresh][[key]])
         if len(stored):
             stored_canonical = _canonical(stored[compare])
-            stored_fp = dict(zip(stored[key], pd.util.hash_pandas_object(stored_canonical, index=False).to_numpy(), strict=True))
+            stored_fp = dict(zip(stored[key], _row_hashes(stored_canonical), strict=True))
             stored_row = {k: n for n, k in enumerate(stored[key])}
             for i in fresh:
                 fp = stored_fp.get(keys[i])
@@ -190,22 +191,13 @@ def _ingest(store: Store, raw: RawRows, table: str, key: str, clean: pd.DataFram
     return clean.iloc[np.flatnonzero(accept)].assign(**{INGEST_ID: ingest_id}), report, accept | duplicate, reason != None  # noqa: E711
 
 
-class _Fingerprints:
-    """The hash of each row's ``compare`` values in their canonical form, computed on the first call: most
-    batches repeat no key, within themselves or with the store, and need none."""
-
-    def __init__(self, frame: pd.DataFrame, compare: list[str]) -> None:
-        self.frame, self.compare = frame, compare
-        self._values: np.ndarray | None = None
-
-    def __call__(self) -> np.ndarray:
-        if self._values is None:
-            self._values = pd.util.hash_pandas_object(_canonical(self.frame[self.compare]), index=False).to_numpy()
-        return self._values
+def _row_hashes(canonical: pd.DataFrame) -> np.ndarray:
+    """A hash of each row of a frame in its canonical form (:func:`_canonical`)."""
+    return pd.util.hash_pandas_object(canonical, index=False).to_numpy()
 
 
 def _repeats(clean: pd.DataFrame, reason: np.ndarray, key: str, compare: list[str], numbers: np.ndarray,
-             fingerprint: _Fingerprints | None = None) -> np.ndarray:
+             fingerprint: Callable[[], np.ndarray] | None = None) -> np.ndarray:
     """Which valid rows repeat an earlier valid row of the batch exactly (duplicates); a later row whose
     ``key`` an earlier one has with other values gets a reason in ``reason`` (changed in place)."""
     keys = clean[key].to_numpy()
@@ -218,7 +210,7 @@ def _repeats(clean: pd.DataFrame, reason: np.ndarray, key: str, compare: list[st
         later = firsts != valid_idx
         if not later.any():  # no key repeats: nothing to compare
             return duplicate
-        hashed = (fingerprint or _Fingerprints(clean, compare))()
+        hashed = fingerprint() if fingerprint is not None else _row_hashes(_canonical(clean[compare]))
         same = hashed[valid_idx] == hashed[firsts]
         duplicate[valid_idx[later & same]] = True
         for i, j in zip(valid_idx[later & ~same], firsts[later & ~same], strict=True):
