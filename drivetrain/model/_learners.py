@@ -9,6 +9,10 @@ never pickle), and, when it is made of LightGBM trees, adds them to a compiled f
 * :class:`Boosted`: one LightGBM model (the T-learner's per-action model, on the context alone);
 * :class:`PerAction`: the T-learner, one context model per action;
 * :class:`Estimator`: any scikit-learn estimator (predicts, cannot be saved or compiled).
+
+A LightGBM model is held as :class:`Trees`: its text, and the Booster read from it only when something
+predicts with LightGBM itself. A model loaded to serve predicts with the compiled forest, built from the
+text: it never reads its trees into LightGBM, nor imports LightGBM.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import json
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import lightgbm as lgb
 import numpy as np
 
 from drivetrain.errors import ArtifactError, UsageError
 from drivetrain.model._forest import BROADCAST, EVERY, ROW, ForestBuilder
 
-__all__ = ["Boosted", "ComponentLearner", "Constant", "Estimator", "PerAction", "TwoStage", "read_learner"]
+if TYPE_CHECKING:
+    import lightgbm as lgb
+
+__all__ = ["Boosted", "ComponentLearner", "Constant", "Estimator", "PerAction", "Trees", "TwoStage", "read_learner"]
 
 #: LightGBM objectives whose raw score is the log of the prediction.
 LOG_LINK_OBJECTIVES = frozenset({"gamma", "poisson", "tweedie"})
@@ -83,30 +89,56 @@ def frozen(booster: lgb.Booster) -> lgb.Booster:
     return booster
 
 
-def _objective(booster: lgb.Booster) -> str:
-    objective = str(booster.params.get("objective", ""))
-    if objective:
-        return objective
-    for line in _text(booster).splitlines()[:20]:
-        if line.startswith("objective="):
-            return line.split("=", 1)[1].split()[0]
-    return ""
+class Trees:
+    """One LightGBM model: the text it is saved, compiled and described from, and the Booster that predicts
+    with LightGBM itself, read from that text the first time it is asked for (reading a model's boosters
+    into LightGBM costs more than the compiled forest's build, and importing LightGBM, with the
+    scikit-learn it imports, half a second of a service's start)."""
+
+    def __init__(self, text: str, booster: lgb.Booster | None = None, *, name: str = "a LightGBM model") -> None:
+        self.text = text
+        self.name = name
+        self._booster = booster
+
+    @classmethod
+    def fitted(cls, booster: lgb.Booster) -> Trees:
+        """A booster just fitted (:func:`frozen`), with its text."""
+        return cls(_text(booster), booster)
+
+    @property
+    def booster(self) -> lgb.Booster:
+        if self._booster is None:
+            import lightgbm as lgb
+
+            try:
+                booster = lgb.Booster(model_str=self.text)
+            except lgb.basic.LightGBMError as exc:
+                raise ArtifactError(f"{self.name} must be a LightGBM text model, got: {exc}") from None
+            _TEXTS[booster] = self.text
+            self._booster = booster
+        return self._booster
+
+    @property
+    def objective(self) -> str:
+        """The objective the trees were fitted with, as LightGBM writes it in the text's header (its
+        canonical name: ``cross_entropy``, ``gamma``, ``regression``, ...)."""
+        for line in self.text.splitlines()[:20]:
+            if line.startswith("objective="):
+                words = line.split("=", 1)[1].split()
+                return words[0] if words else ""
+        return ""
 
 
-def _write_booster(directory: Path, stem: str, booster: lgb.Booster) -> str:
+def _write_booster(directory: Path, stem: str, trees: Trees) -> str:
     name = f"{stem}.txt"
-    (directory / name).write_text(_text(booster))
+    (directory / name).write_text(trees.text)
     return name
 
 
-def _read_booster(path: Path) -> lgb.Booster:
-    try:
-        text = path.read_text()
-        booster = lgb.Booster(model_str=text)
-    except lgb.basic.LightGBMError as exc:
-        raise ArtifactError(f"{path.name} must be a LightGBM text model, got: {exc}") from None
-    _TEXTS[booster] = text
-    return booster
+def _read_booster(path: Path) -> Trees:
+    """The model in ``path``, read into LightGBM when something first predicts with it (the artifact's
+    checksums were verified; a text the compiled forest cannot read fails its build)."""
+    return Trees(path.read_text(), name=path.name)
 
 
 class Constant:
@@ -131,8 +163,12 @@ class Boosted:
     """One LightGBM model of (context, encoded action) columns, or of the context alone (``actions`` with
     no columns); the prediction goes through the objective's link."""
 
-    def __init__(self, booster: lgb.Booster) -> None:
-        self.booster = booster
+    def __init__(self, trees: Trees) -> None:
+        self.trees = trees
+
+    @property
+    def booster(self) -> lgb.Booster:
+        return self.trees.booster
 
     def predict_actions(self, x: np.ndarray, actions: np.ndarray, num_threads: int = 1) -> np.ndarray:
         design = x if actions.shape[1] == 0 else _design(x, actions)
@@ -140,13 +176,13 @@ class Boosted:
         return np.repeat(out[:, None], actions.shape[0], axis=1) if actions.shape[1] == 0 else out.reshape(x.shape[0], -1)
 
     def to_files(self, directory: Path, stem: str) -> Any:
-        return _write_booster(directory, stem, self.booster)
+        return _write_booster(directory, stem, self.trees)
 
     def compile_into(self, builder: ForestBuilder, slot: int, *, row: int = -1) -> tuple[int, float] | None:
-        objective = _objective(self.booster)
+        objective = self.trees.objective
         if objective not in _LINKS:
             return None
-        builder.add(_text(self.booster), slot, mode=ROW if row >= 0 else EVERY, row=row)
+        builder.add(self.trees.text, slot, mode=ROW if row >= 0 else EVERY, row=row)
         return _LINKS[objective], 0.0
 
 
@@ -160,12 +196,20 @@ class TwoStage:
     with a log-link objective (read from the booster, so a saved model needs no extra field), else the
     identity."""
 
-    def __init__(self, base: lgb.Booster, effect: lgb.Booster, context_columns: int, binary: bool) -> None:
-        self.base = base
-        self.effect = effect
+    def __init__(self, base: Trees, effect: Trees, context_columns: int, binary: bool) -> None:
+        self.base_trees = base
+        self.effect_trees = effect
         self.context_columns = context_columns
         self.binary = binary
-        self.log_link = not binary and _objective(effect) in LOG_LINK_OBJECTIVES
+        self.log_link = not binary and effect.objective in LOG_LINK_OBJECTIVES
+
+    @property
+    def base(self) -> lgb.Booster:
+        return self.base_trees.booster
+
+    @property
+    def effect(self) -> lgb.Booster:
+        return self.effect_trees.booster
 
     def raw(self, design: np.ndarray, num_threads: int = 1) -> np.ndarray:
         """Summed raw score of (context, action) rows."""
@@ -185,13 +229,13 @@ class TwoStage:
         return self.predict(_design(x, actions), num_threads).reshape(x.shape[0], actions.shape[0])
 
     def to_files(self, directory: Path, stem: str) -> Any:
-        return {"base": _write_booster(directory, f"{stem}-base", self.base),
-                "effect": _write_booster(directory, f"{stem}-effect", self.effect),
+        return {"base": _write_booster(directory, f"{stem}-base", self.base_trees),
+                "effect": _write_booster(directory, f"{stem}-effect", self.effect_trees),
                 "context_columns": self.context_columns, "binary": self.binary}
 
     def compile_into(self, builder: ForestBuilder, slot: int) -> tuple[int, float] | None:
-        builder.add(_text(self.base), slot, mode=BROADCAST)
-        builder.add(_text(self.effect), slot, mode=EVERY)
+        builder.add(self.base_trees.text, slot, mode=BROADCAST)
+        builder.add(self.effect_trees.text, slot, mode=EVERY)
         return LOGISTIC if self.binary else EXP if self.log_link else IDENTITY, 0.0
 
 
@@ -211,7 +255,7 @@ class PerAction:
     def compile_into(self, builder: ForestBuilder, slot: int) -> tuple[int, float] | None:
         if not all(isinstance(m, Boosted) for m in self.members):
             return None
-        links = {_LINKS.get(_objective(m.booster)) for m in self.members if isinstance(m, Boosted)}
+        links = {_LINKS.get(m.trees.objective) for m in self.members if isinstance(m, Boosted)}
         if len(links) != 1 or None in links:
             return None  # one link per slot: members fitted with different objectives are predicted in batch
         for j, m in enumerate(self.members):

@@ -43,14 +43,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from scipy import stats
-from sklearn.base import clone
 
 from drivetrain.errors import ArtifactError, DataError, UsageError
 from drivetrain.model._compiled import CompiledModel
@@ -62,6 +59,7 @@ from drivetrain.model._learners import (
     Constant,
     Estimator,
     PerAction,
+    Trees,
     TwoStage,
     frozen,
     read_learner,
@@ -69,6 +67,9 @@ from drivetrain.model._learners import (
 from drivetrain.spec import Spec, formula_on
 from drivetrain.stats import cluster_codes, standard_error
 from drivetrain.stats import pseudo_outcomes as dr_pseudo_outcomes
+
+if TYPE_CHECKING:  # imported where a model is fitted: a model loaded to predict needs neither
+    import lightgbm as lgb
 
 __all__ = ["OutcomeModel"]
 
@@ -515,6 +516,8 @@ class OutcomeModel:
         codes = None if cluster is None else cluster_codes(cluster, gamma.shape[0], "the training table")
         control = self.spec_.control.index
         diff = gamma - gamma[:, [control]]
+        from scipy import stats
+
         z = float(stats.norm.ppf(1 - alpha / 2))
         groups = {"all": np.ones(diff.shape[0], dtype=bool)} if by is None else {
             str(v): np.asarray(table[by].to_numpy() == v) for v in pd.unique(table[by])}
@@ -596,6 +599,8 @@ class _Fitter:
         self._lock = threading.Lock()
 
     def _reference(self, which: str) -> lgb.Dataset:
+        import lightgbm as lgb
+
         with self._lock:
             if which not in self._datasets:
                 data = self.x if which == "context" else self.design
@@ -635,6 +640,8 @@ class _Fitter:
             return Constant(float(y[0]))
         custom = owner.classifier if binary else owner.regressor
         if custom is not None:
+            from sklearn.base import clone
+
             model = clone(custom)
             design = np.nan_to_num(self.design[rows] if two_stage else self.x[rows], nan=-1.0)
             proba = binary and hasattr(model, "predict_proba")
@@ -644,9 +651,11 @@ class _Fitter:
         # the action on the log scale, an interaction with every context split on the identity scale
         log = not binary and owner.log_link and bool(np.all(y > 0))
         params = owner._lgbm_params("cross_entropy" if binary else "gamma" if log else "regression")
+        import lightgbm as lgb
+
         if not two_stage:
-            return Boosted(frozen(lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
-                                            keep_training_booster=True)))
+            return Boosted(Trees.fitted(frozen(lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
+                                                         keep_training_booster=True))))
         base = lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
                          keep_training_booster=True)
         init = _training_raw_score(base, str(params["objective"]))
@@ -655,7 +664,7 @@ class _Fitter:
         base = frozen(base)
         effect = lgb.train(params, self._data("design", rows, y, weight, init), num_boost_round=owner._effect_rounds(binary),
                            keep_training_booster=True)
-        return TwoStage(base, frozen(effect), self.d, binary)
+        return TwoStage(Trees.fitted(base), Trees.fitted(frozen(effect)), self.d, binary)
 
 
 def _training_raw_score(booster: lgb.Booster, objective: str) -> np.ndarray | None:

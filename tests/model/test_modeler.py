@@ -257,6 +257,39 @@ def test_each_fitted_booster_keeps_the_text_it_was_read_from(noise_free) -> None
         assert not hasattr(booster, "train_set")  # freed, as lgb.train leaves it
 
 
+def test_a_loaded_model_reads_its_trees_into_lightgbm_only_to_predict_with_it(noise_free, fresh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A model read from its files keeps each LightGBM model as text: the compiled forest predicts from the
+    text, and a Booster is read only when LightGBM itself predicts (``engine="parts"``), then with the same
+    figures as the fitted model's. A text LightGBM cannot read names its file."""
+    from drivetrain.errors import ArtifactError
+    from drivetrain.model._learners import Boosted, PerAction, Trees, TwoStage
+
+    twin, table = noise_free
+    users, _ = fresh
+    model = OutcomeModel(n_folds=2, n_estimators=10, seed=1).fit(table.head(3000), twin.spec)
+    loaded = OutcomeModel.from_files(tmp_path, model.to_files(tmp_path), twin.spec)
+
+    def trees(m: OutcomeModel, *, folds: bool = True) -> list[Trees]:
+        out: list[Trees] = []
+        for part in [p for parts in m.models_.values() for p in parts if folds] + list(m.final_.values()):
+            for member in part.members if isinstance(part, PerAction) else [part]:
+                out += [member.base_trees, member.effect_trees] if isinstance(member, TwoStage) else \
+                    [member.trees] if isinstance(member, Boosted) else []
+        return out
+
+    assert len(trees(loaded)) > 10 and all(t._booster is None for t in trees(loaded))
+    compiled = loaded.predict_outcomes(users)
+    assert all(t._booster is None for t in trees(loaded))  # the compiled forest read the texts alone
+    parts = loaded.predict_outcomes(users, engine="parts")  # the models refitted on every row predict
+    assert all(t._booster is not None for t in trees(loaded, folds=False))
+    for c in twin.spec.outcomes:
+        np.testing.assert_array_equal(parts[c], model.predict_outcomes(users, engine="parts")[c], err_msg=c)
+        np.testing.assert_array_equal(compiled[c], model.predict_outcomes(users)[c], err_msg=c)
+    assert [t.objective for t in trees(loaded)] == [t.booster.params["objective"] for t in trees(model)]
+    with pytest.raises(ArtifactError, match="purchase-f0.txt must be a LightGBM text model"):
+        _ = Trees("tree\nversion=v4\nnot a model\n", name="purchase-f0.txt").booster
+
+
 def test_cross_fitting_folds_are_drawn_per_unit(noisy) -> None:  # type: ignore[no-untyped-def]
     """A unit decided three times keeps all three rows in one fold, so its out-of-fold predictions
     never come from a model that learned its own outcomes; without `unit_id` folds are drawn per row."""

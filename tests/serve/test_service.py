@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from drivetrain.serve.app import DecideBatchResponse, DecideResponse
 from drivetrain.spec import holdout_draw, in_holdout, load_spec
+from tests.conftest import ROOT
 from tests.serve.service_helpers import TOKEN, Server, read_log, read_store, start_server
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "nboo" / "drivetrain.yaml"
@@ -290,6 +293,21 @@ def test_kill_9_loses_no_answered_decision(policies: tuple[Path, Path], contexts
     counts = logged["request_id"].value_counts()
     assert set(answered) <= set(counts.index), f"{len(set(answered) - set(counts.index))} answered decisions missing"
     assert (counts[answered] == 1).all()
+
+
+def test_a_loaded_policy_decides_without_importing_lightgbm(policies: tuple[Path, Path], contexts: list[dict[str, Any]]) -> None:
+    """Serving predicts with the compiled forest, read from the models' text: a process that loads a policy
+    and decides never imports LightGBM, nor the scikit-learn LightGBM imports (half a second of a start)."""
+    code = (
+        "import json, sys; import pandas as pd; from drivetrain.policy import Policy\n"
+        f"policy = Policy.load({str(policies[0])!r})\n"
+        "rows = pd.DataFrame(json.loads(sys.stdin.read()))\n"
+        "dist = policy.action_distribution(rows.drop(columns=['unit_id']).assign(unit_id=rows['unit_id']))\n"
+        "print(dist.shape[0], 'lightgbm' in sys.modules, 'sklearn' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], input=json.dumps(contexts[:50]), capture_output=True, text=True, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["50", "False", "False"], done.stdout
 
 
 def test_corrupt_policy_serves_the_fallback_in_degraded_mode(policies: tuple[Path, Path], contexts: list[dict[str, Any]], tmp_path: Path) -> None:
