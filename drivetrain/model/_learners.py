@@ -18,7 +18,6 @@ text: it never reads its trees into LightGBM, nor imports LightGBM.
 from __future__ import annotations
 
 import json
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,19 +64,7 @@ def _design(x: np.ndarray, actions: np.ndarray) -> np.ndarray:
     return np.column_stack([np.repeat(x, k, axis=0), np.tile(actions, (n, 1))])
 
 
-#: Each booster's text model, dumped once: a fitted booster never changes, and compiling, saving and reading
-#: its objective each need the text.
-_TEXTS: weakref.WeakKeyDictionary[lgb.Booster, str] = weakref.WeakKeyDictionary()
-
-
-def _text(booster: lgb.Booster) -> str:
-    text = _TEXTS.get(booster)
-    if text is None:
-        text = _TEXTS[booster] = booster.model_to_string()
-    return text
-
-
-def frozen(booster: lgb.Booster) -> lgb.Booster:
+def frozen(booster: lgb.Booster) -> Trees:
     """What ``lgb.train`` does to a booster without ``keep_training_booster`` (the model read back from its
     text, its training rows freed), the text kept: compiling and saving the model need it, and a second
     dump of the same trees costs what the first did. The booster is read from that text, so the text is
@@ -85,8 +72,7 @@ def frozen(booster: lgb.Booster) -> lgb.Booster:
     leaf weight)."""
     text = booster.model_to_string()
     booster.model_from_string(text).free_dataset()
-    _TEXTS[booster] = text
-    return booster
+    return Trees(text, booster)
 
 
 class Trees:
@@ -100,22 +86,15 @@ class Trees:
         self.name = name
         self._booster = booster
 
-    @classmethod
-    def fitted(cls, booster: lgb.Booster) -> Trees:
-        """A booster just fitted (:func:`frozen`), with its text."""
-        return cls(_text(booster), booster)
-
     @property
     def booster(self) -> lgb.Booster:
         if self._booster is None:
             import lightgbm as lgb
 
             try:
-                booster = lgb.Booster(model_str=self.text)
+                self._booster = lgb.Booster(model_str=self.text)
             except lgb.basic.LightGBMError as exc:
                 raise ArtifactError(f"{self.name} must be a LightGBM text model, got: {exc}") from None
-            _TEXTS[booster] = self.text
-            self._booster = booster
         return self._booster
 
     @property

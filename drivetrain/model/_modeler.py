@@ -59,7 +59,6 @@ from drivetrain.model._learners import (
     Constant,
     Estimator,
     PerAction,
-    Trees,
     TwoStage,
     frozen,
     read_learner,
@@ -654,17 +653,17 @@ class _Fitter:
         import lightgbm as lgb
 
         if not two_stage:
-            return Boosted(Trees.fitted(frozen(lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
-                                                         keep_training_booster=True))))
+            return Boosted(frozen(lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
+                                            keep_training_booster=True)))
         base = lgb.train(params, self._data("context", rows, y, weight), num_boost_round=owner.n_estimators,
                          keep_training_booster=True)
         init = _training_raw_score(base, str(params["objective"]))
         if init is None:  # a score at the link's edge: predict the rows again
             init = np.asarray(base.predict(self.x[rows], raw_score=True, num_threads=1), dtype=np.float64)
-        base = frozen(base)
+        base_trees = frozen(base)
         effect = lgb.train(params, self._data("design", rows, y, weight, init), num_boost_round=owner._effect_rounds(binary),
                            keep_training_booster=True)
-        return TwoStage(Trees.fitted(base), Trees.fitted(frozen(effect)), self.d, binary)
+        return TwoStage(base_trees, frozen(effect), self.d, binary)
 
 
 def _training_raw_score(booster: lgb.Booster, objective: str) -> np.ndarray | None:

@@ -236,25 +236,31 @@ def test_a_subset_of_components_is_predicted_figure_for_figure(noise_free, fresh
         model.predict_outcomes(users, components="promo_cost")
 
 
+def _trees(model: OutcomeModel, *, folds: bool = True) -> list:  # type: ignore[type-arg]
+    """Every LightGBM model of ``model`` (:class:`Trees`): of the folds (unless ``folds`` is False) and refitted."""
+    from drivetrain.model._learners import Boosted, PerAction, TwoStage
+
+    out = []
+    for part in [p for parts in model.models_.values() for p in parts if folds] + list(model.final_.values()):
+        for member in part.members if isinstance(part, PerAction) else [part]:
+            out += [member.base_trees, member.effect_trees] if isinstance(member, TwoStage) else \
+                [member.trees] if isinstance(member, Boosted) else []
+    return out
+
+
 def test_each_fitted_booster_keeps_the_text_it_was_read_from(noise_free) -> None:  # type: ignore[no-untyped-def]
     """A fitted booster's text is kept from the fit (compiling and saving read it): the booster is the one
     that text reads into, and it holds no training rows, as after a plain ``lgb.train``."""
     import lightgbm as lgb
 
-    from drivetrain.model._learners import _TEXTS, Boosted, PerAction, TwoStage
-
     twin, table = noise_free
-    boosters = []
+    fitted = []
     for learner in ("s", "t"):
-        model = OutcomeModel(n_folds=2, n_estimators=5, learner=learner).fit(table.head(2000), twin.spec)
-        for part in [p for parts in model.models_.values() for p in parts] + list(model.final_.values()):
-            members = part.members if isinstance(part, PerAction) else [part]
-            for m in members:
-                boosters += [m.base, m.effect] if isinstance(m, TwoStage) else [m.booster] if isinstance(m, Boosted) else []
-    assert len(boosters) > 20
-    for booster in boosters:
-        assert lgb.Booster(model_str=_TEXTS[booster]).model_to_string() == booster.model_to_string()
-        assert not hasattr(booster, "train_set")  # freed, as lgb.train leaves it
+        fitted += _trees(OutcomeModel(n_folds=2, n_estimators=5, learner=learner).fit(table.head(2000), twin.spec))
+    assert len(fitted) > 20
+    for trees in fitted:
+        assert lgb.Booster(model_str=trees.text).model_to_string() == trees.booster.model_to_string()
+        assert not hasattr(trees.booster, "train_set")  # freed, as lgb.train leaves it
 
 
 def test_a_loaded_model_reads_its_trees_into_lightgbm_only_to_predict_with_it(noise_free, fresh, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -262,30 +268,21 @@ def test_a_loaded_model_reads_its_trees_into_lightgbm_only_to_predict_with_it(no
     text, and a Booster is read only when LightGBM itself predicts (``engine="parts"``), then with the same
     figures as the fitted model's. A text LightGBM cannot read names its file."""
     from drivetrain.errors import ArtifactError
-    from drivetrain.model._learners import Boosted, PerAction, Trees, TwoStage
+    from drivetrain.model._learners import Trees
 
     twin, table = noise_free
     users, _ = fresh
     model = OutcomeModel(n_folds=2, n_estimators=10, seed=1).fit(table.head(3000), twin.spec)
     loaded = OutcomeModel.from_files(tmp_path, model.to_files(tmp_path), twin.spec)
-
-    def trees(m: OutcomeModel, *, folds: bool = True) -> list[Trees]:
-        out: list[Trees] = []
-        for part in [p for parts in m.models_.values() for p in parts if folds] + list(m.final_.values()):
-            for member in part.members if isinstance(part, PerAction) else [part]:
-                out += [member.base_trees, member.effect_trees] if isinstance(member, TwoStage) else \
-                    [member.trees] if isinstance(member, Boosted) else []
-        return out
-
-    assert len(trees(loaded)) > 10 and all(t._booster is None for t in trees(loaded))
+    assert len(_trees(loaded)) > 10 and all(t._booster is None for t in _trees(loaded))
     compiled = loaded.predict_outcomes(users)
-    assert all(t._booster is None for t in trees(loaded))  # the compiled forest read the texts alone
+    assert all(t._booster is None for t in _trees(loaded))  # the compiled forest read the texts alone
     parts = loaded.predict_outcomes(users, engine="parts")  # the models refitted on every row predict
-    assert all(t._booster is not None for t in trees(loaded, folds=False))
+    assert all(t._booster is not None for t in _trees(loaded, folds=False))
     for c in twin.spec.outcomes:
         np.testing.assert_array_equal(parts[c], model.predict_outcomes(users, engine="parts")[c], err_msg=c)
         np.testing.assert_array_equal(compiled[c], model.predict_outcomes(users)[c], err_msg=c)
-    assert [t.objective for t in trees(loaded)] == [t.booster.params["objective"] for t in trees(model)]
+    assert [t.objective for t in _trees(loaded)] == [t.booster.params["objective"] for t in _trees(model)]
     with pytest.raises(ArtifactError, match="purchase-f0.txt must be a LightGBM text model"):
         _ = Trees("tree\nversion=v4\nnot a model\n", name="purchase-f0.txt").booster
 
